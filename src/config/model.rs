@@ -1,0 +1,306 @@
+//! The validated configuration: typed values, defaults applied, inheritance resolved,
+//! cross-references checked. Runtime code reads only these types, never directive text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::source::SourceMap;
+
+/// A whole configuration, as `-t` checks it and the runtime compiles it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub main: Main,
+    pub http: Option<Http>,
+    /// `[warn]` lines for `-t` and the error log: directives accepted without effect,
+    /// and places where imbang deliberately differs from nginx.
+    pub warnings: Vec<Warning>,
+    /// Every file read, in order, with its text (for `-T`).
+    pub sources: Arc<SourceMap>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub message: String,
+    /// `path:line:col`
+    pub location: String,
+}
+
+/// The main (top-level) context.
+#[derive(Clone, Debug)]
+pub struct Main {
+    /// `daemon on|off`, default on.
+    pub daemon: bool,
+    /// `worker_processes N|auto`: the number of worker threads.
+    pub worker_processes: Workers,
+    /// `pid path`, resolved against the prefix; `None` for `pid off` (not nginx; never produced yet).
+    pub pid: PathBuf,
+    /// `error_log` targets of the main context; empty means the default one.
+    pub error_log: Vec<ErrorLogSpec>,
+    /// `worker_shutdown_timeout`, `None` = wait for in-flight requests without a bound.
+    pub shutdown_timeout: Option<Duration>,
+    /// `events { worker_connections N; }`: a cap on open client connections per worker.
+    pub worker_connections: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorLogSpec {
+    pub target: LogTarget,
+    pub level: LogLevel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    File(PathBuf),
+}
+
+/// nginx's error-log severities, most severe first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Emerg,
+    Alert,
+    Crit,
+    Error,
+    Warn,
+    Notice,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "emerg" => Self::Emerg,
+            "alert" => Self::Alert,
+            "crit" => Self::Crit,
+            "error" => Self::Error,
+            "warn" => Self::Warn,
+            "notice" => Self::Notice,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Emerg => "emerg",
+            Self::Alert => "alert",
+            Self::Crit => "crit",
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Notice => "notice",
+            Self::Info => "info",
+            Self::Debug => "debug",
+        }
+    }
+}
+
+/// The `http {}` block.
+#[derive(Clone, Debug)]
+pub struct Http {
+    pub servers: Vec<Server>,
+    pub upstreams: Vec<Upstream>,
+    /// `access_log` targets in force for requests (http level; server/location overrides
+    /// live on [`LocationConf`]).
+    pub error_log: Vec<ErrorLogSpec>,
+}
+
+/// One `server {}` block.
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub listens: Vec<ListenSpec>,
+    /// `server_name` entries in file order; `""` (the default) matches requests without a Host.
+    pub names: Vec<ServerName>,
+    pub locations: Vec<Location>,
+    /// Settings of the server level itself, used when no location matches.
+    pub conf: Arc<LocationConf>,
+    /// `path:line:col` of the `server` directive, for messages.
+    pub location: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// The address to bind; `0.0.0.0:port` / `[::]:port` for a wildcard.
+    pub addr: SocketAddr,
+    pub default_server: bool,
+    /// `path:line:col` of the `listen` directive (for bind errors).
+    pub location: String,
+}
+
+/// One `server_name` entry, normalised to lower case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerName {
+    /// `example.com`, or `""` for requests without a Host header.
+    Exact(String),
+    /// `*.example.com` or `.example.com` (stored as the suffix `.example.com`).
+    /// `.example.com` also matches `example.com` itself.
+    LeadingWildcard { suffix: String, also_bare: bool },
+    /// `www.*` (stored as the prefix `www.`).
+    TrailingWildcard(String),
+    /// `~^www\d+\.example\.net$`, without the `~`.
+    Regex(String),
+}
+
+/// How a `location` matches (nginx's modifiers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationMatch {
+    /// `location = /path`
+    Exact,
+    /// `location /path`
+    Prefix,
+    /// `location ^~ /path`: a prefix that, when it is the longest, stops the regex search.
+    PrefixNoRegex,
+    /// `location ~ re` / `location ~* re`
+    Regex { case_insensitive: bool },
+    /// `location @name`: only reachable by internal redirects.
+    Named,
+}
+
+/// One `location` block with its settings resolved (inherited values already applied).
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub kind: LocationMatch,
+    pub pattern: String,
+    pub conf: Arc<LocationConf>,
+    pub locations: Vec<Location>,
+    /// `path:line:col` of the `location` directive.
+    pub location: String,
+}
+
+/// What a request that ends up in a location gets, with inheritance applied.
+#[derive(Clone, Debug, Default)]
+pub struct LocationConf {
+    pub action: Option<Action>,
+    pub proxy: ProxySettings,
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Proxy(ProxyPass),
+    Return(Return),
+}
+
+/// `return code [text|URL]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Return {
+    pub status: u16,
+    /// A body for non-redirect codes, a `Location` for 301/302/303/307/308.
+    pub text: Option<String>,
+}
+
+/// `proxy_pass http://target[/uri]`.
+#[derive(Clone, Debug)]
+pub struct ProxyPass {
+    /// The name of an `upstream` block; an implicit one is created for `host:port` targets.
+    pub upstream: String,
+    /// The text after `http://` up to the URI: what `$proxy_host` is (the Host sent upstream).
+    pub proxy_host: String,
+    /// The URI part, if `proxy_pass` has one (`http://app/` has `/`).
+    pub uri: Option<String>,
+    /// `path:line:col` of the `proxy_pass` directive.
+    pub location: String,
+}
+
+/// Upstream-facing settings of a location (with nginx's defaults).
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub send_timeout: Duration,
+    pub next_upstream: NextUpstream,
+    /// `proxy_next_upstream_tries`, 0 = no limit.
+    pub next_upstream_tries: u32,
+    /// `proxy_next_upstream_timeout`, `None` = no limit.
+    pub next_upstream_timeout: Option<Duration>,
+    /// `proxy_set_header` pairs in force here (nginx's inheritance: only if this level has none).
+    pub set_headers: Vec<(String, String)>,
+    pub http_version_1_0: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            next_upstream: NextUpstream::default(),
+            next_upstream_tries: 0,
+            next_upstream_timeout: None,
+            set_headers: Vec::new(),
+            http_version_1_0: false,
+        }
+    }
+}
+
+/// `proxy_next_upstream`: when a failed attempt may move on to the next peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextUpstream {
+    pub error: bool,
+    pub timeout: bool,
+    pub invalid_header: bool,
+    pub http_500: bool,
+    pub http_502: bool,
+    pub http_503: bool,
+    pub http_504: bool,
+    pub http_403: bool,
+    pub http_404: bool,
+    pub http_429: bool,
+    pub non_idempotent: bool,
+}
+
+impl Default for NextUpstream {
+    /// nginx's default: `error timeout`.
+    fn default() -> Self {
+        Self {
+            error: true,
+            timeout: true,
+            invalid_header: false,
+            http_500: false,
+            http_502: false,
+            http_503: false,
+            http_504: false,
+            http_403: false,
+            http_404: false,
+            http_429: false,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// One `upstream {}` block (or the implicit group of a `proxy_pass http://host:port`).
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub peers: Vec<PeerSpec>,
+    /// `keepalive N`: idle connections kept per worker. imbang keeps connections alive by
+    /// default (nginx does not without this directive).
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+    /// True when made from a `proxy_pass http://host:port` with no `upstream` block.
+    pub implicit: bool,
+    pub location: String,
+}
+
+/// One `server` line of an `upstream` block, after its name is resolved
+/// (a name that resolves to several addresses gives several peers, as in nginx).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub addr: SocketAddr,
+    /// The text as written (`app1.internal:3000`), for `$upstream_addr` and logs use `addr`.
+    pub name: String,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub backup: bool,
+    pub down: bool,
+    /// 0 = no limit.
+    pub max_conns: u32,
+}

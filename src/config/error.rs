@@ -23,6 +23,12 @@ pub enum ErrorKind {
     Unexpected(String),
     #[error("unexpected end of file, expecting \"{0}\"")]
     UnexpectedEof(&'static str),
+    /// The text ended after a directive's words, or inside a quote or escape.
+    #[error("unexpected end of file, expecting \";\" or \"}}\"")]
+    UnexpectedEofInDirective,
+    /// Not in nginx (which has no limit): blocks nested deeper than this many levels.
+    #[error("too many nested blocks (more than {0})")]
+    TooDeep(usize),
     #[error("unknown directive \"{0}\"")]
     UnknownDirective(String),
     #[error("\"{0}\" directive is not allowed here")]

@@ -11,8 +11,10 @@
 
 pub mod ast;
 pub mod error;
+mod glob;
 pub mod lexer;
 pub mod model;
+pub mod parse;
 pub mod source;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};

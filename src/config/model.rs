@@ -176,10 +176,12 @@ pub struct Location {
 }
 
 /// What a request that ends up in a location gets, with inheritance applied.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LocationConf {
     pub action: Option<Action>,
     pub proxy: ProxySettings,
+    /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
+    pub default_type: String,
 }
 
 #[derive(Clone, Debug)]

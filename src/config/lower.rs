@@ -1,0 +1,987 @@
+//! AST → [`Config`]: every directive checked against the table in [`super::directives`], values
+//! parsed once, nginx's inheritance applied, cross-references resolved. Collects every error
+//! (not just the first), each at its directive's `path:line:col`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ast::{Arg, Directive};
+use super::directives::{self, Arity, Contexts, Effect, Spec};
+use super::error::{ConfigError, ConfigErrors, ErrorKind};
+use super::model::*;
+use super::source::{SourceMap, Span};
+use super::values::{self, AddrError};
+
+/// What lowering needs to know beyond the text.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// nginx's prefix (`-p`): relative `pid`/log paths resolve against it.
+    pub prefix: PathBuf,
+    /// The port a `server` without `listen` gets: 80 for root, 8000 otherwise (as nginx).
+    pub default_listen_port: u16,
+}
+
+/// Turns parsed directives into a validated [`Config`], or every error found.
+pub fn lower(
+    directives: &[Directive],
+    sources: Arc<SourceMap>,
+    opts: &LoadOptions,
+) -> Result<Config, ConfigErrors> {
+    let mut lower = Lower {
+        src: &sources,
+        opts,
+        errors: ConfigErrors::default(),
+        warnings: Vec::new(),
+    };
+    let (main, http) = lower.main(directives);
+    if !lower.errors.is_empty() {
+        return Err(lower.errors);
+    }
+    let warnings = lower.warnings;
+    Ok(Config {
+        main,
+        http,
+        warnings,
+        sources,
+    })
+}
+
+struct Lower<'a> {
+    src: &'a SourceMap,
+    opts: &'a LoadOptions,
+    errors: ConfigErrors,
+    warnings: Vec<Warning>,
+}
+
+/// Settings that nested levels inherit (http → server → location → nested location).
+/// `None` means "not set at this level".
+#[derive(Clone, Debug, Default)]
+struct Frame {
+    connect_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
+    next_upstream: Option<NextUpstream>,
+    next_upstream_tries: Option<u32>,
+    next_upstream_timeout: Option<Option<Duration>>,
+    set_headers: Option<Vec<(String, String)>>,
+    http_version_1_0: Option<bool>,
+    default_type: Option<String>,
+}
+
+impl Frame {
+    /// This level's values where set, the parent's otherwise. `proxy_set_header` follows
+    /// nginx's rule: a level with any `proxy_set_header` inherits none from above.
+    fn inherit(&self, parent: &Frame) -> Frame {
+        Frame {
+            connect_timeout: self.connect_timeout.or(parent.connect_timeout),
+            read_timeout: self.read_timeout.or(parent.read_timeout),
+            send_timeout: self.send_timeout.or(parent.send_timeout),
+            next_upstream: self.next_upstream.or(parent.next_upstream),
+            next_upstream_tries: self.next_upstream_tries.or(parent.next_upstream_tries),
+            next_upstream_timeout: self.next_upstream_timeout.or(parent.next_upstream_timeout),
+            set_headers: self
+                .set_headers
+                .clone()
+                .or_else(|| parent.set_headers.clone()),
+            http_version_1_0: self.http_version_1_0.or(parent.http_version_1_0),
+            default_type: self
+                .default_type
+                .clone()
+                .or_else(|| parent.default_type.clone()),
+        }
+    }
+
+    fn conf(&self, action: Option<Action>) -> Arc<LocationConf> {
+        let d = ProxySettings::default();
+        Arc::new(LocationConf {
+            action,
+            proxy: ProxySettings {
+                connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
+                read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
+                send_timeout: self.send_timeout.unwrap_or(d.send_timeout),
+                next_upstream: self.next_upstream.unwrap_or(d.next_upstream),
+                next_upstream_tries: self.next_upstream_tries.unwrap_or(d.next_upstream_tries),
+                next_upstream_timeout: self.next_upstream_timeout.unwrap_or(None),
+                set_headers: self.set_headers.clone().unwrap_or_default(),
+                http_version_1_0: self.http_version_1_0.unwrap_or(false),
+            },
+            default_type: self
+                .default_type
+                .clone()
+                .unwrap_or_else(|| "text/plain".to_owned()),
+        })
+    }
+}
+
+/// Upstream groups by name: the `upstream` blocks, plus implicit ones made for
+/// `proxy_pass http://host:port`.
+#[derive(Default)]
+struct Upstreams {
+    groups: Vec<Upstream>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Tracks single-valued directives already seen at one level (`"x" directive is duplicate`).
+#[derive(Default)]
+struct Seen(HashSet<&'static str>);
+
+impl<'a> Lower<'a> {
+    // === reporting ===
+
+    fn at(&self, span: Span) -> String {
+        self.src.location(span)
+    }
+
+    fn error(&mut self, kind: ErrorKind, span: Span) {
+        let location = Some(self.at(span));
+        self.errors.push(ConfigError::new(kind, location));
+    }
+
+    fn invalid(&mut self, message: String, span: Span) {
+        self.error(ErrorKind::Invalid(message), span);
+    }
+
+    fn invalid_value(&mut self, d: &Directive, arg: &Arg) {
+        self.invalid(
+            format!(
+                "invalid value \"{}\" in \"{}\" directive",
+                arg.value, d.name
+            ),
+            arg.span,
+        );
+    }
+
+    fn warn(&mut self, message: String, span: Span) {
+        let location = self.at(span);
+        self.warnings.push(Warning { message, location });
+    }
+
+    /// Checks name, context, block and arity against the directive table. Returns the entry
+    /// when the directive may be read further; reports and returns `None` otherwise.
+    fn check(&mut self, d: &Directive, ctx: Contexts) -> Option<&'static Spec> {
+        let Some(spec) = directives::lookup(&d.name, ctx) else {
+            if directives::NOT_YET.contains(&d.name.as_str()) {
+                self.invalid(
+                    format!("\"{}\" directive is not supported by imbang yet", d.name),
+                    d.span,
+                );
+            } else {
+                self.error(ErrorKind::UnknownDirective(d.name.clone()), d.span);
+            }
+            return None;
+        };
+        if !spec.contexts.contains(ctx) {
+            self.error(ErrorKind::NotAllowedHere(d.name.clone()), d.span);
+            return None;
+        }
+        if spec.block && d.block.is_none() {
+            self.error(ErrorKind::NoOpeningBrace(d.name.clone()), d.span);
+            return None;
+        }
+        if !spec.block && d.block.is_some() {
+            self.error(ErrorKind::NotTerminated(d.name.clone()), d.span);
+            return None;
+        }
+        if !spec.arity.accepts(d.args.len()) {
+            self.error(ErrorKind::Arity(d.name.clone()), d.span);
+            return None;
+        }
+        if spec.arity == Arity::Flag && values::flag(&d.args[0].value).is_none() {
+            self.invalid(
+                format!(
+                    "invalid value \"{}\" in \"{}\" directive, it must be \"on\" or \"off\"",
+                    d.args[0].value, d.name
+                ),
+                d.args[0].span,
+            );
+            return None;
+        }
+        if let Effect::NoEffect(why) = spec.effect {
+            self.warn(
+                format!(
+                    "the \"{}\" directive has no effect in imbang: {why}",
+                    d.name
+                ),
+                d.span,
+            );
+        }
+        Some(spec)
+    }
+
+    /// False (and an error) when a single-valued directive appears twice at one level.
+    fn once(&mut self, seen: &mut Seen, spec: &'static Spec, d: &Directive) -> bool {
+        if seen.0.insert(spec.name) {
+            true
+        } else {
+            self.error(ErrorKind::Duplicate(d.name.clone()), d.span);
+            false
+        }
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.opts.prefix.join(p)
+        }
+    }
+
+    fn duration_arg(&mut self, d: &Directive, arg: &Arg) -> Option<Duration> {
+        let v = values::duration(&arg.value);
+        if v.is_none() {
+            self.invalid(format!("\"{}\" directive invalid value", d.name), arg.span);
+        }
+        v
+    }
+
+    fn number_arg(&mut self, d: &Directive, arg: &Arg) -> Option<u64> {
+        let v = values::number(&arg.value);
+        if v.is_none() {
+            self.invalid(format!("\"{}\" directive invalid value", d.name), arg.span);
+        }
+        v
+    }
+
+    // === main ===
+
+    fn main(&mut self, ds: &[Directive]) -> (Main, Option<Http>) {
+        let mut main = Main {
+            daemon: true,
+            worker_processes: Workers::Count(1),
+            pid: self.opts.prefix.join("logs/imbang.pid"),
+            error_log: Vec::new(),
+            shutdown_timeout: None,
+            worker_connections: 512,
+        };
+        let mut http = None;
+        let mut seen = Seen::default();
+        for d in ds {
+            let Some(spec) = self.check(d, Contexts::MAIN) else {
+                continue;
+            };
+            let args = &d.args;
+            match d.name.as_str() {
+                "error_log" => {
+                    if let Some(log) = self.error_log(d) {
+                        main.error_log.push(log);
+                    }
+                }
+                _ if !self.once(&mut seen, spec, d) => {}
+                "daemon" => main.daemon = values::flag(&args[0].value).unwrap_or(true),
+                "worker_processes" => match args[0].value.as_str() {
+                    "auto" => main.worker_processes = Workers::Auto,
+                    v => match values::number(v) {
+                        Some(n) if n > 0 => main.worker_processes = Workers::Count(n as usize),
+                        _ => self.invalid_value(d, &args[0]),
+                    },
+                },
+                "pid" => main.pid = self.path(&args[0].value),
+                "worker_shutdown_timeout" => {
+                    main.shutdown_timeout = self.duration_arg(d, &args[0]);
+                }
+                "events" => {
+                    let mut seen = Seen::default();
+                    for e in d.block.as_deref().unwrap_or_default() {
+                        let Some(spec) = self.check(e, Contexts::EVENTS) else {
+                            continue;
+                        };
+                        if self.once(&mut seen, spec, e) && e.name == "worker_connections" {
+                            if let Some(n) = self.number_arg(e, &e.args[0]) {
+                                main.worker_connections = n as usize;
+                            }
+                        }
+                    }
+                }
+                "http" => http = Some(self.http(d.block.as_deref().unwrap_or_default())),
+                _ => {}
+            }
+        }
+        (main, http)
+    }
+
+    fn error_log(&mut self, d: &Directive) -> Option<ErrorLogSpec> {
+        let target = &d.args[0];
+        let target = match target.value.as_str() {
+            "stderr" => LogTarget::Stderr,
+            v if v.starts_with("syslog:") || v.starts_with("memory:") => {
+                self.invalid(
+                    format!(
+                        "error_log \"{v}\" is not supported by imbang yet (use a file or stderr)"
+                    ),
+                    target.span,
+                );
+                return None;
+            }
+            v => LogTarget::File(self.path(v)),
+        };
+        let level = match d.args.get(1) {
+            None => LogLevel::Error,
+            Some(arg) => match LogLevel::parse(&arg.value) {
+                Some(level) => level,
+                None => {
+                    self.invalid(format!("invalid log level \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+            },
+        };
+        Some(ErrorLogSpec { target, level })
+    }
+
+    // === http ===
+
+    fn http(&mut self, ds: &[Directive]) -> Http {
+        let mut frame = Frame::default();
+        let mut seen = Seen::default();
+        let mut upstreams = Upstreams::default();
+        let mut error_log = Vec::new();
+        let mut servers = Vec::new();
+        // Upstreams first: a `proxy_pass` may name one defined further down.
+        for d in ds.iter().filter(|d| d.name == "upstream") {
+            if self.check(d, Contexts::HTTP).is_some() {
+                self.upstream(d, &mut upstreams);
+            }
+        }
+        for d in ds.iter().filter(|d| d.name != "upstream") {
+            let Some(spec) = self.check(d, Contexts::HTTP) else {
+                continue;
+            };
+            match d.name.as_str() {
+                "server" => servers.push(d),
+                "error_log" => error_log.extend(self.error_log(d)),
+                _ => {
+                    self.setting(d, spec, &mut frame, &mut seen);
+                }
+            }
+        }
+        let servers: Vec<Server> = servers
+            .into_iter()
+            .filter_map(|d| self.server(d, &frame, &mut upstreams))
+            .collect();
+        self.check_default_servers(&servers);
+        Http {
+            servers,
+            upstreams: upstreams.groups,
+            error_log,
+        }
+    }
+
+    /// Directives that only set a value inherited by inner levels. Returns false if `d` is not one.
+    fn setting(
+        &mut self,
+        d: &Directive,
+        spec: &'static Spec,
+        f: &mut Frame,
+        seen: &mut Seen,
+    ) -> bool {
+        let args = &d.args;
+        match d.name.as_str() {
+            "proxy_set_header" => {
+                f.set_headers
+                    .get_or_insert_with(Vec::new)
+                    .push((args[0].value.clone(), args[1].value.clone()));
+            }
+            _ if spec.effect != Effect::Acts => {}
+            "types" => {} // MIME type tables: accepted, checked by the parser only.
+            _ if !self.once(seen, spec, d) => {}
+            "proxy_connect_timeout" => f.connect_timeout = self.duration_arg(d, &args[0]),
+            "proxy_read_timeout" => f.read_timeout = self.duration_arg(d, &args[0]),
+            "proxy_send_timeout" => f.send_timeout = self.duration_arg(d, &args[0]),
+            "proxy_next_upstream_timeout" => {
+                f.next_upstream_timeout = self
+                    .duration_arg(d, &args[0])
+                    .map(|t| (!t.is_zero()).then_some(t));
+            }
+            "proxy_next_upstream_tries" => {
+                f.next_upstream_tries = self.number_arg(d, &args[0]).map(|n| n as u32);
+            }
+            "proxy_next_upstream" => f.next_upstream = self.next_upstream(d),
+            "proxy_http_version" => match args[0].value.as_str() {
+                "1.0" => f.http_version_1_0 = Some(true),
+                "1.1" => f.http_version_1_0 = Some(false),
+                _ => self.invalid_value(d, &args[0]),
+            },
+            "default_type" => f.default_type = Some(args[0].value.clone()),
+            _ => return false,
+        }
+        true
+    }
+
+    fn next_upstream(&mut self, d: &Directive) -> Option<NextUpstream> {
+        let mut nu = NextUpstream {
+            error: false,
+            timeout: false,
+            ..NextUpstream::default()
+        };
+        for arg in &d.args {
+            let slot = match arg.value.as_str() {
+                "off" if d.args.len() == 1 => return Some(nu),
+                "error" => &mut nu.error,
+                "timeout" => &mut nu.timeout,
+                "invalid_header" => &mut nu.invalid_header,
+                "http_500" => &mut nu.http_500,
+                "http_502" => &mut nu.http_502,
+                "http_503" => &mut nu.http_503,
+                "http_504" => &mut nu.http_504,
+                "http_403" => &mut nu.http_403,
+                "http_404" => &mut nu.http_404,
+                "http_429" => &mut nu.http_429,
+                "non_idempotent" => &mut nu.non_idempotent,
+                _ => {
+                    self.invalid_value(d, arg);
+                    return None;
+                }
+            };
+            *slot = true;
+        }
+        Some(nu)
+    }
+
+    // === server ===
+
+    fn server(&mut self, d: &Directive, http: &Frame, ups: &mut Upstreams) -> Option<Server> {
+        let mut own = Frame::default();
+        let mut seen = Seen::default();
+        let mut listens: Vec<ListenSpec> = Vec::new();
+        let mut names: Vec<ServerName> = Vec::new();
+        let mut ret = None;
+        let mut locations = Vec::new();
+        for c in d.block.as_deref().unwrap_or_default() {
+            let Some(spec) = self.check(c, Contexts::SERVER) else {
+                continue;
+            };
+            match c.name.as_str() {
+                "listen" => self.listen(c, &mut listens),
+                "server_name" => self.server_names(c, &mut names),
+                "location" => locations.push(c),
+                "return" => {
+                    if self.once(&mut seen, spec, c) {
+                        ret = self.ret(c);
+                    }
+                }
+                "error_log" => {
+                    self.error_log(c);
+                }
+                _ => {
+                    self.setting(c, spec, &mut own, &mut seen);
+                }
+            }
+        }
+        if listens.is_empty() {
+            listens.push(ListenSpec {
+                addr: SocketAddr::from(([0, 0, 0, 0], self.opts.default_listen_port)),
+                default_server: false,
+                location: self.at(d.span),
+            });
+        }
+        if names.is_empty() {
+            names.push(ServerName::Exact(String::new()));
+        }
+        let frame = own.inherit(http);
+        let locations = locations
+            .into_iter()
+            .filter_map(|l| self.location(l, &frame, None, ups))
+            .collect();
+        Some(Server {
+            listens,
+            names,
+            locations,
+            conf: frame.conf(ret.map(Action::Return)),
+            location: self.at(d.span),
+        })
+    }
+
+    fn listen(&mut self, d: &Directive, listens: &mut Vec<ListenSpec>) {
+        let addr_arg = &d.args[0];
+        let addrs = match values::socket_addrs(&addr_arg.value, 80, true) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                let what = match e {
+                    AddrError::InvalidPort => "invalid port in",
+                    AddrError::HostNotFound => "host not found in",
+                    AddrError::Unix => "unix domain sockets are not supported by imbang yet:",
+                };
+                self.invalid(
+                    format!("{what} \"{}\" of the \"listen\" directive", addr_arg.value),
+                    addr_arg.span,
+                );
+                return;
+            }
+        };
+        let mut default_server = false;
+        for p in &d.args[1..] {
+            let name = p.value.split('=').next().unwrap_or_default();
+            match name {
+                "default_server" | "default" => default_server = true,
+                "ssl" | "quic" | "proxy_protocol" => self.invalid(
+                    format!(
+                        "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
+                        p.value
+                    ),
+                    p.span,
+                ),
+                "http2" | "reuseport" | "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind"
+                | "ipv6only" | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self
+                    .warn(
+                        format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),
+                        p.span,
+                    ),
+                _ => self.invalid(format!("invalid parameter \"{}\"", p.value), p.span),
+            }
+        }
+        for addr in addrs {
+            if listens.iter().any(|l| l.addr == addr) {
+                self.invalid(format!("duplicate listen {addr}"), d.span);
+                continue;
+            }
+            listens.push(ListenSpec {
+                addr,
+                default_server,
+                location: self.at(d.span),
+            });
+        }
+    }
+
+    fn server_names(&mut self, d: &Directive, names: &mut Vec<ServerName>) {
+        for arg in &d.args {
+            let v = arg.value.as_str();
+            let name = if let Some(re) = v.strip_prefix('~') {
+                ServerName::Regex(re.to_owned())
+            } else {
+                let v = v.to_ascii_lowercase();
+                let stars = v.matches('*').count();
+                if let Some(suffix) = v.strip_prefix("*.").filter(|_| stars == 1) {
+                    ServerName::LeadingWildcard {
+                        suffix: format!(".{suffix}"),
+                        also_bare: false,
+                    }
+                } else if let Some(prefix) = v.strip_suffix(".*").filter(|_| stars == 1) {
+                    ServerName::TrailingWildcard(format!("{prefix}."))
+                } else if stars > 0 {
+                    self.invalid(format!("invalid server name or wildcard \"{v}\""), arg.span);
+                    continue;
+                } else if let Some(suffix) = v.strip_prefix('.') {
+                    ServerName::LeadingWildcard {
+                        suffix: format!(".{suffix}"),
+                        also_bare: true,
+                    }
+                } else {
+                    ServerName::Exact(v)
+                }
+            };
+            names.push(name);
+        }
+    }
+
+    fn check_default_servers(&mut self, servers: &[Server]) {
+        let mut defaults: HashMap<SocketAddr, ()> = HashMap::new();
+        for listen in servers.iter().flat_map(|s| &s.listens) {
+            if listen.default_server && defaults.insert(listen.addr, ()).is_some() {
+                let message = format!("a duplicate default server for {}", listen.addr);
+                self.errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(listen.location.clone()),
+                ));
+            }
+        }
+    }
+
+    fn ret(&mut self, d: &Directive) -> Option<Return> {
+        let first = &d.args[0];
+        if d.args.len() == 1
+            && (first.value.starts_with("http://")
+                || first.value.starts_with("https://")
+                || first.value.starts_with("$scheme"))
+        {
+            return Some(Return {
+                status: 302,
+                text: Some(first.value.clone()),
+            });
+        }
+        match values::number(&first.value) {
+            Some(code) if code <= 999 && code != 444 => Some(Return {
+                status: code as u16,
+                text: d.args.get(1).map(|a| a.value.clone()),
+            }),
+            Some(444) => {
+                self.invalid(
+                    "return 444 (close the connection) is not supported by imbang yet".to_owned(),
+                    first.span,
+                );
+                None
+            }
+            _ => {
+                self.invalid(
+                    format!("invalid return code \"{}\"", first.value),
+                    first.span,
+                );
+                None
+            }
+        }
+    }
+
+    // === location ===
+
+    fn location(
+        &mut self,
+        d: &Directive,
+        parent_frame: &Frame,
+        parent: Option<(LocationMatch, &str)>,
+        ups: &mut Upstreams,
+    ) -> Option<Location> {
+        let (kind, pattern) = self.location_pattern(d)?;
+        if let Some((parent_kind, parent_pattern)) = parent {
+            let msg = match (parent_kind, kind) {
+                (LocationMatch::Exact, _) => Some(format!(
+                    "location \"{pattern}\" cannot be inside the exact location \"{parent_pattern}\""
+                )),
+                (LocationMatch::Named, _) => Some(format!(
+                    "location \"{pattern}\" cannot be inside the named location \"{parent_pattern}\""
+                )),
+                (_, LocationMatch::Named) => Some(format!(
+                    "named location \"{pattern}\" can be on the server level only"
+                )),
+                (LocationMatch::Prefix | LocationMatch::PrefixNoRegex, LocationMatch::Prefix)
+                | (
+                    LocationMatch::Prefix | LocationMatch::PrefixNoRegex,
+                    LocationMatch::PrefixNoRegex,
+                )
+                | (LocationMatch::Prefix | LocationMatch::PrefixNoRegex, LocationMatch::Exact)
+                    if !pattern.starts_with(parent_pattern) =>
+                {
+                    Some(format!(
+                        "location \"{pattern}\" is outside location \"{parent_pattern}\""
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(msg) = msg {
+                self.invalid(msg, d.span);
+                return None;
+            }
+        }
+        let mut own = Frame::default();
+        let mut seen = Seen::default();
+        let mut proxy = None;
+        let mut ret = None;
+        let mut children = Vec::new();
+        for c in d.block.as_deref().unwrap_or_default() {
+            let Some(spec) = self.check(c, Contexts::LOCATION) else {
+                continue;
+            };
+            match c.name.as_str() {
+                "location" => children.push(c),
+                "proxy_pass" => {
+                    if self.once(&mut seen, spec, c) {
+                        proxy = self.proxy_pass(c, kind, ups);
+                    }
+                }
+                "return" => {
+                    if self.once(&mut seen, spec, c) {
+                        ret = self.ret(c);
+                    }
+                }
+                "error_log" => {
+                    self.error_log(c);
+                }
+                _ => {
+                    self.setting(c, spec, &mut own, &mut seen);
+                }
+            }
+        }
+        let frame = own.inherit(parent_frame);
+        let locations: Vec<Location> = children
+            .into_iter()
+            .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
+            .collect();
+        // `return` runs in nginx's rewrite phase, before the proxy handler.
+        let action = ret.map(Action::Return).or(proxy.map(Action::Proxy));
+        if action.is_none() && locations.is_empty() {
+            self.warn(
+                format!(
+                    "location \"{pattern}\" has neither \"proxy_pass\" nor \"return\": imbang does not serve files, so requests here get 404"
+                ),
+                d.span,
+            );
+        }
+        Some(Location {
+            kind,
+            pattern,
+            conf: frame.conf(action),
+            locations,
+            location: self.at(d.span),
+        })
+    }
+
+    fn location_pattern(&mut self, d: &Directive) -> Option<(LocationMatch, String)> {
+        let modifier = |m: &str| match m {
+            "=" => Some(LocationMatch::Exact),
+            "^~" => Some(LocationMatch::PrefixNoRegex),
+            "~" => Some(LocationMatch::Regex {
+                case_insensitive: false,
+            }),
+            "~*" => Some(LocationMatch::Regex {
+                case_insensitive: true,
+            }),
+            _ => None,
+        };
+        if d.args.len() == 2 {
+            let Some(kind) = modifier(&d.args[0].value) else {
+                self.invalid(
+                    format!("invalid location modifier \"{}\"", d.args[0].value),
+                    d.args[0].span,
+                );
+                return None;
+            };
+            return Some((kind, d.args[1].value.clone()));
+        }
+        let v = d.args[0].value.as_str();
+        Some(if let Some(rest) = v.strip_prefix("~*") {
+            (modifier("~*")?, rest.to_owned())
+        } else if let Some(rest) = v.strip_prefix("^~") {
+            (LocationMatch::PrefixNoRegex, rest.to_owned())
+        } else if let Some(rest) = v.strip_prefix('~') {
+            (modifier("~")?, rest.to_owned())
+        } else if let Some(rest) = v.strip_prefix('=') {
+            (LocationMatch::Exact, rest.to_owned())
+        } else if v.starts_with('@') {
+            (LocationMatch::Named, v.to_owned())
+        } else {
+            (LocationMatch::Prefix, v.to_owned())
+        })
+    }
+
+    fn proxy_pass(
+        &mut self,
+        d: &Directive,
+        kind: LocationMatch,
+        ups: &mut Upstreams,
+    ) -> Option<ProxyPass> {
+        let arg = &d.args[0];
+        let url = arg.value.as_str();
+        let rest = if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
+            &url[7..]
+        } else if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+            self.invalid(
+                "proxy_pass to https:// upstreams is not supported by imbang yet".to_owned(),
+                arg.span,
+            );
+            return None;
+        } else {
+            self.invalid(format!("invalid URL prefix in \"{url}\""), arg.span);
+            return None;
+        };
+        if url.contains('$') {
+            self.invalid(
+                "\"proxy_pass\" with variables is not supported by imbang yet".to_owned(),
+                arg.span,
+            );
+            return None;
+        }
+        let (authority, uri) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
+            None => (rest, None),
+        };
+        if uri.is_some() && matches!(kind, LocationMatch::Regex { .. } | LocationMatch::Named) {
+            self.invalid(
+                "\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location, or inside \"if\" statement, or inside \"limit_except\" block".to_owned(),
+                d.span,
+            );
+            return None;
+        }
+        if authority.is_empty() {
+            self.invalid(
+                format!("no host in \"{url}\" of the \"proxy_pass\" directive"),
+                arg.span,
+            );
+            return None;
+        }
+        let upstream = if ups.by_name.contains_key(authority) {
+            authority.to_owned()
+        } else {
+            self.implicit_upstream(authority, d, ups)?
+        };
+        Some(ProxyPass {
+            upstream,
+            proxy_host: authority.to_owned(),
+            uri,
+            location: self.at(d.span),
+        })
+    }
+
+    /// `proxy_pass http://host:port` with no `upstream host` block: a group of the addresses
+    /// the host resolves to, with nginx's default peer parameters.
+    fn implicit_upstream(
+        &mut self,
+        authority: &str,
+        d: &Directive,
+        ups: &mut Upstreams,
+    ) -> Option<String> {
+        let name = authority.to_owned();
+        if ups.by_name.contains_key(&name) {
+            return Some(name);
+        }
+        let addrs = match values::socket_addrs(authority, 80, false) {
+            Ok(addrs) => addrs,
+            Err(AddrError::InvalidPort) => {
+                self.invalid(
+                    format!("invalid port in upstream \"{authority}\""),
+                    d.args[0].span,
+                );
+                return None;
+            }
+            Err(_) => {
+                let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+                self.error(ErrorKind::HostNotFound(host.to_owned()), d.span);
+                return None;
+            }
+        };
+        let peers = addrs
+            .into_iter()
+            .map(|addr| PeerSpec {
+                addr,
+                name: authority.to_owned(),
+                weight: 1,
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10),
+                backup: false,
+                down: false,
+                max_conns: 0,
+            })
+            .collect();
+        ups.by_name.insert(name.clone(), ups.groups.len());
+        ups.groups.push(Upstream {
+            name: name.clone(),
+            peers,
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_timeout: Duration::from_secs(60),
+            implicit: true,
+            location: self.at(d.span),
+        });
+        Some(name)
+    }
+
+    // === upstream ===
+
+    fn upstream(&mut self, d: &Directive, ups: &mut Upstreams) {
+        let name = d.args[0].value.clone();
+        if ups.by_name.contains_key(&name) {
+            self.invalid(format!("duplicate upstream \"{name}\""), d.span);
+            return;
+        }
+        let mut up = Upstream {
+            name: name.clone(),
+            peers: Vec::new(),
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_timeout: Duration::from_secs(60),
+            implicit: false,
+            location: self.at(d.span),
+        };
+        let mut seen = Seen::default();
+        for c in d.block.as_deref().unwrap_or_default() {
+            let Some(spec) = self.check(c, Contexts::UPSTREAM) else {
+                continue;
+            };
+            match c.name.as_str() {
+                "server" => self.peer(c, &mut up.peers),
+                _ if !self.once(&mut seen, spec, c) => {}
+                "keepalive" => match values::number(&c.args[0].value) {
+                    Some(n) if n > 0 => up.keepalive = n as usize,
+                    _ => self.invalid_value(c, &c.args[0]),
+                },
+                "keepalive_timeout" => {
+                    if let Some(t) = self.duration_arg(c, &c.args[0]) {
+                        up.keepalive_timeout = t;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let has_server = d
+            .block
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == "server");
+        if !has_server {
+            self.invalid("no servers are inside upstream".to_owned(), d.span);
+        }
+        ups.by_name.insert(name, ups.groups.len());
+        ups.groups.push(up);
+    }
+
+    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>) {
+        let addr_arg = &d.args[0];
+        let mut spec = PeerSpec {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            name: addr_arg.value.clone(),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            backup: false,
+            down: false,
+            max_conns: 0,
+        };
+        let mut ok = true;
+        for p in &d.args[1..] {
+            let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
+            let good = match key {
+                "weight" => values::number(value)
+                    .filter(|&n| n > 0)
+                    .map(|n| spec.weight = n as u32)
+                    .is_some(),
+                "max_fails" => values::number(value)
+                    .map(|n| spec.max_fails = n as u32)
+                    .is_some(),
+                "max_conns" => values::number(value)
+                    .map(|n| spec.max_conns = n as u32)
+                    .is_some(),
+                "fail_timeout" => values::duration(value)
+                    .map(|t| spec.fail_timeout = t)
+                    .is_some(),
+                "backup" if value.is_empty() => {
+                    spec.backup = true;
+                    true
+                }
+                "down" if value.is_empty() => {
+                    spec.down = true;
+                    true
+                }
+                _ => false,
+            };
+            if !good {
+                self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
+                ok = false;
+            }
+        }
+        match values::socket_addrs(&addr_arg.value, 80, false) {
+            Ok(addrs) if ok => {
+                for addr in addrs {
+                    peers.push(PeerSpec {
+                        addr,
+                        ..spec.clone()
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(AddrError::Unix) => self.invalid(
+                "unix domain sockets are not supported by imbang yet".to_owned(),
+                addr_arg.span,
+            ),
+            Err(AddrError::InvalidPort) => self.invalid(
+                format!("invalid port in upstream \"{}\"", addr_arg.value),
+                addr_arg.span,
+            ),
+            Err(AddrError::HostNotFound) => {
+                self.error(ErrorKind::HostNotFound(addr_arg.value.clone()), d.span)
+            }
+        }
+    }
+}
+
+/// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:
+/// imbang keeps upstream connections alive by default (nginx closes them).
+pub const DEFAULT_KEEPALIVE: usize = 32;

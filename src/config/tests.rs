@@ -1,0 +1,214 @@
+//! Lowering tests: tiny inline configs, exact messages and locations.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::model::*;
+use super::*;
+
+fn opts() -> LoadOptions {
+    LoadOptions {
+        prefix: PathBuf::from("/prefix/"),
+        default_listen_port: 8000,
+    }
+}
+
+fn ok(text: &str) -> Config {
+    match parse_str("/etc/imbang/t.conf", text, &opts()) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse_str("/etc/imbang/t.conf", text, &opts()) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_lessons_site_file_lowers() {
+    let c = ok(
+        "http {\nupstream domain { \n    server 127.0.0.1:3001;\n    server 127.0.0.1:3002;\n}\nserver { \n    server_name mydomain.xyz; \n  \n    location / { \n             proxy_pass http://domain;\n    }\n}\n}\n",
+    );
+    let http = c.http.unwrap();
+    let up = &http.upstreams[0];
+    assert_eq!(up.name, "domain");
+    let addrs: Vec<String> = up.peers.iter().map(|p| p.addr.to_string()).collect();
+    assert_eq!(addrs, ["127.0.0.1:3001", "127.0.0.1:3002"]);
+    assert_eq!(up.peers[0].max_fails, 1);
+    assert_eq!(up.peers[0].fail_timeout, Duration::from_secs(10));
+    let server = &http.servers[0];
+    assert_eq!(server.names, [ServerName::Exact("mydomain.xyz".into())]);
+    assert_eq!(server.listens[0].addr.to_string(), "0.0.0.0:8000");
+    let Some(Action::Proxy(pass)) = &server.locations[0].conf.action else {
+        panic!("no proxy_pass");
+    };
+    assert_eq!(
+        (pass.upstream.as_str(), pass.uri.as_deref()),
+        ("domain", None)
+    );
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_place() {
+    let got = errors(
+        "worker_processes zero;\nhttp {\n    server {\n        listen 127.0.0.1:99999;\n        location / {\n            proxy_pas http://a;\n        }\n        server { }\n    }\n    sendfile maybe;\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid value \"zero\" in \"worker_processes\" directive in /etc/imbang/t.conf:1:18",
+            "invalid value \"maybe\" in \"sendfile\" directive, it must be \"on\" or \"off\" in /etc/imbang/t.conf:10:14",
+            "invalid port in \"127.0.0.1:99999\" of the \"listen\" directive in /etc/imbang/t.conf:4:16",
+            "\"server\" directive is not allowed here in /etc/imbang/t.conf:8:9",
+            "unknown directive \"proxy_pas\" in /etc/imbang/t.conf:6:13",
+        ]
+    );
+}
+
+#[test]
+fn context_arity_and_block_errors() {
+    let got = errors("listen 80;\nhttp { server { listen; } }\nevents;\nhttp { }\n");
+    assert_eq!(
+        got,
+        [
+            "\"listen\" directive is not allowed here in /etc/imbang/t.conf:1:1",
+            "invalid number of arguments in \"listen\" directive in /etc/imbang/t.conf:2:17",
+            "directive \"events\" has no opening \"{\" in /etc/imbang/t.conf:3:1",
+            "\"http\" directive is duplicate in /etc/imbang/t.conf:4:1",
+        ]
+    );
+}
+
+#[test]
+fn unknown_upstream_host_is_nginx_s_message() {
+    let got = errors("http { server { location / { proxy_pass http://domian.invalid; } } }");
+    assert_eq!(
+        got,
+        ["host not found in upstream \"domian.invalid\" in /etc/imbang/t.conf:1:30"]
+    );
+}
+
+#[test]
+fn no_effect_directives_warn() {
+    let c = ok("user www-data;\nhttp { gzip on; }\n");
+    let w: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|w| format!("{} in {}", w.message, w.location))
+        .collect();
+    assert_eq!(
+        w,
+        [
+            "the \"user\" directive has no effect in imbang: imbang keeps the user it was started as in /etc/imbang/t.conf:1:1",
+            "the \"gzip\" directive has no effect in imbang: imbang does not compress responses (upstream compression passes through) in /etc/imbang/t.conf:2:8",
+        ]
+    );
+}
+
+#[test]
+fn proxy_settings_inherit_and_proxy_set_header_replaces_as_nginx() {
+    let c = ok(
+        "http {\n proxy_read_timeout 5s;\n proxy_set_header X-A a;\n upstream u { server 127.0.0.1:1; }\n server {\n  listen 127.0.0.1:8080;\n  location /a { proxy_pass http://u; }\n  location /b { proxy_set_header X-B b; proxy_connect_timeout 2; proxy_pass http://u/; }\n }\n}\n",
+    );
+    let s = &c.http.unwrap().servers[0];
+    let a = &s.locations[0].conf.proxy;
+    let b = &s.locations[1].conf.proxy;
+    assert_eq!(a.read_timeout, Duration::from_secs(5));
+    assert_eq!(a.set_headers, [("X-A".to_owned(), "a".to_owned())]);
+    assert_eq!(a.connect_timeout, Duration::from_secs(60));
+    assert_eq!(b.read_timeout, Duration::from_secs(5));
+    assert_eq!(b.set_headers, [("X-B".to_owned(), "b".to_owned())]);
+    assert_eq!(b.connect_timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn peer_parameters_and_errors() {
+    let c = ok(
+        "http { upstream u { server 127.0.0.1:1 weight=3 max_fails=0 fail_timeout=30s max_conns=7; server 127.0.0.1:2 backup; server 127.0.0.1:3 down; } }",
+    );
+    let p = &c.http.unwrap().upstreams[0].peers;
+    assert_eq!((p[0].weight, p[0].max_fails, p[0].max_conns), (3, 0, 7));
+    assert_eq!(p[0].fail_timeout, Duration::from_secs(30));
+    assert!(p[1].backup && !p[1].down && p[2].down);
+    let got = errors(
+        "http { upstream u { server 127.0.0.1:1 weight=0 bogus; } upstream u { server 127.0.0.1:1; } upstream e { } }",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid parameter \"weight=0\" in /etc/imbang/t.conf:1:40",
+            "invalid parameter \"bogus\" in /etc/imbang/t.conf:1:49",
+            "duplicate upstream \"u\" in /etc/imbang/t.conf:1:58",
+            "no servers are inside upstream in /etc/imbang/t.conf:1:93",
+        ]
+    );
+}
+
+#[test]
+fn listen_forms_and_defaults() {
+    let c = ok(
+        "http { server { listen 8080 default_server; listen [::1]:81; server_name .example.com www.* ~^a; } server { } }",
+    );
+    let http = c.http.unwrap();
+    let l: Vec<(String, bool)> = http.servers[0]
+        .listens
+        .iter()
+        .map(|l| (l.addr.to_string(), l.default_server))
+        .collect();
+    assert_eq!(
+        l,
+        [("0.0.0.0:8080".into(), true), ("[::1]:81".into(), false)]
+    );
+    assert_eq!(
+        http.servers[0].names,
+        [
+            ServerName::LeadingWildcard {
+                suffix: ".example.com".into(),
+                also_bare: true
+            },
+            ServerName::TrailingWildcard("www.".into()),
+            ServerName::Regex("^a".into()),
+        ]
+    );
+    assert_eq!(http.servers[1].listens[0].addr.to_string(), "0.0.0.0:8000");
+    assert_eq!(http.servers[1].names, [ServerName::Exact(String::new())]);
+    let dup = errors(
+        "http { server { listen 8080 default_server; } server { listen 8080 default_server; } }",
+    );
+    assert_eq!(
+        dup,
+        ["a duplicate default server for 0.0.0.0:8080 in /etc/imbang/t.conf:1:56"]
+    );
+}
+
+#[test]
+fn proxy_pass_uri_in_regex_location_is_an_error() {
+    let got = errors(
+        "http { upstream u { server 127.0.0.1:1; } server { location ~ \\.php$ { proxy_pass http://u/x; } } }",
+    );
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].starts_with(
+            "\"proxy_pass\" cannot have URI part in location given by regular expression"
+        ),
+        "{}",
+        got[0]
+    );
+}
+
+#[test]
+fn main_context_paths_resolve_against_the_prefix() {
+    let c = ok("pid run/i.pid;\nerror_log logs/e.log warn;\ndaemon off;\n");
+    assert_eq!(c.main.pid, PathBuf::from("/prefix/run/i.pid"));
+    assert!(!c.main.daemon);
+    assert_eq!(
+        c.main.error_log,
+        [ErrorLogSpec {
+            target: LogTarget::File("/prefix/logs/e.log".into()),
+            level: LogLevel::Warn
+        }]
+    );
+}

@@ -35,8 +35,10 @@
 //! (`a++`) backtrack. Matching time is linear in the input, so no pattern can be slow.
 
 mod host;
+mod location;
 
 pub use host::{NameConflict, VirtualHost, VirtualHosts, normalize_host};
+pub use location::{LocationEntry, LocationTree};
 
 use std::fmt;
 

@@ -36,9 +36,11 @@
 
 mod host;
 mod location;
+mod uri;
 
 pub use host::{NameConflict, VirtualHost, VirtualHosts, normalize_host};
 pub use location::{LocationEntry, LocationTree};
+pub use uri::{UriError, normalize_path};
 
 use std::fmt;
 

@@ -1,0 +1,3 @@
+//! Which peer gets an attempt: upstream groups, balancing, passive health.
+
+pub mod health;

@@ -1,4 +1,5 @@
-//! imbang: an HTTP load balancer and reverse proxy configured with nginx syntax.
+//! imbang
 
 pub mod config;
 pub mod route;
+pub mod upstream;

@@ -1,0 +1,18 @@
+//! Is a peer fit to receive a request?
+//!
+//! | module      | fed by                              | decides                                   |
+//! |-------------|-------------------------------------|-------------------------------------------|
+//! | [`passive`] | outcomes of real requests ([`PeerGuard`] reports) | nginx's `max_fails` / `fail_timeout`, and the failure penalty on a peer's effective weight |
+//!
+//! Active probes (`health_check`) will sit beside [`passive`] and feed the same per-peer state.
+//!
+//! Health state is per peer and lives in [`PeerState`], so it is shared by every snapshot that
+//! has the peer and survives a reload. The state machines here are pure: they take `now` and
+//! never read a clock, so tests drive them with synthetic instants.
+//!
+//! [`PeerGuard`]: super::PeerGuard
+//! [`PeerState`]: super::PeerState
+
+pub mod passive;
+
+pub use passive::{FailPolicy, PassiveHealth};

@@ -1,0 +1,201 @@
+//! Which peer gets an attempt: upstream groups, balancing, passive health.
+//!
+//! | module       | holds                                                                  |
+//! |--------------|------------------------------------------------------------------------|
+//! | this one     | [`UpstreamGroup`] (one per `upstream` block per snapshot), [`Tried`], [`PeerRegistry`] |
+//! | [`peer`]     | [`Peer`] (settings), [`PeerState`] (shared live state), [`PeerGuard`] (one attempt) |
+//! | [`balancer`] | the [`Balancer`](balancer::Balancer) trait and nginx's smooth weighted round robin |
+//! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine                   |
+//!
+//! A request picks, attempts, reports, and picks again while its retry budget lasts. Reporting
+//! consumes the guard, so each attempt is reported once:
+//!
+//! ```
+//! use imbang::upstream::{NoLivePeer, Tried, UpstreamGroup};
+//! use tokio::time::Instant;
+//! # fn attempt(_: std::net::SocketAddr) -> Result<(), ()> { Ok(()) }
+//!
+//! fn forward(group: &UpstreamGroup) -> Result<(), NoLivePeer> {
+//!     let mut tried = Tried::new();
+//!     for _ in 0..group.tries() {
+//!         let peer = group.pick(&mut tried, Instant::now())?; // Err: 502 "no live upstreams"
+//!         match attempt(peer.addr()) {
+//!             Ok(()) => {
+//!                 peer.success(); // a streamed body would own `peer` and report at its end
+//!                 return Ok(());
+//!             }
+//!             Err(()) => peer.failure(Instant::now()),
+//!         }
+//!     }
+//!     Ok(()) // tries used up: answer with the last attempt's error, as nginx does
+//! }
+//! ```
+//!
+//! The group reproduces nginx's `ngx_http_upstream_get_round_robin_peer`: a group with one
+//! primary peer and no backups skips passive health entirely; otherwise the balancer chooses
+//! among eligible primaries, and when none is eligible (failed, `down`, at `max_conns`, or
+//! tried by this request) the request moves to the backups, if any, for good. When no backup
+//! is eligible either, `pick` fails with [`NoLivePeer`] and leaves peer state alone: like nginx
+//! since 1.11.5, failure counts are not reset, so peers return as their `fail_timeout` runs out.
+//!
+//! All threads share one view, as nginx's `zone` shares it between workers: smooth
+//! round-robin weights per group, failure counts and in-flight counts per peer.
+
+use std::sync::{Mutex, PoisonError};
+
+use tokio::time::Instant;
+
+use crate::config::model::Upstream;
+
+pub mod balancer;
+pub mod health;
+pub mod peer;
+mod registry;
+mod tried;
+
+use balancer::{Balancer, PickContext};
+pub use peer::{Peer, PeerGuard, PeerState};
+pub use registry::PeerRegistry;
+pub use tried::Tried;
+
+/// No peer of the group may take this attempt; the proxy answers 502 (nginx logs "no live
+/// upstreams").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no live upstreams")]
+pub struct NoLivePeer;
+
+/// One `upstream` block as one snapshot runs it.
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    name: Box<str>,
+    /// Primaries, then backups, each in config order; a peer's position is its index.
+    peers: Box<[Peer]>,
+    primaries: usize,
+    /// nginx's `peers->single`: exactly one primary (even if `down`) and no backups.
+    single: bool,
+    tries: usize,
+    /// The selection lock: held for one pick, never across an attempt.
+    selection: Mutex<Selection>,
+}
+
+#[derive(Debug)]
+struct Selection {
+    primary: Box<dyn Balancer>,
+    backup: Option<Box<dyn Balancer>>,
+}
+
+impl UpstreamGroup {
+    /// Builds the group for `spec`, taking each peer's state from `registry` (so a peer kept
+    /// by a reload keeps its failures and in-flight count).
+    pub fn new(spec: &Upstream, registry: &PeerRegistry) -> Self {
+        let ordered: Vec<_> = (spec.peers.iter().filter(|p| !p.backup))
+            .chain(spec.peers.iter().filter(|p| p.backup))
+            .collect();
+        let addrs: Vec<_> = ordered.iter().map(|p| p.addr).collect();
+        let states = registry.states(&spec.name, &addrs);
+        let peers: Box<[Peer]> = ordered
+            .into_iter()
+            .zip(states)
+            .enumerate()
+            .map(|(index, (spec, state))| Peer::new(index, spec, state))
+            .collect();
+        let primaries = peers.iter().filter(|p| !p.is_backup()).count();
+        let (primary, backup) = peers.split_at(primaries);
+        let selection = Selection {
+            primary: balancer::from_config(primary),
+            backup: (!backup.is_empty()).then(|| balancer::from_config(backup)),
+        };
+        Self {
+            name: spec.name.as_str().into(),
+            single: primaries == 1 && backup.is_empty(),
+            tries: peers.iter().filter(|p| !p.is_down()).count(),
+            primaries,
+            peers,
+            selection: Mutex::new(selection),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Peers, backups included.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Always false for a group from a valid config (nginx requires a server).
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// nginx's default attempt budget for one request: the peers not marked `down`, backups
+    /// included (nginx counts `down` peers out since 1.19.6). `proxy_next_upstream_tries`
+    /// lowers it.
+    pub fn tries(&self) -> usize {
+        self.tries
+    }
+
+    /// Peers by index: primaries, then backups.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// Chooses a peer for the next attempt of the request that owns `tried`, marks it tried,
+    /// and counts it in flight until the returned guard is reported or dropped.
+    ///
+    /// `now` starts the chosen peer's next `fail_timeout` window when its last one ran out.
+    /// Call at most [`tries`](Self::tries) times per request: past that nginx stops retrying
+    /// and answers with the last attempt's error rather than "no live upstreams".
+    ///
+    /// Does not allocate for groups of up to 64 peers.
+    pub fn pick(&self, tried: &mut Tried, now: Instant) -> Result<PeerGuard, NoLivePeer> {
+        let mut selection = self
+            .selection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (primaries, backups) = self.peers.split_at(self.primaries);
+        if !tried.on_backups() {
+            let chosen = if self.single {
+                self.pick_single(tried)
+            } else {
+                selection
+                    .primary
+                    .pick(primaries, &PickContext { tried, now })
+            };
+            if let Some(i) = chosen {
+                return Ok(self.take(&primaries[i], tried, now));
+            }
+            if selection.backup.is_none() {
+                return Err(NoLivePeer);
+            }
+            tried.switch_to_backups();
+        }
+        let backup = selection.backup.as_mut().ok_or(NoLivePeer)?;
+        let i = backup
+            .pick(backups, &PickContext { tried, now })
+            .ok_or(NoLivePeer)?;
+        Ok(self.take(&backups[i], tried, now))
+    }
+
+    /// nginx's shortcut for a lone peer: only `down` and `max_conns` can keep it out. (nginx
+    /// does not look at `tried` here because it allows a lone peer a single try; checking it
+    /// keeps that rule for callers that ask again.)
+    fn pick_single(&self, tried: &Tried) -> Option<usize> {
+        let peer = &self.peers[0];
+        let out = peer.is_down() || peer.at_max_conns() || tried.contains(peer.index());
+        (!out).then_some(0)
+    }
+
+    /// Bookkeeping on the chosen peer, still under the selection lock.
+    fn take(&self, peer: &Peer, tried: &mut Tried, now: Instant) -> PeerGuard {
+        tried.insert(peer.index());
+        if !self.single {
+            peer.state().health().on_chosen(peer.fail_policy(), now);
+        }
+        PeerGuard::new(peer, self.single)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

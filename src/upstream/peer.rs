@@ -1,0 +1,209 @@
+//! One peer three ways: as a snapshot configures it ([`Peer`]), as all snapshots share its live
+//! state ([`PeerState`]), and as one attempt holds it ([`PeerGuard`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::time::Instant;
+
+use super::health::{FailPolicy, PassiveHealth};
+use crate::config::model::PeerSpec;
+
+/// The live state of one peer, shared by every thread and by every snapshot that has the peer
+/// (looked up by upstream name and address in the [`PeerRegistry`](super::PeerRegistry)), so it
+/// survives a reload that keeps the peer.
+///
+/// - The in-flight count is an atomic: a guard's drop must not take a lock.
+/// - Passive health (nginx's `fails`, `checked`, `accessed`, `effective_weight`) sits behind a
+///   per-peer mutex rather than the group's selection lock. The group lock cannot cover it: an
+///   old snapshot still finishing requests and the new one share this state but not their
+///   locks. A per-peer lock also keeps reports (nginx takes a per-peer lock in `free` too) from
+///   waiting on picks of other peers. Picks take it briefly for each candidate peer.
+/// - The smooth round-robin `current_weight` is not here: it is balancer state, rebuilt with
+///   each snapshot as nginx rebuilds it on reload.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    in_flight: AtomicU32,
+    health: Mutex<PassiveHealth>,
+}
+
+impl PeerState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempts holding a [`PeerGuard`] on this peer right now (nginx's `conns`), counted across
+    /// all snapshots.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Failures counted by passive health (nginx's `fails`).
+    pub fn fails(&self) -> u32 {
+        self.health().fails()
+    }
+
+    /// Locks the passive health state. Never held across an `.await` or another peer's lock.
+    pub(crate) fn health(&self) -> MutexGuard<'_, PassiveHealth> {
+        // The state stays consistent even if a holder panicked: every update is a few stores.
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A peer as one snapshot's group sees it: the `server` line's settings plus the shared state.
+#[derive(Debug)]
+pub struct Peer {
+    index: usize,
+    addr: SocketAddr,
+    weight: u32,
+    fail_policy: FailPolicy,
+    max_conns: u32,
+    down: bool,
+    backup: bool,
+    state: Arc<PeerState>,
+}
+
+impl Peer {
+    pub(crate) fn new(index: usize, spec: &PeerSpec, state: Arc<PeerState>) -> Self {
+        Self {
+            index,
+            addr: spec.addr,
+            weight: spec.weight,
+            fail_policy: FailPolicy {
+                max_fails: spec.max_fails,
+                fail_timeout: spec.fail_timeout,
+            },
+            max_conns: spec.max_conns,
+            down: spec.down,
+            backup: spec.backup,
+            state,
+        }
+    }
+
+    /// Position in the group: primaries first, then backups, each in config order.
+    /// [`Tried`](super::Tried) uses this numbering.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    pub fn fail_policy(&self) -> FailPolicy {
+        self.fail_policy
+    }
+
+    /// `down` on the `server` line.
+    pub fn is_down(&self) -> bool {
+        self.down
+    }
+
+    pub fn is_backup(&self) -> bool {
+        self.backup
+    }
+
+    /// True if `max_conns` is set and that many attempts are in flight.
+    pub fn at_max_conns(&self) -> bool {
+        self.max_conns != 0 && self.state.in_flight() >= self.max_conns
+    }
+
+    pub fn state(&self) -> &PeerState {
+        &self.state
+    }
+}
+
+/// One attempt on one peer, from the pick until its outcome is reported.
+///
+/// While it exists the peer counts the attempt as in flight (for `max_conns` and, later,
+/// least_conn), so a response body that owns the guard keeps counting until the body ends.
+/// Report the outcome by consuming the guard, which makes a second report impossible:
+///
+/// - [`success`](Self::success): nginx's `free` without `NGX_PEER_FAILED`. Use it for a
+///   response, including a 403/404 that `proxy_next_upstream http_403|http_404` moves past
+///   (nginx's `NGX_PEER_NEXT`, which takes the same path).
+/// - [`failure`](Self::failure): `NGX_PEER_FAILED` (error, timeout, invalid header, and the
+///   `proxy_next_upstream` statuses other than 403/404).
+/// - [`neutral`](Self::neutral), or dropping the guard: only ends the attempt. For attempts
+///   that say nothing about the peer (cancelled before the peer was reached). nginx has no
+///   such outcome; it reports success when a request ends for reasons of its own.
+///
+/// ```compile_fail
+/// fn report_twice(attempt: imbang::upstream::PeerGuard) {
+///     attempt.success();
+///     attempt.success(); // error: use of moved value
+/// }
+/// ```
+#[must_use = "dropping a PeerGuard ends the attempt without reporting its outcome"]
+pub struct PeerGuard {
+    state: Arc<PeerState>,
+    addr: SocketAddr,
+    weight: u32,
+    fail_policy: FailPolicy,
+    /// The group's only peer (no backups): nginx never counts its failures.
+    single: bool,
+}
+
+impl PeerGuard {
+    /// Counts the attempt as in flight. Called under the group's selection lock, so that
+    /// `max_conns` is checked and the count raised in one step.
+    pub(crate) fn new(peer: &Peer, single: bool) -> Self {
+        peer.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            state: Arc::clone(&peer.state),
+            addr: peer.addr,
+            weight: peer.weight,
+            fail_policy: peer.fail_policy,
+            single,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer answered: forgives its failures if it was chosen after a quiet `fail_timeout`.
+    pub fn success(self) {
+        let mut health = self.state.health();
+        if self.single {
+            health.clear_fails();
+        } else {
+            health.on_success();
+        }
+    }
+
+    /// The attempt failed at `now`: counts a failure and lowers the peer's effective weight.
+    pub fn failure(self, now: Instant) {
+        let mut health = self.state.health();
+        if self.single {
+            health.clear_fails();
+        } else if health.on_failure(self.fail_policy, self.weight, now) {
+            tracing::warn!(peer = %self.addr, "upstream server temporarily disabled");
+        }
+    }
+
+    /// Ends the attempt without a verdict on the peer (same as dropping the guard).
+    pub fn neutral(self) {}
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        // Relaxed: the count guards no other data; the group lock orders the increments.
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for PeerGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerGuard")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.state.in_flight())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,69 @@
+//! Where per-peer state outlives snapshots.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use super::PeerState;
+
+/// Hands out each peer's [`PeerState`], keyed by upstream name and peer address, so a group
+/// built for a new snapshot gets the state of the same peer in the previous one.
+///
+/// The registry holds only weak references: snapshots own the state. A peer that a reload
+/// removes keeps its state while an old snapshot still uses it; once the last such snapshot is
+/// dropped the state goes too, and a peer added later with that address starts fresh.
+#[derive(Debug, Default)]
+pub struct PeerRegistry {
+    states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
+}
+
+/// A peer's identity across reloads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PeerKey {
+    upstream: Box<str>,
+    addr: SocketAddr,
+    /// 0 for the first peer of the group with this address, 1 for the second…: nginx keeps
+    /// separate state for `server` lines that repeat an address, and so does imbang.
+    nth: u32,
+}
+
+impl PeerRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The states for `addrs` (in order) of upstream `upstream`: the live ones reused, new
+    /// ones created. Also forgets entries whose state no snapshot uses any more.
+    pub(crate) fn states(&self, upstream: &str, addrs: &[SocketAddr]) -> Vec<Arc<PeerState>> {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.retain(|_, state| state.strong_count() > 0);
+        let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
+        addrs
+            .iter()
+            .map(|&addr| {
+                let nth = seen.entry(addr).or_default();
+                let key = PeerKey {
+                    upstream: upstream.into(),
+                    addr,
+                    nth: *nth,
+                };
+                *nth += 1;
+                if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+                    return state;
+                }
+                let state = Arc::new(PeerState::new());
+                states.insert(key, Arc::downgrade(&state));
+                state
+            })
+            .collect()
+    }
+
+    /// How many peer states are alive (used by at least one group).
+    pub fn live_states(&self) -> usize {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states
+            .values()
+            .filter(|state| state.strong_count() > 0)
+            .count()
+    }
+}

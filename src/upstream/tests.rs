@@ -1,0 +1,506 @@
+//! Group-level behaviour against nginx's round-robin module: failover, passive health,
+//! backups, `max_conns`, the lone-peer rule, and state kept across reloads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::model::PeerSpec;
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// Peer `i` is `127.0.0.1:(i + 1)`, shown as the letter `a + i`; nginx's defaults otherwise
+/// (`max_fails=1 fail_timeout=10s`).
+pub(crate) fn peer_spec(i: usize, weight: u32) -> PeerSpec {
+    PeerSpec {
+        addr: addr(i),
+        name: format!("127.0.0.1:{}", i + 1),
+        weight,
+        max_fails: 1,
+        fail_timeout: 10 * SEC,
+        backup: false,
+        down: false,
+        max_conns: 0,
+    }
+}
+
+fn addr(i: usize) -> SocketAddr {
+    ([127, 0, 0, 1], i as u16 + 1).into()
+}
+
+fn upstream(name: &str, peers: Vec<PeerSpec>) -> Upstream {
+    Upstream {
+        name: name.to_owned(),
+        peers,
+        keepalive: 0,
+        keepalive_timeout: 60 * SEC,
+        implicit: false,
+        location: "test.conf:1:1".to_owned(),
+    }
+}
+
+/// A group named "app" with peers `a`, `b`… of these weights, edited by `edit`.
+fn group(weights: &[u32], edit: impl Fn(usize, &mut PeerSpec)) -> UpstreamGroup {
+    group_in(&PeerRegistry::new(), "app", weights, edit)
+}
+
+fn group_in(
+    registry: &PeerRegistry,
+    name: &str,
+    weights: &[u32],
+    edit: impl Fn(usize, &mut PeerSpec),
+) -> UpstreamGroup {
+    let specs = weights.iter().enumerate().map(|(i, &weight)| {
+        let mut spec = peer_spec(i, weight);
+        edit(i, &mut spec);
+        spec
+    });
+    UpstreamGroup::new(&upstream(name, specs.collect()), registry)
+}
+
+fn letter(guard: &PeerGuard) -> char {
+    (b'a' + guard.addr().port() as u8 - 1) as char
+}
+
+fn state(group: &UpstreamGroup, letter: char) -> &PeerState {
+    let addr = addr((letter as u8 - b'a') as usize);
+    let peer = group.peers().iter().find(|p| p.addr() == addr);
+    peer.expect("no such peer").state()
+}
+
+/// One new request at `now` that succeeds; the letter it went to, or `-` for no live peer.
+fn request(group: &UpstreamGroup, now: Instant) -> char {
+    match group.pick(&mut Tried::new(), now) {
+        Ok(guard) => {
+            let letter = letter(&guard);
+            guard.success();
+            letter
+        }
+        Err(NoLivePeer) => '-',
+    }
+}
+
+fn requests(group: &UpstreamGroup, now: Instant, n: usize) -> String {
+    (0..n).map(|_| request(group, now)).collect()
+}
+
+#[test]
+fn group_follows_smooth_weighted_round_robin() {
+    let cases: [(&[u32], &str); 4] = [
+        (&[5, 1, 1], "aabacaa"),
+        (&[3, 2], "ababa"),
+        (&[1, 1, 1], "abcabc"),
+        (&[4, 3, 2], "abcabacba"),
+    ];
+    for (weights, want) in cases {
+        let group = group(weights, |_, _| {});
+        let got = requests(&group, Instant::now(), want.len());
+        assert_eq!(got, want, "weights {weights:?}");
+    }
+}
+
+#[test]
+fn a_down_peer_is_never_picked_nor_counted_in_tries() {
+    let group = group(&[2, 5, 1], |i, spec| spec.down = i == 1);
+    assert_eq!(requests(&group, Instant::now(), 6), "acaaca");
+    assert_eq!((group.len(), group.tries()), (3, 2));
+}
+
+#[test]
+fn failover_skips_peers_the_request_already_tried() {
+    let group = group(&[1, 1, 1], |_, _| {});
+    let t0 = Instant::now();
+    let mut tried = Tried::new();
+
+    let first = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&first), 'a');
+    first.failure(t0);
+    let second = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&second), 'b');
+    second.failure(t0);
+    let third = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&third), 'c');
+    assert_eq!(tried.count(), 3);
+    third.failure(t0);
+    assert_eq!(group.pick(&mut tried, t0).unwrap_err(), NoLivePeer);
+}
+
+#[test]
+fn with_max_fails_zero_only_tried_keeps_a_peer_out() {
+    // max_fails=0: failures never take a peer out, only `tried` does.
+    let group = group(&[1, 1], |_, spec| spec.max_fails = 0);
+    let t0 = Instant::now();
+    let mut tried = Tried::new();
+    let a = group.pick(&mut tried, t0).unwrap();
+    a.failure(t0);
+    let b = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&b), 'b');
+    b.failure(t0);
+    assert!(group.pick(&mut tried, t0).is_err());
+    // Currents [-1, 1] after that request: [0, 2] -> b, [1, 1] -> a, ...
+    assert_eq!(requests(&group, t0, 4), "baba");
+}
+
+#[test]
+fn max_fails_takes_a_peer_out_for_fail_timeout_then_one_trial_brings_it_back() {
+    // a: max_fails=2 fail_timeout=10s; b: defaults. Weights 1, 1.
+    let group = group(&[1, 1], |i, spec| {
+        if i == 0 {
+            spec.max_fails = 2;
+        }
+    });
+    let t0 = Instant::now();
+
+    let a = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
+    assert_eq!(letter(&a), 'a');
+    a.failure(t0); // fails 1 of 2: still in
+    assert_eq!(request(&group, t0), 'b'); // [0, 0]
+    let a = group.pick(&mut Tried::new(), t0 + SEC).unwrap(); // [-1, 1]
+    assert_eq!(letter(&a), 'a');
+    a.failure(t0 + SEC); // fails 2 of 2: out until t0+11s inclusive
+    assert_eq!(state(&group, 'a').fails(), 2);
+
+    // b alone gains and gives back its own weight: currents stay [-1, 1].
+    assert_eq!(requests(&group, t0 + 2 * SEC, 3), "bbb");
+    assert_eq!(requests(&group, t0 + 11 * SEC, 3), "bbb");
+
+    let t1 = t0 + 11 * SEC + MS;
+    assert_eq!(request(&group, t1), 'b'); // a eligible again: [0, 2] -> b
+    let trial = group.pick(&mut Tried::new(), t1).unwrap(); // [1, 1] -> a, new window
+    assert_eq!(letter(&trial), 'a');
+    assert_eq!(requests(&group, t1, 2), "bb"); // a out while its trial is in flight
+    trial.success(); // chosen after a quiet fail_timeout: forgiven
+    assert_eq!(state(&group, 'a').fails(), 0);
+    assert_eq!(requests(&group, t1, 4), "baba");
+}
+
+#[test]
+fn when_every_peer_failed_pick_fails_and_failure_counts_are_kept() {
+    // nginx 1.11.5 removed the "mark them as live for quick recovery" reset.
+    let group = group(&[1, 1], |_, _| {});
+    let t0 = Instant::now();
+    let mut tried = Tried::new();
+    group.pick(&mut tried, t0).unwrap().failure(t0);
+    group.pick(&mut tried, t0).unwrap().failure(t0);
+
+    assert_eq!(group.pick(&mut tried, t0).unwrap_err(), NoLivePeer);
+    assert_eq!(request(&group, t0 + 5 * SEC), '-');
+    assert_eq!(request(&group, t0 + 10 * SEC), '-');
+    assert_eq!(
+        (state(&group, 'a').fails(), state(&group, 'b').fails()),
+        (1, 1)
+    );
+    // Currents were left at [-1, 1], and each failure took 1/1 of the weight off. Effective
+    // weights 0, 0: [-1, 1] -> b (gives back 0); then 1, 1: [0, 2] -> b, [1, 1] -> a, [0, 2] -> b.
+    assert_eq!(requests(&group, t0 + 10 * SEC + MS, 4), "bbab");
+}
+
+#[test]
+fn a_lone_peer_ignores_failures() {
+    let group = group(&[1], |_, _| {});
+    let t0 = Instant::now();
+    for n in 0..5 {
+        let guard = group
+            .pick(&mut Tried::new(), t0)
+            .expect("lone peer always picked");
+        guard.failure(t0);
+        assert_eq!(state(&group, 'a').fails(), 0, "after failure {n}");
+    }
+    assert_eq!(group.tries(), 1);
+    let mut tried = Tried::new();
+    group.pick(&mut tried, t0).unwrap().failure(t0);
+    assert!(group.pick(&mut tried, t0).is_err(), "one try per request");
+}
+
+#[test]
+fn a_lone_peer_still_obeys_down_and_max_conns() {
+    let t0 = Instant::now();
+    let down = group(&[1], |_, spec| spec.down = true);
+    assert_eq!(request(&down, t0), '-');
+    assert_eq!(down.tries(), 0);
+
+    let limited = group(&[1], |_, spec| spec.max_conns = 1);
+    let held = limited.pick(&mut Tried::new(), t0).unwrap();
+    assert_eq!(request(&limited, t0), '-');
+    drop(held);
+    assert_eq!(request(&limited, t0), 'a');
+}
+
+#[test]
+fn one_primary_with_a_backup_is_not_a_lone_peer() {
+    let group = group(&[1, 1], |i, spec| spec.backup = i == 1);
+    let t0 = Instant::now();
+    assert_eq!(requests(&group, t0, 3), "aaa");
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    assert_eq!(state(&group, 'a').fails(), 1);
+    assert_eq!(requests(&group, t0 + SEC, 3), "bbb");
+}
+
+#[test]
+fn backups_serve_only_when_no_primary_is_eligible() {
+    // a, b primaries; c, d backups (weights 1).
+    let group = group(&[1, 1, 1, 1], |i, spec| spec.backup = i >= 2);
+    let t0 = Instant::now();
+    assert_eq!(requests(&group, t0, 6), "ababab");
+    assert_eq!(group.tries(), 4);
+
+    // One request that fails on both primaries moves to the backups.
+    let mut tried = Tried::new();
+    let steps = ['a', 'b', 'c', 'd'];
+    for want in steps {
+        let guard = group.pick(&mut tried, t0).unwrap();
+        assert_eq!(letter(&guard), want);
+        guard.failure(t0);
+    }
+    assert!(tried.on_backups());
+    assert!(group.pick(&mut tried, t0).is_err());
+
+    // Everything failed: nothing until the windows run out.
+    assert_eq!(request(&group, t0 + SEC), '-');
+    // Primaries at [-1, 1] with effective weights 0, 0: [-1, 1] -> b, then [0, 2] -> b.
+    assert_eq!(requests(&group, t0 + 10 * SEC + MS, 2), "bb");
+}
+
+#[test]
+fn backups_take_over_while_primaries_are_failed() {
+    let group = group(&[1, 1, 2, 1], |i, spec| spec.backup = i >= 2);
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    // Backups c=2, d=1 balance among themselves with their own weights.
+    assert_eq!(requests(&group, t0 + SEC, 6), "cdccdc");
+}
+
+#[test]
+fn a_request_that_moved_to_backups_stays_there() {
+    // a (max_conns=1) primary; b, c backups. nginx switches the request's peer list.
+    let group = group(&[1, 1, 1], |i, spec| {
+        spec.max_conns = u32::from(i == 0);
+        spec.backup = i >= 1;
+    });
+    let t0 = Instant::now();
+    let other = group.pick(&mut Tried::new(), t0).unwrap();
+    let mut tried = Tried::new();
+    let first = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&first), 'b');
+    drop(other); // a has room again, but this request is on the backups now
+    first.failure(t0);
+    let second = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&second), 'c');
+}
+
+#[test]
+fn without_backups_a_request_keeps_considering_primaries() {
+    let group = group(&[1, 1], |i, spec| spec.max_conns = u32::from(i == 0));
+    let t0 = Instant::now();
+    let other = group.pick(&mut Tried::new(), t0).unwrap(); // a, now full
+    let mut tried = Tried::new();
+    let b = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&b), 'b');
+    b.failure(t0);
+    assert!(group.pick(&mut tried, t0).is_err()); // a full, b tried
+    drop(other);
+    let a = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&a), 'a');
+}
+
+#[test]
+fn max_conns_counts_attempts_in_flight() {
+    // a: max_conns=1; weights 1, 1.
+    let group = group(&[1, 1], |i, spec| spec.max_conns = u32::from(i == 0));
+    let t0 = Instant::now();
+    let held = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
+    assert_eq!(letter(&held), 'a');
+    assert_eq!(state(&group, 'a').in_flight(), 1);
+    assert_eq!(requests(&group, t0, 2), "bb"); // b alone: currents stay [-1, 1]
+    held.success();
+    assert_eq!(state(&group, 'a').in_flight(), 0);
+    assert_eq!(requests(&group, t0, 3), "bab"); // [0, 2] -> b, [1, 1] -> a, [0, 2] -> b
+}
+
+#[test]
+fn every_outcome_ends_the_attempt_once() {
+    let group = group(&[1], |_, _| {});
+    let t0 = Instant::now();
+    let in_flight = || state(&group, 'a').in_flight();
+    let guards: Vec<_> = (0..4)
+        .map(|_| group.pick(&mut Tried::new(), t0).unwrap())
+        .collect();
+    assert_eq!(in_flight(), 4);
+    let mut guards = guards.into_iter();
+    guards.next().unwrap().success();
+    assert_eq!(in_flight(), 3);
+    guards.next().unwrap().failure(t0);
+    assert_eq!(in_flight(), 2);
+    guards.next().unwrap().neutral();
+    assert_eq!(in_flight(), 1);
+    drop(guards);
+    assert_eq!(in_flight(), 0);
+}
+
+#[test]
+fn neutral_leaves_failure_counts_alone() {
+    let group = group(&[1, 1], |_, spec| spec.max_fails = 3);
+    let t0 = Instant::now();
+    let a = group.pick(&mut Tried::new(), t0).unwrap();
+    a.failure(t0);
+    group.pick(&mut Tried::new(), t0).unwrap().neutral(); // b
+    let a = group.pick(&mut Tried::new(), t0 + 11 * SEC).unwrap(); // new window for a
+    assert_eq!(letter(&a), 'a');
+    a.neutral();
+    assert_eq!(state(&group, 'a').fails(), 1);
+}
+
+#[test]
+fn effective_weight_recovers_one_step_per_pick_after_a_failure() {
+    // a: weight 4, max_fails=1 (a failure takes 4/1 off: effective 0). b: weight 1, never out.
+    let group = group(&[4, 1], |i, spec| spec.max_fails = u32::from(i == 0));
+    let t0 = Instant::now();
+    let a = group.pick(&mut Tried::new(), t0).unwrap(); // [4, 1] -> a -> [-1, 1]
+    a.failure(t0);
+    assert_eq!(requests(&group, t0 + 5 * SEC, 2), "bb");
+    // Back at currents [-1, 1], a's effective weight climbing 0, 1, 2, 3, 4 (derived by hand):
+    // [-1,2]b [0,2]b [2,1]a [2,2]a [2,3]b [6,-1]a [5,0]a [4,1]a [3,2]a [2,3]b
+    assert_eq!(requests(&group, t0 + 11 * SEC, 10), "bbaabaaaab");
+    // Without the failure, weights 4, 1 would give "aabaa" from [0, 0].
+    assert_eq!(requests(&self::group(&[4, 1], |_, _| {}), t0, 5), "aabaa");
+}
+
+#[test]
+fn a_reload_keeps_the_state_of_kept_peers_and_starts_new_ones_fresh() {
+    let registry = PeerRegistry::new();
+    let t0 = Instant::now();
+    let old = group_in(&registry, "app", &[1, 1], |_, _| {});
+    old.pick(&mut Tried::new(), t0).unwrap().failure(t0); // a out
+    let held_b = old.pick(&mut Tried::new(), t0).unwrap();
+
+    // The new config changes a's weight and adds c.
+    let new = group_in(&registry, "app", &[3, 1, 1], |_, _| {});
+    assert_eq!(state(&new, 'a').fails(), 1);
+    assert_eq!(state(&new, 'b').in_flight(), 1); // counted by both snapshots
+    assert_eq!(state(&new, 'c').fails(), 0);
+    assert_eq!(requests(&new, t0 + SEC, 4), "bcbc");
+    held_b.failure(t0 + SEC);
+    assert_eq!(state(&new, 'b').fails(), 1);
+    assert_eq!(requests(&new, t0 + 2 * SEC, 2), "cc");
+
+    // Another upstream with the same addresses has its own state.
+    let other = group_in(&registry, "other", &[1, 1], |_, _| {});
+    assert_eq!(state(&other, 'a').fails(), 0);
+    assert_eq!(registry.live_states(), 5);
+}
+
+#[test]
+fn state_of_a_removed_peer_goes_with_the_last_snapshot_using_it() {
+    let registry = PeerRegistry::new();
+    let t0 = Instant::now();
+    let first = group_in(&registry, "app", &[1, 1], |_, _| {});
+    let mut tried = Tried::new();
+    first.pick(&mut tried, t0).unwrap().failure(t0);
+    first.pick(&mut tried, t0).unwrap().failure(t0); // a and b both failed
+
+    let without_b = group_in(&registry, "app", &[1], |_, _| {});
+    assert_eq!(registry.live_states(), 2); // `first` still uses b
+    drop(first);
+    assert_eq!(registry.live_states(), 1);
+    let with_b_again = group_in(&registry, "app", &[1, 1], |_, _| {});
+    assert_eq!(state(&with_b_again, 'a').fails(), 1); // kept by `without_b`
+    assert_eq!(state(&with_b_again, 'b').fails(), 0); // fresh
+    drop(without_b);
+}
+
+#[test]
+fn repeated_addresses_are_separate_peers() {
+    let group = group(&[1, 1], |_, spec| spec.addr = addr(0));
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    let fails: Vec<_> = group.peers().iter().map(|p| p.state().fails()).collect();
+    assert_eq!(fails, [1, 0]);
+    assert_eq!(group.pick(&mut Tried::new(), t0).unwrap().addr(), addr(0));
+}
+
+#[test]
+fn primaries_come_before_backups_whatever_the_config_order() {
+    let group = group(&[1, 1, 1], |i, spec| spec.backup = i == 0);
+    let order: Vec<_> = group
+        .peers()
+        .iter()
+        .map(|p| (p.index(), p.addr()))
+        .collect();
+    assert_eq!(order, [(0, addr(1)), (1, addr(2)), (2, addr(0))]);
+    assert_eq!(requests(&group, Instant::now(), 4), "bcbc");
+}
+
+#[test]
+fn groups_larger_than_64_peers_try_each_peer_once() {
+    let weights = [1; 70];
+    let group = group(&weights, |_, spec| spec.max_fails = 0);
+    let t0 = Instant::now();
+    let mut tried = Tried::new();
+    let mut seen = Vec::new();
+    for _ in 0..71 {
+        let Ok(guard) = group.pick(&mut tried, t0) else {
+            break;
+        };
+        seen.push(guard.addr().port());
+        guard.failure(t0);
+    }
+    let want: Vec<u16> = (1..=70).collect();
+    assert_eq!(seen, want);
+    assert_eq!(tried.count(), 70);
+}
+
+#[test]
+fn name_and_sizes() {
+    let group = group(&[1, 1, 1], |i, spec| spec.backup = i == 2);
+    assert_eq!(group.name(), "app");
+    assert_eq!(
+        (group.len(), group.tries(), group.is_empty()),
+        (3, 3, false)
+    );
+}
+
+#[test]
+fn groups_and_guards_can_cross_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<UpstreamGroup>();
+    shareable::<PeerGuard>();
+    shareable::<PeerRegistry>();
+}
+
+#[test]
+fn max_conns_holds_under_concurrent_picks() {
+    let group = group(&[3, 1], |_, spec| {
+        spec.max_conns = 2;
+        spec.max_fails = 0;
+    });
+    let t0 = Instant::now();
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..2_000 {
+                    let Ok(guard) = group.pick(&mut Tried::new(), t0) else {
+                        continue;
+                    };
+                    for peer in group.peers() {
+                        assert!(peer.state().in_flight() <= 2, "{}", peer.addr());
+                    }
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::yield_now();
+                    guard.success();
+                }
+            });
+        }
+    });
+    assert!(served.into_inner() > 0);
+    let in_flight: Vec<_> = group
+        .peers()
+        .iter()
+        .map(|p| p.state().in_flight())
+        .collect();
+    assert_eq!(in_flight, [0, 0]);
+}

@@ -1,5 +1,32 @@
-//! imbang
+//! imbang: an HTTP load balancer and reverse proxy configured with nginx syntax.
+//!
+//! A request passes through these modules, in order:
+//!
+//! | step    | module       | what happens                                              |
+//! |---------|--------------|-----------------------------------------------------------|
+//! | accept  | [`server`]   | accept TCP, one task per connection, hyper HTTP/1.1       |
+//! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
+//! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
+//! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |
+//! | record  | [`error_log`]| nginx-format error log lines                              |
+//!
+//! Configuration takes its own path: [`config`] turns text into a validated [`Config`],
+//! [`snapshot`] compiles it into tables, and [`reload`] holds the one in force.
+//! [`process`] is the nginx-compatible command line around it all.
 
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod error_log;
+pub mod listen;
+pub mod pool;
+pub mod process;
+pub mod proxy;
+pub mod reload;
 pub mod route;
+pub mod server;
+pub mod snapshot;
 pub mod upstream;
+pub mod vars;
+
+pub use config::Config;

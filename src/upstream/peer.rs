@@ -123,7 +123,8 @@ impl Peer {
 ///
 /// While it exists the peer counts the attempt as in flight (for `max_conns` and, later,
 /// least_conn), so a response body that owns the guard keeps counting until the body ends.
-/// Report the outcome by consuming the guard, which makes a second report impossible:
+/// Report the outcome once (a second report is ignored); the guard keeps counting the request
+/// in flight until it is dropped, so a response body holds it until the body ends:
 ///
 /// - [`success`](Self::success): nginx's `free` without `NGX_PEER_FAILED`. Use it for a
 ///   response, including a 403/404 that `proxy_next_upstream http_403|http_404` moves past
@@ -134,12 +135,6 @@ impl Peer {
 ///   that say nothing about the peer (cancelled before the peer was reached). nginx has no
 ///   such outcome; it reports success when a request ends for reasons of its own.
 ///
-/// ```compile_fail
-/// fn report_twice(attempt: imbang::upstream::PeerGuard) {
-///     attempt.success();
-///     attempt.success(); // error: use of moved value
-/// }
-/// ```
 #[must_use = "dropping a PeerGuard ends the attempt without reporting its outcome"]
 pub struct PeerGuard {
     state: Arc<PeerState>,
@@ -148,6 +143,8 @@ pub struct PeerGuard {
     fail_policy: FailPolicy,
     /// The group's only peer (no backups): nginx never counts its failures.
     single: bool,
+    /// The outcome was reported (the guard still counts the request in flight until dropped).
+    reported: bool,
 }
 
 impl PeerGuard {
@@ -161,6 +158,7 @@ impl PeerGuard {
             weight: peer.weight,
             fail_policy: peer.fail_policy,
             single,
+            reported: false,
         }
     }
 
@@ -169,7 +167,11 @@ impl PeerGuard {
     }
 
     /// The peer answered: forgives its failures if it was chosen after a quiet `fail_timeout`.
-    pub fn success(self) {
+    /// Only the first report of an attempt counts.
+    pub fn success(&mut self) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
         let mut health = self.state.health();
         if self.single {
             health.clear_fails();
@@ -179,12 +181,18 @@ impl PeerGuard {
     }
 
     /// The attempt failed at `now`: counts a failure and lowers the peer's effective weight.
-    pub fn failure(self, now: Instant) {
+    /// Returns true when this failure took the peer out for `fail_timeout` (nginx logs
+    /// "upstream server temporarily disabled"). Only the first report of an attempt counts.
+    pub fn failure(&mut self, now: Instant) -> bool {
+        if std::mem::replace(&mut self.reported, true) {
+            return false;
+        }
         let mut health = self.state.health();
         if self.single {
             health.clear_fails();
-        } else if health.on_failure(self.fail_policy, self.weight, now) {
-            tracing::warn!(peer = %self.addr, "upstream server temporarily disabled");
+            false
+        } else {
+            health.on_failure(self.fail_policy, self.weight, now)
         }
     }
 

@@ -74,7 +74,7 @@ fn state(group: &UpstreamGroup, letter: char) -> &PeerState {
 /// One new request at `now` that succeeds; the letter it went to, or `-` for no live peer.
 fn request(group: &UpstreamGroup, now: Instant) -> char {
     match group.pick(&mut Tried::new(), now) {
-        Ok(guard) => {
+        Ok(mut guard) => {
             let letter = letter(&guard);
             guard.success();
             letter
@@ -115,13 +115,13 @@ fn failover_skips_peers_the_request_already_tried() {
     let t0 = Instant::now();
     let mut tried = Tried::new();
 
-    let first = group.pick(&mut tried, t0).unwrap();
+    let mut first = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&first), 'a');
     first.failure(t0);
-    let second = group.pick(&mut tried, t0).unwrap();
+    let mut second = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&second), 'b');
     second.failure(t0);
-    let third = group.pick(&mut tried, t0).unwrap();
+    let mut third = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&third), 'c');
     assert_eq!(tried.count(), 3);
     third.failure(t0);
@@ -134,9 +134,9 @@ fn with_max_fails_zero_only_tried_keeps_a_peer_out() {
     let group = group(&[1, 1], |_, spec| spec.max_fails = 0);
     let t0 = Instant::now();
     let mut tried = Tried::new();
-    let a = group.pick(&mut tried, t0).unwrap();
+    let mut a = group.pick(&mut tried, t0).unwrap();
     a.failure(t0);
-    let b = group.pick(&mut tried, t0).unwrap();
+    let mut b = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&b), 'b');
     b.failure(t0);
     assert!(group.pick(&mut tried, t0).is_err());
@@ -154,11 +154,11 @@ fn max_fails_takes_a_peer_out_for_fail_timeout_then_one_trial_brings_it_back() {
     });
     let t0 = Instant::now();
 
-    let a = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
+    let mut a = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
     assert_eq!(letter(&a), 'a');
     a.failure(t0); // fails 1 of 2: still in
     assert_eq!(request(&group, t0), 'b'); // [0, 0]
-    let a = group.pick(&mut Tried::new(), t0 + SEC).unwrap(); // [-1, 1]
+    let mut a = group.pick(&mut Tried::new(), t0 + SEC).unwrap(); // [-1, 1]
     assert_eq!(letter(&a), 'a');
     a.failure(t0 + SEC); // fails 2 of 2: out until t0+11s inclusive
     assert_eq!(state(&group, 'a').fails(), 2);
@@ -169,7 +169,7 @@ fn max_fails_takes_a_peer_out_for_fail_timeout_then_one_trial_brings_it_back() {
 
     let t1 = t0 + 11 * SEC + MS;
     assert_eq!(request(&group, t1), 'b'); // a eligible again: [0, 2] -> b
-    let trial = group.pick(&mut Tried::new(), t1).unwrap(); // [1, 1] -> a, new window
+    let mut trial = group.pick(&mut Tried::new(), t1).unwrap(); // [1, 1] -> a, new window
     assert_eq!(letter(&trial), 'a');
     assert_eq!(requests(&group, t1, 2), "bb"); // a out while its trial is in flight
     trial.success(); // chosen after a quiet fail_timeout: forgiven
@@ -203,7 +203,7 @@ fn a_lone_peer_ignores_failures() {
     let group = group(&[1], |_, _| {});
     let t0 = Instant::now();
     for n in 0..5 {
-        let guard = group
+        let mut guard = group
             .pick(&mut Tried::new(), t0)
             .expect("lone peer always picked");
         guard.failure(t0);
@@ -251,7 +251,7 @@ fn backups_serve_only_when_no_primary_is_eligible() {
     let mut tried = Tried::new();
     let steps = ['a', 'b', 'c', 'd'];
     for want in steps {
-        let guard = group.pick(&mut tried, t0).unwrap();
+        let mut guard = group.pick(&mut tried, t0).unwrap();
         assert_eq!(letter(&guard), want);
         guard.failure(t0);
     }
@@ -284,7 +284,7 @@ fn a_request_that_moved_to_backups_stays_there() {
     let t0 = Instant::now();
     let other = group.pick(&mut Tried::new(), t0).unwrap();
     let mut tried = Tried::new();
-    let first = group.pick(&mut tried, t0).unwrap();
+    let mut first = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&first), 'b');
     drop(other); // a has room again, but this request is on the backups now
     first.failure(t0);
@@ -298,7 +298,7 @@ fn without_backups_a_request_keeps_considering_primaries() {
     let t0 = Instant::now();
     let other = group.pick(&mut Tried::new(), t0).unwrap(); // a, now full
     let mut tried = Tried::new();
-    let b = group.pick(&mut tried, t0).unwrap();
+    let mut b = group.pick(&mut tried, t0).unwrap();
     assert_eq!(letter(&b), 'b');
     b.failure(t0);
     assert!(group.pick(&mut tried, t0).is_err()); // a full, b tried
@@ -312,11 +312,17 @@ fn max_conns_counts_attempts_in_flight() {
     // a: max_conns=1; weights 1, 1.
     let group = group(&[1, 1], |i, spec| spec.max_conns = u32::from(i == 0));
     let t0 = Instant::now();
-    let held = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
+    let mut held = group.pick(&mut Tried::new(), t0).unwrap(); // [-1, 1]
     assert_eq!(letter(&held), 'a');
     assert_eq!(state(&group, 'a').in_flight(), 1);
     assert_eq!(requests(&group, t0, 2), "bb"); // b alone: currents stay [-1, 1]
     held.success();
+    assert_eq!(
+        state(&group, 'a').in_flight(),
+        1,
+        "reported, still in flight until dropped"
+    );
+    drop(held);
     assert_eq!(state(&group, 'a').in_flight(), 0);
     assert_eq!(requests(&group, t0, 3), "bab"); // [0, 2] -> b, [1, 1] -> a, [0, 2] -> b
 }
@@ -345,7 +351,7 @@ fn every_outcome_ends_the_attempt_once() {
 fn neutral_leaves_failure_counts_alone() {
     let group = group(&[1, 1], |_, spec| spec.max_fails = 3);
     let t0 = Instant::now();
-    let a = group.pick(&mut Tried::new(), t0).unwrap();
+    let mut a = group.pick(&mut Tried::new(), t0).unwrap();
     a.failure(t0);
     group.pick(&mut Tried::new(), t0).unwrap().neutral(); // b
     let a = group.pick(&mut Tried::new(), t0 + 11 * SEC).unwrap(); // new window for a
@@ -359,7 +365,7 @@ fn effective_weight_recovers_one_step_per_pick_after_a_failure() {
     // a: weight 4, max_fails=1 (a failure takes 4/1 off: effective 0). b: weight 1, never out.
     let group = group(&[4, 1], |i, spec| spec.max_fails = u32::from(i == 0));
     let t0 = Instant::now();
-    let a = group.pick(&mut Tried::new(), t0).unwrap(); // [4, 1] -> a -> [-1, 1]
+    let mut a = group.pick(&mut Tried::new(), t0).unwrap(); // [4, 1] -> a -> [-1, 1]
     a.failure(t0);
     assert_eq!(requests(&group, t0 + 5 * SEC, 2), "bb");
     // Back at currents [-1, 1], a's effective weight climbing 0, 1, 2, 3, 4 (derived by hand):
@@ -375,7 +381,7 @@ fn a_reload_keeps_the_state_of_kept_peers_and_starts_new_ones_fresh() {
     let t0 = Instant::now();
     let old = group_in(&registry, "app", &[1, 1], |_, _| {});
     old.pick(&mut Tried::new(), t0).unwrap().failure(t0); // a out
-    let held_b = old.pick(&mut Tried::new(), t0).unwrap();
+    let mut held_b = old.pick(&mut Tried::new(), t0).unwrap();
 
     // The new config changes a's weight and adds c.
     let new = group_in(&registry, "app", &[3, 1, 1], |_, _| {});
@@ -442,7 +448,7 @@ fn groups_larger_than_64_peers_try_each_peer_once() {
     let mut tried = Tried::new();
     let mut seen = Vec::new();
     for _ in 0..71 {
-        let Ok(guard) = group.pick(&mut tried, t0) else {
+        let Ok(mut guard) = group.pick(&mut tried, t0) else {
             break;
         };
         seen.push(guard.addr().port());
@@ -483,7 +489,7 @@ fn max_conns_holds_under_concurrent_picks() {
         for _ in 0..8 {
             scope.spawn(|| {
                 for _ in 0..2_000 {
-                    let Ok(guard) = group.pick(&mut Tried::new(), t0) else {
+                    let Ok(mut guard) = group.pick(&mut Tried::new(), t0) else {
                         continue;
                     };
                     for peer in group.peers() {
@@ -503,4 +509,24 @@ fn max_conns_holds_under_concurrent_picks() {
         .map(|p| p.state().in_flight())
         .collect();
     assert_eq!(in_flight, [0, 0]);
+}
+
+#[test]
+fn only_the_first_report_of_an_attempt_counts() {
+    // Two peers, max_fails=1: a failure after a success on the same attempt is ignored.
+    let group = group(&[1, 1], |_, _| {});
+    let t0 = Instant::now();
+    let mut a = group.pick(&mut Tried::new(), t0).unwrap();
+    assert_eq!(letter(&a), 'a');
+    a.success();
+    assert!(!a.failure(t0), "a second report must not count");
+    drop(a);
+    assert_eq!(state(&group, 'a').fails(), 0);
+    let mut b = group.pick(&mut Tried::new(), t0).unwrap();
+    assert!(
+        b.failure(t0),
+        "the first failure with max_fails=1 takes b out"
+    );
+    assert!(!b.failure(t0));
+    assert_eq!(state(&group, 'b').fails(), 1);
 }

@@ -1,0 +1,44 @@
+//! Listening sockets: bound with nginx's options before the process daemonizes, then handed to
+//! accept loops; reconciled on reload so an unchanged address keeps its socket.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// nginx's default `listen ... backlog=511`.
+const BACKLOG: i32 = 511;
+
+/// Binds `addr` as nginx does: SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `[::]:80` and `0.0.0.0:80`
+/// can both be bound), non-blocking.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// nginx's wording: `bind() to 0.0.0.0:80 failed (98: Address already in use)`.
+pub fn bind_error(addr: SocketAddr, e: &io::Error) -> String {
+    format!(
+        "bind() to {addr} failed ({})",
+        crate::error_log::errno_text(e)
+    )
+}
+
+/// Binds every address, or none: on the first failure the ones already bound are closed.
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
+    addrs
+        .iter()
+        .map(|&addr| {
+            bind(addr)
+                .map(|l| (addr, l))
+                .map_err(|e| bind_error(addr, &e))
+        })
+        .collect()
+}

@@ -1,0 +1,150 @@
+//! Upstream connections: keep-alive HTTP/1.1 connections per peer address, shared by all threads
+//! and kept across reloads (the pool lives beside the snapshots, not inside them).
+//!
+//! Purpose-built on `hyper::client::conn::http1` rather than hyper-util's legacy client, for two
+//! reasons the request path depends on:
+//! - a connect failure is seen *before* the request is handed over, so the request (and its body)
+//!   is still ours to send to the next peer;
+//! - `try_send_request` gives the request back when a pooled connection turned out to be closed
+//!   before anything was written, so that case is retried on a fresh connection and never
+//!   becomes a 502.
+
+pub mod body;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub use body::UpstreamBody;
+
+/// A connection ready to carry one request.
+pub struct Conn {
+    pub sender: http1::SendRequest<UpstreamBody>,
+    /// True when taken from the idle list (it may have been closed by the peer meanwhile).
+    pub reused: bool,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect() failed ({})", crate::error_log::errno_text(.0))]
+    Io(#[source] io::Error),
+    #[error("upstream timed out (110: Connection timed out)")]
+    Timeout,
+    #[error("upstream handshake failed")]
+    Handshake(#[source] hyper::Error),
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Idle keep-alive connections by peer address.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl Pool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An idle connection to `addr` that is still open and younger than `idle_timeout`, or a new one.
+    pub async fn checkout(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Conn, ConnectError> {
+        while let Some(mut sender) = self.take_idle(addr, idle_timeout) {
+            // Ready resolves at once for a live idle connection; it fails if the peer closed it.
+            if sender.ready().await.is_ok() {
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+        connect(addr, connect_timeout).await.map(|sender| Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    fn take_idle(
+        &self,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response was read to the end, keeping at most `max_idle`
+    /// idle connections for `addr` (the oldest is closed first).
+    pub fn checkin(
+        &self,
+        addr: SocketAddr,
+        sender: http1::SendRequest<UpstreamBody>,
+        max_idle: usize,
+    ) {
+        if sender.is_closed() || max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() >= max_idle {
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Number of idle connections kept for `addr` (for tests and the status API).
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get(&addr)
+            .map_or(0, |l| l.iter().filter(|c| !c.sender.is_closed()).count())
+    }
+}
+
+/// TCP connect with a timeout, TCP_NODELAY, then the HTTP/1 handshake; the connection is driven
+/// by its own task until either side closes it.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        // Errors here surface to the request that owns the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}

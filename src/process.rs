@@ -1,0 +1,294 @@
+//! The process around a [`Server`]: nginx's command-line actions (`-t`, `-T`, `-s`), the pid
+//! file, daemonizing, the runtime, and signals (HUP reload, QUIT graceful stop, TERM/INT fast
+//! stop, USR1 reopen logs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{self, Cli};
+use crate::config::model::{ErrorLogSpec, LogLevel, LogTarget, Workers};
+use crate::config::{self, Config, ConfigErrors, LoadOptions, Source};
+use crate::server::{self, Server};
+use crate::snapshot::Snapshot;
+use crate::upstream::PeerRegistry;
+use crate::{error_log, log};
+
+/// Runs what the command line asks for and returns the exit status (0 ok, 1 failure, as nginx).
+pub fn main(cli: Cli) -> ExitCode {
+    if cli.version {
+        eprintln!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
+    if cli.version_configure {
+        eprintln!("{}", cli::configure_lines());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(cli::Command::Demo(args)) = &cli.command {
+        return crate::demo::main(args.clone());
+    }
+    let prefix = cli.prefix();
+    let source = Source {
+        conf_file: cli.conf_file(),
+        globals: cli.globals.clone(),
+        options: LoadOptions {
+            prefix: prefix.clone(),
+            default_listen_port: if nix::unistd::geteuid().is_root() {
+                80
+            } else {
+                8000
+            },
+        },
+    };
+    if cli.test || cli.dump {
+        return test_config(&source, cli.quiet, cli.dump);
+    }
+    let config = match config::load(&source) {
+        Ok(config) => config,
+        Err(errors) => return emerg(&errors),
+    };
+    if let Some(name) = &cli.signal {
+        return send_signal(&config.main.pid, name);
+    }
+    let default_log = ErrorLogSpec {
+        target: match cli.error_log.as_deref() {
+            Some("stderr") => LogTarget::Stderr,
+            Some(path) if Path::new(path).is_absolute() => LogTarget::File(PathBuf::from(path)),
+            Some(path) => LogTarget::File(prefix.join(path)),
+            None => LogTarget::File(prefix.join(cli::DEFAULT_ERROR_LOG)),
+        },
+        level: LogLevel::Error,
+    };
+    run(config, source, default_log)
+}
+
+fn emerg(errors: &ConfigErrors) -> ExitCode {
+    for e in errors.iter() {
+        eprintln!("imbang: [emerg] {e}");
+    }
+    ExitCode::FAILURE
+}
+
+/// `-t` / `-T`: parse, validate and compile (certificates, regexes) without binding anything.
+fn test_config(source: &Source, quiet: bool, dump: bool) -> ExitCode {
+    let path = source.conf_file.display();
+    let checked = config::load(source).and_then(|c| Snapshot::compile(c, &PeerRegistry::new()));
+    match checked {
+        Ok(snapshot) => {
+            print_warnings(&snapshot);
+            if !quiet {
+                eprintln!("imbang: the configuration file {path} syntax is ok");
+                eprintln!("imbang: configuration file {path} test is successful");
+            }
+            if dump {
+                for file in snapshot.config.sources.files() {
+                    println!("# configuration file {}:", file.path.display());
+                    print!("{}", file.text);
+                    if !file.text.ends_with('\n') {
+                        println!();
+                    }
+                    println!();
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            emerg(&errors);
+            eprintln!("imbang: configuration file {path} test failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_warnings(snapshot: &Snapshot) {
+    for w in &snapshot.config.warnings {
+        eprintln!("imbang: [warn] {} in {}", w.message, w.location);
+    }
+    for w in &snapshot.warnings {
+        eprintln!("imbang: [warn] {w}");
+    }
+}
+
+/// `-s stop|quit|reopen|reload`: the signal to the pid in the pid file.
+fn send_signal(pid_file: &Path, name: &str) -> ExitCode {
+    let sig = match name {
+        "stop" => Signal::SIGTERM,
+        "quit" => Signal::SIGQUIT,
+        "reopen" => Signal::SIGUSR1,
+        _ => Signal::SIGHUP,
+    };
+    let text = match fs::read_to_string(pid_file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("imbang: [error] {}", error_log::open_failed(pid_file, &e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(pid) = text.trim().parse::<i32>().ok().filter(|&p| p > 0) else {
+        eprintln!(
+            "imbang: [error] invalid PID number \"{}\" in \"{}\"",
+            text.trim(),
+            pid_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(errno) => {
+            eprintln!(
+                "imbang: [alert] kill({pid}, {}) failed ({}: {})",
+                sig as i32,
+                errno as i32,
+                errno.desc()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts serving `config` and blocks until the process is told to stop.
+fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
+    let daemon = config.main.daemon;
+    let workers = match config.main.worker_processes {
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Workers::Count(n) => n,
+    };
+    let log = match server::open_error_log(&config, Some(&default_log)) {
+        Ok(log) => log,
+        Err(e) if config.main.error_log.is_empty() => {
+            // nginx goes on when only its default log cannot be opened.
+            eprintln!("imbang: [alert] could not open error log file: {e}");
+            let mut fallback = config.clone();
+            fallback.main.error_log = vec![ErrorLogSpec {
+                target: LogTarget::Stderr,
+                level: LogLevel::Error,
+            }];
+            match server::open_error_log(&fallback, None) {
+                Ok(log) => log,
+                Err(e) => {
+                    eprintln!("imbang: [emerg] {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("imbang: [emerg] {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid_file = config.main.pid.clone();
+    let shutdown_timeout = config.main.shutdown_timeout;
+    let server = match Server::new(config, Some(source), Some(default_log)) {
+        Ok(server) => server,
+        Err(errors) => return emerg(&errors),
+    };
+    print_warnings(&server.snapshot());
+    let bound = match server.bind() {
+        Ok(bound) => bound,
+        Err(e) => {
+            eprintln!("imbang: [emerg] {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    error_log::install(log);
+    if daemon {
+        // Before any thread exists: the runtime starts in the child.
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        if let Err(e) = daemonize::Daemonize::new()
+            .working_directory(cwd)
+            .umask(0o022)
+            .start()
+        {
+            eprintln!("imbang: [emerg] daemon() failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log!(Emerg, "cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(server, bound, &pid_file, shutdown_timeout));
+    let _ = fs::remove_file(&pid_file);
+    code
+}
+
+async fn serve(
+    server: Arc<Server>,
+    bound: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    pid_file: &Path,
+    shutdown_timeout: Option<std::time::Duration>,
+) -> ExitCode {
+    let signals = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+    );
+    let (Ok(mut hup), Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut usr1)) = signals else {
+        log!(Emerg, "cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = server.serve(bound).await {
+        log!(Emerg, "cannot listen: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Written only now that every listener accepts, so whoever waits for it can connect.
+    if let Err(e) = fs::write(pid_file, format!("{}\n", std::process::id())) {
+        log!(Emerg, "{}", error_log::open_failed(pid_file, &e));
+        server.shutdown(false, None).await;
+        return ExitCode::FAILURE;
+    }
+    log!(Notice, "imbang/{} started", env!("CARGO_PKG_VERSION"));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                log!(Notice, "signal 1 (SIGHUP) received, reconfiguring");
+                match server.reload().await {
+                    Ok(()) => log!(Notice, "reconfiguring done"),
+                    Err(e) => {
+                        for line in e.to_string().lines() {
+                            log!(Emerg, "{line}");
+                        }
+                        log!(Error, "reload failed, the previous configuration stays in force");
+                    }
+                }
+            }
+            _ = usr1.recv() => {
+                log!(Notice, "signal 10 (SIGUSR1) received, reopening logs");
+                if let Err(e) = error_log::reopen() {
+                    log!(Alert, "{e}");
+                }
+            }
+            _ = quit.recv() => {
+                log!(Notice, "signal 3 (SIGQUIT) received, shutting down gracefully");
+                server.shutdown(true, shutdown_timeout).await;
+                break;
+            }
+            _ = term.recv() => {
+                log!(Notice, "signal 15 (SIGTERM) received, exiting");
+                server.shutdown(false, None).await;
+                break;
+            }
+            _ = int.recv() => {
+                log!(Notice, "signal 2 (SIGINT) received, exiting");
+                server.shutdown(false, None).await;
+                break;
+            }
+        }
+    }
+    log!(Notice, "exit");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,151 @@
+//! The body a client receives: bytes imbang made itself, or a peer's body streamed through.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::{Instant, Sleep};
+
+use crate::pool::{Pool, UpstreamBody};
+use crate::upstream::PeerGuard;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A response body for the client.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(Box<Streamed>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::Full(Some(bytes.into()))
+    }
+
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+}
+
+/// Where a connection goes back when its response was read to the end.
+pub struct Checkin {
+    pub pool: Arc<Pool>,
+    pub addr: std::net::SocketAddr,
+    pub sender: SendRequest<UpstreamBody>,
+    pub max_idle: usize,
+}
+
+/// A peer's response body on its way to the client. Holds the peer's in-flight guard until the
+/// body ends (so `least_conn` and `max_conns` see the request until then), returns the
+/// connection to the pool at the end, and fails the body if the peer goes quiet for longer than
+/// `proxy_read_timeout` (the client then sees the connection closed, never a short body that
+/// looks complete).
+pub struct Streamed {
+    body: Incoming,
+    guard: Option<PeerGuard>,
+    checkin: Option<Checkin>,
+    read_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Streamed {
+    pub fn new(body: Incoming, guard: PeerGuard, checkin: Checkin, read_timeout: Duration) -> Self {
+        let mut streamed = Self {
+            body,
+            guard: Some(guard),
+            checkin: Some(checkin),
+            read_timeout,
+            timer: None,
+        };
+        if streamed.body.is_end_stream() {
+            streamed.finish();
+        }
+        streamed
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.pool.checkin(c.addr, c.sender, c.max_idle);
+        }
+        self.guard = None;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream timed out (110: Connection timed out) while reading upstream")]
+pub struct BodyTimeout;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream(s) => {
+                if s.checkin.is_none() && s.guard.is_none() {
+                    return Poll::Ready(None);
+                }
+                match Pin::new(&mut s.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(timer) = s.timer.as_mut() {
+                            timer.as_mut().reset(Instant::now() + s.read_timeout);
+                        }
+                        if s.body.is_end_stream() {
+                            s.finish();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        s.checkin = None;
+                        s.guard = None;
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(None) => {
+                        s.finish();
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => {
+                        let read_timeout = s.read_timeout;
+                        let timer = s
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                        match timer.as_mut().poll(cx) {
+                            Poll::Ready(()) => {
+                                s.checkin = None;
+                                s.guard = None;
+                                Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(bytes) => bytes.is_none(),
+            Self::Upstream(s) => s.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Upstream(s) => s.body.size_hint(),
+        }
+    }
+}
+
+use std::future::Future;

@@ -1,0 +1,87 @@
+//! Every failure of a proxied request, and the one place that decides the status a client sees.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use crate::pool::ConnectError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request itself is malformed (bad Host, bad URI).
+    #[error("client sent invalid request: {0}")]
+    BadRequest(&'static str),
+    /// No `location` matched and the server has no `return`.
+    #[error("no location matches")]
+    NoRoute,
+    /// Every peer of the upstream is down or was tried.
+    #[error("no live upstreams")]
+    NoLivePeer,
+    /// The last attempt could not connect.
+    #[error("{source} while connecting to upstream")]
+    Connect {
+        peer: SocketAddr,
+        #[source]
+        source: ConnectError,
+    },
+    /// The peer closed or broke the connection before a complete response head.
+    #[error("upstream prematurely closed connection while reading response header from upstream")]
+    Upstream {
+        peer: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The peer sent no response head within `proxy_read_timeout`.
+    #[error(
+        "upstream timed out (110: Connection timed out) while reading response header from upstream"
+    )]
+    Timeout { peer: SocketAddr },
+}
+
+impl ProxyError {
+    /// The status the client sees. The only place that decides it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Connect {
+                source: ConnectError::Timeout,
+                ..
+            }
+            | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoLivePeer | Self::Connect { .. } | Self::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// The peer the failure happened on, for `upstream: "http://..."` in the error log.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Connect { peer, .. } | Self::Upstream { peer, .. } | Self::Timeout { peer } => {
+                Some(*peer)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// nginx's small HTML error page for `status`.
+pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Unknown")
+    );
+    let html = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>imbang</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(ResponseBody::full(Bytes::from(html)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}

@@ -1,0 +1,300 @@
+//! A running imbang: accept loops per listening address, one task per client connection, the
+//! configuration in force, reload and stop. Used by the binary and, in-process, by tests.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::log;
+use crate::pool::Pool;
+use crate::proxy::{self, ConnInfo, Shared};
+use crate::reload::Live;
+use crate::snapshot::Snapshot;
+use crate::upstream::PeerRegistry;
+use crate::{error_log, listen};
+
+/// Why a reload did not happen. The running configuration is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Bind(String),
+    #[error("{0}")]
+    Log(String),
+    #[error("no configuration file to reload from")]
+    NoSource,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    registry: PeerRegistry,
+    source: Option<config::Source>,
+    /// Accepting listeners by configured address, with their stop switches and bound addresses.
+    listeners: Mutex<HashMap<SocketAddr, Listening>>,
+    draining: watch::Sender<bool>,
+    connections: ConnCount,
+    next_conn_id: AtomicU64,
+    /// `-e` given on the command line replaces the default error log.
+    default_log: Option<config::model::ErrorLogSpec>,
+}
+
+struct Listening {
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    /// A server for `config` (not yet listening). `source` is what `reload()` reads again.
+    pub fn new(
+        config: Config,
+        source: Option<config::Source>,
+        default_log: Option<config::model::ErrorLogSpec>,
+    ) -> Result<Arc<Self>, ConfigErrors> {
+        let registry = PeerRegistry::new();
+        let snapshot = Snapshot::compile(config, &registry)?;
+        Ok(Arc::new(Self {
+            shared: Arc::new(Shared {
+                live: Arc::new(Live::new(snapshot)),
+                pool: Arc::new(Pool::new()),
+            }),
+            registry,
+            source,
+            listeners: Mutex::new(HashMap::new()),
+            draining: watch::channel(false).0,
+            connections: ConnCount::default(),
+            next_conn_id: AtomicU64::new(1),
+            default_log,
+        }))
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.live.snapshot()
+    }
+
+    /// Binds every address the configuration listens on (all or none).
+    pub fn bind(&self) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
+        listen::bind_all(&self.snapshot().bind)
+    }
+
+    /// Starts accepting on sockets bound by [`Server::bind`]. Must run inside a tokio runtime.
+    pub async fn serve(
+        self: &Arc<Self>,
+        bound: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> std::io::Result<()> {
+        let mut listeners = self.listeners.lock().await;
+        for (key, socket) in bound {
+            let listening = self.accept_on(key, socket)?;
+            listeners.insert(key, listening);
+        }
+        Ok(())
+    }
+
+    /// `(configured address, bound address)` of every listener: they differ for port 0.
+    pub async fn bound(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .listeners
+            .lock()
+            .await
+            .iter()
+            .map(|(k, l)| (*k, l.local))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn accept_on(
+        self: &Arc<Self>,
+        key: SocketAddr,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<Listening> {
+        let listener = TcpListener::from_std(socket)?;
+        let local = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let server = self.clone();
+        log!(Notice, "listening on {key} (bound to {local})");
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, remote)) => {
+                            let server = server.clone();
+                            tokio::spawn(async move { server.connection(stream, remote, key).await });
+                        }
+                        Err(e) => {
+                            log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
+                            // Out of descriptors or similar: give the process a moment.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        Ok(Listening { local, stop })
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, key: SocketAddr) {
+        let _counted = self.connections.enter();
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let info = Arc::new(ConnInfo {
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            remote,
+            local,
+            key,
+        });
+        let shared = self.shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let mut draining = self.draining.subscribe();
+        if *draining.borrow() {
+            conn.as_mut().graceful_shutdown();
+        }
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = draining.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
+
+    /// Reads the configuration files again and puts them in force (SIGHUP, `-s reload`).
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let config = config::load(source)?;
+        self.apply(config).await
+    }
+
+    /// Puts `config` in force: compile, open logs, bind new addresses; only when all of that
+    /// worked, swap the snapshot and stop listeners that are gone. Nothing changes on error.
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+        let snapshot = Snapshot::compile(config, &self.registry)?;
+        let log = open_error_log(&snapshot.config, self.default_log.as_ref())
+            .map_err(ReloadError::Log)?;
+        let mut listeners = self.listeners.lock().await;
+        let new: Vec<SocketAddr> = snapshot
+            .bind
+            .iter()
+            .copied()
+            .filter(|a| !listeners.contains_key(a))
+            .collect();
+        let bound = listen::bind_all(&new).map_err(ReloadError::Bind)?;
+        let gone: Vec<SocketAddr> = listeners
+            .keys()
+            .copied()
+            .filter(|a| !snapshot.bind.contains(a))
+            .collect();
+        error_log::install(log);
+        self.shared.live.swap(snapshot);
+        for (key, socket) in bound {
+            match self.accept_on(key, socket) {
+                Ok(l) => {
+                    listeners.insert(key, l);
+                }
+                Err(e) => log!(Alert, "cannot listen on {key}: {e}"),
+            }
+        }
+        for key in gone {
+            if let Some(l) = listeners.remove(&key) {
+                let _ = l.stop.send(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops accepting. Graceful: open connections finish their current request (idle ones close
+    /// at once), bounded by `timeout`. Returns when no connection is left or the time is up.
+    pub async fn shutdown(&self, graceful: bool, timeout: Option<Duration>) {
+        for (_, l) in self.listeners.lock().await.drain() {
+            let _ = l.stop.send(true);
+        }
+        if !graceful {
+            return;
+        }
+        let _ = self.draining.send(true);
+        let wait = self.connections.zero();
+        match timeout {
+            Some(t) => {
+                let _ = tokio::time::timeout(t, wait).await;
+            }
+            None => wait.await,
+        }
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.n.load(Ordering::SeqCst)
+    }
+}
+
+/// The error log a configuration asks for: the main-level `error_log` (or the `-e` / default
+/// one), plus every http-level one.
+pub fn open_error_log(
+    config: &Config,
+    default: Option<&config::model::ErrorLogSpec>,
+) -> Result<error_log::ErrorLog, String> {
+    let mut specs = config.main.error_log.clone();
+    if specs.is_empty() {
+        specs.extend(default.cloned());
+    }
+    if let Some(http) = &config.http {
+        for s in &http.error_log {
+            if !specs.contains(s) {
+                specs.push(s.clone());
+            }
+        }
+    }
+    error_log::ErrorLog::open(&specs)
+}
+
+#[derive(Default)]
+struct ConnCount {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+struct Counted<'a>(&'a ConnCount);
+
+impl ConnCount {
+    fn enter(&self) -> Counted<'_> {
+        self.n.fetch_add(1, Ordering::SeqCst);
+        Counted(self)
+    }
+
+    async fn zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.n.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}

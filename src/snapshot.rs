@@ -1,0 +1,339 @@
+//! A validated [`Config`] compiled into the immutable tables the request path reads: virtual
+//! hosts and location trees per listen address, upstream groups, header templates. Built once per
+//! (re)load and shared by every request through an `Arc`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::config::model::{Action, Config, Location, LocationConf, Return, Server};
+use crate::config::{ConfigError, ConfigErrors, ErrorKind};
+use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
+use crate::upstream::{PeerRegistry, UpstreamGroup};
+use crate::vars::Template;
+
+/// The world one request sees, from routing to the peer.
+pub struct Snapshot {
+    pub config: Config,
+    vhosts: HashMap<SocketAddr, VirtualHosts<Arc<ServerRoute>>>,
+    groups: HashMap<String, Arc<Group>>,
+    /// Addresses to bind: every configured one, except a specific address whose port a wildcard
+    /// of the same family already covers (nginx binds only the wildcard then).
+    pub bind: Vec<SocketAddr>,
+    /// `[warn]` lines found while compiling (beside the config's own warnings).
+    pub warnings: Vec<String>,
+}
+
+/// One `server {}` as routing sees it.
+pub struct ServerRoute {
+    /// The first `server_name`: what `$server_name` and the error log show.
+    pub name: String,
+    /// A server-level `return`: it answers before any location is looked at.
+    pub ret: Option<Answer>,
+    pub locations: LocationTree<Arc<Route>>,
+    /// For requests no location matches.
+    pub fallback: Arc<Route>,
+}
+
+/// One `location {}` compiled: what to do with a request that ends here.
+pub struct Route {
+    pub conf: Arc<LocationConf>,
+    pub action: RouteAction,
+    /// `proxy_set_header` with variables found once; an empty value removes the header.
+    pub set_headers: Vec<(HeaderName, Template)>,
+    /// Whether `Host` is among `set_headers` (otherwise `Host: $proxy_host` is sent).
+    pub sets_host: bool,
+    /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
+    pub prefix: Option<String>,
+}
+
+pub enum RouteAction {
+    /// No `proxy_pass` or `return`: imbang serves no files, so 404.
+    NotFound,
+    Return(Answer),
+    Proxy(Proxy),
+}
+
+/// `return code [text|URL]` with its variables found once.
+pub struct Answer {
+    pub status: u16,
+    pub text: Option<Template>,
+}
+
+impl Answer {
+    fn compile(r: &Return, at: &str, errors: &mut ConfigErrors) -> Option<Self> {
+        let text = match r.text.as_deref().map(Template::compile) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(message)) => {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+                return None;
+            }
+        };
+        Some(Self {
+            status: r.status,
+            text,
+        })
+    }
+}
+
+pub struct Proxy {
+    pub group: Arc<Group>,
+    pub proxy_host: String,
+    pub uri: Option<String>,
+}
+
+/// An upstream group with the connection settings of its `upstream {}` block.
+pub struct Group {
+    pub balancer: UpstreamGroup,
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+}
+
+impl Snapshot {
+    /// Compiles `config`; peer state for peers that also existed before comes from `registry`.
+    pub fn compile(config: Config, registry: &PeerRegistry) -> Result<Self, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let mut warnings = Vec::new();
+        let mut groups = HashMap::new();
+        let mut vhosts = HashMap::new();
+        if let Some(http) = &config.http {
+            for up in &http.upstreams {
+                groups.insert(
+                    up.name.clone(),
+                    Arc::new(Group {
+                        balancer: UpstreamGroup::new(up, registry),
+                        keepalive: up.keepalive,
+                        keepalive_timeout: up.keepalive_timeout,
+                    }),
+                );
+            }
+            let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
+                HashMap::new();
+            let mut order = Vec::new();
+            for server in &http.servers {
+                let Some(route) = compile_server(server, &groups, &mut errors, &mut warnings)
+                else {
+                    continue;
+                };
+                let route = Arc::new(route);
+                for listen in &server.listens {
+                    if !by_addr.contains_key(&listen.addr) {
+                        order.push(listen.addr);
+                    }
+                    by_addr.entry(listen.addr).or_default().push(VirtualHost {
+                        names: server.names.clone(),
+                        default_server: listen.default_server,
+                        value: route.clone(),
+                    });
+                }
+            }
+            for addr in order {
+                let entries = by_addr.remove(&addr).unwrap_or_default();
+                match VirtualHosts::build(entries) {
+                    Ok(table) => {
+                        let at = addr.to_string();
+                        warnings.extend(table.warnings().iter().map(|w| w.message(&at)));
+                        vhosts.insert(addr, table);
+                    }
+                    Err(e) => errors.push(route_error(e)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let bind = bind_addresses(vhosts.keys().copied());
+        Ok(Self {
+            config,
+            vhosts,
+            groups,
+            bind,
+            warnings,
+        })
+    }
+
+    /// The virtual hosts for a connection accepted on the listener bound for `key`, whose local
+    /// address is `local` (a wildcard listener serves the specific addresses it covers).
+    pub fn vhosts(
+        &self,
+        key: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<&VirtualHosts<Arc<ServerRoute>>> {
+        if key.ip().is_unspecified() {
+            let specific = SocketAddr::new(local.ip(), key.port());
+            if let Some(v) = self.vhosts.get(&specific) {
+                return Some(v);
+            }
+        }
+        self.vhosts.get(&key)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.get(name)
+    }
+}
+
+fn bind_addresses(addrs: impl Iterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let all: Vec<SocketAddr> = addrs.collect();
+    let mut bind: Vec<SocketAddr> = all
+        .iter()
+        .copied()
+        .filter(|a| {
+            a.ip().is_unspecified()
+                || a.port() == 0
+                || !all.iter().any(|w| {
+                    w.ip().is_unspecified() && w.port() == a.port() && w.is_ipv4() == a.is_ipv4()
+                })
+        })
+        .collect();
+    bind.sort();
+    bind
+}
+
+fn route_error(e: crate::route::RouteError) -> ConfigError {
+    ConfigError::new(ErrorKind::Invalid(e.kind.to_string()), e.location)
+}
+
+fn compile_server(
+    server: &Server,
+    groups: &HashMap<String, Arc<Group>>,
+    errors: &mut ConfigErrors,
+    warnings: &mut Vec<String>,
+) -> Option<ServerRoute> {
+    let entries = server
+        .locations
+        .iter()
+        .map(|l| location_entry(l, groups, errors))
+        .collect();
+    let fallback = Arc::new(compile_route(
+        &server.conf,
+        None,
+        groups,
+        &server.location,
+        errors,
+    ));
+    let locations = match LocationTree::build(entries) {
+        Ok(tree) => {
+            warnings.extend(
+                tree.warnings()
+                    .iter()
+                    .map(|w| format!("{} in {}", w.message, w.location)),
+            );
+            tree
+        }
+        Err(e) => {
+            errors.push(route_error(e));
+            return None;
+        }
+    };
+    let ret = match &server.conf.action {
+        Some(Action::Return(r)) => Answer::compile(r, &server.location, errors),
+        _ => None,
+    };
+    let name = match server.names.first() {
+        Some(crate::config::model::ServerName::Exact(n)) => n.clone(),
+        _ => String::new(),
+    };
+    Some(ServerRoute {
+        name,
+        ret,
+        locations,
+        fallback,
+    })
+}
+
+fn location_entry(
+    loc: &Location,
+    groups: &HashMap<String, Arc<Group>>,
+    errors: &mut ConfigErrors,
+) -> LocationEntry<Arc<Route>> {
+    use crate::config::model::LocationMatch::*;
+    let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
+    LocationEntry {
+        kind: loc.kind,
+        pattern: loc.pattern.clone(),
+        value: Arc::new(compile_route(
+            &loc.conf,
+            prefix,
+            groups,
+            &loc.location,
+            errors,
+        )),
+        children: loc
+            .locations
+            .iter()
+            .map(|l| location_entry(l, groups, errors))
+            .collect(),
+        location: loc.location.clone(),
+    }
+}
+
+fn compile_route(
+    conf: &Arc<LocationConf>,
+    prefix: Option<String>,
+    groups: &HashMap<String, Arc<Group>>,
+    at: &str,
+    errors: &mut ConfigErrors,
+) -> Route {
+    let mut set_headers = Vec::new();
+    let mut sets_host = false;
+    for (name, value) in &conf.proxy.set_headers {
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(format!(
+                        "invalid header name \"{name}\" in \"proxy_set_header\""
+                    )),
+                    Some(at.to_owned()),
+                ));
+                continue;
+            }
+        };
+        match Template::compile(value) {
+            Ok(t) => {
+                sets_host |= header == http::header::HOST;
+                set_headers.push((header, t));
+            }
+            Err(message) => errors.push(ConfigError::new(
+                ErrorKind::Invalid(message),
+                Some(at.to_owned()),
+            )),
+        }
+    }
+    let action = match &conf.action {
+        None => RouteAction::NotFound,
+        Some(Action::Return(r)) => match Answer::compile(r, at, errors) {
+            Some(answer) => RouteAction::Return(answer),
+            None => RouteAction::NotFound,
+        },
+        Some(Action::Proxy(pass)) => match groups.get(&pass.upstream) {
+            Some(group) => RouteAction::Proxy(Proxy {
+                group: group.clone(),
+                proxy_host: pass.proxy_host.clone(),
+                uri: pass.uri.clone(),
+            }),
+            None => {
+                errors.push(ConfigError::new(
+                    ErrorKind::HostNotFound(pass.upstream.clone()),
+                    Some(pass.location.clone()),
+                ));
+                RouteAction::NotFound
+            }
+        },
+    };
+    Route {
+        conf: conf.clone(),
+        action,
+        set_headers,
+        sets_host,
+        prefix,
+    }
+}

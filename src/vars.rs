@@ -1,0 +1,175 @@
+//! nginx variables in directive values (`proxy_set_header X-Real-IP $remote_addr`): compiled once
+//! per snapshot into a [`Template`], evaluated per request against a [`Vars`] source.
+
+use std::fmt::Write;
+
+/// A variable imbang knows how to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Var {
+    Host,
+    HttpHost,
+    RemoteAddr,
+    RemotePort,
+    ServerAddr,
+    ServerPort,
+    ServerName,
+    Scheme,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    ProxyHost,
+    ProxyAddXForwardedFor,
+    /// `$http_x_name`: a request header, with `_` standing for `-`, lower-cased.
+    Header(String),
+    Pid,
+    Connection,
+}
+
+impl Var {
+    /// The variable named `name` (without `$`), or `None` if imbang does not know it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "host" => Self::Host,
+            "http_host" => Self::HttpHost,
+            "remote_addr" | "binary_remote_addr" => Self::RemoteAddr,
+            "remote_port" => Self::RemotePort,
+            "server_addr" => Self::ServerAddr,
+            "server_port" => Self::ServerPort,
+            "server_name" => Self::ServerName,
+            "scheme" => Self::Scheme,
+            "request" => Self::Request,
+            "request_method" => Self::RequestMethod,
+            "request_uri" => Self::RequestUri,
+            "uri" | "document_uri" => Self::Uri,
+            "args" | "query_string" => Self::Args,
+            "proxy_host" => Self::ProxyHost,
+            "proxy_add_x_forwarded_for" => Self::ProxyAddXForwardedFor,
+            "pid" => Self::Pid,
+            "connection" => Self::Connection,
+            _ => {
+                let header = name.strip_prefix("http_")?;
+                if header.is_empty() {
+                    return None;
+                }
+                Self::Header(header.replace('_', "-").to_ascii_lowercase())
+            }
+        })
+    }
+}
+
+/// What a template reads variables from (one request).
+pub trait Vars {
+    /// Appends the value of `var` to `out`; an unset variable appends nothing.
+    fn append(&self, var: &Var, out: &mut String);
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Var(Var),
+}
+
+/// A directive value with its variables found once: `"$scheme://$host"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Splits `text` into literal text and `$name` / `${name}` variables.
+    /// Errors with nginx's wording for an unknown variable: `unknown "foo" variable`.
+    pub fn compile(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            let (name, after) = if let Some(inner) = rest.strip_prefix('{') {
+                let end = inner.find('}').ok_or_else(|| {
+                    format!("the closing bracket in \"{inner}\" variable is missing")
+                })?;
+                (&inner[..end], &inner[end + 1..])
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            };
+            if name.is_empty() {
+                return Err("invalid variable name \"\"".to_owned());
+            }
+            let var = Var::parse(name).ok_or_else(|| format!("unknown \"{name}\" variable"))?;
+            if !lit.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut lit)));
+            }
+            parts.push(Part::Var(var));
+            rest = after;
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Text(lit));
+        }
+        Ok(Self { parts })
+    }
+
+    /// True when the template has no variables (its value is the same for every request).
+    pub fn is_constant(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    pub fn render(&self, vars: &dyn Vars) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Var(var) => vars.append(var, &mut out),
+            }
+        }
+        out
+    }
+}
+
+/// Appends a displayable value (helper for [`Vars`] implementations).
+pub fn append_display(out: &mut String, value: impl std::fmt::Display) {
+    let _ = write!(out, "{value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl Vars for Fixed {
+        fn append(&self, var: &Var, out: &mut String) {
+            match var {
+                Var::Scheme => out.push_str("http"),
+                Var::Host => out.push_str("example.com"),
+                Var::Header(h) if h == "x-id" => out.push('7'),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn renders_text_and_variables() {
+        let t = Template::compile("$scheme://${host}/a-$http_x_id-$http_missing.").unwrap();
+        assert_eq!(t.render(&Fixed), "http://example.com/a-7-.");
+        assert!(!t.is_constant());
+        assert!(Template::compile("plain").unwrap().is_constant());
+    }
+
+    #[test]
+    fn unknown_variables_are_errors_in_nginx_words() {
+        assert_eq!(
+            Template::compile("$nope").unwrap_err(),
+            "unknown \"nope\" variable"
+        );
+        assert_eq!(
+            Template::compile("${host").unwrap_err(),
+            "the closing bracket in \"host\" variable is missing"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Test support: real backends on 127.0.0.1:0, imbang in-process or as the real binary, and a
+//! small HTTP client. No mocks of the network, no sleeps as synchronisation.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use imbang::config::{self, LoadOptions};
+use imbang::server::Server;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What a test backend does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200 with the backend's name as the body (plus ` body=N` when the request had a body).
+    Answer,
+    /// Reads the request and never answers.
+    Hang,
+    /// Answers with this status and the name.
+    Status(u16),
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:0 that counts what it received.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+}
+
+pub async fn backend(name: &str) -> TestBackend {
+    backend_with(name, Behaviour::Answer, "127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) -> TestBackend {
+    let listener = TcpListener::bind(addr).await.expect("bind backend");
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = watch::channel(false);
+    let name_owned = name.to_owned();
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        let mut stop_accepting = stopped.clone();
+        loop {
+            let (stream, _) = tokio::select! {
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                _ = stop_accepting.wait_for(|s| *s) => return,
+            };
+            let name = name_owned.clone();
+            let counter = counter.clone();
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let name = name.clone();
+                    let counter = counter.clone();
+                    async move {
+                        let method = req.method().clone();
+                        let uri = req.uri().clone();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let mut text = format!("{name} {method} {uri}");
+                        if !body.is_empty() {
+                            text.push_str(&format!(" body={}", body.len()));
+                        }
+                        let status = match behaviour {
+                            Behaviour::Answer => 200,
+                            Behaviour::Status(s) => s,
+                            Behaviour::Hang => {
+                                std::future::pending::<()>().await;
+                                unreachable!()
+                            }
+                        };
+                        let mut res = Response::new(Full::new(Bytes::from(text)));
+                        *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
+    });
+    TestBackend {
+        name: name.to_owned(),
+        addr,
+        hits,
+        stop,
+    }
+}
+
+impl TestBackend {
+    /// Stops accepting and closes every open connection (as a killed process would).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// imbang running in this process.
+pub struct Lb {
+    pub server: Arc<Server>,
+    pub addr: SocketAddr,
+}
+
+fn options() -> LoadOptions {
+    LoadOptions {
+        prefix: std::env::temp_dir(),
+        default_listen_port: 8000,
+    }
+}
+
+/// Starts imbang in-process with `conf` (main-context text); its first listener's real address
+/// is `lb.addr` (configs listen on `127.0.0.1:0`).
+pub async fn imbang(conf: &str) -> Lb {
+    let config = config::parse_str("/test/imbang.conf", conf, &options())
+        .unwrap_or_else(|e| panic!("config errors:\n{e}"));
+    let server = Server::new(config, None, None).unwrap_or_else(|e| panic!("compile errors:\n{e}"));
+    let bound = server.bind().expect("bind");
+    server.serve(bound).await.expect("serve");
+    let addr = server.bound().await[0].1;
+    Lb { server, addr }
+}
+
+impl Lb {
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        request(self.addr, "GET", path, "localhost", None).await
+    }
+
+    pub async fn get_host(&self, host: &str, path: &str) -> (u16, String) {
+        request(self.addr, "GET", path, host, None).await
+    }
+
+    /// Bodies of `n` sequential GETs.
+    pub async fn bodies(&self, path: &str, n: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(self.get(path).await.1);
+        }
+        v
+    }
+
+    pub async fn reload(&self, conf: &str) {
+        let config = config::parse_str("/test/imbang.conf", conf, &options()).expect("config");
+        self.server.apply(config).await.expect("reload");
+    }
+}
+
+/// One request over a new connection: `(status, body)`. Panics on transport errors.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    try_request(addr, method, path, host, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+// === the real binary ===
+
+pub fn imbang_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_imbang"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "imbang-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits (bounded) until `cond` holds, polling; panics with `what` when it never does.
+pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port that was free a moment ago (for processes that cannot report the port they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

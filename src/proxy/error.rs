@@ -33,6 +33,9 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The peer answered something imbang cannot pass on.
+    #[error("upstream sent invalid header: {0}")]
+    InvalidHeader(&'static str),
     /// The peer sent no response head within `proxy_read_timeout`.
     #[error(
         "upstream timed out (110: Connection timed out) while reading response header from upstream"
@@ -51,9 +54,10 @@ impl ProxyError {
                 ..
             }
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoLivePeer | Self::Connect { .. } | Self::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::NoLivePeer
+            | Self::Connect { .. }
+            | Self::Upstream { .. }
+            | Self::InvalidHeader(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -80,8 +84,8 @@ pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
     );
     let mut response = Response::new(ResponseBody::full(Bytes::from(html)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    headers.insert(header::SERVER, HeaderValue::from_static("imbang"));
     response
 }

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
-use super::{ProxyError, RequestCtx, Shared, headers};
+use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::log;
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
@@ -32,12 +33,17 @@ pub async fn forward(
     proxy: &Proxy,
     path: &str,
     body: Incoming,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &route.conf.proxy;
     let group = &proxy.group;
     let uri = upstream_uri(ctx.parts, route, proxy, path);
     let mut headers = ctx.parts.headers.clone();
     headers::to_upstream(&mut headers, route, &proxy.proxy_host, ctx);
+    let mut client_upgrade = client_upgrade;
+    if let Some((protocol, _)) = &client_upgrade {
+        upgrade::set_upgrade_headers(&mut headers, protocol.clone());
+    }
     let method = ctx.parts.method.clone();
     let version = if settings.http_version_1_0 {
         Version::HTTP_10
@@ -113,6 +119,10 @@ pub async fn forward(
                         ctx.log_context(Some(&format!("http://{addr}{uri}")))
                     );
                     continue;
+                }
+                if status == 101 {
+                    let upgrade = client_upgrade.take();
+                    return switch_protocols(response, upgrade, settings.read_timeout, ctx.conn.id);
                 }
                 return Ok(client_response(
                     response,
@@ -224,6 +234,29 @@ async fn attempt(
             }
         }
     }
+}
+
+/// The peer agreed to switch protocols: answer the client 101 and join the two connections.
+fn switch_protocols(
+    mut response: Response<Incoming>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    idle_timeout: Duration,
+    conn_id: u64,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some((_, client)) = client_upgrade else {
+        return Err(ProxyError::InvalidHeader(
+            "101 to a request that asked for no upgrade",
+        ));
+    };
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    headers::to_client(&mut parts.headers);
+    if let Some(protocol) = protocol {
+        upgrade::set_upgrade_headers(&mut parts.headers, protocol);
+    }
+    upgrade::tunnel(client, upstream, idle_timeout, conn_id);
+    Ok(Response::from_parts(parts, ResponseBody::empty()))
 }
 
 fn build(

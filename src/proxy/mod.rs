@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,9 +146,11 @@ impl Vars for RequestCtx<'_> {
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snap = shared.live.snapshot();
+    let client_upgrade =
+        upgrade::requested(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
     // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
     let raw_host = match parts.uri.authority() {
@@ -188,7 +191,7 @@ pub async fn handle(
         RouteAction::Return(answer) => answer_response(answer, &ctx, &route.conf.default_type),
         RouteAction::Proxy(proxy) => {
             ctx.proxy_host = &proxy.proxy_host;
-            match forward::forward(shared, &ctx, route, proxy, &path, body).await {
+            match forward::forward(shared, &ctx, route, proxy, &path, body, client_upgrade).await {
                 Ok(response) => response,
                 Err(e) => error_response(&e),
             }

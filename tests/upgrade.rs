@@ -1,0 +1,146 @@
+//! Upgrade / WebSocket passes through, with or without nginx's usual proxy_set_header lines.
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use support::imbang;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that switches to the `echo` protocol and echoes every byte back.
+async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let asked = req.headers().get("upgrade").cloned();
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    let mut res = Response::new(Empty::<Bytes>::new());
+                    match asked {
+                        Some(p) if p == "echo" => {
+                            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                            res.headers_mut().insert("upgrade", p);
+                            res.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                        }
+                        _ => *res.status_mut() = StatusCode::BAD_REQUEST,
+                    }
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends an upgrade request over a raw socket; returns the response head and the socket.
+async fn upgrade(addr: SocketAddr, path: &str) -> (String, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed in the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (String::from_utf8(head).unwrap().to_ascii_lowercase(), s)
+}
+
+async fn echo_roundtrip(s: &mut TcpStream, text: &[u8]) {
+    s.write_all(text).await.unwrap();
+    let mut got = vec![0u8; text.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, text);
+}
+
+#[tokio::test]
+async fn upgrade_passes_through_by_default_and_with_nginx_s_headers() {
+    let backend = echo_backend().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           upstream ws {{ server {backend}; }}
+           server {{ listen 127.0.0.1:0;
+             location /ws {{ proxy_pass http://ws; }}
+             location /nginx-style/ {{
+               proxy_pass http://ws/ws;
+               proxy_set_header Upgrade $http_upgrade;
+               proxy_set_header Connection \"upgrade\";
+             }}
+           }}
+         }}"
+    ))
+    .await;
+    let (head, mut nginx_style) = upgrade(lb.addr, "/nginx-style/").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_roundtrip(&mut nginx_style, b"with proxy_set_header").await;
+    let (head, mut s) = upgrade(lb.addr, "/ws").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    echo_roundtrip(&mut s, b"hello through imbang").await;
+    echo_roundtrip(&mut s, b"and again").await;
+    // Closing the client side closes the tunnel: the peer's echo ends, imbang closes to us.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_closes_after_proxy_read_timeout() {
+    let backend = echo_backend().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ upstream ws {{ server {backend}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://ws; proxy_read_timeout 300ms; }} }} }}"
+    ))
+    .await;
+    let (head, mut s) = upgrade(lb.addr, "/").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_roundtrip(&mut s, b"ping").await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle tunnel was not closed");
+}

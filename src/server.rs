@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -22,6 +22,9 @@ use crate::reload::Live;
 use crate::snapshot::Snapshot;
 use crate::upstream::PeerRegistry;
 use crate::{error_log, listen};
+
+/// How long a client connection may wait for (or send) a request head.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Why a reload did not happen. The running configuration is untouched in every case.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +165,11 @@ impl Server {
             let info = info.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
         });
+        // One timer bounds both a slow request head and an idle keep-alive connection (hyper
+        // starts it whenever it waits for a head): nginx's keepalive_timeout default, 75s.
         let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(CLIENT_IDLE_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);

@@ -14,6 +14,7 @@
 //! [`snapshot`] compiles it into tables, and [`reload`] holds the one in force.
 //! [`process`] is the nginx-compatible command line around it all.
 
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod demo;

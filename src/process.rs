@@ -268,7 +268,8 @@ async fn serve(
             }
             _ = usr1.recv() => {
                 log!(Notice, "signal 10 (SIGUSR1) received, reopening logs");
-                if let Err(e) = error_log::reopen() {
+                let reopened = error_log::reopen().and_then(|()| server.snapshot().reopen_logs());
+                if let Err(e) = reopened {
                     log!(Alert, "{e}");
                 }
             }

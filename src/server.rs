@@ -155,6 +155,7 @@ impl Server {
         };
         let info = Arc::new(ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            requests: AtomicU64::new(0),
             remote,
             local,
             key,

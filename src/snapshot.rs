@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use crate::access_log::{self, AccessLogs, LogFile};
 use crate::config::model::{Action, Config, Location, LocationConf, Return, Server};
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub bind: Vec<SocketAddr>,
     /// `[warn]` lines found while compiling (beside the config's own warnings).
     pub warnings: Vec<String>,
+    /// Every access-log file this configuration writes (for USR1).
+    log_files: Vec<Arc<LogFile>>,
 }
 
 /// One `server {}` as routing sees it.
@@ -48,6 +51,7 @@ pub struct Route {
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
+    pub access_log: AccessLogs,
 }
 
 pub enum RouteAction {
@@ -103,6 +107,7 @@ impl Snapshot {
         let mut warnings = Vec::new();
         let mut groups = HashMap::new();
         let mut vhosts = HashMap::new();
+        let mut files = HashMap::new();
         if let Some(http) = &config.http {
             for up in &http.upstreams {
                 groups.insert(
@@ -118,8 +123,13 @@ impl Snapshot {
                 HashMap::new();
             let mut order = Vec::new();
             for server in &http.servers {
-                let Some(route) = compile_server(server, &groups, &mut errors, &mut warnings)
-                else {
+                let mut cx = Cx {
+                    groups: &groups,
+                    errors: &mut errors,
+                    warnings: &mut warnings,
+                    files: &mut files,
+                };
+                let Some(route) = compile_server(server, &mut cx) else {
                     continue;
                 };
                 let route = Arc::new(route);
@@ -156,6 +166,7 @@ impl Snapshot {
             groups,
             bind,
             warnings,
+            log_files: files.into_values().collect(),
         })
     }
 
@@ -177,6 +188,11 @@ impl Snapshot {
 
     pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
         self.groups.get(name)
+    }
+
+    /// Opens every access-log file again (USR1, after logrotate moved them).
+    pub fn reopen_logs(&self) -> Result<(), String> {
+        self.log_files.iter().try_for_each(|f| f.reopen())
     }
 }
 
@@ -201,27 +217,24 @@ fn route_error(e: crate::route::RouteError) -> ConfigError {
     ConfigError::new(ErrorKind::Invalid(e.kind.to_string()), e.location)
 }
 
-fn compile_server(
-    server: &Server,
-    groups: &HashMap<String, Arc<Group>>,
-    errors: &mut ConfigErrors,
-    warnings: &mut Vec<String>,
-) -> Option<ServerRoute> {
+/// What compiling one server needs besides the server.
+struct Cx<'a> {
+    groups: &'a HashMap<String, Arc<Group>>,
+    errors: &'a mut ConfigErrors,
+    warnings: &'a mut Vec<String>,
+    files: &'a mut HashMap<std::path::PathBuf, Arc<LogFile>>,
+}
+
+fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
     let entries = server
         .locations
         .iter()
-        .map(|l| location_entry(l, groups, errors))
+        .map(|l| location_entry(l, cx))
         .collect();
-    let fallback = Arc::new(compile_route(
-        &server.conf,
-        None,
-        groups,
-        &server.location,
-        errors,
-    ));
+    let fallback = Arc::new(compile_route(&server.conf, None, &server.location, cx));
     let locations = match LocationTree::build(entries) {
         Ok(tree) => {
-            warnings.extend(
+            cx.warnings.extend(
                 tree.warnings()
                     .iter()
                     .map(|w| format!("{} in {}", w.message, w.location)),
@@ -229,12 +242,12 @@ fn compile_server(
             tree
         }
         Err(e) => {
-            errors.push(route_error(e));
+            cx.errors.push(route_error(e));
             return None;
         }
     };
     let ret = match &server.conf.action {
-        Some(Action::Return(r)) => Answer::compile(r, &server.location, errors),
+        Some(Action::Return(r)) => Answer::compile(r, &server.location, cx.errors),
         _ => None,
     };
     let name = match server.names.first() {
@@ -249,27 +262,17 @@ fn compile_server(
     })
 }
 
-fn location_entry(
-    loc: &Location,
-    groups: &HashMap<String, Arc<Group>>,
-    errors: &mut ConfigErrors,
-) -> LocationEntry<Arc<Route>> {
+fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> {
     use crate::config::model::LocationMatch::*;
     let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
     LocationEntry {
         kind: loc.kind,
         pattern: loc.pattern.clone(),
-        value: Arc::new(compile_route(
-            &loc.conf,
-            prefix,
-            groups,
-            &loc.location,
-            errors,
-        )),
+        value: Arc::new(compile_route(&loc.conf, prefix, &loc.location, cx)),
         children: loc
             .locations
             .iter()
-            .map(|l| location_entry(l, groups, errors))
+            .map(|l| location_entry(l, cx))
             .collect(),
         location: loc.location.clone(),
     }
@@ -278,10 +281,11 @@ fn location_entry(
 fn compile_route(
     conf: &Arc<LocationConf>,
     prefix: Option<String>,
-    groups: &HashMap<String, Arc<Group>>,
     at: &str,
-    errors: &mut ConfigErrors,
+    cx: &mut Cx<'_>,
 ) -> Route {
+    let errors = &mut *cx.errors;
+    let groups = cx.groups;
     let mut set_headers = Vec::new();
     let mut sets_host = false;
     for (name, value) in &conf.proxy.set_headers {
@@ -329,11 +333,27 @@ fn compile_route(
             }
         },
     };
+    let access_log = match access_log::compile(&conf.access_log, cx.files) {
+        Ok(logs) => logs,
+        Err((message, location)) => {
+            let location = if location.is_empty() {
+                at.to_owned()
+            } else {
+                location
+            };
+            cx.errors.push(ConfigError::new(
+                ErrorKind::Invalid(message),
+                Some(location),
+            ));
+            AccessLogs::default()
+        }
+    };
     Route {
         conf: conf.clone(),
         action,
         set_headers,
         sets_host,
         prefix,
+        access_log,
     }
 }

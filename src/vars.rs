@@ -25,6 +25,31 @@ pub enum Var {
     Header(String),
     Pid,
     Connection,
+    ConnectionRequests,
+    Hostname,
+    RemoteUser,
+    /// `$arg_name`: a query argument.
+    Arg(String),
+    /// `$cookie_name`.
+    Cookie(String),
+    // Known once the response is (being) sent: empty before, in the access log after.
+    Status,
+    BodyBytesSent,
+    BytesSent,
+    RequestLength,
+    RequestTime,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    UpstreamConnectTime,
+    UpstreamHeaderTime,
+    /// `$sent_http_name`: a response header sent to the client.
+    SentHttp(String),
+    /// `$upstream_http_name`: a response header from the peer.
+    UpstreamHttp(String),
 }
 
 impl Var {
@@ -48,12 +73,45 @@ impl Var {
             "proxy_add_x_forwarded_for" => Self::ProxyAddXForwardedFor,
             "pid" => Self::Pid,
             "connection" => Self::Connection,
+            "connection_requests" => Self::ConnectionRequests,
+            "hostname" => Self::Hostname,
+            "remote_user" => Self::RemoteUser,
+            "status" => Self::Status,
+            "body_bytes_sent" => Self::BodyBytesSent,
+            "bytes_sent" => Self::BytesSent,
+            "request_length" => Self::RequestLength,
+            "request_time" => Self::RequestTime,
+            "time_local" => Self::TimeLocal,
+            "time_iso8601" => Self::TimeIso8601,
+            "msec" => Self::Msec,
+            "upstream_addr" => Self::UpstreamAddr,
+            "upstream_status" => Self::UpstreamStatus,
+            "upstream_response_time" => Self::UpstreamResponseTime,
+            "upstream_connect_time" => Self::UpstreamConnectTime,
+            "upstream_header_time" => Self::UpstreamHeaderTime,
             _ => {
-                let header = name.strip_prefix("http_")?;
-                if header.is_empty() {
+                let header = |s: &str| {
+                    Some(s)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.replace('_', "-").to_ascii_lowercase())
+                };
+                if let Some(h) = name.strip_prefix("http_") {
+                    Self::Header(header(h)?)
+                } else if let Some(h) = name.strip_prefix("sent_http_") {
+                    Self::SentHttp(header(h)?)
+                } else if let Some(h) = name.strip_prefix("upstream_http_") {
+                    Self::UpstreamHttp(header(h)?)
+                } else if let Some(a) = name.strip_prefix("arg_") {
+                    Some(a)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| Self::Arg(a.to_owned()))?
+                } else if let Some(c) = name.strip_prefix("cookie_") {
+                    Some(c)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Self::Cookie(c.to_owned()))?
+                } else {
                     return None;
                 }
-                Self::Header(header.replace('_', "-").to_ascii_lowercase())
             }
         })
     }
@@ -115,6 +173,13 @@ impl Template {
         Ok(Self { parts })
     }
 
+    /// True when some variable of the template satisfies `pred`.
+    pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(v) if pred(v)))
+    }
+
     /// True when the template has no variables (its value is the same for every request).
     pub fn is_constant(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
@@ -122,13 +187,82 @@ impl Template {
 
     pub fn render(&self, vars: &dyn Vars) -> String {
         let mut out = String::new();
+        self.render_into(vars, &mut out);
+        out
+    }
+
+    pub fn render_into(&self, vars: &dyn Vars, out: &mut String) {
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Var(var) => vars.append(var, &mut out),
+                Part::Var(var) => vars.append(var, out),
             }
         }
-        out
+    }
+
+    /// Renders for a log line: each variable's value escaped, an empty one written as `-`
+    /// (except in JSON), as nginx's `log_format` does.
+    pub fn render_escaped(&self, vars: &dyn Vars, escape: Escape, out: &mut String) {
+        let mut value = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Var(var) => {
+                    value.clear();
+                    vars.append(var, &mut value);
+                    escape.append(&value, out);
+                }
+            }
+        }
+    }
+}
+
+/// How `log_format` escapes variable values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// `"`, `\\`, and bytes outside 0x20..=0x7e as `\xHH`; empty → `-`.
+    Default,
+    /// JSON string escapes; empty stays empty.
+    Json,
+    /// As is; empty → `-`.
+    None,
+}
+
+impl Escape {
+    pub fn append(self, value: &str, out: &mut String) {
+        if value.is_empty() {
+            if self != Self::Json {
+                out.push('-');
+            }
+            return;
+        }
+        match self {
+            Self::None => out.push_str(value),
+            Self::Default => {
+                for b in value.bytes() {
+                    if b == b'"' || b == b'\\' || !(0x20..=0x7e).contains(&b) {
+                        let _ = write!(out, "\\x{b:02X}");
+                    } else {
+                        out.push(b as char);
+                    }
+                }
+            }
+            Self::Json => {
+                for c in value.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if (c as u32) < 0x20 => {
+                            let _ = write!(out, "\\u{:04x}", c as u32);
+                        }
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -159,6 +293,21 @@ mod tests {
         assert_eq!(t.render(&Fixed), "http://example.com/a-7-.");
         assert!(!t.is_constant());
         assert!(Template::compile("plain").unwrap().is_constant());
+    }
+
+    #[test]
+    fn log_escaping_follows_nginx() {
+        let mut out = String::new();
+        Escape::Default.append("a\"b\\c\u{1}é", &mut out);
+        assert_eq!(out, "a\\x22b\\x5Cc\\x01\\xC3\\xA9");
+        out.clear();
+        Escape::Json.append("a\"b\n", &mut out);
+        assert_eq!(out, "a\\\"b\\n");
+        out.clear();
+        Escape::Default.append("", &mut out);
+        Escape::Json.append("", &mut out);
+        Escape::None.append("", &mut out);
+        assert_eq!(out, "--");
     }
 
     #[test]

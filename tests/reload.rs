@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use imbang::config::{self, LoadOptions};
+use imbang::config;
 use support::{Behaviour, backend, backend_with, imbang, try_request};
 use tokio::net::TcpStream;
 
@@ -128,15 +128,7 @@ async fn a_broken_reload_leaves_the_running_config_untouched() {
     let lb = imbang(&conf("a", &a, &b)).await;
     let broken =
         "http { server { listen 127.0.0.1:0; location / { proxy_pass http://nowhere.invalid; } } }";
-    let errors = config::parse_str(
-        "/test/broken.conf",
-        broken,
-        &LoadOptions {
-            prefix: std::env::temp_dir(),
-            default_listen_port: 8000,
-        },
-    )
-    .unwrap_err();
+    let errors = config::parse_str("/test/broken.conf", broken, &support::options()).unwrap_err();
     assert_eq!(
         errors.to_string(),
         "host not found in upstream \"nowhere.invalid\" in /test/broken.conf:1:50"
@@ -148,15 +140,8 @@ async fn a_broken_reload_leaves_the_running_config_untouched() {
         "http {{ upstream b {{ server {}; }} server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; }} }} }}",
         b.addr
     );
-    let config = config::parse_str(
-        "/test/unbindable.conf",
-        &unbindable,
-        &LoadOptions {
-            prefix: std::env::temp_dir(),
-            default_listen_port: 8000,
-        },
-    )
-    .unwrap();
+    let config =
+        config::parse_str("/test/unbindable.conf", &unbindable, &support::options()).unwrap();
     let err = lb.server.apply(config).await.unwrap_err();
     assert!(
         err.to_string().contains("(98: Address already in use)"),

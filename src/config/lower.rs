@@ -35,6 +35,7 @@ pub fn lower(
         opts,
         errors: ConfigErrors::default(),
         warnings: Vec::new(),
+        log_formats: HashMap::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -54,6 +55,8 @@ struct Lower<'a> {
     opts: &'a LoadOptions,
     errors: ConfigErrors,
     warnings: Vec<Warning>,
+    /// `log_format`s by name, `combined` included.
+    log_formats: HashMap<String, Arc<LogFormat>>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -69,6 +72,7 @@ struct Frame {
     set_headers: Option<Vec<(String, String)>>,
     http_version_1_0: Option<bool>,
     default_type: Option<String>,
+    access_log: Option<Vec<AccessLogSpec>>,
 }
 
 impl Frame {
@@ -91,6 +95,10 @@ impl Frame {
                 .default_type
                 .clone()
                 .or_else(|| parent.default_type.clone()),
+            access_log: self
+                .access_log
+                .clone()
+                .or_else(|| parent.access_log.clone()),
         }
     }
 
@@ -112,6 +120,7 @@ impl Frame {
                 .default_type
                 .clone()
                 .unwrap_or_else(|| "text/plain".to_owned()),
+            access_log: self.access_log.clone().unwrap_or_default().into(),
         })
     }
 }
@@ -339,13 +348,35 @@ impl<'a> Lower<'a> {
         let mut upstreams = Upstreams::default();
         let mut error_log = Vec::new();
         let mut servers = Vec::new();
+        let combined = Arc::new(LogFormat {
+            name: "combined".to_owned(),
+            escape: LogEscape::Default,
+            text: COMBINED.to_owned(),
+            location: String::new(),
+        });
+        self.log_formats
+            .insert("combined".to_owned(), combined.clone());
+        for d in ds.iter().filter(|d| d.name == "log_format") {
+            if self.check(d, Contexts::HTTP).is_some() {
+                self.log_format(d);
+            }
+        }
+        // nginx's default: `access_log logs/access.log combined;` under the prefix.
+        frame.access_log = Some(vec![AccessLogSpec {
+            path: self.opts.prefix.join("logs/access.log"),
+            format: combined,
+        }]);
+        let mut frame_own = Frame::default();
         // Upstreams first: a `proxy_pass` may name one defined further down.
         for d in ds.iter().filter(|d| d.name == "upstream") {
             if self.check(d, Contexts::HTTP).is_some() {
                 self.upstream(d, &mut upstreams);
             }
         }
-        for d in ds.iter().filter(|d| d.name != "upstream") {
+        for d in ds
+            .iter()
+            .filter(|d| d.name != "upstream" && d.name != "log_format")
+        {
             let Some(spec) = self.check(d, Contexts::HTTP) else {
                 continue;
             };
@@ -353,10 +384,11 @@ impl<'a> Lower<'a> {
                 "server" => servers.push(d),
                 "error_log" => error_log.extend(self.error_log(d)),
                 _ => {
-                    self.setting(d, spec, &mut frame, &mut seen);
+                    self.setting(d, spec, &mut frame_own, &mut seen);
                 }
             }
         }
+        let frame = frame_own.inherit(&frame);
         let servers: Vec<Server> = servers
             .into_iter()
             .filter_map(|d| self.server(d, &frame, &mut upstreams))
@@ -383,6 +415,17 @@ impl<'a> Lower<'a> {
                 f.set_headers
                     .get_or_insert_with(Vec::new)
                     .push((args[0].value.clone(), args[1].value.clone()));
+            }
+            "access_log" => {
+                let logs = f.access_log.get_or_insert_with(Vec::new);
+                if args[0].value == "off" {
+                    if args.len() > 1 {
+                        self.error(ErrorKind::Arity(d.name.clone()), d.span);
+                    }
+                    logs.clear();
+                } else if let Some(spec) = self.access_log(d) {
+                    logs.push(spec);
+                }
             }
             _ if spec.effect != Effect::Acts => {}
             "types" => {} // MIME type tables: accepted, checked by the parser only.
@@ -438,6 +481,83 @@ impl<'a> Lower<'a> {
             *slot = true;
         }
         Some(nu)
+    }
+
+    // === logs ===
+
+    fn log_format(&mut self, d: &Directive) {
+        let name = d.args[0].value.clone();
+        if self.log_formats.contains_key(&name) {
+            self.invalid(format!("duplicate \"log_format\" name \"{name}\""), d.span);
+            return;
+        }
+        let mut rest = &d.args[1..];
+        let mut escape = LogEscape::Default;
+        if let Some(value) = rest.first().and_then(|a| a.value.strip_prefix("escape=")) {
+            escape = match value {
+                "default" => LogEscape::Default,
+                "json" => LogEscape::Json,
+                "none" => LogEscape::None,
+                _ => {
+                    self.invalid(
+                        format!("unknown log format escaping \"{value}\""),
+                        rest[0].span,
+                    );
+                    return;
+                }
+            };
+            rest = &rest[1..];
+        }
+        if rest.is_empty() {
+            self.error(ErrorKind::Arity(d.name.clone()), d.span);
+            return;
+        }
+        let text: String = rest.iter().map(|a| a.value.as_str()).collect();
+        let location = self.at(d.span);
+        self.log_formats.insert(
+            name.clone(),
+            Arc::new(LogFormat {
+                name,
+                escape,
+                text,
+                location,
+            }),
+        );
+    }
+
+    fn access_log(&mut self, d: &Directive) -> Option<AccessLogSpec> {
+        let target = &d.args[0];
+        if target.value.starts_with("syslog:") {
+            self.invalid(
+                "access_log to syslog is not supported by imbang yet".to_owned(),
+                target.span,
+            );
+            return None;
+        }
+        let format = match d.args.get(1) {
+            None => self.log_formats.get("combined").cloned(),
+            Some(name) => match self.log_formats.get(&name.value) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    self.invalid(format!("unknown log format \"{}\"", name.value), name.span);
+                    return None;
+                }
+            },
+        }?;
+        for p in d.args.iter().skip(2) {
+            let key = p.value.split('=').next().unwrap_or_default();
+            match key {
+                "buffer" | "flush" | "gzip" | "if" => self.warn(
+                    format!("the \"{key}\" parameter of \"access_log\" has no effect in imbang yet (lines are written as requests end)"),
+                    p.span,
+                ),
+                _ => self.invalid(format!("invalid parameter \"{}\"", p.value), p.span),
+            }
+        }
+        Some(AccessLogSpec {
+            path: self.path(&target.value),
+            format,
+        })
     }
 
     // === server ===

@@ -108,8 +108,7 @@ impl LogLevel {
 pub struct Http {
     pub servers: Vec<Server>,
     pub upstreams: Vec<Upstream>,
-    /// `access_log` targets in force for requests (http level; server/location overrides
-    /// live on [`LocationConf`]).
+    /// http-level `error_log` targets (request errors are logged to them too).
     pub error_log: Vec<ErrorLogSpec>,
 }
 
@@ -182,7 +181,38 @@ pub struct LocationConf {
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
+    /// `access_log` targets in force here; empty for `access_log off`.
+    pub access_log: Arc<[AccessLogSpec]>,
 }
+
+/// One `access_log path [format]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogSpec {
+    pub path: PathBuf,
+    pub format: Arc<LogFormat>,
+}
+
+/// `log_format name [escape=default|json|none] 'text' ...;` (the strings joined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFormat {
+    pub name: String,
+    pub escape: LogEscape,
+    pub text: String,
+    /// `path:line:col` of the `log_format` (for variable errors); empty for `combined`.
+    pub location: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogEscape {
+    /// `"`, `\` and bytes outside 0x20..0x7e as `\xHH`; an empty value is `-`.
+    Default,
+    /// JSON string escapes; an empty value stays empty.
+    Json,
+    None,
+}
+
+/// nginx's predefined format.
+pub const COMBINED: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
 
 #[derive(Clone, Debug)]
 pub enum Action {

@@ -12,24 +12,57 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::Pending;
 use crate::pool::{Pool, UpstreamBody};
 use crate::upstream::PeerGuard;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// A response body for the client.
-pub enum ResponseBody {
+/// A response body for the client. When the request is logged, the log line is written as the
+/// body is dropped: after its last byte went out, or when the client went away.
+pub struct ResponseBody {
+    kind: Kind,
+    sent: u64,
+    log: Option<Box<Pending>>,
+}
+
+enum Kind {
     Full(Option<Bytes>),
     Upstream(Box<Streamed>),
 }
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Some(bytes.into()))
+        Self::from_kind(Kind::Full(Some(bytes.into())))
     }
 
     pub fn empty() -> Self {
-        Self::Full(None)
+        Self::from_kind(Kind::Full(None))
+    }
+
+    pub fn streamed(s: Streamed) -> Self {
+        Self::from_kind(Kind::Upstream(Box::new(s)))
+    }
+
+    fn from_kind(kind: Kind) -> Self {
+        Self {
+            kind,
+            sent: 0,
+            log: None,
+        }
+    }
+
+    /// Writes `pending`'s access-log lines when this body is done.
+    pub fn log_when_done(&mut self, pending: Box<Pending>) {
+        self.log = Some(pending);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(pending) = self.log.take() {
+            pending.finish(self.sent);
+        }
     }
 }
 
@@ -89,7 +122,34 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        let poll = this.kind.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(s) => s.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(s) => s.body.size_hint(),
+        }
+    }
+}
+
+impl Kind {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(s) => {
                 if s.checkin.is_none() && s.guard.is_none() {
@@ -130,20 +190,6 @@ impl Body for ResponseBody {
                     }
                 }
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(bytes) => bytes.is_none(),
-            Self::Upstream(s) => s.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Upstream(s) => s.body.size_hint(),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
+use crate::access_log::Record;
 use crate::log;
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
@@ -31,13 +32,13 @@ pub async fn forward(
     ctx: &RequestCtx<'_>,
     route: &Route,
     proxy: &Proxy,
-    path: &str,
     body: Incoming,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &route.conf.proxy;
     let group = &proxy.group;
-    let uri = upstream_uri(ctx.parts, route, proxy, path);
+    let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
     let mut headers = ctx.parts.headers.clone();
     headers::to_upstream(&mut headers, route, &proxy.proxy_host, ctx);
     let mut client_upgrade = client_upgrade;
@@ -86,12 +87,14 @@ pub async fn forward(
         };
         attempts += 1;
         let addr = guard.addr();
+        record.try_started(addr);
         let req = match request.take() {
             Some(req) => req,
             // Only reached when the body is replayable (checked before `continue`).
             None => build(&method, &uri, version, headers.clone(), UpstreamBody::Empty),
         };
         match attempt(
+            record,
             shared,
             settings.connect_timeout,
             settings.read_timeout,
@@ -103,6 +106,10 @@ pub async fn forward(
         {
             Ok((response, conn)) => {
                 let status = response.status().as_u16();
+                record.answered(status, true);
+                if record.want_upstream_headers {
+                    record.upstream_headers = Some(response.headers().clone());
+                }
                 let policy = &settings.next_upstream;
                 if retry::status_is_failure(status, policy) {
                     guard.failure(Instant::now());
@@ -135,6 +142,7 @@ pub async fn forward(
                 ));
             }
             Err(failed) => {
+                record.answered(failed.error.status().as_u16(), false);
                 log!(
                     Error,
                     "*{} {}{}",
@@ -173,6 +181,7 @@ pub async fn forward(
 /// One attempt on one peer. A pooled connection that turns out to be closed before the request
 /// was written is replaced by another (finally a fresh one) without counting as a try.
 async fn attempt(
+    record: &mut Record,
     shared: &Shared,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -186,7 +195,10 @@ async fn attempt(
             .checkout(addr, connect_timeout, group.keepalive_timeout)
             .await
         {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                record.connected();
+                conn
+            }
             Err(e) => {
                 let failure = match e {
                     ConnectError::Timeout => Failure::Timeout,
@@ -291,7 +303,7 @@ fn client_response(
         sender: conn.sender,
         max_idle: group.keepalive,
     };
-    let body = ResponseBody::Upstream(Box::new(Streamed::new(body, guard, checkin, read_timeout)));
+    let body = ResponseBody::streamed(Streamed::new(body, guard, checkin, read_timeout));
     Response::from_parts(parts, body)
 }
 

@@ -11,7 +11,10 @@ pub mod retry;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -20,10 +23,11 @@ use hyper::body::Incoming;
 pub use body::ResponseBody;
 pub use error::ProxyError;
 
+use crate::access_log::{Done, Pending, Record};
 use crate::pool::Pool;
 use crate::reload::Live;
 use crate::route::{normalize_host, normalize_path};
-use crate::snapshot::{Answer, RouteAction, ServerRoute};
+use crate::snapshot::{Answer, Route, RouteAction, ServerRoute, Snapshot};
 use crate::vars::{Var, Vars, append_display};
 
 /// What every request of the process shares.
@@ -33,10 +37,12 @@ pub struct Shared {
 }
 
 /// Facts about one client connection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// nginx's connection number (`*5` in the error log, `$connection`).
     pub id: u64,
+    /// Requests started on this connection so far (`$connection_requests`).
+    pub requests: AtomicU64,
     pub remote: SocketAddr,
     pub local: SocketAddr,
     /// The configured listen address of the listener that accepted it.
@@ -50,6 +56,10 @@ pub struct RequestCtx<'a> {
     pub host: &'a str,
     pub server_name: &'a str,
     pub proxy_host: &'a str,
+    /// `$uri`: the normalised path locations were matched against.
+    pub path: &'a str,
+    /// Set once the response is sent (the access log): `$status`, `$upstream_*`, times.
+    pub done: Option<&'a Done>,
 }
 
 impl RequestCtx<'_> {
@@ -110,7 +120,7 @@ impl Vars for RequestCtx<'_> {
             ),
             Var::RequestMethod => out.push_str(self.parts.method.as_str()),
             Var::RequestUri => out.push_str(uri.path_and_query().map_or("/", |p| p.as_str())),
-            Var::Uri => out.push_str(uri.path()),
+            Var::Uri => out.push_str(self.path),
             Var::Args => out.push_str(uri.query().unwrap_or("")),
             Var::ProxyHost => out.push_str(self.proxy_host),
             Var::ProxyAddXForwardedFor => {
@@ -138,20 +148,136 @@ impl Vars for RequestCtx<'_> {
             }
             Var::Pid => append_display(out, std::process::id()),
             Var::Connection => append_display(out, self.conn.id),
+            Var::ConnectionRequests => {
+                append_display(out, self.conn.requests.load(Ordering::Relaxed))
+            }
+            Var::Hostname => out.push_str(hostname()),
+            Var::RemoteUser => {}
+            Var::Arg(name) => {
+                if let Some(v) = uri.query().and_then(|q| query_arg(q, name)) {
+                    out.push_str(v);
+                }
+            }
+            Var::Cookie(name) => {
+                let found = self
+                    .parts
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|c| c.trim().split_once('='))
+                    .find(|(k, _)| k == name);
+                if let Some((_, v)) = found {
+                    out.push_str(v);
+                }
+            }
+            Var::TimeLocal => {
+                append_display(out, chrono::Local::now().format("%d/%b/%Y:%H:%M:%S %z"))
+            }
+            Var::TimeIso8601 => {
+                append_display(out, chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%:z"))
+            }
+            Var::Msec => {
+                let now = chrono::Utc::now();
+                append_display(
+                    out,
+                    format_args!("{}.{:03}", now.timestamp(), now.timestamp_subsec_millis()),
+                )
+            }
+            Var::RequestLength => {
+                let head: usize = self
+                    .parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                    .sum();
+                let body: u64 = self
+                    .parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                let line = self.parts.method.as_str().len()
+                    + uri.path_and_query().map_or(1, |p| p.as_str().len())
+                    + 12;
+                append_display(out, line as u64 + head as u64 + 2 + body)
+            }
+            done_var => {
+                if let Some(done) = self.done {
+                    done.append(done_var, out);
+                }
+            }
         }
     }
 }
 
-/// Answers one request. Never fails: errors become nginx-style error pages.
+/// Answers one request. Never fails: errors become nginx-style error pages. When the location
+/// logs, the access-log line is written once the response body is done.
 pub async fn handle(
     shared: &Shared,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let start = Instant::now();
+    conn.requests.fetch_add(1, Ordering::Relaxed);
     let snap = shared.live.snapshot();
     let client_upgrade =
         upgrade::requested(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
+    let mut out = Outcome::default();
+    let mut response = respond(shared, &snap, conn, &parts, body, client_upgrade, &mut out).await;
+    let Some(route) = out.log_route.take() else {
+        return response;
+    };
+    let needs = route.access_log.needs;
+    let done = Done {
+        status: response.status().as_u16(),
+        body_bytes: 0,
+        header_bytes: header_bytes(&response),
+        start,
+        end: start,
+        response_headers: needs.response_headers.then(|| response.headers().clone()),
+        upstream_headers: out.record.upstream_headers.take(),
+        tries: std::mem::take(&mut out.record.tries),
+    };
+    response.body_mut().log_when_done(Box::new(Pending {
+        logs: route,
+        conn: conn.clone(),
+        parts,
+        host: out.host,
+        server_name: out.server_name,
+        proxy_host: out.proxy_host,
+        path: out.path,
+        done,
+    }));
+    response
+}
+
+/// What [`respond`] found out that the access log needs.
+#[derive(Default)]
+struct Outcome {
+    /// The location whose `access_log` applies (`None`: not logged).
+    log_route: Option<Arc<Route>>,
+    host: String,
+    server_name: String,
+    proxy_host: String,
+    path: String,
+    record: Record,
+}
+
+async fn respond(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    body: Incoming,
+    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    out: &mut Outcome,
+) -> Response<ResponseBody> {
+    let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
+        return error_response(&ProxyError::NoRoute);
+    };
     // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
     let raw_host = match parts.uri.authority() {
         Some(a) => Some(a.as_str()),
@@ -160,43 +286,78 @@ pub async fn handle(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok()),
     };
-    if raw_host.is_none() && parts.version == http::Version::HTTP_11 {
-        return error_response(&ProxyError::BadRequest(
-            "HTTP/1.1 request without \"Host\" header",
-        ));
-    }
-    let Some(host) = normalize_host(raw_host.unwrap_or("")) else {
-        return error_response(&ProxyError::BadRequest("invalid host in request"));
+    let host = match raw_host.map(normalize_host) {
+        None if parts.version == http::Version::HTTP_11 => None,
+        None => Some(String::new()),
+        Some(h) => h,
     };
-    let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
-        return error_response(&ProxyError::NoRoute);
+    let Some(host) = host else {
+        let server = vhosts.default_server();
+        out.log(&server.fallback, "", &server.name);
+        return error_response(&ProxyError::BadRequest("invalid or missing Host"));
     };
     let server: &ServerRoute = vhosts.find(&host);
+    let Ok(path) = normalize_path(parts.uri.path()) else {
+        out.log(&server.fallback, &host, &server.name);
+        return error_response(&ProxyError::BadRequest("invalid URI"));
+    };
     let mut ctx = RequestCtx {
         conn,
-        parts: &parts,
+        parts,
         host: &host,
         server_name: &server.name,
         proxy_host: "",
+        path: &path,
+        done: None,
     };
     if let Some(answer) = &server.ret {
+        out.log(&server.fallback, &host, &server.name);
         return answer_response(answer, &ctx, &server.fallback.conf.default_type);
     }
-    let Ok(path) = normalize_path(parts.uri.path()) else {
-        return error_response(&ProxyError::BadRequest("invalid URI"));
-    };
     let route = server.locations.find(&path).unwrap_or(&server.fallback);
+    out.log(route, &host, &server.name);
+    if out.log_route.is_some() {
+        out.path = path.clone();
+    }
     match &route.action {
         RouteAction::NotFound => error_response(&ProxyError::NoRoute),
         RouteAction::Return(answer) => answer_response(answer, &ctx, &route.conf.default_type),
         RouteAction::Proxy(proxy) => {
             ctx.proxy_host = &proxy.proxy_host;
-            match forward::forward(shared, &ctx, route, proxy, &path, body, client_upgrade).await {
+            if out.log_route.is_some() {
+                out.proxy_host = proxy.proxy_host.clone();
+            }
+            let record = &mut out.record;
+            match forward::forward(shared, &ctx, route, proxy, body, client_upgrade, record).await {
                 Ok(response) => response,
                 Err(e) => error_response(&e),
             }
         }
     }
+}
+
+impl Outcome {
+    /// Notes that `route`'s access logs apply (if it has any).
+    fn log(&mut self, route: &Arc<Route>, host: &str, server_name: &str) {
+        if route.access_log.is_empty() {
+            return;
+        }
+        self.log_route = Some(route.clone());
+        self.host = host.to_owned();
+        self.server_name = server_name.to_owned();
+        self.record.enabled = true;
+        self.record.want_upstream_headers = route.access_log.needs.upstream_headers;
+    }
+}
+
+/// About what the status line and headers took on the wire (for `$bytes_sent`).
+fn header_bytes(response: &Response<ResponseBody>) -> u64 {
+    let fields: usize = response
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (17 + fields + 2 + 37) as u64 // status line, fields, blank line, Date
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
@@ -231,4 +392,23 @@ fn answer_response(answer: &Answer, vars: &dyn Vars, default_type: &str) -> Resp
         .headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("imbang"));
     response
+}
+
+/// `$hostname`, read once.
+fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    })
+}
+
+/// The raw value of query argument `name` (`$arg_name`), as nginx: not decoded.
+fn query_arg<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
 }

@@ -125,9 +125,17 @@ pub struct Lb {
     pub addr: SocketAddr,
 }
 
-fn options() -> LoadOptions {
+/// The prefix in-process instances use: a directory of this test process with `logs/`, so
+/// nginx's default `access_log logs/access.log` has somewhere to go.
+pub fn options() -> LoadOptions {
+    static PREFIX: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("imbang-prefix-{}", std::process::id()));
+        std::fs::create_dir_all(p.join("logs")).unwrap();
+        p
+    });
     LoadOptions {
-        prefix: std::env::temp_dir(),
+        prefix: prefix.clone(),
         default_listen_port: 8000,
     }
 }

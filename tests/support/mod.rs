@@ -279,3 +279,185 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+// === processes of the real binary and other real programs (cli.rs, seed.rs) ===
+
+/// What a finished command printed: exit code, stdout, stderr.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs imbang with `args` in `cwd` to completion, bounded by 30 s (the process is killed when
+/// the time is up and the test fails).
+pub async fn run_imbang(cwd: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(imbang_bin());
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("imbang {args:?} did not finish within 30 s"))
+        .unwrap_or_else(|e| panic!("cannot run imbang {args:?}: {e}"));
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The pid in a pid file that is completely written (`"<pid>\n"`), if any.
+pub fn read_pid_file(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.strip_suffix('\n')?.parse().ok().filter(|&p| p > 0)
+}
+
+/// Waits (bounded) for `path` to hold a pid, and returns it.
+pub async fn wait_pid_file(path: &Path, timeout: Duration) -> i32 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(pid) = read_pid_file(path) {
+            return pid;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no pid file {} after {timeout:?} (text: {:?})",
+                path.display(),
+                std::fs::read_to_string(path).ok()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has exited). Linux `/proc`.
+pub fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    match stat.rsplit_once(')') {
+        Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None),
+        None => false,
+    }
+}
+
+/// Whether `pid` runs the imbang binary under test (so a guard never kills a reused pid).
+pub fn is_imbang(pid: i32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let ours = std::fs::canonicalize(imbang_bin()).unwrap_or_else(|_| imbang_bin());
+    // A binary rebuilt while running shows as "<path> (deleted)".
+    exe.to_string_lossy().starts_with(&*ours.to_string_lossy())
+}
+
+/// Waits (bounded) until `pid` has exited; panics with `what` otherwise.
+pub async fn wait_exited(pid: i32, what: &str, timeout: Duration) {
+    eventually(what, timeout, || !process_alive(pid)).await;
+}
+
+/// The real port of `listen <configured>` from the error log's notice line
+/// `listening on <configured> (bound to <addr>)`.
+pub fn bound_port(log: &str, configured: &str) -> Option<u16> {
+    let needle = format!("listening on {configured} (bound to ");
+    log.lines().rev().find_map(|line| {
+        let rest = &line[line.find(&needle)? + needle.len()..];
+        let addr: SocketAddr = rest.strip_suffix(')')?.parse().ok()?;
+        Some(addr.port())
+    })
+}
+
+/// Owns imbang processes started by a test: a foreground child (killed and waited for on drop)
+/// and, for a daemon, the pid found in its pid file (SIGKILLed on drop if it still runs imbang).
+pub struct ImbangGuard {
+    pub child: Option<std::process::Child>,
+    pub pid_file: PathBuf,
+    pub pid: Option<i32>,
+}
+
+impl ImbangGuard {
+    pub fn new(pid_file: PathBuf) -> Self {
+        Self {
+            child: None,
+            pid_file,
+            pid: None,
+        }
+    }
+
+    fn kill_daemon(pid: i32) {
+        if process_alive(pid) && is_imbang(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for ImbangGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.pid {
+            Self::kill_daemon(pid);
+        }
+        if let Some(pid) = read_pid_file(&self.pid_file) {
+            Self::kill_daemon(pid);
+        }
+    }
+}
+
+/// Waits (bounded, polling) for `child` to exit and returns its status.
+pub async fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child process (e.g. a node app), killed and waited for on drop.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Killing an exited-and-reaped child is a harmless error; waiting again returns the
+        // status std kept.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (bounded) until something accepts TCP connections on `addr`.
+pub async fn wait_accepting(addr: SocketAddr, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("nothing accepts connections on {addr} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -188,7 +188,9 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
         Err(errors) => return emerg(&errors),
     };
     print_warnings(&server.snapshot());
-    let bound = match server.bind() {
+    let inherited = inherited_sockets();
+    let upgraded = !inherited.is_empty();
+    let bound = match server.bind_with(inherited) {
         Ok(bound) => bound,
         Err(e) => {
             eprintln!("imbang: [emerg] {e}");
@@ -196,7 +198,8 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
         }
     };
     error_log::install(log);
-    if daemon {
+    // A new binary started by USR2 stays a child of the old process, as nginx's does.
+    if daemon && !upgraded {
         // Before any thread exists: the runtime starts in the child.
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         if let Err(e) = daemonize::Daemonize::new()
@@ -219,17 +222,156 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(serve(server, bound, &pid_file, shutdown_timeout));
-    let _ = fs::remove_file(&pid_file);
+    let mut pid = PidFile {
+        path: pid_file.clone(),
+        current: pid_file,
+    };
+    let code = runtime.block_on(serve(server, bound, &mut pid, shutdown_timeout));
+    let _ = fs::remove_file(&pid.current);
     code
+}
+
+/// The pid file, and where it is now: `<path>.oldbin` while a new binary takes over.
+struct PidFile {
+    path: PathBuf,
+    current: PathBuf,
+}
+
+/// Environment naming the configured address of each inherited socket, in fd order.
+const LISTEN_KEYS: &str = "IMBANG_LISTEN_KEYS";
+
+/// Listening sockets handed down by a previous imbang on USR2 (or by systemd socket activation:
+/// `LISTEN_FDS`), with the configured address each was bound for.
+fn inherited_sockets() -> Vec<(std::net::SocketAddr, std::net::TcpListener)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let keys: Vec<std::net::SocketAddr> = std::env::var(LISTEN_KEYS)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|k| k.parse().ok())
+        .collect();
+    let mut sockets = Vec::new();
+    for i in 0..fds.len() {
+        match fds.take_tcp_listener(i) {
+            Ok(Some(socket)) => {
+                let key = keys.get(i).copied().or_else(|| socket.local_addr().ok());
+                if let Some(key) = key {
+                    sockets.push((key, socket));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("imbang: [alert] inherited socket {i} is unusable: {e}"),
+        }
+    }
+    sockets
+}
+
+/// nginx's USR2: hand the listening sockets to a new copy of the binary (the same path and
+/// arguments) and move the pid file to `.oldbin`. Returns true once the new process serves (it
+/// wrote the pid file); on any failure the pid file is moved back and this process goes on.
+async fn upgrade_binary(server: &Server, pid: &mut PidFile) -> bool {
+    let oldbin = PathBuf::from(format!("{}.oldbin", pid.path.display()));
+    let sockets = match server.listening_sockets().await {
+        Ok(s) => s,
+        Err(e) => {
+            log!(Alert, "cannot pass listening sockets: {e}");
+            return false;
+        }
+    };
+    if let Err(e) = fs::rename(&pid.path, &oldbin) {
+        log!(
+            Alert,
+            "rename() \"{}\" to \"{}\" failed ({})",
+            pid.path.display(),
+            oldbin.display(),
+            error_log::errno_text(&e)
+        );
+        return false;
+    }
+    pid.current = oldbin.clone();
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_else(|| "imbang".into());
+    let keys: Vec<String> = sockets.iter().map(|(k, _)| k.to_string()).collect();
+    let mappings = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, socket))| command_fds::FdMapping {
+            parent_fd: socket.into(),
+            child_fd: 3 + i as i32,
+        })
+        .collect();
+    let mut command = std::process::Command::new(&program);
+    command
+        .args(args)
+        .env("LISTEN_FDS", keys.len().to_string())
+        .env(LISTEN_KEYS, keys.join(" "))
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    let spawned = match command_fds::CommandFdExt::fd_mappings(&mut command, mappings) {
+        Ok(_) => tokio::process::Command::from(command)
+            .spawn()
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            log!(
+                Alert,
+                "execve() \"{}\" failed: {e}",
+                program.to_string_lossy()
+            );
+            restore_pid_file(pid);
+            return false;
+        }
+    };
+    let child_pid = child.id().unwrap_or(0);
+    log!(Notice, "start new binary process {child_pid}");
+    // Ready when the new process has written its pid to the pid file (after it listens).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let written = fs::read_to_string(&pid.path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if written == Some(child_pid) {
+            log!(
+                Notice,
+                "new binary process {child_pid} is serving; this one stops gracefully"
+            );
+            return true;
+        }
+        tokio::select! {
+            status = child.wait() => {
+                log!(Alert, "new binary process {child_pid} exited ({}) before serving", status.map(|s| s.to_string()).unwrap_or_default());
+                restore_pid_file(pid);
+                return false;
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            log!(
+                Alert,
+                "new binary process {child_pid} did not start serving in 60s; keeping this one"
+            );
+            let _ = child.start_kill();
+            restore_pid_file(pid);
+            return false;
+        }
+    }
+}
+
+fn restore_pid_file(pid: &mut PidFile) {
+    if fs::rename(&pid.current, &pid.path).is_ok() {
+        pid.current = pid.path.clone();
+    }
 }
 
 async fn serve(
     server: Arc<Server>,
     bound: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
-    pid_file: &Path,
+    pid: &mut PidFile,
     shutdown_timeout: Option<std::time::Duration>,
 ) -> ExitCode {
+    let pid_file = pid.path.clone();
     let signals = (
         signal(SignalKind::hangup()),
         signal(SignalKind::quit()),
@@ -237,7 +379,10 @@ async fn serve(
         signal(SignalKind::interrupt()),
         signal(SignalKind::user_defined1()),
     );
-    let (Ok(mut hup), Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut usr1)) = signals else {
+    let usr2 = signal(SignalKind::user_defined2());
+    let (Ok(mut hup), Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut usr2)) =
+        (signals.0, signals.1, signals.2, signals.3, signals.4, usr2)
+    else {
         log!(Emerg, "cannot install signal handlers");
         return ExitCode::FAILURE;
     };
@@ -246,8 +391,8 @@ async fn serve(
         return ExitCode::FAILURE;
     }
     // Written only now that every listener accepts, so whoever waits for it can connect.
-    if let Err(e) = fs::write(pid_file, format!("{}\n", std::process::id())) {
-        log!(Emerg, "{}", error_log::open_failed(pid_file, &e));
+    if let Err(e) = fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        log!(Emerg, "{}", error_log::open_failed(&pid_file, &e));
         server.shutdown(false, None).await;
         return ExitCode::FAILURE;
     }
@@ -271,6 +416,13 @@ async fn serve(
                 let reopened = error_log::reopen().and_then(|()| server.snapshot().reopen_logs());
                 if let Err(e) = reopened {
                     log!(Alert, "{e}");
+                }
+            }
+            _ = usr2.recv() => {
+                log!(Notice, "signal 12 (SIGUSR2) received, changing binary");
+                if upgrade_binary(&server, pid).await {
+                    server.shutdown(true, shutdown_timeout).await;
+                    break;
                 }
             }
             _ = quit.recv() => {

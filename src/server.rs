@@ -23,6 +23,9 @@ use crate::snapshot::Snapshot;
 use crate::upstream::PeerRegistry;
 use crate::{error_log, listen};
 
+/// How long a stop waits for the first request of a connection accepted just before it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a client connection may wait for (or send) a request head.
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
@@ -46,7 +49,7 @@ pub struct Server {
     /// Accepting listeners by configured address, with their stop switches and bound addresses.
     listeners: Mutex<HashMap<SocketAddr, Listening>>,
     draining: watch::Sender<bool>,
-    connections: ConnCount,
+    connections: Arc<ConnCount>,
     next_conn_id: AtomicU64,
     /// `-e` given on the command line replaces the default error log.
     default_log: Option<config::model::ErrorLogSpec>,
@@ -55,6 +58,8 @@ pub struct Server {
 struct Listening {
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    /// The same socket, kept to hand to a new binary (USR2).
+    socket: std::net::TcpListener,
 }
 
 impl Server {
@@ -75,7 +80,7 @@ impl Server {
             source,
             listeners: Mutex::new(HashMap::new()),
             draining: watch::channel(false).0,
-            connections: ConnCount::default(),
+            connections: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             default_log,
         }))
@@ -87,7 +92,38 @@ impl Server {
 
     /// Binds every address the configuration listens on (all or none).
     pub fn bind(&self) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
-        listen::bind_all(&self.snapshot().bind)
+        self.bind_with(Vec::new())
+    }
+
+    /// Like [`Server::bind`], taking sockets handed down by a previous process (binary upgrade)
+    /// for the addresses they were bound for; the ones no longer configured are closed.
+    pub fn bind_with(
+        &self,
+        mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
+        let snapshot = self.snapshot();
+        let mut bound = Vec::new();
+        let mut missing = Vec::new();
+        for &addr in &snapshot.bind {
+            match inherited.iter().position(|(key, _)| *key == addr) {
+                Some(i) => bound.push(inherited.swap_remove(i)),
+                None => missing.push(addr),
+            }
+        }
+        bound.extend(listen::bind_all(&missing)?);
+        Ok(bound)
+    }
+
+    /// Duplicates of the listening sockets with their configured addresses (for a new binary).
+    pub async fn listening_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+        let listeners = self.listeners.lock().await;
+        let mut v = Vec::with_capacity(listeners.len());
+        for (key, l) in listeners.iter() {
+            v.push((*key, l.socket.try_clone()?));
+        }
+        Ok(v)
     }
 
     /// Starts accepting on sockets bound by [`Server::bind`]. Must run inside a tokio runtime.
@@ -121,6 +157,8 @@ impl Server {
         key: SocketAddr,
         socket: std::net::TcpListener,
     ) -> std::io::Result<Listening> {
+        socket.set_nonblocking(true)?;
+        let kept = socket.try_clone()?;
         let listener = TcpListener::from_std(socket)?;
         let local = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
@@ -131,8 +169,10 @@ impl Server {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, remote)) => {
+                            // Counted before the task starts, so a stop that begins now waits for it.
+                            let counted = server.connections.enter();
                             let server = server.clone();
-                            tokio::spawn(async move { server.connection(stream, remote, key).await });
+                            tokio::spawn(async move { server.connection(stream, remote, key, counted).await });
                         }
                         Err(e) => {
                             log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
@@ -144,11 +184,20 @@ impl Server {
                 }
             }
         });
-        Ok(Listening { local, stop })
+        Ok(Listening {
+            local,
+            stop,
+            socket: kept,
+        })
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, key: SocketAddr) {
-        let _counted = self.connections.enter();
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        key: SocketAddr,
+        _counted: Counted,
+    ) {
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else {
             return;
@@ -156,14 +205,16 @@ impl Server {
         let info = Arc::new(ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             requests: AtomicU64::new(0),
+            first_request: Notify::new(),
             remote,
             local,
             key,
         });
         let shared = self.shared.clone();
+        let conn_info = info.clone();
         let service = service_fn(move |req| {
             let shared = shared.clone();
-            let info = info.clone();
+            let info = conn_info.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
         });
         // One timer bounds both a slow request head and an idle keep-alive connection (hyper
@@ -175,13 +226,21 @@ impl Server {
             .with_upgrades();
         tokio::pin!(conn);
         let mut draining = self.draining.subscribe();
-        if *draining.borrow() {
-            conn.as_mut().graceful_shutdown();
-        }
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = draining.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
+            _ = draining.wait_for(|d| *d) => {}
         }
+        // A connection accepted just before the stop may have its first request in flight:
+        // hyper would close it as idle, so let that request in first (as nginx closes only
+        // keep-alive connections between requests).
+        if info.requests.load(Ordering::Relaxed) == 0 {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = info.first_request.notified() => {}
+                _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+            }
+        }
+        conn.as_mut().graceful_shutdown();
         let _ = conn.await;
     }
 
@@ -280,12 +339,12 @@ struct ConnCount {
     zero: Notify,
 }
 
-struct Counted<'a>(&'a ConnCount);
+struct Counted(Arc<ConnCount>);
 
 impl ConnCount {
-    fn enter(&self) -> Counted<'_> {
+    fn enter(self: &Arc<Self>) -> Counted {
         self.n.fetch_add(1, Ordering::SeqCst);
-        Counted(self)
+        Counted(self.clone())
     }
 
     async fn zero(&self) {
@@ -299,7 +358,7 @@ impl ConnCount {
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for Counted {
     fn drop(&mut self) {
         if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.zero.notify_waiters();

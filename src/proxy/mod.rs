@@ -43,6 +43,8 @@ pub struct ConnInfo {
     pub id: u64,
     /// Requests started on this connection so far (`$connection_requests`).
     pub requests: AtomicU64,
+    /// Notified when the first request starts (a graceful stop waits for it).
+    pub first_request: tokio::sync::Notify,
     pub remote: SocketAddr,
     pub local: SocketAddr,
     /// The configured listen address of the listener that accepted it.
@@ -220,7 +222,9 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
-    conn.requests.fetch_add(1, Ordering::Relaxed);
+    if conn.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+        conn.first_request.notify_one();
+    }
     let snap = shared.live.snapshot();
     let client_upgrade =
         upgrade::requested(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));

@@ -20,3 +20,4 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo test --all-targets "$@"
+cargo test --doc "$@"

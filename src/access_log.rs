@@ -83,27 +83,61 @@ impl AccessLogs {
     }
 }
 
-/// Compiles `access_log` specs, opening each file once per snapshot (`files` is shared across
-/// the snapshot's locations).
-pub fn compile(
-    specs: &[AccessLogSpec],
-    files: &mut HashMap<PathBuf, Arc<LogFile>>,
-) -> Result<AccessLogs, (String, String)> {
+/// Log files and formats already opened / compiled for one snapshot, so each is done (and each
+/// failure reported) once, however many locations use it.
+#[derive(Default)]
+pub struct LogCache {
+    /// `None`: opening failed (already reported).
+    files: HashMap<PathBuf, Option<Arc<LogFile>>>,
+    /// By format name; `None`: the format has an error (already reported).
+    formats: HashMap<String, Option<Template>>,
+}
+
+impl LogCache {
+    /// Every file opened (for USR1).
+    pub fn into_files(self) -> Vec<Arc<LogFile>> {
+        self.files.into_values().flatten().collect()
+    }
+}
+
+/// A log that could not be set up: the message and, for a format error, the `log_format`'s place
+/// (nginx reports a file it cannot open with no place).
+pub type CompileError = (String, Option<String>);
+
+/// Compiles `access_log` specs. Errors are returned the first time a file or format fails only.
+pub fn compile(specs: &[AccessLogSpec], cache: &mut LogCache) -> (AccessLogs, Vec<CompileError>) {
     let mut out = AccessLogs::default();
+    let mut errors = Vec::new();
     for spec in specs {
-        let template = Template::compile(&spec.format.text)
-            .map_err(|message| (message, spec.format.location.clone()))?;
+        let format = &spec.format;
+        let template = cache
+            .formats
+            .entry(format.name.clone())
+            .or_insert_with(|| match Template::compile(&format.text) {
+                Ok(t) => Some(t),
+                Err(message) => {
+                    errors.push((message, Some(format.location.clone())));
+                    None
+                }
+            })
+            .clone();
+        let file = cache
+            .files
+            .entry(spec.path.clone())
+            .or_insert_with(|| match LogFile::open(&spec.path) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(message) => {
+                    errors.push((message, None));
+                    None
+                }
+            })
+            .clone();
+        let (Some(template), Some(file)) = (template, file) else {
+            continue;
+        };
         out.needs.response_headers |= template.uses(|v| matches!(v, Var::SentHttp(_)));
         out.needs.upstream_headers |= template.uses(|v| matches!(v, Var::UpstreamHttp(_)));
-        let file = match files.get(&spec.path) {
-            Some(f) => f.clone(),
-            None => {
-                let f = Arc::new(LogFile::open(&spec.path).map_err(|e| (e, String::new()))?);
-                files.insert(spec.path.clone(), f.clone());
-                f
-            }
-        };
-        let escape = match spec.format.escape {
+        let escape = match format.escape {
             LogEscape::Default => Escape::Default,
             LogEscape::Json => Escape::Json,
             LogEscape::None => Escape::None,
@@ -114,7 +148,7 @@ pub fn compile(
             escape,
         });
     }
-    Ok(out)
+    (out, errors)
 }
 
 /// One attempt on a peer, for `$upstream_*`.

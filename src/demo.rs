@@ -101,7 +101,7 @@ pub fn config_text(listen: SocketAddr, backends: &[Backend]) -> String {
         .map(|b| format!("        server {} max_fails=1 fail_timeout=3s;\n", b.addr))
         .collect();
     format!(
-        "daemon off;\nerror_log stderr warn;\n\nhttp {{\n    access_log off;\n\n    upstream demo {{\n{servers}    }}\n\n    server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://demo;\n        }}\n    }}\n}}\n"
+        "daemon off;\nerror_log stderr warn;\n\nevents {{}}\n\nhttp {{\n    access_log off;\n\n    upstream demo {{\n{servers}    }}\n\n    server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://demo;\n        }}\n    }}\n}}\n"
     )
 }
 

@@ -231,6 +231,22 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
     code
 }
 
+/// Tells systemd (when it started us with `Type=notify`; a no-op otherwise).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        log!(Warn, "sd_notify() failed: {e}");
+    }
+}
+
+/// `RELOADING=1` with the time, as `Type=notify-reload` requires.
+fn reloading() {
+    let mut state = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        state.push(now);
+    }
+    notify(&state);
+}
+
 /// The pid file, and where it is now: `<path>.oldbin` while a new binary takes over.
 struct PidFile {
     path: PathBuf,
@@ -397,11 +413,19 @@ async fn serve(
         return ExitCode::FAILURE;
     }
     log!(Notice, "imbang/{} started", env!("CARGO_PKG_VERSION"));
+    // systemd (Type=notify): serving now; a new binary also names itself the main process.
+    notify(&[
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Ready,
+    ]);
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 log!(Notice, "signal 1 (SIGHUP) received, reconfiguring");
-                match server.reload().await {
+                reloading();
+                let result = server.reload().await;
+                notify(&[sd_notify::NotifyState::Ready]);
+                match result {
                     Ok(()) => log!(Notice, "reconfiguring done"),
                     Err(e) => {
                         for line in e.to_string().lines() {
@@ -427,16 +451,19 @@ async fn serve(
             }
             _ = quit.recv() => {
                 log!(Notice, "signal 3 (SIGQUIT) received, shutting down gracefully");
+                notify(&[sd_notify::NotifyState::Stopping]);
                 server.shutdown(true, shutdown_timeout).await;
                 break;
             }
             _ = term.recv() => {
                 log!(Notice, "signal 15 (SIGTERM) received, exiting");
+                notify(&[sd_notify::NotifyState::Stopping]);
                 server.shutdown(false, None).await;
                 break;
             }
             _ = int.recv() => {
                 log!(Notice, "signal 2 (SIGINT) received, exiting");
+                notify(&[sd_notify::NotifyState::Stopping]);
                 server.shutdown(false, None).await;
                 break;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::access_log::{self, AccessLogs, LogFile};
+use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{Action, Config, Location, LocationConf, Return, Server};
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
@@ -107,7 +107,7 @@ impl Snapshot {
         let mut warnings = Vec::new();
         let mut groups = HashMap::new();
         let mut vhosts = HashMap::new();
-        let mut files = HashMap::new();
+        let mut logs = LogCache::default();
         if let Some(http) = &config.http {
             for up in &http.upstreams {
                 groups.insert(
@@ -127,7 +127,7 @@ impl Snapshot {
                     groups: &groups,
                     errors: &mut errors,
                     warnings: &mut warnings,
-                    files: &mut files,
+                    logs: &mut logs,
                 };
                 let Some(route) = compile_server(server, &mut cx) else {
                     continue;
@@ -166,7 +166,7 @@ impl Snapshot {
             groups,
             bind,
             warnings,
-            log_files: files.into_values().collect(),
+            log_files: logs.into_files(),
         })
     }
 
@@ -222,7 +222,7 @@ struct Cx<'a> {
     groups: &'a HashMap<String, Arc<Group>>,
     errors: &'a mut ConfigErrors,
     warnings: &'a mut Vec<String>,
-    files: &'a mut HashMap<std::path::PathBuf, Arc<LogFile>>,
+    logs: &'a mut LogCache,
 }
 
 fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
@@ -333,21 +333,11 @@ fn compile_route(
             }
         },
     };
-    let access_log = match access_log::compile(&conf.access_log, cx.files) {
-        Ok(logs) => logs,
-        Err((message, location)) => {
-            let location = if location.is_empty() {
-                at.to_owned()
-            } else {
-                location
-            };
-            cx.errors.push(ConfigError::new(
-                ErrorKind::Invalid(message),
-                Some(location),
-            ));
-            AccessLogs::default()
-        }
-    };
+    let (access_log, log_errors) = access_log::compile(&conf.access_log, cx.logs);
+    for (message, location) in log_errors {
+        cx.errors
+            .push(ConfigError::new(ErrorKind::Invalid(message), location));
+    }
     Route {
         conf: conf.clone(),
         action,

@@ -181,7 +181,13 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- http
     block("server", C::HTTP, NONE),
     block("upstream", C::HTTP, ONE),
-    block("types", HSL, NONE),
+    Spec {
+        name: "types",
+        contexts: HSL,
+        arity: NONE,
+        block: true,
+        effect: Effect::NoEffect(STATIC_FILES),
+    },
     d("default_type", HSL, ONE),
     no_effect("sendfile", HSL, Flag, STATIC_FILES),
     no_effect("tcp_nopush", HSL, Flag, KERNEL),

@@ -67,7 +67,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every error found in one pass over the configuration, in file order.
+/// Every error found in one pass over the configuration, in the order found (a block's own
+/// directives before its inner blocks).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 

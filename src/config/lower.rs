@@ -268,6 +268,16 @@ impl<'a> Lower<'a> {
         };
         let mut http = None;
         let mut seen = Seen::default();
+        if !ds.iter().any(|d| d.name == "events") {
+            if let Some(first) = ds.first() {
+                // nginx refuses such a file; imbang needs nothing from the section.
+                self.warn(
+                    "no \"events\" section in configuration (nginx requires one; imbang does not)"
+                        .to_owned(),
+                    first.span,
+                );
+            }
+        }
         for d in ds {
             let Some(spec) = self.check(d, Contexts::MAIN) else {
                 continue;

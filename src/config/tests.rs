@@ -102,6 +102,7 @@ fn no_effect_directives_warn() {
     assert_eq!(
         w,
         [
+            "no \"events\" section in configuration (nginx requires one; imbang does not) in /etc/imbang/t.conf:1:1",
             "the \"user\" directive has no effect in imbang: imbang keeps the user it was started as in /etc/imbang/t.conf:1:1",
             "the \"gzip\" directive has no effect in imbang: imbang does not compress responses (upstream compression passes through) in /etc/imbang/t.conf:2:8",
         ]

@@ -7,8 +7,8 @@
 //! | [`balancer`] | the [`Balancer`](balancer::Balancer) trait and nginx's smooth weighted round robin |
 //! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine                   |
 //!
-//! A request picks, attempts, reports, and picks again while its retry budget lasts. Reporting
-//! consumes the guard, so each attempt is reported once:
+//! A request picks, attempts, reports, and picks again while its retry budget lasts. Only the
+//! first report of an attempt counts; the guard counts the request in flight until dropped:
 //!
 //! ```
 //! use imbang::upstream::{NoLivePeer, Tried, UpstreamGroup};
@@ -18,13 +18,15 @@
 //! fn forward(group: &UpstreamGroup) -> Result<(), NoLivePeer> {
 //!     let mut tried = Tried::new();
 //!     for _ in 0..group.tries() {
-//!         let peer = group.pick(&mut tried, Instant::now())?; // Err: 502 "no live upstreams"
+//!         let mut peer = group.pick(&mut tried, Instant::now())?; // Err: 502 "no live upstreams"
 //!         match attempt(peer.addr()) {
 //!             Ok(()) => {
-//!                 peer.success(); // a streamed body would own `peer` and report at its end
+//!                 peer.success(); // a streamed body then owns `peer` until its end
 //!                 return Ok(());
 //!             }
-//!             Err(()) => peer.failure(Instant::now()),
+//!             Err(()) => {
+//!                 peer.failure(Instant::now());
+//!             }
 //!         }
 //!     }
 //!     Ok(()) // tries used up: answer with the last attempt's error, as nginx does

@@ -130,7 +130,9 @@ pub struct Lb {
 pub fn options() -> LoadOptions {
     static PREFIX: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("imbang-prefix-{}", std::process::id()));
+        // Under target/ (cargo's scratch space for tests), so nothing is left in /tmp.
+        let p =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prefix-{}", std::process::id()));
         std::fs::create_dir_all(p.join("logs")).unwrap();
         p
     });

@@ -70,6 +70,8 @@ pub async fn forward(
     };
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
     let mut request = Some(build(&method, &uri, version, headers.clone(), body));
+    let replay = (facts.idempotent && facts.body_replayable)
+        .then_some(|| build(&method, &uri, version, headers.clone(), UpstreamBody::Empty));
     let mut tried = Tried::new();
     let mut attempts = 0;
     loop {
@@ -93,17 +95,17 @@ pub async fn forward(
             // Only reached when the body is replayable (checked before `continue`).
             None => build(&method, &uri, version, headers.clone(), UpstreamBody::Empty),
         };
-        match attempt(
-            record,
+        let target = Target {
             shared,
-            settings.connect_timeout,
-            settings.read_timeout,
-            group,
             addr,
-            req,
-        )
-        .await
-        {
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+            idle_timeout: group.keepalive_timeout,
+            replay: replay
+                .as_ref()
+                .map(|r| r as &(dyn Fn() -> Request<UpstreamBody> + Sync)),
+        };
+        match target.attempt(record, req).await {
             Ok((response, conn)) => {
                 let status = response.status().as_u16();
                 record.answered(status, true);
@@ -180,72 +182,114 @@ pub async fn forward(
 
 /// One attempt on one peer. A pooled connection that turns out to be closed before the request
 /// was written is replaced by another (finally a fresh one) without counting as a try.
-async fn attempt(
-    record: &mut Record,
-    shared: &Shared,
+/// Where and how one attempt connects.
+struct Target<'a> {
+    shared: &'a Shared,
+    addr: std::net::SocketAddr,
     connect_timeout: Duration,
     read_timeout: Duration,
-    group: &crate::snapshot::Group,
-    addr: std::net::SocketAddr,
-    mut req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Conn), AttemptFailed> {
-    loop {
-        let mut conn = match shared
-            .pool
-            .checkout(addr, connect_timeout, group.keepalive_timeout)
-            .await
-        {
-            Ok(conn) => {
-                record.connected();
-                conn
-            }
-            Err(e) => {
-                let failure = match e {
-                    ConnectError::Timeout => Failure::Timeout,
-                    _ => Failure::Error,
-                };
-                return Err(AttemptFailed {
-                    reached: Reached::Nothing,
-                    failure,
-                    error: ProxyError::Connect {
-                        peer: addr,
-                        source: e,
-                    },
-                    unsent: Some(req),
-                });
-            }
-        };
-        match tokio::time::timeout(read_timeout, conn.sender.try_send_request(req)).await {
-            Ok(Ok(response)) => return Ok((response, conn)),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(unsent) if conn.reused => req = unsent,
-                unsent => {
-                    let reached = if unsent.is_some() {
-                        Reached::Nothing
-                    } else {
-                        Reached::RequestSent
+    idle_timeout: Duration,
+    /// The request again, when sending it twice is safe (idempotent, no body): used when a pooled
+    /// connection turns out to have been closed by the peer while idle.
+    replay: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
+}
+
+impl Target<'_> {
+    /// One attempt on one peer. A pooled connection found closed before the request was written
+    /// is replaced without counting as a try; one that the peer closed while the request was on
+    /// its way (the keep-alive race: no byte of a response) is replaced too when `replay` allows.
+    async fn attempt(
+        &self,
+        record: &mut Record,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Conn), AttemptFailed> {
+        let addr = self.addr;
+        loop {
+            let checkout = self
+                .shared
+                .pool
+                .checkout(addr, self.connect_timeout, self.idle_timeout)
+                .await;
+            let mut conn = match checkout {
+                Ok(conn) => {
+                    record.connected();
+                    conn
+                }
+                Err(e) => {
+                    let failure = match e {
+                        ConnectError::Timeout => Failure::Timeout,
+                        _ => Failure::Error,
                     };
                     return Err(AttemptFailed {
-                        reached,
-                        failure: Failure::Error,
-                        error: ProxyError::Upstream {
+                        reached: Reached::Nothing,
+                        failure,
+                        error: ProxyError::Connect {
                             peer: addr,
-                            source: e.into_error(),
+                            source: e,
                         },
-                        unsent,
+                        unsent: Some(req),
                     });
                 }
-            },
-            Err(_) => {
-                return Err(AttemptFailed {
-                    reached: Reached::RequestSent,
-                    failure: Failure::Timeout,
-                    error: ProxyError::Timeout { peer: addr },
-                    unsent: None,
-                });
+            };
+            let sent = tokio::time::timeout(self.read_timeout, conn.sender.try_send_request(req));
+            match sent.await {
+                Ok(Ok(response)) => return Ok((response, conn)),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    let stale = conn.reused && unsent.is_none() && is_stale(e.error());
+                    match (unsent, self.replay.filter(|_| stale)) {
+                        (Some(unsent), _) if conn.reused => req = unsent,
+                        (None, Some(replay)) => req = replay(),
+                        (unsent, _) => {
+                            let reached = if unsent.is_some() {
+                                Reached::Nothing
+                            } else {
+                                Reached::RequestSent
+                            };
+                            return Err(AttemptFailed {
+                                reached,
+                                failure: Failure::Error,
+                                error: ProxyError::Upstream {
+                                    peer: addr,
+                                    source: e.into_error(),
+                                },
+                                unsent,
+                            });
+                        }
+                    }
+                }
+                Err(_) => {
+                    return Err(AttemptFailed {
+                        reached: Reached::RequestSent,
+                        failure: Failure::Timeout,
+                        error: ProxyError::Timeout { peer: addr },
+                        unsent: None,
+                    });
+                }
             }
         }
     }
+}
+
+/// The signs of a keep-alive connection the peer closed while idle: closed or reset before any
+/// byte of a response.
+fn is_stale(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The peer agreed to switch protocols: answer the client 101 and join the two connections.

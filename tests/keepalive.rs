@@ -1,0 +1,90 @@
+//! Pooled upstream connections that the peer closes while idle never become client errors.
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use support::imbang;
+use tokio::net::TcpListener;
+
+/// A backend that closes each keep-alive connection after it has been idle for a random
+/// 1–12 ms (a different timeout per connection, from a fixed seed).
+async fn impatient_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::SeqCst);
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let idle = Duration::from_millis(1 + seed % 12);
+            tokio::spawn(async move {
+                let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_closing_idle_connections_causes_no_client_error() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let backend = impatient_backend(connections.clone()).await;
+    // One peer: a failure here could not be hidden by moving to another peer.
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off;
+           upstream one {{ server {backend}; keepalive 16; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
+    ))
+    .await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let failures = failures.clone();
+        let addr = lb.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..120u64 {
+                match support::try_request(addr, "GET", "/", "localhost", None).await {
+                    Ok((200, body)) if body == "ok" => {}
+                    other => {
+                        eprintln!("request {t}/{i}: {other:?}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                // Pauses around the peer's idle timeouts, so requests meet closing connections.
+                tokio::time::sleep(Duration::from_millis((t * 7 + i * 3) % 14)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    // The race was exercised: the peer closed many pooled connections along the way.
+    assert!(
+        connections.load(Ordering::SeqCst) > 50,
+        "{} connections",
+        connections.load(Ordering::SeqCst)
+    );
+}

@@ -856,6 +856,7 @@ impl<'a> Lower<'a> {
         ups.groups.push(Upstream {
             name: name.clone(),
             peers,
+            method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
             implicit: true,
@@ -875,6 +876,7 @@ impl<'a> Lower<'a> {
         let mut up = Upstream {
             name: name.clone(),
             peers: Vec::new(),
+            method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
             implicit: false,

@@ -14,7 +14,7 @@ use super::{ProxyError, RequestCtx, Shared, headers};
 use crate::log;
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
-use crate::upstream::{PeerGuard, Tried};
+use crate::upstream::{Affinity, PeerGuard, Tried};
 
 /// What one attempt on one peer came to, when it did not produce a response to pass on.
 struct AttemptFailed {
@@ -64,9 +64,18 @@ pub async fn forward(
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
     let mut request = Some(build(&method, &uri, version, headers.clone(), body));
     let mut tried = Tried::new();
+    // What ip_hash and hash choose by (the same for every attempt of this request).
+    let hash_key = group.hash_key.as_ref().map(|key| key.render(ctx));
+    let affinity = Affinity {
+        client_ip: Some(ctx.conn.remote.ip()),
+        key: hash_key.as_deref().map(str::as_bytes),
+    };
     let mut attempts = 0;
     loop {
-        let mut guard = match group.balancer.pick(&mut tried, Instant::now()) {
+        let mut guard = match group
+            .balancer
+            .pick_with(&mut tried, Instant::now(), affinity)
+        {
             Ok(guard) => guard,
             Err(_) => {
                 log!(

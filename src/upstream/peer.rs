@@ -57,6 +57,8 @@ impl PeerState {
 pub struct Peer {
     index: usize,
     addr: SocketAddr,
+    /// The `server` line's address as written (`app1.internal:3000`).
+    server: Box<str>,
     weight: u32,
     fail_policy: FailPolicy,
     max_conns: u32,
@@ -70,6 +72,7 @@ impl Peer {
         Self {
             index,
             addr: spec.addr,
+            server: spec.name.as_str().into(),
             weight: spec.weight,
             fail_policy: FailPolicy {
                 max_fails: spec.max_fails,
@@ -90,6 +93,12 @@ impl Peer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `server` line's address as written; the peers of a name that resolved to several
+    /// addresses share it.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     pub fn weight(&self) -> u32 {

@@ -175,6 +175,24 @@ async fn hash_maps_each_key_to_nginx_s_backend() {
 }
 
 #[tokio::test]
+async fn hash_by_binary_remote_addr_hashes_the_address_bytes_as_nginx() {
+    let [a, b, c] = three().await;
+    let lb = imbang(&conf(&format!(
+        "hash $binary_remote_addr; {}",
+        servers(&[&a, &b, &c], "")
+    )))
+    .await;
+    // crc32 of the 4 bytes 127.0.0.N, as above: N = 1..4 give a, c, b, a. (Hashing the text
+    // "127.0.0.2" would give b.)
+    let mut got = String::new();
+    for n in 1..=4 {
+        let (_, body) = get_from([127, 0, 0, n].into(), lb.addr, "/").await;
+        got.push_str(&name(&body));
+    }
+    assert_eq!(got, "acba");
+}
+
+#[tokio::test]
 async fn hash_key_with_several_variables() {
     let [a, b, c] = three().await;
     let lb = imbang(&conf(&format!(

@@ -65,10 +65,10 @@ pub async fn forward(
     let mut request = Some(build(&method, &uri, version, headers.clone(), body));
     let mut tried = Tried::new();
     // What ip_hash and hash choose by (the same for every attempt of this request).
-    let hash_key = group.hash_key.as_ref().map(|key| key.render(ctx));
+    let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
     let affinity = Affinity {
         client_ip: Some(ctx.conn.remote.ip()),
-        key: hash_key.as_deref().map(str::as_bytes),
+        key: hash_key.as_deref(),
     };
     let mut attempts = 0;
     loop {

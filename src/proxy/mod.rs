@@ -9,7 +9,7 @@ pub mod forward;
 pub mod headers;
 pub mod retry;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -97,7 +97,7 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(h);
                 }
             }
-            Var::RemoteAddr => append_display(out, self.conn.remote.ip()),
+            Var::RemoteAddr | Var::BinaryRemoteAddr => append_display(out, self.conn.remote.ip()),
             Var::RemotePort => append_display(out, self.conn.remote.port()),
             Var::ServerAddr => append_display(out, self.conn.local.ip()),
             Var::ServerPort => append_display(out, self.conn.local.port()),
@@ -137,6 +137,18 @@ impl Vars for RequestCtx<'_> {
             }
             Var::Pid => append_display(out, std::process::id()),
             Var::Connection => append_display(out, self.conn.id),
+        }
+    }
+
+    fn append_bytes(&self, var: &Var, out: &mut Vec<u8>) {
+        match (var, self.conn.remote.ip()) {
+            (Var::BinaryRemoteAddr, IpAddr::V4(ip)) => out.extend_from_slice(&ip.octets()),
+            (Var::BinaryRemoteAddr, IpAddr::V6(ip)) => out.extend_from_slice(&ip.octets()),
+            _ => {
+                let mut text = String::new();
+                self.append(var, &mut text);
+                out.extend_from_slice(text.as_bytes());
+            }
         }
     }
 }

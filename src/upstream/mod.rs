@@ -4,7 +4,7 @@
 //! |--------------|------------------------------------------------------------------------|
 //! | this one     | [`UpstreamGroup`] (one per `upstream` block per snapshot), [`Tried`], [`PeerRegistry`] |
 //! | [`peer`]     | [`Peer`] (settings), [`PeerState`] (shared live state), [`PeerGuard`] (one attempt) |
-//! | [`balancer`] | the [`Balancer`](balancer::Balancer) trait and nginx's methods: round robin, least_conn, ip_hash, hash (plain and consistent), random |
+//! | [`balancer`] | the [`Balancer`] trait and nginx's methods: round robin, least_conn, ip_hash, hash (plain and consistent), random |
 //! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine                   |
 //!
 //! A request picks, attempts, reports, and picks again while its retry budget lasts. Reporting

@@ -130,8 +130,8 @@ impl Peer {
 
 /// One attempt on one peer, from the pick until its outcome is reported.
 ///
-/// While it exists the peer counts the attempt as in flight (for `max_conns` and, later,
-/// least_conn), so a response body that owns the guard keeps counting until the body ends.
+/// While it exists the peer counts the attempt as in flight (for `max_conns`, `least_conn`
+/// and `random two`), so a response body that owns the guard keeps counting until the body ends.
 /// Report the outcome once (a second report is ignored); the guard keeps counting the request
 /// in flight until it is dropped, so a response body holds it until the body ends:
 ///

@@ -146,10 +146,6 @@ pub fn configure_lines() -> String {
         "--without-http_limit_req_module",
         "--without-http_empty_gif_module",
         "--without-http_browser_module",
-        "--without-http_upstream_hash_module",
-        "--without-http_upstream_ip_hash_module",
-        "--without-http_upstream_least_conn_module",
-        "--without-http_upstream_random_module",
     ];
     format!(
         "{}\nbuilt by {} for {}\nconfigure arguments: --prefix={DEFAULT_PREFIX} --conf-path={DEFAULT_CONF} --error-log-path={DEFAULT_ERROR_LOG} --pid-path=logs/imbang.pid {} {}",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
-use crate::config::model::{Action, Config, Location, LocationConf, Return, Server};
+use crate::config::model::{Action, BalanceMethod, Config, Location, LocationConf, Return, Server};
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
@@ -96,6 +96,8 @@ pub struct Proxy {
 /// An upstream group with the connection settings of its `upstream {}` block.
 pub struct Group {
     pub balancer: UpstreamGroup,
+    /// The `hash` key, rendered for each request that this group balances.
+    pub hash_key: Option<Template>,
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
 }
@@ -110,10 +112,24 @@ impl Snapshot {
         let mut logs = LogCache::default();
         if let Some(http) = &config.http {
             for up in &http.upstreams {
+                let hash_key = match &up.method {
+                    BalanceMethod::Hash { key, location, .. } => match Template::compile(key) {
+                        Ok(key) => Some(key),
+                        Err(message) => {
+                            errors.push(ConfigError::new(
+                                ErrorKind::Invalid(message),
+                                Some(location.clone()),
+                            ));
+                            None
+                        }
+                    },
+                    _ => None,
+                };
                 groups.insert(
                     up.name.clone(),
                     Arc::new(Group {
                         balancer: UpstreamGroup::new(up, registry),
+                        hash_key,
                         keepalive: up.keepalive,
                         keepalive_timeout: up.keepalive_timeout,
                     }),

@@ -9,6 +9,9 @@ pub enum Var {
     Host,
     HttpHost,
     RemoteAddr,
+    /// The client address as 4 (IPv4) or 16 (IPv6) raw bytes. Raw only where bytes are
+    /// rendered ([`Template::render_bytes`], the `hash` key); text like `$remote_addr` elsewhere.
+    BinaryRemoteAddr,
     RemotePort,
     ServerAddr,
     ServerPort,
@@ -58,7 +61,8 @@ impl Var {
         Some(match name {
             "host" => Self::Host,
             "http_host" => Self::HttpHost,
-            "remote_addr" | "binary_remote_addr" => Self::RemoteAddr,
+            "remote_addr" => Self::RemoteAddr,
+            "binary_remote_addr" => Self::BinaryRemoteAddr,
             "remote_port" => Self::RemotePort,
             "server_addr" => Self::ServerAddr,
             "server_port" => Self::ServerPort,
@@ -121,6 +125,14 @@ impl Var {
 pub trait Vars {
     /// Appends the value of `var` to `out`; an unset variable appends nothing.
     fn append(&self, var: &Var, out: &mut String);
+
+    /// Appends the value of `var` as bytes: the same as [`append`](Self::append) except for
+    /// variables whose value is not text (`$binary_remote_addr`).
+    fn append_bytes(&self, var: &Var, out: &mut Vec<u8>) {
+        let mut text = String::new();
+        self.append(var, &mut text);
+        out.extend_from_slice(text.as_bytes());
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,6 +227,19 @@ impl Template {
             }
         }
     }
+
+    /// The value as bytes, as nginx computes a `hash` key: `$binary_remote_addr` gives raw
+    /// address bytes here.
+    pub fn render_bytes(&self, vars: &dyn Vars) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Part::Var(var) => vars.append_bytes(var, &mut out),
+            }
+        }
+        out
+    }
 }
 
 /// How `log_format` escapes variable values.
@@ -279,6 +304,7 @@ mod tests {
     impl Vars for Fixed {
         fn append(&self, var: &Var, out: &mut String) {
             match var {
+                Var::BinaryRemoteAddr => out.push_str("10.0.0.1"),
                 Var::Scheme => out.push_str("http"),
                 Var::Host => out.push_str("example.com"),
                 Var::Header(h) if h == "x-id" => out.push('7'),
@@ -308,6 +334,13 @@ mod tests {
         Escape::Json.append("", &mut out);
         Escape::None.append("", &mut out);
         assert_eq!(out, "--");
+    }
+
+    #[test]
+    fn bytes_default_to_the_text_value() {
+        let t = Template::compile("$scheme:$binary_remote_addr").unwrap();
+        assert_eq!(t.render_bytes(&Fixed), b"http:10.0.0.1");
+        assert_eq!(t.render(&Fixed), "http:10.0.0.1");
     }
 
     #[test]

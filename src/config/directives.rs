@@ -350,6 +350,10 @@ pub static DIRECTIVES: &[Spec] = &[
         "not implemented yet: Location headers pass unchanged",
     ),
     // --- upstream
+    d("least_conn", C::UPSTREAM, NONE),
+    d("ip_hash", C::UPSTREAM, NONE),
+    d("hash", C::UPSTREAM, Range(1, 2)),
+    d("random", C::UPSTREAM, Range(0, 2)),
     d("keepalive", C::UPSTREAM, ONE),
     no_effect(
         "keepalive_requests",
@@ -385,10 +389,6 @@ pub static NOT_YET: &[&str] = &[
     "ssl_certificate_key",
     "stream",
     "health_check",
-    "least_conn",
-    "ip_hash",
-    "hash",
-    "random",
     "least_time",
     "limit_req",
     "limit_conn",

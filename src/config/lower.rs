@@ -133,6 +133,23 @@ struct Upstreams {
     by_name: HashMap<String, usize>,
 }
 
+/// What the method directives of one `upstream` block have said so far.
+#[derive(Default)]
+struct MethodState {
+    /// A method directive was seen (a second one warns).
+    set: bool,
+    /// A `random two` was seen.
+    random_two: bool,
+    /// The last method was `hash`, `ip_hash` or `random`: later `server` lines may not say `backup`.
+    no_backup: bool,
+}
+
+impl MethodState {
+    fn allows_backup(&self) -> bool {
+        !self.no_backup
+    }
+}
+
 /// Tracks single-valued directives already seen at one level (`"x" directive is duplicate`).
 #[derive(Default)]
 struct Seen(HashSet<&'static str>);
@@ -986,6 +1003,7 @@ impl<'a> Lower<'a> {
         ups.groups.push(Upstream {
             name: name.clone(),
             peers,
+            method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
             implicit: true,
@@ -1005,18 +1023,23 @@ impl<'a> Lower<'a> {
         let mut up = Upstream {
             name: name.clone(),
             peers: Vec::new(),
+            method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
             implicit: false,
             location: self.at(d.span),
         };
         let mut seen = Seen::default();
+        let mut method = MethodState::default();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::UPSTREAM) else {
                 continue;
             };
             match c.name.as_str() {
-                "server" => self.peer(c, &mut up.peers),
+                "server" => self.peer(c, &mut up.peers, method.allows_backup()),
+                "least_conn" | "ip_hash" | "hash" | "random" => {
+                    self.balance_method(c, &mut up.method, &mut method);
+                }
                 _ if !self.once(&mut seen, spec, c) => {}
                 "keepalive" => match values::number(&c.args[0].value) {
                     Some(n) if n > 0 => up.keepalive = n as usize,
@@ -1043,7 +1066,61 @@ impl<'a> Lower<'a> {
         ups.groups.push(up);
     }
 
-    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>) {
+    /// `least_conn`, `ip_hash`, `hash key [consistent]`, `random [two [least_conn]]`, as nginx
+    /// reads them: a second method in a block warns "load balancing method redefined" and the
+    /// last one wins; `server` lines after a method that cannot use backups may not say `backup`.
+    fn balance_method(
+        &mut self,
+        d: &Directive,
+        method: &mut BalanceMethod,
+        state: &mut MethodState,
+    ) {
+        if state.set {
+            self.warn("load balancing method redefined".to_owned(), d.span);
+        }
+        state.set = true;
+        let args = &d.args;
+        let invalid = |lower: &mut Self, arg: &Arg| {
+            lower.invalid(format!("invalid parameter \"{}\"", arg.value), arg.span);
+        };
+        let chosen = match d.name.as_str() {
+            "least_conn" => BalanceMethod::LeastConn,
+            "ip_hash" => BalanceMethod::IpHash,
+            "hash" => {
+                let consistent = match args.get(1) {
+                    None => false,
+                    Some(arg) if arg.value == "consistent" => true,
+                    Some(arg) => return invalid(self, arg),
+                };
+                BalanceMethod::Hash {
+                    key: args[0].value.clone(),
+                    consistent,
+                    location: self.at(d.span),
+                }
+            }
+            _ => {
+                // nginx keeps `two` from an earlier `random two` of the block when a later
+                // `random` has no arguments (its setting is only ever switched on).
+                match args.first() {
+                    Some(arg) if arg.value != "two" => return invalid(self, arg),
+                    Some(_) => state.random_two = true,
+                    None => {}
+                }
+                if let Some(arg) = args.get(1).filter(|arg| arg.value != "least_conn") {
+                    return invalid(self, arg);
+                }
+                BalanceMethod::Random {
+                    two: state.random_two,
+                }
+            }
+        };
+        state.no_backup = chosen != BalanceMethod::LeastConn;
+        *method = chosen;
+    }
+
+    /// One `server` line of an `upstream` block. `backup_allowed` is false after a method
+    /// directive that has no use for backups (nginx checks the method seen so far).
+    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, backup_allowed: bool) {
         let addr_arg = &d.args[0];
         let mut spec = PeerSpec {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -1072,6 +1149,17 @@ impl<'a> Lower<'a> {
                 "fail_timeout" => values::duration(value)
                     .map(|t| spec.fail_timeout = t)
                     .is_some(),
+                "backup" if value.is_empty() && !backup_allowed => {
+                    self.invalid(
+                        format!(
+                            "balancing method does not support parameter \"{}\"",
+                            p.value
+                        ),
+                        p.span,
+                    );
+                    ok = false;
+                    continue;
+                }
                 "backup" if value.is_empty() => {
                     spec.backup = true;
                     true

@@ -312,6 +312,8 @@ impl Default for NextUpstream {
 pub struct Upstream {
     pub name: String,
     pub peers: Vec<PeerSpec>,
+    /// `least_conn`, `ip_hash`, `hash`, `random`; round robin when none is given.
+    pub method: BalanceMethod,
     /// `keepalive N`: idle connections kept per worker. imbang keeps connections alive by
     /// default (nginx does not without this directive).
     pub keepalive: usize,
@@ -319,6 +321,42 @@ pub struct Upstream {
     /// True when made from a `proxy_pass http://host:port` with no `upstream` block.
     pub implicit: bool,
     pub location: String,
+}
+
+/// How an `upstream` block chooses among its peers (the last method directive of the block;
+/// nginx warns "load balancing method redefined" and keeps the last too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BalanceMethod {
+    /// No method directive: smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// `least_conn`: fewest attempts in flight per unit of weight.
+    LeastConn,
+    /// `ip_hash`: the client's address (IPv4: its first three octets).
+    IpHash,
+    /// `hash key [consistent]`: `key` is the directive's text, variables not yet evaluated.
+    Hash {
+        key: String,
+        consistent: bool,
+        /// `path:line:col` of the `hash` directive (for errors in `key`).
+        location: String,
+    },
+    /// `random [two [least_conn]]`: `two` picks two peers and keeps the one with fewer
+    /// attempts in flight per unit of weight (`least_conn`, the only criterion, is implied).
+    Random { two: bool },
+}
+
+impl BalanceMethod {
+    /// The directive that sets this method, as written in a config.
+    pub fn directive(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "(round robin)",
+            Self::LeastConn => "least_conn",
+            Self::IpHash => "ip_hash",
+            Self::Hash { .. } => "hash",
+            Self::Random { .. } => "random",
+        }
+    }
 }
 
 /// One `server` line of an `upstream` block, after its name is resolved

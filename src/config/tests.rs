@@ -213,3 +213,109 @@ fn main_context_paths_resolve_against_the_prefix() {
         }]
     );
 }
+
+fn methods(text: &str) -> Vec<BalanceMethod> {
+    let c = ok(text);
+    c.http
+        .unwrap()
+        .upstreams
+        .into_iter()
+        .map(|u| u.method)
+        .collect()
+}
+
+fn warnings(c: &Config) -> Vec<String> {
+    c.warnings
+        .iter()
+        .map(|w| format!("{} in {}", w.message, w.location))
+        .collect()
+}
+
+#[test]
+fn balancing_methods_lower() {
+    let got = methods(
+        "http {\n upstream rr { server 127.0.0.1:1; }\n upstream lc { least_conn; server 127.0.0.1:1; }\n upstream ip { ip_hash; server 127.0.0.1:1; }\n upstream h { hash $request_uri; server 127.0.0.1:1; }\n upstream ch { server 127.0.0.1:1; hash \"$host$uri\" consistent; }\n upstream r { random; server 127.0.0.1:1; }\n upstream r2 { random two; server 127.0.0.1:1; }\n upstream r2lc { random two least_conn; server 127.0.0.1:1; }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            BalanceMethod::RoundRobin,
+            BalanceMethod::LeastConn,
+            BalanceMethod::IpHash,
+            BalanceMethod::Hash {
+                key: "$request_uri".into(),
+                consistent: false,
+                location: "/etc/imbang/t.conf:5:15".into(),
+            },
+            BalanceMethod::Hash {
+                key: "$host$uri".into(),
+                consistent: true,
+                location: "/etc/imbang/t.conf:6:36".into(),
+            },
+            BalanceMethod::Random { two: false },
+            BalanceMethod::Random { two: true },
+            BalanceMethod::Random { two: true },
+        ]
+    );
+}
+
+#[test]
+fn a_second_method_warns_as_nginx_and_the_last_wins() {
+    let c = ok(
+        "events {}\nhttp {\n upstream u {\n  least_conn;\n  ip_hash;\n  server 127.0.0.1:1;\n }\n upstream q { random two; random; server 127.0.0.1:1; }\n}\n",
+    );
+    assert_eq!(
+        warnings(&c),
+        [
+            "load balancing method redefined in /etc/imbang/t.conf:5:3",
+            "load balancing method redefined in /etc/imbang/t.conf:8:27",
+        ]
+    );
+    let ups = c.http.unwrap().upstreams;
+    assert_eq!(ups[0].method, BalanceMethod::IpHash);
+    // nginx keeps `two` once an upstream has said it.
+    assert_eq!(ups[1].method, BalanceMethod::Random { two: true });
+}
+
+#[test]
+fn backup_is_refused_after_a_method_that_cannot_use_it() {
+    let got = errors(
+        "http {\n upstream a { hash $uri; server 127.0.0.1:1; server 127.0.0.1:2 backup; }\n upstream b { ip_hash; server 127.0.0.1:1 backup; }\n upstream c { random two; server 127.0.0.1:1 weight=2 backup; }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "balancing method does not support parameter \"backup\" in /etc/imbang/t.conf:2:65",
+            "balancing method does not support parameter \"backup\" in /etc/imbang/t.conf:3:43",
+            "balancing method does not support parameter \"backup\" in /etc/imbang/t.conf:4:55",
+        ]
+    );
+    // As in nginx, a `server` line read before the method keeps its `backup`, and least_conn
+    // takes backups wherever they are written.
+    let c = ok(
+        "http {\n upstream a { server 127.0.0.1:1; server 127.0.0.1:2 backup; ip_hash; }\n upstream b { least_conn; server 127.0.0.1:1; server 127.0.0.1:2 backup; }\n upstream c { hash $uri; least_conn; server 127.0.0.1:1; server 127.0.0.1:2 backup; }\n}\n",
+    );
+    let ups = c.http.unwrap().upstreams;
+    assert!(ups.iter().all(|u| u.peers[1].backup));
+    assert_eq!(ups[0].method, BalanceMethod::IpHash);
+}
+
+#[test]
+fn balancing_method_argument_errors_use_nginx_s_words() {
+    let got = errors(
+        "http {\n upstream u {\n  hash $uri bogus;\n  random one;\n  random two most_conn;\n  ip_hash on;\n  least_conn x;\n  hash;\n  random two least_conn x;\n  server 127.0.0.1:1;\n }\n hash $uri;\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid parameter \"bogus\" in /etc/imbang/t.conf:3:13",
+            "invalid parameter \"one\" in /etc/imbang/t.conf:4:10",
+            "invalid parameter \"most_conn\" in /etc/imbang/t.conf:5:14",
+            "invalid number of arguments in \"ip_hash\" directive in /etc/imbang/t.conf:6:3",
+            "invalid number of arguments in \"least_conn\" directive in /etc/imbang/t.conf:7:3",
+            "invalid number of arguments in \"hash\" directive in /etc/imbang/t.conf:8:3",
+            "invalid number of arguments in \"random\" directive in /etc/imbang/t.conf:9:3",
+            "\"hash\" directive is not allowed here in /etc/imbang/t.conf:12:2",
+        ]
+    );
+}

@@ -16,7 +16,7 @@ use crate::access_log::Record;
 use crate::log;
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
-use crate::upstream::{PeerGuard, Tried};
+use crate::upstream::{Affinity, PeerGuard, Tried};
 
 /// What one attempt on one peer came to, when it did not produce a response to pass on.
 struct AttemptFailed {
@@ -73,9 +73,18 @@ pub async fn forward(
     let replay = (facts.idempotent && facts.body_replayable)
         .then_some(|| build(&method, &uri, version, headers.clone(), UpstreamBody::Empty));
     let mut tried = Tried::new();
+    // What ip_hash and hash choose by (the same for every attempt of this request).
+    let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
+    let affinity = Affinity {
+        client_ip: Some(ctx.conn.remote.ip()),
+        key: hash_key.as_deref(),
+    };
     let mut attempts = 0;
     loop {
-        let mut guard = match group.balancer.pick(&mut tried, Instant::now()) {
+        let mut guard = match group
+            .balancer
+            .pick_with(&mut tried, Instant::now(), affinity)
+        {
             Ok(guard) => guard,
             Err(_) => {
                 log!(

@@ -10,7 +10,7 @@ pub mod headers;
 pub mod retry;
 pub mod upgrade;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -110,7 +110,7 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(h);
                 }
             }
-            Var::RemoteAddr => append_display(out, self.conn.remote.ip()),
+            Var::RemoteAddr | Var::BinaryRemoteAddr => append_display(out, self.conn.remote.ip()),
             Var::RemotePort => append_display(out, self.conn.remote.port()),
             Var::ServerAddr => append_display(out, self.conn.local.ip()),
             Var::ServerPort => append_display(out, self.conn.local.port()),
@@ -209,6 +209,18 @@ impl Vars for RequestCtx<'_> {
                 if let Some(done) = self.done {
                     done.append(done_var, out);
                 }
+            }
+        }
+    }
+
+    fn append_bytes(&self, var: &Var, out: &mut Vec<u8>) {
+        match (var, self.conn.remote.ip()) {
+            (Var::BinaryRemoteAddr, IpAddr::V4(ip)) => out.extend_from_slice(&ip.octets()),
+            (Var::BinaryRemoteAddr, IpAddr::V6(ip)) => out.extend_from_slice(&ip.octets()),
+            _ => {
+                let mut text = String::new();
+                self.append(var, &mut text);
+                out.extend_from_slice(text.as_bytes());
             }
         }
     }

@@ -4,7 +4,7 @@
 //! |--------------|------------------------------------------------------------------------|
 //! | this one     | [`UpstreamGroup`] (one per `upstream` block per snapshot), [`Tried`], [`PeerRegistry`] |
 //! | [`peer`]     | [`Peer`] (settings), [`PeerState`] (shared live state), [`PeerGuard`] (one attempt) |
-//! | [`balancer`] | the [`Balancer`](balancer::Balancer) trait and nginx's smooth weighted round robin |
+//! | [`balancer`] | the [`Balancer`] trait and nginx's methods: round robin, least_conn, ip_hash, hash (plain and consistent), random |
 //! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine                   |
 //!
 //! A request picks, attempts, reports, and picks again while its retry budget lasts. Only the
@@ -43,6 +43,7 @@
 //! All threads share one view, as nginx's `zone` shares it between workers: smooth
 //! round-robin weights per group, failure counts and in-flight counts per peer.
 
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -65,6 +66,29 @@ pub use tried::Tried;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no live upstreams")]
 pub struct NoLivePeer;
+
+/// What `ip_hash` and `hash` choose a peer by, for one request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Affinity<'a> {
+    /// The client's address (`ip_hash`).
+    pub client_ip: Option<IpAddr>,
+    /// The `hash` key rendered for this request.
+    pub key: Option<&'a [u8]>,
+}
+
+impl<'a> Affinity<'a> {
+    fn context<'t>(self, tried: &'t mut Tried, now: Instant) -> PickContext<'t>
+    where
+        'a: 't,
+    {
+        PickContext {
+            tried,
+            now,
+            key: self.key,
+            client_ip: self.client_ip,
+        }
+    }
+}
 
 /// One `upstream` block as one snapshot runs it.
 #[derive(Debug)]
@@ -104,8 +128,8 @@ impl UpstreamGroup {
         let primaries = peers.iter().filter(|p| !p.is_backup()).count();
         let (primary, backup) = peers.split_at(primaries);
         let selection = Selection {
-            primary: balancer::from_config(primary),
-            backup: (!backup.is_empty()).then(|| balancer::from_config(backup)),
+            primary: balancer::from_config(&spec.method, primary, false),
+            backup: (!backup.is_empty()).then(|| balancer::from_config(&spec.method, backup, true)),
         };
         Self {
             name: spec.name.as_str().into(),
@@ -152,6 +176,18 @@ impl UpstreamGroup {
     ///
     /// Does not allocate for groups of up to 64 peers.
     pub fn pick(&self, tried: &mut Tried, now: Instant) -> Result<PeerGuard, NoLivePeer> {
+        self.pick_with(tried, now, Affinity::default())
+    }
+
+    /// [`pick`](Self::pick) for a request with a client address and a rendered `hash` key,
+    /// which `ip_hash` and `hash` choose by (other methods ignore them). Pass the same
+    /// `affinity` to every pick of one request.
+    pub fn pick_with(
+        &self,
+        tried: &mut Tried,
+        now: Instant,
+        affinity: Affinity<'_>,
+    ) -> Result<PeerGuard, NoLivePeer> {
         let mut selection = self
             .selection
             .lock()
@@ -161,9 +197,8 @@ impl UpstreamGroup {
             let chosen = if self.single {
                 self.pick_single(tried)
             } else {
-                selection
-                    .primary
-                    .pick(primaries, &PickContext { tried, now })
+                let mut ctx = affinity.context(tried, now);
+                selection.primary.pick(primaries, &mut ctx)
             };
             if let Some(i) = chosen {
                 return Ok(self.take(&primaries[i], tried, now));
@@ -175,7 +210,7 @@ impl UpstreamGroup {
         }
         let backup = selection.backup.as_mut().ok_or(NoLivePeer)?;
         let i = backup
-            .pick(backups, &PickContext { tried, now })
+            .pick(backups, &mut affinity.context(tried, now))
             .ok_or(NoLivePeer)?;
         Ok(self.take(&backups[i], tried, now))
     }

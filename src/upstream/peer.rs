@@ -57,6 +57,8 @@ impl PeerState {
 pub struct Peer {
     index: usize,
     addr: SocketAddr,
+    /// The `server` line's address as written (`app1.internal:3000`).
+    server: Box<str>,
     weight: u32,
     fail_policy: FailPolicy,
     max_conns: u32,
@@ -70,6 +72,7 @@ impl Peer {
         Self {
             index,
             addr: spec.addr,
+            server: spec.name.as_str().into(),
             weight: spec.weight,
             fail_policy: FailPolicy {
                 max_fails: spec.max_fails,
@@ -90,6 +93,12 @@ impl Peer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `server` line's address as written; the peers of a name that resolved to several
+    /// addresses share it.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     pub fn weight(&self) -> u32 {
@@ -121,8 +130,8 @@ impl Peer {
 
 /// One attempt on one peer, from the pick until its outcome is reported.
 ///
-/// While it exists the peer counts the attempt as in flight (for `max_conns` and, later,
-/// least_conn), so a response body that owns the guard keeps counting until the body ends.
+/// While it exists the peer counts the attempt as in flight (for `max_conns`, `least_conn`
+/// and `random two`), so a response body that owns the guard keeps counting until the body ends.
 /// Report the outcome once (a second report is ignored); the guard keeps counting the request
 /// in flight until it is dropped, so a response body holds it until the body ends:
 ///

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::model::PeerSpec;
+use crate::config::model::{BalanceMethod, PeerSpec};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -32,9 +32,14 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn upstream(name: &str, peers: Vec<PeerSpec>) -> Upstream {
+    upstream_with(name, peers, BalanceMethod::RoundRobin)
+}
+
+fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Upstream {
     Upstream {
         name: name.to_owned(),
         peers,
+        method,
         keepalive: 0,
         keepalive_timeout: 60 * SEC,
         implicit: false,
@@ -529,4 +534,145 @@ fn only_the_first_report_of_an_attempt_counts() {
     );
     assert!(!b.failure(t0));
     assert_eq!(state(&group, 'b').fails(), 1);
+}
+
+/// A group named "app" balanced by `method`, peers `a`, `b`… of these weights.
+fn group_by(
+    method: BalanceMethod,
+    weights: &[u32],
+    edit: impl Fn(usize, &mut PeerSpec),
+) -> UpstreamGroup {
+    let specs = weights.iter().enumerate().map(|(i, &weight)| {
+        let mut spec = peer_spec(i, weight);
+        edit(i, &mut spec);
+        spec
+    });
+    let spec = upstream_with("app", specs.collect(), method);
+    UpstreamGroup::new(&spec, &PeerRegistry::new())
+}
+
+fn hash(consistent: bool) -> BalanceMethod {
+    BalanceMethod::Hash {
+        key: "$request_uri".into(),
+        consistent,
+        location: "test.conf:1:1".into(),
+    }
+}
+
+fn keyed(key: &str) -> Affinity<'_> {
+    Affinity {
+        client_ip: None,
+        key: Some(key.as_bytes()),
+    }
+}
+
+#[test]
+fn least_conn_group_counts_what_its_guards_hold() {
+    let group = group_by(BalanceMethod::LeastConn, &[1, 1, 1], |_, _| {});
+    let t0 = Instant::now();
+    let held: Vec<PeerGuard> = (0..3)
+        .map(|_| group.pick(&mut Tried::new(), t0).unwrap())
+        .collect();
+    let letters: String = held.iter().map(letter).collect();
+    assert_eq!(letters, "abc", "each new request goes to an idle peer");
+    let mut held = held;
+    drop(held.remove(0)); // a
+
+    assert_eq!(requests(&group, t0, 3), "aaa", "a is the only idle peer");
+}
+
+#[test]
+fn least_conn_moves_to_backups_only_when_no_primary_is_eligible() {
+    let group = group_by(BalanceMethod::LeastConn, &[1, 1, 1, 1], |i, spec| {
+        spec.backup = i >= 2;
+    });
+    let t0 = Instant::now();
+    let _busy_a = group.pick(&mut Tried::new(), t0).unwrap();
+    let _busy_b = group.pick(&mut Tried::new(), t0).unwrap();
+    // Both primaries are busy, yet eligible: the idle backups stay out. (Currents: a took
+    // the first tie, b won alone; now a, b tie again at [-1, 1]: b, then a.)
+    assert_eq!(requests(&group, t0, 2), "ba");
+    let mut tried = Tried::new();
+    group.pick(&mut tried, t0).unwrap().failure(t0);
+    group.pick(&mut tried, t0).unwrap().failure(t0);
+    // Backups balance by least_conn too.
+    let c = group.pick(&mut tried, t0).unwrap();
+    assert_eq!(letter(&c), 'c');
+    assert_eq!(requests(&group, t0 + SEC, 3), "ddd");
+}
+
+#[test]
+fn hash_groups_send_a_key_to_one_peer_and_a_retry_elsewhere() {
+    for consistent in [false, true] {
+        let group = group_by(hash(consistent), &[1, 1, 1], |_, _| {});
+        let t0 = Instant::now();
+        let first = |key| {
+            let mut guard = group.pick_with(&mut Tried::new(), t0, keyed(key)).unwrap();
+            guard.success();
+            letter(&guard)
+        };
+        let keys = ["/a", "/b", "/c", "/d", "/e", "/f"];
+        let once: String = keys.iter().map(|key| first(key)).collect();
+        let again: String = keys.iter().map(|key| first(key)).collect();
+        assert_eq!(once, again, "consistent={consistent}");
+        assert!(once.chars().collect::<std::collections::HashSet<_>>().len() > 1);
+
+        let mut tried = Tried::new();
+        let mut seen = String::new();
+        while let Ok(mut guard) = group.pick_with(&mut tried, t0, keyed("/a")) {
+            seen.push(letter(&guard));
+            guard.success();
+        }
+        assert_eq!(seen.len(), 3, "every peer once: {seen}");
+        assert_eq!(seen.chars().next(), once.chars().next());
+    }
+}
+
+#[test]
+fn hash_methods_reach_backups_written_before_them_through_round_robin() {
+    // nginx accepts `server … backup` before `ip_hash`/`hash`/`random`, and reaches the
+    // backups once its walk falls back to round robin and no primary is left.
+    for method in [
+        BalanceMethod::IpHash,
+        hash(false),
+        hash(true),
+        BalanceMethod::Random { two: true },
+    ] {
+        let group = group_by(method.clone(), &[1, 1, 1], |i, spec| spec.backup = i == 2);
+        let t0 = Instant::now();
+        let affinity = Affinity {
+            client_ip: Some([10, 0, 0, 1].into()),
+            key: Some(b"/x"),
+        };
+        let mut tried = Tried::new();
+        let mut seen = String::new();
+        while let Ok(mut guard) = group.pick_with(&mut tried, t0, affinity) {
+            seen.push(letter(&guard));
+            guard.failure(t0);
+        }
+        let mut sorted: Vec<char> = seen.chars().collect();
+        sorted.sort_unstable();
+        assert_eq!(sorted, ['a', 'b', 'c'], "{method:?}: {seen}");
+        assert_eq!(seen.chars().last(), Some('c'), "{method:?}: backup last");
+    }
+}
+
+#[test]
+fn ip_hash_group_keeps_a_client_on_one_peer() {
+    let group = group_by(BalanceMethod::IpHash, &[1, 1, 1], |_, _| {});
+    let t0 = Instant::now();
+    let client = |ip: [u8; 4]| {
+        let affinity = Affinity {
+            client_ip: Some(ip.into()),
+            key: None,
+        };
+        let mut guard = group.pick_with(&mut Tried::new(), t0, affinity).unwrap();
+        guard.success();
+        letter(&guard)
+    };
+    // 10.0.0.0/24 hashes to a, 192.168.1.0/24 to b (see ip_hash's tests).
+    for host in [1, 2, 200] {
+        assert_eq!(client([10, 0, 0, host]), 'a');
+        assert_eq!(client([192, 168, 1, host]), 'b');
+    }
 }

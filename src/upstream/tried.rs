@@ -1,4 +1,5 @@
-//! The peers one request has already been sent to (nginx's `tried` bitmap).
+//! What one request's attempts leave for its next pick: the peers already tried (nginx's `tried`
+//! bitmap) and how far a hash walk has gone.
 
 /// A set of peer indexes (as [`Peer::index`](super::Peer::index) numbers them) that one request
 /// has tried, plus whether the request has moved on to the group's backup peers.
@@ -12,6 +13,33 @@ pub struct Tried {
     low: u64,
     high: Vec<u64>,
     on_backups: bool,
+    walk: Walk,
+}
+
+/// How far the balancers that walk a sequence of candidates (`ip_hash`, `hash`, `random`) got
+/// for one request, kept between its attempts as nginx keeps it in the request's peer data. Each
+/// balancer reads only the fields it needs; a fresh request starts from all zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Walk {
+    /// The walk has begun (`position` holds its state, not the zero default).
+    pub started: bool,
+    /// `ip_hash`: the running hash; `hash`: the sum of the hashes so far; consistent `hash`:
+    /// the position on the ring.
+    pub position: u32,
+    /// `hash`: how many times the key was hashed (the prefix of the next rehash).
+    pub rehash: u32,
+    /// Candidates rejected so far; past [`MAX_WALK`](super::balancer::MAX_WALK) the request
+    /// falls back to round robin for good.
+    pub steps: u32,
+}
+
+impl Walk {
+    const NEW: Self = Self {
+        started: false,
+        position: 0,
+        rehash: 0,
+        steps: 0,
+    };
 }
 
 impl Tried {
@@ -20,6 +48,7 @@ impl Tried {
             low: 0,
             high: Vec::new(),
             on_backups: false,
+            walk: Walk::NEW,
         }
     }
 
@@ -61,6 +90,14 @@ impl Tried {
 
     pub(crate) fn switch_to_backups(&mut self) {
         self.on_backups = true;
+    }
+
+    pub(crate) fn walk(&self) -> Walk {
+        self.walk
+    }
+
+    pub(crate) fn set_walk(&mut self, walk: Walk) {
+        self.walk = walk;
     }
 }
 

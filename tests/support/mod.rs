@@ -30,6 +30,8 @@ pub enum Behaviour {
     Hang,
     /// Answers with this status and the name.
     Status(u16),
+    /// Reads the request, counts it, and answers only once [`TestBackend::release`] is called.
+    Hold,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1:0 that counts what it received.
@@ -38,6 +40,7 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
+    release: watch::Sender<bool>,
 }
 
 pub async fn backend(name: &str) -> TestBackend {
@@ -49,6 +52,7 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
+    let (release, released) = watch::channel(false);
     let name_owned = name.to_owned();
     let counter = hits.clone();
     tokio::spawn(async move {
@@ -61,10 +65,12 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
             let name = name_owned.clone();
             let counter = counter.clone();
             let mut stopped = stopped.clone();
+            let released = released.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let name = name.clone();
                     let counter = counter.clone();
+                    let mut released = released.clone();
                     async move {
                         let method = req.method().clone();
                         let uri = req.uri().clone();
@@ -81,6 +87,10 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                         }
                         let status = match behaviour {
                             Behaviour::Answer => 200,
+                            Behaviour::Hold => {
+                                let _ = released.wait_for(|r| *r).await;
+                                200
+                            }
                             Behaviour::Status(s) => s,
                             Behaviour::Hang => {
                                 std::future::pending::<()>().await;
@@ -105,6 +115,7 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
         addr,
         hits,
         stop,
+        release,
     }
 }
 
@@ -112,6 +123,11 @@ impl TestBackend {
     /// Stops accepting and closes every open connection (as a killed process would).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Lets every request held by a [`Behaviour::Hold`] backend (now and later) be answered.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
     }
 
     pub fn hits(&self) -> usize {
@@ -199,6 +215,34 @@ pub async fn try_request(
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    exchange(stream, method, path, host, body).await
+}
+
+/// A GET over a new connection from the local address `source` (any of 127.0.0.0/8 works on
+/// Linux), as a client on another host would connect. Panics on transport errors.
+pub async fn get_from(source: std::net::IpAddr, addr: SocketAddr, path: &str) -> (u16, String) {
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let socket = socket.expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind client");
+    let stream = socket.connect(addr).await.expect("connect");
+    exchange(stream, "GET", path, "localhost", None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} from {source}: {e}"))
+}
+
+async fn exchange(
+    stream: TcpStream,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

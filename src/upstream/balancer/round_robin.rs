@@ -22,14 +22,31 @@ impl SmoothWeighted {
             current: vec![0; peers.len()].into_boxed_slice(),
         }
     }
+
+    /// The `current_weight`s, by position.
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> &[i64] {
+        &self.current
+    }
 }
 
-impl Balancer for SmoothWeighted {
-    fn pick(&mut self, peers: &[Peer], ctx: &PickContext<'_>) -> Option<usize> {
+impl SmoothWeighted {
+    /// The round-robin choice among the eligible peers for which `among(position, peer)` holds;
+    /// the others neither gain nor give back weight. nginx runs this among the least-loaded
+    /// peers for least_conn and among the peers of one `server` line for consistent hash.
+    pub fn pick_among(
+        &mut self,
+        peers: &[Peer],
+        ctx: &PickContext<'_>,
+        among: impl Fn(usize, &Peer) -> bool,
+    ) -> Option<usize> {
         // (position, its current weight)
         let mut best: Option<(usize, i64)> = None;
         let mut total: i64 = 0;
         for (i, (peer, current)) in peers.iter().zip(self.current.iter_mut()).enumerate() {
+            if !among(i, peer) {
+                continue;
+            }
             let effective = {
                 let mut health = peer.state().health();
                 if !ctx.is_eligible(peer, &health) {
@@ -49,49 +66,30 @@ impl Balancer for SmoothWeighted {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+impl Balancer for SmoothWeighted {
+    fn pick(&mut self, peers: &[Peer], ctx: &mut PickContext<'_>) -> Option<usize> {
+        self.pick_among(peers, ctx, |_, _| true)
+    }
+}
 
+#[cfg(test)]
+pub(crate) mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::config::model::PeerSpec;
-    use crate::upstream::tests::peer_spec;
-    use crate::upstream::{PeerState, Tried};
-
-    /// Peers `a`, `b`, `c`… (see [`peer_spec`]) with these weights.
-    fn peers(weights: &[u32]) -> Vec<Peer> {
-        peers_with(weights, |_, _| {})
-    }
-
-    fn peers_with(weights: &[u32], edit: impl Fn(usize, &mut PeerSpec)) -> Vec<Peer> {
-        let specs = weights.iter().enumerate().map(|(i, &weight)| {
-            let mut spec = peer_spec(i, weight);
-            edit(i, &mut spec);
-            spec
-        });
-        let peers = specs.enumerate();
-        peers
-            .map(|(i, spec)| Peer::new(i, &spec, Arc::new(PeerState::new())))
-            .collect()
-    }
-
-    fn letter(i: usize) -> char {
-        (b'a' + i as u8) as char
-    }
+    use crate::upstream::Tried;
+    use crate::upstream::balancer::tests::{letter, peers, peers_with};
 
     /// `n` picks, each for a new request, as letters separated by spaces.
-    fn sequence(balancer: &mut SmoothWeighted, peers: &[Peer], n: usize) -> String {
-        let tried = Tried::new();
-        let ctx = PickContext {
-            tried: &tried,
-            now: Instant::now(),
-        };
+    pub(crate) fn sequence(balancer: &mut dyn Balancer, peers: &[Peer], n: usize) -> String {
+        let now = Instant::now();
         let picks: Vec<String> = (0..n)
-            .map(|_| match balancer.pick(peers, &ctx) {
-                Some(i) => letter(i).to_string(),
-                None => "-".to_owned(),
+            .map(|_| {
+                let mut tried = Tried::new();
+                match balancer.pick(peers, &mut PickContext::new(&mut tried, now)) {
+                    Some(i) => letter(i).to_string(),
+                    None => "-".to_owned(),
+                }
             })
             .collect();
         picks.join(" ")
@@ -136,7 +134,7 @@ mod tests {
         let peers = peers(&[1, 1, 1]);
         let mut balancer = SmoothWeighted::new(&peers);
         let now = Instant::now();
-        let mut pick = |tried: &Tried| balancer.pick(&peers, &PickContext { tried, now });
+        let mut pick = |tried: &mut Tried| balancer.pick(&peers, &mut PickContext::new(tried, now));
 
         let mut tried = Tried::new();
         let steps = [
@@ -146,13 +144,12 @@ mod tests {
             None,    // all tried: weights untouched
         ];
         for (n, want) in steps.into_iter().enumerate() {
-            let got = pick(&tried);
+            let got = pick(&mut tried);
             assert_eq!(got, want, "attempt {n}");
             got.into_iter().for_each(|i| tried.insert(i));
         }
         // New requests: [-1, 1, 3] -> c, [0, 2, 1] -> b, [1, 0, 2] -> c, [2, 1, 0] -> a.
-        let fresh = Tried::new();
-        let got: Vec<_> = (0..4).map(|_| pick(&fresh)).collect();
+        let got: Vec<_> = (0..4).map(|_| pick(&mut Tried::new())).collect();
         assert_eq!(got, [Some(2), Some(1), Some(2), Some(0)]);
     }
 

@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
-use crate::config::model::{Action, BalanceMethod, Config, Location, LocationConf, Return, Server};
+use crate::config::model::{
+    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server,
+};
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
@@ -52,6 +54,14 @@ pub struct Route {
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
     pub access_log: AccessLogs,
+    /// `add_header`: name, value, `always`.
+    pub add_headers: Vec<(HeaderName, Template, bool)>,
+    /// Peer response headers the client never sees.
+    pub hidden: Vec<HeaderName>,
+    /// `proxy_redirect` rules in force: (from prefix, replacement).
+    pub redirects: Vec<(String, String)>,
+    /// The `Server` header (`server_tokens`).
+    pub server_header: HeaderValue,
 }
 
 pub enum RouteAction {
@@ -349,6 +359,35 @@ fn compile_route(
             }
         },
     };
+    let mut add_headers = Vec::new();
+    for h in &conf.add_headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes());
+        match (name, Template::compile(&h.value)) {
+            (Ok(name), Ok(t)) => add_headers.push((name, t, h.always)),
+            (Err(_), _) => errors.push(ConfigError::new(
+                ErrorKind::Invalid(format!(
+                    "invalid header name \"{}\" in \"add_header\"",
+                    h.name
+                )),
+                Some(at.to_owned()),
+            )),
+            (_, Err(message)) => errors.push(ConfigError::new(
+                ErrorKind::Invalid(message),
+                Some(at.to_owned()),
+            )),
+        }
+    }
+    let redirects = match (&conf.proxy.redirect, &action) {
+        (Redirect::Off, _) => Vec::new(),
+        (Redirect::Rules(rules), _) => rules.clone(),
+        (Redirect::Default, RouteAction::Proxy(p)) => match (&p.uri, &prefix) {
+            (Some(uri), Some(prefix)) => {
+                vec![(format!("http://{}{uri}", p.proxy_host), prefix.clone())]
+            }
+            _ => Vec::new(),
+        },
+        (Redirect::Default, _) => Vec::new(),
+    };
     let (access_log, log_errors) = access_log::compile(&conf.access_log, cx.logs);
     for (message, location) in log_errors {
         cx.errors
@@ -361,5 +400,35 @@ fn compile_route(
         sets_host,
         prefix,
         access_log,
+        add_headers,
+        hidden: hidden_headers(&conf.proxy),
+        redirects,
+        server_header: HeaderValue::from_static(if conf.server_tokens {
+            concat!("imbang/", env!("CARGO_PKG_VERSION"))
+        } else {
+            "imbang"
+        }),
     }
+}
+
+/// nginx's `proxy_hide_header` defaults (`Date`, `Server`, `X-Pad`, `X-Accel-*`) less the
+/// `proxy_pass_header` ones, plus the `proxy_hide_header` ones.
+fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<HeaderName> {
+    const DEFAULT: [&str; 8] = [
+        "date",
+        "server",
+        "x-pad",
+        "x-accel-expires",
+        "x-accel-redirect",
+        "x-accel-limit-rate",
+        "x-accel-buffering",
+        "x-accel-charset",
+    ];
+    DEFAULT
+        .iter()
+        .filter(|h| !proxy.pass_headers.iter().any(|p| p == *h))
+        .map(|h| h.to_string())
+        .chain(proxy.hide_headers.iter().cloned())
+        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect()
 }

@@ -73,6 +73,14 @@ struct Frame {
     http_version_1_0: Option<bool>,
     default_type: Option<String>,
     access_log: Option<Vec<AccessLogSpec>>,
+    add_headers: Option<Vec<AddHeader>>,
+    hide_headers: Option<Vec<String>>,
+    pass_headers: Option<Vec<String>>,
+    pass_request_headers: Option<bool>,
+    pass_request_body: Option<bool>,
+    redirect: Option<Redirect>,
+    server_tokens: Option<bool>,
+    client_max_body_size: Option<u64>,
 }
 
 impl Frame {
@@ -99,6 +107,23 @@ impl Frame {
                 .access_log
                 .clone()
                 .or_else(|| parent.access_log.clone()),
+            add_headers: self
+                .add_headers
+                .clone()
+                .or_else(|| parent.add_headers.clone()),
+            hide_headers: self
+                .hide_headers
+                .clone()
+                .or_else(|| parent.hide_headers.clone()),
+            pass_headers: self
+                .pass_headers
+                .clone()
+                .or_else(|| parent.pass_headers.clone()),
+            pass_request_headers: self.pass_request_headers.or(parent.pass_request_headers),
+            pass_request_body: self.pass_request_body.or(parent.pass_request_body),
+            redirect: self.redirect.clone().or_else(|| parent.redirect.clone()),
+            server_tokens: self.server_tokens.or(parent.server_tokens),
+            client_max_body_size: self.client_max_body_size.or(parent.client_max_body_size),
         }
     }
 
@@ -115,12 +140,20 @@ impl Frame {
                 next_upstream_timeout: self.next_upstream_timeout.unwrap_or(None),
                 set_headers: self.set_headers.clone().unwrap_or_default(),
                 http_version_1_0: self.http_version_1_0.unwrap_or(false),
+                hide_headers: self.hide_headers.clone().unwrap_or_default(),
+                pass_headers: self.pass_headers.clone().unwrap_or_default(),
+                pass_request_headers: self.pass_request_headers.unwrap_or(true),
+                pass_request_body: self.pass_request_body.unwrap_or(true),
+                redirect: self.redirect.clone().unwrap_or(Redirect::Default),
             },
             default_type: self
                 .default_type
                 .clone()
                 .unwrap_or_else(|| "text/plain".to_owned()),
             access_log: self.access_log.clone().unwrap_or_default().into(),
+            add_headers: self.add_headers.clone().unwrap_or_default(),
+            server_tokens: self.server_tokens.unwrap_or(true),
+            client_max_body_size: self.client_max_body_size.unwrap_or(1024 * 1024),
         })
     }
 }
@@ -443,6 +476,50 @@ impl<'a> Lower<'a> {
                     .get_or_insert_with(Vec::new)
                     .push((args[0].value.clone(), args[1].value.clone()));
             }
+            "add_header" => {
+                let always = match args.get(2).map(|a| a.value.as_str()) {
+                    None => false,
+                    Some("always") => true,
+                    Some(_) => {
+                        self.invalid_value(d, &args[2]);
+                        return true;
+                    }
+                };
+                f.add_headers.get_or_insert_with(Vec::new).push(AddHeader {
+                    name: args[0].value.clone(),
+                    value: args[1].value.clone(),
+                    always,
+                });
+            }
+            "proxy_hide_header" => f
+                .hide_headers
+                .get_or_insert_with(Vec::new)
+                .push(args[0].value.to_ascii_lowercase()),
+            "proxy_pass_header" => f
+                .pass_headers
+                .get_or_insert_with(Vec::new)
+                .push(args[0].value.to_ascii_lowercase()),
+            "proxy_redirect" => {
+                let rules = match (args[0].value.as_str(), args.len()) {
+                    ("default", 1) => Redirect::Default,
+                    ("off", 1) => Redirect::Off,
+                    (_, 2) => {
+                        let rule = (args[0].value.clone(), args[1].value.clone());
+                        match f.redirect.take() {
+                            Some(Redirect::Rules(mut rules)) => {
+                                rules.push(rule);
+                                Redirect::Rules(rules)
+                            }
+                            _ => Redirect::Rules(vec![rule]),
+                        }
+                    }
+                    _ => {
+                        self.invalid_value(d, &args[0]);
+                        return true;
+                    }
+                };
+                f.redirect = Some(rules);
+            }
             "access_log" => {
                 let logs = f.access_log.get_or_insert_with(Vec::new);
                 if args[0].value == "off" {
@@ -475,6 +552,22 @@ impl<'a> Lower<'a> {
                 _ => self.invalid_value(d, &args[0]),
             },
             "default_type" => f.default_type = Some(args[0].value.clone()),
+            "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
+            "proxy_pass_request_body" => f.pass_request_body = values::flag(&args[0].value),
+            "server_tokens" => match values::flag(&args[0].value) {
+                Some(on) => f.server_tokens = Some(on),
+                None => self.invalid(
+                    format!(
+                        "invalid value \"{}\" in \"server_tokens\" directive, it must be \"on\" or \"off\"",
+                        args[0].value
+                    ),
+                    args[0].span,
+                ),
+            },
+            "client_max_body_size" => match values::size(&args[0].value) {
+                Some(n) => f.client_max_body_size = Some(n),
+                None => self.invalid(format!("\"{}\" directive invalid value", d.name), args[0].span),
+            },
             _ => return false,
         }
         true

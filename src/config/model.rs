@@ -183,6 +183,12 @@ pub struct LocationConf {
     pub default_type: String,
     /// `access_log` targets in force here; empty for `access_log off`.
     pub access_log: Arc<[AccessLogSpec]>,
+    /// `add_header` lines in force here (inherited only if this level has none, as nginx).
+    pub add_headers: Vec<AddHeader>,
+    /// `server_tokens on|off`: the version in the `Server` header and error pages.
+    pub server_tokens: bool,
+    /// `client_max_body_size` in bytes; 0 = no limit. nginx's default: 1m.
+    pub client_max_body_size: u64,
 }
 
 /// One `access_log path [format]`.
@@ -255,6 +261,36 @@ pub struct ProxySettings {
     /// `proxy_set_header` pairs in force here (nginx's inheritance: only if this level has none).
     pub set_headers: Vec<(String, String)>,
     pub http_version_1_0: bool,
+    /// `proxy_hide_header` names (lower case), beside nginx's default hidden ones.
+    pub hide_headers: Vec<String>,
+    /// `proxy_pass_header` names (lower case): default-hidden headers let through.
+    pub pass_headers: Vec<String>,
+    /// `proxy_pass_request_headers` (default on).
+    pub pass_request_headers: bool,
+    /// `proxy_pass_request_body` (default on).
+    pub pass_request_body: bool,
+    /// `proxy_redirect`.
+    pub redirect: Redirect,
+}
+
+/// `proxy_redirect`: how `Location` and `Refresh` headers from the peer are rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// nginx's `default`: `http://<proxy_pass host><proxy_pass URI>` → the location prefix
+    /// (only when `proxy_pass` has a URI part).
+    Default,
+    Off,
+    /// `proxy_redirect from to;` pairs, tried in order; the first matching prefix is replaced.
+    Rules(Vec<(String, String)>),
+}
+
+/// `add_header name value [always]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddHeader {
+    pub name: String,
+    pub value: String,
+    /// Also on error responses (otherwise only 200, 201, 204, 206, 301, 302, 303, 304, 307, 308).
+    pub always: bool,
 }
 
 impl Default for ProxySettings {
@@ -268,6 +304,11 @@ impl Default for ProxySettings {
             next_upstream_timeout: None,
             set_headers: Vec::new(),
             http_version_1_0: false,
+            hide_headers: Vec::new(),
+            pass_headers: Vec::new(),
+            pass_request_headers: true,
+            pass_request_body: true,
+            redirect: Redirect::Default,
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum ProxyError {
     /// The request itself is malformed (bad Host, bad URI).
     #[error("client sent invalid request: {0}")]
     BadRequest(&'static str),
+    /// The request body is larger than `client_max_body_size`.
+    #[error("client intended to send too large body")]
+    BodyTooLarge,
     /// No `location` matched and the server has no `return`.
     #[error("no location matches")]
     NoRoute,
@@ -49,6 +52,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Connect {
                 source: ConnectError::Timeout,
                 ..
@@ -74,11 +78,13 @@ impl ProxyError {
 
 /// nginx's small HTML error page for `status`.
 pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
-    let title = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Unknown")
-    );
+    // nginx's reason phrases where they differ from today's RFC names.
+    let reason = match status.as_u16() {
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        _ => status.canonical_reason().unwrap_or("Unknown"),
+    };
+    let title = format!("{} {reason}", status.as_u16());
     let html = format!(
         "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>imbang</center>\r\n</body>\r\n</html>\r\n"
     );

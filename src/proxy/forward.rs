@@ -1,6 +1,8 @@
 //! Forwarding one request: pick a peer, send, and on failure decide (with [`retry`]) whether the
 //! next peer may be tried. The response body is streamed back with the peer's guard inside it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
@@ -14,6 +16,7 @@ use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
 use crate::log;
+use crate::pool::body::Limited;
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
@@ -51,14 +54,41 @@ pub async fn forward(
     } else {
         Version::HTTP_11
     };
-    let empty_body = body.is_end_stream();
+    let limit = route.conf.client_max_body_size;
+    let length = ctx
+        .parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if limit > 0 && length.is_some_and(|n| n > limit) {
+        log!(
+            Error,
+            "*{} client intended to send too large body: {} bytes{}",
+            ctx.conn.id,
+            length.unwrap_or_default(),
+            ctx.log_context(None)
+        );
+        return Err(ProxyError::BodyTooLarge);
+    }
+    if !settings.pass_request_body {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    let empty_body = !settings.pass_request_body || body.is_end_stream();
     let facts = RequestFacts {
         idempotent: retry::is_idempotent(&method),
         // A streamed body is gone once sent; an empty one can be sent again.
         body_replayable: empty_body,
     };
+    let too_large = Arc::new(AtomicBool::new(false));
     let body = if empty_body {
         UpstreamBody::Empty
+    } else if limit > 0 && length.is_none() {
+        UpstreamBody::Limited(Limited {
+            body,
+            left: limit,
+            tripped: too_large.clone(),
+        })
     } else {
         UpstreamBody::Stream(body)
     };
@@ -140,8 +170,16 @@ pub async fn forward(
                 }
                 if status == 101 {
                     let upgrade = client_upgrade.take();
-                    return switch_protocols(response, upgrade, settings.read_timeout, ctx.conn.id);
+                    return switch_protocols(
+                        response,
+                        route,
+                        upgrade,
+                        settings.read_timeout,
+                        ctx.conn.id,
+                    );
                 }
+                let mut response = response;
+                headers::to_client(response.headers_mut(), route);
                 return Ok(client_response(
                     response,
                     guard,
@@ -151,6 +189,15 @@ pub async fn forward(
                     settings.read_timeout,
                     addr,
                 ));
+            }
+            Err(_) if too_large.load(Ordering::SeqCst) => {
+                log!(
+                    Error,
+                    "*{} client intended to send too large chunked body: more than {limit} bytes{}",
+                    ctx.conn.id,
+                    ctx.log_context(None)
+                );
+                return Err(ProxyError::BodyTooLarge);
             }
             Err(failed) => {
                 record.answered(failed.error.status().as_u16(), false);
@@ -304,6 +351,7 @@ fn is_stale(e: &hyper::Error) -> bool {
 /// The peer agreed to switch protocols: answer the client 101 and join the two connections.
 fn switch_protocols(
     mut response: Response<Incoming>,
+    route: &Route,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     idle_timeout: Duration,
     conn_id: u64,
@@ -316,7 +364,7 @@ fn switch_protocols(
     let protocol = response.headers().get(header::UPGRADE).cloned();
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
-    headers::to_client(&mut parts.headers);
+    headers::to_client(&mut parts.headers, route);
     if let Some(protocol) = protocol {
         upgrade::set_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -348,8 +396,7 @@ fn client_response(
     read_timeout: Duration,
     addr: std::net::SocketAddr,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    headers::to_client(&mut parts.headers);
+    let (parts, body) = response.into_parts();
     let checkin = Checkin {
         pool: shared.pool.clone(),
         addr,

@@ -47,6 +47,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Turns the client's headers into the ones sent upstream (in place).
 pub fn to_upstream(headers: &mut HeaderMap, route: &Route, proxy_host: &str, vars: &dyn Vars) {
+    if !route.conf.proxy.pass_request_headers {
+        let set: Vec<(HeaderName, String)> = route
+            .set_headers
+            .iter()
+            .map(|(name, template)| (name.clone(), template.render(vars)))
+            .collect();
+        headers.clear();
+        set_all(headers, route, proxy_host, set);
+        return;
+    }
     // Templates read the client's headers ($http_*), so evaluate them before changing anything.
     let set: Vec<(HeaderName, String)> = route
         .set_headers
@@ -54,6 +64,15 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, proxy_host: &str, var
         .map(|(name, template)| (name.clone(), template.render(vars)))
         .collect();
     strip_hop_by_hop(headers);
+    set_all(headers, route, proxy_host, set);
+}
+
+fn set_all(
+    headers: &mut HeaderMap,
+    route: &Route,
+    proxy_host: &str,
+    set: Vec<(HeaderName, String)>,
+) {
     if !route.sets_host {
         if let Ok(v) = HeaderValue::from_str(proxy_host) {
             headers.insert(header::HOST, v);
@@ -68,11 +87,72 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, proxy_host: &str, var
     }
 }
 
-/// Turns the peer's response headers into the ones the client gets (in place).
-pub fn to_client(headers: &mut HeaderMap) {
+/// Turns the peer's response headers into the ones the client gets (in place): hop-by-hop and
+/// hidden headers removed, `Location`/`Refresh` rewritten by `proxy_redirect`.
+pub fn to_client(headers: &mut HeaderMap, route: &Route) {
     strip_hop_by_hop(headers);
-    headers.remove(header::DATE); // hyper's server writes its own
-    headers.insert(header::SERVER, HeaderValue::from_static("imbang"));
+    for name in &route.hidden {
+        headers.remove(name);
+    }
+    if !route.redirects.is_empty() {
+        for name in [header::LOCATION, header::REFRESH] {
+            let rewritten = headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| redirect(v, &route.redirects, name == header::REFRESH));
+            if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
+/// `proxy_redirect`: the first rule whose `from` starts the URL replaces that prefix. In a
+/// `Refresh` header the URL follows `url=`.
+fn redirect(value: &str, rules: &[(String, String)], refresh: bool) -> Option<String> {
+    let (head, url) = if refresh {
+        let i = value.to_ascii_lowercase().find("url=")? + 4;
+        value.split_at(i)
+    } else {
+        ("", value)
+    };
+    rules.iter().find_map(|(from, to)| {
+        url.strip_prefix(from.as_str())
+            .map(|rest| format!("{head}{to}{rest}"))
+    })
+}
+
+/// nginx's `add_header`: on 200, 201, 204, 206, 301, 302, 303, 304, 307 and 308 responses, or on
+/// every response with `always`. An empty value adds nothing.
+pub fn add_headers<B>(response: &mut http::Response<B>, route: &Route, vars: &dyn Vars) {
+    if route.add_headers.is_empty() {
+        return;
+    }
+    let ok = matches!(
+        response.status().as_u16(),
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    );
+    for (name, template, always) in &route.add_headers {
+        if !(ok || *always) {
+            continue;
+        }
+        let value = template.render(vars);
+        if value.is_empty() {
+            continue;
+        }
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(name.clone(), v);
+        }
+    }
+}
+
+/// `Server: imbang/<version>` (or `imbang` with `server_tokens off`), unless the peer's own
+/// `Server` was let through by `proxy_pass_header Server`.
+pub fn set_server<B>(response: &mut http::Response<B>, route: &Route) {
+    response
+        .headers_mut()
+        .entry(header::SERVER)
+        .or_insert_with(|| route.server_header.clone());
 }
 
 #[cfg(test)]

@@ -310,12 +310,16 @@ async fn respond(
     let Some(host) = host else {
         let server = vhosts.default_server();
         out.log(&server.fallback, "", &server.name);
-        return error_response(&ProxyError::BadRequest("invalid or missing Host"));
+        let mut response = error_response(&ProxyError::BadRequest("invalid or missing Host"));
+        headers::set_server(&mut response, &server.fallback);
+        return response;
     };
     let server: &ServerRoute = vhosts.find(&host);
     let Ok(path) = normalize_path(parts.uri.path()) else {
         out.log(&server.fallback, &host, &server.name);
-        return error_response(&ProxyError::BadRequest("invalid URI"));
+        let mut response = error_response(&ProxyError::BadRequest("invalid URI"));
+        headers::set_server(&mut response, &server.fallback);
+        return response;
     };
     let mut ctx = RequestCtx {
         conn,
@@ -326,19 +330,21 @@ async fn respond(
         path: &path,
         done: None,
     };
-    if let Some(answer) = &server.ret {
-        out.log(&server.fallback, &host, &server.name);
-        return answer_response(answer, &ctx, &server.fallback.conf.default_type);
-    }
-    let route = server.locations.find(&path).unwrap_or(&server.fallback);
+    // A server-level `return` answers before any location is looked at.
+    let route = match &server.ret {
+        Some(_) => &server.fallback,
+        None => server.locations.find(&path).unwrap_or(&server.fallback),
+    };
     out.log(route, &host, &server.name);
     if out.log_route.is_some() {
         out.path = path.clone();
     }
-    match &route.action {
-        RouteAction::NotFound => error_response(&ProxyError::NoRoute),
-        RouteAction::Return(answer) => answer_response(answer, &ctx, &route.conf.default_type),
-        RouteAction::Proxy(proxy) => {
+    let mut response = match (&server.ret, &route.action) {
+        (Some(answer), _) | (None, RouteAction::Return(answer)) => {
+            answer_response(answer, &ctx, &route.conf.default_type)
+        }
+        (None, RouteAction::NotFound) => error_response(&ProxyError::NoRoute),
+        (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
             if out.log_route.is_some() {
                 out.proxy_host = proxy.proxy_host.clone();
@@ -349,7 +355,10 @@ async fn respond(
                 Err(e) => error_response(&e),
             }
         }
-    }
+    };
+    headers::add_headers(&mut response, route, &ctx);
+    headers::set_server(&mut response, route);
+    response
 }
 
 impl Outcome {
@@ -404,9 +413,6 @@ fn answer_response(answer: &Answer, vars: &dyn Vars, default_type: &str) -> Resp
         (None, _) => Response::new(ResponseBody::empty()),
     };
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::SERVER, HeaderValue::from_static("imbang"));
     response
 }
 

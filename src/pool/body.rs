@@ -1,6 +1,8 @@
 //! The body sent upstream: the client's body streamed as it arrives, or bytes kept for a replay.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,17 +16,46 @@ pub enum UpstreamBody {
     /// Bytes in memory (a body kept so it can be sent again).
     Full(Option<Bytes>),
     /// The client's body, streamed with backpressure.
-    Stream(Incoming),
-    /// The client's body of unknown length, failed once it passes `client_max_body_size`.
-    Limited(Limited),
+    Client(ClientBody),
 }
 
-/// A streamed body cut off at a byte limit; `tripped` tells the sender why the send failed.
+/// The client's body as it streams upstream. When it fails, `fault` says it was the client's
+/// doing (too large, or broken framing), so the request is answered 413/400 and the peer is not
+/// blamed.
 #[derive(Debug)]
-pub struct Limited {
+pub struct ClientBody {
     pub body: Incoming,
-    pub left: u64,
-    pub tripped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes still allowed by `client_max_body_size` (`None`: no limit to enforce here).
+    pub left: Option<u64>,
+    pub fault: Arc<ClientFault>,
+}
+
+/// What went wrong on the client's side of a streamed body, if anything.
+#[derive(Debug, Default)]
+pub struct ClientFault(AtomicU8);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    TooLarge,
+    Broken,
+}
+
+impl ClientFault {
+    fn set(&self, fault: Fault) {
+        let v = match fault {
+            Fault::TooLarge => 1,
+            Fault::Broken => 2,
+        };
+        self.0.store(v, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(Fault::TooLarge),
+            2 => Some(Fault::Broken),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +73,21 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Limited(l) => match Pin::new(&mut l.body).poll_frame(cx) {
+            Self::Client(c) => match Pin::new(&mut c.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if n > l.left {
-                        l.tripped.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    if let Some(left) = c.left.as_mut() {
+                        if n > *left {
+                            c.fault.set(Fault::TooLarge);
+                            return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                        }
+                        *left -= n;
                     }
-                    l.left -= n;
                     Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    c.fault.set(Fault::Broken);
+                    Poll::Ready(Some(Err(Box::new(e))))
                 }
                 other => other.map_err(Into::into),
             },
@@ -62,8 +98,7 @@ impl Body for UpstreamBody {
         match self {
             Self::Empty => true,
             Self::Full(bytes) => bytes.is_none(),
-            Self::Stream(body) => body.is_end_stream(),
-            Self::Limited(l) => l.body.is_end_stream(),
+            Self::Client(c) => c.body.is_end_stream(),
         }
     }
 
@@ -71,8 +106,7 @@ impl Body for UpstreamBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Stream(body) => body.size_hint(),
-            Self::Limited(l) => l.body.size_hint(),
+            Self::Client(c) => c.body.size_hint(),
         }
     }
 }

@@ -13,6 +13,12 @@ pub enum ProxyError {
     /// The request itself is malformed (bad Host, bad URI).
     #[error("client sent invalid request: {0}")]
     BadRequest(&'static str),
+    /// The request line is longer than nginx's `large_client_header_buffers` (8k).
+    #[error("client sent too long URI")]
+    UriTooLong,
+    /// A header line is longer than nginx's `large_client_header_buffers` (8k).
+    #[error("client sent too large request header")]
+    HeaderTooLarge,
     /// The request body is larger than `client_max_body_size`.
     #[error("client intended to send too large body")]
     BodyTooLarge,
@@ -53,6 +59,8 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeaderTooLarge => StatusCode::BAD_REQUEST,
             Self::Connect {
                 source: ConnectError::Timeout,
                 ..
@@ -63,6 +71,15 @@ impl ProxyError {
             | Self::Upstream { .. }
             | Self::InvalidHeader(_) => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// Whether the client connection must close after the answer: the request's framing is in
+    /// doubt or its body was not read.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::UriTooLong | Self::HeaderTooLarge | Self::BodyTooLarge
+        )
     }
 
     /// The peer the failure happened on, for `upstream: "http://..."` in the error log.

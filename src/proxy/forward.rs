@@ -2,7 +2,6 @@
 //! next peer may be tried. The response body is streamed back with the peer's guard inside it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
@@ -16,7 +15,7 @@ use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
 use crate::log;
-use crate::pool::body::Limited;
+use crate::pool::body::{ClientBody, ClientFault, Fault};
 use crate::pool::{Conn, ConnectError, UpstreamBody};
 use crate::snapshot::{Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
@@ -80,17 +79,15 @@ pub async fn forward(
         // A streamed body is gone once sent; an empty one can be sent again.
         body_replayable: empty_body,
     };
-    let too_large = Arc::new(AtomicBool::new(false));
+    let fault = Arc::new(ClientFault::default());
     let body = if empty_body {
         UpstreamBody::Empty
-    } else if limit > 0 && length.is_none() {
-        UpstreamBody::Limited(Limited {
-            body,
-            left: limit,
-            tripped: too_large.clone(),
-        })
     } else {
-        UpstreamBody::Stream(body)
+        UpstreamBody::Client(ClientBody {
+            body,
+            left: (limit > 0 && length.is_none()).then_some(limit),
+            fault: fault.clone(),
+        })
     };
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
     let peers = group.balancer.tries().max(1);
@@ -190,7 +187,7 @@ pub async fn forward(
                     addr,
                 ));
             }
-            Err(_) if too_large.load(Ordering::SeqCst) => {
+            Err(_) if fault.get() == Some(Fault::TooLarge) => {
                 log!(
                     Error,
                     "*{} client intended to send too large chunked body: more than {limit} bytes{}",
@@ -198,6 +195,15 @@ pub async fn forward(
                     ctx.log_context(None)
                 );
                 return Err(ProxyError::BodyTooLarge);
+            }
+            Err(_) if fault.get() == Some(Fault::Broken) => {
+                log!(
+                    Info,
+                    "*{} client sent invalid request body{}",
+                    ctx.conn.id,
+                    ctx.log_context(None)
+                );
+                return Err(ProxyError::BadRequest("invalid request body"));
             }
             Err(failed) => {
                 record.answered(failed.error.status().as_u16(), false);

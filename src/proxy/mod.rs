@@ -294,6 +294,13 @@ async fn respond(
     let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
         return error_response(&ProxyError::NoRoute);
     };
+    if let Err(e) = check_head(parts) {
+        let server = vhosts.default_server();
+        out.log(&server.fallback, "", &server.name);
+        let mut response = error_response(&e);
+        headers::set_server(&mut response, &server.fallback);
+        return response;
+    }
     // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host header.
     let raw_host = match parts.uri.authority() {
         Some(a) => Some(a.as_str()),
@@ -386,7 +393,33 @@ fn header_bytes(response: &Response<ResponseBody>) -> u64 {
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    error::error_page(e.status())
+    let mut response = error::error_page(e.status());
+    if e.closes_connection() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// nginx's 8k line limits of `large_client_header_buffers` on a head hyper accepted. (Framing
+/// is hyper's: it answers 400 to a `Transfer-Encoding` other than `chunked`, and reads a request
+/// with both `Content-Length` and `Transfer-Encoding` as chunked, drops the `Content-Length` and
+/// closes the connection after it, as RFC 9112 allows; nginx answers 501 and 400 there.)
+fn check_head(parts: &http::request::Parts) -> Result<(), ProxyError> {
+    const LINE_LIMIT: usize = 8 * 1024;
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if parts.method.as_str().len() + target + 10 > LINE_LIMIT {
+        return Err(ProxyError::UriTooLong);
+    }
+    if parts
+        .headers
+        .iter()
+        .any(|(n, v)| n.as_str().len() + v.len() + 2 > LINE_LIMIT)
+    {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    Ok(())
 }
 
 /// `return code [text|URL]`, as nginx answers it.

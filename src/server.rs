@@ -172,7 +172,10 @@ impl Server {
                             // Counted before the task starts, so a stop that begins now waits for it.
                             let counted = server.connections.enter();
                             let server = server.clone();
-                            tokio::spawn(async move { server.connection(stream, remote, key, counted).await });
+                            let removed = stopped.clone();
+                            tokio::spawn(async move {
+                                server.connection(stream, remote, key, removed, counted).await
+                            });
                         }
                         Err(e) => {
                             log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
@@ -196,6 +199,7 @@ impl Server {
         stream: TcpStream,
         remote: SocketAddr,
         key: SocketAddr,
+        mut listener_removed: watch::Receiver<bool>,
         _counted: Counted,
     ) {
         let _ = stream.set_nodelay(true);
@@ -225,10 +229,12 @@ impl Server {
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);
+        // The process stops, or a reload removed this connection's listen address: drain it.
         let mut draining = self.draining.subscribe();
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = draining.wait_for(|d| *d) => {}
+            _ = listener_removed.wait_for(|r| *r) => {}
         }
         // A connection accepted just before the stop may have its first request in flight:
         // hyper would close it as idle, so let that request in first (as nginx closes only
@@ -241,7 +247,15 @@ impl Server {
             }
         }
         conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        // worker_shutdown_timeout bounds how long a draining connection may live.
+        match self.snapshot().config.main.shutdown_timeout {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, conn).await;
+            }
+            None => {
+                let _ = conn.await;
+            }
+        }
     }
 
     /// Reads the configuration files again and puts them in force (SIGHUP, `-s reload`).

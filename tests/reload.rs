@@ -186,3 +186,48 @@ async fn graceful_stop_finishes_requests_in_flight_and_refuses_new_connections()
     );
     assert_eq!(lb.server.open_connections(), 0);
 }
+
+#[tokio::test]
+async fn a_removed_listen_address_stops_accepting_and_its_connections_drain() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let two_ports = format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; upstream a {{ server {}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://a; }} }}
+           server {{ listen 127.0.0.2:0; location / {{ proxy_pass http://a; }} }} }}",
+        a.addr
+    );
+    let lb = imbang(&two_ports).await;
+    let bound = lb.server.bound().await;
+    let second = bound
+        .iter()
+        .find(|(k, _)| k.ip().to_string() == "127.0.0.2")
+        .unwrap()
+        .1;
+    // A keep-alive connection on the address the reload will remove.
+    let stream = TcpStream::connect(second).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = || {
+        Request::get("/")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let res = sender.send_request(req()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body().collect().await.unwrap();
+
+    lb.reload(&conf("b", &a, &b)).await;
+    // The idle keep-alive connection is closed by imbang, and the address refuses new ones.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the drained connection closes")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(second).await.is_err());
+    assert_eq!(lb.get("/").await.1, "b GET /");
+}

@@ -144,3 +144,25 @@ async fn an_idle_tunnel_closes_after_proxy_read_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle tunnel was not closed");
 }
+
+#[tokio::test]
+async fn a_websocket_opened_before_ten_reloads_still_echoes_after_them() {
+    let backend = echo_backend().await;
+    let conf = |tag: &str| {
+        format!(
+            "daemon off; error_log stderr crit; events {{}}
+             http {{ access_log off; upstream ws {{ server {backend}; }}
+               server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://ws; }}
+                 location = /tag {{ return 200 {tag}; }} }} }}"
+        )
+    };
+    let lb = imbang(&conf("v0")).await;
+    let (head, mut s) = upgrade(lb.addr, "/").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_roundtrip(&mut s, b"before").await;
+    for i in 1..=10 {
+        lb.reload(&conf(&format!("v{i}"))).await;
+        assert_eq!(lb.get("/tag").await.1, format!("v{i}"));
+        echo_roundtrip(&mut s, format!("after reload {i}").as_bytes()).await;
+    }
+}

@@ -1,0 +1,211 @@
+//! The same exchange directly against a backend and through imbang: what the client sees must be
+//! the same, but for hop-by-hop headers and `Server`/`Date`.
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use support::imbang;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    let method = req.method().clone();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    res.headers_mut().insert("x-origin", "yes".parse().unwrap());
+                    res.headers_mut()
+                        .insert("content-type", "text/x-test".parse().unwrap());
+                    match path.as_str() {
+                        "/small" => *res.body_mut() = Full::new(Bytes::from_static(b"small body")),
+                        "/echo" => {
+                            *res.body_mut() = Full::new(Bytes::from(format!(
+                                "{method} {} {}",
+                                body.len(),
+                                body.iter().map(|&b| b as u64).sum::<u64>()
+                            )))
+                        }
+                        "/big" => {
+                            *res.body_mut() = Full::new(Bytes::from(
+                                (0..5_000_000u32)
+                                    .map(|i| (i % 251) as u8)
+                                    .collect::<Vec<u8>>(),
+                            ))
+                        }
+                        "/204" => *res.status_mut() = StatusCode::NO_CONTENT,
+                        "/304" => *res.status_mut() = StatusCode::NOT_MODIFIED,
+                        "/404" => {
+                            *res.status_mut() = StatusCode::NOT_FOUND;
+                            *res.body_mut() = Full::new(Bytes::from_static(b"nope"));
+                        }
+                        _ => *res.status_mut() = StatusCode::IM_A_TEAPOT,
+                    }
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// What a client sees of one exchange, without hop-by-hop headers, `Server` and `Date`.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    expect: bool,
+) -> Seen {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "t");
+    if expect {
+        req = req.header("expect", "100-continue");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let mut headers: Vec<(String, String)> = res
+        .headers()
+        .iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "server" | "date" | "connection" | "keep-alive" | "transfer-encoding"
+            )
+        })
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Seen {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn exchanges_look_the_same_directly_and_through_imbang() {
+    let o = origin().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; client_max_body_size 0;
+           upstream o {{ server {o}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://o; }} }} }}"
+    ))
+    .await;
+    let big_body: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+    let cases: Vec<(&str, &str, Option<Vec<u8>>, bool)> = vec![
+        ("GET", "/small", None, false),
+        ("HEAD", "/small", None, false),
+        ("GET", "/big", None, false),
+        ("GET", "/204", None, false),
+        ("GET", "/304", None, false),
+        ("GET", "/404", None, false),
+        ("GET", "/other", None, false),
+        ("POST", "/echo", Some(b"hello".to_vec()), false),
+        ("PUT", "/echo", Some(big_body.clone()), false),
+        ("POST", "/echo", Some(big_body), true),
+        ("DELETE", "/echo", None, false),
+        ("OPTIONS", "/echo", None, false),
+    ];
+    for (method, path, body, expect) in cases {
+        let direct = exchange(o, method, path, body.clone(), expect).await;
+        let proxied = exchange(lb.addr, method, path, body, expect).await;
+        assert_eq!(proxied, direct, "{method} {path} (expect: {expect})");
+    }
+}
+
+/// A peer that declares more body than it sends, then closes.
+async fn short_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly fifty bytes of the hundred that were promised!")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_short_body_from_the_peer_is_never_a_complete_looking_response() {
+    let o = short_origin().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; upstream o {{ server {o}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://o; }} }} }}"
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("imbang closes the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 100"),
+        "{head}"
+    );
+    assert!(
+        body.len() < 100,
+        "the client sees fewer bytes than announced, then the close"
+    );
+}

@@ -81,6 +81,8 @@ struct Frame {
     redirect: Option<Redirect>,
     server_tokens: Option<bool>,
     client_max_body_size: Option<u64>,
+    error_pages: Option<Vec<ErrorPage>>,
+    intercept_errors: Option<bool>,
 }
 
 impl Frame {
@@ -124,6 +126,11 @@ impl Frame {
             redirect: self.redirect.clone().or_else(|| parent.redirect.clone()),
             server_tokens: self.server_tokens.or(parent.server_tokens),
             client_max_body_size: self.client_max_body_size.or(parent.client_max_body_size),
+            error_pages: self
+                .error_pages
+                .clone()
+                .or_else(|| parent.error_pages.clone()),
+            intercept_errors: self.intercept_errors.or(parent.intercept_errors),
         }
     }
 
@@ -154,6 +161,9 @@ impl Frame {
             add_headers: self.add_headers.clone().unwrap_or_default(),
             server_tokens: self.server_tokens.unwrap_or(true),
             client_max_body_size: self.client_max_body_size.unwrap_or(1024 * 1024),
+            error_pages: self.error_pages.clone().unwrap_or_default(),
+            intercept_errors: self.intercept_errors.unwrap_or(false),
+            internal: false,
         })
     }
 }
@@ -491,6 +501,11 @@ impl<'a> Lower<'a> {
                     always,
                 });
             }
+            "error_page" => {
+                if let Some(page) = self.error_page(d) {
+                    f.error_pages.get_or_insert_with(Vec::new).push(page);
+                }
+            }
             "proxy_hide_header" => f
                 .hide_headers
                 .get_or_insert_with(Vec::new)
@@ -553,6 +568,7 @@ impl<'a> Lower<'a> {
             },
             "default_type" => f.default_type = Some(args[0].value.clone()),
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
+            "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "proxy_pass_request_body" => f.pass_request_body = values::flag(&args[0].value),
             "server_tokens" => match values::flag(&args[0].value) {
                 Some(on) => f.server_tokens = Some(on),
@@ -601,6 +617,55 @@ impl<'a> Lower<'a> {
             *slot = true;
         }
         Some(nu)
+    }
+
+    /// `error_page code ... [=[response]] uri;`
+    fn error_page(&mut self, d: &Directive) -> Option<ErrorPage> {
+        let (target, rest) = d.args.split_last()?;
+        let mut status = ErrorPageStatus::Original;
+        let mut codes = Vec::new();
+        for (i, arg) in rest.iter().enumerate() {
+            if let Some(code) = arg.value.strip_prefix('=') {
+                if i + 1 != rest.len() {
+                    self.invalid(format!("invalid value \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+                status = match code {
+                    "" => ErrorPageStatus::Target,
+                    c => match values::number(c) {
+                        Some(n) if n <= 999 => ErrorPageStatus::Fixed(n as u16),
+                        _ => {
+                            self.invalid(format!("invalid value \"{}\"", arg.value), arg.span);
+                            return None;
+                        }
+                    },
+                };
+                continue;
+            }
+            match values::number(&arg.value) {
+                Some(n) if (300..=599).contains(&n) && n != 499 => codes.push(n as u16),
+                Some(_) => {
+                    self.invalid(
+                        format!("value \"{}\" must be between 300 and 599", arg.value),
+                        arg.span,
+                    );
+                    return None;
+                }
+                None => {
+                    self.invalid(format!("invalid value \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+            }
+        }
+        if codes.is_empty() {
+            self.error(ErrorKind::Arity(d.name.clone()), d.span);
+            return None;
+        }
+        Some(ErrorPage {
+            codes,
+            status,
+            target: target.value.clone(),
+        })
     }
 
     // === logs ===
@@ -907,6 +972,7 @@ impl<'a> Lower<'a> {
         let mut seen = Seen::default();
         let mut proxy = None;
         let mut ret = None;
+        let mut internal = false;
         let mut children = Vec::new();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
@@ -914,6 +980,7 @@ impl<'a> Lower<'a> {
             };
             match c.name.as_str() {
                 "location" => children.push(c),
+                "internal" => internal = true,
                 "proxy_pass" => {
                     if self.once(&mut seen, spec, c) {
                         proxy = self.proxy_pass(c, kind, ups);
@@ -947,10 +1014,14 @@ impl<'a> Lower<'a> {
                 d.span,
             );
         }
+        let mut conf = frame.conf(action);
+        if internal {
+            Arc::make_mut(&mut conf).internal = true;
+        }
         Some(Location {
             kind,
             pattern,
-            conf: frame.conf(action),
+            conf,
             locations,
             location: self.at(d.span),
         })

@@ -189,6 +189,31 @@ pub struct LocationConf {
     pub server_tokens: bool,
     /// `client_max_body_size` in bytes; 0 = no limit. nginx's default: 1m.
     pub client_max_body_size: u64,
+    /// `error_page` lines in force here (inherited only if this level has none, as nginx).
+    pub error_pages: Vec<ErrorPage>,
+    /// `proxy_intercept_errors`: peer responses with status >= 300 go through `error_page` too.
+    pub intercept_errors: bool,
+    /// `internal`: only internal redirects (`error_page`) may reach this location.
+    pub internal: bool,
+}
+
+/// `error_page code ... [=[response]] uri|@name|URL;`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorPage {
+    pub codes: Vec<u16>,
+    pub status: ErrorPageStatus,
+    /// A URI (internal redirect), `@name` (named location) or `http(s)://...` (302 redirect).
+    pub target: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorPageStatus {
+    /// No `=`: the original status.
+    Original,
+    /// `=`: whatever the target answers.
+    Target,
+    /// `=NNN`.
+    Fixed(u16),
 }
 
 /// One `access_log path [format]`.

@@ -34,7 +34,7 @@ pub async fn forward(
     ctx: &RequestCtx<'_>,
     route: &Route,
     proxy: &Proxy,
-    body: Incoming,
+    body: Option<Incoming>,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -73,21 +73,21 @@ pub async fn forward(
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::TRANSFER_ENCODING);
     }
-    let empty_body = !settings.pass_request_body || body.is_end_stream();
+    let body = body.filter(|b| settings.pass_request_body && !b.is_end_stream());
+    let empty_body = body.is_none();
     let facts = RequestFacts {
         idempotent: retry::is_idempotent(&method),
         // A streamed body is gone once sent; an empty one can be sent again.
         body_replayable: empty_body,
     };
     let fault = Arc::new(ClientFault::default());
-    let body = if empty_body {
-        UpstreamBody::Empty
-    } else {
-        UpstreamBody::Client(ClientBody {
+    let body = match body {
+        None => UpstreamBody::Empty,
+        Some(body) => UpstreamBody::Client(ClientBody {
             body,
             left: (limit > 0 && length.is_none()).then_some(limit),
             fault: fault.clone(),
-        })
+        }),
     };
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
     let peers = group.balancer.tries().max(1);

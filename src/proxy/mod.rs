@@ -24,6 +24,7 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 
 use crate::access_log::{Done, Pending, Record};
+use crate::config::model::{ErrorPage, ErrorPageStatus};
 use crate::pool::Pool;
 use crate::reload::Live;
 use crate::route::{normalize_host, normalize_path};
@@ -346,26 +347,148 @@ async fn respond(
     if out.log_route.is_some() {
         out.path = path.clone();
     }
-    let mut response = match (&server.ret, &route.action) {
-        (Some(answer), _) | (None, RouteAction::Return(answer)) => {
-            answer_response(answer, &ctx, &route.conf.default_type)
-        }
-        (None, RouteAction::NotFound) => error_response(&ProxyError::NoRoute),
+    let (mut response, from_peer) = if route.conf.internal {
+        // Only internal redirects reach an `internal` location.
+        (error_response(&ProxyError::NoRoute), false)
+    } else {
+        let answer = server.ret.as_ref();
+        dispatch(
+            shared,
+            &mut ctx,
+            route,
+            answer,
+            Some(body),
+            client_upgrade,
+            out,
+        )
+        .await
+    };
+    let status = response.status().as_u16();
+    let page = route
+        .conf
+        .error_pages
+        .iter()
+        .find(|p| p.codes.contains(&status));
+    if let Some(page) = page.filter(|_| !from_peer || route.conf.intercept_errors) {
+        response = error_page(shared, &ctx, server, page, status, out).await;
+    }
+    headers::add_headers(&mut response, route, &ctx);
+    headers::set_server(&mut response, route);
+    response
+}
+
+/// Runs a location's action: `return`, 404, or forwarding. The flag is true when the response
+/// came from a peer (only those need `proxy_intercept_errors` for `error_page`).
+async fn dispatch<'a>(
+    shared: &Shared,
+    ctx: &mut RequestCtx<'a>,
+    route: &'a Route,
+    server_return: Option<&Answer>,
+    body: Option<Incoming>,
+    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
+    match (server_return, &route.action) {
+        (Some(answer), _) | (None, RouteAction::Return(answer)) => (
+            answer_response(answer, ctx, &route.conf.default_type),
+            false,
+        ),
+        (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
             if out.log_route.is_some() {
                 out.proxy_host = proxy.proxy_host.clone();
             }
             let record = &mut out.record;
-            match forward::forward(shared, &ctx, route, proxy, body, client_upgrade, record).await {
-                Ok(response) => response,
-                Err(e) => error_response(&e),
+            match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
+                Ok(response) => (response, true),
+                Err(e) => (error_response(&e), false),
             }
         }
+    }
+}
+
+/// nginx's `error_page`: an internal redirect to a URI or a named location (no request body; a
+/// URI target is fetched with GET unless the request was HEAD), or a 302 to an absolute URL. The
+/// target's own `error_page`s are not applied again (nginx's `recursive_error_pages off`).
+async fn error_page(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    server: &ServerRoute,
+    page: &ErrorPage,
+    status: u16,
+    out: &mut Outcome,
+) -> Response<ResponseBody> {
+    let fixed = match page.status {
+        ErrorPageStatus::Fixed(code) => Some(code),
+        ErrorPageStatus::Original => Some(status),
+        ErrorPageStatus::Target => None,
     };
-    headers::add_headers(&mut response, route, &ctx);
-    headers::set_server(&mut response, route);
+    if page.target.starts_with("http://") || page.target.starts_with("https://") {
+        let code = match page.status {
+            ErrorPageStatus::Fixed(c) if matches!(c, 301 | 302 | 303 | 307 | 308) => c,
+            _ => 302,
+        };
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+        let mut response = error::error_page(status);
+        if let Ok(v) = HeaderValue::from_str(&page.target) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        return response;
+    }
+    let (route, method, uri, path) = match page.target.strip_prefix('@') {
+        Some(_) => match server.locations.named(&page.target) {
+            Some(route) => (
+                route,
+                ctx.parts.method.clone(),
+                ctx.parts.uri.clone(),
+                ctx.path.to_owned(),
+            ),
+            None => return error::error_page(status_code(status)),
+        },
+        None => {
+            let (target_path, _) = page.target.split_once('?').unwrap_or((&page.target, ""));
+            let Ok(path) = normalize_path(target_path) else {
+                return error::error_page(status_code(status));
+            };
+            let route = server.locations.find(&path).unwrap_or(&server.fallback);
+            let method = if ctx.parts.method == http::Method::HEAD {
+                http::Method::HEAD
+            } else {
+                http::Method::GET
+            };
+            let uri = page
+                .target
+                .parse()
+                .unwrap_or_else(|_| http::Uri::from_static("/"));
+            (route, method, uri, path)
+        }
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = ctx.parts.version;
+    parts.headers = ctx.parts.headers.clone();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let mut inner = RequestCtx {
+        conn: ctx.conn,
+        parts: &parts,
+        host: ctx.host,
+        server_name: ctx.server_name,
+        proxy_host: "",
+        path: &path,
+        done: None,
+    };
+    let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
+    if let Some(code) = fixed {
+        *response.status_mut() = status_code(code);
+    }
     response
+}
+
+fn status_code(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl Outcome {

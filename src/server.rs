@@ -26,7 +26,7 @@ use crate::{error_log, listen};
 /// How long a stop waits for the first request of a connection accepted just before it.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a client connection may wait for (or send) a request head.
+/// How long a client connection may wait for (or send) a request head, by default.
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Why a reload did not happen. The running configuration is untouched in every case.
@@ -222,10 +222,21 @@ impl Server {
             async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
         });
         // One timer bounds both a slow request head and an idle keep-alive connection (hyper
-        // starts it whenever it waits for a head): nginx's keepalive_timeout default, 75s.
+        // starts it whenever it waits for a head): the http level's keepalive_timeout (75s).
+        let keepalive = self
+            .snapshot()
+            .config
+            .http
+            .as_ref()
+            .map_or(CLIENT_IDLE_TIMEOUT, |h| h.keepalive_timeout);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(CLIENT_IDLE_TIMEOUT)
+            .keep_alive(!keepalive.is_zero())
+            .header_read_timeout(if keepalive.is_zero() {
+                CLIENT_IDLE_TIMEOUT
+            } else {
+                keepalive
+            })
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);

@@ -239,18 +239,8 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("gzip_min_length", HSL, ONE, NO_GZIP),
     no_effect("gzip_types", HSL, AtLeast(1), NO_GZIP),
     no_effect("gzip_disable", HSL, AtLeast(1), NO_GZIP),
-    no_effect(
-        "keepalive_timeout",
-        HSL,
-        Range(1, 2),
-        "client keep-alive timeout is not configurable yet (75s)",
-    ),
-    no_effect(
-        "keepalive_requests",
-        HSL,
-        ONE,
-        "not implemented yet: no per-connection request limit",
-    ),
+    d("keepalive_timeout", HSL, Range(1, 2)),
+    d("keepalive_requests", HSL, ONE),
     no_effect(
         "client_body_buffer_size",
         HSL,
@@ -269,8 +259,13 @@ pub static DIRECTIVES: &[Spec] = &[
         Range(2, 2),
         "not implemented yet",
     ),
-    no_effect("client_body_timeout", HSL, ONE, "not implemented yet"),
-    no_effect("client_header_timeout", HS, ONE, "not implemented yet"),
+    d("client_body_timeout", HSL, ONE),
+    no_effect(
+        "client_header_timeout",
+        HS,
+        ONE,
+        "the request head shares keepalive_timeout's timer in imbang",
+    ),
     no_effect("send_timeout", HSL, ONE, "not implemented yet"),
     no_effect(
         "reset_timedout_connection",

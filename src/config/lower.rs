@@ -83,6 +83,8 @@ struct Frame {
     client_max_body_size: Option<u64>,
     error_pages: Option<Vec<ErrorPage>>,
     intercept_errors: Option<bool>,
+    keepalive_requests: Option<u64>,
+    client_body_timeout: Option<Duration>,
 }
 
 impl Frame {
@@ -131,6 +133,8 @@ impl Frame {
                 .clone()
                 .or_else(|| parent.error_pages.clone()),
             intercept_errors: self.intercept_errors.or(parent.intercept_errors),
+            keepalive_requests: self.keepalive_requests.or(parent.keepalive_requests),
+            client_body_timeout: self.client_body_timeout.or(parent.client_body_timeout),
         }
     }
 
@@ -164,6 +168,8 @@ impl Frame {
             error_pages: self.error_pages.clone().unwrap_or_default(),
             intercept_errors: self.intercept_errors.unwrap_or(false),
             internal: false,
+            keepalive_requests: self.keepalive_requests.unwrap_or(1000),
+            client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
         })
     }
 }
@@ -418,6 +424,7 @@ impl<'a> Lower<'a> {
         let mut upstreams = Upstreams::default();
         let mut error_log = Vec::new();
         let mut servers = Vec::new();
+        let mut keepalive_timeout = Duration::from_secs(75);
         let combined = Arc::new(LogFormat {
             name: "combined".to_owned(),
             escape: LogEscape::Default,
@@ -453,6 +460,19 @@ impl<'a> Lower<'a> {
             match d.name.as_str() {
                 "server" => servers.push(d),
                 "error_log" => error_log.extend(self.error_log(d)),
+                "keepalive_timeout" => {
+                    if self.once(&mut seen, spec, d) {
+                        keepalive_timeout = self
+                            .duration_arg(d, &d.args[0])
+                            .unwrap_or(keepalive_timeout);
+                        if d.args.len() > 1 {
+                            self.warn(
+                                "the \"header_timeout\" parameter of \"keepalive_timeout\" has no effect in imbang".to_owned(),
+                                d.args[1].span,
+                            );
+                        }
+                    }
+                }
                 _ => {
                     self.setting(d, spec, &mut frame_own, &mut seen);
                 }
@@ -468,6 +488,7 @@ impl<'a> Lower<'a> {
             servers,
             upstreams: upstreams.groups,
             error_log,
+            keepalive_timeout,
         }
     }
 
@@ -569,6 +590,15 @@ impl<'a> Lower<'a> {
             "default_type" => f.default_type = Some(args[0].value.clone()),
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
+            "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
+            "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
+            "keepalive_timeout" => {
+                // Only the http level's value is used (see Http::keepalive_timeout).
+                self.warn(
+                    "\"keepalive_timeout\" is used from the http level only in imbang".to_owned(),
+                    d.span,
+                );
+            }
             "proxy_pass_request_body" => f.pass_request_body = values::flag(&args[0].value),
             "server_tokens" => match values::flag(&args[0].value) {
                 Some(on) => f.server_tokens = Some(on),

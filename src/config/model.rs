@@ -110,6 +110,9 @@ pub struct Http {
     pub upstreams: Vec<Upstream>,
     /// http-level `error_log` targets (request errors are logged to them too).
     pub error_log: Vec<ErrorLogSpec>,
+    /// http-level `keepalive_timeout`: how long an idle client connection (or one sending its
+    /// request head) is kept; zero disables keep-alive. nginx's default: 75s.
+    pub keepalive_timeout: Duration,
 }
 
 /// One `server {}` block.
@@ -195,6 +198,10 @@ pub struct LocationConf {
     pub intercept_errors: bool,
     /// `internal`: only internal redirects (`error_page`) may reach this location.
     pub internal: bool,
+    /// `keepalive_requests`: after this many requests a client connection is closed (1000).
+    pub keepalive_requests: u64,
+    /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
+    pub client_body_timeout: Duration,
 }
 
 /// `error_page code ... [=[response]] uri|@name|URL;`

@@ -1,9 +1,13 @@
 //! The body sent upstream: the client's body streamed as it arrives, or bytes kept for a replay.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -28,6 +32,9 @@ pub struct ClientBody {
     /// Bytes still allowed by `client_max_body_size` (`None`: no limit to enforce here).
     pub left: Option<u64>,
     pub fault: Arc<ClientFault>,
+    /// `client_body_timeout`: the longest the client may pause between two reads.
+    pub timeout: Duration,
+    pub timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What went wrong on the client's side of a streamed body, if anything.
@@ -38,6 +45,7 @@ pub struct ClientFault(AtomicU8);
 pub enum Fault {
     TooLarge,
     Broken,
+    Timeout,
 }
 
 impl ClientFault {
@@ -45,6 +53,7 @@ impl ClientFault {
         let v = match fault {
             Fault::TooLarge => 1,
             Fault::Broken => 2,
+            Fault::Timeout => 3,
         };
         self.0.store(v, Ordering::SeqCst);
     }
@@ -53,6 +62,7 @@ impl ClientFault {
         match self.0.load(Ordering::SeqCst) {
             1 => Some(Fault::TooLarge),
             2 => Some(Fault::Broken),
+            3 => Some(Fault::Timeout),
             _ => None,
         }
     }
@@ -61,6 +71,10 @@ impl ClientFault {
 #[derive(Debug, thiserror::Error)]
 #[error("client intended to send too large body")]
 pub struct TooLarge;
+
+#[derive(Debug, thiserror::Error)]
+#[error("client timed out (110: Connection timed out) while reading client request body")]
+pub struct BodyTimeout;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
@@ -76,6 +90,9 @@ impl Body for UpstreamBody {
             Self::Client(c) => match Pin::new(&mut c.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if let Some(timer) = c.timer.as_mut() {
+                        timer.as_mut().reset(Instant::now() + c.timeout);
+                    }
                     if let Some(left) = c.left.as_mut() {
                         if n > *left {
                             c.fault.set(Fault::TooLarge);
@@ -89,7 +106,20 @@ impl Body for UpstreamBody {
                     c.fault.set(Fault::Broken);
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
-                other => other.map_err(Into::into),
+                Poll::Pending => {
+                    let timeout = c.timeout;
+                    let timer = c
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            c.fault.set(Fault::Timeout);
+                            Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+                Poll::Ready(None) => Poll::Ready(None),
             },
         }
     }

@@ -19,6 +19,9 @@ pub enum ProxyError {
     /// A header line is longer than nginx's `large_client_header_buffers` (8k).
     #[error("client sent too large request header")]
     HeaderTooLarge,
+    /// The client paused its body longer than `client_body_timeout`.
+    #[error("client timed out while sending the request body")]
+    ClientTimeout,
     /// The request body is larger than `client_max_body_size`.
     #[error("client intended to send too large body")]
     BodyTooLarge,
@@ -59,6 +62,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeaderTooLarge => StatusCode::BAD_REQUEST,
             Self::Connect {
@@ -97,6 +101,7 @@ impl ProxyError {
 pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
     // nginx's reason phrases where they differ from today's RFC names.
     let reason = match status.as_u16() {
+        408 => "Request Time-out",
         413 => "Request Entity Too Large",
         414 => "Request-URI Too Large",
         _ => status.canonical_reason().unwrap_or("Unknown"),

@@ -87,6 +87,8 @@ pub async fn forward(
             body,
             left: (limit > 0 && length.is_none()).then_some(limit),
             fault: fault.clone(),
+            timeout: route.conf.client_body_timeout,
+            timer: None,
         }),
     };
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
@@ -195,6 +197,15 @@ pub async fn forward(
                     ctx.log_context(None)
                 );
                 return Err(ProxyError::BodyTooLarge);
+            }
+            Err(_) if fault.get() == Some(Fault::Timeout) => {
+                log!(
+                    Info,
+                    "*{} client timed out (110: Connection timed out) while reading client request body{}",
+                    ctx.conn.id,
+                    ctx.log_context(None)
+                );
+                return Err(ProxyError::ClientTimeout);
             }
             Err(_) if fault.get() == Some(Fault::Broken) => {
                 log!(

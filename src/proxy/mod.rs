@@ -374,6 +374,12 @@ async fn respond(
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);
+    if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests {
+        // keepalive_requests: this connection has served its share.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

@@ -74,12 +74,13 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                     async move {
                         let method = req.method().clone();
                         let uri = req.uri().clone();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
+                        // Only a complete request counts as received (an app acts on nothing less).
+                        let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+                            let mut res =
+                                Response::new(Full::new(Bytes::from_static(b"incomplete")));
+                            *res.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                            return Ok(res);
+                        };
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut text = format!("{name} {method} {uri}");
                         if !body.is_empty() {

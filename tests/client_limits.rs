@@ -1,0 +1,114 @@
+//! Client-side limits: keepalive_timeout, keepalive_requests, client_body_timeout.
+mod support;
+
+use std::time::Duration;
+
+use support::{backend, imbang};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads one response head (up to the blank line) from `s`.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(limit, s.read_to_end(&mut rest)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test]
+async fn keepalive_requests_and_keepalive_timeout_close_connections_as_nginx() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off; keepalive_timeout 300ms;
+           server { listen 127.0.0.1:0;
+             location / { return 200 ok; }
+             location /two { keepalive_requests 2; return 200 ok; } } }",
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_head(&mut s).await;
+    assert!(!first.contains("connection: close"), "{first}");
+    let mut body = [0u8; 2];
+    s.read_exact(&mut body).await.unwrap();
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_head(&mut s).await;
+    assert!(
+        second.contains("connection: close"),
+        "the second request is the last: {second}"
+    );
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+
+    // An idle keep-alive connection is closed after keepalive_timeout.
+    let mut idle = TcpStream::connect(lb.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "idle connection closed"
+    );
+}
+
+#[tokio::test]
+async fn keepalive_timeout_zero_disables_keep_alive() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off; keepalive_timeout 0;
+           server { listen 127.0.0.1:0; location / { return 200 ok; } } }",
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.contains("connection: close"), "{head}");
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_after_client_body_timeout() {
+    let app = backend("app").await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; upstream app {{ server {}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ proxy_pass http://app; client_body_timeout 300ms; }} }} }}",
+        app.addr
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    assert_eq!(app.hits(), 0, "the backend never got a complete request");
+}

@@ -438,8 +438,9 @@ async fn serve(
             _ = usr1.recv() => {
                 log!(Notice, "signal 10 (SIGUSR1) received, reopening logs");
                 let reopened = error_log::reopen().and_then(|()| server.snapshot().reopen_logs());
-                if let Err(e) = reopened {
-                    log!(Alert, "{e}");
+                match reopened {
+                    Ok(()) => log!(Notice, "logs reopened"),
+                    Err(e) => log!(Alert, "{e}"),
                 }
             }
             _ = usr2.recv() => {

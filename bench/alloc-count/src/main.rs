@@ -1,0 +1,220 @@
+//! Counts heap allocations per proxied request in imbang's real request path.
+//!
+//! One process: two tiny blocking origins (fixed 100-byte reply, no allocation per request),
+//! imbang's `Server` on a tokio multi-thread runtime with one worker (as `worker_processes 1`),
+//! and a blocking client that sends keep-alive GETs (no allocation per request either). The
+//! global allocator counts every allocation, so the count over N requests, divided by N, is what
+//! imbang (hyper server + routing + pool + hyper client + tokio) allocates per request. A control
+//! run of the client straight against an origin shows the harness itself allocates nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static REALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        REALLOCS.fetch_add(1, Relaxed);
+        BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone, Copy)]
+struct Counts {
+    allocs: u64,
+    reallocs: u64,
+    bytes: u64,
+}
+
+fn counts() -> Counts {
+    Counts {
+        allocs: ALLOCS.load(Relaxed),
+        reallocs: REALLOCS.load(Relaxed),
+        bytes: BYTES.load(Relaxed),
+    }
+}
+
+const BODY: &[u8] = &[b'a'; 100];
+
+/// A blocking origin: one thread per connection, fixed reply, keep-alive, no allocation per
+/// request (fixed buffers).
+fn origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_origin(stream));
+        }
+    });
+    addr
+}
+
+fn serve_origin(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut reply = [0u8; 256];
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n";
+    reply[..head.len()].copy_from_slice(head);
+    reply[head.len()..head.len() + BODY.len()].copy_from_slice(BODY);
+    let reply = &reply[..head.len() + BODY.len()];
+    let mut buf = [0u8; 16384];
+    let mut have = 0;
+    loop {
+        match s.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+        // GETs without bodies: every head ends with a blank line.
+        while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+            if s.write_all(reply).is_err() {
+                return;
+            }
+            buf.copy_within(end + 4..have, 0);
+            have -= end + 4;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `n` GETs (keep-alive, or a new connection each when `close`), reading each response.
+fn client(addr: SocketAddr, n: u64, close: bool) {
+    let req_ka = b"GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-count\r\nAccept: */*\r\n\r\n";
+    let req_close = b"GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-count\r\nAccept: */*\r\nConnection: close\r\n\r\n";
+    let mut buf = [0u8; 16384];
+    let mut conn: Option<TcpStream> = None;
+    for _ in 0..n {
+        let s = match &mut conn {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                conn.insert(s)
+            }
+        };
+        s.write_all(if close { req_close } else { req_ka }).unwrap();
+        let mut have = 0;
+        loop {
+            let r = s.read(&mut buf[have..]).unwrap();
+            assert!(
+                r > 0,
+                "connection closed before a whole response: {:?}",
+                String::from_utf8_lossy(&buf[..have])
+            );
+            have += r;
+            if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+                let len = content_length(&buf[..end]);
+                if have >= end + 4 + len {
+                    assert!(buf.starts_with(b"HTTP/1.1 200"), "not a 200");
+                    break;
+                }
+            }
+        }
+        if close {
+            conn = None;
+        }
+    }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    for line in head.split(|&b| b == b'\n') {
+        if line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:") {
+            let mut v = 0;
+            for &b in &line[15..] {
+                if b.is_ascii_digit() {
+                    v = v * 10 + (b - b'0') as usize;
+                }
+            }
+            return v;
+        }
+    }
+    0
+}
+
+fn measure(label: &str, addr: SocketAddr, n: u64, close: bool) {
+    client(addr, 2000, close); // warm-up: pools, buffers, lazy statics
+    let before = counts();
+    let t = Instant::now();
+    client(addr, n, close);
+    let secs = t.elapsed().as_secs_f64();
+    let after = counts();
+    let per = |a: u64, b: u64| (b - a) as f64 / n as f64;
+    println!(
+        "{label:<44} {:>7.2} allocs/req  {:>6.2} reallocs/req  {:>8.0} bytes/req  ({n} requests, {:.1} µs/req wall)",
+        per(before.allocs, after.allocs),
+        per(before.reallocs, after.reallocs),
+        per(before.bytes, after.bytes),
+        secs * 1e6 / n as f64
+    );
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20000);
+    let o1 = origin();
+    let o2 = origin();
+    let text = format!(
+        "events {{}}\nhttp {{\n    access_log off;\n    keepalive_requests 100000000;\n    upstream origins {{\n        server {o1};\n        server {o2};\n        keepalive 64;\n    }}\n    server {{\n        listen 127.0.0.1:0;\n        location / {{\n            proxy_pass http://origins;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
+    );
+    let options = imbang::config::LoadOptions {
+        prefix: PathBuf::from("/tmp/"),
+        default_listen_port: 8000,
+    };
+    let config = imbang::config::parse_str("/tmp/alloc-count.conf", &text, &options)
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let server = imbang::server::Server::new(config, None, None).expect("compiles");
+            let bound = server.bind().expect("binds");
+            server.serve(bound).await.expect("serves");
+            let addr = server.bound().await[0].1;
+            tx.send(addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let proxy = rx.recv().unwrap();
+    if std::env::var_os("ALLOC_COUNT_HOLD").is_some() {
+        eprintln!("proxy on {proxy}, origins {o1} {o2}; holding");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+
+    measure("control: client -> origin, keep-alive", o1, n, false);
+    measure("imbang, keep-alive (scenario a)", proxy, n, false);
+    measure("control: client -> origin, new connection each", o1, n / 4, true);
+    measure("imbang, new connection each (scenario b)", proxy, n / 4, true);
+}

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw measurements (one JSON object per line) into results.json and
+RESULTS.md: medians over repetitions, ratios to nginx from the same run, targets of issue 6.
+
+    report.py --one '<raw json line>'                 one-line summary (progress output)
+    report.py --raw raw.jsonl --meta meta.json --out DIR
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+PROXIES = ["nginx", "haproxy", "imbang"]
+
+
+def wrk_metrics(rec):
+    w = rec["wrk"]
+    secs = w["duration_us"] / 1e6
+    m = {
+        "requests": w["requests"],
+        "rps": w["requests"] / secs if secs else 0.0,
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "socket_errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_timeout"],
+        "non2xx": w["err_status"],
+        "mib_per_s": w["bytes"] / secs / 2**20 if secs else 0.0,
+    }
+    m["errors"] = m["socket_errors"] + m["non2xx"]
+    if "cpu_ticks" in rec:
+        cpu_us = rec["cpu_ticks"] / rec["clk_tck"] * 1e6
+        m["cpu_s"] = cpu_us / 1e6
+        m["cpu_util"] = cpu_us / 1e6 / secs if secs else 0.0
+        m["cpu_us_per_req"] = cpu_us / w["requests"] if w["requests"] else None
+        mib = w["bytes"] / 2**20
+        m["cpu_us_per_mib"] = cpu_us / mib if mib else None
+    return m
+
+
+def metrics(rec):
+    if rec["scenario"] == "e":
+        ok = rec["conns_ok"] or 1
+        return {
+            "conns_ok": rec["conns_ok"],
+            "rss_base_mib": rec["rss_base_kib"] / 1024,
+            "rss_idle_mib": rec["rss_idle_kib"] / 1024,
+            "rss_after_mib": rec["rss_after_kib"] / 1024,
+            "kib_per_conn": (rec["rss_idle_kib"] - rec["rss_base_kib"]) / ok,
+        }
+    m = wrk_metrics(rec)
+    if rec["scenario"] == "g":
+        m["reloads"] = rec["reloads"]
+    return m
+
+
+def one_line(rec):
+    m = metrics(rec)
+    parts = []
+    for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_util", "cpu_us_per_mib",
+              "mib_per_s", "errors", "socket_errors", "non2xx", "kib_per_conn"):
+        if k in m and m[k] is not None:
+            v = m[k]
+            parts.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_ratio(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def aggregate(records):
+    """{key: {proxy: {metric: median}}} plus per-rep lists for the JSON."""
+    groups = {}
+    for rec in records:
+        s = rec["scenario"]
+        key = s
+        if s == "f":
+            key = f"f-{rec['method']}"
+        if s == "h":
+            key = f"h-w{rec['workers']}"
+        groups.setdefault(key, {}).setdefault(rec["proxy"], []).append(metrics(rec))
+    out = {}
+    for key, by_proxy in groups.items():
+        out[key] = {}
+        for proxy, runs in by_proxy.items():
+            names = sorted({k for r in runs for k in r})
+            summary = {"reps": len(runs)}
+            for n in names:
+                vals = [r.get(n) for r in runs]
+                if n in ("errors", "socket_errors", "non2xx", "reloads", "requests"):
+                    summary[n + "_total"] = sum(v for v in vals if v is not None)
+                summary[n] = median(vals)
+                summary[n + "_runs"] = vals
+            out[key][proxy] = summary
+    return out
+
+
+# (row label, aggregate key, metric, lower is better, target for imbang/nginx as (op, value))
+ROWS = [
+    ("(a) small GET, keep-alive, 50 conns: req/s", "a", "rps", False, (">=", 1.0)),
+    ("(a) p50 latency, ms", "a", "p50_ms", True, None),
+    ("(a) p99 latency, ms", "a", "p99_ms", True, ("<=", 1.0)),
+    ("(a) proxy CPU µs per request", "a", "cpu_us_per_req", True, ("<=", 0.9)),
+    ("(a) proxy CPU use, cores", "a", "cpu_util", True, None),
+    ("(b) new connection per request: req/s", "b", "rps", False, (">=", 1.15)),
+    ("(b) proxy CPU µs per request", "b", "cpu_us_per_req", True, None),
+    ("(c) 1 MiB responses, 10 conns: proxy CPU µs per MiB", "c", "cpu_us_per_mib", True, ("<=", 1.0)),
+    ("(c) MiB/s", "c", "mib_per_s", False, None),
+    ("(e) RSS with idle keep-alive conns, MiB", "e", "rss_idle_mib", True, ("<=", 1.0)),
+    ("(e) RSS before them, MiB", "e", "rss_base_mib", True, None),
+    ("(e) KiB per idle connection", "e", "kib_per_conn", True, None),
+    ("(e) RSS after they close, MiB", "e", "rss_after_mib", True, None),
+]
+ERROR_ROWS = [
+    ("(f) failover, GET: failed requests (non-2xx + socket errors)", "f-GET"),
+    ("(f) failover, POST: failed requests", "f-POST"),
+    ("(g) HUP every 0.3 s under load: failed requests", "g"),
+]
+
+
+def check(op, value, r):
+    if r is None:
+        return "?"
+    ok = r <= value if op == "<=" else r >= value
+    return "met" if ok else "**missed**"
+
+
+def render(agg, meta, profile_text):
+    L = []
+    m = meta
+    quick = " (quick smoke run: 1 repetition, short runs; not for claims)" if m.get("quick") else ""
+    L.append(f"# imbang benchmark results{quick}")
+    L.append("")
+    L.append(
+        "Produced by `bench/run.sh` (issue 6). **Only the ratios to nginx measured in the same run are "
+        "claims**; absolute figures depend on the machine and vary from run to run."
+    )
+    L.append("")
+    L.append(f"- date: {m['date']}; command: `{m['command']}`; wall time of the run: {m['runtime_s']} s")
+    L.append(
+        f"- machine: {m['machine']['nproc']} CPUs, {m['machine']['cpu_model']}, {m['machine']['mem']} RAM, "
+        f"Linux {m['machine']['kernel']}"
+    )
+    v = m["versions"]
+    dirty = " + uncommitted changes in src/" if v.get("imbang_dirty") else ""
+    L.append(
+        f"- versions: imbang {v['imbang_commit']}{dirty} ({v['imbang']}, {v['rustc']}); {v['nginx']}; "
+        f"{v['haproxy']}; {v['wrk']}"
+    )
+    L.append(
+        f"- method: {m['reps']} repetition(s), targets interleaved within each repetition (order rotated), "
+        f"each measurement {m['duration_s']} s after a {m['warmup_s']} s warm-up, medians over repetitions; "
+        "every measurement starts the proxy afresh. Proxy pinned alone to CPU 1 (`taskset -c 1`); wrk "
+        "(1 thread), the two nginx origins and the idle-connection client pinned to CPU 0."
+    )
+    if m.get("contention"):
+        L.append(f"- **measured under contention**: other load was seen on the machine: {'; '.join(m['contention'])}")
+    else:
+        L.append("- no other load was seen on the machine before or during the run (checked before each repetition)")
+    L.append("")
+    L.append("## Results")
+    L.append("")
+    L.append("| scenario | nginx | HAProxy | imbang | HAProxy / nginx | imbang / nginx | target (imbang / nginx) | |")
+    L.append("|---|---:|---:|---:|---:|---:|---|---|")
+    for label, key, metric, _lower, target in ROWS:
+        g = agg.get(key)
+        if not g:
+            continue
+        vals = {p: g.get(p, {}).get(metric) for p in PROXIES}
+        if all(x is None for x in vals.values()):
+            continue
+        rh = ratio(vals["haproxy"], vals["nginx"])
+        ri = ratio(vals["imbang"], vals["nginx"])
+        digits = 2 if metric in ("p50_ms", "p99_ms", "cpu_us_per_req", "cpu_util") else 1
+        tgt = f"{target[0]} {target[1]}×" if target else ""
+        res = check(target[0], target[1], ri) if target else ""
+        if key == "a" and metric == "cpu_us_per_req" and ri is not None:
+            tgt = "≤ 0.9× first, then ≤ 0.75×"
+            res = "met (≤ 0.75×)" if ri <= 0.75 else ("met (≤ 0.9×)" if ri <= 0.9 else "**missed**")
+        if key == "e" and metric == "rss_idle_mib":
+            label = label.replace("idle keep-alive conns", f"{meta['idle_conns']:,} idle keep-alive conns")
+        L.append(
+            f"| {label} | {fmt(vals['nginx'], digits)} | {fmt(vals['haproxy'], digits)} | "
+            f"{fmt(vals['imbang'], digits)} | {fmt_ratio(rh)} | {fmt_ratio(ri)} | {tgt} | {res} |"
+        )
+    ref = agg.get("c", {}).get("nginx-buf64k", {}).get("cpu_us_per_mib")
+    if ref is not None:
+        im = agg.get("c", {}).get("imbang", {}).get("cpu_us_per_mib")
+        L.append(
+            f"| (c) reference: nginx with `proxy_buffers 8 64k` (not the shared config): CPU µs per MiB | "
+            f"{fmt(ref)} | | | | {fmt_ratio(ratio(im, ref))} (imbang / this) | | |"
+        )
+    L.append("| (d) h2/h2c downstream (h2load) | – | – | – | – | – | ≥ 1.6× | skipped: imbang has no HTTP/2 yet |")
+    for label, key in ERROR_ROWS:
+        g = agg.get(key)
+        if not g:
+            continue
+        cells = []
+        for p in PROXIES:
+            s = g.get(p)
+            if s is None:
+                cells.append("not run")
+                continue
+            extra = ""
+            if key == "g":
+                extra = f" ({s['reloads_total']} reloads)"
+            cells.append(f"{s['errors_total']} of {s['requests_total']:,}{extra}")
+        s = g.get("imbang")
+        res = "" if s is None else ("met" if s["errors_total"] == 0 else "**missed**")
+        L.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | | | 0 | {res} |")
+    hs = {w: agg.get(f"h-w{w}", {}) for w in (1, 2)}
+    if hs[1] and hs[2]:
+        for p in ("nginx", "imbang"):
+            a, b = hs[1].get(p, {}).get("rps"), hs[2].get(p, {}).get("rps")
+            r = ratio(b, a)
+            tgt = "≥ 1.8×" if p == "imbang" else ""
+            res = check(">=", 1.8, r) if p == "imbang" else ""
+            L.append(
+                f"| (h) {p}: req/s with 2 workers on both cores / 1 worker on CPU 1 | "
+                f"{fmt(a)} → {fmt(b)} | | | | {fmt_ratio(r)} | {tgt} | {res} |"
+                if p == "nginx" else
+                f"| (h) {p}: req/s with 2 workers on both cores / 1 worker on CPU 1 | | | "
+                f"{fmt(a)} → {fmt(b)} | | {fmt_ratio(r)} | {tgt} | {res} |"
+            )
+    L.append("")
+    L.append("Notes on the scenarios:")
+    L.append("")
+    L.append(
+        "- CPU is the proxy's utime+stime from `/proc/PID/stat` over the measured run (every thread; for nginx "
+        "master + worker), divided by the requests wrk completed (or by the MiB it received)."
+    )
+    L.append(
+        "- (b) sends `Connection: close` on every request, so each request is a new TCP connection to the "
+        "proxy; the proxy keeps its upstream connections alive."
+    )
+    L.append(
+        "- (c) nginx runs the shared config, so with its default `proxy_buffering on` (8 × 4 KiB buffers in "
+        "memory, the rest of a 1 MiB body through a temp file when the client is slower); imbang always streams, "
+        "HAProxy streams by design. The reference row shows nginx with 8 × 64 KiB buffers. nginx with "
+        "`proxy_buffering off` (imbang's semantics, 4 KiB buffer) was measured at ~1.5× its default's CPU per MiB "
+        "while building this harness."
+    )
+    L.append(
+        "- (e) a Python asyncio client (`bench/idle_conns.py`) opens the connections, sends one GET on each, "
+        "reads the response and keeps them open; RSS is VmRSS summed over the proxy's processes, 2 s after the "
+        "last one is idle. KiB per connection = (RSS with them − RSS before) / connections."
+    )
+    L.append(
+        "- (f) wrk keeps 20 connections busy; 30% into the run one of the two origins gets SIGKILL (its pid). "
+        "Failed = non-2xx/3xx responses + socket errors (connect, read, write, timeout) as wrk counts them, "
+        "summed over repetitions. POST sends a 64-byte body."
+    )
+    L.append(
+        "- (g) `kill -HUP` every 0.3 s to the proxy's (nginx: master's) pid while wrk keeps 50 keep-alive "
+        "connections busy; failed requests summed over repetitions. HAProxy is not part of (g)."
+    )
+    L.append(
+        "- (h) the 2-worker proxy runs on both cores while wrk and the origins stay on CPU 0, so the load "
+        "generator shares a core with it: the ratio is bounded by what CPU 0 has left, not only by the proxy. "
+        "nginx is shown for scale. imbang's `worker_processes` = tokio worker threads of one process."
+    )
+    L.append("")
+    L.append("Configurations (written by `bench/run.sh` into `bench/out/work/`): nginx and imbang run the **same** "
+             "`proxy-w1.conf`; HAProxy runs `haproxy.cfg`:")
+    L.append("")
+    return "\n".join(L), profile_text
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one")
+    ap.add_argument("--raw")
+    ap.add_argument("--meta")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.one:
+        print(one_line(json.loads(a.one)))
+        return
+    records = [json.loads(line) for line in open(a.raw) if line.strip()]
+    meta = json.load(open(a.meta))
+    agg = aggregate(records)
+    here = os.path.dirname(os.path.abspath(__file__))
+    work = os.path.dirname(os.path.abspath(a.raw))
+    profile = os.path.join(here, "PROFILE.md")
+    profile_text = open(profile).read() if os.path.exists(profile) else ""
+    text, profile_text = render(agg, meta, profile_text)
+    confs = []
+    for name in ("proxy-w1.conf", "haproxy.cfg"):
+        p = os.path.join(work, name)
+        if os.path.exists(p):
+            body = open(p).read().replace(work, "$WORK")
+            lang = "nginx" if name.endswith(".conf") else ""
+            confs.append(f"`{name}`:\n\n```{lang}\n{body}```\n")
+    text += "\n".join(confs)
+    if profile_text:
+        text += "\n" + profile_text
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "RESULTS.md"), "w") as f:
+        f.write(text.rstrip() + "\n")
+    ratios = {}
+    for label, key, metric, _lower, target in ROWS:
+        g = agg.get(key, {})
+        n = g.get("nginx", {}).get(metric)
+        ratios[f"{key}.{metric}"] = {
+            p: ratio(g.get(p, {}).get(metric), n) for p in ("haproxy", "imbang")
+        }
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "summary": agg, "ratios_to_nginx": ratios, "raw": records}, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

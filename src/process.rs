@@ -211,17 +211,14 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let (runtime, worker_threads) = match start_workers(workers.max(1)) {
+        Ok(started) => started,
         Err(e) => {
             log!(Emerg, "cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    server.set_workers(worker_threads.handles());
     let mut pid = PidFile {
         path: pid_file.clone(),
         current: pid_file,
@@ -245,6 +242,46 @@ fn reloading() {
         state.push(now);
     }
     notify(&state);
+}
+
+/// The worker runtimes beside the main one; dropping this stops their threads.
+struct WorkerThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl WorkerThreads {
+    fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
+    }
+}
+
+/// nginx's worker model on threads: `n` current-thread runtimes, the main thread's first (it
+/// also runs signals and reloads), each accepting on the shared listening sockets and serving the
+/// connections it accepted. Chosen over tokio's work-stealing runtime by measurement
+/// (bench/RESULTS.md): no cross-thread wake-ups on the request path.
+fn start_workers(n: usize) -> std::io::Result<(tokio::runtime::Runtime, WorkerThreads)> {
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut workers = WorkerThreads {
+        handles: vec![main.handle().clone()],
+        _stop: Vec::new(),
+    };
+    for i in 1..n {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        workers.handles.push(runtime.handle().clone());
+        workers._stop.push(stop);
+        std::thread::Builder::new()
+            .name(format!("imbang-worker-{i}"))
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+    }
+    Ok((main, workers))
 }
 
 /// The pid file, and where it is now: `<path>.oldbin` while a new binary takes over.

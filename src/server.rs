@@ -53,6 +53,8 @@ pub struct Server {
     next_conn_id: AtomicU64,
     /// `-e` given on the command line replaces the default error log.
     default_log: Option<config::model::ErrorLogSpec>,
+    /// The worker runtimes accept loops run on (empty: the caller's runtime).
+    workers: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 struct Listening {
@@ -83,6 +85,7 @@ impl Server {
             connections: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             default_log,
+            workers: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -152,46 +155,73 @@ impl Server {
         v
     }
 
+    /// Starts accepting on `socket` in every worker runtime (each runs its own accept loop on
+    /// the same listening socket, and serves the connections it accepts, as nginx's workers do).
     fn accept_on(
         self: &Arc<Self>,
         key: SocketAddr,
         socket: std::net::TcpListener,
     ) -> std::io::Result<Listening> {
         socket.set_nonblocking(true)?;
-        let kept = socket.try_clone()?;
-        let listener = TcpListener::from_std(socket)?;
-        let local = listener.local_addr()?;
-        let (stop, mut stopped) = watch::channel(false);
-        let server = self.clone();
-        log!(Notice, "listening on {key} (bound to {local})");
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, remote)) => {
-                            // Counted before the task starts, so a stop that begins now waits for it.
-                            let counted = server.connections.enter();
-                            let server = server.clone();
-                            let removed = stopped.clone();
-                            tokio::spawn(async move {
-                                server.connection(stream, remote, key, removed, counted).await
-                            });
-                        }
-                        Err(e) => {
-                            log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
-                            // Out of descriptors or similar: give the process a moment.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = stopped.changed() => break,
-                }
+        let local = socket.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if workers.is_empty() {
+            tokio::spawn(self.clone().accept_loop(key, socket.try_clone()?, stopped));
+        } else {
+            for worker in &workers {
+                let loop_ = self.clone().accept_loop(key, socket.try_clone()?, stopped.clone());
+                worker.spawn(loop_);
             }
-        });
+        }
+        log!(Notice, "listening on {key} (bound to {local})");
         Ok(Listening {
             local,
             stop,
-            socket: kept,
+            socket,
         })
+    }
+
+    /// Runs the worker runtimes' accept loops and connections on `workers` (one current-thread
+    /// runtime per worker); by default everything runs on the runtime that calls `serve`.
+    pub fn set_workers(&self, workers: Vec<tokio::runtime::Handle>) {
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        key: SocketAddr,
+        socket: std::net::TcpListener,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                log!(Alert, "cannot accept on {key}: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        // Counted before the task starts, so a stop that begins now waits for it.
+                        let counted = self.connections.enter();
+                        let server = self.clone();
+                        let removed = stopped.clone();
+                        tokio::spawn(async move {
+                            server.connection(stream, remote, key, removed, counted).await
+                        });
+                    }
+                    Err(e) => {
+                        log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
+                        // Out of descriptors or similar: give the process a moment.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped.changed() => break,
+            }
+        }
     }
 
     async fn connection(

@@ -330,6 +330,18 @@ pub static DIRECTIVES: &[Spec] = &[
         "responses are always streamed (proxy_buffering off)",
     ),
     no_effect("proxy_buffers", HSL, Range(2, 2), "responses are streamed"),
+    no_effect(
+        "proxy_request_buffering",
+        HSL,
+        Flag,
+        "request bodies are always streamed to the peer (proxy_request_buffering off)",
+    ),
+    no_effect(
+        "proxy_ignore_client_abort",
+        HSL,
+        Flag,
+        "a request whose client went away is always abandoned (proxy_ignore_client_abort off)",
+    ),
     no_effect("proxy_buffer_size", HSL, ONE, "responses are streamed"),
     no_effect(
         "proxy_busy_buffers_size",

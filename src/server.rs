@@ -165,12 +165,18 @@ impl Server {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if workers.is_empty() {
             tokio::spawn(self.clone().accept_loop(key, socket.try_clone()?, stopped));
         } else {
             for worker in &workers {
-                let loop_ = self.clone().accept_loop(key, socket.try_clone()?, stopped.clone());
+                let loop_ = self
+                    .clone()
+                    .accept_loop(key, socket.try_clone()?, stopped.clone());
                 worker.spawn(loop_);
             }
         }

@@ -321,3 +321,56 @@ fn an_unknown_variable_in_the_hash_key_is_a_config_error() {
         "unknown \"no_such_thing\" variable in /test/imbang.conf:3:27"
     );
 }
+
+#[tokio::test]
+async fn slow_start_keeps_a_server_a_reload_adds_nearly_idle_at_first() {
+    let [a, b, c] = three().await;
+    let lb = imbang(&conf(&servers(&[&a, &b], ""))).await;
+    assert_eq!(names(&lb, &["/"; 4]).await, "abab");
+    // c joins a serving group with slow_start=1h: seconds into its ramp it weighs about a
+    // thousandth of a or b, so round robin gives it nothing in 40 requests.
+    let with_c = format!(
+        "{} server {} slow_start=1h;",
+        servers(&[&a, &b], ""),
+        c.addr
+    );
+    lb.reload(&conf(&with_c)).await;
+    let got = names(&lb, &["/"; 40]).await;
+    assert_eq!(got.matches('c').count(), 0, "{got}");
+    // Without slow_start a new server gets its share at once.
+    let d = backend("d").await;
+    let with_d = format!("{with_c} server {};", d.addr);
+    lb.reload(&conf(&with_d)).await;
+    let got = names(&lb, &["/"; 40]).await;
+    assert!(got.matches('d').count() >= 12, "{got}");
+}
+
+#[tokio::test]
+async fn slow_start_after_a_backend_comes_back_from_its_fail_timeout() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let b_addr = b.addr;
+    let lb = imbang(&conf(&format!(
+        "server {}; server {} fail_timeout=1s slow_start=1h;",
+        a.addr, b.addr
+    )))
+    .await;
+    b.stop();
+    for _ in 0..4 {
+        assert_eq!(lb.get("/").await.0, 200);
+    }
+    let b = backend_with("b", Behaviour::Answer, b_addr).await;
+    // After fail_timeout one trial request reaches b; it succeeds, and b starts its ramp.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.hits() == 0 {
+        assert_eq!(lb.get("/").await.0, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = names(&lb, &["/"; 40]).await;
+    assert_eq!(got.matches('b').count(), 0, "{got}");
+    assert_eq!(b.hits(), 1);
+}

@@ -173,13 +173,20 @@ struct MethodState {
     set: bool,
     /// A `random two` was seen.
     random_two: bool,
-    /// The last method was `hash`, `ip_hash` or `random`: later `server` lines may not say `backup`.
-    no_backup: bool,
+    /// The last method was `hash`, `ip_hash` or `random`: later `server` lines may not say
+    /// `backup` or `slow_start`.
+    hash_or_random: bool,
 }
 
 impl MethodState {
     fn allows_backup(&self) -> bool {
-        !self.no_backup
+        !self.hash_or_random
+    }
+
+    /// NGINX Plus: "cannot be used along with the hash, ip_hash, and random load balancing
+    /// methods" (the same methods that refuse `backup`).
+    fn allows_slow_start(&self) -> bool {
+        !self.hash_or_random
     }
 }
 
@@ -1090,6 +1097,7 @@ impl<'a> Lower<'a> {
                 backup: false,
                 down: false,
                 max_conns: 0,
+                slow_start: Duration::ZERO,
             })
             .collect();
         ups.by_name.insert(name.clone(), ups.groups.len());
@@ -1129,7 +1137,7 @@ impl<'a> Lower<'a> {
                 continue;
             };
             match c.name.as_str() {
-                "server" => self.peer(c, &mut up.peers, method.allows_backup()),
+                "server" => self.peer(c, &mut up.peers, &method),
                 "least_conn" | "ip_hash" | "hash" | "random" => {
                     self.balance_method(c, &mut up.method, &mut method);
                 }
@@ -1207,13 +1215,14 @@ impl<'a> Lower<'a> {
                 }
             }
         };
-        state.no_backup = chosen != BalanceMethod::LeastConn;
+        state.hash_or_random = chosen != BalanceMethod::LeastConn;
         *method = chosen;
     }
 
-    /// One `server` line of an `upstream` block. `backup_allowed` is false after a method
-    /// directive that has no use for backups (nginx checks the method seen so far).
-    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, backup_allowed: bool) {
+    /// One `server` line of an `upstream` block. After a method directive that has no use for
+    /// `backup` or `slow_start` (hash, ip_hash, random), those parameters are errors: nginx
+    /// checks each `server` line against the method seen so far.
+    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, method: &MethodState) {
         let addr_arg = &d.args[0];
         let mut spec = PeerSpec {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -1224,6 +1233,7 @@ impl<'a> Lower<'a> {
             backup: false,
             down: false,
             max_conns: 0,
+            slow_start: Duration::ZERO,
         };
         let mut ok = true;
         for p in &d.args[1..] {
@@ -1242,7 +1252,21 @@ impl<'a> Lower<'a> {
                 "fail_timeout" => values::duration(value)
                     .map(|t| spec.fail_timeout = t)
                     .is_some(),
-                "backup" if value.is_empty() && !backup_allowed => {
+                "slow_start" if !method.allows_slow_start() => {
+                    self.invalid(
+                        format!(
+                            "balancing method does not support parameter \"{}\"",
+                            p.value
+                        ),
+                        p.span,
+                    );
+                    ok = false;
+                    continue;
+                }
+                "slow_start" => values::duration(value)
+                    .map(|t| spec.slow_start = t)
+                    .is_some(),
+                "backup" if value.is_empty() && !method.allows_backup() => {
                     self.invalid(
                         format!(
                             "balancing method does not support parameter \"{}\"",

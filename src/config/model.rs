@@ -414,4 +414,7 @@ pub struct PeerSpec {
     pub down: bool,
     /// 0 = no limit.
     pub max_conns: u32,
+    /// `slow_start=time` (NGINX Plus): after the peer recovers, or is added by a reload, its
+    /// weight climbs from about 0 to `weight` over this time. Zero = off.
+    pub slow_start: Duration,
 }

@@ -301,6 +301,33 @@ fn backup_is_refused_after_a_method_that_cannot_use_it() {
 }
 
 #[test]
+fn slow_start_is_a_server_parameter_refused_after_hash_ip_hash_and_random() {
+    let c = ok(
+        "http {\n upstream a { server 127.0.0.1:1 slow_start=30s; server 127.0.0.1:2; }\n upstream b { least_conn; server 127.0.0.1:1 slow_start=1m weight=2; }\n upstream c { server 127.0.0.1:1 slow_start=5s; hash $uri; }\n}\n",
+    );
+    let ups = c.http.unwrap().upstreams;
+    assert_eq!(ups[0].peers[0].slow_start, Duration::from_secs(30));
+    assert_eq!(ups[0].peers[1].slow_start, Duration::ZERO);
+    assert_eq!(ups[1].peers[0].slow_start, Duration::from_secs(60));
+    // As with `backup`, a line read before the method keeps it (it then only matters to the
+    // round-robin fallback).
+    assert_eq!(ups[2].peers[0].slow_start, Duration::from_secs(5));
+    let got = errors(
+        "http {\n upstream a { hash $uri; server 127.0.0.1:1 slow_start=30s; }\n upstream b { ip_hash; server 127.0.0.1:1 slow_start=30s; }\n upstream c { random two; server 127.0.0.1:1 slow_start=30s; }\n upstream d { server 127.0.0.1:1 slow_start=soon; server 127.0.0.1:2 slow_start; }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:2:45",
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:3:43",
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:4:46",
+            "invalid parameter \"slow_start=soon\" in /etc/imbang/t.conf:5:34",
+            "invalid parameter \"slow_start\" in /etc/imbang/t.conf:5:70",
+        ]
+    );
+}
+
+#[test]
 fn balancing_method_argument_errors_use_nginx_s_words() {
     let got = errors(
         "http {\n upstream u {\n  hash $uri bogus;\n  random one;\n  random two most_conn;\n  ip_hash on;\n  least_conn x;\n  hash;\n  random two least_conn x;\n  server 127.0.0.1:1;\n }\n hash $uri;\n}\n",

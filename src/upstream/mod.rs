@@ -112,8 +112,14 @@ struct Selection {
 
 impl UpstreamGroup {
     /// Builds the group for `spec`, taking each peer's state from `registry` (so a peer kept
-    /// by a reload keeps its failures and in-flight count).
+    /// by a reload keeps its failures and in-flight count). A peer that a reload adds to a
+    /// serving group starts its `slow_start` ramp now.
     pub fn new(spec: &Upstream, registry: &PeerRegistry) -> Self {
+        Self::new_at(spec, registry, Instant::now())
+    }
+
+    /// [`new`](Self::new) at `now`.
+    pub fn new_at(spec: &Upstream, registry: &PeerRegistry, now: Instant) -> Self {
         let ordered: Vec<_> = (spec.peers.iter().filter(|p| !p.backup))
             .chain(spec.peers.iter().filter(|p| p.backup))
             .collect();
@@ -123,7 +129,12 @@ impl UpstreamGroup {
             .into_iter()
             .zip(states)
             .enumerate()
-            .map(|(index, (spec, state))| Peer::new(index, spec, state))
+            .map(|(index, (spec, (state, joined)))| {
+                if joined {
+                    state.health().start_ramp(now);
+                }
+                Peer::new(index, spec, state)
+            })
             .collect();
         let primaries = peers.iter().filter(|p| !p.is_backup()).count();
         let (primary, backup) = peers.split_at(primaries);

@@ -5,9 +5,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::health::slow_start::SCALE;
 use super::health::{FailPolicy, PassiveHealth};
 use crate::config::model::PeerSpec;
 
@@ -62,6 +64,7 @@ pub struct Peer {
     weight: u32,
     fail_policy: FailPolicy,
     max_conns: u32,
+    slow_start: Duration,
     down: bool,
     backup: bool,
     state: Arc<PeerState>,
@@ -79,6 +82,7 @@ impl Peer {
                 fail_timeout: spec.fail_timeout,
             },
             max_conns: spec.max_conns,
+            slow_start: spec.slow_start,
             down: spec.down,
             backup: spec.backup,
             state,
@@ -107,6 +111,21 @@ impl Peer {
 
     pub fn fail_policy(&self) -> FailPolicy {
         self.fail_policy
+    }
+
+    /// `slow_start` on the `server` line (zero: off).
+    pub fn slow_start(&self) -> Duration {
+        self.slow_start
+    }
+
+    /// The configured weight at `now` in thousandths, on the peer's `slow_start` ramp if it is
+    /// on one (see [`slow_start`](super::health::slow_start)). Takes the health lock only when
+    /// the peer has `slow_start`.
+    pub fn weight_at(&self, now: Instant) -> u64 {
+        if self.slow_start.is_zero() {
+            return u64::from(self.weight) * SCALE;
+        }
+        (self.state.health()).scaled_weight(self.weight, self.slow_start, now)
     }
 
     /// `down` on the `server` line.
@@ -185,7 +204,7 @@ impl PeerGuard {
         if self.single {
             health.clear_fails();
         } else {
-            health.on_success();
+            health.on_success(self.fail_policy);
         }
     }
 

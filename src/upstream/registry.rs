@@ -34,9 +34,19 @@ impl PeerRegistry {
 
     /// The states for `addrs` (in order) of upstream `upstream`: the live ones reused, new
     /// ones created. Also forgets entries whose state no snapshot uses any more.
-    pub(crate) fn states(&self, upstream: &str, addrs: &[SocketAddr]) -> Vec<Arc<PeerState>> {
+    ///
+    /// Each state comes with `joined`: true for a new peer of an upstream that already had live
+    /// peers, i.e. a server a reload added to a group that is serving (its `slow_start` ramp
+    /// begins). Peers of a new upstream, and every peer at startup, are not "joining": they all
+    /// start together.
+    pub(crate) fn states(
+        &self,
+        upstream: &str,
+        addrs: &[SocketAddr],
+    ) -> Vec<(Arc<PeerState>, bool)> {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.retain(|_, state| state.strong_count() > 0);
+        let serving = states.keys().any(|key| &*key.upstream == upstream);
         let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
         addrs
             .iter()
@@ -49,11 +59,11 @@ impl PeerRegistry {
                 };
                 *nth += 1;
                 if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
-                    return state;
+                    return (state, false);
                 }
                 let state = Arc::new(PeerState::new());
                 states.insert(key, Arc::downgrade(&state));
-                state
+                (state, serving)
             })
             .collect()
     }

@@ -24,6 +24,7 @@ pub(crate) fn peer_spec(i: usize, weight: u32) -> PeerSpec {
         backup: false,
         down: false,
         max_conns: 0,
+        slow_start: Duration::ZERO,
     }
 }
 
@@ -675,4 +676,118 @@ fn ip_hash_group_keeps_a_client_on_one_peer() {
         assert_eq!(client([10, 0, 0, host]), 'a');
         assert_eq!(client([192, 168, 1, host]), 'b');
     }
+}
+
+// === slow_start ===
+
+/// How many of `n` new requests at `now` each peer gets, by letter order.
+fn shares(group: &UpstreamGroup, now: Instant, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; group.len()];
+    for _ in 0..n {
+        let guard = group.pick(&mut Tried::new(), now).expect("a peer");
+        counts[(guard.addr().port() - 1) as usize] += 1;
+    }
+    counts
+}
+
+/// New requests at `now` until one goes to `a`, which succeeds; the others succeed too.
+fn until_a_succeeds(group: &UpstreamGroup, now: Instant) {
+    for _ in 0..10 {
+        let mut guard = group.pick(&mut Tried::new(), now).expect("a peer");
+        guard.success();
+        if letter(&guard) == 'a' {
+            return;
+        }
+    }
+    panic!("a never picked");
+}
+
+#[test]
+fn a_recovered_peer_climbs_back_to_its_weight_over_slow_start() {
+    // a: slow_start=10s; a and b weight 1. a fails, sits out fail_timeout, its trial succeeds.
+    let group = group(&[1, 1], |i, spec| {
+        if i == 0 {
+            spec.slow_start = 10 * SEC;
+        }
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    let t1 = t0 + 11 * SEC;
+    until_a_succeeds(&group, t1); // the trial: a recovers at t1
+    assert_eq!(state(&group, 'a').fails(), 0);
+    // Shares in thousandths: a has 1000 × elapsed / 10s, b 1000. Smooth round robin hands out
+    // those proportions over a whole cycle (give or take the one request the currents left
+    // over from the cycle before).
+    let cases = [(1, [100, 1000]), (5, [500, 1000]), (10, [1000, 1000])];
+    for (after, want) in cases {
+        let got = shares(&group, t1 + after * SEC, want.iter().sum());
+        let close = got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 1);
+        assert!(close, "{after}s into the ramp: {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn a_success_that_forgives_without_an_outage_starts_no_ramp() {
+    // max_fails=2: one failure never took a out, so no ramp when it is forgiven.
+    let group = group(&[1, 1], |_, spec| {
+        spec.slow_start = 10 * SEC;
+        spec.max_fails = 2;
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    until_a_succeeds(&group, t0 + 11 * SEC);
+    assert_eq!(state(&group, 'a').fails(), 0);
+    assert_eq!(shares(&group, t0 + 12 * SEC, 10), [5, 5]);
+}
+
+#[test]
+fn least_conn_lets_a_recovering_peer_carry_load_in_proportion_to_its_ramp() {
+    let group = group_by(BalanceMethod::LeastConn, &[1, 1], |i, spec| {
+        if i == 0 {
+            spec.slow_start = 10 * SEC;
+        }
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    let t1 = t0 + 11 * SEC;
+    until_a_succeeds(&group, t1); // a's trial: recovered at t1
+    // 2s into a 10s ramp a weighs 0.2 of b. Keep every request in flight: b carries 5 for each
+    // one a carries (a's 2nd request waits until b has 5, as 2 / 0.2 = 10 > 5 ... and so on).
+    let held: Vec<PeerGuard> = (0..30)
+        .map(|_| group.pick(&mut Tried::new(), t1 + 2 * SEC).unwrap())
+        .collect();
+    let on_a = held.iter().filter(|g| letter(g) == 'a').count();
+    assert_eq!((on_a, held.len() - on_a), (5, 25));
+    drop(held);
+    // Once the ramp is over they share equally again.
+    let held: Vec<PeerGuard> = (0..30)
+        .map(|_| group.pick(&mut Tried::new(), t1 + 10 * SEC).unwrap())
+        .collect();
+    assert_eq!(held.iter().filter(|g| letter(g) == 'a').count(), 15);
+}
+
+#[test]
+fn a_peer_a_reload_adds_to_a_serving_group_ramps_up_and_startup_peers_do_not() {
+    let registry = PeerRegistry::new();
+    let t0 = Instant::now();
+    let slow = |_: usize, spec: &mut PeerSpec| spec.slow_start = 10 * SEC;
+    let specs = |weights: &[u32]| -> Vec<PeerSpec> {
+        let specs = weights.iter().enumerate().map(|(i, &w)| {
+            let mut spec = peer_spec(i, w);
+            slow(i, &mut spec);
+            spec
+        });
+        specs.collect()
+    };
+    // Startup: a and b are both new, nobody ramps.
+    let first = UpstreamGroup::new_at(&upstream("app", specs(&[1, 1])), &registry, t0);
+    assert_eq!(shares(&first, t0, 10), [5, 5]);
+    // A reload adds c: it joins a serving group and climbs over 10s; a and b keep full weight.
+    let second = UpstreamGroup::new_at(&upstream("app", specs(&[1, 1, 1])), &registry, t0);
+    assert_eq!(shares(&second, t0 + 5 * SEC, 2500), [1000, 1000, 500]);
+    assert_eq!(shares(&second, t0 + 10 * SEC, 30), [10, 10, 10]);
+    // A new upstream in the same reload starts like at startup.
+    let other = UpstreamGroup::new_at(&upstream("other", specs(&[1, 1])), &registry, t0);
+    assert_eq!(shares(&other, t0, 10), [5, 5]);
+    drop(first);
 }

@@ -251,12 +251,7 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "not implemented yet: no per-connection request limit",
     ),
-    no_effect(
-        "client_body_buffer_size",
-        HSL,
-        ONE,
-        "request bodies are streamed",
-    ),
+    d("client_body_buffer_size", HSL, ONE),
     no_effect(
         "client_header_buffer_size",
         HS,

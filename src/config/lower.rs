@@ -81,6 +81,7 @@ struct Frame {
     redirect: Option<Redirect>,
     server_tokens: Option<bool>,
     client_max_body_size: Option<u64>,
+    client_body_buffer_size: Option<u64>,
 }
 
 impl Frame {
@@ -124,6 +125,8 @@ impl Frame {
             redirect: self.redirect.clone().or_else(|| parent.redirect.clone()),
             server_tokens: self.server_tokens.or(parent.server_tokens),
             client_max_body_size: self.client_max_body_size.or(parent.client_max_body_size),
+            client_body_buffer_size: (self.client_body_buffer_size)
+                .or(parent.client_body_buffer_size),
         }
     }
 
@@ -154,6 +157,8 @@ impl Frame {
             add_headers: self.add_headers.clone().unwrap_or_default(),
             server_tokens: self.server_tokens.unwrap_or(true),
             client_max_body_size: self.client_max_body_size.unwrap_or(1024 * 1024),
+            client_body_buffer_size: (self.client_body_buffer_size)
+                .unwrap_or(DEFAULT_CLIENT_BODY_BUFFER_SIZE),
         })
     }
 }
@@ -573,6 +578,10 @@ impl<'a> Lower<'a> {
             },
             "client_max_body_size" => match values::size(&args[0].value) {
                 Some(n) => f.client_max_body_size = Some(n),
+                None => self.invalid(format!("\"{}\" directive invalid value", d.name), args[0].span),
+            },
+            "client_body_buffer_size" => match values::size(&args[0].value) {
+                Some(n) => f.client_body_buffer_size = Some(n),
                 None => self.invalid(format!("\"{}\" directive invalid value", d.name), args[0].span),
             },
             _ => return false,

@@ -189,7 +189,13 @@ pub struct LocationConf {
     pub server_tokens: bool,
     /// `client_max_body_size` in bytes; 0 = no limit. nginx's default: 1m.
     pub client_max_body_size: u64,
+    /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
+    /// memory before the first attempt, so it can be sent again to the next peer.
+    pub client_body_buffer_size: u64,
 }
+
+/// nginx's default `client_body_buffer_size`: two memory pages, 8k on x86-64.
+pub const DEFAULT_CLIENT_BODY_BUFFER_SIZE: u64 = 8 * 1024;
 
 /// One `access_log path [format]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! small HTTP client. No mocks of the network, no sleeps as synchronisation.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +31,12 @@ pub enum Behaviour {
     Status(u16),
     /// Reads the request, counts it, and answers only once [`TestBackend::release`] is called.
     Hold,
+    /// Reads the whole request, counts it, and closes the connection without answering (a peer
+    /// that crashed while handling it).
+    CloseAfterRead,
+    /// Reads the request, counts it, sends a 200 head announcing 1000 bytes and the first 10 of
+    /// them, then breaks the connection (a peer that died mid-response).
+    BreakMidBody,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1:0 that counts what it received.
@@ -39,6 +44,8 @@ pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Request body bytes received, over all requests.
+    pub body_bytes: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     release: watch::Sender<bool>,
 }
@@ -51,6 +58,8 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
     let listener = TcpListener::bind(addr).await.expect("bind backend");
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
+    let body_bytes = Arc::new(AtomicUsize::new(0));
+    let received = body_bytes.clone();
     let (stop, stopped) = watch::channel(false);
     let (release, released) = watch::channel(false);
     let name_owned = name.to_owned();
@@ -64,12 +73,14 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
             };
             let name = name_owned.clone();
             let counter = counter.clone();
+            let received = received.clone();
             let mut stopped = stopped.clone();
             let released = released.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let name = name.clone();
                     let counter = counter.clone();
+                    let received = received.clone();
                     let mut released = released.clone();
                     async move {
                         let method = req.method().clone();
@@ -80,6 +91,7 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
+                        received.fetch_add(body.len(), Ordering::SeqCst);
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut text = format!("{name} {method} {uri}");
                         if !body.is_empty() {
@@ -96,10 +108,21 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                                 std::future::pending::<()>().await;
                                 unreachable!()
                             }
+                            // hyper closes a connection whose service fails, answering nothing.
+                            Behaviour::CloseAfterRead => {
+                                return Err(std::io::Error::other("crashed"));
+                            }
+                            Behaviour::BreakMidBody => {
+                                let mut res = Response::new(BackendBody::Broken(None));
+                                res.headers_mut()
+                                    .insert("content-length", "1000".parse().unwrap());
+                                return Ok(res);
+                            }
                         };
-                        let mut res = Response::new(Full::new(Bytes::from(text)));
+                        let mut res =
+                            Response::new(BackendBody::Full(Full::new(Bytes::from(text))));
                         *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(res)
+                        Ok::<_, std::io::Error>(res)
                     }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -114,8 +137,58 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
         name: name.to_owned(),
         addr,
         hits,
+        body_bytes,
         stop,
         release,
+    }
+}
+
+/// A test backend's response body: whole, or broken after its first 10 bytes.
+enum BackendBody {
+    Full(Full<Bytes>),
+    /// A pause once the 10 bytes went out (so hyper writes them), then the error.
+    Broken(Option<std::pin::Pin<Box<tokio::time::Sleep>>>),
+}
+
+impl hyper::body::Body for BackendBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Self::Full(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Self::Broken(pause @ None) => {
+                *pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"0123456789",
+                )))))
+            }
+            Self::Broken(Some(pause)) => {
+                std::task::ready!(pause.as_mut().poll(cx));
+                Poll::Ready(Some(Err(std::io::Error::other("died mid-response"))))
+            }
+        }
+    }
+
+    // Whole bodies keep their exact length, so they go out with a Content-Length as before.
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(full) => full.is_end_stream(),
+            Self::Broken(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Full(full) => full.size_hint(),
+            Self::Broken(_) => hyper::body::SizeHint::default(),
+        }
     }
 }
 
@@ -132,6 +205,11 @@ impl TestBackend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Request body bytes received so far.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes.load(Ordering::SeqCst)
     }
 }
 

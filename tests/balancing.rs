@@ -374,3 +374,66 @@ async fn slow_start_after_a_backend_comes_back_from_its_fail_timeout() {
     assert_eq!(got.matches('b').count(), 0, "{got}");
     assert_eq!(b.hits(), 1);
 }
+
+#[tokio::test]
+async fn queue_holds_requests_for_a_max_conns_slot_then_502s_on_overflow_and_timeout() {
+    let slow = backend_with("slow", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let lb = imbang(&conf(&format!(
+        "server {} max_conns=1; queue 1 timeout=30s;",
+        slow.addr
+    )))
+    .await;
+    let addr = lb.addr;
+    let get =
+        move || tokio::spawn(async move { support::request(addr, "GET", "/", "x", None).await });
+    let first = get();
+    eventually("the first request held", Duration::from_secs(5), || {
+        slow.hits() == 1
+    })
+    .await;
+    let second = get(); // waits in the queue for the slot
+    let waiting = || {
+        lb.server
+            .snapshot()
+            .group("app")
+            .unwrap()
+            .balancer
+            .waiting()
+    };
+    eventually("the second request queued", Duration::from_secs(5), || {
+        waiting() == 1
+    })
+    .await;
+    // The queue holds 1: a third request is refused at once.
+    let (status, _) = lb.get("/").await;
+    assert_eq!(status, 502);
+    slow.release();
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(
+        second.await.unwrap().0,
+        200,
+        "served once the slot was free"
+    );
+    assert_eq!(slow.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_queued_request_gets_502_when_no_slot_frees_within_the_timeout() {
+    let slow = backend_with("slow", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let lb = imbang(&conf(&format!(
+        "server {} max_conns=1; queue 10 timeout=300ms;",
+        slow.addr
+    )))
+    .await;
+    let addr = lb.addr;
+    let held = tokio::spawn(async move { support::request(addr, "GET", "/", "x", None).await });
+    eventually("the first request held", Duration::from_secs(5), || {
+        slow.hits() == 1
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(lb.get("/").await.0, 502);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    slow.release();
+    assert_eq!(held.await.unwrap().0, 200);
+}

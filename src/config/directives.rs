@@ -340,6 +340,7 @@ pub static DIRECTIVES: &[Spec] = &[
     d("hash", C::UPSTREAM, Range(1, 2)),
     d("random", C::UPSTREAM, Range(0, 2)),
     d("keepalive", C::UPSTREAM, ONE),
+    d("queue", C::UPSTREAM, Range(1, 2)),
     no_effect(
         "keepalive_requests",
         C::UPSTREAM,

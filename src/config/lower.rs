@@ -1116,6 +1116,7 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            queue: None,
             implicit: true,
             location: self.at(d.span),
         });
@@ -1136,11 +1137,14 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            queue: None,
             implicit: false,
             location: self.at(d.span),
         };
         let mut seen = Seen::default();
         let mut method = MethodState::default();
+        // Where `queue` was, until a method directive follows it (NGINX Plus wants it after).
+        let mut queue_at = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::UPSTREAM) else {
                 continue;
@@ -1148,6 +1152,12 @@ impl<'a> Lower<'a> {
             match c.name.as_str() {
                 "server" => self.peer(c, &mut up.peers, &method),
                 "least_conn" | "ip_hash" | "hash" | "random" => {
+                    if let Some(queue) = queue_at.take() {
+                        self.warn(
+                            "\"queue\" before the balancing method has no effect in NGINX Plus; imbang applies it".to_owned(),
+                            queue,
+                        );
+                    }
                     self.balance_method(c, &mut up.method, &mut method);
                 }
                 _ if !self.once(&mut seen, spec, c) => {}
@@ -1159,6 +1169,10 @@ impl<'a> Lower<'a> {
                     if let Some(t) = self.duration_arg(c, &c.args[0]) {
                         up.keepalive_timeout = t;
                     }
+                }
+                "queue" => {
+                    up.queue = self.queue(c);
+                    queue_at = Some(c.span);
                 }
                 _ => {}
             }
@@ -1174,6 +1188,32 @@ impl<'a> Lower<'a> {
         }
         ups.by_name.insert(name, ups.groups.len());
         ups.groups.push(up);
+    }
+
+    /// `queue number [timeout=time]` (NGINX Plus; timeout 60s by default).
+    fn queue(&mut self, d: &Directive) -> Option<QueueSpec> {
+        let size = match values::number(&d.args[0].value) {
+            Some(n) => n as usize,
+            None => {
+                self.invalid_value(d, &d.args[0]);
+                return None;
+            }
+        };
+        let mut timeout = Duration::from_secs(60);
+        if let Some(arg) = d.args.get(1) {
+            match arg
+                .value
+                .strip_prefix("timeout=")
+                .and_then(values::duration)
+            {
+                Some(t) => timeout = t,
+                None => {
+                    self.invalid(format!("invalid parameter \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+            }
+        }
+        Some(QueueSpec { size, timeout })
     }
 
     /// `least_conn`, `ip_hash`, `hash key [consistent]`, `random [two [least_conn]]`, as nginx

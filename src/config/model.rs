@@ -365,9 +365,21 @@ pub struct Upstream {
     /// default (nginx does not without this directive).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
+    /// `queue N [timeout=time]` (NGINX Plus): requests that find every eligible peer at
+    /// `max_conns` wait for a free slot instead of failing.
+    pub queue: Option<QueueSpec>,
     /// True when made from a `proxy_pass http://host:port` with no `upstream` block.
     pub implicit: bool,
     pub location: String,
+}
+
+/// `queue N [timeout=time]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Requests that may wait at the same time; one more gets 502.
+    pub size: usize,
+    /// How long one may wait (default 60s); then 502.
+    pub timeout: Duration,
 }
 
 /// How an `upstream` block chooses among its peers (the last method directive of the block;

@@ -328,6 +328,40 @@ fn slow_start_is_a_server_parameter_refused_after_hash_ip_hash_and_random() {
 }
 
 #[test]
+fn queue_lowers_with_nginx_plus_s_default_timeout() {
+    let c = ok(
+        "events {}\nhttp {\n upstream a { least_conn; server 127.0.0.1:1 max_conns=2; queue 100; }\n upstream b { server 127.0.0.1:1; queue 5 timeout=10s; }\n upstream c { server 127.0.0.1:1; }\n upstream d { queue 1; ip_hash; server 127.0.0.1:1; }\n}\n",
+    );
+    assert_eq!(
+        warnings(&c),
+        [
+            "\"queue\" before the balancing method has no effect in NGINX Plus; imbang applies it in /etc/imbang/t.conf:6:15"
+        ]
+    );
+    let ups = c.http.unwrap().upstreams;
+    let queues: Vec<_> = ups.iter().map(|u| u.queue).collect();
+    let q = |size, secs| {
+        Some(QueueSpec {
+            size,
+            timeout: Duration::from_secs(secs),
+        })
+    };
+    assert_eq!(queues, [q(100, 60), q(5, 10), None, q(1, 60)]);
+    let got = errors(
+        "http {\n upstream a { server 127.0.0.1:1; queue many; }\n upstream b { server 127.0.0.1:1; queue 5 wait=1s; }\n upstream c { server 127.0.0.1:1; queue 5; queue 6; }\n queue 5;\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid value \"many\" in \"queue\" directive in /etc/imbang/t.conf:2:41",
+            "invalid parameter \"wait=1s\" in /etc/imbang/t.conf:3:43",
+            "\"queue\" directive is duplicate in /etc/imbang/t.conf:4:44",
+            "\"queue\" directive is not allowed here in /etc/imbang/t.conf:5:2",
+        ]
+    );
+}
+
+#[test]
 fn balancing_method_argument_errors_use_nginx_s_words() {
     let got = errors(
         "http {\n upstream u {\n  hash $uri bogus;\n  random one;\n  random two most_conn;\n  ip_hash on;\n  least_conn x;\n  hash;\n  random two least_conn x;\n  server 127.0.0.1:1;\n }\n hash $uri;\n}\n",

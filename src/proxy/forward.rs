@@ -124,15 +124,13 @@ pub async fn forward(
     };
     let mut attempts = 0;
     loop {
-        let mut guard = match group
-            .balancer
-            .pick_with(&mut tried, Instant::now(), affinity)
-        {
+        // With `queue`, waits for a `max_conns` slot; without, fails at once.
+        let mut guard = match group.balancer.pick_waiting(&mut tried, affinity).await {
             Ok(guard) => guard,
-            Err(_) => {
+            Err(unavailable) => {
                 log!(
                     Error,
-                    "*{} no live upstreams while connecting to upstream{}",
+                    "*{} {unavailable} while connecting to upstream{}",
                     ctx.conn.id,
                     ctx.log_context(Some(&format!("http://{}{uri}", group.balancer.name())))
                 );

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::health::slow_start::SCALE;
 use super::health::{FailPolicy, PassiveHealth};
+use super::queue::WaitQueue;
 use crate::config::model::PeerSpec;
 
 /// The live state of one peer, shared by every thread and by every snapshot that has the peer
@@ -29,11 +30,21 @@ use crate::config::model::PeerSpec;
 pub struct PeerState {
     in_flight: AtomicU32,
     health: Mutex<PassiveHealth>,
+    /// The upstream's `queue` line: woken when an attempt on this peer ends.
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl PeerState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The state of a peer of the upstream whose waiting requests `queue` holds.
+    pub(crate) fn with_queue(queue: Arc<WaitQueue>) -> Self {
+        Self {
+            queue: Some(queue),
+            ..Self::default()
+        }
     }
 
     /// Attempts holding a [`PeerGuard`] on this peer right now (nginx's `conns`), counted across
@@ -171,6 +182,8 @@ pub struct PeerGuard {
     fail_policy: FailPolicy,
     /// The group's only peer (no backups): nginx never counts its failures.
     single: bool,
+    /// The peer has `max_conns`: ending the attempt frees a slot someone may be waiting for.
+    limited: bool,
     /// The outcome was reported (the guard still counts the request in flight until dropped).
     reported: bool,
 }
@@ -186,6 +199,7 @@ impl PeerGuard {
             weight: peer.weight,
             fail_policy: peer.fail_policy,
             single,
+            limited: peer.max_conns != 0,
             reported: false,
         }
     }
@@ -230,8 +244,16 @@ impl PeerGuard {
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        // Relaxed: the count guards no other data; the group lock orders the increments.
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The group lock orders the increments. A `max_conns` slot someone may wait for: the
+        // fence pairs with the one in `WaitQueue::join`, so either this sees the waiter or the
+        // waiter's pick sees the slot.
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.limited {
+            if let Some(queue) = &self.state.queue {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                queue.slot_freed();
+            }
+        }
     }
 }
 

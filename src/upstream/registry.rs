@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::PeerState;
+use super::queue::WaitQueue;
 
 /// Hands out each peer's [`PeerState`], keyed by upstream name and peer address, so a group
 /// built for a new snapshot gets the state of the same peer in the previous one.
@@ -15,6 +16,8 @@ use super::PeerState;
 #[derive(Debug, Default)]
 pub struct PeerRegistry {
     states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
+    /// Each upstream's `queue` line, alive while a peer state of the upstream is.
+    queues: Mutex<HashMap<Box<str>, Weak<WaitQueue>>>,
 }
 
 /// A peer's identity across reloads.
@@ -47,6 +50,7 @@ impl PeerRegistry {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.retain(|_, state| state.strong_count() > 0);
         let serving = states.keys().any(|key| &*key.upstream == upstream);
+        let queue = self.queue(upstream);
         let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
         addrs
             .iter()
@@ -61,11 +65,24 @@ impl PeerRegistry {
                 if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
                     return (state, false);
                 }
-                let state = Arc::new(PeerState::new());
+                let state = Arc::new(PeerState::with_queue(queue.clone()));
                 states.insert(key, Arc::downgrade(&state));
                 (state, serving)
             })
             .collect()
+    }
+
+    /// The line where requests to `upstream` wait for a `max_conns` slot: the same one for
+    /// every snapshot while any peer state of the upstream lives.
+    pub(crate) fn queue(&self, upstream: &str) -> Arc<WaitQueue> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.retain(|_, queue| queue.strong_count() > 0);
+        if let Some(queue) = queues.get(upstream).and_then(Weak::upgrade) {
+            return queue;
+        }
+        let queue = Arc::new(WaitQueue::new());
+        queues.insert(upstream.into(), Arc::downgrade(&queue));
+        queue
     }
 
     /// How many peer states are alive (used by at least one group).

@@ -2,12 +2,13 @@
 //! backups, `max_conns`, the lone-peer rule, and state kept across reloads.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::model::{BalanceMethod, PeerSpec};
+use crate::config::model::{BalanceMethod, PeerSpec, QueueSpec};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -43,6 +44,7 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         method,
         keepalive: 0,
         keepalive_timeout: 60 * SEC,
+        queue: None,
         implicit: false,
         location: "test.conf:1:1".to_owned(),
     }
@@ -790,4 +792,142 @@ fn a_peer_a_reload_adds_to_a_serving_group_ramps_up_and_startup_peers_do_not() {
     let other = UpstreamGroup::new_at(&upstream("other", specs(&[1, 1])), &registry, t0);
     assert_eq!(shares(&other, t0, 10), [5, 5]);
     drop(first);
+}
+
+// === queue ===
+
+fn queued(weights: &[u32], size: usize, timeout: Duration) -> Arc<UpstreamGroup> {
+    let specs = weights.iter().enumerate().map(|(i, &weight)| {
+        let mut spec = peer_spec(i, weight);
+        spec.max_conns = 1;
+        spec
+    });
+    let mut spec = upstream("app", specs.collect());
+    spec.queue = Some(QueueSpec { size, timeout });
+    Arc::new(UpstreamGroup::new(&spec, &PeerRegistry::new()))
+}
+
+/// Starts a request that waits for a peer; it reports the letter it got (or `-`) on `done`.
+fn waiter(
+    group: &Arc<UpstreamGroup>,
+    n: usize,
+    done: &tokio::sync::mpsc::UnboundedSender<(usize, Result<char, Unavailable>)>,
+) -> tokio::task::JoinHandle<Option<PeerGuard>> {
+    let (group, done) = (group.clone(), done.clone());
+    tokio::spawn(async move {
+        let got = group
+            .pick_waiting(&mut Tried::new(), Affinity::default())
+            .await;
+        let _ = done.send((n, got.as_ref().map(letter).map_err(|e| *e)));
+        got.ok()
+    })
+}
+
+/// Lets spawned tasks run until they all wait.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_requests_get_freed_slots_in_arrival_order() {
+    let group = queued(&[1], 2, 60 * SEC);
+    let held = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = waiter(&group, 1, &tx);
+    settle().await;
+    let second = waiter(&group, 2, &tx);
+    settle().await;
+    assert_eq!(group.waiting.len(), 2);
+    // A third finds the line full: 502 at once.
+    let third = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(third.unwrap_err(), Unavailable::QueueFull);
+
+    drop(held);
+    assert_eq!(rx.recv().await, Some((1, Ok('a'))));
+    let first = first.await.unwrap();
+    settle().await;
+    assert!(
+        rx.try_recv().is_err(),
+        "the second still waits for the first's slot"
+    );
+    drop(first);
+    assert_eq!(rx.recv().await, Some((2, Ok('a'))));
+    drop(second.await.unwrap());
+    assert!(group.waiting.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_request_does_not_overtake_the_waiting_ones() {
+    let group = queued(&[1, 1], 5, 60 * SEC);
+    let a = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let b = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let early = waiter(&group, 1, &tx);
+    settle().await;
+    drop(a); // a slot on `a`: the waiter takes it before any newcomer can
+    let late = waiter(&group, 2, &tx);
+    assert_eq!(rx.recv().await, Some((1, Ok('a'))));
+    drop(b);
+    assert_eq!(rx.recv().await, Some((2, Ok('b'))));
+    drop((early.await, late.await));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_at_most_the_queue_timeout() {
+    let group = queued(&[1], 2, 5 * SEC);
+    let _held = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let started = Instant::now();
+    let got = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::QueueTimeout);
+    assert_eq!(started.elapsed(), 5 * SEC);
+    assert!(group.waiting.is_empty(), "it left the line");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_waits_out_load_not_outages() {
+    // Both peers failed (not busy): no waiting, "no live upstreams" at once.
+    let group = queued(&[1, 1], 2, 60 * SEC);
+    let now = Instant::now();
+    let mut tried = Tried::new();
+    group.pick(&mut tried, now).unwrap().failure(now);
+    group.pick(&mut tried, now).unwrap().failure(now);
+    let got = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::NoLivePeer);
+    // Without `queue`, a busy group fails at once as before.
+    let plain = group_by(BalanceMethod::RoundRobin, &[1], |_, spec| {
+        spec.max_conns = 1
+    });
+    let _held = plain.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let got = plain
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::NoLivePeer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_client_went_away_leaves_the_line() {
+    let group = queued(&[1], 1, 60 * SEC);
+    let held = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let gone = waiter(&group, 1, &tx);
+    settle().await;
+    gone.abort();
+    settle().await;
+    assert!(group.waiting.is_empty());
+    let next = waiter(&group, 2, &tx);
+    settle().await;
+    drop(held);
+    assert_eq!(rx.recv().await, Some((2, Ok('a'))));
+    drop(next.await);
 }

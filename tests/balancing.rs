@@ -437,3 +437,53 @@ async fn a_queued_request_gets_502_when_no_slot_frees_within_the_timeout() {
     slow.release();
     assert_eq!(held.await.unwrap().0, 200);
 }
+
+/// How many of `n` sequential requests each named backend answered.
+async fn tally(lb: &Lb, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        settle(lb).await;
+        let (status, body) = lb.get("/").await;
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(name(&body)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn least_time_sends_requests_to_the_faster_backend() {
+    for method in [
+        "least_time header;",
+        "least_time last_byte inflight;",
+        "random two least_time=header;",
+    ] {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let slow = backend_with("slow", Behaviour::Delay(150), any).await;
+        let fast = backend("fast").await;
+        let lb = imbang(&conf(&format!("{method} {}", servers(&[&slow, &fast], "")))).await;
+        // The first requests measure both; then the fast one gets (nearly) everything.
+        let counts = tally(&lb, 20).await;
+        assert!(
+            counts.get("slow").copied().unwrap_or(0) <= 2,
+            "{method}: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn least_time_header_and_last_byte_measure_different_things() {
+    // `streamer` answers its head at once and the body 150 ms later; `thinker` thinks 40 ms and
+    // then answers all at once.
+    let any = "127.0.0.1:0".parse().unwrap();
+    for (mode, want) in [("header", "streamer"), ("last_byte", "thinker")] {
+        let streamer = backend_with("streamer", Behaviour::SlowBody(150), any).await;
+        let thinker = backend_with("thinker", Behaviour::Delay(40), any).await;
+        let lines = format!("least_time {mode}; {}", servers(&[&streamer, &thinker], ""));
+        let lb = imbang(&conf(&lines)).await;
+        let counts = tally(&lb, 12).await;
+        assert!(
+            counts.get(want).copied().unwrap_or(0) >= 10,
+            "{mode}: {counts:?}"
+        );
+    }
+}

@@ -336,6 +336,7 @@ pub static DIRECTIVES: &[Spec] = &[
     ),
     // --- upstream
     d("least_conn", C::UPSTREAM, NONE),
+    d("least_time", C::UPSTREAM, Range(1, 2)),
     d("ip_hash", C::UPSTREAM, NONE),
     d("hash", C::UPSTREAM, Range(1, 2)),
     d("random", C::UPSTREAM, Range(0, 2)),
@@ -374,7 +375,6 @@ pub static NOT_YET: &[&str] = &[
     "ssl_certificate_key",
     "stream",
     "health_check",
-    "least_time",
     "limit_req",
     "limit_conn",
     "auth_basic",

@@ -1151,7 +1151,7 @@ impl<'a> Lower<'a> {
             };
             match c.name.as_str() {
                 "server" => self.peer(c, &mut up.peers, &method),
-                "least_conn" | "ip_hash" | "hash" | "random" => {
+                "least_conn" | "least_time" | "ip_hash" | "hash" | "random" => {
                     if let Some(queue) = queue_at.take() {
                         self.warn(
                             "\"queue\" before the balancing method has no effect in NGINX Plus; imbang applies it".to_owned(),
@@ -1216,7 +1216,7 @@ impl<'a> Lower<'a> {
         Some(QueueSpec { size, timeout })
     }
 
-    /// `least_conn`, `ip_hash`, `hash key [consistent]`, `random [two [least_conn]]`, as nginx
+    /// `least_conn`, `least_time`, `ip_hash`, `hash key [consistent]`, `random [two [...]]`, as nginx
     /// reads them: a second method in a block warns "load balancing method redefined" and the
     /// last one wins; `server` lines after a method that cannot use backups may not say `backup`.
     fn balance_method(
@@ -1235,6 +1235,18 @@ impl<'a> Lower<'a> {
         };
         let chosen = match d.name.as_str() {
             "least_conn" => BalanceMethod::LeastConn,
+            "least_time" => {
+                let Some(mode) = TimeMode::parse(&args[0].value) else {
+                    return invalid(self, &args[0]);
+                };
+                match args.get(1) {
+                    Some(arg) if arg.value != "inflight" => return invalid(self, arg),
+                    inflight => BalanceMethod::LeastTime {
+                        mode,
+                        inflight: inflight.is_some(),
+                    },
+                }
+            }
             "ip_hash" => BalanceMethod::IpHash,
             "hash" => {
                 let consistent = match args.get(1) {
@@ -1256,15 +1268,26 @@ impl<'a> Lower<'a> {
                     Some(_) => state.random_two = true,
                     None => {}
                 }
-                if let Some(arg) = args.get(1).filter(|arg| arg.value != "least_conn") {
-                    return invalid(self, arg);
-                }
+                let least_time = match args.get(1).map(|arg| (arg, arg.value.as_str())) {
+                    None | Some((_, "least_conn")) => None,
+                    Some((arg, value)) => {
+                        let mode = value.strip_prefix("least_time=").and_then(TimeMode::parse);
+                        match mode {
+                            Some(mode) => Some(mode),
+                            None => return invalid(self, arg),
+                        }
+                    }
+                };
                 BalanceMethod::Random {
                     two: state.random_two,
+                    least_time,
                 }
             }
         };
-        state.hash_or_random = chosen != BalanceMethod::LeastConn;
+        state.hash_or_random = !matches!(
+            chosen,
+            BalanceMethod::LeastConn | BalanceMethod::LeastTime { .. }
+        );
         *method = chosen;
     }
 

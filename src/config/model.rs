@@ -400,9 +400,32 @@ pub enum BalanceMethod {
         /// `path:line:col` of the `hash` directive (for errors in `key`).
         location: String,
     },
-    /// `random [two [least_conn]]`: `two` picks two peers and keeps the one with fewer
-    /// attempts in flight per unit of weight (`least_conn`, the only criterion, is implied).
-    Random { two: bool },
+    /// `least_time header|last_byte [inflight]` (NGINX Plus): the lowest latency × load.
+    LeastTime { mode: TimeMode, inflight: bool },
+    /// `random [two [least_conn|least_time=header|last_byte]]`: `two` picks two peers and
+    /// keeps the one with fewer attempts in flight per unit of weight, or with `least_time`
+    /// (NGINX Plus) the one with the lower latency × load.
+    Random {
+        two: bool,
+        least_time: Option<TimeMode>,
+    },
+}
+
+/// What `least_time` measures to: the response head or its last byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeMode {
+    Header,
+    LastByte,
+}
+
+impl TimeMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "header" => Some(Self::Header),
+            "last_byte" => Some(Self::LastByte),
+            _ => None,
+        }
+    }
 }
 
 impl BalanceMethod {
@@ -413,6 +436,7 @@ impl BalanceMethod {
             Self::LeastConn => "least_conn",
             Self::IpHash => "ip_hash",
             Self::Hash { .. } => "hash",
+            Self::LeastTime { .. } => "least_time",
             Self::Random { .. } => "random",
         }
     }

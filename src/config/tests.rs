@@ -252,9 +252,18 @@ fn balancing_methods_lower() {
                 consistent: true,
                 location: "/etc/imbang/t.conf:6:36".into(),
             },
-            BalanceMethod::Random { two: false },
-            BalanceMethod::Random { two: true },
-            BalanceMethod::Random { two: true },
+            BalanceMethod::Random {
+                two: false,
+                least_time: None
+            },
+            BalanceMethod::Random {
+                two: true,
+                least_time: None
+            },
+            BalanceMethod::Random {
+                two: true,
+                least_time: None
+            },
         ]
     );
 }
@@ -274,7 +283,13 @@ fn a_second_method_warns_as_nginx_and_the_last_wins() {
     let ups = c.http.unwrap().upstreams;
     assert_eq!(ups[0].method, BalanceMethod::IpHash);
     // nginx keeps `two` once an upstream has said it.
-    assert_eq!(ups[1].method, BalanceMethod::Random { two: true });
+    assert_eq!(
+        ups[1].method,
+        BalanceMethod::Random {
+            two: true,
+            least_time: None
+        }
+    );
 }
 
 #[test]
@@ -357,6 +372,40 @@ fn queue_lowers_with_nginx_plus_s_default_timeout() {
             "invalid parameter \"wait=1s\" in /etc/imbang/t.conf:3:43",
             "\"queue\" directive is duplicate in /etc/imbang/t.conf:4:44",
             "\"queue\" directive is not allowed here in /etc/imbang/t.conf:5:2",
+        ]
+    );
+}
+
+#[test]
+fn least_time_and_random_two_least_time_lower_as_nginx_plus_writes_them() {
+    let got = methods(
+        "http {\n upstream a { least_time header; server 127.0.0.1:1; }\n upstream b { least_time last_byte inflight; server 127.0.0.1:1 backup slow_start=10s; }\n upstream c { random two least_time=header; server 127.0.0.1:1; }\n upstream d { random two least_time=last_byte; server 127.0.0.1:1; }\n}\n",
+    );
+    let lt = |mode, inflight| BalanceMethod::LeastTime { mode, inflight };
+    let r2 = |mode| BalanceMethod::Random {
+        two: true,
+        least_time: Some(mode),
+    };
+    assert_eq!(
+        got,
+        [
+            lt(TimeMode::Header, false),
+            lt(TimeMode::LastByte, true),
+            r2(TimeMode::Header),
+            r2(TimeMode::LastByte),
+        ]
+    );
+    let got = errors(
+        "http {\n upstream u {\n  least_time;\n  least_time first_byte;\n  least_time header all;\n  random two least_time;\n  random two least_time=body;\n  server 127.0.0.1:1;\n }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid number of arguments in \"least_time\" directive in /etc/imbang/t.conf:3:3",
+            "invalid parameter \"first_byte\" in /etc/imbang/t.conf:4:14",
+            "invalid parameter \"all\" in /etc/imbang/t.conf:5:21",
+            "invalid parameter \"least_time\" in /etc/imbang/t.conf:6:14",
+            "invalid parameter \"least_time=body\" in /etc/imbang/t.conf:7:14",
         ]
     );
 }

@@ -53,6 +53,7 @@ use crate::config::model::{QueueSpec, Upstream};
 
 pub mod balancer;
 pub mod health;
+pub mod latency;
 pub mod peer;
 pub mod queue;
 mod registry;
@@ -348,7 +349,7 @@ impl UpstreamGroup {
         if !self.single {
             peer.state().health().on_chosen(peer.fail_policy(), now);
         }
-        PeerGuard::new(peer, self.single)
+        PeerGuard::new(peer, self.single, now)
     }
 }
 

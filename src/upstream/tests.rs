@@ -639,7 +639,10 @@ fn hash_methods_reach_backups_written_before_them_through_round_robin() {
         BalanceMethod::IpHash,
         hash(false),
         hash(true),
-        BalanceMethod::Random { two: true },
+        BalanceMethod::Random {
+            two: true,
+            least_time: None,
+        },
     ] {
         let group = group_by(method.clone(), &[1, 1, 1], |i, spec| spec.backup = i == 2);
         let t0 = Instant::now();

@@ -31,6 +31,10 @@ pub enum Behaviour {
     Status(u16),
     /// Reads the request, counts it, and answers only once [`TestBackend::release`] is called.
     Hold,
+    /// Answers like `Answer`, this many milliseconds late.
+    Delay(u64),
+    /// Sends the head at once and the body this many milliseconds later.
+    SlowBody(u64),
     /// Reads the whole request, counts it, and closes the connection without answering (a peer
     /// that crashed while handling it).
     CloseAfterRead,
@@ -103,6 +107,15 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                                 let _ = released.wait_for(|r| *r).await;
                                 200
                             }
+                            Behaviour::Delay(ms) => {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                200
+                            }
+                            Behaviour::SlowBody(ms) => {
+                                let body = Bytes::from(text);
+                                let late = Box::pin(tokio::time::sleep(Duration::from_millis(ms)));
+                                return Ok(Response::new(BackendBody::Late(late, Some(body))));
+                            }
                             Behaviour::Status(s) => s,
                             Behaviour::Hang => {
                                 std::future::pending::<()>().await;
@@ -148,6 +161,8 @@ enum BackendBody {
     Full(Full<Bytes>),
     /// A pause once the 10 bytes went out (so hyper writes them), then the error.
     Broken(Option<std::pin::Pin<Box<tokio::time::Sleep>>>),
+    /// The bytes once the pause is over.
+    Late(std::pin::Pin<Box<tokio::time::Sleep>>, Option<Bytes>),
 }
 
 impl hyper::body::Body for BackendBody {
@@ -173,6 +188,10 @@ impl hyper::body::Body for BackendBody {
                 std::task::ready!(pause.as_mut().poll(cx));
                 Poll::Ready(Some(Err(std::io::Error::other("died mid-response"))))
             }
+            Self::Late(pause, bytes) => {
+                std::task::ready!(pause.as_mut().poll(cx));
+                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
         }
     }
 
@@ -181,6 +200,7 @@ impl hyper::body::Body for BackendBody {
         match self {
             Self::Full(full) => full.is_end_stream(),
             Self::Broken(_) => false,
+            Self::Late(_, bytes) => bytes.is_none(),
         }
     }
 
@@ -188,6 +208,9 @@ impl hyper::body::Body for BackendBody {
         match self {
             Self::Full(full) => full.size_hint(),
             Self::Broken(_) => hyper::body::SizeHint::default(),
+            Self::Late(_, bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -91,7 +91,9 @@ mod tests {
 
     /// Holds `n` attempts in flight on `peer`.
     fn hold(peer: &Peer, n: usize) -> Vec<PeerGuard> {
-        (0..n).map(|_| PeerGuard::new(peer, false)).collect()
+        (0..n)
+            .map(|_| PeerGuard::new(peer, false, Instant::now()))
+            .collect()
     }
 
     #[test]

@@ -487,3 +487,37 @@ async fn least_time_header_and_last_byte_measure_different_things() {
         );
     }
 }
+
+#[tokio::test]
+async fn bounded_consistent_hash_spreads_a_hot_key_past_its_overloaded_backend() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    for (method, most) in [
+        ("hash $request_uri consistent;", 6),
+        ("hash $request_uri consistent bounded=1.25;", 3),
+    ] {
+        let held = [
+            backend_with("a", Behaviour::Hold, any).await,
+            backend_with("b", Behaviour::Hold, any).await,
+            backend_with("c", Behaviour::Hold, any).await,
+        ];
+        let all: Vec<&TestBackend> = held.iter().collect();
+        let lb = imbang(&conf(&format!("{method} {}", servers(&all, "")))).await;
+        // Six requests for one URI, each held by its backend until all have arrived.
+        let addr = lb.addr;
+        let mut requests = Vec::new();
+        for n in 1..=6 {
+            requests.push(tokio::spawn(async move {
+                support::request(addr, "GET", "/hot", "x", None).await
+            }));
+            let arrived = || held.iter().map(|b| b.hits()).sum::<usize>() == n;
+            eventually("the request held", Duration::from_secs(5), arrived).await;
+        }
+        let hits: Vec<usize> = held.iter().map(|b| b.hits()).collect();
+        // Bounded: at most ceil(1.25 × 6 / 3) = 3 on any backend.
+        assert_eq!(hits.iter().copied().max(), Some(most), "{method}: {hits:?}");
+        held.iter().for_each(TestBackend::release);
+        for request in requests {
+            assert_eq!(request.await.unwrap().0, 200);
+        }
+    }
+}

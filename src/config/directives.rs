@@ -338,7 +338,7 @@ pub static DIRECTIVES: &[Spec] = &[
     d("least_conn", C::UPSTREAM, NONE),
     d("least_time", C::UPSTREAM, Range(1, 2)),
     d("ip_hash", C::UPSTREAM, NONE),
-    d("hash", C::UPSTREAM, Range(1, 2)),
+    d("hash", C::UPSTREAM, Range(1, 3)),
     d("random", C::UPSTREAM, Range(0, 2)),
     d("keepalive", C::UPSTREAM, ONE),
     d("queue", C::UPSTREAM, Range(1, 2)),

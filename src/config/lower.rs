@@ -1254,9 +1254,18 @@ impl<'a> Lower<'a> {
                     Some(arg) if arg.value == "consistent" => true,
                     Some(arg) => return invalid(self, arg),
                 };
+                // imbang's `bounded=factor`, only after `consistent`.
+                let bounded = match args.get(2) {
+                    None => None,
+                    Some(arg) => match arg.value.strip_prefix("bounded=").and_then(load_factor) {
+                        Some(factor) => Some(factor),
+                        None => return invalid(self, arg),
+                    },
+                };
                 BalanceMethod::Hash {
                     key: args[0].value.clone(),
                     consistent,
+                    bounded,
                     location: self.at(d.span),
                 }
             }
@@ -1387,6 +1396,20 @@ impl<'a> Lower<'a> {
             }
         }
     }
+}
+
+/// `bounded=`'s factor in thousandths: a decimal of at least 1 with up to 3 decimals
+/// (`1.25` → 1250), at most 100.
+fn load_factor(text: &str) -> Option<u32> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(fraction.is_empty() || digits(fraction) && fraction.len() <= 3) {
+        return None;
+    }
+    let whole: u32 = whole.parse().ok()?;
+    let fraction: u32 = format!("{fraction:0<3}").parse().ok()?;
+    let factor = whole.checked_mul(1000)? + fraction;
+    (1000..=100_000).contains(&factor).then_some(factor)
 }
 
 /// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:

@@ -393,10 +393,14 @@ pub enum BalanceMethod {
     LeastConn,
     /// `ip_hash`: the client's address (IPv4: its first three octets).
     IpHash,
-    /// `hash key [consistent]`: `key` is the directive's text, variables not yet evaluated.
+    /// `hash key [consistent [bounded=factor]]`: `key` is the directive's text, variables not
+    /// yet evaluated.
     Hash {
         key: String,
         consistent: bool,
+        /// `bounded=factor` (imbang's): no peer takes more than `factor` × the average load;
+        /// stored in thousandths (`bounded=1.25` is 1250).
+        bounded: Option<u32>,
         /// `path:line:col` of the `hash` directive (for errors in `key`).
         location: String,
     },

@@ -245,11 +245,13 @@ fn balancing_methods_lower() {
             BalanceMethod::Hash {
                 key: "$request_uri".into(),
                 consistent: false,
+                bounded: None,
                 location: "/etc/imbang/t.conf:5:15".into(),
             },
             BalanceMethod::Hash {
                 key: "$host$uri".into(),
                 consistent: true,
+                bounded: None,
                 location: "/etc/imbang/t.conf:6:36".into(),
             },
             BalanceMethod::Random {
@@ -406,6 +408,33 @@ fn least_time_and_random_two_least_time_lower_as_nginx_plus_writes_them() {
             "invalid parameter \"all\" in /etc/imbang/t.conf:5:21",
             "invalid parameter \"least_time\" in /etc/imbang/t.conf:6:14",
             "invalid parameter \"least_time=body\" in /etc/imbang/t.conf:7:14",
+        ]
+    );
+}
+
+#[test]
+fn bounded_consistent_hash_takes_a_load_factor() {
+    let got = methods(
+        "http {\n upstream a { hash $uri consistent bounded=1.25; server 127.0.0.1:1; }\n upstream b { hash $uri consistent bounded=2; server 127.0.0.1:1; }\n}\n",
+    );
+    let bounded: Vec<_> = (got.iter())
+        .map(|m| match m {
+            BalanceMethod::Hash { bounded, .. } => *bounded,
+            _ => panic!("{m:?}"),
+        })
+        .collect();
+    assert_eq!(bounded, [Some(1250), Some(2000)]);
+    let got = errors(
+        "http {\n upstream u {\n  hash $uri bounded=1.25;\n  hash $uri consistent bounded=0.9;\n  hash $uri consistent bounded=1.2345;\n  hash $uri consistent bounded=;\n  hash $uri consistent bounded;\n  server 127.0.0.1:1;\n }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid parameter \"bounded=1.25\" in /etc/imbang/t.conf:3:13",
+            "invalid parameter \"bounded=0.9\" in /etc/imbang/t.conf:4:24",
+            "invalid parameter \"bounded=1.2345\" in /etc/imbang/t.conf:5:24",
+            "invalid parameter \"bounded=\" in /etc/imbang/t.conf:6:24",
+            "invalid parameter \"bounded\" in /etc/imbang/t.conf:7:24",
         ]
     );
 }

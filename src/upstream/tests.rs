@@ -558,6 +558,7 @@ fn hash(consistent: bool) -> BalanceMethod {
     BalanceMethod::Hash {
         key: "$request_uri".into(),
         consistent,
+        bounded: None,
         location: "test.conf:1:1".into(),
     }
 }

@@ -7,7 +7,7 @@
 //! | [`least_time::LeastTime`]                 | `least_time` (Plus)      | lowest latency × (in flight + 1) per weight; ties by round robin |
 //! | [`ip_hash::IpHash`]                       | `ip_hash`                | by the client address (IPv4: a /24)       |
 //! | [`hash::Hash`]                            | `hash key`               | by a key, modulo the total weight         |
-//! | [`consistent_hash::ConsistentHash`]       | `hash key consistent`    | by a key on a ketama ring                 |
+//! | [`consistent_hash::ConsistentHash`]       | `hash key consistent [bounded=]` | by a key on a ketama ring; `bounded`: past peers over their share of the load |
 //! | [`random::Random`]                        | `random [two [least_time=]]` | weighted random; `two`: the less loaded (or faster) of two |
 //!
 //! Every balancer applies the same eligibility tests ([`PickContext::is_eligible`]); what
@@ -120,8 +120,10 @@ pub fn from_config(method: &BalanceMethod, peers: &[Peer], backups: bool) -> Box
             consistent: false, ..
         } => Box::new(hash::Hash::new(peers)),
         BalanceMethod::Hash {
-            consistent: true, ..
-        } => Box::new(consistent_hash::ConsistentHash::new(peers)),
+            consistent: true,
+            bounded,
+            ..
+        } => Box::new(consistent_hash::ConsistentHash::new(peers).bounded(*bounded)),
         BalanceMethod::Random { two, least_time } => {
             Box::new(random::Random::new(peers, *two, *least_time))
         }

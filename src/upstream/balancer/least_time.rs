@@ -5,7 +5,7 @@
 //! - `latency` is the peer's peak EWMA of the time to the response head (`header`) or to its
 //!   last byte (`last_byte`), fading when it is not refreshed (so a peer slow once is tried
 //!   again), and the group average for a peer without samples (see
-//!   [`latency`](crate::upstream::latency));
+//!   [`crate::upstream::latency`]);
 //! - `in flight + 1` is the load the peer would carry with this request, so a fast peer is not
 //!   buried under every request (Plus: "least average response time and least number of active
 //!   connections");

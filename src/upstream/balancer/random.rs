@@ -8,7 +8,7 @@
 //!   flight per unit of weight wins (the second on a tie). Every draw but the one that
 //!   completes the pair counts toward the 20.
 //! - `random two least_time=header|last_byte` (NGINX Plus): the one with the lower `least_time`
-//!   score wins instead (latency × load, see [`least_time`](super::least_time)). The group
+//!   score wins instead (latency × load, see [`super::least_time`]). The group
 //!   average that new and stale estimates lean on is recomputed at most once a second, so a
 //!   pick still looks at two peers only.
 //!

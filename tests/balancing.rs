@@ -321,3 +321,203 @@ fn an_unknown_variable_in_the_hash_key_is_a_config_error() {
         "unknown \"no_such_thing\" variable in /test/imbang.conf:3:27"
     );
 }
+
+#[tokio::test]
+async fn slow_start_keeps_a_server_a_reload_adds_nearly_idle_at_first() {
+    let [a, b, c] = three().await;
+    let lb = imbang(&conf(&servers(&[&a, &b], ""))).await;
+    assert_eq!(names(&lb, &["/"; 4]).await, "abab");
+    // c joins a serving group with slow_start=1h: seconds into its ramp it weighs about a
+    // thousandth of a or b, so round robin gives it nothing in 40 requests.
+    let with_c = format!(
+        "{} server {} slow_start=1h;",
+        servers(&[&a, &b], ""),
+        c.addr
+    );
+    lb.reload(&conf(&with_c)).await;
+    let got = names(&lb, &["/"; 40]).await;
+    assert_eq!(got.matches('c').count(), 0, "{got}");
+    // Without slow_start a new server gets its share at once.
+    let d = backend("d").await;
+    let with_d = format!("{with_c} server {};", d.addr);
+    lb.reload(&conf(&with_d)).await;
+    let got = names(&lb, &["/"; 40]).await;
+    assert!(got.matches('d').count() >= 12, "{got}");
+}
+
+#[tokio::test]
+async fn slow_start_after_a_backend_comes_back_from_its_fail_timeout() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let b_addr = b.addr;
+    let lb = imbang(&conf(&format!(
+        "server {}; server {} fail_timeout=1s slow_start=1h;",
+        a.addr, b.addr
+    )))
+    .await;
+    b.stop();
+    for _ in 0..4 {
+        assert_eq!(lb.get("/").await.0, 200);
+    }
+    let b = backend_with("b", Behaviour::Answer, b_addr).await;
+    // After fail_timeout one trial request reaches b; it succeeds, and b starts its ramp.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.hits() == 0 {
+        assert_eq!(lb.get("/").await.0, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = names(&lb, &["/"; 40]).await;
+    assert_eq!(got.matches('b').count(), 0, "{got}");
+    assert_eq!(b.hits(), 1);
+}
+
+#[tokio::test]
+async fn queue_holds_requests_for_a_max_conns_slot_then_502s_on_overflow_and_timeout() {
+    let slow = backend_with("slow", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let lb = imbang(&conf(&format!(
+        "server {} max_conns=1; queue 1 timeout=30s;",
+        slow.addr
+    )))
+    .await;
+    let addr = lb.addr;
+    let get =
+        move || tokio::spawn(async move { support::request(addr, "GET", "/", "x", None).await });
+    let first = get();
+    eventually("the first request held", Duration::from_secs(5), || {
+        slow.hits() == 1
+    })
+    .await;
+    let second = get(); // waits in the queue for the slot
+    let waiting = || {
+        lb.server
+            .snapshot()
+            .group("app")
+            .unwrap()
+            .balancer
+            .waiting()
+    };
+    eventually("the second request queued", Duration::from_secs(5), || {
+        waiting() == 1
+    })
+    .await;
+    // The queue holds 1: a third request is refused at once.
+    let (status, _) = lb.get("/").await;
+    assert_eq!(status, 502);
+    slow.release();
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(
+        second.await.unwrap().0,
+        200,
+        "served once the slot was free"
+    );
+    assert_eq!(slow.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_queued_request_gets_502_when_no_slot_frees_within_the_timeout() {
+    let slow = backend_with("slow", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let lb = imbang(&conf(&format!(
+        "server {} max_conns=1; queue 10 timeout=300ms;",
+        slow.addr
+    )))
+    .await;
+    let addr = lb.addr;
+    let held = tokio::spawn(async move { support::request(addr, "GET", "/", "x", None).await });
+    eventually("the first request held", Duration::from_secs(5), || {
+        slow.hits() == 1
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(lb.get("/").await.0, 502);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    slow.release();
+    assert_eq!(held.await.unwrap().0, 200);
+}
+
+/// How many of `n` sequential requests each named backend answered.
+async fn tally(lb: &Lb, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        settle(lb).await;
+        let (status, body) = lb.get("/").await;
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(name(&body)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn least_time_sends_requests_to_the_faster_backend() {
+    for method in [
+        "least_time header;",
+        "least_time last_byte inflight;",
+        "random two least_time=header;",
+    ] {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let slow = backend_with("slow", Behaviour::Delay(150), any).await;
+        let fast = backend("fast").await;
+        let lb = imbang(&conf(&format!("{method} {}", servers(&[&slow, &fast], "")))).await;
+        // The first requests measure both; then the fast one gets (nearly) everything.
+        let counts = tally(&lb, 20).await;
+        assert!(
+            counts.get("slow").copied().unwrap_or(0) <= 2,
+            "{method}: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn least_time_header_and_last_byte_measure_different_things() {
+    // `streamer` answers its head at once and the body 150 ms later; `thinker` thinks 40 ms and
+    // then answers all at once.
+    let any = "127.0.0.1:0".parse().unwrap();
+    for (mode, want) in [("header", "streamer"), ("last_byte", "thinker")] {
+        let streamer = backend_with("streamer", Behaviour::SlowBody(150), any).await;
+        let thinker = backend_with("thinker", Behaviour::Delay(40), any).await;
+        let lines = format!("least_time {mode}; {}", servers(&[&streamer, &thinker], ""));
+        let lb = imbang(&conf(&lines)).await;
+        let counts = tally(&lb, 12).await;
+        assert!(
+            counts.get(want).copied().unwrap_or(0) >= 10,
+            "{mode}: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bounded_consistent_hash_spreads_a_hot_key_past_its_overloaded_backend() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    for (method, most) in [
+        ("hash $request_uri consistent;", 6),
+        ("hash $request_uri consistent bounded=1.25;", 3),
+    ] {
+        let held = [
+            backend_with("a", Behaviour::Hold, any).await,
+            backend_with("b", Behaviour::Hold, any).await,
+            backend_with("c", Behaviour::Hold, any).await,
+        ];
+        let all: Vec<&TestBackend> = held.iter().collect();
+        let lb = imbang(&conf(&format!("{method} {}", servers(&all, "")))).await;
+        // Six requests for one URI, each held by its backend until all have arrived.
+        let addr = lb.addr;
+        let mut requests = Vec::new();
+        for n in 1..=6 {
+            requests.push(tokio::spawn(async move {
+                support::request(addr, "GET", "/hot", "x", None).await
+            }));
+            let arrived = || held.iter().map(|b| b.hits()).sum::<usize>() == n;
+            eventually("the request held", Duration::from_secs(5), arrived).await;
+        }
+        let hits: Vec<usize> = held.iter().map(|b| b.hits()).collect();
+        // Bounded: at most ceil(1.25 × 6 / 3) = 3 on any backend.
+        assert_eq!(hits.iter().copied().max(), Some(most), "{method}: {hits:?}");
+        held.iter().for_each(TestBackend::release);
+        for request in requests {
+            assert_eq!(request.await.unwrap().0, 200);
+        }
+    }
+}

@@ -159,3 +159,195 @@ async fn weights_give_nginx_s_smooth_sequence() {
         ["a", "a", "b", "a", "c", "a", "a"]
     );
 }
+
+// === what each failure does to a request with a body (issue 5's failover matrix) ===
+
+/// `servers` (each `server ...;` line) in `upstream app`, `http` holding `extra` directives.
+fn conf_with(servers: &str, extra: &str) -> String {
+    format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           {extra}
+           upstream app {{ {servers} }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://app; }} }}
+         }}"
+    )
+}
+
+/// `method /` with a body of `len` bytes, over a new connection.
+async fn send(lb: &support::Lb, method: &str, len: usize) -> Result<(u16, String), String> {
+    let body = "x".repeat(len);
+    let body = (len > 0).then_some(body.as_str());
+    support::try_request(lb.addr, method, "/", "localhost", body).await
+}
+
+/// Below nginx's default `client_body_buffer_size` (8k): kept in memory, can be sent again.
+const KEPT: usize = 6000;
+/// Above it: streamed to the first peer, cannot be sent again.
+const STREAMED: usize = 50_000;
+
+async fn crashing() -> support::TestBackend {
+    let any = "127.0.0.1:0".parse().unwrap();
+    backend_with("crash", Behaviour::CloseAfterRead, any).await
+}
+
+#[tokio::test]
+async fn a_post_whose_first_peer_refused_arrives_complete_at_the_next() {
+    for len in [KEPT, STREAMED] {
+        let dead = backend("dead").await;
+        dead.stop();
+        let a = backend("a").await;
+        let lb = imbang(&two(&dead, &a, "")).await;
+        let (status, body) = send(&lb, "POST", len).await.unwrap();
+        assert_eq!((status, body), (200, format!("a POST / body={len}")));
+        assert_eq!((a.hits(), a.body_bytes()), (1, len), "once, whole");
+    }
+}
+
+#[tokio::test]
+async fn a_kept_put_is_sent_again_after_the_peer_crashed_with_it() {
+    let crash = crashing().await;
+    let b = backend("b").await;
+    let lb = imbang(&two(&crash, &b, "")).await;
+    let (status, body) = send(&lb, "PUT", KEPT).await.unwrap();
+    assert_eq!((status, body), (200, format!("b PUT / body={KEPT}")));
+    assert_eq!((crash.hits(), b.hits(), b.body_bytes()), (1, 1, KEPT));
+}
+
+#[tokio::test]
+async fn a_post_that_reached_a_peer_is_never_sent_again() {
+    for len in [0, KEPT, STREAMED] {
+        let crash = crashing().await;
+        let b = backend("b").await;
+        let lb = imbang(&two(&crash, &b, "")).await;
+        let (status, _) = send(&lb, "POST", len).await.unwrap();
+        assert_eq!(status, 502, "body of {len}");
+        assert_eq!(
+            (crash.hits(), b.hits()),
+            (1, 0),
+            "executed once, body of {len}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_put_is_not_sent_again_either() {
+    let crash = crashing().await;
+    let b = backend("b").await;
+    let lb = imbang(&two(&crash, &b, "")).await;
+    assert_eq!(send(&lb, "PUT", STREAMED).await.unwrap().0, 502);
+    assert_eq!((crash.hits(), b.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn non_idempotent_lets_a_kept_post_go_to_the_next_peer() {
+    let crash = crashing().await;
+    let b = backend("b").await;
+    let servers = format!("server {}; server {};", crash.addr, b.addr);
+    let lb = imbang(&conf_with(
+        &servers,
+        "proxy_next_upstream error timeout non_idempotent;",
+    ))
+    .await;
+    let (status, body) = send(&lb, "POST", KEPT).await.unwrap();
+    assert_eq!((status, body), (200, format!("b POST / body={KEPT}")));
+    // Executed by both: what `non_idempotent` asks for.
+    assert_eq!((crash.hits(), b.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_peer_breaking_mid_response_closes_the_client_connection_and_nothing_is_retried() {
+    for (method, len) in [("GET", 0), ("POST", KEPT)] {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let broken = backend_with("broken", Behaviour::BreakMidBody, any).await;
+        let b = backend("b").await;
+        let lb = imbang(&two(&broken, &b, "")).await;
+        let got = send(&lb, method, len).await;
+        assert!(
+            got.is_err(),
+            "{method}: a short body must not look complete: {got:?}"
+        );
+        assert_eq!((broken.hits(), b.hits()), (1, 0), "{method}: not retried");
+    }
+}
+
+#[tokio::test]
+async fn a_peer_breaking_mid_response_leaves_the_client_a_short_body_and_a_closed_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let any = "127.0.0.1:0".parse().unwrap();
+    let broken = backend_with("broken", Behaviour::BreakMidBody, any).await;
+    let lb = imbang(&two(&broken, &backend("b").await, "")).await;
+    let mut stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bytes));
+    read.await.expect("the connection is closed").ok();
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{head}"
+    );
+    assert_eq!(
+        body, "0123456789",
+        "the bytes the peer sent, then the connection closed"
+    );
+}
+
+#[tokio::test]
+async fn a_502_with_http_502_listed_moves_a_get_on_but_not_a_post() {
+    for (method, len, want) in [
+        ("GET", 0, "b GET /"),
+        ("POST", KEPT, "bad POST / body=6000"),
+    ] {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let bad = backend_with("bad", Behaviour::Status(502), any).await;
+        let b = backend("b").await;
+        let servers = format!("server {}; server {};", bad.addr, b.addr);
+        let lb = imbang(&conf_with(
+            &servers,
+            "proxy_next_upstream error timeout http_502;",
+        ))
+        .await;
+        let (status, body) = send(&lb, method, len).await.unwrap();
+        let status_want = if method == "GET" { 200 } else { 502 };
+        assert_eq!((status, body.as_str()), (status_want, want), "{method}");
+        let b_hits = usize::from(method == "GET");
+        assert_eq!((bad.hits(), b.hits()), (1, b_hits), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_hung_peer_s_timeout_is_a_504_for_a_post_with_a_body_never_resent() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let hung = backend_with("hung", Behaviour::Hang, any).await;
+    let b = backend("b").await;
+    let servers = format!("server {}; server {};", hung.addr, b.addr);
+    let lb = imbang(&conf_with(&servers, "proxy_read_timeout 300ms;")).await;
+    assert_eq!(send(&lb, "POST", KEPT).await.unwrap().0, 504);
+    assert_eq!((hung.hits(), b.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn client_body_buffer_size_decides_which_bodies_can_be_sent_again() {
+    for (setting, len, want) in [
+        ("client_body_buffer_size 1k;", KEPT, 502),
+        ("client_body_buffer_size 64k;", STREAMED, 200),
+    ] {
+        let crash = crashing().await;
+        let b = backend("b").await;
+        let servers = format!("server {}; server {};", crash.addr, b.addr);
+        let lb = imbang(&conf_with(&servers, setting)).await;
+        let (status, _) = send(&lb, "PUT", len).await.unwrap();
+        assert_eq!(status, want, "{setting} PUT of {len}");
+        assert_eq!(
+            b.body_bytes(),
+            if want == 200 { len } else { 0 },
+            "{setting}"
+        );
+    }
+}

@@ -241,12 +241,7 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("gzip_disable", HSL, AtLeast(1), NO_GZIP),
     d("keepalive_timeout", HSL, Range(1, 2)),
     d("keepalive_requests", HSL, ONE),
-    no_effect(
-        "client_body_buffer_size",
-        HSL,
-        ONE,
-        "request bodies are streamed",
-    ),
+    d("client_body_buffer_size", HSL, ONE),
     no_effect(
         "client_header_buffer_size",
         HS,
@@ -351,10 +346,12 @@ pub static DIRECTIVES: &[Spec] = &[
     ),
     // --- upstream
     d("least_conn", C::UPSTREAM, NONE),
+    d("least_time", C::UPSTREAM, Range(1, 2)),
     d("ip_hash", C::UPSTREAM, NONE),
-    d("hash", C::UPSTREAM, Range(1, 2)),
+    d("hash", C::UPSTREAM, Range(1, 3)),
     d("random", C::UPSTREAM, Range(0, 2)),
     d("keepalive", C::UPSTREAM, ONE),
+    d("queue", C::UPSTREAM, Range(1, 2)),
     no_effect(
         "keepalive_requests",
         C::UPSTREAM,
@@ -387,7 +384,6 @@ pub static NOT_YET: &[&str] = &[
     "ssl_certificate_key",
     "stream",
     "health_check",
-    "least_time",
     "limit_req",
     "limit_conn",
     "auth_basic",

@@ -85,6 +85,7 @@ struct Frame {
     intercept_errors: Option<bool>,
     keepalive_requests: Option<u64>,
     client_body_timeout: Option<Duration>,
+    client_body_buffer_size: Option<u64>,
 }
 
 impl Frame {
@@ -135,6 +136,8 @@ impl Frame {
             intercept_errors: self.intercept_errors.or(parent.intercept_errors),
             keepalive_requests: self.keepalive_requests.or(parent.keepalive_requests),
             client_body_timeout: self.client_body_timeout.or(parent.client_body_timeout),
+            client_body_buffer_size: (self.client_body_buffer_size)
+                .or(parent.client_body_buffer_size),
         }
     }
 
@@ -170,6 +173,8 @@ impl Frame {
             internal: false,
             keepalive_requests: self.keepalive_requests.unwrap_or(1000),
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
+            client_body_buffer_size: (self.client_body_buffer_size)
+                .unwrap_or(DEFAULT_CLIENT_BODY_BUFFER_SIZE),
         })
     }
 }
@@ -189,13 +194,20 @@ struct MethodState {
     set: bool,
     /// A `random two` was seen.
     random_two: bool,
-    /// The last method was `hash`, `ip_hash` or `random`: later `server` lines may not say `backup`.
-    no_backup: bool,
+    /// The last method was `hash`, `ip_hash` or `random`: later `server` lines may not say
+    /// `backup` or `slow_start`.
+    hash_or_random: bool,
 }
 
 impl MethodState {
     fn allows_backup(&self) -> bool {
-        !self.no_backup
+        !self.hash_or_random
+    }
+
+    /// NGINX Plus: "cannot be used along with the hash, ip_hash, and random load balancing
+    /// methods" (the same methods that refuse `backup`).
+    fn allows_slow_start(&self) -> bool {
+        !self.hash_or_random
     }
 }
 
@@ -612,6 +624,10 @@ impl<'a> Lower<'a> {
             },
             "client_max_body_size" => match values::size(&args[0].value) {
                 Some(n) => f.client_max_body_size = Some(n),
+                None => self.invalid(format!("\"{}\" directive invalid value", d.name), args[0].span),
+            },
+            "client_body_buffer_size" => match values::size(&args[0].value) {
+                Some(n) => f.client_body_buffer_size = Some(n),
                 None => self.invalid(format!("\"{}\" directive invalid value", d.name), args[0].span),
             },
             _ => return false,
@@ -1191,6 +1207,7 @@ impl<'a> Lower<'a> {
                 backup: false,
                 down: false,
                 max_conns: 0,
+                slow_start: Duration::ZERO,
             })
             .collect();
         ups.by_name.insert(name.clone(), ups.groups.len());
@@ -1200,6 +1217,7 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            queue: None,
             implicit: true,
             location: self.at(d.span),
         });
@@ -1220,18 +1238,27 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            queue: None,
             implicit: false,
             location: self.at(d.span),
         };
         let mut seen = Seen::default();
         let mut method = MethodState::default();
+        // Where `queue` was, until a method directive follows it (NGINX Plus wants it after).
+        let mut queue_at = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::UPSTREAM) else {
                 continue;
             };
             match c.name.as_str() {
-                "server" => self.peer(c, &mut up.peers, method.allows_backup()),
-                "least_conn" | "ip_hash" | "hash" | "random" => {
+                "server" => self.peer(c, &mut up.peers, &method),
+                "least_conn" | "least_time" | "ip_hash" | "hash" | "random" => {
+                    if let Some(queue) = queue_at.take() {
+                        self.warn(
+                            "\"queue\" before the balancing method has no effect in NGINX Plus; imbang applies it".to_owned(),
+                            queue,
+                        );
+                    }
                     self.balance_method(c, &mut up.method, &mut method);
                 }
                 _ if !self.once(&mut seen, spec, c) => {}
@@ -1243,6 +1270,10 @@ impl<'a> Lower<'a> {
                     if let Some(t) = self.duration_arg(c, &c.args[0]) {
                         up.keepalive_timeout = t;
                     }
+                }
+                "queue" => {
+                    up.queue = self.queue(c);
+                    queue_at = Some(c.span);
                 }
                 _ => {}
             }
@@ -1260,7 +1291,33 @@ impl<'a> Lower<'a> {
         ups.groups.push(up);
     }
 
-    /// `least_conn`, `ip_hash`, `hash key [consistent]`, `random [two [least_conn]]`, as nginx
+    /// `queue number [timeout=time]` (NGINX Plus; timeout 60s by default).
+    fn queue(&mut self, d: &Directive) -> Option<QueueSpec> {
+        let size = match values::number(&d.args[0].value) {
+            Some(n) => n as usize,
+            None => {
+                self.invalid_value(d, &d.args[0]);
+                return None;
+            }
+        };
+        let mut timeout = Duration::from_secs(60);
+        if let Some(arg) = d.args.get(1) {
+            match arg
+                .value
+                .strip_prefix("timeout=")
+                .and_then(values::duration)
+            {
+                Some(t) => timeout = t,
+                None => {
+                    self.invalid(format!("invalid parameter \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+            }
+        }
+        Some(QueueSpec { size, timeout })
+    }
+
+    /// `least_conn`, `least_time`, `ip_hash`, `hash key [consistent]`, `random [two [...]]`, as nginx
     /// reads them: a second method in a block warns "load balancing method redefined" and the
     /// last one wins; `server` lines after a method that cannot use backups may not say `backup`.
     fn balance_method(
@@ -1279,6 +1336,18 @@ impl<'a> Lower<'a> {
         };
         let chosen = match d.name.as_str() {
             "least_conn" => BalanceMethod::LeastConn,
+            "least_time" => {
+                let Some(mode) = TimeMode::parse(&args[0].value) else {
+                    return invalid(self, &args[0]);
+                };
+                match args.get(1) {
+                    Some(arg) if arg.value != "inflight" => return invalid(self, arg),
+                    inflight => BalanceMethod::LeastTime {
+                        mode,
+                        inflight: inflight.is_some(),
+                    },
+                }
+            }
             "ip_hash" => BalanceMethod::IpHash,
             "hash" => {
                 let consistent = match args.get(1) {
@@ -1286,9 +1355,18 @@ impl<'a> Lower<'a> {
                     Some(arg) if arg.value == "consistent" => true,
                     Some(arg) => return invalid(self, arg),
                 };
+                // imbang's `bounded=factor`, only after `consistent`.
+                let bounded = match args.get(2) {
+                    None => None,
+                    Some(arg) => match arg.value.strip_prefix("bounded=").and_then(load_factor) {
+                        Some(factor) => Some(factor),
+                        None => return invalid(self, arg),
+                    },
+                };
                 BalanceMethod::Hash {
                     key: args[0].value.clone(),
                     consistent,
+                    bounded,
                     location: self.at(d.span),
                 }
             }
@@ -1300,21 +1378,33 @@ impl<'a> Lower<'a> {
                     Some(_) => state.random_two = true,
                     None => {}
                 }
-                if let Some(arg) = args.get(1).filter(|arg| arg.value != "least_conn") {
-                    return invalid(self, arg);
-                }
+                let least_time = match args.get(1).map(|arg| (arg, arg.value.as_str())) {
+                    None | Some((_, "least_conn")) => None,
+                    Some((arg, value)) => {
+                        let mode = value.strip_prefix("least_time=").and_then(TimeMode::parse);
+                        match mode {
+                            Some(mode) => Some(mode),
+                            None => return invalid(self, arg),
+                        }
+                    }
+                };
                 BalanceMethod::Random {
                     two: state.random_two,
+                    least_time,
                 }
             }
         };
-        state.no_backup = chosen != BalanceMethod::LeastConn;
+        state.hash_or_random = !matches!(
+            chosen,
+            BalanceMethod::LeastConn | BalanceMethod::LeastTime { .. }
+        );
         *method = chosen;
     }
 
-    /// One `server` line of an `upstream` block. `backup_allowed` is false after a method
-    /// directive that has no use for backups (nginx checks the method seen so far).
-    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, backup_allowed: bool) {
+    /// One `server` line of an `upstream` block. After a method directive that has no use for
+    /// `backup` or `slow_start` (hash, ip_hash, random), those parameters are errors: nginx
+    /// checks each `server` line against the method seen so far.
+    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, method: &MethodState) {
         let addr_arg = &d.args[0];
         let mut spec = PeerSpec {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -1325,6 +1415,7 @@ impl<'a> Lower<'a> {
             backup: false,
             down: false,
             max_conns: 0,
+            slow_start: Duration::ZERO,
         };
         let mut ok = true;
         for p in &d.args[1..] {
@@ -1343,7 +1434,21 @@ impl<'a> Lower<'a> {
                 "fail_timeout" => values::duration(value)
                     .map(|t| spec.fail_timeout = t)
                     .is_some(),
-                "backup" if value.is_empty() && !backup_allowed => {
+                "slow_start" if !method.allows_slow_start() => {
+                    self.invalid(
+                        format!(
+                            "balancing method does not support parameter \"{}\"",
+                            p.value
+                        ),
+                        p.span,
+                    );
+                    ok = false;
+                    continue;
+                }
+                "slow_start" => values::duration(value)
+                    .map(|t| spec.slow_start = t)
+                    .is_some(),
+                "backup" if value.is_empty() && !method.allows_backup() => {
                     self.invalid(
                         format!(
                             "balancing method does not support parameter \"{}\"",
@@ -1392,6 +1497,20 @@ impl<'a> Lower<'a> {
             }
         }
     }
+}
+
+/// `bounded=`'s factor in thousandths: a decimal of at least 1 with up to 3 decimals
+/// (`1.25` → 1250), at most 100.
+fn load_factor(text: &str) -> Option<u32> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(fraction.is_empty() || digits(fraction) && fraction.len() <= 3) {
+        return None;
+    }
+    let whole: u32 = whole.parse().ok()?;
+    let fraction: u32 = format!("{fraction:0<3}").parse().ok()?;
+    let factor = whole.checked_mul(1000)? + fraction;
+    (1000..=100_000).contains(&factor).then_some(factor)
 }
 
 /// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:

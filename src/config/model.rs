@@ -202,6 +202,9 @@ pub struct LocationConf {
     pub keepalive_requests: u64,
     /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
     pub client_body_timeout: Duration,
+    /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
+    /// memory before the first attempt, so it can be sent again to the next peer.
+    pub client_body_buffer_size: u64,
 }
 
 /// `error_page code ... [=[response]] uri|@name|URL;`
@@ -222,6 +225,9 @@ pub enum ErrorPageStatus {
     /// `=NNN`.
     Fixed(u16),
 }
+
+/// nginx's default `client_body_buffer_size`: two memory pages, 8k on x86-64.
+pub const DEFAULT_CLIENT_BODY_BUFFER_SIZE: u64 = 8 * 1024;
 
 /// One `access_log path [format]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,9 +397,21 @@ pub struct Upstream {
     /// default (nginx does not without this directive).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
+    /// `queue N [timeout=time]` (NGINX Plus): requests that find every eligible peer at
+    /// `max_conns` wait for a free slot instead of failing.
+    pub queue: Option<QueueSpec>,
     /// True when made from a `proxy_pass http://host:port` with no `upstream` block.
     pub implicit: bool,
     pub location: String,
+}
+
+/// `queue N [timeout=time]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Requests that may wait at the same time; one more gets 502.
+    pub size: usize,
+    /// How long one may wait (default 60s); then 502.
+    pub timeout: Duration,
 }
 
 /// How an `upstream` block chooses among its peers (the last method directive of the block;
@@ -407,16 +425,43 @@ pub enum BalanceMethod {
     LeastConn,
     /// `ip_hash`: the client's address (IPv4: its first three octets).
     IpHash,
-    /// `hash key [consistent]`: `key` is the directive's text, variables not yet evaluated.
+    /// `hash key [consistent [bounded=factor]]`: `key` is the directive's text, variables not
+    /// yet evaluated.
     Hash {
         key: String,
         consistent: bool,
+        /// `bounded=factor` (imbang's): no peer takes more than `factor` × the average load;
+        /// stored in thousandths (`bounded=1.25` is 1250).
+        bounded: Option<u32>,
         /// `path:line:col` of the `hash` directive (for errors in `key`).
         location: String,
     },
-    /// `random [two [least_conn]]`: `two` picks two peers and keeps the one with fewer
-    /// attempts in flight per unit of weight (`least_conn`, the only criterion, is implied).
-    Random { two: bool },
+    /// `least_time header|last_byte [inflight]` (NGINX Plus): the lowest latency × load.
+    LeastTime { mode: TimeMode, inflight: bool },
+    /// `random [two [least_conn|least_time=header|last_byte]]`: `two` picks two peers and
+    /// keeps the one with fewer attempts in flight per unit of weight, or with `least_time`
+    /// (NGINX Plus) the one with the lower latency × load.
+    Random {
+        two: bool,
+        least_time: Option<TimeMode>,
+    },
+}
+
+/// What `least_time` measures to: the response head or its last byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeMode {
+    Header,
+    LastByte,
+}
+
+impl TimeMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "header" => Some(Self::Header),
+            "last_byte" => Some(Self::LastByte),
+            _ => None,
+        }
+    }
 }
 
 impl BalanceMethod {
@@ -427,6 +472,7 @@ impl BalanceMethod {
             Self::LeastConn => "least_conn",
             Self::IpHash => "ip_hash",
             Self::Hash { .. } => "hash",
+            Self::LeastTime { .. } => "least_time",
             Self::Random { .. } => "random",
         }
     }
@@ -446,4 +492,7 @@ pub struct PeerSpec {
     pub down: bool,
     /// 0 = no limit.
     pub max_conns: u32,
+    /// `slow_start=time` (NGINX Plus): after the peer recovers, or is added by a reload, its
+    /// weight climbs from about 0 to `weight` over this time. Zero = off.
+    pub slow_start: Duration,
 }

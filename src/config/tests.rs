@@ -245,16 +245,27 @@ fn balancing_methods_lower() {
             BalanceMethod::Hash {
                 key: "$request_uri".into(),
                 consistent: false,
+                bounded: None,
                 location: "/etc/imbang/t.conf:5:15".into(),
             },
             BalanceMethod::Hash {
                 key: "$host$uri".into(),
                 consistent: true,
+                bounded: None,
                 location: "/etc/imbang/t.conf:6:36".into(),
             },
-            BalanceMethod::Random { two: false },
-            BalanceMethod::Random { two: true },
-            BalanceMethod::Random { two: true },
+            BalanceMethod::Random {
+                two: false,
+                least_time: None
+            },
+            BalanceMethod::Random {
+                two: true,
+                least_time: None
+            },
+            BalanceMethod::Random {
+                two: true,
+                least_time: None
+            },
         ]
     );
 }
@@ -274,7 +285,13 @@ fn a_second_method_warns_as_nginx_and_the_last_wins() {
     let ups = c.http.unwrap().upstreams;
     assert_eq!(ups[0].method, BalanceMethod::IpHash);
     // nginx keeps `two` once an upstream has said it.
-    assert_eq!(ups[1].method, BalanceMethod::Random { two: true });
+    assert_eq!(
+        ups[1].method,
+        BalanceMethod::Random {
+            two: true,
+            least_time: None
+        }
+    );
 }
 
 #[test]
@@ -298,6 +315,128 @@ fn backup_is_refused_after_a_method_that_cannot_use_it() {
     let ups = c.http.unwrap().upstreams;
     assert!(ups.iter().all(|u| u.peers[1].backup));
     assert_eq!(ups[0].method, BalanceMethod::IpHash);
+}
+
+#[test]
+fn slow_start_is_a_server_parameter_refused_after_hash_ip_hash_and_random() {
+    let c = ok(
+        "http {\n upstream a { server 127.0.0.1:1 slow_start=30s; server 127.0.0.1:2; }\n upstream b { least_conn; server 127.0.0.1:1 slow_start=1m weight=2; }\n upstream c { server 127.0.0.1:1 slow_start=5s; hash $uri; }\n}\n",
+    );
+    let ups = c.http.unwrap().upstreams;
+    assert_eq!(ups[0].peers[0].slow_start, Duration::from_secs(30));
+    assert_eq!(ups[0].peers[1].slow_start, Duration::ZERO);
+    assert_eq!(ups[1].peers[0].slow_start, Duration::from_secs(60));
+    // As with `backup`, a line read before the method keeps it (it then only matters to the
+    // round-robin fallback).
+    assert_eq!(ups[2].peers[0].slow_start, Duration::from_secs(5));
+    let got = errors(
+        "http {\n upstream a { hash $uri; server 127.0.0.1:1 slow_start=30s; }\n upstream b { ip_hash; server 127.0.0.1:1 slow_start=30s; }\n upstream c { random two; server 127.0.0.1:1 slow_start=30s; }\n upstream d { server 127.0.0.1:1 slow_start=soon; server 127.0.0.1:2 slow_start; }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:2:45",
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:3:43",
+            "balancing method does not support parameter \"slow_start=30s\" in /etc/imbang/t.conf:4:46",
+            "invalid parameter \"slow_start=soon\" in /etc/imbang/t.conf:5:34",
+            "invalid parameter \"slow_start\" in /etc/imbang/t.conf:5:70",
+        ]
+    );
+}
+
+#[test]
+fn queue_lowers_with_nginx_plus_s_default_timeout() {
+    let c = ok(
+        "events {}\nhttp {\n upstream a { least_conn; server 127.0.0.1:1 max_conns=2; queue 100; }\n upstream b { server 127.0.0.1:1; queue 5 timeout=10s; }\n upstream c { server 127.0.0.1:1; }\n upstream d { queue 1; ip_hash; server 127.0.0.1:1; }\n}\n",
+    );
+    assert_eq!(
+        warnings(&c),
+        [
+            "\"queue\" before the balancing method has no effect in NGINX Plus; imbang applies it in /etc/imbang/t.conf:6:15"
+        ]
+    );
+    let ups = c.http.unwrap().upstreams;
+    let queues: Vec<_> = ups.iter().map(|u| u.queue).collect();
+    let q = |size, secs| {
+        Some(QueueSpec {
+            size,
+            timeout: Duration::from_secs(secs),
+        })
+    };
+    assert_eq!(queues, [q(100, 60), q(5, 10), None, q(1, 60)]);
+    let got = errors(
+        "http {\n upstream a { server 127.0.0.1:1; queue many; }\n upstream b { server 127.0.0.1:1; queue 5 wait=1s; }\n upstream c { server 127.0.0.1:1; queue 5; queue 6; }\n queue 5;\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid value \"many\" in \"queue\" directive in /etc/imbang/t.conf:2:41",
+            "invalid parameter \"wait=1s\" in /etc/imbang/t.conf:3:43",
+            "\"queue\" directive is duplicate in /etc/imbang/t.conf:4:44",
+            "\"queue\" directive is not allowed here in /etc/imbang/t.conf:5:2",
+        ]
+    );
+}
+
+#[test]
+fn least_time_and_random_two_least_time_lower_as_nginx_plus_writes_them() {
+    let got = methods(
+        "http {\n upstream a { least_time header; server 127.0.0.1:1; }\n upstream b { least_time last_byte inflight; server 127.0.0.1:1 backup slow_start=10s; }\n upstream c { random two least_time=header; server 127.0.0.1:1; }\n upstream d { random two least_time=last_byte; server 127.0.0.1:1; }\n}\n",
+    );
+    let lt = |mode, inflight| BalanceMethod::LeastTime { mode, inflight };
+    let r2 = |mode| BalanceMethod::Random {
+        two: true,
+        least_time: Some(mode),
+    };
+    assert_eq!(
+        got,
+        [
+            lt(TimeMode::Header, false),
+            lt(TimeMode::LastByte, true),
+            r2(TimeMode::Header),
+            r2(TimeMode::LastByte),
+        ]
+    );
+    let got = errors(
+        "http {\n upstream u {\n  least_time;\n  least_time first_byte;\n  least_time header all;\n  random two least_time;\n  random two least_time=body;\n  server 127.0.0.1:1;\n }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid number of arguments in \"least_time\" directive in /etc/imbang/t.conf:3:3",
+            "invalid parameter \"first_byte\" in /etc/imbang/t.conf:4:14",
+            "invalid parameter \"all\" in /etc/imbang/t.conf:5:21",
+            "invalid parameter \"least_time\" in /etc/imbang/t.conf:6:14",
+            "invalid parameter \"least_time=body\" in /etc/imbang/t.conf:7:14",
+        ]
+    );
+}
+
+#[test]
+fn bounded_consistent_hash_takes_a_load_factor() {
+    let got = methods(
+        "http {\n upstream a { hash $uri consistent bounded=1.25; server 127.0.0.1:1; }\n upstream b { hash $uri consistent bounded=2; server 127.0.0.1:1; }\n}\n",
+    );
+    let bounded: Vec<_> = (got.iter())
+        .map(|m| match m {
+            BalanceMethod::Hash { bounded, .. } => *bounded,
+            _ => panic!("{m:?}"),
+        })
+        .collect();
+    assert_eq!(bounded, [Some(1250), Some(2000)]);
+    let got = errors(
+        "http {\n upstream u {\n  hash $uri bounded=1.25;\n  hash $uri consistent bounded=0.9;\n  hash $uri consistent bounded=1.2345;\n  hash $uri consistent bounded=;\n  hash $uri consistent bounded;\n  server 127.0.0.1:1;\n }\n}\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "invalid parameter \"bounded=1.25\" in /etc/imbang/t.conf:3:13",
+            "invalid parameter \"bounded=0.9\" in /etc/imbang/t.conf:4:24",
+            "invalid parameter \"bounded=1.2345\" in /etc/imbang/t.conf:5:24",
+            "invalid parameter \"bounded=\" in /etc/imbang/t.conf:6:24",
+            "invalid parameter \"bounded\" in /etc/imbang/t.conf:7:24",
+        ]
+    );
 }
 
 #[test]

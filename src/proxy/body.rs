@@ -106,7 +106,9 @@ impl Streamed {
         if let Some(c) = self.checkin.take() {
             c.pool.checkin(c.addr, c.sender, c.max_idle);
         }
-        self.guard = None;
+        if let Some(guard) = self.guard.take() {
+            guard.body_done(Instant::now()); // `least_time last_byte`
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
@@ -74,22 +76,33 @@ pub async fn forward(
         headers.remove(header::TRANSFER_ENCODING);
     }
     let body = body.filter(|b| settings.pass_request_body && !b.is_end_stream());
-    let empty_body = body.is_none();
-    let facts = RequestFacts {
-        idempotent: retry::is_idempotent(&method),
-        // A streamed body is gone once sent; an empty one can be sent again.
-        body_replayable: empty_body,
-    };
     let fault = Arc::new(ClientFault::default());
-    let body = match body {
-        None => UpstreamBody::Empty,
-        Some(body) => UpstreamBody::Client(ClientBody {
+    // A body kept in memory can go to every attempt; a streamed one only to the first.
+    let mut kept = None;
+    let buffer_size = route.conf.client_body_buffer_size;
+    let body_timeout = route.conf.client_body_timeout;
+    let body = match keep_body(body, buffer_size, body_timeout).await {
+        Ok(Ok(bytes)) => kept_body(kept.insert(bytes)),
+        Ok(Err(body)) => UpstreamBody::Client(ClientBody {
             body,
             left: (limit > 0 && length.is_none()).then_some(limit),
             fault: fault.clone(),
-            timeout: route.conf.client_body_timeout,
+            timeout: body_timeout,
             timer: None,
         }),
+        Err(e) => {
+            log!(
+                Info,
+                "*{} client sent invalid request body or timed out ({e}){}",
+                ctx.conn.id,
+                ctx.log_context(None)
+            );
+            return Err(e);
+        }
+    };
+    let facts = RequestFacts {
+        idempotent: retry::is_idempotent(&method),
+        body_replayable: kept.is_some(),
     };
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
     let peers = group.balancer.tries().max(1);
@@ -99,8 +112,12 @@ pub async fn forward(
     };
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
     let mut request = Some(build(&method, &uri, version, headers.clone(), body));
-    let replay = (facts.idempotent && facts.body_replayable)
-        .then_some(|| build(&method, &uri, version, headers.clone(), UpstreamBody::Empty));
+    // The request again, with the kept body: for the next peer, and for the keep-alive race.
+    let again = |kept: &Bytes| build(&method, &uri, version, headers.clone(), kept_body(kept));
+    let replay = kept
+        .as_ref()
+        .filter(|_| facts.idempotent)
+        .map(|kept| move || again(kept));
     let mut tried = Tried::new();
     // What ip_hash and hash choose by (the same for every attempt of this request).
     let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
@@ -110,15 +127,13 @@ pub async fn forward(
     };
     let mut attempts = 0;
     loop {
-        let mut guard = match group
-            .balancer
-            .pick_with(&mut tried, Instant::now(), affinity)
-        {
+        // With `queue`, waits for a `max_conns` slot; without, fails at once.
+        let mut guard = match group.balancer.pick_waiting(&mut tried, affinity).await {
             Ok(guard) => guard,
-            Err(_) => {
+            Err(unavailable) => {
                 log!(
                     Error,
-                    "*{} no live upstreams while connecting to upstream{}",
+                    "*{} {unavailable} while connecting to upstream{}",
                     ctx.conn.id,
                     ctx.log_context(Some(&format!("http://{}{uri}", group.balancer.name())))
                 );
@@ -130,8 +145,8 @@ pub async fn forward(
         record.try_started(addr);
         let req = match request.take() {
             Some(req) => req,
-            // Only reached when the body is replayable (checked before `continue`).
-            None => build(&method, &uri, version, headers.clone(), UpstreamBody::Empty),
+            // Only reached when the body is kept (checked before `continue`).
+            None => again(kept.as_ref().expect("a kept body")),
         };
         let target = Target {
             shared,
@@ -387,6 +402,39 @@ fn switch_protocols(
     }
     upgrade::tunnel(client, upstream, idle_timeout, conn_id);
     Ok(Response::from_parts(parts, ResponseBody::empty()))
+}
+
+/// Reads the client's body into memory when it can be kept for another attempt: it is empty,
+/// or framed by a `Content-Length` of at most `client_body_buffer_size` (nginx reads such a
+/// body into its buffer before connecting, too). `Ok(Err(body))`: stream it once, as it
+/// arrives (chunked, or larger). `Err`: the client broke the body off.
+async fn keep_body(
+    body: Option<Incoming>,
+    buffer_size: u64,
+    timeout: Duration,
+) -> Result<Result<Bytes, Incoming>, ProxyError> {
+    let Some(body) = body else {
+        return Ok(Ok(Bytes::new()));
+    };
+    // hyper's framing, not the header: a request with both Content-Length and
+    // Transfer-Encoding is read as chunked, and has no exact length.
+    if body.size_hint().exact().is_none_or(|n| n > buffer_size) {
+        return Ok(Err(body));
+    }
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(Ok(collected.to_bytes())),
+        Ok(Err(_)) => Err(ProxyError::BadRequest("invalid request body")),
+        Err(_) => Err(ProxyError::ClientTimeout),
+    }
+}
+
+/// A kept body, for one attempt.
+fn kept_body(kept: &Bytes) -> UpstreamBody {
+    if kept.is_empty() {
+        UpstreamBody::Empty
+    } else {
+        UpstreamBody::Full(Some(kept.clone()))
+    }
 }
 
 fn build(

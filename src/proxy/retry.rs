@@ -92,6 +92,12 @@ mod tests {
         idempotent: true,
         body_replayable: false,
     };
+    /// A PUT whose body (up to `client_body_buffer_size`) imbang kept in memory.
+    const KEPT_PUT: RequestFacts = GET;
+    const STREAMED_POST: RequestFacts = RequestFacts {
+        idempotent: false,
+        body_replayable: false,
+    };
 
     #[test]
     fn retry_decision_table() {
@@ -127,6 +133,12 @@ mod tests {
             (ResponseHead(502), Status, GET, with_502, true),
             (ResponseHead(502), Status, POST, with_502, false),
             (ResponseHead(500), Status, GET, with_502, false),
+            (Nothing, Error, STREAMED_POST, default, true),
+            (RequestSent, Error, STREAMED_POST, non_idem, false),
+            (RequestSent, Error, KEPT_PUT, default, true),
+            (RequestSent, Timeout, KEPT_PUT, default, true),
+            (ResponseHead(502), Status, KEPT_PUT, with_502, true),
+            (ResponseHead(502), Status, STREAMED_PUT, with_502, false),
         ];
         for (i, (reached, failure, req, policy, want)) in cases.into_iter().enumerate() {
             assert_eq!(may_retry(reached, failure, req, &policy), want, "case {i}");

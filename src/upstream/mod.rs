@@ -5,7 +5,8 @@
 //! | this one     | [`UpstreamGroup`] (one per `upstream` block per snapshot), [`Tried`], [`PeerRegistry`] |
 //! | [`peer`]     | [`Peer`] (settings), [`PeerState`] (shared live state), [`PeerGuard`] (one attempt) |
 //! | [`balancer`] | the [`Balancer`] trait and nginx's methods: round robin, least_conn, ip_hash, hash (plain and consistent), random |
-//! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine                   |
+//! | [`health`]   | `max_fails` / `fail_timeout` as a pure state machine, `slow_start`      |
+//! | [`queue`]    | NGINX Plus's `queue`: requests waiting in line for a `max_conns` slot ([`UpstreamGroup::pick_waiting`]) |
 //!
 //! A request picks, attempts, reports, and picks again while its retry budget lasts. Only the
 //! first report of an attempt counts; the guard counts the request in flight until dropped:
@@ -44,20 +45,23 @@
 //! round-robin weights per group, failure counts and in-flight counts per peer.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use crate::config::model::Upstream;
+use crate::config::model::{QueueSpec, Upstream};
 
 pub mod balancer;
 pub mod health;
+pub mod latency;
 pub mod peer;
+pub mod queue;
 mod registry;
 mod tried;
 
 use balancer::{Balancer, PickContext};
 pub use peer::{Peer, PeerGuard, PeerState};
+pub use queue::{Unavailable, WaitQueue};
 pub use registry::PeerRegistry;
 pub use tried::Tried;
 
@@ -66,6 +70,14 @@ pub use tried::Tried;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no live upstreams")]
 pub struct NoLivePeer;
+
+/// Why a pick that may wait found no peer.
+enum NoPeer {
+    /// Some peer the request may use is only at its `max_conns`: worth waiting for.
+    Busy,
+    /// Every peer is failed, `down` or tried.
+    Dead,
+}
 
 /// What `ip_hash` and `hash` choose a peer by, for one request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -102,6 +114,10 @@ pub struct UpstreamGroup {
     tries: usize,
     /// The selection lock: held for one pick, never across an attempt.
     selection: Mutex<Selection>,
+    /// `queue N [timeout=]`: whether and how long requests wait for a `max_conns` slot.
+    queue: Option<QueueSpec>,
+    /// The upstream's waiting line (shared across reloads).
+    waiting: Arc<WaitQueue>,
 }
 
 #[derive(Debug)]
@@ -112,8 +128,14 @@ struct Selection {
 
 impl UpstreamGroup {
     /// Builds the group for `spec`, taking each peer's state from `registry` (so a peer kept
-    /// by a reload keeps its failures and in-flight count).
+    /// by a reload keeps its failures and in-flight count). A peer that a reload adds to a
+    /// serving group starts its `slow_start` ramp now.
     pub fn new(spec: &Upstream, registry: &PeerRegistry) -> Self {
+        Self::new_at(spec, registry, Instant::now())
+    }
+
+    /// [`new`](Self::new) at `now`.
+    pub fn new_at(spec: &Upstream, registry: &PeerRegistry, now: Instant) -> Self {
         let ordered: Vec<_> = (spec.peers.iter().filter(|p| !p.backup))
             .chain(spec.peers.iter().filter(|p| p.backup))
             .collect();
@@ -123,7 +145,12 @@ impl UpstreamGroup {
             .into_iter()
             .zip(states)
             .enumerate()
-            .map(|(index, (spec, state))| Peer::new(index, spec, state))
+            .map(|(index, (spec, (state, joined)))| {
+                if joined {
+                    state.health().start_ramp(now);
+                }
+                Peer::new(index, spec, state)
+            })
             .collect();
         let primaries = peers.iter().filter(|p| !p.is_backup()).count();
         let (primary, backup) = peers.split_at(primaries);
@@ -138,6 +165,8 @@ impl UpstreamGroup {
             primaries,
             peers,
             selection: Mutex::new(selection),
+            queue: spec.queue,
+            waiting: registry.queue(&spec.name),
         }
     }
 
@@ -160,6 +189,11 @@ impl UpstreamGroup {
     /// lowers it.
     pub fn tries(&self) -> usize {
         self.tries
+    }
+
+    /// Requests waiting in this upstream's `queue` now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// Peers by index: primaries, then backups.
@@ -215,6 +249,91 @@ impl UpstreamGroup {
         Ok(self.take(&backups[i], tried, now))
     }
 
+    /// [`pick_with`](Self::pick_with) that, with `queue` configured, waits in line for a
+    /// `max_conns` slot when every peer that could take the request is busy (see [`queue`]).
+    /// Without `queue`, or when no peer is merely busy, it fails at once like `pick_with`.
+    pub async fn pick_waiting(
+        &self,
+        tried: &mut Tried,
+        affinity: Affinity<'_>,
+    ) -> Result<PeerGuard, Unavailable> {
+        let Some(spec) = self.queue else {
+            return (self.pick_with(tried, Instant::now(), affinity))
+                .map_err(|NoLivePeer| Unavailable::NoLivePeer);
+        };
+        // Nobody waiting: try at once. Otherwise join the line behind the others.
+        if self.waiting.is_empty() {
+            match self.try_pick(tried, affinity) {
+                Ok(guard) => return Ok(guard),
+                Err(NoPeer::Dead) => return Err(Unavailable::NoLivePeer),
+                Err(NoPeer::Busy) => {}
+            }
+        }
+        let ticket = self.waiting.join(spec.size).ok_or(Unavailable::QueueFull)?;
+        let deadline = Instant::now() + spec.timeout;
+        if !ticket.was_first() {
+            self.waiting.wake_first(); // room may have appeared without an attempt ending
+        } else if let Some(done) = self.pick_in_line(tried, affinity, &ticket) {
+            return done; // a slot freed between the first try and joining
+        }
+        loop {
+            if tokio::time::timeout_at(deadline, ticket.woken())
+                .await
+                .is_err()
+            {
+                return Err(Unavailable::QueueTimeout);
+            }
+            if let Some(done) = self.pick_in_line(tried, affinity, &ticket) {
+                return done;
+            }
+        }
+    }
+
+    /// One pick by a request that may wait. A failed pick leaves `tried` as it was, so a later
+    /// one can still reach the primaries.
+    fn try_pick(&self, tried: &mut Tried, affinity: Affinity<'_>) -> Result<PeerGuard, NoPeer> {
+        let now = Instant::now();
+        let before = tried.clone();
+        self.pick_with(tried, now, affinity).map_err(|NoLivePeer| {
+            *tried = before;
+            if self.busy(tried, now) {
+                NoPeer::Busy
+            } else {
+                NoPeer::Dead
+            }
+        })
+    }
+
+    /// A waiter's pick: `Some` when it is done waiting (a peer, or no live peer at all),
+    /// `None` to keep its place. A retrying waiter that finds no room passes the wake-up on.
+    fn pick_in_line(
+        &self,
+        tried: &mut Tried,
+        affinity: Affinity<'_>,
+        ticket: &queue::Ticket<'_>,
+    ) -> Option<Result<PeerGuard, Unavailable>> {
+        match self.try_pick(tried, affinity) {
+            Ok(guard) => Some(Ok(guard)),
+            Err(NoPeer::Dead) => Some(Err(Unavailable::NoLivePeer)),
+            Err(NoPeer::Busy) => {
+                if tried.count() > 0 {
+                    ticket.wake_next();
+                }
+                None
+            }
+        }
+    }
+
+    /// True if some peer this request may still use is kept out only by its `max_conns`.
+    fn busy(&self, tried: &Tried, now: Instant) -> bool {
+        self.peers.iter().any(|peer| {
+            !tried.contains(peer.index())
+                && !peer.is_down()
+                && peer.at_max_conns()
+                && (self.single || peer.state().health().is_available(peer.fail_policy(), now))
+        })
+    }
+
     /// nginx's shortcut for a lone peer: only `down` and `max_conns` can keep it out. (nginx
     /// does not look at `tried` here because it allows a lone peer a single try; checking it
     /// keeps that rule for callers that ask again.)
@@ -230,7 +349,7 @@ impl UpstreamGroup {
         if !self.single {
             peer.state().health().on_chosen(peer.fail_policy(), now);
         }
-        PeerGuard::new(peer, self.single)
+        PeerGuard::new(peer, self.single, now)
     }
 }
 

@@ -3,12 +3,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::health::slow_start::SCALE;
 use super::health::{FailPolicy, PassiveHealth};
+use super::latency::Timing;
+use super::queue::WaitQueue;
 use crate::config::model::PeerSpec;
 
 /// The live state of one peer, shared by every thread and by every snapshot that has the peer
@@ -21,17 +26,33 @@ use crate::config::model::PeerSpec;
 ///   old snapshot still finishing requests and the new one share this state but not their
 ///   locks. A per-peer lock also keeps reports (nginx takes a per-peer lock in `free` too) from
 ///   waiting on picks of other peers. Picks take it briefly for each candidate peer.
+/// - Latency estimates for `least_time` sit behind their own per-peer mutex, taken once per
+///   response to record and by `least_time` picks to read.
 /// - The smooth round-robin `current_weight` is not here: it is balancer state, rebuilt with
 ///   each snapshot as nginx rebuilds it on reload.
 #[derive(Debug, Default)]
 pub struct PeerState {
     in_flight: AtomicU32,
+    /// The sum of the start times of the attempts in flight (nanoseconds since [`epoch`]), for
+    /// their average age (`least_time ... inflight`).
+    in_flight_since: AtomicU64,
     health: Mutex<PassiveHealth>,
+    timing: Mutex<Timing>,
+    /// The upstream's `queue` line: woken when an attempt on this peer ends.
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl PeerState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The state of a peer of the upstream whose waiting requests `queue` holds.
+    pub(crate) fn with_queue(queue: Arc<WaitQueue>) -> Self {
+        Self {
+            queue: Some(queue),
+            ..Self::default()
+        }
     }
 
     /// Attempts holding a [`PeerGuard`] on this peer right now (nginx's `conns`), counted across
@@ -45,11 +66,40 @@ impl PeerState {
         self.health().fails()
     }
 
+    /// How long, on average, the attempts in flight on this peer have been running at `now`,
+    /// in microseconds (0 with none).
+    pub fn in_flight_age_us(&self, now: Instant) -> f64 {
+        let n = u64::from(self.in_flight.load(Ordering::SeqCst));
+        if n == 0 {
+            return 0.0;
+        }
+        let mean_start = self.in_flight_since.load(Ordering::SeqCst) / n;
+        since_epoch(now).saturating_sub(mean_start) as f64 / 1e3
+    }
+
+    /// The latency estimates (`least_time`). Never held across an `.await` or another lock.
+    pub(crate) fn timing(&self) -> MutexGuard<'_, Timing> {
+        self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Locks the passive health state. Never held across an `.await` or another peer's lock.
     pub(crate) fn health(&self) -> MutexGuard<'_, PassiveHealth> {
         // The state stays consistent even if a holder panicked: every update is a few stores.
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The instant in-flight start times count from: an hour before the first time anyone asked.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
+fn since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
 /// A peer as one snapshot's group sees it: the `server` line's settings plus the shared state.
@@ -62,6 +112,7 @@ pub struct Peer {
     weight: u32,
     fail_policy: FailPolicy,
     max_conns: u32,
+    slow_start: Duration,
     down: bool,
     backup: bool,
     state: Arc<PeerState>,
@@ -79,6 +130,7 @@ impl Peer {
                 fail_timeout: spec.fail_timeout,
             },
             max_conns: spec.max_conns,
+            slow_start: spec.slow_start,
             down: spec.down,
             backup: spec.backup,
             state,
@@ -107,6 +159,21 @@ impl Peer {
 
     pub fn fail_policy(&self) -> FailPolicy {
         self.fail_policy
+    }
+
+    /// `slow_start` on the `server` line (zero: off).
+    pub fn slow_start(&self) -> Duration {
+        self.slow_start
+    }
+
+    /// The configured weight at `now` in thousandths, on the peer's `slow_start` ramp if it is
+    /// on one (see [`slow_start`](super::health::slow_start)). Takes the health lock only when
+    /// the peer has `slow_start`.
+    pub fn weight_at(&self, now: Instant) -> u64 {
+        if self.slow_start.is_zero() {
+            return u64::from(self.weight) * SCALE;
+        }
+        (self.state.health()).scaled_weight(self.weight, self.slow_start, now)
     }
 
     /// `down` on the `server` line.
@@ -152,22 +219,38 @@ pub struct PeerGuard {
     fail_policy: FailPolicy,
     /// The group's only peer (no backups): nginx never counts its failures.
     single: bool,
+    /// The peer has `max_conns`: ending the attempt frees a slot someone may be waiting for.
+    limited: bool,
     /// The outcome was reported (the guard still counts the request in flight until dropped).
     reported: bool,
+    /// The reported outcome was a success (a response to time to its last byte).
+    answered: bool,
+    /// When the peer was picked: attempts' latencies are measured from here.
+    started: Instant,
+    /// `started` as added to the peer's `in_flight_since`.
+    since: u64,
 }
 
 impl PeerGuard {
     /// Counts the attempt as in flight. Called under the group's selection lock, so that
     /// `max_conns` is checked and the count raised in one step.
-    pub(crate) fn new(peer: &Peer, single: bool) -> Self {
-        peer.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new(peer: &Peer, single: bool, now: Instant) -> Self {
+        let since = since_epoch(now);
+        peer.state
+            .in_flight_since
+            .fetch_add(since, Ordering::SeqCst);
+        peer.state.in_flight.fetch_add(1, Ordering::SeqCst);
         Self {
             state: Arc::clone(&peer.state),
             addr: peer.addr,
             weight: peer.weight,
             fail_policy: peer.fail_policy,
             single,
+            limited: peer.max_conns != 0,
             reported: false,
+            answered: false,
+            started: now,
+            since,
         }
     }
 
@@ -175,17 +258,43 @@ impl PeerGuard {
         self.addr
     }
 
-    /// The peer answered: forgives its failures if it was chosen after a quiet `fail_timeout`.
+    /// The peer answered (its response head arrived): forgives its failures if it was chosen
+    /// after a quiet `fail_timeout`, and records the time to the head for `least_time header`.
     /// Only the first report of an attempt counts.
     pub fn success(&mut self) {
+        self.success_at(Instant::now());
+    }
+
+    /// [`success`](Self::success), the head having arrived at `now`.
+    pub fn success_at(&mut self, now: Instant) {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
-        let mut health = self.state.health();
-        if self.single {
-            health.clear_fails();
-        } else {
-            health.on_success();
+        self.answered = true;
+        let recovered = {
+            let mut health = self.state.health();
+            if self.single {
+                health.clear_fails();
+                false
+            } else {
+                health.on_success(self.fail_policy)
+            }
+        };
+        let mut timing = self.state.timing();
+        if recovered {
+            // Times from before the outage say nothing now: start again from the average.
+            *timing = Timing::default();
+        }
+        let took = now.saturating_duration_since(self.started);
+        timing.header.observe(took, now);
+    }
+
+    /// The response body ended at `now` after a [`success`](Self::success): records the time to
+    /// the last byte for `least_time last_byte`, and ends the attempt.
+    pub fn body_done(self, now: Instant) {
+        if self.answered {
+            let took = now.saturating_duration_since(self.started);
+            self.state.timing().last_byte.observe(took, now);
         }
     }
 
@@ -211,8 +320,17 @@ impl PeerGuard {
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        // Relaxed: the count guards no other data; the group lock orders the increments.
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The group lock orders the increments. A `max_conns` slot someone may wait for: the
+        // fence pairs with the one in `WaitQueue::join`, so either this sees the waiter or the
+        // waiter's pick sees the slot.
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        (self.state.in_flight_since).fetch_sub(self.since, Ordering::SeqCst);
+        if self.limited {
+            if let Some(queue) = &self.state.queue {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                queue.slot_freed();
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::PeerState;
+use super::queue::WaitQueue;
 
 /// Hands out each peer's [`PeerState`], keyed by upstream name and peer address, so a group
 /// built for a new snapshot gets the state of the same peer in the previous one.
@@ -15,6 +16,8 @@ use super::PeerState;
 #[derive(Debug, Default)]
 pub struct PeerRegistry {
     states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
+    /// Each upstream's `queue` line, alive while a peer state of the upstream is.
+    queues: Mutex<HashMap<Box<str>, Weak<WaitQueue>>>,
 }
 
 /// A peer's identity across reloads.
@@ -34,9 +37,20 @@ impl PeerRegistry {
 
     /// The states for `addrs` (in order) of upstream `upstream`: the live ones reused, new
     /// ones created. Also forgets entries whose state no snapshot uses any more.
-    pub(crate) fn states(&self, upstream: &str, addrs: &[SocketAddr]) -> Vec<Arc<PeerState>> {
+    ///
+    /// Each state comes with `joined`: true for a new peer of an upstream that already had live
+    /// peers, i.e. a server a reload added to a group that is serving (its `slow_start` ramp
+    /// begins). Peers of a new upstream, and every peer at startup, are not "joining": they all
+    /// start together.
+    pub(crate) fn states(
+        &self,
+        upstream: &str,
+        addrs: &[SocketAddr],
+    ) -> Vec<(Arc<PeerState>, bool)> {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.retain(|_, state| state.strong_count() > 0);
+        let serving = states.keys().any(|key| &*key.upstream == upstream);
+        let queue = self.queue(upstream);
         let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
         addrs
             .iter()
@@ -49,13 +63,26 @@ impl PeerRegistry {
                 };
                 *nth += 1;
                 if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
-                    return state;
+                    return (state, false);
                 }
-                let state = Arc::new(PeerState::new());
+                let state = Arc::new(PeerState::with_queue(queue.clone()));
                 states.insert(key, Arc::downgrade(&state));
-                state
+                (state, serving)
             })
             .collect()
+    }
+
+    /// The line where requests to `upstream` wait for a `max_conns` slot: the same one for
+    /// every snapshot while any peer state of the upstream lives.
+    pub(crate) fn queue(&self, upstream: &str) -> Arc<WaitQueue> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.retain(|_, queue| queue.strong_count() > 0);
+        if let Some(queue) = queues.get(upstream).and_then(Weak::upgrade) {
+            return queue;
+        }
+        let queue = Arc::new(WaitQueue::new());
+        queues.insert(upstream.into(), Arc::downgrade(&queue));
+        queue
     }
 
     /// How many peer states are alive (used by at least one group).

@@ -2,12 +2,13 @@
 //! backups, `max_conns`, the lone-peer rule, and state kept across reloads.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::model::{BalanceMethod, PeerSpec};
+use crate::config::model::{BalanceMethod, PeerSpec, QueueSpec};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -24,6 +25,7 @@ pub(crate) fn peer_spec(i: usize, weight: u32) -> PeerSpec {
         backup: false,
         down: false,
         max_conns: 0,
+        slow_start: Duration::ZERO,
     }
 }
 
@@ -42,6 +44,7 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         method,
         keepalive: 0,
         keepalive_timeout: 60 * SEC,
+        queue: None,
         implicit: false,
         location: "test.conf:1:1".to_owned(),
     }
@@ -555,6 +558,7 @@ fn hash(consistent: bool) -> BalanceMethod {
     BalanceMethod::Hash {
         key: "$request_uri".into(),
         consistent,
+        bounded: None,
         location: "test.conf:1:1".into(),
     }
 }
@@ -636,7 +640,10 @@ fn hash_methods_reach_backups_written_before_them_through_round_robin() {
         BalanceMethod::IpHash,
         hash(false),
         hash(true),
-        BalanceMethod::Random { two: true },
+        BalanceMethod::Random {
+            two: true,
+            least_time: None,
+        },
     ] {
         let group = group_by(method.clone(), &[1, 1, 1], |i, spec| spec.backup = i == 2);
         let t0 = Instant::now();
@@ -675,4 +682,256 @@ fn ip_hash_group_keeps_a_client_on_one_peer() {
         assert_eq!(client([10, 0, 0, host]), 'a');
         assert_eq!(client([192, 168, 1, host]), 'b');
     }
+}
+
+// === slow_start ===
+
+/// How many of `n` new requests at `now` each peer gets, by letter order.
+fn shares(group: &UpstreamGroup, now: Instant, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; group.len()];
+    for _ in 0..n {
+        let guard = group.pick(&mut Tried::new(), now).expect("a peer");
+        counts[(guard.addr().port() - 1) as usize] += 1;
+    }
+    counts
+}
+
+/// New requests at `now` until one goes to `a`, which succeeds; the others succeed too.
+fn until_a_succeeds(group: &UpstreamGroup, now: Instant) {
+    for _ in 0..10 {
+        let mut guard = group.pick(&mut Tried::new(), now).expect("a peer");
+        guard.success();
+        if letter(&guard) == 'a' {
+            return;
+        }
+    }
+    panic!("a never picked");
+}
+
+#[test]
+fn a_recovered_peer_climbs_back_to_its_weight_over_slow_start() {
+    // a: slow_start=10s; a and b weight 1. a fails, sits out fail_timeout, its trial succeeds.
+    let group = group(&[1, 1], |i, spec| {
+        if i == 0 {
+            spec.slow_start = 10 * SEC;
+        }
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    let t1 = t0 + 11 * SEC;
+    until_a_succeeds(&group, t1); // the trial: a recovers at t1
+    assert_eq!(state(&group, 'a').fails(), 0);
+    // Shares in thousandths: a has 1000 × elapsed / 10s, b 1000. Smooth round robin hands out
+    // those proportions over a whole cycle (give or take the one request the currents left
+    // over from the cycle before).
+    let cases = [(1, [100, 1000]), (5, [500, 1000]), (10, [1000, 1000])];
+    for (after, want) in cases {
+        let got = shares(&group, t1 + after * SEC, want.iter().sum());
+        let close = got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 1);
+        assert!(close, "{after}s into the ramp: {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn a_success_that_forgives_without_an_outage_starts_no_ramp() {
+    // max_fails=2: one failure never took a out, so no ramp when it is forgiven.
+    let group = group(&[1, 1], |_, spec| {
+        spec.slow_start = 10 * SEC;
+        spec.max_fails = 2;
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    until_a_succeeds(&group, t0 + 11 * SEC);
+    assert_eq!(state(&group, 'a').fails(), 0);
+    assert_eq!(shares(&group, t0 + 12 * SEC, 10), [5, 5]);
+}
+
+#[test]
+fn least_conn_lets_a_recovering_peer_carry_load_in_proportion_to_its_ramp() {
+    let group = group_by(BalanceMethod::LeastConn, &[1, 1], |i, spec| {
+        if i == 0 {
+            spec.slow_start = 10 * SEC;
+        }
+    });
+    let t0 = Instant::now();
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    let t1 = t0 + 11 * SEC;
+    until_a_succeeds(&group, t1); // a's trial: recovered at t1
+    // 2s into a 10s ramp a weighs 0.2 of b. Keep every request in flight: b carries 5 for each
+    // one a carries (a's 2nd request waits until b has 5, as 2 / 0.2 = 10 > 5 ... and so on).
+    let held: Vec<PeerGuard> = (0..30)
+        .map(|_| group.pick(&mut Tried::new(), t1 + 2 * SEC).unwrap())
+        .collect();
+    let on_a = held.iter().filter(|g| letter(g) == 'a').count();
+    assert_eq!((on_a, held.len() - on_a), (5, 25));
+    drop(held);
+    // Once the ramp is over they share equally again.
+    let held: Vec<PeerGuard> = (0..30)
+        .map(|_| group.pick(&mut Tried::new(), t1 + 10 * SEC).unwrap())
+        .collect();
+    assert_eq!(held.iter().filter(|g| letter(g) == 'a').count(), 15);
+}
+
+#[test]
+fn a_peer_a_reload_adds_to_a_serving_group_ramps_up_and_startup_peers_do_not() {
+    let registry = PeerRegistry::new();
+    let t0 = Instant::now();
+    let slow = |_: usize, spec: &mut PeerSpec| spec.slow_start = 10 * SEC;
+    let specs = |weights: &[u32]| -> Vec<PeerSpec> {
+        let specs = weights.iter().enumerate().map(|(i, &w)| {
+            let mut spec = peer_spec(i, w);
+            slow(i, &mut spec);
+            spec
+        });
+        specs.collect()
+    };
+    // Startup: a and b are both new, nobody ramps.
+    let first = UpstreamGroup::new_at(&upstream("app", specs(&[1, 1])), &registry, t0);
+    assert_eq!(shares(&first, t0, 10), [5, 5]);
+    // A reload adds c: it joins a serving group and climbs over 10s; a and b keep full weight.
+    let second = UpstreamGroup::new_at(&upstream("app", specs(&[1, 1, 1])), &registry, t0);
+    assert_eq!(shares(&second, t0 + 5 * SEC, 2500), [1000, 1000, 500]);
+    assert_eq!(shares(&second, t0 + 10 * SEC, 30), [10, 10, 10]);
+    // A new upstream in the same reload starts like at startup.
+    let other = UpstreamGroup::new_at(&upstream("other", specs(&[1, 1])), &registry, t0);
+    assert_eq!(shares(&other, t0, 10), [5, 5]);
+    drop(first);
+}
+
+// === queue ===
+
+fn queued(weights: &[u32], size: usize, timeout: Duration) -> Arc<UpstreamGroup> {
+    let specs = weights.iter().enumerate().map(|(i, &weight)| {
+        let mut spec = peer_spec(i, weight);
+        spec.max_conns = 1;
+        spec
+    });
+    let mut spec = upstream("app", specs.collect());
+    spec.queue = Some(QueueSpec { size, timeout });
+    Arc::new(UpstreamGroup::new(&spec, &PeerRegistry::new()))
+}
+
+/// Starts a request that waits for a peer; it reports the letter it got (or `-`) on `done`.
+fn waiter(
+    group: &Arc<UpstreamGroup>,
+    n: usize,
+    done: &tokio::sync::mpsc::UnboundedSender<(usize, Result<char, Unavailable>)>,
+) -> tokio::task::JoinHandle<Option<PeerGuard>> {
+    let (group, done) = (group.clone(), done.clone());
+    tokio::spawn(async move {
+        let got = group
+            .pick_waiting(&mut Tried::new(), Affinity::default())
+            .await;
+        let _ = done.send((n, got.as_ref().map(letter).map_err(|e| *e)));
+        got.ok()
+    })
+}
+
+/// Lets spawned tasks run until they all wait.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_requests_get_freed_slots_in_arrival_order() {
+    let group = queued(&[1], 2, 60 * SEC);
+    let held = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = waiter(&group, 1, &tx);
+    settle().await;
+    let second = waiter(&group, 2, &tx);
+    settle().await;
+    assert_eq!(group.waiting.len(), 2);
+    // A third finds the line full: 502 at once.
+    let third = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(third.unwrap_err(), Unavailable::QueueFull);
+
+    drop(held);
+    assert_eq!(rx.recv().await, Some((1, Ok('a'))));
+    let first = first.await.unwrap();
+    settle().await;
+    assert!(
+        rx.try_recv().is_err(),
+        "the second still waits for the first's slot"
+    );
+    drop(first);
+    assert_eq!(rx.recv().await, Some((2, Ok('a'))));
+    drop(second.await.unwrap());
+    assert!(group.waiting.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_request_does_not_overtake_the_waiting_ones() {
+    let group = queued(&[1, 1], 5, 60 * SEC);
+    let a = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let b = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let early = waiter(&group, 1, &tx);
+    settle().await;
+    drop(a); // a slot on `a`: the waiter takes it before any newcomer can
+    let late = waiter(&group, 2, &tx);
+    assert_eq!(rx.recv().await, Some((1, Ok('a'))));
+    drop(b);
+    assert_eq!(rx.recv().await, Some((2, Ok('b'))));
+    drop((early.await, late.await));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_at_most_the_queue_timeout() {
+    let group = queued(&[1], 2, 5 * SEC);
+    let _held = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let started = Instant::now();
+    let got = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::QueueTimeout);
+    assert_eq!(started.elapsed(), 5 * SEC);
+    assert!(group.waiting.is_empty(), "it left the line");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_waits_out_load_not_outages() {
+    // Both peers failed (not busy): no waiting, "no live upstreams" at once.
+    let group = queued(&[1, 1], 2, 60 * SEC);
+    let now = Instant::now();
+    let mut tried = Tried::new();
+    group.pick(&mut tried, now).unwrap().failure(now);
+    group.pick(&mut tried, now).unwrap().failure(now);
+    let got = group
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::NoLivePeer);
+    // Without `queue`, a busy group fails at once as before.
+    let plain = group_by(BalanceMethod::RoundRobin, &[1], |_, spec| {
+        spec.max_conns = 1
+    });
+    let _held = plain.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let got = plain
+        .pick_waiting(&mut Tried::new(), Affinity::default())
+        .await;
+    assert_eq!(got.unwrap_err(), Unavailable::NoLivePeer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_client_went_away_leaves_the_line() {
+    let group = queued(&[1], 1, 60 * SEC);
+    let held = group.pick(&mut Tried::new(), Instant::now()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let gone = waiter(&group, 1, &tx);
+    settle().await;
+    gone.abort();
+    settle().await;
+    assert!(group.waiting.is_empty());
+    let next = waiter(&group, 2, &tx);
+    settle().await;
+    drop(held);
+    assert_eq!(rx.recv().await, Some((2, Ok('a'))));
+    drop(next.await);
 }

@@ -2,7 +2,6 @@
 //! small HTTP client. No mocks of the network, no sleeps as synchronisation.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +31,16 @@ pub enum Behaviour {
     Status(u16),
     /// Reads the request, counts it, and answers only once [`TestBackend::release`] is called.
     Hold,
+    /// Answers like `Answer`, this many milliseconds late.
+    Delay(u64),
+    /// Sends the head at once and the body this many milliseconds later.
+    SlowBody(u64),
+    /// Reads the whole request, counts it, and closes the connection without answering (a peer
+    /// that crashed while handling it).
+    CloseAfterRead,
+    /// Reads the request, counts it, sends a 200 head announcing 1000 bytes and the first 10 of
+    /// them, then breaks the connection (a peer that died mid-response).
+    BreakMidBody,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1:0 that counts what it received.
@@ -39,6 +48,8 @@ pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Request body bytes received, over all requests.
+    pub body_bytes: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     release: watch::Sender<bool>,
 }
@@ -51,6 +62,8 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
     let listener = TcpListener::bind(addr).await.expect("bind backend");
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
+    let body_bytes = Arc::new(AtomicUsize::new(0));
+    let received = body_bytes.clone();
     let (stop, stopped) = watch::channel(false);
     let (release, released) = watch::channel(false);
     let name_owned = name.to_owned();
@@ -64,23 +77,27 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
             };
             let name = name_owned.clone();
             let counter = counter.clone();
+            let received = received.clone();
             let mut stopped = stopped.clone();
             let released = released.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let name = name.clone();
                     let counter = counter.clone();
+                    let received = received.clone();
                     let mut released = released.clone();
                     async move {
                         let method = req.method().clone();
                         let uri = req.uri().clone();
                         // Only a complete request counts as received (an app acts on nothing less).
                         let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
-                            let mut res =
-                                Response::new(Full::new(Bytes::from_static(b"incomplete")));
+                            let mut res = Response::new(BackendBody::Full(Full::new(
+                                Bytes::from_static(b"incomplete"),
+                            )));
                             *res.status_mut() = hyper::StatusCode::BAD_REQUEST;
                             return Ok(res);
                         };
+                        received.fetch_add(body.len(), Ordering::SeqCst);
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut text = format!("{name} {method} {uri}");
                         if !body.is_empty() {
@@ -92,15 +109,35 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                                 let _ = released.wait_for(|r| *r).await;
                                 200
                             }
+                            Behaviour::Delay(ms) => {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                200
+                            }
+                            Behaviour::SlowBody(ms) => {
+                                let body = Bytes::from(text);
+                                let late = Box::pin(tokio::time::sleep(Duration::from_millis(ms)));
+                                return Ok(Response::new(BackendBody::Late(late, Some(body))));
+                            }
                             Behaviour::Status(s) => s,
                             Behaviour::Hang => {
                                 std::future::pending::<()>().await;
                                 unreachable!()
                             }
+                            // hyper closes a connection whose service fails, answering nothing.
+                            Behaviour::CloseAfterRead => {
+                                return Err(std::io::Error::other("crashed"));
+                            }
+                            Behaviour::BreakMidBody => {
+                                let mut res = Response::new(BackendBody::Broken(None));
+                                res.headers_mut()
+                                    .insert("content-length", "1000".parse().unwrap());
+                                return Ok(res);
+                            }
                         };
-                        let mut res = Response::new(Full::new(Bytes::from(text)));
+                        let mut res =
+                            Response::new(BackendBody::Full(Full::new(Bytes::from(text))));
                         *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(res)
+                        Ok::<_, std::io::Error>(res)
                     }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -115,8 +152,68 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
         name: name.to_owned(),
         addr,
         hits,
+        body_bytes,
         stop,
         release,
+    }
+}
+
+/// A test backend's response body: whole, or broken after its first 10 bytes.
+enum BackendBody {
+    Full(Full<Bytes>),
+    /// A pause once the 10 bytes went out (so hyper writes them), then the error.
+    Broken(Option<std::pin::Pin<Box<tokio::time::Sleep>>>),
+    /// The bytes once the pause is over.
+    Late(std::pin::Pin<Box<tokio::time::Sleep>>, Option<Bytes>),
+}
+
+impl hyper::body::Body for BackendBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Self::Full(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Self::Broken(pause @ None) => {
+                *pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"0123456789",
+                )))))
+            }
+            Self::Broken(Some(pause)) => {
+                std::task::ready!(pause.as_mut().poll(cx));
+                Poll::Ready(Some(Err(std::io::Error::other("died mid-response"))))
+            }
+            Self::Late(pause, bytes) => {
+                std::task::ready!(pause.as_mut().poll(cx));
+                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    // Whole bodies keep their exact length, so they go out with a Content-Length as before.
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(full) => full.is_end_stream(),
+            Self::Broken(_) => false,
+            Self::Late(_, bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Full(full) => full.size_hint(),
+            Self::Broken(_) => hyper::body::SizeHint::default(),
+            Self::Late(_, bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
@@ -133,6 +230,11 @@ impl TestBackend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Request body bytes received so far.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes.load(Ordering::SeqCst)
     }
 }
 

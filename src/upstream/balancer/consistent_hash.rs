@@ -20,6 +20,14 @@
 //! point's server.
 //!
 //! An empty key means round robin, as in nginx.
+//!
+//! **`bounded=factor`** (imbang's extension; "consistent hashing with bounded loads", Mirrokni,
+//! Thorup and Zadimoghaddam, 2016): a peer with `factor × average` attempts in flight already —
+//! the average over the peers not `down`, counting this request, per unit of weight, rounded
+//! up — is skipped as if it were unavailable, so the walk goes on to the next point. A hot key
+//! spills over to the next servers on the ring instead of burying one; while no peer is over its
+//! bound every key goes exactly where nginx sends it. The round-robin fallback respects the
+//! bound too, as long as some eligible peer is under it.
 
 use super::round_robin::SmoothWeighted;
 use super::{Balancer, MAX_WALK, Peer, PickContext};
@@ -36,6 +44,42 @@ pub struct ConsistentHash {
     server_of: Box<[u32]>,
     /// Round robin among the peers of one point, and the fallback.
     round_robin: SmoothWeighted,
+    /// `bounded=`: the load factor in thousandths.
+    bounded: Option<u32>,
+}
+
+/// The load bound of one pick: `ceil(factor × (in flight + 1) × weight / total weight)`.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    /// `factor (thousandths) × (attempts in flight + 1)`.
+    scaled_load: u128,
+    /// `1000 × the total weight` of the peers not `down`.
+    scaled_weight: u128,
+}
+
+impl Bound {
+    fn measure(peers: &[Peer], factor: u32) -> Self {
+        let (in_flight, weight) =
+            (peers.iter().filter(|peer| !peer.is_down())).fold((0u64, 0u64), |(n, w), peer| {
+                (
+                    n + u64::from(peer.state().in_flight()),
+                    w + u64::from(peer.weight()),
+                )
+            });
+        Self {
+            scaled_load: u128::from(factor) * u128::from(in_flight + 1),
+            scaled_weight: 1000 * u128::from(weight.max(1)),
+        }
+    }
+
+    /// The most attempts a peer of `weight` may have in flight before this one.
+    fn capacity(&self, weight: u32) -> u128 {
+        (self.scaled_load * u128::from(weight)).div_ceil(self.scaled_weight)
+    }
+
+    fn admits(&self, peer: &Peer) -> bool {
+        u128::from(peer.state().in_flight()) < self.capacity(peer.weight())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +140,14 @@ impl ConsistentHash {
             points: points.into_boxed_slice(),
             server_of,
             round_robin: SmoothWeighted::new(peers),
+            bounded: None,
         }
+    }
+
+    /// `bounded=factor`, the factor in thousandths (`None`: plain nginx).
+    pub fn bounded(mut self, factor: Option<u32>) -> Self {
+        self.bounded = factor;
+        self
     }
 
     /// The position of the first point at or after `hash` (`points.len()` past the last).
@@ -120,10 +171,13 @@ impl Balancer for ConsistentHash {
             points,
             server_of,
             round_robin,
+            bounded,
         } = self;
+        let bound = bounded.map(|factor| Bound::measure(peers, factor));
+        let admits = |peer: &Peer| bound.is_none_or(|bound| bound.admits(peer));
         loop {
             let server = points[walk.position as usize % points.len()].server;
-            let on_point = |i: usize, _: &Peer| server_of[i] == server;
+            let on_point = |i: usize, peer: &Peer| server_of[i] == server && admits(peer);
             if let Some(i) = round_robin.pick_among(peers, ctx, on_point) {
                 ctx.tried.set_walk(walk);
                 return Some(i);
@@ -132,7 +186,9 @@ impl Balancer for ConsistentHash {
             walk.steps += 1;
             if walk.steps > MAX_WALK {
                 ctx.tried.set_walk(walk);
-                return round_robin.pick(peers, ctx);
+                let under_bound = |_: usize, peer: &Peer| admits(peer);
+                return (round_robin.pick_among(peers, ctx, under_bound))
+                    .or_else(|| round_robin.pick(peers, ctx));
             }
         }
     }
@@ -143,9 +199,9 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::upstream::Tried;
     use crate::upstream::balancer::hash::tests::bitwise_crc32;
     use crate::upstream::balancer::tests::{letter, peers, peers_with};
+    use crate::upstream::{PeerGuard, Tried};
 
     /// The peers one request with `key` tries in turn until none is left.
     fn order(balancer: &mut ConsistentHash, peers: &[Peer], key: &str) -> String {
@@ -383,5 +439,76 @@ mod tests {
         assert_eq!(got, "a b a b");
         let empty: String = (0..2).map(|_| first(&mut balancer, &peers, "")).collect();
         assert_eq!(empty, "ab");
+    }
+
+    // === bounded= ===
+
+    /// Picks `n` requests for `key`, each kept in flight; the in-flight count per peer after.
+    fn hold(balancer: &mut ConsistentHash, peers: &[Peer], key: &str, n: usize) -> Vec<u32> {
+        let guards: Vec<PeerGuard> = (0..n)
+            .map(|_| {
+                let i = (first(balancer, peers, key) as u8 - b'a') as usize;
+                PeerGuard::new(&peers[i], false, Instant::now())
+            })
+            .collect();
+        let counts = peers.iter().map(|p| p.state().in_flight()).collect();
+        drop(guards);
+        counts
+    }
+
+    #[test]
+    fn bounded_sends_every_key_where_nginx_does_while_no_peer_is_over_its_bound() {
+        let peers = peers(&[1, 2, 1, 1]);
+        let mut plain = ConsistentHash::new(&peers);
+        let mut bounded = ConsistentHash::new(&peers).bounded(Some(1250));
+        for n in 0..300 {
+            let key = format!("/object/{n}");
+            let want = first(&mut plain, &peers, &key);
+            assert_eq!(first(&mut bounded, &peers, &key), want, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_hot_key_spills_over_and_no_peer_exceeds_factor_times_the_average() {
+        let peers = peers(&[1, 1, 1, 1]);
+        let owner = first(&mut ConsistentHash::new(&peers), &peers, "/hot");
+        let counts = hold(&mut ConsistentHash::new(&peers), &peers, "/hot", 40);
+        let mut want = vec![0; 4];
+        want[(owner as u8 - b'a') as usize] = 40;
+        assert_eq!(counts, want, "plain consistent hashing: all on one peer");
+
+        for (factor, limit) in [(1250, 13), (1000, 10), (2000, 20)] {
+            let mut balancer = ConsistentHash::new(&peers).bounded(Some(factor));
+            let counts = hold(&mut balancer, &peers, "/hot", 40);
+            // ceil(factor × 40 / 4); the owner is filled up to it first.
+            assert!(counts.iter().all(|&c| c <= limit), "{factor}: {counts:?}");
+            assert_eq!(
+                counts[(owner as u8 - b'a') as usize],
+                limit,
+                "{factor}: {counts:?}"
+            );
+            assert_eq!(counts.iter().sum::<u32>(), 40);
+        }
+    }
+
+    #[test]
+    fn the_bound_follows_the_weights() {
+        // a weighs 3 of 4: it may hold ceil(1.25 × 3/4 × 20) = 19 of 20, b ceil(1.25 × 20/4) = 7.
+        let peers = peers(&[3, 1]);
+        let mut balancer = ConsistentHash::new(&peers).bounded(Some(1250));
+        let key = (0..100)
+            .map(|n| format!("/{n}"))
+            .find(|key| first(&mut ConsistentHash::new(&peers), &peers, key) == 'b')
+            .expect("a key on b");
+        let counts = hold(&mut balancer, &peers, &key, 20);
+        assert_eq!(counts, [13, 7]);
+    }
+
+    #[test]
+    fn down_peers_do_not_count_towards_the_average() {
+        let peers = peers_with(&[1, 1, 1, 1], |i, spec| spec.down = i >= 2);
+        let mut balancer = ConsistentHash::new(&peers).bounded(Some(1000));
+        let counts = hold(&mut balancer, &peers, "/hot", 10);
+        assert_eq!(counts, [5, 5, 0, 0]);
     }
 }

@@ -10,8 +10,14 @@
 //!   that failures lower.
 //! - With no tie the winner is taken directly, and nobody's round-robin state moves.
 //!
+//! A peer on its `slow_start` ramp (NGINX Plus) counts with the share of its weight it has
+//! reached: idle, it still wins against busy peers, but one request in flight makes it look as
+//! loaded as `1 / share` requests would on a full-weight peer, so its load climbs with the ramp.
+//!
 //! In-flight counts are shared by every thread and every snapshot (nginx's `conns` with a
 //! `zone`), so a reload does not forget the load a peer carries.
+
+use tokio::time::Instant;
 
 use super::round_robin::SmoothWeighted;
 use super::{Balancer, Peer, PickContext};
@@ -31,17 +37,16 @@ impl LeastConn {
     }
 }
 
-/// A peer's load as least_conn compares it: `(in flight, weight)`.
-fn load(peer: &Peer) -> (u64, u64) {
-    (
-        u64::from(peer.state().in_flight()),
-        u64::from(peer.weight()),
-    )
+/// A peer's load as least_conn compares it at `now`: `(in flight, weight)`, the weight in
+/// thousandths and on the peer's `slow_start` ramp (a recovering peer counts as a small one).
+fn load(peer: &Peer, now: Instant) -> (u64, u64) {
+    (u64::from(peer.state().in_flight()), peer.weight_at(now))
 }
 
 /// `a` carries less per unit of weight than `b` (`Less`), as much (`Equal`), or more.
 fn compare((a_conns, a_weight): (u64, u64), (b_conns, b_weight): (u64, u64)) -> std::cmp::Ordering {
-    (a_conns * b_weight).cmp(&(b_conns * a_weight))
+    let cross = |conns: u64, weight: u64| u128::from(conns) * u128::from(weight);
+    cross(a_conns, b_weight).cmp(&cross(b_conns, a_weight))
 }
 
 impl Balancer for LeastConn {
@@ -53,7 +58,7 @@ impl Balancer for LeastConn {
             if !ctx.is_eligible_now(peer) {
                 continue;
             }
-            let load = load(peer);
+            let load = load(peer, ctx.now);
             match best.map(|(_, best)| compare(load, best)) {
                 None | Some(std::cmp::Ordering::Less) => {
                     best = Some((i, load));
@@ -67,7 +72,8 @@ impl Balancer for LeastConn {
         if !tied {
             return Some(first);
         }
-        let among_lowest = |_: usize, peer: &Peer| compare(load(peer), lowest).is_eq();
+        let now = ctx.now;
+        let among_lowest = |_: usize, peer: &Peer| compare(load(peer, now), lowest).is_eq();
         // Counts may move between the two passes (a response ends): if no peer is at the
         // lowest load any more, plain round robin among the eligible still gives an answer.
         (self.ties.pick_among(peers, ctx, among_lowest)).or_else(|| self.ties.pick(peers, ctx))
@@ -85,7 +91,9 @@ mod tests {
 
     /// Holds `n` attempts in flight on `peer`.
     fn hold(peer: &Peer, n: usize) -> Vec<PeerGuard> {
-        (0..n).map(|_| PeerGuard::new(peer, false)).collect()
+        (0..n)
+            .map(|_| PeerGuard::new(peer, false, Instant::now()))
+            .collect()
     }
 
     #[test]

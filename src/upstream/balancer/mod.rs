@@ -4,10 +4,11 @@
 //! |-------------------------------------------|--------------------------|-------------------------------------------|
 //! | [`round_robin::SmoothWeighted`]           | (default)                | smooth weighted round robin               |
 //! | [`least_conn::LeastConn`]                 | `least_conn`             | fewest in flight per weight; ties by round robin |
+//! | [`least_time::LeastTime`]                 | `least_time` (Plus)      | lowest latency × (in flight + 1) per weight; ties by round robin |
 //! | [`ip_hash::IpHash`]                       | `ip_hash`                | by the client address (IPv4: a /24)       |
 //! | [`hash::Hash`]                            | `hash key`               | by a key, modulo the total weight         |
-//! | [`consistent_hash::ConsistentHash`]       | `hash key consistent`    | by a key on a ketama ring                 |
-//! | [`random::Random`]                        | `random [two]`           | weighted random; `two`: the less loaded of two |
+//! | [`consistent_hash::ConsistentHash`]       | `hash key consistent [bounded=]` | by a key on a ketama ring; `bounded`: past peers over their share of the load |
+//! | [`random::Random`]                        | `random [two [least_time=]]` | weighted random; `two`: the less loaded (or faster) of two |
 //!
 //! Every balancer applies the same eligibility tests ([`PickContext::is_eligible`]); what
 //! differs is the choice among eligible peers. The group around a balancer handles what nginx
@@ -35,6 +36,7 @@ pub mod consistent_hash;
 pub mod hash;
 pub mod ip_hash;
 pub mod least_conn;
+pub mod least_time;
 pub mod random;
 pub mod round_robin;
 
@@ -101,13 +103,16 @@ impl<'a> PickContext<'a> {
 
 /// The balancer for one list of peers: the group's primaries (`backups` false) or its backups.
 ///
-/// Backups are balanced by round robin, except under `least_conn`: nginx's hash and random
-/// methods reach backups only through their round-robin fallback, while `least_conn` balances
-/// its backups the same way as its primaries. (nginx accepts `backup` with a hash or random
+/// Backups are balanced by round robin, except under `least_conn` and `least_time`: nginx's
+/// hash and random methods reach backups only through their round-robin fallback, while
+/// `least_conn` (and Plus's `least_time`) balance backups the same way as primaries. (nginx accepts `backup` with a hash or random
 /// method only on `server` lines written before the method directive.)
 pub fn from_config(method: &BalanceMethod, peers: &[Peer], backups: bool) -> Box<dyn Balancer> {
     match method {
         BalanceMethod::LeastConn => Box::new(least_conn::LeastConn::new(peers)),
+        BalanceMethod::LeastTime { mode, inflight } => {
+            Box::new(least_time::LeastTime::new(peers, *mode, *inflight))
+        }
         _ if backups => Box::new(round_robin::SmoothWeighted::new(peers)),
         BalanceMethod::RoundRobin => Box::new(round_robin::SmoothWeighted::new(peers)),
         BalanceMethod::IpHash => Box::new(ip_hash::IpHash::new(peers)),
@@ -115,9 +120,13 @@ pub fn from_config(method: &BalanceMethod, peers: &[Peer], backups: bool) -> Box
             consistent: false, ..
         } => Box::new(hash::Hash::new(peers)),
         BalanceMethod::Hash {
-            consistent: true, ..
-        } => Box::new(consistent_hash::ConsistentHash::new(peers)),
-        BalanceMethod::Random { two } => Box::new(random::Random::new(peers, *two)),
+            consistent: true,
+            bounded,
+            ..
+        } => Box::new(consistent_hash::ConsistentHash::new(peers).bounded(*bounded)),
+        BalanceMethod::Random { two, least_time } => {
+            Box::new(random::Random::new(peers, *two, *least_time))
+        }
     }
 }
 

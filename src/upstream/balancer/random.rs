@@ -7,6 +7,10 @@
 //! - `random two`: two different eligible peers are drawn, and the one with fewer attempts in
 //!   flight per unit of weight wins (the second on a tie). Every draw but the one that
 //!   completes the pair counts toward the 20.
+//! - `random two least_time=header|last_byte` (NGINX Plus): the one with the lower `least_time`
+//!   score wins instead (latency × load, see [`super::least_time`]). The group
+//!   average that new and stale estimates lean on is recomputed at most once a second, so a
+//!   pick still looks at two peers only.
 //!
 //! The generator is a xorshift64* per group, under the group's selection lock; its seed is
 //! random per group (tests give their own). Draws are not nginx's `random()` sequence: only the
@@ -14,33 +18,71 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::least_time;
 use super::round_robin::SmoothWeighted;
 use super::{Balancer, MAX_WALK, Peer, PickContext, WeightRanges};
+use crate::upstream::latency::TimeMode;
+
+/// How long `random two least_time=` reuses the group's latency average.
+const KNOWN_FOR: Duration = Duration::from_secs(1);
 
 /// Weighted random, optionally the less loaded of two, falling back to round robin.
 #[derive(Debug)]
 pub struct Random {
     ranges: WeightRanges,
     two: bool,
+    /// `least_time=`: compare the two by latency × load instead of load.
+    least_time: Option<TimeMode>,
+    /// The group's known estimates (sum, count) and when they were added up.
+    known: Option<((f64, usize), Instant)>,
     rng: XorShift,
     fallback: SmoothWeighted,
 }
 
 impl Random {
     /// Seeded from the process's random hash keys.
-    pub fn new(peers: &[Peer], two: bool) -> Self {
+    pub fn new(peers: &[Peer], two: bool, least_time: Option<TimeMode>) -> Self {
         let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
         seed.write_usize(peers.len());
-        Self::with_seed(peers, two, seed.finish())
+        Self::with_seed(peers, two, seed.finish()).with_least_time(least_time)
     }
 
     pub fn with_seed(peers: &[Peer], two: bool, seed: u64) -> Self {
         Self {
             ranges: WeightRanges::new(peers),
             two,
+            least_time: None,
+            known: None,
             rng: XorShift::new(seed),
             fallback: SmoothWeighted::new(peers),
         }
+    }
+
+    /// `random two least_time=mode`.
+    pub fn with_least_time(mut self, mode: Option<TimeMode>) -> Self {
+        self.least_time = mode;
+        self
+    }
+
+    /// True if `a` should lose to `b`.
+    fn worse(&mut self, peers: &[Peer], a: usize, b: usize, now: Instant) -> bool {
+        let Some(mode) = self.least_time else {
+            return busier(&peers[a], &peers[b]);
+        };
+        let known = match self.known {
+            Some((known, at)) if now.saturating_duration_since(at) < KNOWN_FOR => known,
+            _ => {
+                let known = least_time::known_sum(peers, mode, now);
+                self.known = Some((known, now));
+                known
+            }
+        };
+        let score = |i: usize| least_time::score(&peers[i], mode, false, now, known);
+        score(a) > score(b)
     }
 
     /// A peer position drawn by weight.
@@ -72,11 +114,8 @@ impl Balancer for Random {
                 }
                 if let Some(first) = first {
                     ctx.tried.set_walk(walk);
-                    return Some(if busier(&peers[i], &peers[first]) {
-                        first
-                    } else {
-                        i
-                    });
+                    let i_worse = self.worse(peers, i, first, ctx.now);
+                    return Some(if i_worse { first } else { i });
                 }
                 first = Some(i);
             }
@@ -171,7 +210,9 @@ mod tests {
         // Two peers: every pair is {a, b}, so the less loaded one always wins.
         let peers = peers(&[1, 1]);
         let mut balancer = Random::with_seed(&peers, true, 11);
-        let _busy: Vec<PeerGuard> = (0..3).map(|_| PeerGuard::new(&peers[0], false)).collect();
+        let _busy: Vec<PeerGuard> = (0..3)
+            .map(|_| PeerGuard::new(&peers[0], false, Instant::now()))
+            .collect();
         assert_eq!(counts(&mut balancer, &peers, 100), [0, 100]);
     }
 
@@ -180,9 +221,29 @@ mod tests {
         // a: 1 in flight, weight 2 (0.5); b: 1 in flight, weight 1 (1.0): a wins every pair.
         let peers = peers(&[2, 1]);
         let mut balancer = Random::with_seed(&peers, true, 5);
-        let _a = PeerGuard::new(&peers[0], false);
-        let _b = PeerGuard::new(&peers[1], false);
+        let _a = PeerGuard::new(&peers[0], false, Instant::now());
+        let _b = PeerGuard::new(&peers[1], false, Instant::now());
         assert_eq!(counts(&mut balancer, &peers, 100), [100, 0]);
+    }
+
+    #[test]
+    fn two_least_time_takes_the_faster_of_two() {
+        let t0 = Instant::now();
+        let peers = peers(&[1, 1, 1]);
+        let ms = std::time::Duration::from_millis;
+        for (peer, took) in peers.iter().zip([50, 5, 20]) {
+            let mut guard = PeerGuard::new(peer, false, t0 - ms(took));
+            guard.success_at(t0);
+        }
+        let mut balancer =
+            Random::with_seed(&peers, true, 17).with_least_time(Some(TimeMode::Header));
+        let got = counts(&mut balancer, &peers, 300);
+        // a (50 ms) loses every pair it is drawn into; b (5 ms) wins every pair.
+        assert_eq!(got[0], 0, "{got:?}");
+        assert!(got[1] > got[2], "{got:?}");
+        // Plain `two` ignores latency: a gets its share.
+        let mut plain = Random::with_seed(&peers, true, 17);
+        assert!(counts(&mut plain, &peers, 300)[0] > 50);
     }
 
     #[test]

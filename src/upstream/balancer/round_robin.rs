@@ -5,6 +5,10 @@
 //! back the sum of the effective weights it competed against. Over `sum(weights)` picks with
 //! no failures each peer is chosen `weight` times, spread out: weights 5, 1, 1 give
 //! `a a b a c a a`.
+//!
+//! Weights are added in thousandths so that a peer on its `slow_start` ramp can have a
+//! fraction of its weight ([`slow_start`](crate::upstream::health::slow_start)); scaling every
+//! weight alike leaves the sequence unchanged.
 
 use super::{Balancer, Peer, PickContext};
 
@@ -52,7 +56,7 @@ impl SmoothWeighted {
                 if !ctx.is_eligible(peer, &health) {
                     continue;
                 }
-                i64::from(health.take_effective_weight(peer.weight()))
+                health.take_scaled_weight(peer.weight(), peer.slow_start(), ctx.now) as i64
             };
             *current += effective;
             total += effective;

@@ -3,6 +3,7 @@
 //! | module      | fed by                              | decides                                   |
 //! |-------------|-------------------------------------|-------------------------------------------|
 //! | [`passive`] | outcomes of real requests ([`PeerGuard`] reports) | nginx's `max_fails` / `fail_timeout`, and the failure penalty on a peer's effective weight |
+//! | [`slow_start`] | recoveries found by [`passive`], peers added by a reload | NGINX Plus's `slow_start`: the weight's climb back |
 //!
 //! Active probes (`health_check`) will sit beside [`passive`] and feed the same per-peer state.
 //!
@@ -14,5 +15,6 @@
 //! [`PeerState`]: super::PeerState
 
 pub mod passive;
+pub mod slow_start;
 
 pub use passive::{FailPolicy, PassiveHealth};

@@ -15,6 +15,9 @@
 //!   not forgive it, so failures in back-to-back windows add up.
 //! - **Each pick** that finds the peer eligible raises its effective weight by one, back up to
 //!   `weight`.
+//! - **Recovery** (imbang's name): a success that forgives failures which had made the peer
+//!   unavailable. It starts the peer's [`slow_start`](super::slow_start) ramp at the moment
+//!   the trial request was chosen.
 //!
 //! One deliberate difference: nginx compares whole seconds of wall-clock time (`ngx_time()`);
 //! this module compares monotonic [`Instant`]s at full resolution. "No more than `fail_timeout`"
@@ -23,6 +26,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant; // std's Instant would defeat paused-time tests
+
+use super::slow_start::scaled_weight;
 
 /// A peer's `max_fails` and `fail_timeout`, as its `server` line sets them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,9 @@ pub struct PassiveHealth {
     /// `weight - effective_weight`: stored as a penalty so a reload that changes `weight`
     /// needs no fix-up (it is clamped to the current weight wherever it is read).
     penalty: u32,
+    /// When the peer last came back (recovered, or was added by a reload): the start of its
+    /// `slow_start` ramp. `None` = never.
+    back_since: Option<Instant>,
 }
 
 impl PassiveHealth {
@@ -57,6 +65,7 @@ impl PassiveHealth {
             checked: None,
             accessed: None,
             penalty: 0,
+            back_since: None,
         }
     }
 
@@ -94,11 +103,42 @@ impl PassiveHealth {
     }
 
     /// Records a successful attempt: forgives the failures if the peer was chosen after a quiet
-    /// `fail_timeout` since the last one.
-    pub fn on_success(&mut self) {
-        if self.accessed < self.checked {
-            self.fails = 0;
+    /// `fail_timeout` since the last one. Returns true when that made an unavailable peer
+    /// available again (a recovery): its `slow_start` ramp then runs from when the trial
+    /// request was chosen.
+    pub fn on_success(&mut self, policy: FailPolicy) -> bool {
+        if self.accessed >= self.checked {
+            return false;
         }
+        let was_out = policy.max_fails != 0 && self.fails >= policy.max_fails;
+        self.fails = 0;
+        if was_out {
+            self.back_since = self.checked;
+        }
+        was_out
+    }
+
+    /// Starts a `slow_start` ramp at `now` (for a peer a reload added to a serving group).
+    pub fn start_ramp(&mut self, now: Instant) {
+        self.back_since = Some(now);
+    }
+
+    /// When the current or last `slow_start` ramp began.
+    pub fn back_since(&self) -> Option<Instant> {
+        self.back_since
+    }
+
+    /// [`take_effective_weight`](Self::take_effective_weight) in thousandths, on the
+    /// `slow_start` ramp: what smooth weighted round robin adds for this pick.
+    pub fn take_scaled_weight(&mut self, weight: u32, slow_start: Duration, now: Instant) -> u64 {
+        let effective = self.take_effective_weight(weight);
+        scaled_weight(effective, slow_start, self.back_since, now)
+    }
+
+    /// The configured `weight` in thousandths, on the `slow_start` ramp: what `least_conn`
+    /// and `least_time` divide a peer's load by (nginx uses the configured weight there).
+    pub fn scaled_weight(&self, weight: u32, slow_start: Duration, now: Instant) -> u64 {
+        scaled_weight(weight, slow_start, self.back_since, now)
     }
 
     /// Forgets all failures. nginx does this on every report for the only peer of a group
@@ -183,9 +223,14 @@ mod tests {
         h.on_chosen(p, t1); // the trial request starts a new window...
         assert!(!h.is_available(p, t1)); // ...so concurrent picks skip the peer
         assert!(!h.is_available(p, t1 + SECS(10)));
-        h.on_success();
+        assert!(h.on_success(p), "a recovery");
         assert_eq!(h.fails(), 0);
         assert!(h.is_available(p, t1));
+        assert_eq!(
+            h.back_since(),
+            Some(t1),
+            "the ramp starts when the trial was chosen"
+        );
     }
 
     #[test]
@@ -212,7 +257,7 @@ mod tests {
         let mut h = PassiveHealth::new();
         for at in [0, 9, 18] {
             h.on_chosen(p, t0 + SECS(at));
-            h.on_success(); // an earlier request, reporting now
+            h.on_success(p); // an earlier request, reporting now
             h.on_failure(p, 1, t0 + SECS(at));
         }
         assert_eq!(h.fails(), 3);
@@ -228,14 +273,15 @@ mod tests {
         h.on_failure(p, 1, t0);
         h.on_failure(p, 1, t0 + SECS(1));
         h.on_chosen(p, t0 + SECS(20)); // window over: checked = t0+20 > accessed
-        h.on_success();
+        assert!(!h.on_success(p), "forgiven, but it was never out: no ramp");
         assert_eq!(h.fails(), 0);
+        assert_eq!(h.back_since(), None);
     }
 
     #[test]
     fn a_fresh_peer_is_not_forgiven_by_accident_and_stays_clean() {
         let mut h = PassiveHealth::new();
-        h.on_success(); // accessed == checked == never: nothing to do
+        assert!(!h.on_success(policy(1, 10))); // accessed == checked == never: nothing to do
         assert_eq!(h, PassiveHealth::new());
     }
 

@@ -89,10 +89,19 @@ def fmt_ratio(v):
     return "–" if v is None else f"{v:.2f}×"
 
 
+def last_attempts(records):
+    """A measurement taken again (others used the machine during it) counts once: its last attempt."""
+    last = {}
+    for rec in records:
+        key = (rec["scenario"], rec["proxy"], rec["rep"], rec.get("method"), rec.get("workers"))
+        last[key] = rec
+    return list(last.values())
+
+
 def aggregate(records):
     """{key: {proxy: {metric: median}}} plus per-rep lists for the JSON."""
     groups = {}
-    for rec in records:
+    for rec in last_attempts(records):
         s = rec["scenario"]
         key = s
         if s == "f":
@@ -146,7 +155,7 @@ def check(op, value, r):
     return "met" if ok else "**missed**"
 
 
-def render(agg, meta, profile_text):
+def render(agg, meta, profile_text, records):
     L = []
     m = meta
     quick = " (quick smoke run: 1 repetition, short runs; not for claims)" if m.get("quick") else ""
@@ -174,10 +183,20 @@ def render(agg, meta, profile_text):
         "every measurement starts the proxy afresh. Proxy pinned alone to CPU 1 (`taskset -c 1`); wrk "
         "(1 thread), the two nginx origins and the idle-connection client pinned to CPU 0."
     )
+    used = last_attempts(records)
+    retried = len(records) - len(used)
+    busy = [r.get("others_during_pct") for r in used if r.get("others_during_pct") is not None]
+    if busy:
+        L.append(
+            f"- CPU used by other processes (other engineers' builds and tests share this machine) during the "
+            f"throughput measurements: median {statistics.median(busy):.0f}%, max {max(busy)}% of the machine; "
+            f"{retried} measurement(s) were taken again because others used more than 5% during them "
+            "(the report uses the last attempt; `results.json` keeps all)."
+        )
     if m.get("contention"):
         L.append(f"- **measured under contention**: other load was seen on the machine: {'; '.join(m['contention'])}")
     else:
-        L.append("- no other load was seen on the machine before or during the run (checked before each repetition)")
+        L.append("- no other load was seen on the machine before any measurement (checked before each one)")
     L.append("")
     L.append("## Results")
     L.append("")
@@ -193,7 +212,7 @@ def render(agg, meta, profile_text):
         rh = ratio(vals["haproxy"], vals["nginx"])
         ri = ratio(vals["imbang"], vals["nginx"])
         digits = 2 if metric in ("p50_ms", "p99_ms", "cpu_us_per_req", "cpu_util") else 1
-        tgt = f"{target[0]} {target[1]}×" if target else ""
+        tgt = f"{'≤' if target[0] == '<=' else '≥'} {target[1]}×" if target else ""
         res = check(target[0], target[1], ri) if target else ""
         if key == "a" and metric == "cpu_us_per_req" and ri is not None:
             tgt = "≤ 0.9× first, then ≤ 0.75×"
@@ -231,17 +250,22 @@ def render(agg, meta, profile_text):
         L.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | | | 0 | {res} |")
     hs = {w: agg.get(f"h-w{w}", {}) for w in (1, 2)}
     if hs[1] and hs[2]:
+        L.append("")
+        L.append("(h) scaling: 2 workers on both cores vs 1 worker on CPU 1 (same run; the load generator and origins "
+                 "stay on CPU 0, so with 2 workers the proxy shares a core with them):")
+        L.append("")
+        L.append("| proxy | 1 worker: req/s | 2 workers: req/s | 2 / 1 | 1 worker: CPU µs/req | 2 workers: CPU µs/req | "
+                 "2 workers: proxy CPU use, cores | target | |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
         for p in ("nginx", "imbang"):
-            a, b = hs[1].get(p, {}).get("rps"), hs[2].get(p, {}).get("rps")
-            r = ratio(b, a)
+            one, two = hs[1].get(p, {}), hs[2].get(p, {})
+            r = ratio(two.get("rps"), one.get("rps"))
             tgt = "≥ 1.8×" if p == "imbang" else ""
             res = check(">=", 1.8, r) if p == "imbang" else ""
             L.append(
-                f"| (h) {p}: req/s with 2 workers on both cores / 1 worker on CPU 1 | "
-                f"{fmt(a)} → {fmt(b)} | | | | {fmt_ratio(r)} | {tgt} | {res} |"
-                if p == "nginx" else
-                f"| (h) {p}: req/s with 2 workers on both cores / 1 worker on CPU 1 | | | "
-                f"{fmt(a)} → {fmt(b)} | | {fmt_ratio(r)} | {tgt} | {res} |"
+                f"| {p} | {fmt(one.get('rps'))} | {fmt(two.get('rps'))} | {fmt_ratio(r)} | "
+                f"{fmt(one.get('cpu_us_per_req'), 2)} | {fmt(two.get('cpu_us_per_req'), 2)} | "
+                f"{fmt(two.get('cpu_util'), 2)} | {tgt} | {res} |"
             )
     L.append("")
     L.append("Notes on the scenarios:")
@@ -264,7 +288,9 @@ def render(agg, meta, profile_text):
     L.append(
         "- (e) a Python asyncio client (`bench/idle_conns.py`) opens the connections, sends one GET on each, "
         "reads the response and keeps them open; RSS is VmRSS summed over the proxy's processes, 2 s after the "
-        "last one is idle. KiB per connection = (RSS with them − RSS before) / connections."
+        "last one is idle. KiB per connection = (RSS with them − RSS before) / connections. HAProxy reserves two "
+        "descriptors per connection and the hard fd limit here is 20,000, so its `maxconn` is 9,990 and it holds "
+        "only that many (its row is for 9,990 connections)."
     )
     L.append(
         "- (f) wrk keeps 20 connections busy; 30% into the run one of the two origins gets SIGKILL (its pid). "
@@ -304,14 +330,14 @@ def main():
     work = os.path.dirname(os.path.abspath(a.raw))
     profile = os.path.join(here, "PROFILE.md")
     profile_text = open(profile).read() if os.path.exists(profile) else ""
-    text, profile_text = render(agg, meta, profile_text)
+    text, profile_text = render(agg, meta, profile_text, records)
     confs = []
     for name in ("proxy-w1.conf", "haproxy.cfg"):
         p = os.path.join(work, name)
         if os.path.exists(p):
             body = open(p).read().replace(work, "$WORK")
             lang = "nginx" if name.endswith(".conf") else ""
-            confs.append(f"`{name}`:\n\n```{lang}\n{body}```\n")
+            confs.append(f"\n`{name}`:\n\n```{lang}\n{body}```\n")
     text += "\n".join(confs)
     if profile_text:
         text += "\n" + profile_text

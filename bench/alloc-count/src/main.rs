@@ -213,6 +213,12 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_secs(600));
     }
 
+    // `imbang-alloc-count N proxy-only`: only keep-alive requests through imbang (for valgrind's
+    // DHAT, which then attributes the allocations to call sites).
+    if std::env::args().nth(2).as_deref() == Some("proxy-only") {
+        measure("imbang, keep-alive (scenario a)", proxy, n, false);
+        return;
+    }
     measure("control: client -> origin, keep-alive", o1, n, false);
     measure("imbang, keep-alive (scenario a)", proxy, n, false);
     measure("control: client -> origin, new connection each", o1, n / 4, true);

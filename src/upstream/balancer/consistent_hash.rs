@@ -200,22 +200,11 @@ mod tests {
 
     use super::*;
     use crate::upstream::balancer::hash::tests::bitwise_crc32;
-    use crate::upstream::balancer::tests::{letter, peers, peers_with};
+    use crate::upstream::balancer::tests::{key_order, letter, peers, peers_with};
     use crate::upstream::{PeerGuard, Tried};
 
-    /// The peers one request with `key` tries in turn until none is left.
     fn order(balancer: &mut ConsistentHash, peers: &[Peer], key: &str) -> String {
-        let mut tried = Tried::new();
-        let mut order = String::new();
-        loop {
-            let mut ctx = PickContext::new(&mut tried, Instant::now());
-            ctx.key = Some(key.as_bytes());
-            let Some(i) = balancer.pick(peers, &mut ctx) else {
-                return order;
-            };
-            order.push(letter(i));
-            tried.insert(i);
-        }
+        key_order(balancer, peers, key)
     }
 
     /// The peer a new request with `key` gets.

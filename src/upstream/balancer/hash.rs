@@ -80,25 +80,12 @@ impl Balancer for Hash {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use tokio::time::Instant;
 
     use super::*;
-    use crate::upstream::Tried;
-    use crate::upstream::balancer::tests::{letter, peers, peers_with};
+    use crate::upstream::balancer::tests::{key_order, letter, peers, peers_with};
 
-    /// The peers one request with `key` tries in turn until none is left.
     fn order(balancer: &mut Hash, peers: &[Peer], key: &str) -> String {
-        let mut tried = Tried::new();
-        let mut order = String::new();
-        loop {
-            let mut ctx = PickContext::new(&mut tried, Instant::now());
-            ctx.key = Some(key.as_bytes());
-            let Some(i) = balancer.pick(peers, &mut ctx) else {
-                return order;
-            };
-            order.push(letter(i));
-            tried.insert(i);
-        }
+        key_order(balancer, peers, key)
     }
 
     /// nginx's sequence of peer positions for `key`, written out independently: the running

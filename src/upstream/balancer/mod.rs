@@ -197,6 +197,21 @@ pub(crate) mod tests {
         (b'a' + i as u8) as char
     }
 
+    /// The peers one request with `key` tries in turn until none is left (hash balancers).
+    pub(crate) fn key_order(balancer: &mut dyn Balancer, peers: &[Peer], key: &str) -> String {
+        let mut tried = crate::upstream::Tried::new();
+        let mut order = String::new();
+        loop {
+            let mut ctx = PickContext::new(&mut tried, tokio::time::Instant::now());
+            ctx.key = Some(key.as_bytes());
+            let Some(i) = balancer.pick(peers, &mut ctx) else {
+                return order;
+            };
+            order.push(letter(i));
+            tried.insert(i);
+        }
+    }
+
     #[test]
     fn weight_ranges_give_each_peer_its_weight_of_numbers() {
         let ranges = WeightRanges::new(&peers(&[2, 1, 3]));

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::model::{AccessLogSpec, LogEscape};
 use crate::proxy::{ConnInfo, RequestCtx};
-use crate::vars::{Escape, Template, Var};
+use crate::vars::{Escape, Scope, Template, Var};
 
 /// One open log file, shared by every format that writes to it.
 pub struct LogFile {
@@ -105,7 +105,11 @@ impl LogCache {
 pub type CompileError = (String, Option<String>);
 
 /// Compiles `access_log` specs. Errors are returned the first time a file or format fails only.
-pub fn compile(specs: &[AccessLogSpec], cache: &mut LogCache) -> (AccessLogs, Vec<CompileError>) {
+pub fn compile(
+    specs: &[AccessLogSpec],
+    cache: &mut LogCache,
+    scope: &Scope,
+) -> (AccessLogs, Vec<CompileError>) {
     let mut out = AccessLogs::default();
     let mut errors = Vec::new();
     for spec in specs {
@@ -113,7 +117,7 @@ pub fn compile(specs: &[AccessLogSpec], cache: &mut LogCache) -> (AccessLogs, Ve
         let template = cache
             .formats
             .entry(format.name.clone())
-            .or_insert_with(|| match Template::compile(&format.text) {
+            .or_insert_with(|| match Template::compile_in(&format.text, scope) {
                 Ok(t) => Some(t),
                 Err(message) => {
                     errors.push((message, Some(format.location.clone())));
@@ -281,6 +285,7 @@ pub struct Pending {
     pub server_name: String,
     pub proxy_host: String,
     pub path: String,
+    pub sets: Vec<(Arc<str>, String)>,
     pub done: Done,
 }
 
@@ -297,6 +302,7 @@ impl Pending {
             proxy_host: &self.proxy_host,
             path: &self.path,
             done: Some(&self.done),
+            sets: &self.sets,
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

@@ -11,12 +11,12 @@ use http::{HeaderName, HeaderValue};
 
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
-    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server,
+    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, SetVar,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
-use crate::vars::Template;
+use crate::vars::{Scope, Template};
 
 /// The world one request sees, from routing to the peer.
 pub struct Snapshot {
@@ -54,6 +54,8 @@ pub struct Route {
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
     pub access_log: AccessLogs,
+    /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
+    pub sets: Vec<(Arc<str>, Template)>,
     /// `add_header`: name, value, `always`.
     pub add_headers: Vec<(HeaderName, Template, bool)>,
     /// Peer response headers the client never sees.
@@ -78,8 +80,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn compile(r: &Return, at: &str, errors: &mut ConfigErrors) -> Option<Self> {
-        let text = match r.text.as_deref().map(Template::compile) {
+    fn compile(r: &Return, at: &str, scope: &Scope, errors: &mut ConfigErrors) -> Option<Self> {
+        let text = match r.text.as_deref().map(|t| Template::compile_in(t, scope)) {
             None => None,
             Some(Ok(t)) => Some(t),
             Some(Err(message)) => {
@@ -120,19 +122,22 @@ impl Snapshot {
         let mut groups = HashMap::new();
         let mut vhosts = HashMap::new();
         let mut logs = LogCache::default();
+        let scope = declared_variables(&config, &mut errors);
         if let Some(http) = &config.http {
             for up in &http.upstreams {
                 let hash_key = match &up.method {
-                    BalanceMethod::Hash { key, location, .. } => match Template::compile(key) {
-                        Ok(key) => Some(key),
-                        Err(message) => {
-                            errors.push(ConfigError::new(
-                                ErrorKind::Invalid(message),
-                                Some(location.clone()),
-                            ));
-                            None
+                    BalanceMethod::Hash { key, location, .. } => {
+                        match Template::compile_in(key, &scope) {
+                            Ok(key) => Some(key),
+                            Err(message) => {
+                                errors.push(ConfigError::new(
+                                    ErrorKind::Invalid(message),
+                                    Some(location.clone()),
+                                ));
+                                None
+                            }
                         }
-                    },
+                    }
                     _ => None,
                 };
                 groups.insert(
@@ -154,6 +159,7 @@ impl Snapshot {
                     errors: &mut errors,
                     warnings: &mut warnings,
                     logs: &mut logs,
+                    scope: &scope,
                 };
                 let Some(route) = compile_server(server, &mut cx) else {
                     continue;
@@ -249,6 +255,38 @@ struct Cx<'a> {
     errors: &'a mut ConfigErrors,
     warnings: &'a mut Vec<String>,
     logs: &'a mut LogCache,
+    scope: &'a Scope,
+}
+
+/// Every `set` variable of the configuration; setting one of imbang's own variables is an error
+/// (nginx: `the duplicate "host" variable`).
+fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
+    fn walk(loc: &Location, scope: &mut Scope, errors: &mut ConfigErrors) {
+        declare(&loc.conf.sets, scope, errors);
+        for l in &loc.locations {
+            walk(l, scope, errors);
+        }
+    }
+    fn declare(sets: &[SetVar], scope: &mut Scope, errors: &mut ConfigErrors) {
+        for set in sets {
+            if crate::vars::Var::parse(&set.name).is_some() {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(format!("the duplicate \"{}\" variable", set.name)),
+                    Some(set.location.clone()),
+                ));
+            } else {
+                scope.declare(&set.name);
+            }
+        }
+    }
+    let mut scope = Scope::default();
+    for server in config.http.iter().flat_map(|h| &h.servers) {
+        declare(&server.conf.sets, &mut scope, errors);
+        for l in &server.locations {
+            walk(l, &mut scope, errors);
+        }
+    }
+    scope
 }
 
 fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
@@ -273,7 +311,7 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         }
     };
     let ret = match &server.conf.action {
-        Some(Action::Return(r)) => Answer::compile(r, &server.location, cx.errors),
+        Some(Action::Return(r)) => Answer::compile(r, &server.location, cx.scope, cx.errors),
         _ => None,
     };
     let name = match server.names.first() {
@@ -327,7 +365,7 @@ fn compile_route(
                 continue;
             }
         };
-        match Template::compile(value) {
+        match Template::compile_in(value, cx.scope) {
             Ok(t) => {
                 sets_host |= header == http::header::HOST;
                 set_headers.push((header, t));
@@ -340,7 +378,7 @@ fn compile_route(
     }
     let action = match &conf.action {
         None => RouteAction::NotFound,
-        Some(Action::Return(r)) => match Answer::compile(r, at, errors) {
+        Some(Action::Return(r)) => match Answer::compile(r, at, cx.scope, errors) {
             Some(answer) => RouteAction::Return(answer),
             None => RouteAction::NotFound,
         },
@@ -362,7 +400,7 @@ fn compile_route(
     let mut add_headers = Vec::new();
     for h in &conf.add_headers {
         let name = HeaderName::from_bytes(h.name.as_bytes());
-        match (name, Template::compile(&h.value)) {
+        match (name, Template::compile_in(&h.value, cx.scope)) {
             (Ok(name), Ok(t)) => add_headers.push((name, t, h.always)),
             (Err(_), _) => errors.push(ConfigError::new(
                 ErrorKind::Invalid(format!(
@@ -388,7 +426,21 @@ fn compile_route(
         },
         (Redirect::Default, _) => Vec::new(),
     };
-    let (access_log, log_errors) = access_log::compile(&conf.access_log, cx.logs);
+    let mut sets = Vec::new();
+    for set in &conf.sets {
+        // A name that is not in the scope was refused by `declared_variables` already.
+        let Some(name) = cx.scope.get(&set.name) else {
+            continue;
+        };
+        match Template::compile_in(&set.value, cx.scope) {
+            Ok(t) => sets.push((name, t)),
+            Err(message) => cx.errors.push(ConfigError::new(
+                ErrorKind::Invalid(message),
+                Some(set.location.clone()),
+            )),
+        }
+    }
+    let (access_log, log_errors) = access_log::compile(&conf.access_log, cx.logs, cx.scope);
     for (message, location) in log_errors {
         cx.errors
             .push(ConfigError::new(ErrorKind::Invalid(message), location));
@@ -400,6 +452,7 @@ fn compile_route(
         sets_host,
         prefix,
         access_log,
+        sets,
         add_headers,
         hidden: hidden_headers(&conf.proxy),
         redirects,

@@ -2,6 +2,7 @@
 //! per snapshot into a [`Template`], evaluated per request against a [`Vars`] source.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// A variable imbang knows how to evaluate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,29 @@ pub enum Var {
     SentHttp(String),
     /// `$upstream_http_name`: a response header from the peer.
     UpstreamHttp(String),
+    /// A variable of the configuration's own, given a value by `set`.
+    Set(Arc<str>),
+}
+
+/// The variables a configuration declares with `set` (nginx's variables are global: a name set
+/// anywhere may be used everywhere; where it was not set for a request it is empty).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    names: std::collections::HashMap<String, Arc<str>>,
+}
+
+impl Scope {
+    pub fn declare(&mut self, name: &str) -> Arc<str> {
+        self.names
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::from(name))
+            .clone()
+    }
+
+    /// The declared variable `name`, if `set` declares it somewhere.
+    pub fn get(&self, name: &str) -> Option<Arc<str>> {
+        self.names.get(name).cloned()
+    }
 }
 
 impl Var {
@@ -151,6 +175,11 @@ impl Template {
     /// Splits `text` into literal text and `$name` / `${name}` variables.
     /// Errors with nginx's wording for an unknown variable: `unknown "foo" variable`.
     pub fn compile(text: &str) -> Result<Self, String> {
+        Self::compile_in(text, &Scope::default())
+    }
+
+    /// Like [`Template::compile`], also knowing the variables `set` declares in the configuration.
+    pub fn compile_in(text: &str, scope: &Scope) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -171,7 +200,13 @@ impl Template {
             if name.is_empty() {
                 return Err("invalid variable name \"\"".to_owned());
             }
-            let var = Var::parse(name).ok_or_else(|| format!("unknown \"{name}\" variable"))?;
+            let var = match Var::parse(name) {
+                Some(var) => var,
+                None => scope
+                    .get(name)
+                    .map(Var::Set)
+                    .ok_or_else(|| format!("unknown \"{name}\" variable"))?,
+            };
             if !lit.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut lit)));
             }

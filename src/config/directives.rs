@@ -312,6 +312,7 @@ pub static DIRECTIVES: &[Spec] = &[
     d("error_page", HSL, AtLeast(2)),
     d("proxy_intercept_errors", HSL, Flag),
     d("internal", C::LOCATION, NONE),
+    d("set", C::SERVER.or(C::LOCATION), Range(2, 2)),
     d("proxy_connect_timeout", HSL, ONE),
     d("proxy_read_timeout", HSL, ONE),
     d("proxy_send_timeout", HSL, ONE),
@@ -377,7 +378,6 @@ pub static UPSTREAM_SERVER: Spec = d("server", C::UPSTREAM, AtLeast(1));
 pub static NOT_YET: &[&str] = &[
     "rewrite",
     "if",
-    "set",
     "try_files",
     "alias",
     "ssl_certificate",

@@ -171,6 +171,7 @@ impl Frame {
             error_pages: self.error_pages.clone().unwrap_or_default(),
             intercept_errors: self.intercept_errors.unwrap_or(false),
             internal: false,
+            sets: Vec::new(),
             keepalive_requests: self.keepalive_requests.unwrap_or(1000),
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
             client_body_buffer_size: (self.client_body_buffer_size)
@@ -665,6 +666,27 @@ impl<'a> Lower<'a> {
         Some(nu)
     }
 
+    /// `set $name value;`: the value's variables are compiled with the snapshot.
+    fn set(&mut self, d: &Directive) -> Option<SetVar> {
+        let name_arg = &d.args[0];
+        let Some(name) = name_arg
+            .value
+            .strip_prefix('$')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        else {
+            self.invalid(
+                format!("invalid variable name \"{}\"", name_arg.value),
+                name_arg.span,
+            );
+            return None;
+        };
+        Some(SetVar {
+            name: name.to_owned(),
+            value: d.args[1].value.clone(),
+            location: self.at(name_arg.span),
+        })
+    }
+
     /// `error_page code ... [=[response]] uri;`
     fn error_page(&mut self, d: &Directive) -> Option<ErrorPage> {
         let (target, rest) = d.args.split_last()?;
@@ -799,6 +821,7 @@ impl<'a> Lower<'a> {
         let mut listens: Vec<ListenSpec> = Vec::new();
         let mut names: Vec<ServerName> = Vec::new();
         let mut ret = None;
+        let mut sets = Vec::new();
         let mut locations = Vec::new();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
@@ -806,6 +829,7 @@ impl<'a> Lower<'a> {
             };
             match c.name.as_str() {
                 "listen" => self.listen(c, &mut listens),
+                "set" => sets.extend(self.set(c)),
                 "server_name" => self.server_names(c, &mut names),
                 "location" => locations.push(c),
                 "return" => {
@@ -836,11 +860,13 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|l| self.location(l, &frame, None, ups))
             .collect();
+        let mut conf = frame.conf(ret.map(Action::Return));
+        Arc::make_mut(&mut conf).sets = sets;
         Some(Server {
             listens,
             names,
             locations,
-            conf: frame.conf(ret.map(Action::Return)),
+            conf,
             location: self.at(d.span),
         })
     }
@@ -1019,6 +1045,7 @@ impl<'a> Lower<'a> {
         let mut proxy = None;
         let mut ret = None;
         let mut internal = false;
+        let mut sets = Vec::new();
         let mut children = Vec::new();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
@@ -1027,6 +1054,7 @@ impl<'a> Lower<'a> {
             match c.name.as_str() {
                 "location" => children.push(c),
                 "internal" => internal = true,
+                "set" => sets.extend(self.set(c)),
                 "proxy_pass" => {
                     if self.once(&mut seen, spec, c) {
                         proxy = self.proxy_pass(c, kind, ups);
@@ -1061,8 +1089,10 @@ impl<'a> Lower<'a> {
             );
         }
         let mut conf = frame.conf(action);
-        if internal {
-            Arc::make_mut(&mut conf).internal = true;
+        if internal || !sets.is_empty() {
+            let conf = Arc::make_mut(&mut conf);
+            conf.internal = internal;
+            conf.sets = sets;
         }
         Some(Location {
             kind,

@@ -198,6 +198,9 @@ pub struct LocationConf {
     pub intercept_errors: bool,
     /// `internal`: only internal redirects (`error_page`) may reach this location.
     pub internal: bool,
+    /// `set $name value` of this level only, in order (not inherited: nginx runs a level's
+    /// rewrite directives for requests that end up at that level).
+    pub sets: Vec<SetVar>,
     /// `keepalive_requests`: after this many requests a client connection is closed (1000).
     pub keepalive_requests: u64,
     /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
@@ -228,6 +231,16 @@ pub enum ErrorPageStatus {
 
 /// nginx's default `client_body_buffer_size`: two memory pages, 8k on x86-64.
 pub const DEFAULT_CLIENT_BODY_BUFFER_SIZE: u64 = 8 * 1024;
+
+/// `set $name value;`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetVar {
+    /// Without the `$`.
+    pub name: String,
+    pub value: String,
+    /// `path:line:col` of the directive.
+    pub location: String,
+}
 
 /// One `access_log path [format]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use crate::pool::Pool;
 use crate::reload::Live;
 use crate::route::{normalize_host, normalize_path};
 use crate::snapshot::{Answer, Route, RouteAction, ServerRoute, Snapshot};
-use crate::vars::{Var, Vars, append_display};
+use crate::vars::{Template, Var, Vars, append_display};
 
 /// What every request of the process shares.
 pub struct Shared {
@@ -53,6 +53,7 @@ pub struct ConnInfo {
 }
 
 /// One request as the variables and the error log see it.
+#[derive(Clone, Copy)]
 pub struct RequestCtx<'a> {
     pub conn: &'a ConnInfo,
     pub parts: &'a http::request::Parts,
@@ -63,6 +64,23 @@ pub struct RequestCtx<'a> {
     pub path: &'a str,
     /// Set once the response is sent (the access log): `$status`, `$upstream_*`, times.
     pub done: Option<&'a Done>,
+    /// Values given by `set` for this request, in order (a later one wins).
+    pub sets: &'a [(Arc<str>, String)],
+}
+
+impl<'a> RequestCtx<'a> {
+    /// Runs `set` lists in order, each value seeing the ones before it.
+    fn eval_sets(&self, lists: &[&[(Arc<str>, Template)]]) -> Vec<(Arc<str>, String)> {
+        let mut values: Vec<(Arc<str>, String)> = Vec::new();
+        for (name, template) in lists.iter().copied().flatten() {
+            let value = template.render(&RequestCtx {
+                sets: &values,
+                ..*self
+            });
+            values.push((name.clone(), value));
+        }
+        values
+    }
 }
 
 impl RequestCtx<'_> {
@@ -206,6 +224,11 @@ impl Vars for RequestCtx<'_> {
                     + 12;
                 append_display(out, line as u64 + head as u64 + 2 + body)
             }
+            Var::Set(name) => {
+                if let Some((_, v)) = self.sets.iter().rev().find(|(n, _)| n == name) {
+                    out.push_str(v);
+                }
+            }
             done_var => {
                 if let Some(done) = self.done {
                     done.append(done_var, out);
@@ -266,6 +289,7 @@ pub async fn handle(
         server_name: out.server_name,
         proxy_host: out.proxy_host,
         path: out.path,
+        sets: out.sets,
         done,
     }));
     response
@@ -280,6 +304,7 @@ struct Outcome {
     server_name: String,
     proxy_host: String,
     path: String,
+    sets: Vec<(Arc<str>, String)>,
     record: Record,
 }
 
@@ -329,7 +354,12 @@ async fn respond(
         headers::set_server(&mut response, &server.fallback);
         return response;
     };
-    let mut ctx = RequestCtx {
+    // A server-level `return` answers before any location is looked at.
+    let route = match &server.ret {
+        Some(_) => &server.fallback,
+        None => server.locations.find(&path).unwrap_or(&server.fallback),
+    };
+    let base = RequestCtx {
         conn,
         parts,
         host: &host,
@@ -337,12 +367,21 @@ async fn respond(
         proxy_host: "",
         path: &path,
         done: None,
+        sets: &[],
     };
-    // A server-level `return` answers before any location is looked at.
-    let route = match &server.ret {
-        Some(_) => &server.fallback,
-        None => server.locations.find(&path).unwrap_or(&server.fallback),
+    // `set`: the server level's, then the location's (nginx's two rewrite phases).
+    let set_values = match (&*server.fallback.sets, Arc::ptr_eq(route, &server.fallback)) {
+        ([], true) => Vec::new(),
+        (server_sets, true) => base.eval_sets(&[server_sets]),
+        (server_sets, false) => base.eval_sets(&[server_sets, &route.sets]),
     };
+    let mut ctx = RequestCtx {
+        sets: &set_values,
+        ..base
+    };
+    if out.log_route.is_some() && !set_values.is_empty() {
+        out.sets = set_values.clone();
+    }
     out.log(route, &host, &server.name);
     if out.log_route.is_some() {
         out.path = path.clone();
@@ -485,6 +524,7 @@ async fn error_page(
         proxy_host: "",
         path: &path,
         done: None,
+        sets: ctx.sets,
     };
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
     if let Some(code) = fixed {

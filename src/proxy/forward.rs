@@ -43,12 +43,21 @@ pub async fn forward(
     let settings = &route.conf.proxy;
     let group = &proxy.group;
     let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
-    let mut headers = ctx.parts.headers.clone();
-    headers::to_upstream(&mut headers, route, &proxy.proxy_host, ctx);
     let mut client_upgrade = client_upgrade;
-    if let Some((protocol, _)) = &client_upgrade {
-        upgrade::set_upgrade_headers(&mut headers, protocol.clone());
-    }
+    let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
+    // The headers sent upstream, made again only when a request is sent again.
+    let upstream_headers = || {
+        let mut headers = ctx.parts.headers.clone();
+        headers::to_upstream(&mut headers, route, &proxy.proxy_host, ctx);
+        if let Some(protocol) = &protocol {
+            upgrade::set_upgrade_headers(&mut headers, protocol.clone());
+        }
+        if !settings.pass_request_body {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::TRANSFER_ENCODING);
+        }
+        headers
+    };
     let method = ctx.parts.method.clone();
     let version = if settings.http_version_1_0 {
         Version::HTTP_10
@@ -70,10 +79,6 @@ pub async fn forward(
             ctx.log_context(None)
         );
         return Err(ProxyError::BodyTooLarge);
-    }
-    if !settings.pass_request_body {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
     }
     let body = body.filter(|b| settings.pass_request_body && !b.is_end_stream());
     let fault = Arc::new(ClientFault::default());
@@ -111,9 +116,9 @@ pub async fn forward(
         n => (n as usize).min(peers),
     };
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
-    let mut request = Some(build(&method, &uri, version, headers.clone(), body));
+    let mut request = Some(build(&method, &uri, version, upstream_headers(), body));
     // The request again, with the kept body: for the next peer, and for the keep-alive race.
-    let again = |kept: &Bytes| build(&method, &uri, version, headers.clone(), kept_body(kept));
+    let again = |kept: &Bytes| build(&method, &uri, version, upstream_headers(), kept_body(kept));
     let replay = kept
         .as_ref()
         .filter(|_| facts.idempotent)
@@ -476,6 +481,14 @@ fn client_response(
 /// client's target passes unchanged; with one, the matched location prefix is replaced by it
 /// (nginx's rule), applied to the normalised path.
 fn upstream_uri(parts: &http::request::Parts, route: &Route, proxy: &Proxy, path: &str) -> Uri {
+    if proxy.uri.is_none() {
+        // The client's target as it came (shares its bytes; nothing is parsed again).
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(uri) {
+            return uri;
+        }
+    }
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let target = match (&proxy.uri, &route.prefix) {
         (Some(base), Some(prefix)) if path.starts_with(prefix.as_str()) => {

@@ -78,3 +78,33 @@ async fn combined_by_default_custom_formats_and_off() {
         ["\"GET", "/r", "HTTP/1.1\"", "200", "5", "\"-\"", "\"-\""]
     );
 }
+
+#[tokio::test]
+async fn a_reload_moves_the_access_log_to_its_new_path() {
+    let dir = TempDir::new("access-reload");
+    let first = dir.path().join("first.log");
+    let second = dir.path().join("second.log");
+    let conf = |path: &std::path::Path| {
+        format!(
+            "daemon off; error_log stderr crit; events {{}}
+             http {{ log_format short '$uri $status'; access_log {} short;
+               server {{ listen 127.0.0.1:0; location / {{ return 200 ok; }} }} }}",
+            path.display()
+        )
+    };
+    let lb = imbang(&conf(&first)).await;
+    assert_eq!(lb.get("/one").await.0, 200);
+    support::eventually("the first line", std::time::Duration::from_secs(5), || {
+        lines(&first) == ["/one 200"]
+    })
+    .await;
+    lb.reload(&conf(&second)).await;
+    assert_eq!(lb.get("/two").await.0, 200);
+    support::eventually(
+        "the line in the new file",
+        std::time::Duration::from_secs(5),
+        || lines(&second) == ["/two 200"],
+    )
+    .await;
+    assert_eq!(lines(&first), ["/one 200"]);
+}

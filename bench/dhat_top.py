@@ -8,6 +8,8 @@ import argparse
 import json
 import re
 
+# Files of the allocator path: std's System allocator, liballoc, and the counting allocator.
+SKIP_FILES = {"unix.rs", "alloc.rs", "raw_vec.rs", "boxed.rs", "global.rs", "main.rs"}
 SKIP = re.compile(
     r"(malloc|calloc|realloc|__rust_|alloc::alloc|alloc::raw_vec|RawVec|finish_grow|do_reserve|"
     r"grow_one|grow_amortized|reserve_for_push|::reserve|alloc::boxed::Box<T>::new|exchange_malloc|"
@@ -26,6 +28,11 @@ def short(frame):
     return f"{name} [{where}]" if where else name
 
 
+def location_file(frame):
+    m = re.search(r"\(([^():]*)(?::\d+)?\)$", frame)
+    return m.group(1).split("/")[-1] if m else ""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("file")
@@ -39,7 +46,11 @@ def main():
     total_blocks = total_bytes = 0
     for pp in d["pps"]:
         frames = [ftbl[i] for i in pp["fs"]]
-        kept = [short(f) for f in frames if not SKIP.search(f)][: a.depth]
+        kept = [
+            short(f)
+            for f in frames
+            if not SKIP.search(f) and location_file(f) not in SKIP_FILES
+        ][: a.depth]
         key = "  <-  ".join(kept) or "?"
         s = sites.setdefault(key, [0, 0])
         s[0] += pp["tbk"]

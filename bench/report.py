@@ -166,7 +166,10 @@ def render(agg, meta, profile_text, records):
         "claims**; absolute figures depend on the machine and vary from run to run."
     )
     L.append("")
-    L.append(f"- date: {m['date']}; command: `{m['command']}`; wall time of the run: {m['runtime_s']} s")
+    L.append(
+        f"- date: {m['date']}; command: `{m['command']}` (from a clean checkout); wall time of the run: "
+        f"{m['runtime_s']} s, including waits for other engineers' builds to finish"
+    )
     L.append(
         f"- machine: {m['machine']['nproc']} CPUs, {m['machine']['cpu_model']}, {m['machine']['mem']} RAM, "
         f"Linux {m['machine']['kernel']}"
@@ -273,6 +276,11 @@ def render(agg, meta, profile_text, records):
     L.append(
         "- CPU is the proxy's utime+stime from `/proc/PID/stat` over the measured run (every thread; for nginx "
         "master + worker), divided by the requests wrk completed (or by the MiB it received)."
+    )
+    L.append(
+        "- (a) wrk and both origins share CPU 0; when it is saturated (the proxies' own core is then below "
+        "1.0 in the 'CPU use' row) req/s and latency are bounded by the load generator rather than the proxy, "
+        "and CPU per request is the figure that separates the proxies."
     )
     L.append(
         "- (b) sends `Connection: close` on every request, so each request is a new TCP connection to the "

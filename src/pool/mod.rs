@@ -67,7 +67,10 @@ impl Pool {
     ) -> Result<Conn, ConnectError> {
         while let Some(mut sender) = self.take_idle(addr, idle_timeout) {
             // Ready resolves at once for a live idle connection; it fails if the peer closed it.
-            if sender.ready().await.is_ok() {
+            // Bounded all the same: a connection that does not become ready is replaced, never
+            // waited on (the request's own timeouts start only once it is sent).
+            let ready = tokio::time::timeout(connect_timeout, sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
                 return Ok(Conn {
                     sender,
                     reused: true,

@@ -92,53 +92,37 @@ impl Frame {
     /// This level's values where set, the parent's otherwise. `proxy_set_header` follows
     /// nginx's rule: a level with any `proxy_set_header` inherits none from above.
     fn inherit(&self, parent: &Frame) -> Frame {
-        Frame {
-            connect_timeout: self.connect_timeout.or(parent.connect_timeout),
-            read_timeout: self.read_timeout.or(parent.read_timeout),
-            send_timeout: self.send_timeout.or(parent.send_timeout),
-            next_upstream: self.next_upstream.or(parent.next_upstream),
-            next_upstream_tries: self.next_upstream_tries.or(parent.next_upstream_tries),
-            next_upstream_timeout: self.next_upstream_timeout.or(parent.next_upstream_timeout),
-            set_headers: self
-                .set_headers
-                .clone()
-                .or_else(|| parent.set_headers.clone()),
-            http_version_1_0: self.http_version_1_0.or(parent.http_version_1_0),
-            default_type: self
-                .default_type
-                .clone()
-                .or_else(|| parent.default_type.clone()),
-            access_log: self
-                .access_log
-                .clone()
-                .or_else(|| parent.access_log.clone()),
-            add_headers: self
-                .add_headers
-                .clone()
-                .or_else(|| parent.add_headers.clone()),
-            hide_headers: self
-                .hide_headers
-                .clone()
-                .or_else(|| parent.hide_headers.clone()),
-            pass_headers: self
-                .pass_headers
-                .clone()
-                .or_else(|| parent.pass_headers.clone()),
-            pass_request_headers: self.pass_request_headers.or(parent.pass_request_headers),
-            pass_request_body: self.pass_request_body.or(parent.pass_request_body),
-            redirect: self.redirect.clone().or_else(|| parent.redirect.clone()),
-            server_tokens: self.server_tokens.or(parent.server_tokens),
-            client_max_body_size: self.client_max_body_size.or(parent.client_max_body_size),
-            error_pages: self
-                .error_pages
-                .clone()
-                .or_else(|| parent.error_pages.clone()),
-            intercept_errors: self.intercept_errors.or(parent.intercept_errors),
-            keepalive_requests: self.keepalive_requests.or(parent.keepalive_requests),
-            client_body_timeout: self.client_body_timeout.or(parent.client_body_timeout),
-            client_body_buffer_size: (self.client_body_buffer_size)
-                .or(parent.client_body_buffer_size),
+        /// Every field: this level's value where set, the parent's otherwise.
+        macro_rules! inherit {
+            ($($field:ident),* $(,)?) => {
+                Frame { $($field: self.$field.clone().or_else(|| parent.$field.clone()),)* }
+            };
         }
+        inherit!(
+            connect_timeout,
+            read_timeout,
+            send_timeout,
+            next_upstream,
+            next_upstream_tries,
+            next_upstream_timeout,
+            set_headers,
+            http_version_1_0,
+            default_type,
+            access_log,
+            add_headers,
+            hide_headers,
+            pass_headers,
+            pass_request_headers,
+            pass_request_body,
+            redirect,
+            server_tokens,
+            client_max_body_size,
+            error_pages,
+            intercept_errors,
+            keepalive_requests,
+            client_body_timeout,
+            client_body_buffer_size,
+        )
     }
 
     fn conf(&self, action: Option<Action>) -> Arc<LocationConf> {

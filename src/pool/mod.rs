@@ -120,13 +120,6 @@ impl Pool {
             since: Instant::now(),
         });
     }
-
-    /// Number of idle connections kept for `addr` (for tests and the status API).
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get(&addr)
-            .map_or(0, |l| l.iter().filter(|c| !c.sender.is_closed()).count())
-    }
 }
 
 /// TCP connect with a timeout, TCP_NODELAY, then the HTTP/1 handshake; the connection is driven

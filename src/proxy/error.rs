@@ -85,16 +85,6 @@ impl ProxyError {
             Self::BadRequest(_) | Self::UriTooLong | Self::HeaderTooLarge | Self::BodyTooLarge
         )
     }
-
-    /// The peer the failure happened on, for `upstream: "http://..."` in the error log.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        match self {
-            Self::Connect { peer, .. } | Self::Upstream { peer, .. } | Self::Timeout { peer } => {
-                Some(*peer)
-            }
-            _ => None,
-        }
-    }
 }
 
 /// nginx's small HTML error page for `status`.

@@ -112,6 +112,8 @@ pub struct Group {
     pub hash_key: Option<Template>,
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
+    /// `keepalive_requests` and `keepalive_time` of upstream connections.
+    pub reuse: crate::pool::Reuse,
 }
 
 impl Snapshot {
@@ -147,6 +149,10 @@ impl Snapshot {
                         hash_key,
                         keepalive: up.keepalive,
                         keepalive_timeout: up.keepalive_timeout,
+                        reuse: crate::pool::Reuse {
+                            max_requests: up.keepalive_requests,
+                            max_age: up.keepalive_time,
+                        },
                     }),
                 );
             }

@@ -88,3 +88,49 @@ async fn a_peer_closing_idle_connections_causes_no_client_error() {
         connections.load(Ordering::SeqCst)
     );
 }
+
+/// A backend that keeps connections open and counts how many it accepted.
+async fn counting_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_keepalive_requests_bounds_the_requests_per_connection() {
+    for (limit, connections_expected) in [("", 1), ("keepalive_requests 2;", 5)] {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let backend = counting_backend(connections.clone()).await;
+        let lb = imbang(&format!(
+            "daemon off; error_log stderr crit; events {{}}
+             http {{ access_log off;
+               upstream one {{ server {backend}; {limit} }}
+               server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
+        ))
+        .await;
+        for _ in 0..10 {
+            assert_eq!(lb.get("/").await, (200, "ok".to_owned()));
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            connections_expected,
+            "{limit:?}"
+        );
+    }
+}

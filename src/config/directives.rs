@@ -353,13 +353,8 @@ pub static DIRECTIVES: &[Spec] = &[
     d("random", C::UPSTREAM, Range(0, 2)),
     d("keepalive", C::UPSTREAM, ONE),
     d("queue", C::UPSTREAM, Range(1, 2)),
-    no_effect(
-        "keepalive_requests",
-        C::UPSTREAM,
-        ONE,
-        "not implemented yet",
-    ),
-    no_effect("keepalive_time", C::UPSTREAM, ONE, "not implemented yet"),
+    d("keepalive_requests", C::UPSTREAM, ONE),
+    d("keepalive_time", C::UPSTREAM, ONE),
     no_effect(
         "zone",
         C::UPSTREAM,

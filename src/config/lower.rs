@@ -1231,6 +1231,8 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
             queue: None,
             implicit: true,
             location: self.at(d.span),
@@ -1252,6 +1254,8 @@ impl<'a> Lower<'a> {
             method: BalanceMethod::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
             queue: None,
             implicit: false,
             location: self.at(d.span),
@@ -1283,6 +1287,16 @@ impl<'a> Lower<'a> {
                 "keepalive_timeout" => {
                     if let Some(t) = self.duration_arg(c, &c.args[0]) {
                         up.keepalive_timeout = t;
+                    }
+                }
+                "keepalive_requests" => {
+                    if let Some(n) = self.number_arg(c, &c.args[0]) {
+                        up.keepalive_requests = n;
+                    }
+                }
+                "keepalive_time" => {
+                    if let Some(t) = self.duration_arg(c, &c.args[0]) {
+                        up.keepalive_time = t;
                     }
                 }
                 "queue" => {

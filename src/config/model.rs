@@ -410,6 +410,10 @@ pub struct Upstream {
     /// default (nginx does not without this directive).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
+    /// `keepalive_requests`: requests one upstream connection carries before it is closed (1000).
+    pub keepalive_requests: u64,
+    /// `keepalive_time`: the longest an upstream connection is kept in use (1h).
+    pub keepalive_time: Duration,
     /// `queue N [timeout=time]` (NGINX Plus): requests that find every eligible peer at
     /// `max_conns` wait for a free slot instead of failing.
     pub queue: Option<QueueSpec>,

@@ -29,6 +29,28 @@ pub struct Conn {
     pub sender: http1::SendRequest<UpstreamBody>,
     /// True when taken from the idle list (it may have been closed by the peer meanwhile).
     pub reused: bool,
+    pub age: Age,
+}
+
+/// How much a connection has been used: requests carried and when it was opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Age {
+    pub requests: u64,
+    pub opened: Instant,
+}
+
+/// nginx's `keepalive_requests` / `keepalive_time` for upstream connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Reuse {
+    pub max_requests: u64,
+    pub max_age: Duration,
+}
+
+impl Reuse {
+    /// Whether a connection that has just carried one more request may be kept.
+    fn allows(&self, age: Age) -> bool {
+        age.requests < self.max_requests && age.opened.elapsed() < self.max_age
+    }
 }
 
 /// Why no connection could be had.
@@ -45,6 +67,7 @@ pub enum ConnectError {
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
+    age: Age,
 }
 
 /// Idle keep-alive connections by peer address.
@@ -65,7 +88,7 @@ impl Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        while let Some(mut sender) = self.take_idle(addr, idle_timeout) {
+        while let Some((mut sender, age)) = self.take_idle(addr, idle_timeout) {
             // Ready resolves at once for a live idle connection; it fails if the peer closed it.
             // Bounded all the same: a connection that does not become ready is replaced, never
             // waited on (the request's own timeouts start only once it is sent).
@@ -74,12 +97,17 @@ impl Pool {
                 return Ok(Conn {
                     sender,
                     reused: true,
+                    age,
                 });
             }
         }
         connect(addr, connect_timeout).await.map(|sender| Conn {
             sender,
             reused: false,
+            age: Age {
+                requests: 0,
+                opened: Instant::now(),
+            },
         })
     }
 
@@ -87,27 +115,34 @@ impl Pool {
         &self,
         addr: SocketAddr,
         idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<UpstreamBody>> {
+    ) -> Option<(http1::SendRequest<UpstreamBody>, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some(conn.sender);
+                return Some((conn.sender, conn.age));
             }
         }
         None
     }
 
     /// Returns a connection whose response was read to the end, keeping at most `max_idle`
-    /// idle connections for `addr` (the oldest is closed first).
+    /// idle connections for `addr` (the oldest is closed first), unless it has carried
+    /// `keepalive_requests` requests or is older than `keepalive_time`.
     pub fn checkin(
         &self,
         addr: SocketAddr,
         sender: http1::SendRequest<UpstreamBody>,
+        age: Age,
         max_idle: usize,
+        reuse: Reuse,
     ) {
-        if sender.is_closed() || max_idle == 0 {
+        let age = Age {
+            requests: age.requests + 1,
+            ..age
+        };
+        if sender.is_closed() || max_idle == 0 || !reuse.allows(age) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,6 +153,7 @@ impl Pool {
         list.push(Idle {
             sender,
             since: Instant::now(),
+            age,
         });
     }
 }

@@ -71,7 +71,9 @@ pub struct Checkin {
     pub pool: Arc<Pool>,
     pub addr: std::net::SocketAddr,
     pub sender: SendRequest<UpstreamBody>,
+    pub age: crate::pool::Age,
     pub max_idle: usize,
+    pub reuse: crate::pool::Reuse,
 }
 
 /// A peer's response body on its way to the client. Holds the peer's in-flight guard until the
@@ -104,7 +106,7 @@ impl Streamed {
 
     fn finish(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.pool.checkin(c.addr, c.sender, c.max_idle);
+            c.pool.checkin(c.addr, c.sender, c.age, c.max_idle, c.reuse);
         }
         if let Some(guard) = self.guard.take() {
             guard.body_done(Instant::now()); // `least_time last_byte`

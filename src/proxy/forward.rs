@@ -471,7 +471,9 @@ fn client_response(
         pool: shared.pool.clone(),
         addr,
         sender: conn.sender,
+        age: conn.age,
         max_idle: group.keepalive,
+        reuse: group.reuse,
     };
     let body = ResponseBody::streamed(Streamed::new(body, guard, checkin, read_timeout));
     Response::from_parts(parts, body)

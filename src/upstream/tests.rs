@@ -44,6 +44,8 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         method,
         keepalive: 0,
         keepalive_timeout: 60 * SEC,
+        keepalive_requests: 1000,
+        keepalive_time: 3600 * SEC,
         queue: None,
         implicit: false,
         location: "test.conf:1:1".to_owned(),

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error_log;
+pub mod io;
 pub mod listen;
 pub mod pool;
 pub mod process;

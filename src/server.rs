@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::io::ClientStream;
 use crate::log;
 use crate::pool::Pool;
 use crate::proxy::{self, ConnInfo, Shared};
@@ -259,12 +260,11 @@ impl Server {
         });
         // One timer bounds both a slow request head and an idle keep-alive connection (hyper
         // starts it whenever it waits for a head): the http level's keepalive_timeout (75s).
-        let keepalive = self
-            .snapshot()
-            .config
-            .http
-            .as_ref()
-            .map_or(CLIENT_IDLE_TIMEOUT, |h| h.keepalive_timeout);
+        let snapshot = self.snapshot();
+        let http = snapshot.config.http.as_ref();
+        let keepalive = http.map_or(CLIENT_IDLE_TIMEOUT, |h| h.keepalive_timeout);
+        let send_timeout = http.map_or(Duration::from_secs(60), |h| h.send_timeout);
+        drop(snapshot);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .keep_alive(!keepalive.is_zero())
@@ -273,7 +273,10 @@ impl Server {
             } else {
                 keepalive
             })
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(
+                TokioIo::new(ClientStream::new(stream, send_timeout)),
+                service,
+            )
             .with_upgrades();
         tokio::pin!(conn);
         // The process stops, or a reload removed this connection's listen address: drain it.

@@ -112,3 +112,54 @@ async fn a_stalled_request_body_gets_408_after_client_body_timeout() {
     assert!(closed_within(&mut s, Duration::from_secs(5)).await);
     assert_eq!(app.hits(), 0, "the backend never got a complete request");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                    let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(big)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; send_timeout 300ms; upstream o {{ server {origin}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://o; }} }} }}"
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    support::eventually("the connection to be served", Duration::from_secs(10), || {
+        lb.server.open_connections() == 1
+    })
+    .await;
+    // The client reads nothing: once the socket buffers are full imbang's writes block, and after
+    // send_timeout the connection is dropped.
+    support::eventually(
+        "the stalled connection to be dropped",
+        Duration::from_secs(10),
+        || lb.server.open_connections() == 0,
+    )
+    .await;
+    drop(s);
+}

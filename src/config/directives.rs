@@ -261,7 +261,7 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "the request head shares keepalive_timeout's timer in imbang",
     ),
-    no_effect("send_timeout", HSL, ONE, "not implemented yet"),
+    d("send_timeout", HSL, ONE),
     no_effect(
         "reset_timedout_connection",
         HSL,

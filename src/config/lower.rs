@@ -422,6 +422,7 @@ impl<'a> Lower<'a> {
         let mut error_log = Vec::new();
         let mut servers = Vec::new();
         let mut keepalive_timeout = Duration::from_secs(75);
+        let mut send_timeout = Duration::from_secs(60);
         let combined = Arc::new(LogFormat {
             name: "combined".to_owned(),
             escape: LogEscape::Default,
@@ -457,6 +458,11 @@ impl<'a> Lower<'a> {
             match d.name.as_str() {
                 "server" => servers.push(d),
                 "error_log" => error_log.extend(self.error_log(d)),
+                "send_timeout" => {
+                    if self.once(&mut seen, spec, d) {
+                        send_timeout = self.duration_arg(d, &d.args[0]).unwrap_or(send_timeout);
+                    }
+                }
                 "keepalive_timeout" => {
                     if self.once(&mut seen, spec, d) {
                         keepalive_timeout = self
@@ -486,6 +492,7 @@ impl<'a> Lower<'a> {
             upstreams: upstreams.groups,
             error_log,
             keepalive_timeout,
+            send_timeout,
         }
     }
 
@@ -589,10 +596,10 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
-            "keepalive_timeout" => {
+            "keepalive_timeout" | "send_timeout" => {
                 // Only the http level's value is used (see Http::keepalive_timeout).
                 self.warn(
-                    "\"keepalive_timeout\" is used from the http level only in imbang".to_owned(),
+                    format!("\"{}\" is used from the http level only in imbang", d.name),
                     d.span,
                 );
             }

@@ -113,6 +113,8 @@ pub struct Http {
     /// http-level `keepalive_timeout`: how long an idle client connection (or one sending its
     /// request head) is kept; zero disables keep-alive. nginx's default: 75s.
     pub keepalive_timeout: Duration,
+    /// http-level `send_timeout`: the longest a write to a client may stay blocked (60s).
+    pub send_timeout: Duration,
 }
 
 /// One `server {}` block.

@@ -1,8 +1,11 @@
-//! A client socket whose writes may not stall longer than nginx's `send_timeout`: when the client
-//! stops reading and a write stays blocked that long, the write fails and the connection closes.
+//! A socket whose writes may not stall longer than a limit: nginx's `send_timeout` towards
+//! clients and `proxy_send_timeout` towards peers. When the other side stops reading and a write
+//! stays blocked that long, the write fails and the connection closes.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -10,20 +13,28 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-pub struct ClientStream {
+pub struct WriteTimeout {
     inner: TcpStream,
     send_timeout: Duration,
+    /// Set when a write timed out, so the owner can tell a timeout from other failures.
+    tripped: Arc<AtomicBool>,
     /// Armed while a write is blocked; cleared when one makes progress.
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl ClientStream {
+impl WriteTimeout {
     pub fn new(inner: TcpStream, send_timeout: Duration) -> Self {
         Self {
             inner,
             send_timeout,
+            tripped: Arc::default(),
             stalled: None,
         }
+    }
+
+    /// True once a write has timed out (shared with whoever asked).
+    pub fn tripped(&self) -> Arc<AtomicBool> {
+        self.tripped.clone()
     }
 
     fn on_write<T>(
@@ -38,10 +49,13 @@ impl ClientStream {
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client timed out (110: Connection timed out) while sending to client",
-                    ))),
+                    Poll::Ready(()) => Poll::Ready(Err({
+                        self.tripped.store(true, Ordering::SeqCst);
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out (110: Connection timed out) while sending",
+                        )
+                    })),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -53,7 +67,7 @@ impl ClientStream {
     }
 }
 
-impl AsyncRead for ClientStream {
+impl AsyncRead for WriteTimeout {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -63,7 +77,7 @@ impl AsyncRead for ClientStream {
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl AsyncWrite for WriteTimeout {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::io::ClientStream;
+use crate::io::WriteTimeout;
 use crate::log;
 use crate::pool::Pool;
 use crate::proxy::{self, ConnInfo, Shared};
@@ -274,7 +274,7 @@ impl Server {
                 keepalive
             })
             .serve_connection(
-                TokioIo::new(ClientStream::new(stream, send_timeout)),
+                TokioIo::new(WriteTimeout::new(stream, send_timeout)),
                 service,
             )
             .with_upgrades();

@@ -149,9 +149,11 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    support::eventually("the connection to be served", Duration::from_secs(10), || {
-        lb.server.open_connections() == 1
-    })
+    support::eventually(
+        "the connection to be served",
+        Duration::from_secs(10),
+        || lb.server.open_connections() == 1,
+    )
     .await;
     // The client reads nothing: once the socket buffers are full imbang's writes block, and after
     // send_timeout the connection is dropped.
@@ -162,4 +164,51 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     )
     .await;
     drop(s);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_the_request_gets_504_after_proxy_send_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    // Accepts, then never reads: imbang's writes of the request body block.
+    let held = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            streams.push(s);
+        }
+    });
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; upstream o {{ server {origin}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ proxy_pass http://o; proxy_send_timeout 300ms; client_max_body_size 0; }} }} }}"
+    ))
+    .await;
+    let s = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    let size = 64 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let head = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n");
+        let _ = write.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut byte))
+            .await
+            .expect("an answer before the body is sent")
+            .unwrap();
+        assert_eq!(n, 1, "closed without an answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 504"), "{head}");
+    writer.abort();
+    held.abort();
 }

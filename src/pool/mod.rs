@@ -14,11 +14,14 @@ pub mod body;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+
+use crate::io::WriteTimeout;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -30,6 +33,8 @@ pub struct Conn {
     /// True when taken from the idle list (it may have been closed by the peer meanwhile).
     pub reused: bool,
     pub age: Age,
+    /// Set when a write on this connection blocked past `proxy_send_timeout`.
+    pub write_timed_out: Arc<AtomicBool>,
 }
 
 /// How much a connection has been used: requests carried and when it was opened.
@@ -68,6 +73,7 @@ struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
     age: Age,
+    write_timed_out: Arc<AtomicBool>,
 }
 
 /// Idle keep-alive connections by peer address.
@@ -87,8 +93,9 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        while let Some((mut sender, age)) = self.take_idle(addr, idle_timeout) {
+        while let Some((mut sender, age, write_timed_out)) = self.take_idle(addr, idle_timeout) {
             // Ready resolves at once for a live idle connection; it fails if the peer closed it.
             // Bounded all the same: a connection that does not become ready is replaced, never
             // waited on (the request's own timeouts start only once it is sent).
@@ -98,30 +105,34 @@ impl Pool {
                     sender,
                     reused: true,
                     age,
+                    write_timed_out,
                 });
             }
         }
-        connect(addr, connect_timeout).await.map(|sender| Conn {
-            sender,
-            reused: false,
-            age: Age {
-                requests: 0,
-                opened: Instant::now(),
-            },
-        })
+        connect(addr, connect_timeout, send_timeout)
+            .await
+            .map(|(sender, write_timed_out)| Conn {
+                sender,
+                reused: false,
+                write_timed_out,
+                age: Age {
+                    requests: 0,
+                    opened: Instant::now(),
+                },
+            })
     }
 
     fn take_idle(
         &self,
         addr: SocketAddr,
         idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<UpstreamBody>, Age)> {
+    ) -> Option<(http1::SendRequest<UpstreamBody>, Age, Arc<AtomicBool>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some((conn.sender, conn.age));
+                return Some((conn.sender, conn.age, conn.write_timed_out));
             }
         }
         None
@@ -135,6 +146,7 @@ impl Pool {
         addr: SocketAddr,
         sender: http1::SendRequest<UpstreamBody>,
         age: Age,
+        write_timed_out: Arc<AtomicBool>,
         max_idle: usize,
         reuse: Reuse,
     ) {
@@ -154,6 +166,7 @@ impl Pool {
             sender,
             since: Instant::now(),
             age,
+            write_timed_out,
         });
     }
 }
@@ -163,20 +176,23 @@ impl Pool {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
+    send_timeout: Duration,
+) -> Result<(http1::SendRequest<UpstreamBody>, Arc<AtomicBool>), ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout),
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
+    let io = WriteTimeout::new(stream, send_timeout);
+    let write_timed_out = io.tripped();
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         // Errors here surface to the request that owns the connection.
         let _ = conn.with_upgrades().await;
     });
-    Ok(sender)
+    Ok((sender, write_timed_out))
 }

@@ -2,6 +2,7 @@
 //! next peer may be tried. The response body is streamed back with the peer's guard inside it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -159,6 +160,7 @@ pub async fn forward(
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
             idle_timeout: group.keepalive_timeout,
+            send_timeout: settings.send_timeout,
             replay: replay
                 .as_ref()
                 .map(|r| r as &(dyn Fn() -> Request<UpstreamBody> + Sync)),
@@ -282,6 +284,8 @@ struct Target<'a> {
     connect_timeout: Duration,
     read_timeout: Duration,
     idle_timeout: Duration,
+    /// `proxy_send_timeout`, for a connection this attempt opens.
+    send_timeout: Duration,
     /// The request again, when sending it twice is safe (idempotent, no body): used when a pooled
     /// connection turns out to have been closed by the peer while idle.
     replay: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
@@ -301,7 +305,12 @@ impl Target<'_> {
             let checkout = self
                 .shared
                 .pool
-                .checkout(addr, self.connect_timeout, self.idle_timeout)
+                .checkout(
+                    addr,
+                    self.connect_timeout,
+                    self.idle_timeout,
+                    self.send_timeout,
+                )
                 .await;
             let mut conn = match checkout {
                 Ok(conn) => {
@@ -333,6 +342,15 @@ impl Target<'_> {
                     match (unsent, self.replay.filter(|_| stale)) {
                         (Some(unsent), _) if conn.reused => req = unsent,
                         (None, Some(replay)) => req = replay(),
+                        (None, _) if conn.write_timed_out.load(Ordering::SeqCst) => {
+                            // proxy_send_timeout: the peer stopped reading the request.
+                            return Err(AttemptFailed {
+                                reached: Reached::RequestSent,
+                                failure: Failure::Timeout,
+                                error: ProxyError::Timeout { peer: addr },
+                                unsent: None,
+                            });
+                        }
                         (unsent, _) => {
                             let reached = if unsent.is_some() {
                                 Reached::Nothing
@@ -472,6 +490,7 @@ fn client_response(
         addr,
         sender: conn.sender,
         age: conn.age,
+        write_timed_out: conn.write_timed_out,
         max_idle: group.keepalive,
         reuse: group.reuse,
     };

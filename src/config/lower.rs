@@ -36,6 +36,7 @@ pub fn lower(
         errors: ConfigErrors::default(),
         warnings: Vec::new(),
         log_formats: HashMap::new(),
+        inner_error_logs: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -57,6 +58,8 @@ struct Lower<'a> {
     warnings: Vec<Warning>,
     /// `log_format`s by name, `combined` included.
     log_formats: HashMap<String, Arc<LogFormat>>,
+    /// `error_log` of server and location levels: imbang adds them to the process's log.
+    inner_error_logs: Vec<ErrorLogSpec>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -487,6 +490,7 @@ impl<'a> Lower<'a> {
             .filter_map(|d| self.server(d, &frame, &mut upstreams))
             .collect();
         self.check_default_servers(&servers);
+        error_log.append(&mut self.inner_error_logs);
         Http {
             servers,
             upstreams: upstreams.groups,
@@ -829,7 +833,9 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "error_log" => {
-                    self.error_log(c);
+                    if let Some(log) = self.error_log(c) {
+                        self.inner_error_logs.push(log);
+                    }
                 }
                 _ => {
                     self.setting(c, spec, &mut own, &mut seen);
@@ -1057,7 +1063,9 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "error_log" => {
-                    self.error_log(c);
+                    if let Some(log) = self.error_log(c) {
+                        self.inner_error_logs.push(log);
+                    }
                 }
                 _ => {
                     self.setting(c, spec, &mut own, &mut seen);

@@ -458,3 +458,25 @@ fn balancing_method_argument_errors_use_nginx_s_words() {
         ]
     );
 }
+
+#[test]
+fn server_and_location_error_logs_join_the_http_level_ones() {
+    let c = ok(
+        "events {}\nhttp {\n error_log a.log;\n server { error_log b.log warn; location / { error_log c.log; return 200; } }\n}\n",
+    );
+    let targets: Vec<String> = c
+        .http
+        .unwrap()
+        .error_log
+        .iter()
+        .map(|l| format!("{:?} {}", l.target, l.level.as_str()))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "File(\"/prefix/a.log\") error",
+            "File(\"/prefix/b.log\") warn",
+            "File(\"/prefix/c.log\") error",
+        ]
+    );
+}

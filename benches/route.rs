@@ -185,7 +185,6 @@ fn variables(c: &mut Criterion) {
     let conn = ConnInfo {
         id: 7,
         requests: AtomicU64::new(1),
-        first_request: tokio::sync::Notify::new(),
         remote,
         local,
         key: local,

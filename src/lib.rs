@@ -4,7 +4,7 @@
 //!
 //! | step    | module       | what happens                                              |
 //! |---------|--------------|-----------------------------------------------------------|
-//! | accept  | [`server`]   | accept TCP, one task per connection, hyper HTTP/1.1       |
+//! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
 //! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
 //! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |
@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error_log;
+pub mod http1;
 pub mod io;
 pub mod listen;
 pub mod pool;

@@ -2,33 +2,23 @@
 //! configuration in force, reload and stop. Used by the binary and, in-process, by tests.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::io::WriteTimeout;
+use crate::http1;
 use crate::log;
 use crate::pool::Pool;
-use crate::proxy::{self, ConnInfo, Shared};
+use crate::proxy::{ConnInfo, Shared};
 use crate::reload::Live;
 use crate::snapshot::Snapshot;
 use crate::upstream::PeerRegistry;
 use crate::{error_log, listen};
-
-/// How long a stop waits for the first request of a connection accepted just before it.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
-
-/// How long a client connection may wait for (or send) a request head, by default.
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Why a reload did not happen. The running configuration is untouched in every case.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +226,7 @@ impl Server {
         stream: TcpStream,
         remote: SocketAddr,
         key: SocketAddr,
-        mut listener_removed: watch::Receiver<bool>,
+        listener_removed: watch::Receiver<bool>,
         _counted: Counted,
     ) {
         let _ = stream.set_nodelay(true);
@@ -246,66 +236,34 @@ impl Server {
         let info = Arc::new(ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             requests: AtomicU64::new(0),
-            first_request: Notify::new(),
             remote,
             local,
             key,
         });
-        let shared = self.shared.clone();
-        let conn_info = info.clone();
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            let info = conn_info.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
-        });
-        // One timer bounds both a slow request head and an idle keep-alive connection (hyper
-        // starts it whenever it waits for a head): the http level's keepalive_timeout (75s).
         let snapshot = self.snapshot();
-        let http = snapshot.config.http.as_ref();
-        let keepalive = http.map_or(CLIENT_IDLE_TIMEOUT, |h| h.keepalive_timeout);
-        let send_timeout = http.map_or(Duration::from_secs(60), |h| h.send_timeout);
+        let settings = match snapshot.config.http.as_ref() {
+            Some(h) => http1::Settings {
+                limits: http1::HeadLimits {
+                    line: h.header_buffer_size,
+                    head: h.header_buffer_size * h.header_buffers,
+                },
+                header_timeout: h.client_header_timeout,
+                keepalive_timeout: h.keepalive_timeout,
+                send_timeout: h.send_timeout,
+            },
+            None => http1::Settings {
+                limits: http1::HeadLimits::default(),
+                header_timeout: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(75),
+                send_timeout: Duration::from_secs(60),
+            },
+        };
         drop(snapshot);
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .keep_alive(!keepalive.is_zero())
-            .header_read_timeout(if keepalive.is_zero() {
-                CLIENT_IDLE_TIMEOUT
-            } else {
-                keepalive
-            })
-            .serve_connection(
-                TokioIo::new(WriteTimeout::new(stream, send_timeout)),
-                service,
-            )
-            .with_upgrades();
-        tokio::pin!(conn);
-        // The process stops, or a reload removed this connection's listen address: drain it.
-        let mut draining = self.draining.subscribe();
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = draining.wait_for(|d| *d) => {}
-            _ = listener_removed.wait_for(|r| *r) => {}
-        }
-        // A connection accepted just before the stop may have its first request in flight:
-        // hyper would close it as idle, so let that request in first (as nginx closes only
-        // keep-alive connections between requests).
-        if info.requests.load(Ordering::Relaxed) == 0 {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = info.first_request.notified() => {}
-                _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
-            }
-        }
-        conn.as_mut().graceful_shutdown();
-        // worker_shutdown_timeout bounds how long a draining connection may live.
-        match self.snapshot().config.main.shutdown_timeout {
-            Some(limit) => {
-                let _ = tokio::time::timeout(limit, conn).await;
-            }
-            None => {
-                let _ = conn.await;
-            }
-        }
+        let signals = http1::Signals {
+            draining: self.draining.subscribe(),
+            removed: listener_removed,
+        };
+        http1::serve(stream, self.shared.clone(), info, settings, signals).await;
     }
 
     /// Reads the configuration files again and puts them in force (SIGHUP, `-s reload`).

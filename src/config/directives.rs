@@ -248,19 +248,9 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "imbang sizes its buffers itself",
     ),
-    no_effect(
-        "large_client_header_buffers",
-        HS,
-        Range(2, 2),
-        "not implemented yet",
-    ),
+    d("large_client_header_buffers", HS, Range(2, 2)),
     d("client_body_timeout", HSL, ONE),
-    no_effect(
-        "client_header_timeout",
-        HS,
-        ONE,
-        "the request head shares keepalive_timeout's timer in imbang",
-    ),
+    d("client_header_timeout", HS, ONE),
     d("send_timeout", HSL, ONE),
     no_effect(
         "reset_timedout_connection",

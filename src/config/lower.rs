@@ -426,6 +426,8 @@ impl<'a> Lower<'a> {
         let mut servers = Vec::new();
         let mut keepalive_timeout = Duration::from_secs(75);
         let mut send_timeout = Duration::from_secs(60);
+        let mut client_header_timeout = Duration::from_secs(60);
+        let (mut header_buffers, mut header_buffer_size) = (4, 8 * 1024);
         let combined = Arc::new(LogFormat {
             name: "combined".to_owned(),
             escape: LogEscape::Default,
@@ -466,6 +468,31 @@ impl<'a> Lower<'a> {
                         send_timeout = self.duration_arg(d, &d.args[0]).unwrap_or(send_timeout);
                     }
                 }
+                "client_header_timeout" => {
+                    if self.once(&mut seen, spec, d) {
+                        client_header_timeout = self
+                            .duration_arg(d, &d.args[0])
+                            .unwrap_or(client_header_timeout);
+                    }
+                }
+                "large_client_header_buffers" => {
+                    if self.once(&mut seen, spec, d) {
+                        let number = values::number(&d.args[0].value).filter(|&n| n > 0);
+                        let size = values::size(&d.args[1].value).filter(|&n| n > 0);
+                        match (number, size) {
+                            // A line of nginx's largest (the request line) needs some room.
+                            (Some(n), Some(size)) if size >= 64 && n * size <= 1 << 30 => {
+                                header_buffers = n as usize;
+                                header_buffer_size = size as usize;
+                            }
+                            _ => self.invalid(
+                                "invalid value in \"large_client_header_buffers\" directive"
+                                    .to_owned(),
+                                d.span,
+                            ),
+                        }
+                    }
+                }
                 "keepalive_timeout" => {
                     if self.once(&mut seen, spec, d) {
                         keepalive_timeout = self
@@ -497,6 +524,9 @@ impl<'a> Lower<'a> {
             error_log,
             keepalive_timeout,
             send_timeout,
+            client_header_timeout,
+            header_buffers,
+            header_buffer_size,
         }
     }
 
@@ -600,7 +630,10 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
-            "keepalive_timeout" | "send_timeout" => {
+            "keepalive_timeout"
+            | "send_timeout"
+            | "client_header_timeout"
+            | "large_client_header_buffers" => {
                 // Only the http level's value is used (see Http::keepalive_timeout).
                 self.warn(
                     format!("\"{}\" is used from the http level only in imbang", d.name),

@@ -115,6 +115,12 @@ pub struct Http {
     pub keepalive_timeout: Duration,
     /// http-level `send_timeout`: the longest a write to a client may stay blocked (60s).
     pub send_timeout: Duration,
+    /// http-level `client_header_timeout`: the longest a request head may take to arrive (60s).
+    pub client_header_timeout: Duration,
+    /// http-level `large_client_header_buffers number size` (4 8k): the longest request or
+    /// header line is `size`, a whole head at most `number × size`.
+    pub header_buffers: usize,
+    pub header_buffer_size: usize,
 }
 
 /// One `server {}` block.

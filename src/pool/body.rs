@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
+use crate::http1::RequestBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 /// A request body on its way to a peer.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub enum UpstreamBody {
 /// blamed.
 #[derive(Debug)]
 pub struct ClientBody {
-    pub body: Incoming,
+    pub body: RequestBody,
     /// Bytes still allowed by `client_max_body_size` (`None`: no limit to enforce here).
     pub left: Option<u64>,
     pub fault: Arc<ClientFault>,

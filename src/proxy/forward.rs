@@ -10,13 +10,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, head
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
+use crate::http1::{OnUpgrade, RequestBody};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
 use crate::pool::{Conn, ConnectError, UpstreamBody};
@@ -37,7 +37,7 @@ pub async fn forward(
     ctx: &RequestCtx<'_>,
     route: &Route,
     proxy: &Proxy,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -432,10 +432,10 @@ fn switch_protocols(
 /// body into its buffer before connecting, too). `Ok(Err(body))`: stream it once, as it
 /// arrives (chunked, or larger). `Err`: the client broke the body off.
 async fn keep_body(
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     buffer_size: u64,
     timeout: Duration,
-) -> Result<Result<Bytes, Incoming>, ProxyError> {
+) -> Result<Result<Bytes, RequestBody>, ProxyError> {
     let Some(body) = body else {
         return Ok(Ok(Bytes::new()));
     };

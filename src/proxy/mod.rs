@@ -16,9 +16,9 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
+use crate::http1::{OnUpgrade, RequestBody};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 pub use body::ResponseBody;
 pub use error::ProxyError;
@@ -44,8 +44,6 @@ pub struct ConnInfo {
     pub id: u64,
     /// Requests started on this connection so far (`$connection_requests`).
     pub requests: AtomicU64,
-    /// Notified when the first request starts (a graceful stop waits for it).
-    pub first_request: tokio::sync::Notify,
     pub remote: SocketAddr,
     pub local: SocketAddr,
     /// The configured listen address of the listener that accepted it.
@@ -255,15 +253,13 @@ impl Vars for RequestCtx<'_> {
 pub async fn handle(
     shared: &Shared,
     conn: &Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    req: Request<RequestBody>,
+    on_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
-    if conn.requests.fetch_add(1, Ordering::Relaxed) == 0 {
-        conn.first_request.notify_one();
-    }
+    conn.requests.fetch_add(1, Ordering::Relaxed);
     let snap = shared.live.snapshot();
-    let client_upgrade =
-        upgrade::requested(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
+    let client_upgrade = on_upgrade.and_then(|on| Some((upgrade::requested(req.headers())?, on)));
     let (parts, body) = req.into_parts();
     let mut out = Outcome::default();
     let mut response = respond(shared, &snap, conn, &parts, body, client_upgrade, &mut out).await;
@@ -313,8 +309,8 @@ async fn respond(
     snap: &Snapshot,
     conn: &ConnInfo,
     parts: &http::request::Parts,
-    body: Incoming,
-    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    body: RequestBody,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
 ) -> Response<ResponseBody> {
     let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
@@ -429,8 +425,8 @@ async fn dispatch<'a>(
     ctx: &mut RequestCtx<'a>,
     route: &'a Route,
     server_return: Option<&Answer>,
-    body: Option<Incoming>,
-    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
 ) -> (Response<ResponseBody>, bool) {
     match (server_return, &route.action) {
@@ -559,6 +555,20 @@ fn header_bytes(response: &Response<ResponseBody>) -> u64 {
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     (17 + fields + 2 + 37) as u64 // status line, fields, blank line, Date
+}
+
+/// The answer to a request head that could not be parsed or broke a limit (the connection
+/// closes after it): nginx's error page, with the default server's `Server` header.
+pub fn reject(shared: &Shared, conn: &ConnInfo, status: StatusCode) -> Response<ResponseBody> {
+    let mut response = error::error_page(status);
+    let snap = shared.live.snapshot();
+    if let Some(vhosts) = snap.vhosts(conn.key, conn.local) {
+        headers::set_server(&mut response, &vhosts.default_server().fallback);
+    }
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {

@@ -11,11 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade as PeerUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::http1::OnUpgrade;
 use crate::log;
 
 /// The protocol a request asks to switch to, if it asks (`Connection: upgrade` + `Upgrade: x`).
@@ -40,17 +41,21 @@ pub fn set_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Joins the client's and the peer's upgraded connections and copies bytes both ways.
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, conn_id: u64) {
+pub fn tunnel(client: OnUpgrade, upstream: PeerUpgrade, idle_timeout: Duration, conn_id: u64) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(e), _) => {
+                log!(Info, "*{conn_id} upgrade failed: {e}");
+                return;
+            }
+            (_, Err(e)) => {
                 log!(Info, "*{conn_id} upgrade failed: {e}");
                 return;
             }
         };
         let activity = Activity::new();
-        let mut client = Watched::new(TokioIo::new(client), activity.clone());
+        let mut client = Watched::new(client, activity.clone());
         let mut upstream = Watched::new(TokioIo::new(upstream), activity.clone());
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
@@ -95,18 +100,18 @@ impl Activity {
 }
 
 /// An upgraded stream that records activity on every read.
-struct Watched {
-    io: TokioIo<Upgraded>,
+struct Watched<T> {
+    io: T,
     activity: Activity,
 }
 
-impl Watched {
-    fn new(io: TokioIo<Upgraded>, activity: Activity) -> Self {
+impl<T> Watched<T> {
+    fn new(io: T, activity: Activity) -> Self {
         Self { io, activity }
     }
 }
 
-impl AsyncRead for Watched {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,7 +127,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,419 @@
+//! imbang's HTTP/1.1 server side: one task per client connection reading request heads,
+//! handing each request to [`proxy::handle`], and writing the response.
+//!
+//! Purpose-built rather than hyper's server (bench/RESULTS.md has the measurements): an idle
+//! keep-alive connection holds no buffer at all, only its socket and a small task, because the
+//! loop waits for readability before it allocates one (hyper keeps an 8 KiB read buffer and its
+//! dispatcher per connection, ~17 KiB measured); the response head goes out with the first body
+//! bytes in one `writev`; and request framing is checked as strictly as nginx checks it
+//! ([`parse`]), so a request two parsers could read differently is refused, not guessed at.
+//!
+//! The request body is read from the socket by whoever polls it (the task sending it to a
+//! peer): the read side moves into the [`RequestBody`] and comes back when the body ends.
+
+mod body;
+mod parse;
+mod write;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+pub use body::{BodyError, RequestBody};
+pub use parse::HeadLimits;
+
+use body::{Decoded, Exchange, Reader};
+use parse::Framing;
+use write::Shape;
+
+use crate::log;
+use crate::proxy::{self, ConnInfo, Shared};
+
+/// How long a stop waits for the first request of a connection accepted just before it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+/// nginx's `lingering_time` and `lingering_timeout`: how long an unread request body is
+/// drained before a close, so the client reads the response instead of a reset.
+const LINGERING_TIME: Duration = Duration::from_secs(30);
+const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client-side settings of a connection (the http level's, read when it was accepted).
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub limits: HeadLimits,
+    /// `client_header_timeout`: from the first byte of a head (or the accept) to its end.
+    pub header_timeout: Duration,
+    /// `keepalive_timeout`: how long an idle connection is kept; zero disables keep-alive.
+    pub keepalive_timeout: Duration,
+    /// `send_timeout`: the longest one write to the client may stay blocked.
+    pub send_timeout: Duration,
+}
+
+/// What asks a connection to finish: the process stopping, or its listener removed by a reload.
+pub struct Signals {
+    pub draining: watch::Receiver<bool>,
+    pub removed: watch::Receiver<bool>,
+}
+
+impl Signals {
+    fn stopping(&self) -> bool {
+        *self.draining.borrow() || *self.removed.borrow()
+    }
+
+    async fn stopped(&mut self) {
+        tokio::select! {
+            _ = self.draining.wait_for(|d| *d) => {}
+            _ = self.removed.wait_for(|r| *r) => {}
+        }
+    }
+}
+
+/// The client's side of a connection switched to another protocol (after a 101).
+pub struct OnUpgrade(oneshot::Receiver<Upgraded>);
+
+impl Future for OnUpgrade {
+    type Output = io::Result<Upgraded>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client connection was not upgraded",
+            )
+        })
+    }
+}
+
+/// An upgraded client connection: bytes it sent after its request head come first.
+#[derive(Debug)]
+pub struct Upgraded {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves one client connection until it closes, times out, or a stop ends it.
+pub async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    settings: Settings,
+    mut signals: Signals,
+) {
+    let (half, writer) = stream.into_split();
+    let mut home = Some(Reader {
+        half,
+        buf: BytesMut::new(),
+    });
+    let mut served = 0u64;
+    while let Some(mut reader) = home.take() {
+        if reader.buf.is_empty() {
+            // Idle: hold no buffer while waiting.
+            reader.buf = BytesMut::new();
+            let first = served == 0;
+            let idle = if first {
+                settings.header_timeout
+            } else {
+                settings.keepalive_timeout
+            };
+            if !wait_for_request(&mut reader, idle, first, &mut signals).await {
+                return;
+            }
+        }
+        let deadline = Instant::now() + settings.header_timeout;
+        let head = loop {
+            match parse::parse(&mut reader.buf, &settings.limits) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(rejected) => {
+                    log!(
+                        Info,
+                        "*{} {} while reading client request headers, client: {}",
+                        info.id,
+                        rejected.reason,
+                        info.remote.ip()
+                    );
+                    let response = proxy::reject(&shared, &info, rejected.status);
+                    let shape = Shape {
+                        head_request: false,
+                        http10: false,
+                        keep_alive: false,
+                    };
+                    let (framing, _) = write::framing(&response, shape);
+                    let _ = write::response(
+                        writer.as_ref(),
+                        response,
+                        framing,
+                        false,
+                        shape,
+                        settings.send_timeout,
+                    )
+                    .await;
+                    linger(reader, &writer).await;
+                    return;
+                }
+            }
+            match tokio::time::timeout_at(deadline, poll_fn(|cx| reader.poll_fill(cx))).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    log!(
+                        Info,
+                        "*{} client timed out (110: Connection timed out) while reading client request headers, client: {}",
+                        info.id,
+                        info.remote.ip()
+                    );
+                    return;
+                }
+            }
+        };
+        served += 1;
+        let parse::Head {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        } = head;
+        let shape = Shape {
+            head_request: parts.method == Method::HEAD,
+            http10: parts.version == Version::HTTP_10,
+            keep_alive: keep_alive && !settings.keepalive_timeout.is_zero(),
+        };
+        let (body, exchange) = if framing == Framing::None {
+            home = Some(reader);
+            (RequestBody::empty(), None)
+        } else {
+            let exchange = Arc::new(Exchange::default());
+            let body = RequestBody::streaming(reader, framing, expect_continue, exchange.clone());
+            (body, Some(exchange))
+        };
+        let (upgraded, on_upgrade) = match upgrade {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(OnUpgrade(rx)))
+            }
+            false => (None, None),
+        };
+        let request = Request::from_parts(parts, body);
+        let handling = Box::pin(proxy::handle(&shared, &info, request, on_upgrade));
+        let response = match home.as_ref() {
+            // While the answer is prepared, notice a client that goes away (nginx's
+            // `proxy_ignore_client_abort off`): the request is abandoned.
+            Some(reader) => tokio::select! {
+                response = handling => response,
+                () = client_gone(reader) => {
+                    log!(Info, "*{} client prematurely closed connection, client: {}", info.id, info.remote.ip());
+                    return;
+                }
+            },
+            None => handling.await,
+        };
+        // The read side comes back from a body that ended (or was dropped unread).
+        let mut body_done = true;
+        if let Some(exchange) = &exchange {
+            exchange.start_response();
+            match exchange.take_home() {
+                Some((mut reader, mut decoder)) => {
+                    // A body nobody read to the end: skip what of it is already here.
+                    while !decoder.is_done() {
+                        match decoder.decode(&mut reader.buf) {
+                            Decoded::Data(_) | Decoded::Trailers(_) => {}
+                            _ => break,
+                        }
+                    }
+                    body_done = decoder.is_done();
+                    home = Some(reader);
+                }
+                None => body_done = false,
+            }
+        }
+        let status = response.status();
+        if status.as_u16() == 444 {
+            // nginx's `return 444`: close without an answer.
+            return;
+        }
+        let shape = Shape {
+            keep_alive: shape.keep_alive && body_done && home.is_some() && !signals.stopping(),
+            ..shape
+        };
+        let (framing, keep_alive) = write::framing(&response, shape);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            switch_protocols(response, home, writer, upgraded, shape, &settings).await;
+            return;
+        }
+        let written = write::response(
+            writer.as_ref(),
+            response,
+            framing,
+            keep_alive,
+            shape,
+            settings.send_timeout,
+        )
+        .await;
+        match written {
+            Ok(()) if keep_alive => {}
+            Ok(()) => {
+                if let Some(reader) = home.take() {
+                    if !body_done {
+                        linger(reader, &writer).await;
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                if let write::WriteError::Io(e) = e {
+                    log!(Info, "*{} {e}, client: {}", info.id, info.remote.ip());
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until a request starts arriving and reads its first bytes. False: close (idle too
+/// long, closed by the client, or stopping).
+async fn wait_for_request(
+    reader: &mut Reader,
+    idle: Duration,
+    first: bool,
+    signals: &mut Signals,
+) -> bool {
+    if signals.stopping() && !first {
+        return false;
+    }
+    let deadline = Instant::now() + idle;
+    tokio::select! {
+        read = tokio::time::timeout_at(deadline, first_bytes(reader)) => matches!(read, Ok(true)),
+        () = signals.stopped() => {
+            if !first {
+                return false;
+            }
+            // Accepted just before the stop: its first request may be on its way (nginx
+            // closes only keep-alive connections between requests).
+            let grace = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
+            matches!(tokio::time::timeout_at(grace, first_bytes(reader)).await, Ok(true))
+        }
+    }
+}
+
+/// Reads once bytes are there, into a buffer allocated only then. False: closed.
+async fn first_bytes(reader: &mut Reader) -> bool {
+    let stream = reader.half.as_ref();
+    loop {
+        if stream.readable().await.is_err() {
+            return false;
+        }
+        let mut buf = BytesMut::with_capacity(body::READ_CHUNK);
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {
+                reader.buf = buf;
+                return true;
+            }
+            // The readiness was stale: wait again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Returns when the client closed its side (bytes it sends meanwhile stay unread).
+async fn client_gone(reader: &Reader) {
+    let mut byte = [0u8; 1];
+    match reader.half.as_ref().peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        // A pipelined request: it waits its turn.
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// After the 101 head, the client's connection goes to whoever waits for the upgrade.
+async fn switch_protocols(
+    response: http::Response<proxy::ResponseBody>,
+    home: Option<Reader>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    upgraded: Option<oneshot::Sender<Upgraded>>,
+    shape: Shape,
+    settings: &Settings,
+) {
+    let (Some(reader), Some(upgraded)) = (home, upgraded) else {
+        return;
+    };
+    let written = write::response(
+        writer.as_ref(),
+        response,
+        write::BodyFraming::None,
+        true,
+        shape,
+        settings.send_timeout,
+    )
+    .await;
+    if written.is_err() {
+        return;
+    }
+    if let Ok(stream) = reader.half.reunite(writer) {
+        let _ = upgraded.send(Upgraded {
+            prefix: reader.buf.freeze(),
+            stream,
+        });
+    }
+}
+
+/// Reads and drops what the client still sends, for a while, after our side is closed for
+/// writing: closing with unread bytes would reset the connection and could destroy the
+/// response before the client read it (nginx's lingering close).
+async fn linger(mut reader: Reader, writer: &tokio::net::tcp::OwnedWriteHalf) {
+    let _ = socket2::SockRef::from(writer.as_ref()).shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGERING_TIME;
+    loop {
+        reader.buf.clear();
+        let read = tokio::time::timeout(LINGERING_TIMEOUT, poll_fn(|cx| reader.poll_fill(cx)));
+        match tokio::time::timeout_at(until, read).await {
+            Ok(Ok(Ok(n))) if n > 0 => {}
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! A client's request head: parsed with `httparse`, then checked the way nginx checks it, so
+//! that a message whose framing two parsers could read differently never reaches a peer.
+//!
+//! nginx's rules kept here (from `ngx_http_process_request_header`): `Transfer-Encoding` other
+//! than `chunked` is 501; `Transfer-Encoding` beside `Content-Length`, on an HTTP/1.0 request,
+//! or given twice is 400; a second `Content-Length` or `Host` is 400; a request line longer than
+//! one `large_client_header_buffers` buffer is 414, a longer header line 400.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+/// Most header fields one request may carry (hyper's limit; nginx has none, only a size limit).
+pub const MAX_HEADERS: usize = 100;
+
+/// `large_client_header_buffers number size`: the longest line is `size`, the whole head at
+/// most `number × size`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    pub line: usize,
+    pub head: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        Self {
+            line: 8 * 1024,
+            head: 4 * 8 * 1024,
+        }
+    }
+}
+
+/// How the request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed and checked request head.
+#[derive(Debug)]
+pub struct Head {
+    pub parts: http::request::Parts,
+    pub framing: Framing,
+    /// The client allows the connection to stay open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header.
+    pub upgrade: bool,
+}
+
+/// A head that cannot be served: answered with `status`, then the connection closes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    /// For the error log, in nginx's words.
+    pub reason: &'static str,
+}
+
+const fn reject(status: StatusCode, reason: &'static str) -> Reject {
+    Reject { status, reason }
+}
+
+/// Parses the head at the start of `buf`. `Ok(None)`: not complete yet (read more). On success
+/// the head's bytes are taken out of `buf`; what follows (body, pipelined requests) stays.
+pub fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Reject> {
+    // Empty lines before a request line are allowed (RFC 9112 §2.2), as nginx skips them.
+    let skip = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    if skip > 0 {
+        let _ = buf.split_to(skip);
+    }
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return partial(buf, limits).map(|()| None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "client sent too many header lines",
+            ));
+        }
+        Err(httparse::Error::Version) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "client sent invalid HTTP version",
+            ));
+        }
+        Err(httparse::Error::Token | httparse::Error::Status) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "client sent invalid request line",
+            ));
+        }
+        Err(_) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "client sent invalid header line",
+            ));
+        }
+    };
+    check_lines(&buf[..len], limits)?;
+    let method = req.method.unwrap_or("GET");
+    let target = req.path.unwrap_or("/");
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Where each piece lies in the head, so they can share its bytes once it is frozen.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let target_at = (offset(target.as_bytes()), target.len());
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid method"))?;
+    let mut fields: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    let count = req.headers.len();
+    for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
+        *slot = (
+            offset(h.name.as_bytes()),
+            h.name.len(),
+            offset(h.value),
+            h.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = uri(&head, target_at)?;
+    let mut map = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &fields[..count] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid header line"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid header line"))?;
+        map.append(name, value);
+    }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    let framing = framing(&parts.headers, version)?;
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "client sent duplicate host header",
+        ));
+    }
+    let (close, keep_alive_token, upgrade_token) = connection_tokens(&parts.headers);
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let expect_continue = version == Version::HTTP_11
+        && parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = upgrade_token && parts.headers.contains_key(header::UPGRADE);
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+/// An incomplete head: fine while it fits the limits.
+fn partial(buf: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
+    match buf.iter().position(|&b| b == b'\n') {
+        None if buf.len() > limits.line => {
+            Err(reject(StatusCode::URI_TOO_LONG, "client sent too long URI"))
+        }
+        None => Ok(()),
+        Some(_) if buf.len() > limits.head => Err(too_large()),
+        Some(_) => {
+            let last_line = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if buf.len() - last_line > limits.line {
+                Err(too_large())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn too_large() -> Reject {
+    reject(StatusCode::BAD_REQUEST, "client sent too long header line")
+}
+
+/// nginx's line limits on a complete head: 414 for the request line, 400 for a header line.
+fn check_lines(head: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
+    if head.len() > limits.head {
+        return Err(too_large());
+    }
+    let mut lines = head.split(|&b| b == b'\n');
+    if lines.next().is_some_and(|l| l.len() > limits.line) {
+        return Err(reject(StatusCode::URI_TOO_LONG, "client sent too long URI"));
+    }
+    if lines.any(|l| l.len() > limits.line) {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+fn uri(head: &Bytes, (at, len): (usize, usize)) -> Result<Uri, Reject> {
+    let bad = || reject(StatusCode::BAD_REQUEST, "client sent invalid request line");
+    let target = head.slice(at..at + len);
+    match target.first() {
+        // Origin form, the usual case: the path shares the head's bytes.
+        Some(b'/') => http::uri::PathAndQuery::from_maybe_shared(target)
+            .map(Uri::from)
+            .map_err(|_| bad()),
+        _ => Uri::from_maybe_shared(target).map_err(|_| bad()),
+    }
+}
+
+/// The body's framing, by RFC 9112 §6 with nginx's strictness: anything two parsers could read
+/// differently is refused.
+fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reject> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (te_first, te_second) = (te.next(), te.next());
+    let (cl_first, cl_second) = (cl.next(), cl.next());
+    if te_second.is_some() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "client sent duplicate header line: \"Transfer-Encoding\"",
+        ));
+    }
+    if cl_second.is_some() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "client sent duplicate header line: \"Content-Length\"",
+        ));
+    }
+    if let Some(te) = te_first {
+        if version == Version::HTTP_10 {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "client sent HTTP/1.0 request with \"Transfer-Encoding\" header",
+            ));
+        }
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(reject(
+                StatusCode::NOT_IMPLEMENTED,
+                "client sent unknown \"Transfer-Encoding\"",
+            ));
+        }
+        if cl_first.is_some() {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "client sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
+            ));
+        }
+        return Ok(Framing::Chunked);
+    }
+    match cl_first {
+        None => Ok(Framing::None),
+        Some(v) => {
+            let bytes = v.as_bytes();
+            let valid =
+                !bytes.is_empty() && bytes.len() <= 19 && bytes.iter().all(u8::is_ascii_digit);
+            let n = valid
+                .then(|| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(reject(
+                    StatusCode::BAD_REQUEST,
+                    "client sent invalid \"Content-Length\" header",
+                ))?;
+            Ok(if n == 0 {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            })
+        }
+    }
+}
+
+/// (`close`, `keep-alive`, `upgrade`) among the `Connection` header's tokens.
+pub fn connection_tokens(headers: &HeaderMap) -> (bool, bool, bool) {
+    let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
+    (close, keep_alive, upgrade)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(raw: &[u8]) -> Result<Option<Head>, Reject> {
+        let mut buf = BytesMut::from(raw);
+        parse(&mut buf, &HeadLimits::default())
+    }
+
+    fn status(raw: &[u8]) -> u16 {
+        parse_all(raw).expect_err("rejected").status.as_u16()
+    }
+
+    #[test]
+    fn a_simple_head_leaves_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET"[..],
+        );
+        let head = parse(&mut buf, &HeadLimits::default()).unwrap().unwrap();
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri.path(), "/a");
+        assert_eq!(head.parts.uri.query(), Some("b=1"));
+        assert_eq!(head.parts.headers["host"], "x");
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"abcGET");
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(
+            parse_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
+        assert!(parse_all(b"GET / HT").unwrap().is_none());
+        assert!(parse_all(b"\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let h = |raw: &[u8]| parse_all(raw).unwrap().unwrap();
+        assert!(!h(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(h(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!h(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
+        let up = h(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(up.upgrade && up.keep_alive);
+        assert!(
+            h(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(
+            !h(b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn framing_that_could_be_read_two_ways_is_refused_as_nginx() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX-Nul: a\x00b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400),
+            (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(status(raw), *want, "{}", String::from_utf8_lossy(raw));
+        }
+        let chunked =
+            parse_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(chunked.framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn limits_give_nginx_statuses() {
+        let limits = HeadLimits {
+            line: 64,
+            head: 256,
+        };
+        let check = |raw: String| {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            parse(&mut buf, &limits).map(|h| h.is_some())
+        };
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(80));
+        assert_eq!(
+            check(long_uri).unwrap_err().status,
+            StatusCode::URI_TOO_LONG
+        );
+        // Still arriving: the request line alone is already too long.
+        let arriving = format!("GET /{}", "u".repeat(80));
+        assert_eq!(
+            check(arriving).unwrap_err().status,
+            StatusCode::URI_TOO_LONG
+        );
+        let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(80));
+        assert_eq!(
+            check(long_header).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let long_arriving = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(80));
+        assert_eq!(
+            check(long_arriving).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let many: String = (0..20).map(|i| format!("X-{i}: vvvvvvvv\r\n")).collect();
+        let big = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(check(big).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n".into()), Ok(true));
+        let too_many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            status(format!("GET / HTTP/1.1\r\n{too_many}\r\n").as_bytes()),
+            431
+        );
+    }
+
+    #[test]
+    fn absolute_form_and_asterisk_targets_parse() {
+        let h = parse_all(b"GET http://a.example/x?y HTTP/1.1\r\nHost: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.uri.host(), Some("a.example"));
+        assert_eq!(h.parts.uri.path(), "/x");
+        let h = parse_all(b"OPTIONS * HTTP/1.1\r\nHost: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.uri, "*");
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        let h = parse_all(b"\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.method, Method::GET);
+    }
+}

@@ -1,0 +1,415 @@
+//! Writing a response to the client: the head encoded once into one buffer, sent together with
+//! the first body bytes when they are already there (one `writev`), then the body as it comes,
+//! chunked when its length is unknown. A write that stays blocked `send_timeout` fails.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Response, StatusCode};
+use http_body::Body;
+use tokio::net::TcpStream;
+
+use crate::proxy::ResponseBody;
+
+/// How the response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and a body of unknown length).
+    Close,
+}
+
+/// What the request said that shapes the response.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub head_request: bool,
+    pub http10: bool,
+    /// The connection may stay open after this response (before looking at the response).
+    pub keep_alive: bool,
+}
+
+/// Chooses the body's framing and whether the connection stays open.
+pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming, bool) {
+    let status = response.status();
+    let headers = response.headers();
+    let mut keep_alive = shape.keep_alive && !closes(headers);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || shape.head_request
+    {
+        BodyFraming::None
+    } else if let Some(n) = declared {
+        BodyFraming::Length(n)
+    } else if let Some(n) = response.body().size_hint().exact() {
+        BodyFraming::Length(n)
+    } else if !shape.http10 {
+        BodyFraming::Chunked
+    } else {
+        keep_alive = false;
+        BodyFraming::Close
+    };
+    (framing, keep_alive)
+}
+
+fn closes(headers: &HeaderMap) -> bool {
+    super::parse::connection_tokens(headers).0
+}
+
+/// Encodes the status line and the fields, adding `Date`, the framing field and `Connection`.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    response: &Response<ResponseBody>,
+    framing: BodyFraming,
+    keep_alive: bool,
+    shape: Shape,
+) {
+    let status = response.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let headers = response.headers();
+    let mut has_date = false;
+    let mut has_connection = false;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && framing == BodyFraming::Chunked)
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        has_connection |= name == header::CONNECTION;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        append_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // HEAD: the length the GET would have, when imbang made the body itself.
+        BodyFraming::None
+            if shape.head_request && !headers.contains_key(header::CONTENT_LENGTH) =>
+        {
+            if let Some(n) = response.body().size_hint().exact().filter(|&n| n > 0) {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa(n, &mut [0; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        _ => {}
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS && !has_connection {
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if shape.http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+thread_local! {
+    /// `Date`, formatted once a second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+}
+
+fn append_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = secs;
+            } else {
+                out.extend_from_slice(text.as_bytes());
+                return;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+}
+
+/// Writes all of `bufs`; a write blocked for `send_timeout` fails with `TimedOut`.
+pub async fn write_all(
+    stream: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match stream.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if send_timeout.is_zero() {
+                    stream.writable().await?;
+                } else {
+                    tokio::time::timeout(send_timeout, stream.writable())
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "client timed out (110: Connection timed out) while sending response to client",
+                            )
+                        })??;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Why a response could not be written to the end: the connection must close.
+#[derive(Debug)]
+pub enum WriteError {
+    Io(io::Error),
+    /// The body failed (the peer broke off, or timed out); the client sees the close.
+    Body,
+    /// The body gave more or fewer bytes than its `Content-Length` said.
+    Length,
+}
+
+/// Writes the head and the body. On any error the caller closes the connection, so a client
+/// never takes a cut body for a complete one.
+pub async fn response(
+    stream: &TcpStream,
+    mut response: Response<ResponseBody>,
+    framing: BodyFraming,
+    keep_alive: bool,
+    shape: Shape,
+    send_timeout: Duration,
+) -> Result<(), WriteError> {
+    let mut head = Vec::with_capacity(256 + response.headers().len() * 48);
+    encode_head(&mut head, &response, framing, keep_alive, shape);
+    let body = response.body_mut();
+    if framing == BodyFraming::None {
+        return write_all(stream, &mut [IoSlice::new(&head)], send_timeout)
+            .await
+            .map_err(WriteError::Io);
+    }
+    let mut left = match framing {
+        BodyFraming::Length(n) => Some(n),
+        _ => None,
+    };
+    let chunked = framing == BodyFraming::Chunked;
+    // The first frame goes out with the head when it is already there.
+    let mut next =
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => {
+                write_all(stream, &mut [IoSlice::new(&head)], send_timeout)
+                    .await
+                    .map_err(WriteError::Io)?;
+                head.clear();
+                None
+            }
+        };
+    let mut trailers = None;
+    loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await,
+        };
+        match frame {
+            None => break,
+            Some(Err(_)) => return Err(WriteError::Body),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if let Some(left) = left.as_mut() {
+                        if data.len() as u64 > *left {
+                            return Err(WriteError::Length);
+                        }
+                        *left -= data.len() as u64;
+                    }
+                    write_data(stream, &head, data, chunked, send_timeout).await?;
+                    head.clear();
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+        }
+    }
+    if left.is_some_and(|n| n > 0) {
+        // The body ended short of its length: flush what there is, then close.
+        let _ = write_all(stream, &mut [IoSlice::new(&head)], send_timeout).await;
+        return Err(WriteError::Length);
+    }
+    let mut end = head;
+    if chunked {
+        end.extend_from_slice(b"0\r\n");
+        if let Some(trailers) = trailers {
+            for (name, value) in &trailers {
+                end.extend_from_slice(name.as_str().as_bytes());
+                end.extend_from_slice(b": ");
+                end.extend_from_slice(value.as_bytes());
+                end.extend_from_slice(b"\r\n");
+            }
+        }
+        end.extend_from_slice(b"\r\n");
+    }
+    write_all(stream, &mut [IoSlice::new(&end)], send_timeout)
+        .await
+        .map_err(WriteError::Io)
+}
+
+async fn write_data(
+    stream: &TcpStream,
+    head: &[u8],
+    data: Bytes,
+    chunked: bool,
+    send_timeout: Duration,
+) -> Result<(), WriteError> {
+    if data.is_empty() && head.is_empty() {
+        return Ok(());
+    }
+    let result = if chunked && !data.is_empty() {
+        let mut size = [0u8; 18];
+        let n = chunk_header(data.len(), &mut size);
+        write_all(
+            stream,
+            &mut [
+                IoSlice::new(head),
+                IoSlice::new(&size[..n]),
+                IoSlice::new(&data),
+                IoSlice::new(b"\r\n"),
+            ],
+            send_timeout,
+        )
+        .await
+    } else {
+        write_all(
+            stream,
+            &mut [IoSlice::new(head), IoSlice::new(&data)],
+            send_timeout,
+        )
+        .await
+    };
+    result.map_err(WriteError::Io)
+}
+
+/// `{len:x}\r\n` into `out`; returns its length.
+fn chunk_header(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let d = digits.len() - i;
+    out[..d].copy_from_slice(&digits[i..]);
+    out[d..d + 2].copy_from_slice(b"\r\n");
+    d + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(response: Response<ResponseBody>, shape: Shape) -> String {
+        let (framing, keep_alive) = framing(&response, shape);
+        let mut out = Vec::new();
+        encode_head(&mut out, &response, framing, keep_alive, shape);
+        String::from_utf8(out).unwrap()
+    }
+
+    const GET11: Shape = Shape {
+        head_request: false,
+        http10: false,
+        keep_alive: true,
+    };
+
+    #[test]
+    fn known_lengths_get_content_length_and_unknown_ones_chunked() {
+        let text = head_of(Response::new(ResponseBody::full("hello")), GET11);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.contains("date: "), "{text}");
+        assert!(!text.contains("connection"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+        let http10 = Shape {
+            http10: true,
+            ..GET11
+        };
+        let text = head_of(Response::new(ResponseBody::full("hello")), http10);
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+    }
+
+    #[test]
+    fn no_body_statuses_and_head_get_no_framing() {
+        let mut r = Response::new(ResponseBody::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        let (f, _) = framing(&r, GET11);
+        assert_eq!(f, BodyFraming::None);
+        let head = Shape {
+            head_request: true,
+            ..GET11
+        };
+        let text = head_of(Response::new(ResponseBody::full("hello")), head);
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+    }
+
+    #[test]
+    fn connection_close_in_the_response_ends_keep_alive() {
+        let mut r = Response::new(ResponseBody::full("x"));
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        let (_, keep_alive) = framing(&r, GET11);
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn chunk_headers_are_hex() {
+        let mut out = [0u8; 18];
+        let n = chunk_header(0x1a2b, &mut out);
+        assert_eq!(&out[..n], b"1a2b\r\n");
+        let n = chunk_header(1, &mut out);
+        assert_eq!(&out[..n], b"1\r\n");
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567, &mut [0; 20]), b"1234567");
+    }
+}

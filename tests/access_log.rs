@@ -108,3 +108,31 @@ async fn a_reload_moves_the_access_log_to_its_new_path() {
     .await;
     assert_eq!(lines(&first), ["/one 200"]);
 }
+
+#[tokio::test]
+async fn variables_from_set_are_in_log_lines() {
+    let dir = TempDir::new("access-set");
+    let log = dir.path().join("set.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{
+           log_format v '$uri $who';
+           access_log {} v;
+           server {{
+             listen 127.0.0.1:0;
+             set $who server;
+             location /l {{ set $who location; return 200 ok; }}
+             location /s {{ return 200 ok; }}
+           }}
+         }}",
+        log.display()
+    ))
+    .await;
+    assert_eq!(lb.get("/l").await.0, 200);
+    assert_eq!(lb.get("/s").await.0, 200);
+    support::eventually("two lines", std::time::Duration::from_secs(5), || {
+        lines(&log).len() == 2
+    })
+    .await;
+    assert_eq!(lines(&log), ["/l location", "/s server"]);
+}

@@ -787,6 +787,15 @@ impl<'a> Lower<'a> {
             );
             return None;
         }
+        if target.value.contains('$') {
+            // nginx opens such a path per request; taking it literally would write elsewhere.
+            self.invalid(
+                "variables in the path of \"access_log\" are not supported by imbang yet"
+                    .to_owned(),
+                target.span,
+            );
+            return None;
+        }
         let format = match d.args.get(1) {
             None => self.log_formats.get("combined").cloned(),
             Some(name) => match self.log_formats.get(&name.value) {

@@ -554,6 +554,7 @@ fn access_log_parameter_errors_use_nginx_s_words() {
         " access_log a.log f buffer=8k bogus;\n",
         " access_log a.log buffer=8k;\n",
         " access_log off f;\n",
+        " access_log logs/$host.log;\n",
         " server {\n",
         "  access_log c.log f buffer=8k;\n",
         "  location / { access_log c.log f buffer=8k flush=1s; }\n",
@@ -575,8 +576,9 @@ fn access_log_parameter_errors_use_nginx_s_words() {
             "invalid parameter \"bogus\" in /etc/imbang/t.conf:12:31",
             "unknown log format \"buffer=8k\" in /etc/imbang/t.conf:13:19",
             "invalid number of arguments in \"access_log\" directive in /etc/imbang/t.conf:14:2",
-            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:17:27",
-            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:18:28",
+            "variables in the path of \"access_log\" are not supported by imbang yet in /etc/imbang/t.conf:15:13",
+            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:18:27",
+            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:19:28",
         ]
     );
 }

@@ -1,43 +1,180 @@
 //! The access log: one line per request in a `log_format`, written when the response has been
 //! sent (or the client went away), as nginx logs at request finalisation.
+//!
+//! A file without `buffer=`/`gzip` gets each line in one `write()` as the request ends. A
+//! buffered file keeps one buffer per worker thread (nginx's per-process buffer): a line takes
+//! only that worker's own lock, and the file's lock is taken once per write, when the next line
+//! does not fit, `flush=` after the oldest line arrived, on USR1 before reopening, and at exit
+//! ([`flush_at_exit`]) or when a reload retired the file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::config::model::{AccessLogSpec, LogEscape};
+use crate::config::model::{AccessLogSpec, LogBuffer, LogEscape};
 use crate::proxy::{ConnInfo, RequestCtx};
 use crate::vars::{Escape, Scope, Template, Var};
 
-/// One open log file, shared by every format that writes to it.
+/// One open log file, shared by every format and location that writes to it.
 pub struct LogFile {
     path: PathBuf,
     file: Mutex<File>,
+    /// `None`: every line is written as its request ends.
+    buffer: Option<Buffer>,
+}
+
+/// The buffers of one file (`buffer=`, `flush=`, `gzip`).
+struct Buffer {
+    spec: LogBuffer,
+    /// One per worker: a thread uses slot `worker_index() % len`, so workers never wait for
+    /// each other to add a line.
+    slots: Box<[Mutex<Slot>]>,
+    /// Set at exit, once the buffers were written: later lines are written at once.
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    data: Vec<u8>,
+    /// Writes of this slot so far: a `flush=` timer armed before the last write does nothing.
+    writes: u64,
+}
+
+/// Every buffered file still alive, for [`flush_at_exit`].
+static BUFFERED: Mutex<Vec<Weak<LogFile>>> = Mutex::new(Vec::new());
+
+/// A small number per thread, stable for its life: the worker's buffer slot.
+fn worker_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    INDEX.with(|i| *i)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LogFile {
-    fn open(path: &PathBuf) -> Result<Self, String> {
-        let file = OpenOptions::new()
+    fn open_file(path: &PathBuf) -> Result<File, String> {
+        OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| crate::error_log::open_failed(path, &e))?;
-        Ok(Self {
-            path: path.clone(),
-            file: Mutex::new(file),
-        })
+            .map_err(|e| crate::error_log::open_failed(path, &e))
     }
 
-    fn write_line(&self, line: &str) {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = file.write_all(line.as_bytes()) {
+    /// Opens `path` for appending; with `buffer`, lines are collected per worker (`workers`
+    /// slots).
+    fn open(
+        path: &PathBuf,
+        buffer: Option<LogBuffer>,
+        workers: usize,
+    ) -> Result<Arc<Self>, String> {
+        let file = Self::open_file(path)?;
+        let buffer = buffer.map(|spec| Buffer {
+            spec,
+            slots: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            closed: AtomicBool::new(false),
+        });
+        let buffered = buffer.is_some();
+        let log = Arc::new(Self {
+            path: path.clone(),
+            file: Mutex::new(file),
+            buffer,
+        });
+        if buffered {
+            let mut all = lock(&BUFFERED);
+            all.retain(|f| f.strong_count() > 0);
+            all.push(Arc::downgrade(&log));
+        }
+        Ok(log)
+    }
+
+    /// Adds one line: written at once, or through this worker's buffer.
+    fn write_line(self: &Arc<Self>, line: &[u8]) {
+        let Some(buffer) = &self.buffer else {
+            return self.write(line);
+        };
+        let index = worker_index() % buffer.slots.len();
+        let mut slot = lock(&buffer.slots[index]);
+        if buffer.closed.load(Ordering::Acquire) {
+            drop(slot);
+            return self.write(line);
+        }
+        if line.len() > buffer.spec.size - slot.data.len() {
+            self.flush(&mut slot);
+        }
+        if line.len() > buffer.spec.size {
+            // Longer than the whole buffer: on its own, as nginx.
+            drop(slot);
+            return self.write(line);
+        }
+        if slot.data.is_empty() {
+            if slot.data.capacity() == 0 {
+                slot.data.reserve_exact(buffer.spec.size);
+            }
+            if let Some(after) = buffer.spec.flush {
+                self.flush_later(after, index, slot.writes);
+            }
+        }
+        slot.data.extend_from_slice(line);
+    }
+
+    /// nginx's flush timer: the slot is written `after` from now unless it was written before.
+    fn flush_later(self: &Arc<Self>, after: Duration, index: usize, writes: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Not on a worker: the lines wait for the next write of the slot.
+        };
+        let file = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(file) = file.upgrade() else {
+                return; // Retired: its drop wrote everything.
+            };
+            if let Some(buffer) = &file.buffer {
+                let mut slot = lock(&buffer.slots[index]);
+                if slot.writes == writes {
+                    file.flush(&mut slot);
+                }
+            }
+        });
+    }
+
+    /// Writes a slot's lines, if any.
+    fn flush(&self, slot: &mut Slot) {
+        if !slot.data.is_empty() {
+            self.write(&slot.data);
+            slot.data.clear();
+            slot.writes += 1;
+        }
+    }
+
+    /// Writes every worker's buffer.
+    fn flush_all(&self) {
+        if let Some(buffer) = &self.buffer {
+            for slot in buffer.slots.iter() {
+                self.flush(&mut lock(slot));
+            }
+        }
+    }
+
+    /// One `write()` of `bytes` (as one gzip member with `gzip`).
+    fn write(&self, bytes: &[u8]) {
+        let compressed;
+        let mut bytes = bytes;
+        if let Some(level) = self.buffer.as_ref().and_then(|b| b.spec.gzip) {
+            compressed = gzip(bytes, level);
+            bytes = &compressed;
+        }
+        if let Err(e) = lock(&self.file).write_all(bytes) {
             crate::log!(
                 Alert,
                 "write() to \"{}\" failed ({})",
@@ -47,20 +184,51 @@ impl LogFile {
         }
     }
 
-    /// Opens the file again (after logrotate moved it).
+    /// Writes what the buffers hold, then opens the file again (after logrotate moved it).
     pub fn reopen(&self) -> Result<(), String> {
-        let fresh = Self::open(&self.path)?;
-        *self.file.lock().unwrap_or_else(|p| p.into_inner()) =
-            fresh.file.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.flush_all();
+        let fresh = Self::open_file(&self.path)?;
+        *lock(&self.file) = fresh;
         Ok(())
     }
 }
 
-/// One `access_log` target compiled: its file and its format.
+impl Drop for LogFile {
+    /// A reload retired this file (its last request has ended): nothing buffered is lost.
+    fn drop(&mut self) {
+        self.flush_all();
+    }
+}
+
+fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::new(level),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Writes every access-log buffer and makes later lines go straight to their files: called as
+/// the process stops (graceful or fast), so no line that was logged is lost.
+pub fn flush_at_exit() {
+    let files: Vec<Arc<LogFile>> = lock(&BUFFERED).iter().filter_map(Weak::upgrade).collect();
+    for file in files {
+        if let Some(buffer) = &file.buffer {
+            // Before taking each slot's lock: a line added after that sees `closed`.
+            buffer.closed.store(true, Ordering::Release);
+            file.flush_all();
+        }
+    }
+}
+
+/// One `access_log` target compiled: its file, its format and its `if=`.
 pub struct AccessLog {
     file: Arc<LogFile>,
     template: Template,
     escape: Escape,
+    condition: Option<Template>,
 }
 
 /// What the formats of a location need captured beyond the request itself.
@@ -91,9 +259,23 @@ pub struct LogCache {
     files: HashMap<PathBuf, Option<Arc<LogFile>>>,
     /// By format name; `None`: the format has an error (already reported).
     formats: HashMap<String, Option<Template>>,
+    /// `if=` conditions by their place; `None`: an error (already reported).
+    conditions: HashMap<String, Option<Template>>,
+    /// Files written through a buffer, and how.
+    buffers: HashMap<PathBuf, LogBuffer>,
+    /// Worker threads: buffer slots per buffered file.
+    workers: usize,
 }
 
 impl LogCache {
+    pub fn new(buffers: HashMap<PathBuf, LogBuffer>, workers: usize) -> Self {
+        Self {
+            buffers,
+            workers,
+            ..Self::default()
+        }
+    }
+
     /// Every file opened (for USR1).
     pub fn into_files(self) -> Vec<Arc<LogFile>> {
         self.files.into_values().flatten().collect()
@@ -125,22 +307,41 @@ pub fn compile(
                 }
             })
             .clone();
+        let condition = match &spec.condition {
+            None => Some(None),
+            Some(c) => cache
+                .conditions
+                .entry(c.location.clone())
+                .or_insert_with(|| match Template::compile_in(&c.text, scope) {
+                    Ok(t) => Some(t),
+                    Err(message) => {
+                        errors.push((message, Some(c.location.clone())));
+                        None
+                    }
+                })
+                .clone()
+                .map(Some),
+        };
+        let buffer = cache.buffers.get(&spec.path).copied();
+        let workers = cache.workers;
         let file = cache
             .files
             .entry(spec.path.clone())
-            .or_insert_with(|| match LogFile::open(&spec.path) {
-                Ok(f) => Some(Arc::new(f)),
+            .or_insert_with(|| match LogFile::open(&spec.path, buffer, workers) {
+                Ok(f) => Some(f),
                 Err(message) => {
                     errors.push((message, None));
                     None
                 }
             })
             .clone();
-        let (Some(template), Some(file)) = (template, file) else {
+        let (Some(template), Some(condition), Some(file)) = (template, condition, file) else {
             continue;
         };
-        out.needs.response_headers |= template.uses(|v| matches!(v, Var::SentHttp(_)));
-        out.needs.upstream_headers |= template.uses(|v| matches!(v, Var::UpstreamHttp(_)));
+        for t in std::iter::once(&template).chain(&condition) {
+            out.needs.response_headers |= t.uses(|v| matches!(v, Var::SentHttp(_)));
+            out.needs.upstream_headers |= t.uses(|v| matches!(v, Var::UpstreamHttp(_)));
+        }
         let escape = match format.escape {
             LogEscape::Default => Escape::Default,
             LogEscape::Json => Escape::Json,
@@ -150,6 +351,7 @@ pub fn compile(
             file,
             template,
             escape,
+            condition,
         });
     }
     (out, errors)
@@ -307,9 +509,17 @@ impl Pending {
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {
             line.clear();
+            if let Some(condition) = &log.condition {
+                // nginx's `if=`: an empty value or "0" skips the line.
+                condition.render_into(&ctx, &mut line);
+                if line.is_empty() || line == "0" {
+                    continue;
+                }
+                line.clear();
+            }
             log.template.render_escaped(&ctx, log.escape, &mut line);
             line.push('\n');
-            log.file.write_line(&line);
+            log.file.write_line(line.as_bytes());
         }
     }
 }

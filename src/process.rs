@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{self, Cli};
-use crate::config::model::{ErrorLogSpec, LogLevel, LogTarget, Workers};
+use crate::config::model::{ErrorLogSpec, LogLevel, LogTarget};
 use crate::config::{self, Config, ConfigErrors, LoadOptions, Source};
 use crate::server::{self, Server};
 use crate::snapshot::Snapshot;
@@ -154,10 +154,7 @@ fn send_signal(pid_file: &Path, name: &str) -> ExitCode {
 /// Starts serving `config` and blocks until the process is told to stop.
 fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
     let daemon = config.main.daemon;
-    let workers = match config.main.worker_processes {
-        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Workers::Count(n) => n,
-    };
+    let workers = config.main.worker_processes.count();
     let log = match server::open_error_log(&config, Some(&default_log)) {
         Ok(log) => log,
         Err(e) if config.main.error_log.is_empty() => {
@@ -224,6 +221,8 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
         current: pid_file,
     };
     let code = runtime.block_on(serve(server, bound, &mut pid, shutdown_timeout));
+    // Graceful or fast, the lines in access-log buffers reach their files.
+    crate::access_log::flush_at_exit();
     let _ = fs::remove_file(&pid.current);
     code
 }

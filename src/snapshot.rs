@@ -123,7 +123,9 @@ impl Snapshot {
         let mut warnings = Vec::new();
         let mut groups = HashMap::new();
         let mut vhosts = HashMap::new();
-        let mut logs = LogCache::default();
+        let buffers = config.http.as_ref().map(|h| h.log_buffers.clone());
+        let workers = config.main.worker_processes.count();
+        let mut logs = LogCache::new(buffers.unwrap_or_default(), workers);
         let scope = declared_variables(&config, &mut errors);
         if let Some(http) = &config.http {
             for up in &http.upstreams {

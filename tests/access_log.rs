@@ -1,8 +1,17 @@
 //! The access log: nginx's `combined` by default, `log_format` with variables and escaping,
-//! `access_log off`, upstream variables across a failover.
+//! `access_log off`, upstream variables across a failover; `buffer=`, `flush=`, `gzip` and
+//! `if=`, and buffered lines written on reopen, reload and at exit (the real binary).
 mod support;
 
-use support::{TempDir, backend, imbang, request};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use support::{
+    ImbangGuard, TempDir, backend, imbang, imbang_bin, request, wait_child, wait_pid_file,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -51,7 +60,7 @@ async fn combined_by_default_custom_formats_and_off() {
     // Lines are written as each response body is dropped, just after its last byte went out.
     let written =
         || lines(&custom).len() == 1 && lines(&json).len() == 1 && lines(&combined).len() == 1;
-    support::eventually("the log lines", std::time::Duration::from_secs(5), written).await;
+    support::eventually("the log lines", WAIT, written).await;
     drop(lb);
     let up = lines(&custom);
     assert_eq!(
@@ -94,17 +103,306 @@ async fn a_reload_moves_the_access_log_to_its_new_path() {
     };
     let lb = imbang(&conf(&first)).await;
     assert_eq!(lb.get("/one").await.0, 200);
-    support::eventually("the first line", std::time::Duration::from_secs(5), || {
-        lines(&first) == ["/one 200"]
-    })
-    .await;
+    support::eventually("the first line", WAIT, || lines(&first) == ["/one 200"]).await;
     lb.reload(&conf(&second)).await;
     assert_eq!(lb.get("/two").await.0, 200);
-    support::eventually(
-        "the line in the new file",
-        std::time::Duration::from_secs(5),
-        || lines(&second) == ["/two 200"],
-    )
+    support::eventually("the line in the new file", WAIT, || {
+        lines(&second) == ["/two 200"]
+    })
     .await;
     assert_eq!(lines(&first), ["/one 200"]);
+}
+
+#[tokio::test]
+async fn variables_from_set_are_in_log_lines() {
+    let dir = TempDir::new("access-set");
+    let log = dir.path().join("set.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{
+           log_format v '$uri $who';
+           access_log {} v;
+           server {{
+             listen 127.0.0.1:0;
+             set $who server;
+             location /l {{ set $who location; return 200 ok; }}
+             location /s {{ return 200 ok; }}
+           }}
+         }}",
+        log.display()
+    ))
+    .await;
+    assert_eq!(lb.get("/l").await.0, 200);
+    assert_eq!(lb.get("/s").await.0, 200);
+    support::eventually("two lines", WAIT, || lines(&log).len() == 2).await;
+    assert_eq!(lines(&log), ["/l location", "/s server"]);
+}
+
+fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Each location logs to `buffered` (its own parameters) and then, unbuffered, to `witness`.
+/// Both lines are written by the same call, buffered one first: once the witness has a line, the
+/// buffered log has taken its line too, wherever it went.
+fn buffered_conf(dir: &Path, params: &str) -> String {
+    format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{
+           log_format u '$request_uri';
+           server {{
+             listen 127.0.0.1:0;
+             location /a {{ access_log {b} u {params}; access_log {w} u; return 200 a; }}
+             location /b {{ access_log {b} u; access_log {w} u; return 200 b; }}
+           }}
+         }}",
+        b = dir.join("buffered.log").display(),
+        w = dir.join("witness.log").display(),
+    )
+}
+
+async fn get_logged(lb: &support::Lb, dir: &Path, path: &str, nth: usize) {
+    assert_eq!(lb.get(path).await.0, 200);
+    let witness = dir.join("witness.log");
+    support::eventually("the witness line", WAIT, || lines(&witness).len() == nth).await;
+}
+
+#[tokio::test]
+async fn a_buffer_is_written_when_the_next_line_does_not_fit_and_is_shared_by_the_file() {
+    let dir = TempDir::new("access-buffer");
+    let buffered = dir.path().join("buffered.log");
+    // Lines of 5 bytes: two fit in 12.
+    let lb = imbang(&buffered_conf(dir.path(), "buffer=12")).await;
+    get_logged(&lb, dir.path(), "/a/1", 1).await;
+    assert_eq!(text(&buffered), "", "the first line waits in the buffer");
+    // /b's `access_log` has no parameters, but the file is buffered: its line waits too.
+    get_logged(&lb, dir.path(), "/b/2", 2).await;
+    assert_eq!(text(&buffered), "");
+    get_logged(&lb, dir.path(), "/a/3", 3).await;
+    assert_eq!(
+        text(&buffered),
+        "/a/1\n/b/2\n",
+        "the third line did not fit"
+    );
+    // A line longer than the whole buffer goes out on its own, after what was waiting.
+    get_logged(&lb, dir.path(), "/a/longer-than-12", 4).await;
+    assert_eq!(text(&buffered), "/a/1\n/b/2\n/a/3\n/a/longer-than-12\n");
+}
+
+#[tokio::test]
+async fn flush_writes_a_waiting_line_after_that_time() {
+    let dir = TempDir::new("access-flush");
+    let buffered = dir.path().join("buffered.log");
+    let lb = imbang(&buffered_conf(dir.path(), "buffer=64k flush=100ms")).await;
+    assert_eq!(lb.get("/a/1").await.0, 200);
+    assert_eq!(lb.get("/b/2").await.0, 200);
+    // Far from full, so only the timer writes them (one write: the second line joined the first).
+    support::eventually("the timer's write", WAIT, || {
+        text(&buffered) == "/a/1\n/b/2\n"
+    })
+    .await;
+    // The next line arms the timer again.
+    assert_eq!(lb.get("/a/3").await.0, 200);
+    support::eventually("the second write", WAIT, || {
+        text(&buffered) == "/a/1\n/b/2\n/a/3\n"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reopen_writes_the_buffer_into_the_old_file_first() {
+    let dir = TempDir::new("access-buffer-reopen");
+    let buffered = dir.path().join("buffered.log");
+    let lb = imbang(&buffered_conf(dir.path(), "buffer=64k")).await;
+    get_logged(&lb, dir.path(), "/a/1", 1).await;
+    assert_eq!(text(&buffered), "");
+    let rotated = dir.path().join("buffered.log.1");
+    std::fs::rename(&buffered, &rotated).unwrap();
+    lb.server.snapshot().reopen_logs().unwrap();
+    assert_eq!(
+        text(&rotated),
+        "/a/1\n",
+        "written before the file was reopened"
+    );
+    assert!(buffered.exists(), "reopened");
+    get_logged(&lb, dir.path(), "/a/2", 2).await;
+    assert_eq!(text(&buffered), "", "buffered again");
+    lb.server.snapshot().reopen_logs().unwrap();
+    assert_eq!(text(&buffered), "/a/2\n");
+    assert_eq!(text(&rotated), "/a/1\n");
+}
+
+#[tokio::test]
+async fn a_reload_writes_the_buffers_of_the_configuration_it_replaces() {
+    let dir = TempDir::new("access-buffer-reload");
+    let buffered = dir.path().join("buffered.log");
+    let lb = imbang(&buffered_conf(dir.path(), "buffer=64k")).await;
+    get_logged(&lb, dir.path(), "/a/1", 1).await;
+    get_logged(&lb, dir.path(), "/b/2", 2).await;
+    assert_eq!(text(&buffered), "");
+    // The new configuration has the same file and buffer, but its own (empty) buffers: the old
+    // ones are written once no request uses the old configuration.
+    lb.reload(&buffered_conf(dir.path(), "buffer=64k")).await;
+    support::eventually("the old buffer", WAIT, || text(&buffered) == "/a/1\n/b/2\n").await;
+    get_logged(&lb, dir.path(), "/a/3", 3).await;
+    assert_eq!(text(&buffered), "/a/1\n/b/2\n");
+}
+
+#[tokio::test]
+async fn gzip_writes_each_buffer_as_one_gzip_member() {
+    let dir = TempDir::new("access-gzip");
+    let buffered = dir.path().join("buffered.log");
+    let lb = imbang(&buffered_conf(dir.path(), "gzip=9 buffer=12")).await;
+    for (i, path) in ["/a/1", "/a/2", "/a/3"].into_iter().enumerate() {
+        get_logged(&lb, dir.path(), path, i + 1).await;
+    }
+    let first = std::fs::read(&buffered).unwrap();
+    assert_eq!(first[..2], [0x1f, 0x8b], "a gzip member");
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&first[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, "/a/1\n/a/2\n");
+    lb.server.snapshot().reopen_logs().unwrap();
+    // Two members now; `zcat` reads them as one text.
+    let all = std::fs::read(&buffered).unwrap();
+    assert!(all.len() > first.len());
+    let mut plain = String::new();
+    flate2::read::MultiGzDecoder::new(&all[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, "/a/1\n/a/2\n/a/3\n");
+}
+
+#[tokio::test]
+async fn if_skips_the_line_when_the_condition_is_empty_or_zero() {
+    let dir = TempDir::new("access-if");
+    let cond = dir.path().join("cond.log");
+    let witness = dir.path().join("witness.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{
+           log_format u '$request_uri';
+           server {{
+             listen 127.0.0.1:0;
+             location /arg {{ access_log {c} u if=$arg_log; access_log {w} u; return 200 ok; }}
+             location /set {{
+               set $loggable 0;
+               access_log {c} u if=$loggable; access_log {w} u; return 200 ok;
+               location /set/yes {{ set $loggable yes; return 200 ok; }}
+             }}
+           }}
+         }}",
+        c = cond.display(),
+        w = witness.display(),
+    ))
+    .await;
+    let paths = [
+        "/arg?log=1",
+        "/arg?log=0",
+        "/arg",
+        "/arg?log=",
+        "/set",
+        "/set/yes",
+        "/arg?log=00",
+    ];
+    for path in paths {
+        assert_eq!(lb.get(path).await.0, 200, "{path}");
+    }
+    support::eventually("every witness line", WAIT, || {
+        lines(&witness).len() == paths.len()
+    })
+    .await;
+    assert_eq!(lines(&cond), ["/arg?log=1", "/set/yes", "/arg?log=00"]);
+}
+
+#[tokio::test]
+async fn an_unknown_variable_in_if_is_a_config_error_at_its_place() {
+    let config = imbang::config::parse_str(
+        "/t/imbang.conf",
+        "events {}\nhttp { access_log off;\n server { location / { access_log x.log combined if=$nope; } } }",
+        &support::options(),
+    )
+    .expect("parses");
+    let error = imbang::server::Server::new(config, None, None)
+        .err()
+        .expect("compile error")
+        .to_string();
+    assert_eq!(error, "unknown \"nope\" variable in /t/imbang.conf:3:50");
+}
+
+/// The real binary with two workers, a buffered log and a witness log, after three requests
+/// whose lines wait in the buffers; `stop` ends the process (QUIT or TERM).
+async fn buffered_lines_survive(tag: &str, stop: impl FnOnce(&Path, &str, i32)) {
+    let dir = TempDir::new(tag);
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let port = support::free_port();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; worker_processes 2; pid logs/imbang.pid; error_log logs/error.log notice;
+             events {{}}
+             http {{
+               log_format u '$request_uri';
+               access_log logs/buffered.log u buffer=64k flush=1h;
+               access_log logs/witness.log u;
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }} }}
+             }}"
+        ),
+    );
+    let prefix = format!("{}/", dir.path().display());
+    let mut guard = ImbangGuard::new(dir.path().join("logs/imbang.pid"));
+    guard.child = Some(
+        std::process::Command::new(imbang_bin())
+            .args(["-p", &prefix, "-c", "imbang.conf"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = wait_pid_file(&guard.pid_file, Duration::from_secs(10)).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(request(addr, "GET", path, "x", None).await.0, 200);
+    }
+    let log = |name: &str| dir.path().join("logs").join(name);
+    support::eventually("the witness lines", WAIT, || {
+        lines(&log("witness.log")).len() == 3
+    })
+    .await;
+    assert_eq!(
+        text(&log("buffered.log")),
+        "",
+        "the lines wait in the buffers"
+    );
+    stop(dir.path(), &prefix, pid);
+    let status = wait_child(guard.child.as_mut().unwrap(), Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let mut got = lines(&log("buffered.log"));
+    got.sort(); // Two workers: each writes its own buffer.
+    assert_eq!(got, ["/1", "/2", "/3"], "{}", text(&log("error.log")));
+}
+
+#[tokio::test]
+async fn a_graceful_stop_writes_buffered_lines() {
+    buffered_lines_survive("access-quit", |dir, prefix, _| {
+        let out = std::process::Command::new(imbang_bin())
+            .current_dir(dir)
+            .args(["-p", prefix, "-c", "imbang.conf", "-s", "quit"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fast_stop_writes_buffered_lines() {
+    buffered_lines_survive("access-term", |_, _, pid| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    })
+    .await;
 }

@@ -157,6 +157,48 @@ http {
 }
 
 #[tokio::test]
+async fn t_reports_access_log_parameter_errors_in_nginx_s_words() {
+    let (dir, p) = prefix_dir("cli-t-access-log");
+    let conf = dir.write(
+        "imbang.conf",
+        "events {}
+http {
+    access_log logs/a.log combined flush=5s;
+    server {
+        listen 127.0.0.1:0;
+        location / { access_log logs/b.log combined if=$no_such; return 200; }
+    }
+}
+",
+    );
+    let c = s(&conf);
+    let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;
+    let failed = format!("imbang: configuration file {c} test failed\n");
+    assert_output(
+        &out,
+        1,
+        "",
+        &format!(
+            "imbang: [emerg] no buffer is defined for access_log \"logs/a.log\" in {c}:3:36\n{failed}"
+        ),
+    );
+    // Once that is fixed, the condition's variable is checked (where `set` names are known).
+    dir.write(
+        "imbang.conf",
+        &std::fs::read_to_string(&conf)
+            .unwrap()
+            .replace("flush=5s", "buffer=8k flush=5s"),
+    );
+    let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;
+    assert_output(
+        &out,
+        1,
+        "",
+        &format!("imbang: [emerg] unknown \"no_such\" variable in {c}:6:53\n{failed}"),
+    );
+}
+
+#[tokio::test]
 async fn t_reports_syntax_errors_where_they_are() {
     let (dir, p) = prefix_dir("cli-t-syntax");
     let extra = dir.write("extra.conf", "events {}\nhttp {\n}\n}\n");

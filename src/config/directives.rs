@@ -228,7 +228,7 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "imbang sizes its tables itself",
     ),
-    d("access_log", HSL, Range(1, 5)),
+    d("access_log", HSL, AtLeast(1)),
     d("log_format", C::HTTP, AtLeast(2)),
     no_effect("gzip", HSL, Flag, NO_GZIP),
     no_effect("gzip_vary", HSL, Flag, NO_GZIP),

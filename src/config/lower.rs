@@ -36,6 +36,7 @@ pub fn lower(
         errors: ConfigErrors::default(),
         warnings: Vec::new(),
         log_formats: HashMap::new(),
+        log_buffers: HashMap::new(),
         inner_error_logs: Vec::new(),
     };
     let (main, http) = lower.main(directives);
@@ -58,6 +59,8 @@ struct Lower<'a> {
     warnings: Vec<Warning>,
     /// `log_format`s by name, `combined` included.
     log_formats: HashMap<String, Arc<LogFormat>>,
+    /// Buffered access-log files so far: one buffer per file, whichever `access_log` set it.
+    log_buffers: HashMap<PathBuf, LogBuffer>,
     /// `error_log` of server and location levels: imbang adds them to the process's log.
     inner_error_logs: Vec<ErrorLogSpec>,
 }
@@ -445,6 +448,7 @@ impl<'a> Lower<'a> {
         frame.access_log = Some(vec![AccessLogSpec {
             path: self.opts.prefix.join("logs/access.log"),
             format: combined,
+            condition: None,
         }]);
         let mut frame_own = Frame::default();
         // Upstreams first: a `proxy_pass` may name one defined further down.
@@ -527,6 +531,7 @@ impl<'a> Lower<'a> {
             client_header_timeout,
             header_buffers,
             header_buffer_size,
+            log_buffers: std::mem::take(&mut self.log_buffers),
         }
     }
 
@@ -815,6 +820,15 @@ impl<'a> Lower<'a> {
             );
             return None;
         }
+        if target.value.contains('$') {
+            // nginx opens such a path per request; taking it literally would write elsewhere.
+            self.invalid(
+                "variables in the path of \"access_log\" are not supported by imbang yet"
+                    .to_owned(),
+                target.span,
+            );
+            return None;
+        }
         let format = match d.args.get(1) {
             None => self.log_formats.get("combined").cloned(),
             Some(name) => match self.log_formats.get(&name.value) {
@@ -825,19 +839,82 @@ impl<'a> Lower<'a> {
                 }
             },
         }?;
+        let mut size = None;
+        let mut flush = None;
+        let mut gzip = None;
+        let mut condition = None;
         for p in d.args.iter().skip(2) {
-            let key = p.value.split('=').next().unwrap_or_default();
-            match key {
-                "buffer" | "flush" | "gzip" | "if" => self.warn(
-                    format!("the \"{key}\" parameter of \"access_log\" has no effect in imbang yet (lines are written as requests end)"),
-                    p.span,
-                ),
-                _ => self.invalid(format!("invalid parameter \"{}\"", p.value), p.span),
+            let v = p.value.as_str();
+            if let Some(text) = v.strip_prefix("buffer=") {
+                let Some(n) = values::size(text).filter(|&n| n > 0) else {
+                    self.invalid(format!("invalid buffer size \"{text}\""), p.span);
+                    return None;
+                };
+                size = Some(n as usize);
+            } else if let Some(text) = v.strip_prefix("flush=") {
+                let Some(t) = values::duration(text).filter(|t| !t.is_zero()) else {
+                    self.invalid(format!("invalid flush time \"{text}\""), p.span);
+                    return None;
+                };
+                flush = Some((t, p.span));
+            } else if v == "gzip" {
+                gzip = Some(1); // zlib's Z_BEST_SPEED, as nginx
+            } else if let Some(text) = v.strip_prefix("gzip=") {
+                let Some(level) = values::number(text).filter(|l| (1..=9).contains(l)) else {
+                    self.invalid(format!("invalid compression level \"{text}\""), p.span);
+                    return None;
+                };
+                gzip = Some(level as u32);
+            } else if let Some(text) = v.strip_prefix("if=") {
+                condition = Some(LogCondition {
+                    text: text.to_owned(),
+                    location: self.at(p.span),
+                });
+            } else {
+                self.invalid(format!("invalid parameter \"{v}\""), p.span);
+                return None;
+            }
+        }
+        // nginx: `gzip` alone buffers 64k.
+        let size = size.or(gzip.map(|_| 64 * 1024));
+        let path = self.path(&target.value);
+        match (size, flush) {
+            (None, Some((_, span))) => {
+                self.invalid(
+                    format!("no buffer is defined for access_log \"{}\"", target.value),
+                    span,
+                );
+                return None;
+            }
+            (None, None) => {}
+            (Some(size), flush) => {
+                let buffer = LogBuffer {
+                    size,
+                    flush: flush.map(|(t, _)| t),
+                    gzip,
+                };
+                match self.log_buffers.get(&path) {
+                    Some(known) if *known != buffer => {
+                        self.invalid(
+                            format!(
+                                "access_log \"{}\" already defined with conflicting parameters",
+                                target.value
+                            ),
+                            target.span,
+                        );
+                        return None;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.log_buffers.insert(path.clone(), buffer);
+                    }
+                }
             }
         }
         Some(AccessLogSpec {
-            path: self.path(&target.value),
+            path,
             format,
+            condition,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The validated configuration: typed values, defaults applied, inheritance resolved,
 //! cross-references checked. Runtime code reads only these types, never directive text.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,16 @@ pub struct Main {
 pub enum Workers {
     Auto,
     Count(usize),
+}
+
+impl Workers {
+    /// The number of worker threads: `auto` is the number of CPUs.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Self::Count(n) => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +132,10 @@ pub struct Http {
     /// header line is `size`, a whole head at most `number × size`.
     pub header_buffers: usize,
     pub header_buffer_size: usize,
+    /// Access-log files written through a buffer (`buffer=`, `gzip`), by path. As in nginx the
+    /// buffer belongs to the file: every `access_log` to that path uses it, with or without
+    /// the parameters.
+    pub log_buffers: HashMap<PathBuf, LogBuffer>,
 }
 
 /// One `server {}` block.
@@ -250,11 +265,31 @@ pub struct SetVar {
     pub location: String,
 }
 
-/// One `access_log path [format]`.
+/// One `access_log path [format [buffer=size] [gzip[=level]] [flush=time] [if=condition]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogSpec {
     pub path: PathBuf,
     pub format: Arc<LogFormat>,
+    /// `if=condition`: the line is not written when the value is empty or `0`.
+    pub condition: Option<LogCondition>,
+}
+
+/// The text of an `if=` parameter and its `path:line:col` (for variable errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogCondition {
+    pub text: String,
+    pub location: String,
+}
+
+/// How lines to one access-log file are buffered (`buffer=`, `flush=`, `gzip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBuffer {
+    /// Bytes collected in memory before a write (per worker, as nginx's per-process buffer).
+    pub size: usize,
+    /// `flush=`: the longest a line waits in the buffer; `None`: until the buffer fills.
+    pub flush: Option<Duration>,
+    /// `gzip[=level]`: each write is one gzip member compressed at this level (1..=9).
+    pub gzip: Option<u32>,
 }
 
 /// `log_format name [escape=default|json|none] 'text' ...;` (the strings joined).

@@ -480,3 +480,105 @@ fn server_and_location_error_logs_join_the_http_level_ones() {
         ]
     );
 }
+
+#[test]
+fn access_log_parameters_lower_to_one_buffer_per_file() {
+    let c = ok(concat!(
+        "events {}\nhttp {\n log_format f '$uri';\n",
+        " access_log a.log f buffer=32k flush=5s if=$arg_log;\n",
+        " access_log z.log f gzip;\n",
+        " access_log g9.log f gzip=9 buffer=1m;\n",
+        " server {\n",
+        "  location / { access_log a.log f buffer=32k flush=5s; access_log a.log; }\n",
+        "  location /p { access_log plain.log f if=0; }\n",
+        " }\n}\n",
+    ));
+    let http = c.http.unwrap();
+    let buffer = |name: &str| http.log_buffers.get(&PathBuf::from("/prefix/").join(name));
+    let secs = |s| Some(Duration::from_secs(s));
+    assert_eq!(
+        buffer("a.log"),
+        Some(&LogBuffer {
+            size: 32 * 1024,
+            flush: secs(5),
+            gzip: None
+        })
+    );
+    // nginx: `gzip` alone buffers 64k at level 1.
+    assert_eq!(
+        buffer("z.log"),
+        Some(&LogBuffer {
+            size: 64 * 1024,
+            flush: None,
+            gzip: Some(1)
+        })
+    );
+    assert_eq!(
+        buffer("g9.log").map(|b| (b.size, b.gzip)),
+        Some((1 << 20, Some(9)))
+    );
+    assert_eq!(buffer("plain.log"), None);
+    assert_eq!(http.log_buffers.len(), 3);
+    let server = &http.servers[0];
+    let condition = |i: usize| -> Vec<Option<String>> {
+        let logs = &server.locations[i].conf.access_log;
+        logs.iter()
+            .map(|l| {
+                l.condition
+                    .as_ref()
+                    .map(|c| format!("{} {}", c.text, c.location))
+            })
+            .collect()
+    };
+    assert_eq!(condition(0), [None, None]);
+    assert_eq!(condition(1), [Some("0 /etc/imbang/t.conf:9:40".to_owned())]);
+    let http_level = &server.conf.access_log;
+    assert_eq!(
+        http_level[0].condition.as_ref().map(|c| c.text.as_str()),
+        Some("$arg_log")
+    );
+}
+
+#[test]
+fn access_log_parameter_errors_use_nginx_s_words() {
+    let got = errors(concat!(
+        "events {}\nhttp {\n log_format f '$uri';\n",
+        " access_log a.log f buffer=0;\n",
+        " access_log a.log f buffer=12q;\n",
+        " access_log a.log f buffer=8k flush=never;\n",
+        " access_log a.log f flush=0s buffer=8k;\n",
+        " access_log b.log f flush=1m;\n",
+        " access_log a.log f gzip=10;\n",
+        " access_log a.log f gzip=;\n",
+        " access_log a.log f gzipped;\n",
+        " access_log a.log f buffer=8k bogus;\n",
+        " access_log a.log buffer=8k;\n",
+        " access_log off f;\n",
+        " access_log logs/$host.log;\n",
+        " server {\n",
+        "  access_log c.log f buffer=8k;\n",
+        "  location / { access_log c.log f buffer=8k flush=1s; }\n",
+        "  location /x { access_log c.log f buffer=8k gzip; }\n",
+        "  location /y { access_log c.log f buffer=8k; access_log c.log; }\n",
+        " }\n}\n",
+    ));
+    assert_eq!(
+        got,
+        [
+            "invalid buffer size \"0\" in /etc/imbang/t.conf:4:21",
+            "invalid buffer size \"12q\" in /etc/imbang/t.conf:5:21",
+            "invalid flush time \"never\" in /etc/imbang/t.conf:6:31",
+            "invalid flush time \"0s\" in /etc/imbang/t.conf:7:21",
+            "no buffer is defined for access_log \"b.log\" in /etc/imbang/t.conf:8:21",
+            "invalid compression level \"10\" in /etc/imbang/t.conf:9:21",
+            "invalid compression level \"\" in /etc/imbang/t.conf:10:21",
+            "invalid parameter \"gzipped\" in /etc/imbang/t.conf:11:21",
+            "invalid parameter \"bogus\" in /etc/imbang/t.conf:12:31",
+            "unknown log format \"buffer=8k\" in /etc/imbang/t.conf:13:19",
+            "invalid number of arguments in \"access_log\" directive in /etc/imbang/t.conf:14:2",
+            "variables in the path of \"access_log\" are not supported by imbang yet in /etc/imbang/t.conf:15:13",
+            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:18:27",
+            "access_log \"c.log\" already defined with conflicting parameters in /etc/imbang/t.conf:19:28",
+        ]
+    );
+}

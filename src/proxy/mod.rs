@@ -375,12 +375,12 @@ async fn respond(
         sets: &set_values,
         ..base
     };
-    if out.log_route.is_some() && !set_values.is_empty() {
-        out.sets = set_values.clone();
-    }
     out.log(route, &host, &server.name);
     if out.log_route.is_some() {
         out.path = path.clone();
+        if !set_values.is_empty() {
+            out.sets = set_values.clone();
+        }
     }
     let (mut response, from_peer) = if route.conf.internal {
         // Only internal redirects reach an `internal` location.

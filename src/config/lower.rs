@@ -1086,17 +1086,11 @@ impl<'a> Lower<'a> {
             });
         }
         match values::number(&first.value) {
-            Some(code) if code <= 999 && code != 444 => Some(Return {
+            // 444 is nginx's "close the connection without an answer".
+            Some(code) if code <= 999 => Some(Return {
                 status: code as u16,
                 text: d.args.get(1).map(|a| a.value.clone()),
             }),
-            Some(444) => {
-                self.invalid(
-                    "return 444 (close the connection) is not supported by imbang yet".to_owned(),
-                    first.span,
-                );
-                None
-            }
             _ => {
                 self.invalid(
                     format!("invalid return code \"{}\"", first.value),

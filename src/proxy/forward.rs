@@ -46,6 +46,7 @@ pub async fn forward(
     let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
     let mut client_upgrade = client_upgrade;
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
+    let chunked = ctx.parts.headers.contains_key(header::TRANSFER_ENCODING);
     // The headers sent upstream, made again only when a request is sent again.
     let upstream_headers = || {
         let mut headers = ctx.parts.headers.clone();
@@ -56,6 +57,12 @@ pub async fn forward(
         if !settings.pass_request_body {
             headers.remove(header::CONTENT_LENGTH);
             headers.remove(header::TRANSFER_ENCODING);
+        } else if chunked {
+            // The one case where `Trailer` means something end to end: a chunked body going
+            // on chunked, whose trailer fields it declares (hyper sends only declared ones).
+            if let Some(t) = ctx.parts.headers.get(header::TRAILER) {
+                headers.insert(header::TRAILER, t.clone());
+            }
         }
         headers
     };

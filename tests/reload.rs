@@ -231,3 +231,48 @@ async fn a_removed_listen_address_stops_accepting_and_its_connections_drain() {
     assert!(TcpStream::connect(second).await.is_err());
     assert_eq!(lb.get("/").await.1, "b GET /");
 }
+
+#[tokio::test]
+async fn worker_shutdown_timeout_bounds_a_draining_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let held = backend_with("held", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let listens = |second: bool| {
+        format!(
+            "daemon off; error_log stderr crit; worker_shutdown_timeout 300ms; events {{}}
+             http {{ access_log off; upstream h {{ server {}; }}
+               server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://h; }} }}
+               {} }}",
+            held.addr,
+            if second {
+                "server { listen 127.0.0.2:0; location / { proxy_pass http://h; } }"
+            } else {
+                ""
+            }
+        )
+    };
+    let lb = imbang(&listens(true)).await;
+    let second = lb
+        .server
+        .bound()
+        .await
+        .into_iter()
+        .find(|(k, _)| k.ip().to_string() == "127.0.0.2")
+        .unwrap()
+        .1;
+    let mut client = TcpStream::connect(second).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    support::eventually("the peer holds the request", Duration::from_secs(5), || {
+        held.hits() == 1
+    })
+    .await;
+    lb.reload(&listens(false)).await;
+    // The peer never answers: the connection is cut once worker_shutdown_timeout is over.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the draining connection was not closed");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    held.release();
+}

@@ -134,8 +134,34 @@ impl AsyncWrite for Upgraded {
     }
 }
 
-/// Serves one client connection until it closes, times out, or a stop ends it.
+/// Serves one client connection until it closes, times out, or a stop ends it. Once a stop
+/// began, `worker_shutdown_timeout` (if set) bounds how long the connection may still live.
 pub async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    settings: Settings,
+    signals: Signals,
+) {
+    let mut stop = Signals {
+        draining: signals.draining.clone(),
+        removed: signals.removed.clone(),
+    };
+    let live = shared.live.clone();
+    let bounded = async move {
+        stop.stopped().await;
+        match live.snapshot().config.main.shutdown_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = serve_requests(stream, shared, info, settings, signals) => {}
+        () = bounded => {}
+    }
+}
+
+async fn serve_requests(
     stream: TcpStream,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,

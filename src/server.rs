@@ -39,7 +39,6 @@ pub struct Server {
     source: Option<config::Source>,
     /// Accepting listeners by configured address, with their stop switches and bound addresses.
     listeners: Mutex<HashMap<SocketAddr, Listening>>,
-    draining: watch::Sender<bool>,
     connections: Arc<ConnCount>,
     next_conn_id: AtomicU64,
     /// `-e` given on the command line replaces the default error log.
@@ -72,7 +71,6 @@ impl Server {
             registry,
             source,
             listeners: Mutex::new(HashMap::new()),
-            draining: watch::channel(false).0,
             connections: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             default_log,
@@ -260,8 +258,7 @@ impl Server {
         };
         drop(snapshot);
         let signals = http1::Signals {
-            draining: self.draining.subscribe(),
-            removed: listener_removed,
+            stop: listener_removed,
         };
         http1::serve(stream, self.shared.clone(), info, settings, signals).await;
     }
@@ -319,7 +316,6 @@ impl Server {
         if !graceful {
             return;
         }
-        let _ = self.draining.send(true);
         let wait = self.connections.zero();
         match timeout {
             Some(t) => {

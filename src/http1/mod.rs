@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -58,22 +59,19 @@ pub struct Settings {
     pub send_timeout: Duration,
 }
 
-/// What asks a connection to finish: the process stopping, or its listener removed by a reload.
+/// What asks a connection to finish: its listener stopped, because the process is stopping or
+/// a reload removed the address.
 pub struct Signals {
-    pub draining: watch::Receiver<bool>,
-    pub removed: watch::Receiver<bool>,
+    pub stop: watch::Receiver<bool>,
 }
 
 impl Signals {
     fn stopping(&self) -> bool {
-        *self.draining.borrow() || *self.removed.borrow()
+        *self.stop.borrow()
     }
 
     async fn stopped(&mut self) {
-        tokio::select! {
-            _ = self.draining.wait_for(|d| *d) => {}
-            _ = self.removed.wait_for(|r| *r) => {}
-        }
+        let _ = self.stop.wait_for(|s| *s).await;
     }
 }
 
@@ -134,8 +132,11 @@ impl AsyncWrite for Upgraded {
     }
 }
 
-/// Serves one client connection until it closes, times out, or a stop ends it. Once a stop
-/// began, `worker_shutdown_timeout` (if set) bounds how long the connection may still live.
+/// Serves one client connection until it closes, times out, or a stop ends it.
+///
+/// The future of an idle connection is only [`Conn`] and the wait for readability: everything
+/// a request needs (head parsing, the handler, the response writer) lives in one allocation
+/// made per request, so 10,000 idle connections cost little more than their sockets.
 pub async fn serve(
     stream: TcpStream,
     shared: Arc<Shared>,
@@ -143,51 +144,99 @@ pub async fn serve(
     settings: Settings,
     signals: Signals,
 ) {
-    let mut stop = Signals {
-        draining: signals.draining.clone(),
-        removed: signals.removed.clone(),
-    };
-    let live = shared.live.clone();
-    let bounded = async move {
-        stop.stopped().await;
-        match live.snapshot().config.main.shutdown_timeout {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = serve_requests(stream, shared, info, settings, signals) => {}
-        () = bounded => {}
-    }
-}
-
-async fn serve_requests(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-    settings: Settings,
-    mut signals: Signals,
-) {
     let (half, writer) = stream.into_split();
-    let mut home = Some(Reader {
-        half,
-        buf: BytesMut::new(),
-    });
-    let mut served = 0u64;
-    while let Some(mut reader) = home.take() {
+    let mut conn = Conn {
+        home: Some(Reader {
+            half,
+            buf: BytesMut::new(),
+        }),
+        writer,
+        served: 0,
+        shared,
+        info,
+        settings,
+        signals,
+        upgrade: None,
+    };
+    loop {
+        let Some(reader) = conn.home.as_mut() else {
+            return;
+        };
         if reader.buf.is_empty() {
             // Idle: hold no buffer while waiting.
             reader.buf = BytesMut::new();
-            let first = served == 0;
+            let first = conn.served == 0;
             let idle = if first {
-                settings.header_timeout
+                conn.settings.header_timeout
             } else {
-                settings.keepalive_timeout
+                conn.settings.keepalive_timeout
             };
-            if !wait_for_request(&mut reader, idle, first, &mut signals).await {
+            if !wait_for_request(reader, idle, first, &mut conn.signals).await {
                 return;
             }
         }
+        if Box::pin(conn.exchange_bounded()).await == Next::Close {
+            // After a 101 the connection goes on as the other protocol.
+            if let Some((reader, upgraded)) = conn.upgrade.take() {
+                if let Ok(stream) = reader.half.reunite(conn.writer) {
+                    let _ = upgraded.send(Upgraded {
+                        prefix: reader.buf.freeze(),
+                        stream,
+                    });
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// One client connection between requests.
+struct Conn {
+    /// The read side, when it is not lent to a request body.
+    home: Option<Reader>,
+    writer: OwnedWriteHalf,
+    served: u64,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    settings: Settings,
+    signals: Signals,
+    /// After a 101: the read side and who waits for the switched connection.
+    upgrade: Option<(Reader, oneshot::Sender<Upgraded>)>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+impl Conn {
+    /// [`Conn::exchange`], cut short `worker_shutdown_timeout` after a stop began.
+    async fn exchange_bounded(&mut self) -> Next {
+        let mut stop = Signals {
+            stop: self.signals.stop.clone(),
+        };
+        let live = self.shared.live.clone();
+        let bounded = async move {
+            stop.stopped().await;
+            match live.snapshot().config.main.shutdown_timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = self.exchange() => next,
+            () = bounded => Next::Close,
+        }
+    }
+
+    /// Reads one request head, has it answered, and writes the response.
+    async fn exchange(&mut self) -> Next {
+        let Some(mut reader) = self.home.take() else {
+            return Next::Close;
+        };
+        let settings = self.settings;
+        let info = self.info.clone();
         let deadline = Instant::now() + settings.header_timeout;
         let head = loop {
             match parse::parse(&mut reader.buf, &settings.limits) {
@@ -201,7 +250,7 @@ async fn serve_requests(
                         rejected.reason,
                         info.remote.ip()
                     );
-                    let response = proxy::reject(&shared, &info, rejected.status);
+                    let response = proxy::reject(&self.shared, &info, rejected.status);
                     let shape = Shape {
                         head_request: false,
                         http10: false,
@@ -209,7 +258,7 @@ async fn serve_requests(
                     };
                     let (framing, _) = write::framing(&response, shape);
                     let _ = write::response(
-                        writer.as_ref(),
+                        self.writer.as_ref(),
                         response,
                         framing,
                         false,
@@ -217,13 +266,13 @@ async fn serve_requests(
                         settings.send_timeout,
                     )
                     .await;
-                    linger(reader, &writer).await;
-                    return;
+                    linger(reader, &self.writer).await;
+                    return Next::Close;
                 }
             }
             match tokio::time::timeout_at(deadline, poll_fn(|cx| reader.poll_fill(cx))).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return,
+                Ok(_) => return Next::Close,
                 Err(_) => {
                     log!(
                         Info,
@@ -231,11 +280,11 @@ async fn serve_requests(
                         info.id,
                         info.remote.ip()
                     );
-                    return;
+                    return Next::Close;
                 }
             }
         };
-        served += 1;
+        self.served += 1;
         let parse::Head {
             parts,
             framing,
@@ -249,7 +298,7 @@ async fn serve_requests(
             keep_alive: keep_alive && !settings.keepalive_timeout.is_zero(),
         };
         let (body, exchange) = if framing == Framing::None {
-            home = Some(reader);
+            self.home = Some(reader);
             (RequestBody::empty(), None)
         } else {
             let exchange = Arc::new(Exchange::default());
@@ -264,15 +313,15 @@ async fn serve_requests(
             false => (None, None),
         };
         let request = Request::from_parts(parts, body);
-        let handling = Box::pin(proxy::handle(&shared, &info, request, on_upgrade));
-        let response = match home.as_ref() {
+        let handling = proxy::handle(&self.shared, &info, request, on_upgrade);
+        let response = match self.home.as_ref() {
             // While the answer is prepared, notice a client that goes away (nginx's
             // `proxy_ignore_client_abort off`): the request is abandoned.
             Some(reader) => tokio::select! {
                 response = handling => response,
                 () = client_gone(reader) => {
                     log!(Info, "*{} client prematurely closed connection, client: {}", info.id, info.remote.ip());
-                    return;
+                    return Next::Close;
                 }
             },
             None => handling.await,
@@ -291,7 +340,7 @@ async fn serve_requests(
                         }
                     }
                     body_done = decoder.is_done();
-                    home = Some(reader);
+                    self.home = Some(reader);
                 }
                 None => body_done = false,
             }
@@ -299,19 +348,22 @@ async fn serve_requests(
         let status = response.status();
         if status.as_u16() == 444 {
             // nginx's `return 444`: close without an answer.
-            return;
+            return Next::Close;
         }
         let shape = Shape {
-            keep_alive: shape.keep_alive && body_done && home.is_some() && !signals.stopping(),
+            keep_alive: shape.keep_alive
+                && body_done
+                && self.home.is_some()
+                && !self.signals.stopping(),
             ..shape
         };
         let (framing, keep_alive) = write::framing(&response, shape);
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            switch_protocols(response, home, writer, upgraded, shape, &settings).await;
-            return;
+            self.switch_protocols(response, upgraded, shape).await;
+            return Next::Close;
         }
         let written = write::response(
-            writer.as_ref(),
+            self.writer.as_ref(),
             response,
             framing,
             keep_alive,
@@ -320,27 +372,52 @@ async fn serve_requests(
         )
         .await;
         match written {
-            Ok(()) if keep_alive => {}
+            Ok(()) if keep_alive => Next::KeepAlive,
             Ok(()) => {
-                if let Some(reader) = home.take() {
+                if let Some(reader) = self.home.take() {
                     if !body_done {
-                        linger(reader, &writer).await;
+                        linger(reader, &self.writer).await;
                     }
                 }
-                return;
+                Next::Close
             }
             Err(e) => {
                 if let write::WriteError::Io(e) = e {
                     log!(Info, "*{} {e}, client: {}", info.id, info.remote.ip());
                 }
-                return;
+                Next::Close
             }
         }
+    }
+
+    /// Writes the 101 head and leaves the read side and the waiting end in `self.upgrade`.
+    async fn switch_protocols(
+        &mut self,
+        response: http::Response<proxy::ResponseBody>,
+        upgraded: Option<oneshot::Sender<Upgraded>>,
+        shape: Shape,
+    ) {
+        let (Some(reader), Some(upgraded)) = (self.home.take(), upgraded) else {
+            return;
+        };
+        let written = write::response(
+            self.writer.as_ref(),
+            response,
+            write::BodyFraming::None,
+            true,
+            shape,
+            self.settings.send_timeout,
+        )
+        .await;
+        if written.is_err() {
+            return;
+        }
+        self.upgrade = Some((reader, upgraded));
     }
 }
 
 /// Waits until a request starts arriving and reads its first bytes. False: close (idle too
-/// long, closed by the client, or stopping).
+/// long, closed by the client, or stopping). Kept small: it is all an idle connection holds.
 async fn wait_for_request(
     reader: &mut Reader,
     idle: Duration,
@@ -350,17 +427,25 @@ async fn wait_for_request(
     if signals.stopping() && !first {
         return false;
     }
-    let deadline = Instant::now() + idle;
-    tokio::select! {
-        read = tokio::time::timeout_at(deadline, first_bytes(reader)) => matches!(read, Ok(true)),
-        () = signals.stopped() => {
-            if !first {
-                return false;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            read = first_bytes(reader) => return read,
+            () = &mut timer => return false,
+            () = signals.stopped(), if !stopping => {
+                if !first {
+                    return false;
+                }
+                // Accepted just before the stop: its first request may be on its way (nginx
+                // closes only keep-alive connections between requests).
+                stopping = true;
+                let grace = Instant::now() + FIRST_REQUEST_GRACE;
+                if grace < timer.deadline() {
+                    timer.as_mut().reset(grace);
+                }
             }
-            // Accepted just before the stop: its first request may be on its way (nginx
-            // closes only keep-alive connections between requests).
-            let grace = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
-            matches!(tokio::time::timeout_at(grace, first_bytes(reader)).await, Ok(true))
         }
     }
 }
@@ -369,7 +454,7 @@ async fn wait_for_request(
 async fn first_bytes(reader: &mut Reader) -> bool {
     let stream = reader.half.as_ref();
     loop {
-        if stream.readable().await.is_err() {
+        if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
             return false;
         }
         let mut buf = BytesMut::with_capacity(body::READ_CHUNK);
@@ -396,38 +481,6 @@ async fn client_gone(reader: &Reader) {
     }
 }
 
-/// After the 101 head, the client's connection goes to whoever waits for the upgrade.
-async fn switch_protocols(
-    response: http::Response<proxy::ResponseBody>,
-    home: Option<Reader>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    upgraded: Option<oneshot::Sender<Upgraded>>,
-    shape: Shape,
-    settings: &Settings,
-) {
-    let (Some(reader), Some(upgraded)) = (home, upgraded) else {
-        return;
-    };
-    let written = write::response(
-        writer.as_ref(),
-        response,
-        write::BodyFraming::None,
-        true,
-        shape,
-        settings.send_timeout,
-    )
-    .await;
-    if written.is_err() {
-        return;
-    }
-    if let Ok(stream) = reader.half.reunite(writer) {
-        let _ = upgraded.send(Upgraded {
-            prefix: reader.buf.freeze(),
-            stream,
-        });
-    }
-}
-
 /// Reads and drops what the client still sends, for a while, after our side is closed for
 /// writing: closing with unread bytes would reset the connection and could destroy the
 /// response before the client read it (nginx's lingering close).
@@ -441,5 +494,51 @@ async fn linger(mut reader: Reader, writer: &tokio::net::tcp::OwnedWriteHalf) {
             Ok(Ok(Ok(n))) if n > 0 => {}
             _ => return,
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, LoadOptions};
+    use crate::snapshot::Snapshot;
+    use crate::upstream::PeerRegistry;
+
+    /// What an idle keep-alive connection costs is mostly this future: a request's state must
+    /// stay out of it (boxed per request), or every idle connection pays for the largest one.
+    #[tokio::test]
+    async fn an_idle_connection_s_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let text = "events {} http { access_log off; server { listen 127.0.0.1:0; return 200; } }";
+        let opts = LoadOptions {
+            prefix: std::env::temp_dir(),
+            default_listen_port: 8000,
+        };
+        let config = config::parse_str("/t.conf", text, &opts).unwrap();
+        let snapshot = Snapshot::compile(config, &PeerRegistry::new()).unwrap();
+        let shared = Arc::new(Shared {
+            live: Arc::new(crate::reload::Live::new(snapshot)),
+            pool: Arc::new(crate::pool::Pool::new()),
+        });
+        let addr = stream.local_addr().unwrap();
+        let info = Arc::new(ConnInfo {
+            id: 1,
+            requests: Default::default(),
+            remote: addr,
+            local: addr,
+            key: addr,
+        });
+        let settings = Settings {
+            limits: HeadLimits::default(),
+            header_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let serving = serve(stream, shared, info, settings, Signals { stop: stopped });
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1024, "the connection future grew to {size} bytes");
     }
 }

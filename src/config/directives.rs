@@ -242,12 +242,7 @@ pub static DIRECTIVES: &[Spec] = &[
     d("keepalive_timeout", HSL, Range(1, 2)),
     d("keepalive_requests", HSL, ONE),
     d("client_body_buffer_size", HSL, ONE),
-    no_effect(
-        "client_header_buffer_size",
-        HS,
-        ONE,
-        "imbang sizes its buffers itself",
-    ),
+    d("client_header_buffer_size", HS, ONE),
     d("large_client_header_buffers", HS, Range(2, 2)),
     d("client_body_timeout", HSL, ONE),
     d("client_header_timeout", HS, ONE),

@@ -431,6 +431,7 @@ impl<'a> Lower<'a> {
         let mut send_timeout = Duration::from_secs(60);
         let mut client_header_timeout = Duration::from_secs(60);
         let (mut header_buffers, mut header_buffer_size) = (4, 8 * 1024);
+        let mut client_header_buffer_size = 1024;
         let combined = Arc::new(LogFormat {
             name: "combined".to_owned(),
             escape: LogEscape::Default,
@@ -477,6 +478,14 @@ impl<'a> Lower<'a> {
                         client_header_timeout = self
                             .duration_arg(d, &d.args[0])
                             .unwrap_or(client_header_timeout);
+                    }
+                }
+                "client_header_buffer_size" => {
+                    if self.once(&mut seen, spec, d) {
+                        match values::size(&d.args[0].value).filter(|&n| n > 0 && n <= 1 << 20) {
+                            Some(n) => client_header_buffer_size = n as usize,
+                            None => self.invalid_value(d, &d.args[0]),
+                        }
                     }
                 }
                 "large_client_header_buffers" => {
@@ -531,6 +540,7 @@ impl<'a> Lower<'a> {
             client_header_timeout,
             header_buffers,
             header_buffer_size,
+            client_header_buffer_size,
             log_buffers: std::mem::take(&mut self.log_buffers),
         }
     }
@@ -638,6 +648,7 @@ impl<'a> Lower<'a> {
             "keepalive_timeout"
             | "send_timeout"
             | "client_header_timeout"
+            | "client_header_buffer_size"
             | "large_client_header_buffers" => {
                 // Only the http level's value is used (see Http::keepalive_timeout).
                 self.warn(

@@ -132,6 +132,8 @@ pub struct Http {
     /// header line is `size`, a whole head at most `number × size`.
     pub header_buffers: usize,
     pub header_buffer_size: usize,
+    /// http-level `client_header_buffer_size` (1k): what a request head is first read into.
+    pub client_header_buffer_size: usize,
     /// Access-log files written through a buffer (`buffer=`, `gzip`), by path. As in nginx the
     /// buffer belongs to the file: every `access_log` to that path uses it, with or without
     /// the parameters.

@@ -51,6 +51,9 @@ const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     pub limits: HeadLimits,
+    /// `client_header_buffer_size`: the buffer a request head is first read into (1k, as
+    /// nginx); a longer head grows it up to the limits.
+    pub first_read: usize,
     /// `client_header_timeout`: from the first byte of a head (or the accept) to its end.
     pub header_timeout: Duration,
     /// `keepalive_timeout`: how long an idle connection is kept; zero disables keep-alive.
@@ -171,7 +174,7 @@ pub async fn serve(
             } else {
                 conn.settings.keepalive_timeout
             };
-            if !wait_for_request(reader, idle, first, &mut conn.signals).await {
+            if !wait_for_request(reader, idle, first, conn.settings.first_read, &mut conn.signals).await {
                 return;
             }
         }
@@ -422,6 +425,7 @@ async fn wait_for_request(
     reader: &mut Reader,
     idle: Duration,
     first: bool,
+    first_read: usize,
     signals: &mut Signals,
 ) -> bool {
     if signals.stopping() && !first {
@@ -432,7 +436,7 @@ async fn wait_for_request(
     let mut stopping = false;
     loop {
         tokio::select! {
-            read = first_bytes(reader) => return read,
+            read = first_bytes(reader, first_read) => return read,
             () = &mut timer => return false,
             () = signals.stopped(), if !stopping => {
                 if !first {
@@ -451,13 +455,13 @@ async fn wait_for_request(
 }
 
 /// Reads once bytes are there, into a buffer allocated only then. False: closed.
-async fn first_bytes(reader: &mut Reader) -> bool {
+async fn first_bytes(reader: &mut Reader, capacity: usize) -> bool {
     let stream = reader.half.as_ref();
     loop {
         if poll_fn(|cx| stream.poll_read_ready(cx)).await.is_err() {
             return false;
         }
-        let mut buf = BytesMut::with_capacity(body::READ_CHUNK);
+        let mut buf = BytesMut::with_capacity(capacity);
         match stream.try_read_buf(&mut buf) {
             Ok(0) => return false,
             Ok(_) => {
@@ -532,6 +536,7 @@ mod tests {
         });
         let settings = Settings {
             limits: HeadLimits::default(),
+            first_read: 1024,
             header_timeout: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(1),
             send_timeout: Duration::from_secs(1),

@@ -39,12 +39,27 @@ impl Reader {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
                 self.buf.reserve(READ_CHUNK);
             }
+            let room = self.buf.capacity() - self.buf.len();
             match self.half.as_ref().try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < room => {
+                    drained(self.half.as_ref());
+                    return Poll::Ready(Ok(n));
+                }
                 r => return Poll::Ready(r),
             }
         }
     }
+}
+
+/// A read returned less than it asked for: the socket's receive queue is empty, so forget
+/// its readiness without the `EAGAIN` read that would otherwise tell tokio (nginx does the
+/// same with edge-triggered epoll). Data that arrived meanwhile raised a new event, which
+/// this does not clear.
+pub(crate) fn drained(stream: &tokio::net::TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
 }
 
 /// The state of the body's decoding.

@@ -174,7 +174,15 @@ pub async fn serve(
             } else {
                 conn.settings.keepalive_timeout
             };
-            if !wait_for_request(reader, idle, first, conn.settings.first_read, &mut conn.signals).await {
+            if !wait_for_request(
+                reader,
+                idle,
+                first,
+                conn.settings.first_read,
+                &mut conn.signals,
+            )
+            .await
+            {
                 return;
             }
         }
@@ -464,7 +472,10 @@ async fn first_bytes(reader: &mut Reader, capacity: usize) -> bool {
         let mut buf = BytesMut::with_capacity(capacity);
         match stream.try_read_buf(&mut buf) {
             Ok(0) => return false,
-            Ok(_) => {
+            Ok(n) => {
+                if n < capacity {
+                    body::drained(stream);
+                }
                 reader.buf = buf;
                 return true;
             }

@@ -93,6 +93,45 @@ async fn keepalive_timeout_zero_disables_keep_alive() {
 }
 
 #[tokio::test]
+async fn the_answering_location_s_keepalive_timeout_applies() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off; keepalive_timeout 0;
+           server { listen 127.0.0.1:0; keepalive_timeout 300ms;
+             location / { return 200 ok; }
+             location /long { keepalive_timeout 60s; return 200 ok; }
+             location /none { keepalive_timeout 0; return 200 ok; } } }",
+    )
+    .await;
+    // The server level's 300ms (the http level's 0 is overridden): kept, then closed.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(!head.contains("connection: close"), "{head}");
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    // A location's 0 closes after its answer.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /none HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.contains("connection: close"), "{head}");
+    // A location's 60s keeps the connection past the server's 300ms.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /long HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(!head.contains("connection: close"), "{head}");
+    assert!(
+        !closed_within(&mut s, Duration::from_secs(1)).await,
+        "closed before the location's keepalive_timeout"
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_request_body_gets_408_after_client_body_timeout() {
     let app = backend("app").await;
     let lb = imbang(&format!(
@@ -141,8 +180,9 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     });
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off; send_timeout 300ms; upstream o {{ server {origin}; }}
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://o; }} }} }}"
+         http {{ access_log off; upstream o {{ server {origin}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ send_timeout 300ms; proxy_pass http://o; }} }} }}"
     ))
     .await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
@@ -156,7 +196,7 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     )
     .await;
     // The client reads nothing: once the socket buffers are full imbang's writes block, and after
-    // send_timeout the connection is dropped.
+    // the location's send_timeout (the http level's is 60s) the connection is dropped.
     support::eventually(
         "the stalled connection to be dropped",
         Duration::from_secs(10),

@@ -92,6 +92,9 @@ struct Frame {
     keepalive_requests: Option<u64>,
     client_body_timeout: Option<Duration>,
     client_body_buffer_size: Option<u64>,
+    /// `keepalive_timeout` and `send_timeout` (towards the client).
+    client_keepalive_timeout: Option<Duration>,
+    client_send_timeout: Option<Duration>,
 }
 
 impl Frame {
@@ -128,6 +131,8 @@ impl Frame {
             keepalive_requests,
             client_body_timeout,
             client_body_buffer_size,
+            client_keepalive_timeout,
+            client_send_timeout,
         )
     }
 
@@ -166,6 +171,10 @@ impl Frame {
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
             client_body_buffer_size: (self.client_body_buffer_size)
                 .unwrap_or(DEFAULT_CLIENT_BODY_BUFFER_SIZE),
+            keepalive_timeout: self
+                .client_keepalive_timeout
+                .unwrap_or(Duration::from_secs(75)),
+            client_send_timeout: self.client_send_timeout.unwrap_or(Duration::from_secs(60)),
         })
     }
 }
@@ -471,6 +480,7 @@ impl<'a> Lower<'a> {
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
                         send_timeout = self.duration_arg(d, &d.args[0]).unwrap_or(send_timeout);
+                        frame_own.client_send_timeout = Some(send_timeout);
                     }
                 }
                 "client_header_timeout" => {
@@ -511,6 +521,7 @@ impl<'a> Lower<'a> {
                         keepalive_timeout = self
                             .duration_arg(d, &d.args[0])
                             .unwrap_or(keepalive_timeout);
+                        frame_own.client_keepalive_timeout = Some(keepalive_timeout);
                         if d.args.len() > 1 {
                             self.warn(
                                 "the \"header_timeout\" parameter of \"keepalive_timeout\" has no effect in imbang".to_owned(),
@@ -645,9 +656,17 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
-            "keepalive_timeout"
-            | "send_timeout"
-            | "client_header_timeout"
+            "keepalive_timeout" => {
+                f.client_keepalive_timeout = self.duration_arg(d, &args[0]);
+                if args.len() > 1 {
+                    self.warn(
+                        "the \"header_timeout\" parameter of \"keepalive_timeout\" has no effect in imbang".to_owned(),
+                        args[1].span,
+                    );
+                }
+            }
+            "send_timeout" => f.client_send_timeout = self.duration_arg(d, &args[0]),
+            "client_header_timeout"
             | "client_header_buffer_size"
             | "large_client_header_buffers" => {
                 // Only the http level's value is used (see Http::keepalive_timeout).

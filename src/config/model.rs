@@ -230,6 +230,12 @@ pub struct LocationConf {
     pub keepalive_requests: u64,
     /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
     pub client_body_timeout: Duration,
+    /// `keepalive_timeout` of the level that answered: how long the client connection may
+    /// then stay idle (75s; zero: close after the response).
+    pub keepalive_timeout: Duration,
+    /// `send_timeout` of the level that answered: the longest a write of its response may
+    /// stay blocked (60s).
+    pub client_send_timeout: Duration,
     /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
     /// memory before the first attempt, so it can be sent again to the next peer.
     pub client_body_buffer_size: u64,

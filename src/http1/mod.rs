@@ -155,6 +155,7 @@ pub async fn serve(
         }),
         writer,
         served: 0,
+        keepalive_timeout: settings.keepalive_timeout,
         shared,
         info,
         settings,
@@ -172,7 +173,7 @@ pub async fn serve(
             let idle = if first {
                 conn.settings.header_timeout
             } else {
-                conn.settings.keepalive_timeout
+                conn.keepalive_timeout
             };
             if !wait_for_request(
                 reader,
@@ -207,6 +208,8 @@ struct Conn {
     home: Option<Reader>,
     writer: OwnedWriteHalf,
     served: u64,
+    /// `keepalive_timeout` of the location that answered the last request.
+    keepalive_timeout: Duration,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     settings: Settings,
@@ -306,7 +309,7 @@ impl Conn {
         let shape = Shape {
             head_request: parts.method == Method::HEAD,
             http10: parts.version == Version::HTTP_10,
-            keep_alive: keep_alive && !settings.keepalive_timeout.is_zero(),
+            keep_alive,
         };
         let (body, exchange) = if framing == Framing::None {
             self.home = Some(reader);
@@ -325,11 +328,11 @@ impl Conn {
         };
         let request = Request::from_parts(parts, body);
         let handling = proxy::handle(&self.shared, &info, request, on_upgrade);
-        let response = match self.home.as_ref() {
+        let (response, timeouts) = match self.home.as_ref() {
             // While the answer is prepared, notice a client that goes away (nginx's
             // `proxy_ignore_client_abort off`): the request is abandoned.
             Some(reader) => tokio::select! {
-                response = handling => response,
+                answered = handling => answered,
                 () = client_gone(reader) => {
                     log!(Info, "*{} client prematurely closed connection, client: {}", info.id, info.remote.ip());
                     return Next::Close;
@@ -361,8 +364,14 @@ impl Conn {
             // nginx's `return 444`: close without an answer.
             return Next::Close;
         }
+        // The answering location's timeouts apply from here (nginx's rule).
+        let send_timeout = timeouts.send.unwrap_or(settings.send_timeout);
+        if let Some(keepalive) = timeouts.keepalive {
+            self.keepalive_timeout = keepalive;
+        }
         let shape = Shape {
             keep_alive: shape.keep_alive
+                && !self.keepalive_timeout.is_zero()
                 && body_done
                 && self.home.is_some()
                 && !self.signals.stopping(),
@@ -379,7 +388,7 @@ impl Conn {
             framing,
             keep_alive,
             shape,
-            settings.send_timeout,
+            send_timeout,
         )
         .await;
         match written {

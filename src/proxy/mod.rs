@@ -248,6 +248,16 @@ impl Vars for RequestCtx<'_> {
     }
 }
 
+/// The client-side timeouts of the level that answered a request (`None` where no location
+/// was chosen: the connection keeps the http level's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientTimeouts {
+    /// `keepalive_timeout`: how long the connection may then stay idle.
+    pub keepalive: Option<std::time::Duration>,
+    /// `send_timeout` for writing this response.
+    pub send: Option<std::time::Duration>,
+}
+
 /// Answers one request. Never fails: errors become nginx-style error pages. When the location
 /// logs, the access-log line is written once the response body is done.
 pub async fn handle(
@@ -255,7 +265,7 @@ pub async fn handle(
     conn: &Arc<ConnInfo>,
     req: Request<RequestBody>,
     on_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, ClientTimeouts) {
     let start = Instant::now();
     conn.requests.fetch_add(1, Ordering::Relaxed);
     let snap = shared.live.snapshot();
@@ -263,8 +273,9 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let mut out = Outcome::default();
     let mut response = respond(shared, &snap, conn, &parts, body, client_upgrade, &mut out).await;
+    let timeouts = out.timeouts;
     let Some(route) = out.log_route.take() else {
-        return response;
+        return (response, timeouts);
     };
     let needs = route.access_log.needs;
     let done = Done {
@@ -288,7 +299,7 @@ pub async fn handle(
         sets: out.sets,
         done,
     }));
-    response
+    (response, timeouts)
 }
 
 /// What [`respond`] found out that the access log needs.
@@ -302,6 +313,7 @@ struct Outcome {
     path: String,
     sets: Vec<(Arc<str>, String)>,
     record: Record,
+    timeouts: ClientTimeouts,
 }
 
 async fn respond(
@@ -376,6 +388,10 @@ async fn respond(
         ..base
     };
     out.log(route, &host, &server.name);
+    out.timeouts = ClientTimeouts {
+        keepalive: Some(route.conf.keepalive_timeout),
+        send: Some(route.conf.client_send_timeout),
+    };
     if out.log_route.is_some() {
         out.path = path.clone();
         if !set_values.is_empty() {

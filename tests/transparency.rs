@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,12 +31,21 @@ async fn origin() -> SocketAddr {
                 let service = service_fn(|req: Request<Incoming>| async move {
                     let path = req.uri().path().to_owned();
                     let method = req.method().clone();
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    let collected = req.into_body().collect().await.ok();
+                    let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+                    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
+                    if path == "/trailers" {
+                        // Echoes the request's trailers back as the response's, plus one.
+                        let mut back = trailers.unwrap_or_default();
+                        back.insert("x-origin-trailer", "done".parse().unwrap());
+                        let names: Vec<String> = back.keys().map(|k| k.to_string()).collect();
+                        let body = WithTrailers::new(format!("{} bytes", body.len()), Some(back));
+                        let mut res = Response::new(body.boxed());
+                        // hyper sends only the trailer fields its `Trailer` header declares.
+                        res.headers_mut()
+                            .insert("trailer", names.join(", ").parse().unwrap());
+                        return Ok::<_, Infallible>(res);
+                    }
                     let mut res = Response::new(Full::new(Bytes::new()));
                     res.headers_mut().insert("x-origin", "yes".parse().unwrap());
                     res.headers_mut()
@@ -63,7 +74,7 @@ async fn origin() -> SocketAddr {
                         }
                         _ => *res.status_mut() = StatusCode::IM_A_TEAPOT,
                     }
-                    Ok::<_, Infallible>(res)
+                    Ok::<_, Infallible>(res.map(|b| b.boxed()))
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -80,15 +91,59 @@ struct Seen {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    trailers: Vec<(String, String)>,
 }
 
-async fn exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-    expect: bool,
-) -> Seen {
+/// A body of unknown length (sent chunked) that ends with trailers.
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl WithTrailers {
+    fn new(data: impl Into<Bytes>, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            data: Some(data.into()),
+            trailers,
+        }
+    }
+}
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(http_body::Frame::data(data)),
+            None => self.trailers.take().map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
+/// What a request sends.
+#[derive(Clone)]
+enum Send {
+    Nothing,
+    Sized(Vec<u8>),
+    /// Chunked, with these trailers.
+    Chunked(Vec<u8>, Vec<(&'static str, &'static str)>),
+}
+
+fn pairs(map: &HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = map
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn exchange(addr: SocketAddr, method: &str, path: &str, body: Send, expect: bool) -> Seen {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -97,13 +152,27 @@ async fn exchange(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "t");
+        .header("host", "t")
+        .header("te", "trailers");
     if expect {
         req = req.header("expect", "100-continue");
     }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .unwrap();
+    let body = match body {
+        Send::Nothing => Full::new(Bytes::new()).boxed(),
+        Send::Sized(b) => Full::new(Bytes::from(b)).boxed(),
+        Send::Chunked(b, trailers) => {
+            let names: Vec<&str> = trailers.iter().map(|(n, _)| *n).collect();
+            if !names.is_empty() {
+                req = req.header("trailer", names.join(", "));
+            }
+            let mut map = HeaderMap::new();
+            for (n, v) in trailers {
+                map.insert(n, v.parse().unwrap());
+            }
+            WithTrailers::new(b, Some(map).filter(|m| !m.is_empty())).boxed()
+        }
+    };
+    let req: Request<BoxBody<Bytes, Infallible>> = req.body(body).unwrap();
     let res = sender.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     let mut headers: Vec<(String, String)> = res
@@ -112,17 +181,19 @@ async fn exchange(
         .filter(|(n, _)| {
             !matches!(
                 n.as_str(),
-                "server" | "date" | "connection" | "keep-alive" | "transfer-encoding"
+                "server" | "date" | "connection" | "keep-alive" | "transfer-encoding" | "trailer"
             )
         })
         .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
         .collect();
     headers.sort();
-    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().map(pairs).unwrap_or_default();
     Seen {
         status,
         headers,
-        body,
+        body: collected.to_bytes().to_vec(),
+        trailers,
     }
 }
 
@@ -137,24 +208,49 @@ async fn exchanges_look_the_same_directly_and_through_imbang() {
     ))
     .await;
     let big_body: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, bool)> = vec![
-        ("GET", "/small", None, false),
-        ("HEAD", "/small", None, false),
-        ("GET", "/big", None, false),
-        ("GET", "/204", None, false),
-        ("GET", "/304", None, false),
-        ("GET", "/404", None, false),
-        ("GET", "/other", None, false),
-        ("POST", "/echo", Some(b"hello".to_vec()), false),
-        ("PUT", "/echo", Some(big_body.clone()), false),
-        ("POST", "/echo", Some(big_body), true),
-        ("DELETE", "/echo", None, false),
-        ("OPTIONS", "/echo", None, false),
+    let cases: Vec<(&str, &str, Send, bool)> = vec![
+        ("GET", "/small", Send::Nothing, false),
+        ("HEAD", "/small", Send::Nothing, false),
+        ("GET", "/big", Send::Nothing, false),
+        ("GET", "/204", Send::Nothing, false),
+        ("GET", "/304", Send::Nothing, false),
+        ("GET", "/404", Send::Nothing, false),
+        ("GET", "/other", Send::Nothing, false),
+        ("POST", "/echo", Send::Sized(b"hello".to_vec()), false),
+        ("PUT", "/echo", Send::Sized(big_body.clone()), false),
+        ("POST", "/echo", Send::Sized(big_body.clone()), true),
+        (
+            "POST",
+            "/echo",
+            Send::Chunked(big_body.clone(), vec![]),
+            false,
+        ),
+        (
+            "PATCH",
+            "/echo",
+            Send::Chunked(b"small".to_vec(), vec![]),
+            true,
+        ),
+        (
+            "POST",
+            "/trailers",
+            Send::Chunked(big_body, vec![("x-sum", "42"), ("x-more", "a b")]),
+            false,
+        ),
+        ("GET", "/trailers", Send::Nothing, false),
+        ("DELETE", "/echo", Send::Nothing, false),
+        ("OPTIONS", "/echo", Send::Nothing, false),
     ];
     for (method, path, body, expect) in cases {
         let direct = exchange(o, method, path, body.clone(), expect).await;
         let proxied = exchange(lb.addr, method, path, body, expect).await;
         assert_eq!(proxied, direct, "{method} {path} (expect: {expect})");
+        if path == "/trailers" {
+            assert!(
+                direct.trailers.iter().any(|(n, _)| n == "x-origin-trailer"),
+                "the origin sends trailers: {direct:?}"
+            );
+        }
     }
 }
 

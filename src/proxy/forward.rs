@@ -64,6 +64,16 @@ pub async fn forward(
                 headers.insert(header::TRAILER, t.clone());
             }
         }
+        // `TE: trailers` is hop-by-hop, but imbang passes trailers on, so it may say it
+        // accepts them when the client does.
+        let te_trailers = ctx.parts.headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         headers
     };
     let method = ctx.parts.method.clone();

@@ -258,6 +258,12 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("autoindex", HSL, Flag, STATIC_FILES),
     no_effect("charset", HSL, ONE, "imbang does not rewrite charsets"),
     no_effect(
+        "http2",
+        HS,
+        Flag,
+        "HTTP/2 with prior knowledge (h2c) is always served; HTTP/2 over TLS needs TLS, not implemented yet",
+    ),
+    no_effect(
         "ssl_protocols",
         HS,
         AtLeast(1),

@@ -1037,7 +1037,10 @@ impl<'a> Lower<'a> {
                     ),
                     p.span,
                 ),
-                "http2" | "reuseport" | "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind"
+                // h2c with prior knowledge is served on every listener (the preface is
+                // recognised), so the parameter asks for nothing more.
+                "http2" => {}
+                "reuseport" | "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind"
                 | "ipv6only" | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self
                     .warn(
                         format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),

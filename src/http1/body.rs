@@ -270,6 +270,8 @@ impl Exchange {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Box<Streaming>>,
+    /// The body of a request that came over HTTP/2 (hyper's).
+    h2: Option<hyper::body::Incoming>,
 }
 
 #[derive(Debug)]
@@ -290,11 +292,24 @@ pub enum BodyError {
     Closed,
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Http2(#[from] hyper::Error),
 }
 
 impl RequestBody {
     pub fn empty() -> Self {
-        Self { inner: None }
+        Self {
+            inner: None,
+            h2: None,
+        }
+    }
+
+    /// The body of an HTTP/2 request.
+    pub fn h2(body: hyper::body::Incoming) -> Self {
+        Self {
+            inner: None,
+            h2: Some(body),
+        }
     }
 
     pub(crate) fn streaming(
@@ -311,6 +326,7 @@ impl RequestBody {
                 expect_continue,
                 framing,
             })),
+            h2: None,
         }
     }
 }
@@ -364,6 +380,11 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(body) = self.h2.as_mut() {
+            return Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::Http2)));
+        }
         let Some(s) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -398,12 +419,18 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(body) = &self.h2 {
+            return body.is_end_stream();
+        }
         self.inner
             .as_ref()
             .is_none_or(|s| s.reader.is_none() || s.decoder.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(body) = &self.h2 {
+            return body.size_hint();
+        }
         match self.inner.as_ref().map(|s| (s.framing, s.decoder)) {
             None => SizeHint::with_exact(0),
             Some((Framing::Length(n), Decoder::Length(left))) if n == left => {

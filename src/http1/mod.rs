@@ -12,6 +12,7 @@
 //! peer): the read side moves into the [`RequestBody`] and comes back when the body ends.
 
 mod body;
+mod h2;
 mod parse;
 mod write;
 
@@ -187,17 +188,30 @@ pub async fn serve(
                 return;
             }
         }
-        if Box::pin(conn.exchange_bounded()).await == Next::Close {
-            // After a 101 the connection goes on as the other protocol.
-            if let Some((reader, upgraded)) = conn.upgrade.take() {
+        match Box::pin(conn.exchange_bounded()).await {
+            Next::KeepAlive => {}
+            Next::Close => {
+                // After a 101 the connection goes on as the other protocol.
+                if let Some((reader, upgraded)) = conn.upgrade.take() {
+                    if let Ok(stream) = reader.half.reunite(conn.writer) {
+                        let _ = upgraded.send(Upgraded {
+                            prefix: reader.buf.freeze(),
+                            stream,
+                        });
+                    }
+                }
+                return;
+            }
+            Next::Http2(reader) => {
                 if let Ok(stream) = reader.half.reunite(conn.writer) {
-                    let _ = upgraded.send(Upgraded {
+                    let io = Upgraded {
                         prefix: reader.buf.freeze(),
                         stream,
-                    });
+                    };
+                    Box::pin(h2::serve(io, conn.shared, conn.info, conn.signals)).await;
                 }
+                return;
             }
-            return;
         }
     }
 }
@@ -218,10 +232,11 @@ struct Conn {
     upgrade: Option<(Reader, oneshot::Sender<Upgraded>)>,
 }
 
-#[derive(PartialEq, Eq)]
 enum Next {
     KeepAlive,
     Close,
+    /// The connection opened with HTTP/2's preface: it goes on as HTTP/2.
+    Http2(Reader),
 }
 
 impl Conn {
@@ -253,6 +268,21 @@ impl Conn {
         let info = self.info.clone();
         let deadline = Instant::now() + settings.header_timeout;
         let head = loop {
+            // HTTP/2 with prior knowledge (h2c): the connection opens with the preface.
+            if self.served == 0 {
+                let n = reader.buf.len().min(h2::PREFACE.len());
+                if reader.buf[..n] == h2::PREFACE[..n] {
+                    if n == h2::PREFACE.len() {
+                        return Next::Http2(reader);
+                    }
+                    match tokio::time::timeout_at(deadline, poll_fn(|cx| reader.poll_fill(cx)))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => continue,
+                        _ => return Next::Close,
+                    }
+                }
+            }
             match parse::parse(&mut reader.buf, &settings.limits) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}

@@ -1,0 +1,57 @@
+//! HTTP/2 with prior knowledge (h2c) on the same listeners: a connection that opens with
+//! HTTP/2's preface is handed to hyper's HTTP/2 server, and each stream goes through the same
+//! [`proxy::handle`] as an HTTP/1 request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::Request;
+use http::header::{self, HeaderMap};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{RequestBody, Signals, Upgraded};
+use crate::proxy::{self, ConnInfo, Shared};
+
+/// What an HTTP/2 connection starts with (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one HTTP/2 connection until the client closes it or a stop drains it (GOAWAY, then
+/// the streams in flight finish).
+pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, mut signals: Signals) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let request = Request::from_parts(parts, RequestBody::h2(body));
+            let (mut response, _) = proxy::handle(&shared, &info, request, None).await;
+            strip_connection_fields(response.headers_mut());
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = signals.stopped() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); imbang's HTTP/1 answers may
+/// carry `Connection: close`.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}

@@ -47,6 +47,16 @@ def metrics(rec):
             "rss_after_mib": rec["rss_after_kib"] / 1024,
             "kib_per_conn": (rec["rss_idle_kib"] - rec["rss_base_kib"]) / ok,
         }
+    if rec["scenario"] == "d":
+        h = rec["h2load"]
+        cpu_us = rec["cpu_ticks"] / rec["clk_tck"] * 1e6
+        return {
+            "rps": h["rps"],
+            "requests": h["done"],
+            "errors": h["failed"] + h["errored"] + (h["done"] - h["ok_2xx"]),
+            "cpu_util": cpu_us / 1e6 / h["secs"] if h["secs"] else 0.0,
+            "cpu_us_per_req": cpu_us / h["done"] if h["done"] else None,
+        }
     m = wrk_metrics(rec)
     if rec["scenario"] == "g":
         m["reloads"] = rec["reloads"]
@@ -136,6 +146,9 @@ ROWS = [
     ("(b) proxy CPU µs per request", "b", "cpu_us_per_req", True, None),
     ("(c) 1 MiB responses, 10 conns: proxy CPU µs per MiB", "c", "cpu_us_per_mib", True, ("<=", 1.0)),
     ("(c) MiB/s", "c", "mib_per_s", False, None),
+    ("(d) h2c, 50 conns x 10 streams (h2load): req/s", "d", "rps", False, (">=", 1.6)),
+    ("(d) proxy CPU µs per request", "d", "cpu_us_per_req", True, None),
+    ("(d) failed requests", "d", "errors", True, None),
     ("(e) RSS with idle keep-alive conns, MiB", "e", "rss_idle_mib", True, ("<=", 1.0)),
     ("(e) RSS before them, MiB", "e", "rss_base_mib", True, None),
     ("(e) KiB per idle connection", "e", "kib_per_conn", True, None),
@@ -233,7 +246,8 @@ def render(agg, meta, profile_text, records):
             f"| (c) reference: nginx with `proxy_buffers 8 64k` (not the shared config): CPU µs per MiB | "
             f"{fmt(ref)} | | | | {fmt_ratio(ratio(im, ref))} (imbang / this) | | |"
         )
-    L.append("| (d) h2/h2c downstream (h2load) | – | – | – | – | – | ≥ 1.6× | skipped: imbang has no HTTP/2 yet |")
+    if "d" not in agg:
+        L.append("| (d) h2c downstream (h2load) | – | – | – | – | – | ≥ 1.6× | not measured in this run |")
     for label, key in ERROR_ROWS:
         g = agg.get(key)
         if not g:

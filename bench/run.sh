@@ -5,7 +5,7 @@
 #
 #   bench/run.sh            full run: 3 repetitions, 10 s per measurement after a 2 s warm-up
 #   bench/run.sh --quick    smoke run: 1 repetition, 5 s
-#   options: --reps N  --duration S  --only a,b,c,e,f,g,h  --no-install  --no-build  --out DIR
+#   options: --reps N  --duration S  --only a,b,c,d,e,f,g,h  --no-install  --no-build  --out DIR
 #
 # Layout: the proxy is pinned alone to CPU 1 (taskset -c 1); wrk, the origins and the idle-client
 # are pinned to CPU 0. Every process this script starts is stopped by its pid when it exits.
@@ -20,7 +20,7 @@ REPS=3
 DURATION=10
 WARMUP=2
 QUICK=0
-ONLY="a,b,c,e,f,g,h"
+ONLY="a,b,c,d,e,f,g,h"
 INSTALL=1
 BUILD=1
 OUT=""
@@ -54,6 +54,7 @@ LOG="$W/run.log"
 PORT_O1=19001
 PORT_O2=19002
 PORT_PROXY=19080
+PORT_PROXY_H2=19081
 PROXIES=(nginx haproxy imbang)
 IMBANG="${IMBANG_BIN:-$REPO/target/release/imbang}"
 # bench/profile.sh sets PERF_DIR: scenario (a) then runs `perf record` on the proxy while wrk runs.
@@ -219,6 +220,16 @@ http {
             proxy_set_header Connection "";
         }
     }
+    # (d) HTTP/2 with prior knowledge: nginx 1.22 serves only HTTP/2 on such a plain listener;
+    # imbang serves both on every listener and accepts the parameter.
+    server {
+        listen 127.0.0.1:$PORT_PROXY_H2 http2;
+        location / {
+            proxy_pass http://origins;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 }
 EOF
   done
@@ -243,6 +254,9 @@ defaults
     retry-on conn-failure empty-response
 frontend fe
     bind 127.0.0.1:$PORT_PROXY
+    default_backend origins
+frontend fe_h2
+    bind 127.0.0.1:$PORT_PROXY_H2 proto h2
     default_backend origins
 backend origins
     balance roundrobin
@@ -365,6 +379,33 @@ load_once() { # load_once SCEN PROXY REP ATTEMPT
   [ -n "$json" ] || { say "($scen) $proxy: wrk gave no result"; OTHERS=0; return 0; }
   record "{\"scenario\":\"$scen\",\"proxy\":\"$proxy\",\"rep\":$rep,\"attempt\":$attempt,\"others_during_pct\":$OTHERS,\"conns\":$conns,\"cpu_ticks\":$((c1 - c0)),\"clk_tck\":$CLK_TCK,\"wrk\":$json}"
   say "($scen) $proxy rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
+}
+
+# (d) h2c downstream: h2load (one thread on CPU 0) with 50 connections x 10 streams, small GETs.
+h2_scenario() { # h2_scenario PROXY REP
+  idle_gate "${FUNCNAME[0]%%_*} $*"
+  local proxy="$1" rep="$2" out c0 c1 url="http://127.0.0.1:$PORT_PROXY_H2/small"
+  start_proxy "$proxy"
+  taskset -c 0 h2load -t1 -c50 -m10 -D "$WARMUP" "$url" >>"$LOG" 2>&1 || true
+  c0=$(cpu_ticks "$PROXY_PID")
+  out=$(taskset -c 0 h2load -t1 -c50 -m10 -D "$DURATION" "$url" 2>&1) || true
+  c1=$(cpu_ticks "$PROXY_PID")
+  stop_proxy
+  { echo "--- h2load $proxy"; echo "$out"; } >> "$LOG"
+  local json
+  json=$(echo "$out" | python3 -c '
+import json, re, sys
+t = sys.stdin.read()
+rps = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", t)
+req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
+codes = re.search(r"status codes: (\d+) 2xx", t)
+if rps and req:
+    print(json.dumps({"secs": float(rps.group(1)), "rps": float(rps.group(2)), "done": int(req.group(3)),
+                      "succeeded": int(req.group(4)), "failed": int(req.group(5)), "errored": int(req.group(6)),
+                      "ok_2xx": int(codes.group(1)) if codes else 0}))')
+  [ -n "$json" ] || { say "(d) $proxy: h2load gave no result"; return 0; }
+  record "{\"scenario\":\"d\",\"proxy\":\"$proxy\",\"rep\":$rep,\"cpu_ticks\":$((c1 - c0)),\"clk_tck\":$CLK_TCK,\"h2load\":$json}"
+  say "(d) $proxy rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
 }
 
 # (e) RSS with N idle keep-alive client connections.
@@ -564,6 +605,7 @@ for rep in $(seq "$REPS"); do
     for p in $(rotate "$rep"); do load_scenario "$scen" "$p" "$rep"; done
     if [ "$scen" = c ]; then load_scenario c nginx-buf64k "$rep"; fi
   done
+  if has d; then for p in $(rotate "$rep"); do h2_scenario "$p" "$rep"; done; fi
   if has e; then for p in $(rotate "$rep"); do idle_scenario "$p" "$rep"; done; fi
   if has f; then
     for m in GET POST; do for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m"; done; done

@@ -53,6 +53,8 @@ pub struct Route {
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
+    /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
+    pub regex: Option<regex::bytes::Regex>,
     pub access_log: AccessLogs,
     /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
     pub sets: Vec<(Arc<str>, Template)>,
@@ -303,7 +305,13 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         .iter()
         .map(|l| location_entry(l, cx))
         .collect();
-    let fallback = Arc::new(compile_route(&server.conf, None, &server.location, cx));
+    let fallback = Arc::new(compile_route(
+        &server.conf,
+        None,
+        None,
+        &server.location,
+        cx,
+    ));
     let locations = match LocationTree::build(entries) {
         Ok(tree) => {
             cx.warnings.extend(
@@ -337,10 +345,17 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
 fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> {
     use crate::config::model::LocationMatch::*;
     let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
+    // A regex that does not compile is reported by the location tree.
+    let regex = match loc.kind {
+        Regex { case_insensitive } => crate::route::compile_regex(&loc.pattern, case_insensitive)
+            .ok()
+            .filter(|r| r.captures_len() > 1),
+        _ => None,
+    };
     LocationEntry {
         kind: loc.kind,
         pattern: loc.pattern.clone(),
-        value: Arc::new(compile_route(&loc.conf, prefix, &loc.location, cx)),
+        value: Arc::new(compile_route(&loc.conf, prefix, regex, &loc.location, cx)),
         children: loc
             .locations
             .iter()
@@ -353,6 +368,7 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
 fn compile_route(
     conf: &Arc<LocationConf>,
     prefix: Option<String>,
+    regex: Option<regex::bytes::Regex>,
     at: &str,
     cx: &mut Cx<'_>,
 ) -> Route {
@@ -459,6 +475,7 @@ fn compile_route(
         set_headers,
         sets_host,
         prefix,
+        regex,
         access_log,
         sets,
         add_headers,

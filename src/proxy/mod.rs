@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod target;
 pub mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,10 +26,11 @@ pub use error::ProxyError;
 
 use crate::access_log::{Done, Pending, Record};
 use crate::config::model::{ErrorPage, ErrorPageStatus};
+use crate::log;
 use crate::pool::Pool;
 use crate::reload::Live;
 use crate::route::{normalize_host, normalize_path};
-use crate::snapshot::{Answer, Route, RouteAction, ServerRoute, Snapshot};
+use crate::snapshot::{Answer, Proxy, Route, RouteAction, ServerRoute, Snapshot};
 use crate::vars::{Template, Var, Vars, append_display};
 
 /// What every request of the process shares.
@@ -499,15 +501,42 @@ async fn dispatch<'a>(
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
-            if out.log_route.is_some() {
-                out.proxy_host = proxy.proxy_host.clone();
-            }
-            let record = &mut out.record;
-            match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
-                Ok(response) => (response, true),
-                Err(e) => (error_response(&e), false),
-            }
+            proxied(shared, ctx, route, proxy, body, client_upgrade, out).await
         }
+        (None, RouteAction::ProxyVars(pass)) => {
+            let proxy = match pass.resolve(ctx) {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    log!(Error, "*{} {e}{}", ctx.conn.id, ctx.log_context(None));
+                    return (error_response(&e), false);
+                }
+            };
+            let ctx = RequestCtx {
+                proxy_host: &proxy.proxy_host,
+                ..*ctx
+            };
+            proxied(shared, &ctx, route, &proxy, body, client_upgrade, out).await
+        }
+    }
+}
+
+/// Forwards to `proxy`, whose host `ctx` already has as `$proxy_host`.
+async fn proxied(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    route: &Route,
+    proxy: &Proxy,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
+    if out.log_route.is_some() {
+        out.proxy_host = proxy.proxy_host.clone();
+    }
+    let record = &mut out.record;
+    match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
+        Ok(response) => (response, true),
+        Err(e) => (error_response(&e), false),
     }
 }
 

@@ -198,6 +198,7 @@ fn variables(c: &mut Criterion) {
         path: "/api/v1/items",
         done: None,
         sets: &[],
+        captures: imbang::proxy::Captures::NONE,
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

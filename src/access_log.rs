@@ -496,7 +496,9 @@ impl Pending {
     pub fn finish(mut self, body_bytes: u64) {
         self.done.body_bytes = body_bytes;
         self.done.end = Instant::now();
+        let captures = crate::proxy::Captures::of(&self.logs);
         let ctx = RequestCtx {
+            captures: &captures,
             conn: &self.conn,
             parts: &self.parts,
             host: &self.host,

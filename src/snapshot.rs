@@ -12,8 +12,10 @@ use http::{HeaderName, HeaderValue};
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
     Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, SetVar,
+    Upstream,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
+use crate::proxy::target::{ProxyVars, Targets};
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
 use crate::vars::{Scope, Template};
@@ -53,6 +55,8 @@ pub struct Route {
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
+    /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
+    pub regex: Option<regex::bytes::Regex>,
     pub access_log: AccessLogs,
     /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
     pub sets: Vec<(Arc<str>, Template)>,
@@ -71,6 +75,8 @@ pub enum RouteAction {
     NotFound,
     Return(Answer),
     Proxy(Proxy),
+    /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
+    ProxyVars(ProxyVars),
 }
 
 /// `return code [text|URL]` with its variables found once.
@@ -102,7 +108,18 @@ impl Answer {
 pub struct Proxy {
     pub group: Arc<Group>,
     pub proxy_host: String,
-    pub uri: Option<String>,
+    pub uri: PassUri,
+}
+
+/// The request target a `proxy_pass` sends.
+pub enum PassUri {
+    /// No URI part: the client's target, as it came.
+    Unchanged,
+    /// `proxy_pass http://app/base/`: the part of the path the location's prefix matched is
+    /// replaced by this.
+    ReplacePrefix(String),
+    /// The URI part of a `proxy_pass` with variables: the whole target, as rendered.
+    Whole(http::Uri),
 }
 
 /// An upstream group with the connection settings of its `upstream {}` block.
@@ -114,6 +131,22 @@ pub struct Group {
     pub keepalive_timeout: Duration,
     /// `keepalive_requests` and `keepalive_time` of upstream connections.
     pub reuse: crate::pool::Reuse,
+}
+
+impl Group {
+    /// The group of `up`, its peers' state taken from `registry`.
+    pub fn new(up: &Upstream, registry: &PeerRegistry, hash_key: Option<Template>) -> Self {
+        Self {
+            balancer: UpstreamGroup::new(up, registry),
+            hash_key,
+            keepalive: up.keepalive,
+            keepalive_timeout: up.keepalive_timeout,
+            reuse: crate::pool::Reuse {
+                max_requests: up.keepalive_requests,
+                max_age: up.keepalive_time,
+            },
+        }
+    }
 }
 
 impl Snapshot {
@@ -146,24 +179,17 @@ impl Snapshot {
                 };
                 groups.insert(
                     up.name.clone(),
-                    Arc::new(Group {
-                        balancer: UpstreamGroup::new(up, registry),
-                        hash_key,
-                        keepalive: up.keepalive,
-                        keepalive_timeout: up.keepalive_timeout,
-                        reuse: crate::pool::Reuse {
-                            max_requests: up.keepalive_requests,
-                            max_age: up.keepalive_time,
-                        },
-                    }),
+                    Arc::new(Group::new(up, registry, hash_key)),
                 );
             }
+            let targets = Arc::new(Targets::new(&http.upstreams, &groups));
             let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
                 HashMap::new();
             let mut order = Vec::new();
             for server in &http.servers {
                 let mut cx = Cx {
                     groups: &groups,
+                    targets: &targets,
                     errors: &mut errors,
                     warnings: &mut warnings,
                     logs: &mut logs,
@@ -260,6 +286,8 @@ fn route_error(e: crate::route::RouteError) -> ConfigError {
 /// What compiling one server needs besides the server.
 struct Cx<'a> {
     groups: &'a HashMap<String, Arc<Group>>,
+    /// For `proxy_pass` with variables.
+    targets: &'a Arc<Targets>,
     errors: &'a mut ConfigErrors,
     warnings: &'a mut Vec<String>,
     logs: &'a mut LogCache,
@@ -303,7 +331,13 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         .iter()
         .map(|l| location_entry(l, cx))
         .collect();
-    let fallback = Arc::new(compile_route(&server.conf, None, &server.location, cx));
+    let fallback = Arc::new(compile_route(
+        &server.conf,
+        None,
+        None,
+        &server.location,
+        cx,
+    ));
     let locations = match LocationTree::build(entries) {
         Ok(tree) => {
             cx.warnings.extend(
@@ -337,10 +371,17 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
 fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> {
     use crate::config::model::LocationMatch::*;
     let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
+    // A regex that does not compile is reported by the location tree.
+    let regex = match loc.kind {
+        Regex { case_insensitive } => crate::route::compile_regex(&loc.pattern, case_insensitive)
+            .ok()
+            .filter(|r| r.captures_len() > 1),
+        _ => None,
+    };
     LocationEntry {
         kind: loc.kind,
         pattern: loc.pattern.clone(),
-        value: Arc::new(compile_route(&loc.conf, prefix, &loc.location, cx)),
+        value: Arc::new(compile_route(&loc.conf, prefix, regex, &loc.location, cx)),
         children: loc
             .locations
             .iter()
@@ -353,6 +394,7 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
 fn compile_route(
     conf: &Arc<LocationConf>,
     prefix: Option<String>,
+    regex: Option<regex::bytes::Regex>,
     at: &str,
     cx: &mut Cx<'_>,
 ) -> Route {
@@ -394,11 +436,27 @@ fn compile_route(
             Some(group) => RouteAction::Proxy(Proxy {
                 group: group.clone(),
                 proxy_host: pass.proxy_host.clone(),
-                uri: pass.uri.clone(),
+                uri: match &pass.uri {
+                    Some(uri) => PassUri::ReplacePrefix(uri.clone()),
+                    None => PassUri::Unchanged,
+                },
             }),
             None => {
                 errors.push(ConfigError::new(
                     ErrorKind::HostNotFound(pass.upstream.clone()),
+                    Some(pass.location.clone()),
+                ));
+                RouteAction::NotFound
+            }
+        },
+        Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {
+            Ok(url) => RouteAction::ProxyVars(ProxyVars {
+                url,
+                targets: cx.targets.clone(),
+            }),
+            Err(message) => {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
                     Some(pass.location.clone()),
                 ));
                 RouteAction::NotFound
@@ -426,8 +484,9 @@ fn compile_route(
     let redirects = match (&conf.proxy.redirect, &action) {
         (Redirect::Off, _) => Vec::new(),
         (Redirect::Rules(rules), _) => rules.clone(),
+        // With variables nginx's `default` has nothing to go by (an explicit one is an error).
         (Redirect::Default, RouteAction::Proxy(p)) => match (&p.uri, &prefix) {
-            (Some(uri), Some(prefix)) => {
+            (PassUri::ReplacePrefix(uri), Some(prefix)) => {
                 vec![(format!("http://{}{uri}", p.proxy_host), prefix.clone())]
             }
             _ => Vec::new(),
@@ -459,6 +518,7 @@ fn compile_route(
         set_headers,
         sets_host,
         prefix,
+        regex,
         access_log,
         sets,
         add_headers,

@@ -23,6 +23,8 @@ pub enum Var {
     RequestUri,
     Uri,
     Args,
+    /// `?` when the request has arguments, else empty.
+    IsArgs,
     ProxyHost,
     ProxyAddXForwardedFor,
     /// `$http_x_name`: a request header, with `_` standing for `-`, lower-cased.
@@ -56,6 +58,9 @@ pub enum Var {
     UpstreamHttp(String),
     /// A variable of the configuration's own, given a value by `set`.
     Set(Arc<str>),
+    /// `$1`..`$9`: a numbered group of the regex location that matched (empty when none did
+    /// or the group took no part in the match).
+    Capture(u8),
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -97,6 +102,7 @@ impl Var {
             "request_uri" => Self::RequestUri,
             "uri" | "document_uri" => Self::Uri,
             "args" | "query_string" => Self::Args,
+            "is_args" => Self::IsArgs,
             "proxy_host" => Self::ProxyHost,
             "proxy_add_x_forwarded_for" => Self::ProxyAddXForwardedFor,
             "pid" => Self::Pid,
@@ -186,6 +192,15 @@ impl Template {
         while let Some(i) = rest.find('$') {
             lit.push_str(&rest[..i]);
             rest = &rest[i + 1..];
+            // nginx: `$` and one digit 1..9 is a capture (`$10` is `$1` then `0`); `${1}` is not.
+            if let Some(digit @ b'1'..=b'9') = rest.bytes().next() {
+                if !lit.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut lit)));
+                }
+                parts.push(Part::Var(Var::Capture(digit - b'0')));
+                rest = &rest[1..];
+                continue;
+            }
             let (name, after) = if let Some(inner) = rest.strip_prefix('{') {
                 let end = inner.find('}').ok_or_else(|| {
                     format!("the closing bracket in \"{inner}\" variable is missing")
@@ -376,6 +391,28 @@ mod tests {
         let t = Template::compile("$scheme:$binary_remote_addr").unwrap();
         assert_eq!(t.render_bytes(&Fixed), b"http:10.0.0.1");
         assert_eq!(t.render(&Fixed), "http:10.0.0.1");
+    }
+
+    #[test]
+    fn a_dollar_and_one_digit_is_a_capture_as_in_nginx() {
+        let t = Template::compile("/$1/$23x/${host}").unwrap();
+        let parts = [
+            Part::Text("/".into()),
+            Part::Var(Var::Capture(1)),
+            Part::Text("/".into()),
+            Part::Var(Var::Capture(2)),
+            Part::Text("3x/".into()),
+            Part::Var(Var::Host),
+        ];
+        assert_eq!(t.parts, parts);
+        assert_eq!(
+            Template::compile("${1}").unwrap_err(),
+            "unknown \"1\" variable"
+        );
+        assert_eq!(
+            Template::compile("$0").unwrap_err(),
+            "unknown \"0\" variable"
+        );
     }
 
     #[test]

@@ -25,6 +25,33 @@ async fn set_variables_flow_into_return_and_headers() {
     assert_eq!(lb.get("/c?id=7").await, (200, "app GET /c?id=7".to_owned()));
 }
 
+#[tokio::test]
+async fn numbered_captures_come_from_the_regex_location() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off;
+           server { listen 127.0.0.1:0;
+             set $server_level [$1];
+             location ~ ^/n/(\\d+)(x)?$ { set $n $1; return 200 \"$server_level $n $2$10\"; }
+             location ~* ^/CI/([a-z]+)$ { return 200 $1; }
+             location /prefix/ { return 200 \"[$1]\"; }
+           }
+         }",
+    )
+    .await;
+    let cases = [
+        // `$10` is `$1` then `0`; a group that took no part is empty; the server level's `set`
+        // ran before any location regex.
+        ("/n/7", "[] 7 70"),
+        ("/n/7x", "[] 7 x70"),
+        ("/ci/AbC", "AbC"),
+        ("/prefix/z", "[]"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(lb.get(path).await, (200, want.to_owned()), "{path}");
+    }
+}
+
 #[test]
 fn set_errors_are_nginx_s() {
     let parse = |text: &str| {

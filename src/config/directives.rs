@@ -382,6 +382,8 @@ pub static NOT_YET: &[&str] = &[
     "uwsgi_pass",
     "grpc_pass",
     "load_module",
+    "resolver",
+    "resolver_timeout",
 ];
 
 /// The entry for `name` used in context `ctx` (a few names mean different things by context).

@@ -1177,6 +1177,8 @@ impl<'a> Lower<'a> {
         let mut own = Frame::default();
         let mut seen = Seen::default();
         let mut proxy = None;
+        // Whether this location's `proxy_pass` (so far) has variables; `None`: none yet.
+        let mut pass_has_vars = None;
         let mut ret = None;
         let mut internal = false;
         let mut sets = Vec::new();
@@ -1191,8 +1193,22 @@ impl<'a> Lower<'a> {
                 "set" => sets.extend(self.set(c)),
                 "proxy_pass" => {
                     if self.once(&mut seen, spec, c) {
+                        pass_has_vars = Some(c.args[0].value.contains('$'));
                         proxy = self.proxy_pass(c, kind, ups);
                     }
+                }
+                "proxy_redirect"
+                    if pass_has_vars != Some(false)
+                        && c.args.len() == 1
+                        && c.args[0].value == "default" =>
+                {
+                    // nginx's order-dependent checks: `default` needs the literal URL before it.
+                    let message = if pass_has_vars == Some(true) {
+                        "\"proxy_redirect default\" cannot be used with \"proxy_pass\" directive with variables"
+                    } else {
+                        "\"proxy_redirect default\" should be placed after the \"proxy_pass\" directive"
+                    };
+                    self.invalid(message.to_owned(), c.span);
                 }
                 "return" => {
                     if self.once(&mut seen, spec, c) {
@@ -1215,7 +1231,7 @@ impl<'a> Lower<'a> {
             .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
             .collect();
         // `return` runs in nginx's rewrite phase, before the proxy handler.
-        let action = ret.map(Action::Return).or(proxy.map(Action::Proxy));
+        let action = ret.map(Action::Return).or(proxy);
         if action.is_none() && locations.is_empty() {
             self.warn(
                 format!(
@@ -1282,28 +1298,21 @@ impl<'a> Lower<'a> {
         d: &Directive,
         kind: LocationMatch,
         ups: &mut Upstreams,
-    ) -> Option<ProxyPass> {
+    ) -> Option<Action> {
         let arg = &d.args[0];
         let url = arg.value.as_str();
+        if url.contains('$') {
+            return self.proxy_pass_vars(arg).map(Action::ProxyVars);
+        }
         let rest = if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
             &url[7..]
         } else if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
-            self.invalid(
-                "proxy_pass to https:// upstreams is not supported by imbang yet".to_owned(),
-                arg.span,
-            );
+            self.invalid(HTTPS_NOT_YET.to_owned(), arg.span);
             return None;
         } else {
             self.invalid(format!("invalid URL prefix in \"{url}\""), arg.span);
             return None;
         };
-        if url.contains('$') {
-            self.invalid(
-                "\"proxy_pass\" with variables is not supported by imbang yet".to_owned(),
-                arg.span,
-            );
-            return None;
-        }
         let (authority, uri) = match rest.find('/') {
             Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
             None => (rest, None),
@@ -1327,11 +1336,33 @@ impl<'a> Lower<'a> {
         } else {
             self.implicit_upstream(authority, d, ups)?
         };
-        Some(ProxyPass {
+        Some(Action::Proxy(ProxyPass {
             upstream,
             proxy_host: authority.to_owned(),
             uri,
             location: self.at(d.span),
+        }))
+    }
+
+    /// `proxy_pass` with variables. nginx checks the scheme only per request (and answers 500);
+    /// a scheme written out that can never be `http://` is refused here already.
+    fn proxy_pass_vars(&mut self, arg: &Arg) -> Option<ProxyPassVars> {
+        let url = arg.value.as_str();
+        let literal = url[..url.find('$').unwrap_or(url.len())].to_ascii_lowercase();
+        if literal.starts_with("https://") {
+            self.invalid(HTTPS_NOT_YET.to_owned(), arg.span);
+            return None;
+        }
+        let http = literal.starts_with("http://")
+            || "http://".starts_with(&literal)
+            || "https://".starts_with(&literal);
+        if !http {
+            self.invalid(format!("invalid URL prefix in \"{url}\""), arg.span);
+            return None;
+        }
+        Some(ProxyPassVars {
+            url: url.to_owned(),
+            location: self.at(arg.span),
         })
     }
 
@@ -1362,33 +1393,9 @@ impl<'a> Lower<'a> {
                 return None;
             }
         };
-        let peers = addrs
-            .into_iter()
-            .map(|addr| PeerSpec {
-                addr,
-                name: authority.to_owned(),
-                weight: 1,
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-                backup: false,
-                down: false,
-                max_conns: 0,
-                slow_start: Duration::ZERO,
-            })
-            .collect();
         ups.by_name.insert(name.clone(), ups.groups.len());
-        ups.groups.push(Upstream {
-            name: name.clone(),
-            peers,
-            method: BalanceMethod::RoundRobin,
-            keepalive: DEFAULT_KEEPALIVE,
-            keepalive_timeout: Duration::from_secs(60),
-            keepalive_requests: 1000,
-            keepalive_time: Duration::from_secs(3600),
-            queue: None,
-            implicit: true,
-            location: self.at(d.span),
-        });
+        ups.groups
+            .push(Upstream::implicit(authority, addrs, self.at(d.span)));
         Some(name)
     }
 
@@ -1679,6 +1686,8 @@ impl<'a> Lower<'a> {
     }
 }
 
+const HTTPS_NOT_YET: &str = "proxy_pass to https:// upstreams is not supported by imbang yet";
+
 /// `bounded=`'s factor in thousandths: a decimal of at least 1 with up to 3 decimals
 /// (`1.25` → 1250), at most 100.
 fn load_factor(text: &str) -> Option<u32> {
@@ -1692,7 +1701,3 @@ fn load_factor(text: &str) -> Option<u32> {
     let factor = whole.checked_mul(1000)? + fraction;
     (1000..=100_000).contains(&factor).then_some(factor)
 }
-
-/// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:
-/// imbang keeps upstream connections alive by default (nginx closes them).
-pub const DEFAULT_KEEPALIVE: usize = 32;

@@ -325,6 +325,8 @@ pub const COMBINED: &str = "$remote_addr - $remote_user [$time_local] \"$request
 #[derive(Clone, Debug)]
 pub enum Action {
     Proxy(ProxyPass),
+    /// `proxy_pass` whose URL has variables: where it goes is decided per request.
+    ProxyVars(ProxyPassVars),
     Return(Return),
 }
 
@@ -346,6 +348,17 @@ pub struct ProxyPass {
     /// The URI part, if `proxy_pass` has one (`http://app/` has `/`).
     pub uri: Option<String>,
     /// `path:line:col` of the `proxy_pass` directive.
+    pub location: String,
+}
+
+/// `proxy_pass http://$target...`: the URL is rendered for each request. Its authority names
+/// an `upstream` block (or the group of a literal `proxy_pass http://host:port`), or is an IP
+/// address with an optional port; a rendered URI part is the whole request target, as is.
+#[derive(Clone, Debug)]
+pub struct ProxyPassVars {
+    /// The URL as written, variables not yet compiled (that needs the `set` names).
+    pub url: String,
+    /// `path:line:col` of the URL argument.
     pub location: String,
 }
 
@@ -472,6 +485,43 @@ pub struct Upstream {
     pub implicit: bool,
     pub location: String,
 }
+
+impl Upstream {
+    /// The group nginx makes for a `proxy_pass` target with no `upstream` block: the addresses
+    /// `name` stands for, each with nginx's default `server` parameters.
+    pub fn implicit(name: &str, addrs: Vec<SocketAddr>, location: String) -> Self {
+        let peers = addrs
+            .into_iter()
+            .map(|addr| PeerSpec {
+                addr,
+                name: name.to_owned(),
+                weight: 1,
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10),
+                backup: false,
+                down: false,
+                max_conns: 0,
+                slow_start: Duration::ZERO,
+            })
+            .collect();
+        Self {
+            name: name.to_owned(),
+            peers,
+            method: BalanceMethod::RoundRobin,
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
+            queue: None,
+            implicit: true,
+            location,
+        }
+    }
+}
+
+/// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:
+/// imbang keeps upstream connections alive by default (nginx closes them).
+pub const DEFAULT_KEEPALIVE: usize = 32;
 
 /// `queue N [timeout=time]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -201,6 +201,73 @@ fn proxy_pass_uri_in_regex_location_is_an_error() {
 }
 
 #[test]
+fn proxy_pass_with_variables_may_have_a_uri_anywhere() {
+    let c = ok(
+        "http {\n server {\n  location ~ ^/x/(.*)$ { proxy_pass http://$arg_up/$1$is_args$args; }\n  location @named { proxy_pass HTTP://10.0.0.1:81$request_uri; }\n  location / { proxy_pass $scheme://b; }\n }\n}\n",
+    );
+    let server = &c.http.unwrap().servers[0];
+    let urls: Vec<(&str, &str)> = server
+        .locations
+        .iter()
+        .map(|l| match &l.conf.action {
+            Some(Action::ProxyVars(p)) => (p.url.as_str(), p.location.as_str()),
+            other => panic!("not proxy_pass with variables: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            ("http://$arg_up/$1$is_args$args", "/etc/imbang/t.conf:3:37"),
+            ("HTTP://10.0.0.1:81$request_uri", "/etc/imbang/t.conf:4:32"),
+            ("$scheme://b", "/etc/imbang/t.conf:5:27"),
+        ]
+    );
+    // No implicit group is made for a URL with variables.
+    assert!(c.warnings.iter().all(|w| !w.message.contains("proxy_pass")));
+}
+
+#[test]
+fn proxy_pass_with_variables_refuses_a_scheme_that_cannot_work() {
+    let got = errors(
+        "http { server {\n location /a { proxy_pass https://$host; }\n location /b { proxy_pass ftp://$host; }\n location /c { proxy_pass httpx$host; }\n} }",
+    );
+    assert_eq!(
+        got,
+        [
+            "proxy_pass to https:// upstreams is not supported by imbang yet in /etc/imbang/t.conf:2:27",
+            "invalid URL prefix in \"ftp://$host\" in /etc/imbang/t.conf:3:27",
+            "invalid URL prefix in \"httpx$host\" in /etc/imbang/t.conf:4:27",
+        ]
+    );
+}
+
+#[test]
+fn resolver_says_it_is_not_there_yet() {
+    let got = errors("http { resolver 127.0.0.53 valid=10s; resolver_timeout 5s; }");
+    assert_eq!(
+        got,
+        [
+            "\"resolver\" directive is not supported by imbang yet in /etc/imbang/t.conf:1:8",
+            "\"resolver_timeout\" directive is not supported by imbang yet in /etc/imbang/t.conf:1:39",
+        ]
+    );
+}
+
+#[test]
+fn proxy_redirect_default_needs_a_literal_proxy_pass_before_it() {
+    let got = errors(
+        "http { server {\n location /a { proxy_pass http://$host; proxy_redirect default; }\n location /b { proxy_redirect default; proxy_pass http://127.0.0.1:1/; }\n location /c { proxy_pass http://127.0.0.1:1/; proxy_redirect default; }\n location /d { proxy_pass http://$host; proxy_redirect off; proxy_redirect http://a/ /; }\n} }",
+    );
+    assert_eq!(
+        got,
+        [
+            "\"proxy_redirect default\" cannot be used with \"proxy_pass\" directive with variables in /etc/imbang/t.conf:2:41",
+            "\"proxy_redirect default\" should be placed after the \"proxy_pass\" directive in /etc/imbang/t.conf:3:16",
+        ]
+    );
+}
+
+#[test]
 fn main_context_paths_resolve_against_the_prefix() {
     let c = ok("pid run/i.pid;\nerror_log logs/e.log warn;\ndaemon off;\n");
     assert_eq!(c.main.pid, PathBuf::from("/prefix/run/i.pid"));

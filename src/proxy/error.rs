@@ -28,6 +28,13 @@ pub enum ProxyError {
     /// No `location` matched and the server has no `return`.
     #[error("no location matches")]
     NoRoute,
+    /// A `proxy_pass` with variables rendered a URL that is not `http://authority[/uri]`.
+    #[error("{0}")]
+    ProxyUrl(String),
+    /// A `proxy_pass` with variables named a host that is neither an address nor a group
+    /// (nginx would ask its `resolver`; imbang has none).
+    #[error("no resolver defined to resolve {0}")]
+    NoResolver(String),
     /// Every peer of the upstream is down or was tried.
     #[error("no live upstreams")]
     NoLivePeer,
@@ -70,7 +77,9 @@ impl ProxyError {
                 ..
             }
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoLivePeer
+            Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoResolver(_)
+            | Self::NoLivePeer
             | Self::Connect { .. }
             | Self::Upstream { .. }
             | Self::InvalidHeader(_) => StatusCode::BAD_GATEWAY,

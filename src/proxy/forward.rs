@@ -20,7 +20,7 @@ use crate::http1::{OnUpgrade, RequestBody};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
 use crate::pool::{Conn, ConnectError, UpstreamBody};
-use crate::snapshot::{Proxy, Route};
+use crate::snapshot::{PassUri, Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
 
 /// What one attempt on one peer came to, when it did not produce a response to pass on.
@@ -517,18 +517,24 @@ fn client_response(
 
 /// The request target sent upstream (origin form). Without a URI part in `proxy_pass` the
 /// client's target passes unchanged; with one, the matched location prefix is replaced by it
-/// (nginx's rule), applied to the normalised path.
+/// (nginx's rule), applied to the normalised path; a `proxy_pass` with variables gives the
+/// whole target.
 fn upstream_uri(parts: &http::request::Parts, route: &Route, proxy: &Proxy, path: &str) -> Uri {
-    if proxy.uri.is_none() {
-        // The client's target as it came (shares its bytes; nothing is parsed again).
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        if let Ok(uri) = Uri::from_parts(uri) {
-            return uri;
+    let base = match &proxy.uri {
+        PassUri::Whole(uri) => return uri.clone(),
+        PassUri::ReplacePrefix(base) => Some(base),
+        PassUri::Unchanged => {
+            // The client's target as it came (shares its bytes; nothing is parsed again).
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            if let Ok(uri) = Uri::from_parts(uri) {
+                return uri;
+            }
+            None
         }
-    }
+    };
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = match (&proxy.uri, &route.prefix) {
+    let target = match (base, &route.prefix) {
         (Some(base), Some(prefix)) if path.starts_with(prefix.as_str()) => {
             let mut t = format!("{base}{}", escape_path(&path[prefix.len()..]));
             if let Some(q) = parts.uri.query() {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod target;
 pub mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,10 +26,11 @@ pub use error::ProxyError;
 
 use crate::access_log::{Done, Pending, Record};
 use crate::config::model::{ErrorPage, ErrorPageStatus};
+use crate::log;
 use crate::pool::Pool;
 use crate::reload::Live;
 use crate::route::{normalize_host, normalize_path};
-use crate::snapshot::{Answer, Route, RouteAction, ServerRoute, Snapshot};
+use crate::snapshot::{Answer, Proxy, Route, RouteAction, ServerRoute, Snapshot};
 use crate::vars::{Template, Var, Vars, append_display};
 
 /// What every request of the process shares.
@@ -64,13 +66,57 @@ pub struct RequestCtx<'a> {
     pub done: Option<&'a Done>,
     /// Values given by `set` for this request, in order (a later one wins).
     pub sets: &'a [(Arc<str>, String)],
+    /// `$1`..`$9`.
+    pub captures: &'a Captures<'a>,
+}
+
+/// `$1`..`$9`: the groups of the regex location that matched `$uri`, found on first use (the
+/// regex runs a second time only for a request that reads one).
+#[derive(Debug)]
+pub struct Captures<'r> {
+    regex: Option<&'r regex::bytes::Regex>,
+    spans: OnceLock<Vec<Option<(usize, usize)>>>,
+}
+
+/// No captures, for requests that matched no regex location.
+static NO_CAPTURES: Captures<'static> = Captures {
+    regex: None,
+    spans: OnceLock::new(),
+};
+
+impl<'r> Captures<'r> {
+    /// None, for requests that matched no regex location.
+    pub const NONE: &'static Captures<'static> = &NO_CAPTURES;
+
+    /// The captures of `route`'s regex, if it has groups.
+    pub fn of(route: &'r Route) -> Self {
+        Self {
+            regex: route.regex.as_ref(),
+            spans: OnceLock::new(),
+        }
+    }
+
+    /// Group `n` of the match on `path` (the `$uri` the location was matched against).
+    fn get<'p>(&self, n: u8, path: &'p str) -> Option<&'p str> {
+        let regex = self.regex?;
+        let spans = self.spans.get_or_init(|| {
+            regex.captures(path.as_bytes()).map_or_else(Vec::new, |c| {
+                c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect()
+            })
+        });
+        let (start, end) = (*spans.get(usize::from(n))?)?;
+        path.get(start..end)
+    }
 }
 
 impl<'a> RequestCtx<'a> {
-    /// Runs `set` lists in order, each value seeing the ones before it.
-    fn eval_sets(&self, lists: &[&[(Arc<str>, Template)]]) -> Vec<(Arc<str>, String)> {
-        let mut values: Vec<(Arc<str>, String)> = Vec::new();
-        for (name, template) in lists.iter().copied().flatten() {
+    /// Runs a `set` list in order after `values`, each value seeing the ones before it.
+    fn eval_sets(
+        &self,
+        mut values: Vec<(Arc<str>, String)>,
+        list: &[(Arc<str>, Template)],
+    ) -> Vec<(Arc<str>, String)> {
+        for (name, template) in list {
             let value = template.render(&RequestCtx {
                 sets: &values,
                 ..*self
@@ -141,6 +187,11 @@ impl Vars for RequestCtx<'_> {
             Var::RequestUri => out.push_str(uri.path_and_query().map_or("/", |p| p.as_str())),
             Var::Uri => out.push_str(self.path),
             Var::Args => out.push_str(uri.query().unwrap_or("")),
+            Var::IsArgs => {
+                if uri.query().is_some_and(|q| !q.is_empty()) {
+                    out.push('?');
+                }
+            }
             Var::ProxyHost => out.push_str(self.proxy_host),
             Var::ProxyAddXForwardedFor => {
                 let prior: Vec<&str> = self
@@ -224,6 +275,11 @@ impl Vars for RequestCtx<'_> {
             }
             Var::Set(name) => {
                 if let Some((_, v)) = self.sets.iter().rev().find(|(n, _)| n == name) {
+                    out.push_str(v);
+                }
+            }
+            Var::Capture(n) => {
+                if let Some(v) = self.captures.get(*n, self.path) {
                     out.push_str(v);
                 }
             }
@@ -376,16 +432,24 @@ async fn respond(
         path: &path,
         done: None,
         sets: &[],
+        captures: Captures::NONE,
     };
-    // `set`: the server level's, then the location's (nginx's two rewrite phases).
-    let set_values = match (&*server.fallback.sets, Arc::ptr_eq(route, &server.fallback)) {
-        ([], true) => Vec::new(),
-        (server_sets, true) => base.eval_sets(&[server_sets]),
-        (server_sets, false) => base.eval_sets(&[server_sets, &route.sets]),
+    // `set`: the server level's, then the location's (nginx's two rewrite phases); only the
+    // second runs after the location's regex matched.
+    let server_values = base.eval_sets(Vec::new(), &server.fallback.sets);
+    let captures = Captures::of(route);
+    let located = RequestCtx {
+        captures: &captures,
+        ..base
+    };
+    let set_values = if Arc::ptr_eq(route, &server.fallback) {
+        server_values
+    } else {
+        located.eval_sets(server_values, &route.sets)
     };
     let mut ctx = RequestCtx {
         sets: &set_values,
-        ..base
+        ..located
     };
     out.log(route, &host, &server.name);
     out.timeouts = ClientTimeouts {
@@ -453,15 +517,42 @@ async fn dispatch<'a>(
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
-            if out.log_route.is_some() {
-                out.proxy_host = proxy.proxy_host.clone();
-            }
-            let record = &mut out.record;
-            match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
-                Ok(response) => (response, true),
-                Err(e) => (error_response(&e), false),
-            }
+            proxied(shared, ctx, route, proxy, body, client_upgrade, out).await
         }
+        (None, RouteAction::ProxyVars(pass)) => {
+            let proxy = match pass.resolve(ctx) {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    log!(Error, "*{} {e}{}", ctx.conn.id, ctx.log_context(None));
+                    return (error_response(&e), false);
+                }
+            };
+            let ctx = RequestCtx {
+                proxy_host: &proxy.proxy_host,
+                ..*ctx
+            };
+            proxied(shared, &ctx, route, &proxy, body, client_upgrade, out).await
+        }
+    }
+}
+
+/// Forwards to `proxy`, whose host `ctx` already has as `$proxy_host`.
+async fn proxied(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    route: &Route,
+    proxy: &Proxy,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
+    if out.log_route.is_some() {
+        out.proxy_host = proxy.proxy_host.clone();
+    }
+    let record = &mut out.record;
+    match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
+        Ok(response) => (response, true),
+        Err(e) => (error_response(&e), false),
     }
 }
 
@@ -493,13 +584,15 @@ async fn error_page(
         }
         return response;
     }
-    let (route, method, uri, path) = match page.target.strip_prefix('@') {
+    // A named location keeps the request's captures (nginx matches no regex on the way there).
+    let (route, method, uri, path, keeps_captures) = match page.target.strip_prefix('@') {
         Some(_) => match server.locations.named(&page.target) {
             Some(route) => (
                 route,
                 ctx.parts.method.clone(),
                 ctx.parts.uri.clone(),
                 ctx.path.to_owned(),
+                true,
             ),
             None => return error::error_page(status_code(status)),
         },
@@ -518,7 +611,7 @@ async fn error_page(
                 .target
                 .parse()
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
-            (route, method, uri, path)
+            (route, method, uri, path, false)
         }
     };
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -528,6 +621,7 @@ async fn error_page(
     parts.headers = ctx.parts.headers.clone();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
+    let captures = Captures::of(route);
     let mut inner = RequestCtx {
         conn: ctx.conn,
         parts: &parts,
@@ -537,6 +631,11 @@ async fn error_page(
         path: &path,
         done: None,
         sets: ctx.sets,
+        captures: if keeps_captures {
+            ctx.captures
+        } else {
+            &captures
+        },
     };
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
     if let Some(code) = fixed {

@@ -126,7 +126,7 @@ impl fmt::Display for InLocation<'_> {
 }
 
 /// Compiles a location or server-name regex with PCRE's non-UTF meaning (see the module docs).
-fn compile_regex(
+pub(crate) fn compile_regex(
     pattern: &str,
     case_insensitive: bool,
 ) -> Result<regex::bytes::Regex, RouteErrorKind> {

@@ -6,6 +6,8 @@
 #   bench/run.sh            full run: 3 repetitions, 10 s per measurement after a 2 s warm-up
 #   bench/run.sh --quick    smoke run: 1 repetition, 5 s
 #   options: --reps N  --duration S  --only a,b,c,e,f,g,h  --no-install  --no-build  --out DIR
+#            --proxies nginx,haproxy,imbang  --methods GET,POST (scenario f)
+#            --port-base N (origins on N+1, N+2, the proxy on N+80; default 19000)
 #
 # Layout: the proxy is pinned alone to CPU 1 (taskset -c 1); wrk, the origins and the idle-client
 # are pinned to CPU 0. Every process this script starts is stopped by its pid when it exits.
@@ -25,6 +27,9 @@ INSTALL=1
 BUILD=1
 OUT=""
 IDLE_CONNS=10000
+PROXY_LIST="nginx,haproxy,imbang"
+METHODS="GET,POST"
+PORT_BASE=19000
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; REPS=1; DURATION=5 ;;
@@ -35,7 +40,10 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --out) OUT="$2"; shift ;;
     --idle-conns) IDLE_CONNS="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --proxies) PROXY_LIST="$2"; shift ;;
+    --methods) METHODS="$2"; shift ;;
+    --port-base) PORT_BASE="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -51,10 +59,10 @@ RAW="$W/raw.jsonl"
 : > "$RAW"
 LOG="$W/run.log"
 
-PORT_O1=19001
-PORT_O2=19002
-PORT_PROXY=19080
-PROXIES=(nginx haproxy imbang)
+PORT_O1=$((PORT_BASE + 1))
+PORT_O2=$((PORT_BASE + 2))
+PORT_PROXY=$((PORT_BASE + 80))
+IFS=, read -r -a PROXIES <<< "$PROXY_LIST"
 IMBANG="${IMBANG_BIN:-$REPO/target/release/imbang}"
 # bench/profile.sh sets PERF_DIR: scenario (a) then runs `perf record` on the proxy while wrk runs.
 PERF_DIR="${PERF_DIR:-}"
@@ -74,6 +82,7 @@ install_tools() {
   command -v h2load >/dev/null || missing+=(nghttp2-client)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ss >/dev/null || missing+=(iproute2)
   command -v python3 >/dev/null || missing+=(python3)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$INSTALL" = 0 ] || [ "$(id -u)" != 0 ]; then
@@ -166,7 +175,7 @@ write_configs() {
   head -c 100 /dev/zero | tr '\0' 'a' > "$W/www/small"
   head -c 1048576 /dev/urandom > "$W/www/big"
   for i in 1 2; do
-    local port=$((19000 + i))
+    local port=$((PORT_BASE + i))
     cat > "$W/origin$i.conf" <<EOF
 # origin $i: a single nginx process (so SIGKILL on its pid takes the whole origin down)
 daemon off;
@@ -258,7 +267,7 @@ ORIGIN_PID=("" "" "")
 start_origin() { # start_origin I
   start_bg "$W/logs/origin$1.out" taskset -c 0 nginx -p "$W/" -c "$W/origin$1.conf"
   ORIGIN_PID[$1]=$LASTPID
-  wait_http $((19000 + $1)) /small
+  wait_http $((PORT_BASE + $1)) /small
 }
 
 PROXY_PID=""
@@ -548,6 +557,13 @@ nginx -t -q -p "$W/" -c "$W/proxy-w1.conf" 2>>"$LOG"
 haproxy -c -q -f "$W/haproxy.cfg" >>"$LOG" 2>&1
 
 wait_idle "start"
+# Another run on this machine (another worktree) would answer our health checks: refuse.
+for port in "$PORT_O1" "$PORT_O2" "$PORT_PROXY"; do
+  if [ -n "$(ss -Hltn "sport = :$port")" ]; then
+    echo "run.sh: port $port is in use (another benchmark run?); try --port-base" >&2
+    exit 1
+  fi
+done
 start_origin 1
 start_origin 2
 
@@ -566,7 +582,7 @@ for rep in $(seq "$REPS"); do
   done
   if has e; then for p in $(rotate "$rep"); do idle_scenario "$p" "$rep"; done; fi
   if has f; then
-    for m in GET POST; do for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m"; done; done
+    for m in ${METHODS//,/ }; do for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m"; done; done
   fi
   if has g; then for p in nginx imbang; do reload_scenario "$p" "$rep"; done; fi
   if has h; then

@@ -56,7 +56,7 @@ pub enum ProxyError {
 }
 
 /// nginx's words for how a peer broke a connection: closed it, or an OS error such as a reset.
-fn broken(e: &hyper::Error) -> String {
+pub(super) fn broken(e: &hyper::Error) -> String {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

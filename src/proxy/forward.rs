@@ -161,6 +161,8 @@ pub async fn forward(
                 .as_ref()
                 .map(|r| r as &(dyn Fn() -> Request<UpstreamBody> + Sync)),
             facts,
+            ctx,
+            uri: &uri,
         };
         match target.attempt(record, req).await {
             Ok((response, conn)) => {
@@ -286,6 +288,9 @@ struct Target<'a> {
     resend: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
     /// What decides whether sending it again is safe.
     facts: RequestFacts,
+    /// For the error log.
+    ctx: &'a RequestCtx<'a>,
+    uri: &'a Uri,
 }
 
 impl Target<'_> {
@@ -373,6 +378,18 @@ impl Target<'_> {
                         .resend
                         .filter(|_| stale && retry::may_send_again(reached, self.facts, false));
                     if let Some(resend) = resend {
+                        let why = match reached {
+                            Reached::Unread => "reset: the request was not read",
+                            _ => "an idempotent request",
+                        };
+                        log!(
+                            Info,
+                            "*{} {} while reading response header from upstream ({why}), sending the request again on another connection{}",
+                            self.ctx.conn.id,
+                            super::error::broken(e.error()),
+                            self.ctx
+                                .log_context(Some(&format!("http://{addr}{}", self.uri)))
+                        );
                         req = resend();
                         continue;
                     }

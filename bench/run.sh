@@ -6,7 +6,7 @@
 #   bench/run.sh            full run: 3 repetitions, 10 s per measurement after a 2 s warm-up
 #   bench/run.sh --quick    smoke run: 1 repetition, 5 s
 #   options: --reps N  --duration S  --only a,b,c,e,f,g,h  --no-install  --no-build  --out DIR
-#            --proxies nginx,haproxy,imbang  --methods GET,POST (scenario f)
+#            --proxies nginx,haproxy,imbang  --methods GET,POST  --variants kill,stop (scenario f)
 #            --port-base N (origins on N+1, N+2, the proxy on N+80; default 19000)
 #
 # Layout: the proxy is pinned alone to CPU 1 (taskset -c 1); wrk, the origins and the idle-client
@@ -30,6 +30,8 @@ IDLE_CONNS=10000
 PROXY_LIST="nginx,haproxy,imbang"
 METHODS="GET,POST"
 PORT_BASE=19000
+VARIANTS="kill,stop"
+HANG_TIMEOUT=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; REPS=1; DURATION=5 ;;
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
     --proxies) PROXY_LIST="$2"; shift ;;
     --methods) METHODS="$2"; shift ;;
     --port-base) PORT_BASE="$2"; shift ;;
+    --variants) VARIANTS="$2"; shift ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -231,6 +234,9 @@ http {
 }
 EOF
   done
+  # (f) stop variant: the same configurations with equal, short timeouts (see failover_scenario).
+  sed "s|proxy_set_header Connection \"\";|proxy_set_header Connection \"\";\n            proxy_connect_timeout ${HANG_TIMEOUT}s;\n            proxy_send_timeout ${HANG_TIMEOUT}s;\n            proxy_read_timeout ${HANG_TIMEOUT}s;|" \
+    "$W/proxy-w1.conf" > "$W/proxy-w1-hang.conf"
   # (c) reference only: nginx with larger in-memory proxy buffers (its defaults are 8 x 4k plus
   # temp files; imbang accepts these directives without effect: it always streams).
   sed 's|proxy_set_header Connection "";|proxy_set_header Connection "";\n            proxy_buffer_size 64k;\n            proxy_buffers 8 64k;|' \
@@ -258,6 +264,8 @@ backend origins
     server o1 127.0.0.1:$PORT_O1
     server o2 127.0.0.1:$PORT_O2
 EOF
+  sed -e "s|timeout connect .*|timeout connect ${HANG_TIMEOUT}s|" -e "s|timeout server .*|timeout server ${HANG_TIMEOUT}s|" \
+    "$W/haproxy.cfg" > "$W/haproxy-hang.cfg"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +279,14 @@ start_origin() { # start_origin I
 }
 
 PROXY_PID=""
+CONF_TAG="" # "-hang": the configurations with short timeouts (scenario f, stop variant)
 start_proxy() { # start_proxy NAME [WORKERS] [CPUS]
   local name="$1" workers="${2:-1}" cpus="${3:-1}"
   case "$name" in
-    nginx) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-w$workers.conf" ;;
+    nginx) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-w$workers$CONF_TAG.conf" ;;
     nginx-buf64k) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-nginx-buf64k.conf" ;;
-    imbang) start_bg "$W/logs/proxy.out" taskset -c "$cpus" "$IMBANG" -p "$W/" -c "$W/proxy-w$workers.conf" ;;
-    haproxy) start_bg "$W/logs/proxy.out" taskset -c "$cpus" haproxy -db -f "$W/haproxy.cfg" ;;
+    imbang) start_bg "$W/logs/proxy.out" taskset -c "$cpus" "$IMBANG" -p "$W/" -c "$W/proxy-w$workers$CONF_TAG.conf" ;;
+    haproxy) start_bg "$W/logs/proxy.out" taskset -c "$cpus" haproxy -db -f "$W/haproxy$CONF_TAG.cfg" ;;
   esac
   PROXY_PID=$LASTPID
   wait_http "$PORT_PROXY" /small
@@ -402,26 +411,38 @@ idle_scenario() { # idle_scenario PROXY REP
   say "(e) $proxy rep $rep: ${okc:-0}/$IDLE_CONNS idle conns, RSS base ${base} KiB, with conns ${idle} KiB, after close ${after} KiB"
 }
 
-# (f) SIGKILL one of the two origins under keep-alive load; count failed requests.
-failover_scenario() { # failover_scenario PROXY REP METHOD
+# (f) one of the two origins fails under keep-alive load; count failed requests. Variant "kill":
+# SIGKILL (connections are reset or closed, new ones refused). Variant "stop": SIGSTOP, the origin
+# hangs (the kernel still accepts connections and requests, nothing answers); the proxies run
+# their configuration with connect/send/read timeouts all HANG_TIMEOUT s (proxy-w1-hang.conf,
+# haproxy-hang.cfg) and wrk waits up to 10 s for a response, so what the client sees is each
+# proxy's own answer. Either way the origin is killed and started again afterwards.
+failover_scenario() { # failover_scenario PROXY REP METHOD VARIANT
   idle_gate "${FUNCNAME[0]%%_*} $*"
-  local proxy="$1" rep="$2" method="$3" path=/small
+  local proxy="$1" rep="$2" method="$3" variant="${4:-kill}" path=/small signal=KILL wrk_extra=()
   [ "$method" = POST ] && path=/post
+  if [ "$variant" = stop ]; then
+    signal=STOP
+    CONF_TAG=-hang
+    wrk_extra=(--timeout 10s)
+  fi
   start_proxy "$proxy"
+  CONF_TAG=""
   run_wrk -t1 -c20 -d1s "http://127.0.0.1:$PORT_PROXY$path" >/dev/null
   local kill_at json victim
   kill_at=$(python3 -c "print(max(1.0, $DURATION * 0.3))")
   victim=${ORIGIN_PID[2]}
-  ( sleep "$kill_at"; kill -KILL "$victim" 2>/dev/null ) &
+  ( sleep "$kill_at"; kill -s "$signal" "$victim" 2>/dev/null ) &
   local killer=$!
-  json=$(WRK_METHOD=$method run_wrk -t1 -c20 -d"${DURATION}s" "http://127.0.0.1:$PORT_PROXY$path")
+  json=$(WRK_METHOD=$method run_wrk -t1 -c20 -d"${DURATION}s" "${wrk_extra[@]}" "http://127.0.0.1:$PORT_PROXY$path")
   wait "$killer" 2>/dev/null || true
+  kill -KILL "$victim" 2>/dev/null || true # a stopped process dies of SIGKILL too
   wait "$victim" 2>/dev/null || true
   stop_proxy
   start_origin 2
   [ -n "$json" ] || { say "(f) $proxy: wrk gave no result"; return 0; }
-  record "{\"scenario\":\"f\",\"proxy\":\"$proxy\",\"rep\":$rep,\"method\":\"$method\",\"kill_at_s\":$kill_at,\"wrk\":$json}"
-  say "(f) $proxy $method rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
+  record "{\"scenario\":\"f\",\"variant\":\"$variant\",\"proxy\":\"$proxy\",\"rep\":$rep,\"method\":\"$method\",\"kill_at_s\":$kill_at,\"wrk\":$json}"
+  say "(f) $proxy $variant $method rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
 }
 
 # (g) HUP every 0.3 s under keep-alive load; count failed requests.
@@ -582,7 +603,9 @@ for rep in $(seq "$REPS"); do
   done
   if has e; then for p in $(rotate "$rep"); do idle_scenario "$p" "$rep"; done; fi
   if has f; then
-    for m in ${METHODS//,/ }; do for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m"; done; done
+    for v in ${VARIANTS//,/ }; do for m in ${METHODS//,/ }; do
+      for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m" "$v"; done
+    done; done
   fi
   if has g; then for p in nginx imbang; do reload_scenario "$p" "$rep"; done; fi
   if has h; then

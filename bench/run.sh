@@ -282,6 +282,7 @@ PROXY_PID=""
 CONF_TAG="" # "-hang": the configurations with short timeouts (scenario f, stop variant)
 start_proxy() { # start_proxy NAME [WORKERS] [CPUS]
   local name="$1" workers="${2:-1}" cpus="${3:-1}"
+  port_free "$PORT_PROXY"
   case "$name" in
     nginx) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-w$workers$CONF_TAG.conf" ;;
     nginx-buf64k) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-nginx-buf64k.conf" ;;
@@ -290,6 +291,8 @@ start_proxy() { # start_proxy NAME [WORKERS] [CPUS]
   esac
   PROXY_PID=$LASTPID
   wait_http "$PORT_PROXY" /small
+  # Something else may have answered (e.g. a proxy that has not finished exiting).
+  alive "$PROXY_PID" || say "$name exited at start: $(tail -2 "$W/logs/proxy.out" | tr '\n' ' ')"
   if [ "${name%%-*}" = nginx ]; then # the worker must exist before CPU/RSS readings
     for _ in $(seq 50); do [ -n "$(children_of "$PROXY_PID")" ] && break; sleep 0.1; done
   fi
@@ -298,6 +301,14 @@ stop_proxy() {
   stop_pid "$PROXY_PID" TERM
   PROXY_PID=""
   sleep 0.3
+  port_free "$PORT_PROXY"
+}
+port_free() { # port_free PORT: wait (up to 10 s) until nothing listens on PORT, else say who does
+  for _ in $(seq 100); do
+    [ -z "$(ss -Hltn "sport = :$1")" ] && return 0
+    sleep 0.1
+  done
+  say "port $1 is still in use: $(ss -Hltnp "sport = :$1" | tr -s ' ')"
 }
 
 # wrk ARGS... -> prints the WRKJSON object (also logs wrk's own output)
@@ -428,6 +439,10 @@ failover_scenario() { # failover_scenario PROXY REP METHOD VARIANT
   fi
   start_proxy "$proxy"
   CONF_TAG=""
+  if ! alive "$PROXY_PID"; then
+    say "(f) $proxy $variant $method rep $rep: not measured (the proxy did not start)"
+    return 0
+  fi
   run_wrk -t1 -c20 -d1s "http://127.0.0.1:$PORT_PROXY$path" >/dev/null
   local kill_at json victim
   kill_at=$(python3 -c "print(max(1.0, $DURATION * 0.3))")

@@ -22,6 +22,7 @@ def wrk_metrics(rec):
         "rps": w["requests"] / secs if secs else 0.0,
         "p50_ms": w["p50_us"] / 1000,
         "p99_ms": w["p99_us"] / 1000,
+        "max_ms": w["max_us"] / 1000,
         "socket_errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_timeout"],
         "non2xx": w["err_status"],
         "mib_per_s": w["bytes"] / secs / 2**20 if secs else 0.0,
@@ -103,7 +104,8 @@ def last_attempts(records):
     """A measurement taken again (others used the machine during it) counts once: its last attempt."""
     last = {}
     for rec in records:
-        key = (rec["scenario"], rec["proxy"], rec["rep"], rec.get("method"), rec.get("workers"))
+        key = (rec["scenario"], rec["proxy"], rec["rep"], rec.get("method"), rec.get("variant"),
+               rec.get("workers"))
         last[key] = rec
     return list(last.values())
 
@@ -115,7 +117,8 @@ def aggregate(records):
         s = rec["scenario"]
         key = s
         if s == "f":
-            key = f"f-{rec['method']}"
+            variant = rec.get("variant", "kill")
+            key = f"f-{rec['method']}" if variant == "kill" else f"f-{variant}-{rec['method']}"
         if s == "h":
             key = f"h-w{rec['workers']}"
         groups.setdefault(key, {}).setdefault(rec["proxy"], []).append(metrics(rec))
@@ -157,6 +160,8 @@ ROWS = [
 ERROR_ROWS = [
     ("(f) failover, GET: failed requests (non-2xx + socket errors)", "f-GET"),
     ("(f) failover, POST: failed requests", "f-POST"),
+    ("(f) an origin hangs (SIGSTOP), GET: failed requests (slowest response)", "f-stop-GET"),
+    ("(f) an origin hangs (SIGSTOP), POST: failed requests (slowest response)", "f-stop-POST"),
     ("(g) HUP every 0.3 s under load: failed requests", "g"),
 ]
 
@@ -261,10 +266,16 @@ def render(agg, meta, profile_text, records):
             extra = ""
             if key == "g":
                 extra = f" ({s['reloads_total']} reloads)"
+            if key.startswith("f-stop-"):
+                extra = f" ({max(v for v in s['max_ms_runs'] if v is not None) / 1000:.1f} s)"
             cells.append(f"{s['errors_total']} of {s['requests_total']:,}{extra}")
         s = g.get("imbang")
+        target = "0"
         res = "" if s is None else ("met" if s["errors_total"] == 0 else "**missed**")
-        L.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | | | 0 | {res} |")
+        if key == "f-stop-POST":
+            # A POST already sent to the hung origin may have been executed: it can only time out.
+            target, res = "– (sent: 504)", ""
+        L.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | | | {target} | {res} |")
     hs = {w: agg.get(f"h-w{w}", {}) for w in (1, 2)}
     if hs[1] and hs[2]:
         L.append("")
@@ -318,6 +329,22 @@ def render(agg, meta, profile_text, records):
         "- (f) wrk keeps 20 connections busy; 30% into the run one of the two origins gets SIGKILL (its pid). "
         "Failed = non-2xx/3xx responses + socket errors (connect, read, write, timeout) as wrk counts them, "
         "summed over repetitions. POST sends a 64-byte body."
+    )
+    L.append(
+        "- (f) origin hangs: the same, but the origin gets SIGSTOP: its kernel still accepts connections and "
+        "requests, nothing answers. For this variant the three proxies run the configurations below with "
+        "equal timeouts added (nginx and imbang: `proxy_connect_timeout`, `proxy_send_timeout`, "
+        "`proxy_read_timeout` 2s; HAProxy: `timeout connect 2s`, `timeout server 2s`; written by `run.sh` as "
+        "`proxy-w1-hang.conf` and `haproxy-hang.cfg`) and wrk waits up to 10 s, so a failed request is the "
+        "proxy's own 504. In brackets: the slowest response of any repetition. A request already "
+        "sent to the stopped origin can only time out: nginx and imbang then send a GET to the other origin "
+        "(`proxy_next_upstream timeout`, the default) and answer a POST 504 (it may have been executed); both "
+        "take the origin out for `fail_timeout` (10 s, the default) at the first timeout, so each of wrk's 20 "
+        "connections meets it once per run (a longer run would add one trial request every 10 s). HAProxy as "
+        "configured has no health checks (no `check`, so no `observe`/`on-error` either) and its `retry-on` "
+        "does not list `response-timeout`, so it keeps sending half of the requests to the stopped origin and "
+        "answers each 504 after 2 s; `retry-on response-timeout` would resend GETs and POSTs alike (HAProxy's "
+        "retries do not look at the method)."
     )
     L.append(
         "- (g) `kill -HUP` every 0.3 s to the proxy's (nginx: master's) pid while wrk keeps 50 keep-alive "

@@ -6,6 +6,8 @@
 #   bench/run.sh            full run: 3 repetitions, 10 s per measurement after a 2 s warm-up
 #   bench/run.sh --quick    smoke run: 1 repetition, 5 s
 #   options: --reps N  --duration S  --only a,b,c,d,e,f,g,h  --no-install  --no-build  --out DIR
+#            --proxies nginx,haproxy,imbang  --methods GET,POST  --variants kill,stop (scenario f)
+#            --port-base N (origins on N+1, N+2, the proxy on N+80 and h2c on N+81; default 19000)
 #
 # Layout: the proxy is pinned alone to CPU 1 (taskset -c 1); wrk, the origins and the idle-client
 # are pinned to CPU 0. Every process this script starts is stopped by its pid when it exits.
@@ -25,6 +27,11 @@ INSTALL=1
 BUILD=1
 OUT=""
 IDLE_CONNS=10000
+PROXY_LIST="nginx,haproxy,imbang"
+METHODS="GET,POST"
+PORT_BASE=19000
+VARIANTS="kill,stop"
+HANG_TIMEOUT=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; REPS=1; DURATION=5 ;;
@@ -35,7 +42,11 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --out) OUT="$2"; shift ;;
     --idle-conns) IDLE_CONNS="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --proxies) PROXY_LIST="$2"; shift ;;
+    --methods) METHODS="$2"; shift ;;
+    --port-base) PORT_BASE="$2"; shift ;;
+    --variants) VARIANTS="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -51,11 +62,11 @@ RAW="$W/raw.jsonl"
 : > "$RAW"
 LOG="$W/run.log"
 
-PORT_O1=19001
-PORT_O2=19002
-PORT_PROXY=19080
-PORT_PROXY_H2=19081
-PROXIES=(nginx haproxy imbang)
+PORT_O1=$((PORT_BASE + 1))
+PORT_O2=$((PORT_BASE + 2))
+PORT_PROXY=$((PORT_BASE + 80))
+PORT_PROXY_H2=$((PORT_BASE + 81))
+IFS=, read -r -a PROXIES <<< "$PROXY_LIST"
 IMBANG="${IMBANG_BIN:-$REPO/target/release/imbang}"
 # bench/profile.sh sets PERF_DIR: scenario (a) then runs `perf record` on the proxy while wrk runs.
 PERF_DIR="${PERF_DIR:-}"
@@ -75,6 +86,7 @@ install_tools() {
   command -v h2load >/dev/null || missing+=(nghttp2-client)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ss >/dev/null || missing+=(iproute2)
   command -v python3 >/dev/null || missing+=(python3)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$INSTALL" = 0 ] || [ "$(id -u)" != 0 ]; then
@@ -167,7 +179,7 @@ write_configs() {
   head -c 100 /dev/zero | tr '\0' 'a' > "$W/www/small"
   head -c 1048576 /dev/urandom > "$W/www/big"
   for i in 1 2; do
-    local port=$((19000 + i))
+    local port=$((PORT_BASE + i))
     cat > "$W/origin$i.conf" <<EOF
 # origin $i: a single nginx process (so SIGKILL on its pid takes the whole origin down)
 daemon off;
@@ -233,6 +245,9 @@ http {
 }
 EOF
   done
+  # (f) stop variant: the same configurations with equal, short timeouts (see failover_scenario).
+  sed "s|proxy_set_header Connection \"\";|proxy_set_header Connection \"\";\n            proxy_connect_timeout ${HANG_TIMEOUT}s;\n            proxy_send_timeout ${HANG_TIMEOUT}s;\n            proxy_read_timeout ${HANG_TIMEOUT}s;|" \
+    "$W/proxy-w1.conf" > "$W/proxy-w1-hang.conf"
   # (c) reference only: nginx with larger in-memory proxy buffers (its defaults are 8 x 4k plus
   # temp files; imbang accepts these directives without effect: it always streams).
   sed 's|proxy_set_header Connection "";|proxy_set_header Connection "";\n            proxy_buffer_size 64k;\n            proxy_buffers 8 64k;|' \
@@ -263,6 +278,8 @@ backend origins
     server o1 127.0.0.1:$PORT_O1
     server o2 127.0.0.1:$PORT_O2
 EOF
+  sed -e "s|timeout connect .*|timeout connect ${HANG_TIMEOUT}s|" -e "s|timeout server .*|timeout server ${HANG_TIMEOUT}s|" \
+    "$W/haproxy.cfg" > "$W/haproxy-hang.cfg"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -272,20 +289,24 @@ ORIGIN_PID=("" "" "")
 start_origin() { # start_origin I
   start_bg "$W/logs/origin$1.out" taskset -c 0 nginx -p "$W/" -c "$W/origin$1.conf"
   ORIGIN_PID[$1]=$LASTPID
-  wait_http $((19000 + $1)) /small
+  wait_http $((PORT_BASE + $1)) /small
 }
 
 PROXY_PID=""
+CONF_TAG="" # "-hang": the configurations with short timeouts (scenario f, stop variant)
 start_proxy() { # start_proxy NAME [WORKERS] [CPUS]
   local name="$1" workers="${2:-1}" cpus="${3:-1}"
+  port_free "$PORT_PROXY"
   case "$name" in
-    nginx) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-w$workers.conf" ;;
+    nginx) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-w$workers$CONF_TAG.conf" ;;
     nginx-buf64k) start_bg "$W/logs/proxy.out" taskset -c "$cpus" nginx -p "$W/" -c "$W/proxy-nginx-buf64k.conf" ;;
-    imbang) start_bg "$W/logs/proxy.out" taskset -c "$cpus" "$IMBANG" -p "$W/" -c "$W/proxy-w$workers.conf" ;;
-    haproxy) start_bg "$W/logs/proxy.out" taskset -c "$cpus" haproxy -db -f "$W/haproxy.cfg" ;;
+    imbang) start_bg "$W/logs/proxy.out" taskset -c "$cpus" "$IMBANG" -p "$W/" -c "$W/proxy-w$workers$CONF_TAG.conf" ;;
+    haproxy) start_bg "$W/logs/proxy.out" taskset -c "$cpus" haproxy -db -f "$W/haproxy$CONF_TAG.cfg" ;;
   esac
   PROXY_PID=$LASTPID
   wait_http "$PORT_PROXY" /small
+  # Something else may have answered (e.g. a proxy that has not finished exiting).
+  alive "$PROXY_PID" || say "$name exited at start: $(tail -2 "$W/logs/proxy.out" | tr '\n' ' ')"
   if [ "${name%%-*}" = nginx ]; then # the worker must exist before CPU/RSS readings
     for _ in $(seq 50); do [ -n "$(children_of "$PROXY_PID")" ] && break; sleep 0.1; done
   fi
@@ -294,6 +315,14 @@ stop_proxy() {
   stop_pid "$PROXY_PID" TERM
   PROXY_PID=""
   sleep 0.3
+  port_free "$PORT_PROXY"
+}
+port_free() { # port_free PORT: wait (up to 10 s) until nothing listens on PORT, else say who does
+  for _ in $(seq 100); do
+    [ -z "$(ss -Hltn "sport = :$1")" ] && return 0
+    sleep 0.1
+  done
+  say "port $1 is still in use: $(ss -Hltnp "sport = :$1" | tr -s ' ')"
 }
 
 # wrk ARGS... -> prints the WRKJSON object (also logs wrk's own output)
@@ -434,26 +463,42 @@ idle_scenario() { # idle_scenario PROXY REP
   say "(e) $proxy rep $rep: ${okc:-0}/$IDLE_CONNS idle conns, RSS base ${base} KiB, with conns ${idle} KiB, after close ${after} KiB"
 }
 
-# (f) SIGKILL one of the two origins under keep-alive load; count failed requests.
-failover_scenario() { # failover_scenario PROXY REP METHOD
+# (f) one of the two origins fails under keep-alive load; count failed requests. Variant "kill":
+# SIGKILL (connections are reset or closed, new ones refused). Variant "stop": SIGSTOP, the origin
+# hangs (the kernel still accepts connections and requests, nothing answers); the proxies run
+# their configuration with connect/send/read timeouts all HANG_TIMEOUT s (proxy-w1-hang.conf,
+# haproxy-hang.cfg) and wrk waits up to 10 s for a response, so what the client sees is each
+# proxy's own answer. Either way the origin is killed and started again afterwards.
+failover_scenario() { # failover_scenario PROXY REP METHOD VARIANT
   idle_gate "${FUNCNAME[0]%%_*} $*"
-  local proxy="$1" rep="$2" method="$3" path=/small
+  local proxy="$1" rep="$2" method="$3" variant="${4:-kill}" path=/small signal=KILL wrk_extra=()
   [ "$method" = POST ] && path=/post
+  if [ "$variant" = stop ]; then
+    signal=STOP
+    CONF_TAG=-hang
+    wrk_extra=(--timeout 10s)
+  fi
   start_proxy "$proxy"
+  CONF_TAG=""
+  if ! alive "$PROXY_PID"; then
+    say "(f) $proxy $variant $method rep $rep: not measured (the proxy did not start)"
+    return 0
+  fi
   run_wrk -t1 -c20 -d1s "http://127.0.0.1:$PORT_PROXY$path" >/dev/null
   local kill_at json victim
   kill_at=$(python3 -c "print(max(1.0, $DURATION * 0.3))")
   victim=${ORIGIN_PID[2]}
-  ( sleep "$kill_at"; kill -KILL "$victim" 2>/dev/null ) &
+  ( sleep "$kill_at"; kill -s "$signal" "$victim" 2>/dev/null ) &
   local killer=$!
-  json=$(WRK_METHOD=$method run_wrk -t1 -c20 -d"${DURATION}s" "http://127.0.0.1:$PORT_PROXY$path")
+  json=$(WRK_METHOD=$method run_wrk -t1 -c20 -d"${DURATION}s" "${wrk_extra[@]}" "http://127.0.0.1:$PORT_PROXY$path")
   wait "$killer" 2>/dev/null || true
+  kill -KILL "$victim" 2>/dev/null || true # a stopped process dies of SIGKILL too
   wait "$victim" 2>/dev/null || true
   stop_proxy
   start_origin 2
   [ -n "$json" ] || { say "(f) $proxy: wrk gave no result"; return 0; }
-  record "{\"scenario\":\"f\",\"proxy\":\"$proxy\",\"rep\":$rep,\"method\":\"$method\",\"kill_at_s\":$kill_at,\"wrk\":$json}"
-  say "(f) $proxy $method rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
+  record "{\"scenario\":\"f\",\"variant\":\"$variant\",\"proxy\":\"$proxy\",\"rep\":$rep,\"method\":\"$method\",\"kill_at_s\":$kill_at,\"wrk\":$json}"
+  say "(f) $proxy $variant $method rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
 }
 
 # (g) HUP every 0.3 s under keep-alive load; count failed requests.
@@ -589,6 +634,13 @@ nginx -t -q -p "$W/" -c "$W/proxy-w1.conf" 2>>"$LOG"
 haproxy -c -q -f "$W/haproxy.cfg" >>"$LOG" 2>&1
 
 wait_idle "start"
+# Another run on this machine (another worktree) would answer our health checks: refuse.
+for port in "$PORT_O1" "$PORT_O2" "$PORT_PROXY" "$PORT_PROXY_H2"; do
+  if [ -n "$(ss -Hltn "sport = :$port")" ]; then
+    echo "run.sh: port $port is in use (another benchmark run?); try --port-base" >&2
+    exit 1
+  fi
+done
 start_origin 1
 start_origin 2
 
@@ -608,7 +660,9 @@ for rep in $(seq "$REPS"); do
   if has d; then for p in $(rotate "$rep"); do h2_scenario "$p" "$rep"; done; fi
   if has e; then for p in $(rotate "$rep"); do idle_scenario "$p" "$rep"; done; fi
   if has f; then
-    for m in GET POST; do for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m"; done; done
+    for v in ${VARIANTS//,/ }; do for m in ${METHODS//,/ }; do
+      for p in $(rotate "$rep"); do failover_scenario "$p" "$rep" "$m" "$v"; done
+    done; done
   fi
   if has g; then for p in nginx imbang; do reload_scenario "$p" "$rep"; done; fi
   if has h; then

@@ -32,6 +32,11 @@ impl WriteTimeout {
         }
     }
 
+    /// The socket's pending error (`SO_ERROR`), cleared by reading it.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.inner.take_error()
+    }
+
     /// True once a write has timed out (shared with whoever asked).
     pub fn tripped(&self) -> Arc<AtomicBool> {
         self.tripped.clone()

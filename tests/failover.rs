@@ -351,3 +351,85 @@ async fn client_body_buffer_size_decides_which_bodies_can_be_sent_again() {
         );
     }
 }
+
+// === a peer that dies under a request: did it read it? (issue 5, scenario (f)) ===
+
+/// A backend that answers `after` requests, then meets every later one with `behaviour`'s
+/// failure, beside a healthy `b`; imbang in front, round robin starting with the first.
+async fn failing_then_healthy(
+    behaviour: Behaviour,
+) -> (support::TestBackend, support::TestBackend, support::Lb) {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let failing = backend_with("failing", behaviour, any).await;
+    let b = backend("b").await;
+    let lb = imbang(&two(&failing, &b, "")).await;
+    (failing, b, lb)
+}
+
+#[tokio::test]
+async fn a_post_the_peer_reset_unread_goes_to_the_next_peer() {
+    // On a new connection: the first request reaches the failing peer, which closes the
+    // connection with the request unread (the kernel resets it).
+    for len in [0, KEPT] {
+        let (failing, b, lb) = failing_then_healthy(Behaviour::ResetUnread { after: 0 }).await;
+        let (status, body) = send(&lb, "POST", len).await.unwrap();
+        let want = if len > 0 {
+            format!("b POST / body={len}")
+        } else {
+            "b POST /".to_owned()
+        };
+        assert_eq!((status, body), (200, want), "body of {len}");
+        assert_eq!(
+            failing.resets(),
+            1,
+            "the first peer was tried, body of {len}"
+        );
+        assert_eq!(
+            (failing.hits(), b.hits(), b.body_bytes()),
+            (0, 1, len),
+            "executed once, by b, body of {len}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_post_reset_unread_on_a_pooled_connection_goes_to_the_next_peer() {
+    // Scenario (f): a keep-alive connection to a peer whose process is killed while the next
+    // request waits unread in its socket.
+    let (failing, b, lb) = failing_then_healthy(Behaviour::ResetUnread { after: 1 }).await;
+    // `failing` answers the first GET and keeps the connection; b answers the second.
+    assert_eq!(names(lb.bodies("/", 2).await), ["failing", "b"]);
+    let (status, body) = send(&lb, "POST", KEPT).await.unwrap();
+    assert_eq!((status, body), (200, format!("b POST / body={KEPT}")));
+    // The pooled connection was reset, then a new one to the same peer (what a peer that
+    // merely closed an idle connection needs), then the POST moved on.
+    assert_eq!(failing.resets(), 2);
+    assert_eq!((failing.hits(), b.hits(), b.body_bytes()), (1, 2, KEPT));
+}
+
+#[tokio::test]
+async fn a_streamed_post_reset_unread_is_not_sent_again() {
+    // The body went out as it arrived and was not kept: there is nothing to send again.
+    let (failing, b, lb) = failing_then_healthy(Behaviour::ResetUnread { after: 0 }).await;
+    assert_eq!(send(&lb, "POST", STREAMED).await.unwrap().0, 502);
+    assert_eq!((failing.resets(), b.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_post_the_peer_read_and_closed_unanswered_is_a_502_executed_once() {
+    // A FIN after the whole request was read: the peer may have acted on it. On a new
+    // connection and on a pooled one.
+    for after in [0, 1] {
+        let (failing, b, lb) = failing_then_healthy(Behaviour::FinAfterRead { after }).await;
+        if after == 1 {
+            assert_eq!(names(lb.bodies("/", 2).await), ["failing", "b"]);
+        }
+        let (status, _) = send(&lb, "POST", KEPT).await.unwrap();
+        assert_eq!(status, 502, "after {after}");
+        assert_eq!(
+            (failing.hits(), failing.body_bytes(), b.hits()),
+            (after + 1, KEPT, after),
+            "executed exactly once, by the peer that closed, after {after}"
+        );
+    }
+}

@@ -10,11 +10,11 @@
 //!   becomes a 502.
 
 pub mod body;
+pub mod seen;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use body::UpstreamBody;
+pub use seen::Seen;
+use seen::Watched;
 
 /// A connection ready to carry one request.
 pub struct Conn {
@@ -33,8 +35,8 @@ pub struct Conn {
     /// True when taken from the idle list (it may have been closed by the peer meanwhile).
     pub reused: bool,
     pub age: Age,
-    /// Set when a write on this connection blocked past `proxy_send_timeout`.
-    pub write_timed_out: Arc<AtomicBool>,
+    /// What its socket saw (bytes received, a reset, a write timeout).
+    pub seen: Arc<Seen>,
 }
 
 /// How much a connection has been used: requests carried and when it was opened.
@@ -73,7 +75,7 @@ struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
     age: Age,
-    write_timed_out: Arc<AtomicBool>,
+    seen: Arc<Seen>,
 }
 
 /// Idle keep-alive connections by peer address.
@@ -95,7 +97,7 @@ impl Pool {
         idle_timeout: Duration,
         send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        while let Some((mut sender, age, write_timed_out)) = self.take_idle(addr, idle_timeout) {
+        while let Some((mut sender, age, seen)) = self.take_idle(addr, idle_timeout) {
             // Ready resolves at once for a live idle connection; it fails if the peer closed it.
             // Bounded all the same: a connection that does not become ready is replaced, never
             // waited on (the request's own timeouts start only once it is sent).
@@ -105,16 +107,16 @@ impl Pool {
                     sender,
                     reused: true,
                     age,
-                    write_timed_out,
+                    seen,
                 });
             }
         }
         connect(addr, connect_timeout, send_timeout)
             .await
-            .map(|(sender, write_timed_out)| Conn {
+            .map(|(sender, seen)| Conn {
                 sender,
                 reused: false,
-                write_timed_out,
+                seen,
                 age: Age {
                     requests: 0,
                     opened: Instant::now(),
@@ -126,13 +128,13 @@ impl Pool {
         &self,
         addr: SocketAddr,
         idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<UpstreamBody>, Age, Arc<AtomicBool>)> {
+    ) -> Option<(http1::SendRequest<UpstreamBody>, Age, Arc<Seen>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some((conn.sender, conn.age, conn.write_timed_out));
+                return Some((conn.sender, conn.age, conn.seen));
             }
         }
         None
@@ -146,7 +148,7 @@ impl Pool {
         addr: SocketAddr,
         sender: http1::SendRequest<UpstreamBody>,
         age: Age,
-        write_timed_out: Arc<AtomicBool>,
+        seen: Arc<Seen>,
         max_idle: usize,
         reuse: Reuse,
     ) {
@@ -166,7 +168,7 @@ impl Pool {
             sender,
             since: Instant::now(),
             age,
-            write_timed_out,
+            seen,
         });
     }
 }
@@ -177,15 +179,15 @@ async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     send_timeout: Duration,
-) -> Result<(http1::SendRequest<UpstreamBody>, Arc<AtomicBool>), ConnectError> {
+) -> Result<(http1::SendRequest<UpstreamBody>, Arc<Seen>), ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout),
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
-    let io = WriteTimeout::new(stream, send_timeout);
-    let write_timed_out = io.tripped();
+    let io = Watched::new(WriteTimeout::new(stream, send_timeout));
+    let seen = io.seen();
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -194,5 +196,5 @@ async fn connect(
         // Errors here surface to the request that owns the connection.
         let _ = conn.with_upgrades().await;
     });
-    Ok((sender, write_timed_out))
+    Ok((sender, seen))
 }

@@ -72,7 +72,7 @@ pub struct Checkin {
     pub addr: std::net::SocketAddr,
     pub sender: SendRequest<UpstreamBody>,
     pub age: crate::pool::Age,
-    pub write_timed_out: Arc<std::sync::atomic::AtomicBool>,
+    pub seen: Arc<crate::pool::Seen>,
     pub max_idle: usize,
     pub reuse: crate::pool::Reuse,
 }
@@ -107,14 +107,8 @@ impl Streamed {
 
     fn finish(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.pool.checkin(
-                c.addr,
-                c.sender,
-                c.age,
-                c.write_timed_out,
-                c.max_idle,
-                c.reuse,
-            );
+            c.pool
+                .checkin(c.addr, c.sender, c.age, c.seen, c.max_idle, c.reuse);
         }
         if let Some(guard) = self.guard.take() {
             guard.body_done(Instant::now()); // `least_time last_byte`

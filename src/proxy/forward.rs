@@ -2,7 +2,6 @@
 //! next peer may be tried. The response body is streamed back with the peer's guard inside it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -137,10 +136,7 @@ pub async fn forward(
     let mut request = Some(build(&method, &uri, version, upstream_headers(), body));
     // The request again, with the kept body: for the next peer, and for the keep-alive race.
     let again = |kept: &Bytes| build(&method, &uri, version, upstream_headers(), kept_body(kept));
-    let replay = kept
-        .as_ref()
-        .filter(|_| facts.idempotent)
-        .map(|kept| move || again(kept));
+    let resend = kept.as_ref().map(|kept| move || again(kept));
     let mut tried = Tried::new();
     // What ip_hash and hash choose by (the same for every attempt of this request).
     let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
@@ -178,9 +174,12 @@ pub async fn forward(
             read_timeout: settings.read_timeout,
             idle_timeout: group.keepalive_timeout,
             send_timeout: settings.send_timeout,
-            replay: replay
+            resend: resend
                 .as_ref()
                 .map(|r| r as &(dyn Fn() -> Request<UpstreamBody> + Sync)),
+            facts,
+            ctx,
+            uri: &uri,
         };
         match target.attempt(record, req).await {
             Ok((response, conn)) => {
@@ -292,8 +291,6 @@ pub async fn forward(
     }
 }
 
-/// One attempt on one peer. A pooled connection that turns out to be closed before the request
-/// was written is replaced by another (finally a fresh one) without counting as a try.
 /// Where and how one attempt connects.
 struct Target<'a> {
     shared: &'a Shared,
@@ -303,15 +300,22 @@ struct Target<'a> {
     idle_timeout: Duration,
     /// `proxy_send_timeout`, for a connection this attempt opens.
     send_timeout: Duration,
-    /// The request again, when sending it twice is safe (idempotent, no body): used when a pooled
-    /// connection turns out to have been closed by the peer while idle.
-    replay: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
+    /// The request again, with its kept body (`None`: the body is streamed, it cannot be sent
+    /// twice).
+    resend: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
+    /// What decides whether sending it again is safe.
+    facts: RequestFacts,
+    /// For the error log.
+    ctx: &'a RequestCtx<'a>,
+    uri: &'a Uri,
 }
 
 impl Target<'_> {
     /// One attempt on one peer. A pooled connection found closed before the request was written
-    /// is replaced without counting as a try; one that the peer closed while the request was on
-    /// its way (the keep-alive race: no byte of a response) is replaced too when `replay` allows.
+    /// is replaced without counting as a try; one that the peer closed or reset while the
+    /// request was on its way (the keep-alive race: no byte of a response) is replaced too, when
+    /// sending the request again is safe by its nature ([`retry::may_send_again`]: it has a kept
+    /// body, and is idempotent or was not read).
     async fn attempt(
         &self,
         record: &mut Record,
@@ -350,41 +354,71 @@ impl Target<'_> {
                     });
                 }
             };
+            let received = conn.seen.received();
             let sent = tokio::time::timeout(self.read_timeout, conn.sender.try_send_request(req));
             match sent.await {
                 Ok(Ok(response)) => return Ok((response, conn)),
                 Ok(Err(mut e)) => {
-                    let unsent = e.take_message();
-                    let stale = conn.reused && unsent.is_none() && is_stale(e.error());
-                    match (unsent, self.replay.filter(|_| stale)) {
-                        (Some(unsent), _) if conn.reused => req = unsent,
-                        (None, Some(replay)) => req = replay(),
-                        (None, _) if conn.write_timed_out.load(Ordering::SeqCst) => {
-                            // proxy_send_timeout: the peer stopped reading the request.
-                            return Err(AttemptFailed {
-                                reached: Reached::RequestSent,
-                                failure: Failure::Timeout,
-                                error: ProxyError::Timeout { peer: addr },
-                                unsent: None,
-                            });
+                    if let Some(unsent) = e.take_message() {
+                        if conn.reused {
+                            req = unsent;
+                            continue;
                         }
-                        (unsent, _) => {
-                            let reached = if unsent.is_some() {
-                                Reached::Nothing
-                            } else {
-                                Reached::RequestSent
-                            };
-                            return Err(AttemptFailed {
-                                reached,
-                                failure: Failure::Error,
-                                error: ProxyError::Upstream {
-                                    peer: addr,
-                                    source: e.into_error(),
-                                },
-                                unsent,
-                            });
-                        }
+                        return Err(AttemptFailed {
+                            reached: Reached::Nothing,
+                            failure: Failure::Error,
+                            error: ProxyError::Upstream {
+                                peer: addr,
+                                source: e.into_error(),
+                            },
+                            unsent: Some(unsent),
+                        });
                     }
+                    if conn.seen.write_timed_out() {
+                        // proxy_send_timeout: the peer stopped reading the request.
+                        return Err(AttemptFailed {
+                            reached: Reached::RequestSent,
+                            failure: Failure::Timeout,
+                            error: ProxyError::Timeout { peer: addr },
+                            unsent: None,
+                        });
+                    }
+                    let unanswered = conn.seen.received() == received;
+                    let reached = if unanswered && conn.seen.reset() {
+                        Reached::Unread
+                    } else {
+                        Reached::RequestSent
+                    };
+                    // The keep-alive race: a pooled connection closed under the request.
+                    let stale = conn.reused && unanswered && is_stale(e.error());
+                    let resend = self
+                        .resend
+                        .filter(|_| stale && retry::may_send_again(reached, self.facts, false));
+                    if let Some(resend) = resend {
+                        let why = match reached {
+                            Reached::Unread => "reset: the request was not read",
+                            _ => "an idempotent request",
+                        };
+                        log!(
+                            Info,
+                            "*{} {} while reading response header from upstream ({why}), sending the request again on another connection{}",
+                            self.ctx.conn.id,
+                            super::error::broken(e.error()),
+                            self.ctx
+                                .log_context(Some(&format!("http://{addr}{}", self.uri)))
+                        );
+                        req = resend();
+                        continue;
+                    }
+                    return Err(AttemptFailed {
+                        reached,
+                        failure: Failure::Error,
+                        error: ProxyError::Upstream {
+                            peer: addr,
+                            source: e.into_error(),
+                        },
+                        unsent: None,
+                    });
                 }
                 Err(_) => {
                     return Err(AttemptFailed {
@@ -507,7 +541,7 @@ fn client_response(
         addr,
         sender: conn.sender,
         age: conn.age,
-        write_timed_out: conn.write_timed_out,
+        seen: conn.seen,
         max_idle: group.keepalive,
         reuse: group.reuse,
     };

@@ -1,5 +1,9 @@
 //! Whether a failed attempt may move on to the next peer: nginx's `proxy_next_upstream`, written
 //! as a pure function of how far the attempt got.
+//!
+//! One difference from nginx: a request the peer provably did not read ([`Reached::Unread`]:
+//! the connection was reset before one byte of a response) may be sent again whatever its
+//! method, when imbang kept its body.
 
 use crate::config::model::NextUpstream;
 
@@ -8,7 +12,14 @@ use crate::config::model::NextUpstream;
 pub enum Reached {
     /// Connect failed (or a pooled connection was found closed before writing): the peer saw nothing.
     Nothing,
-    /// Request bytes may have been written: the peer may have acted on them.
+    /// Request bytes were written, but the peer reset the connection (`ECONNRESET`, or `EPIPE`)
+    /// before one byte of a response arrived. Linux resets a connection whose socket is closed
+    /// with received data still unread, or that receives data once closed; a peer that read the
+    /// whole request and then closed or died sends a FIN instead. So the peer's application did
+    /// not read all of the request (unless it closed abortively, with `SO_LINGER` 0).
+    Unread,
+    /// Request bytes may have been written: the peer may have acted on them (among others: the
+    /// connection closed with a FIN before a response, or a read timed out).
     RequestSent,
     /// The peer answered with this status, and nothing has reached the client yet.
     ResponseHead(u16),
@@ -32,8 +43,10 @@ pub struct RequestFacts {
     pub body_replayable: bool,
 }
 
-/// nginx's rules: nothing sent → always safe (for the listed conditions); once sent, only an
-/// idempotent request (or `non_idempotent`) whose body can be replayed.
+/// nginx's rules, for the conditions listed in `proxy_next_upstream`: nothing sent → always
+/// safe; once sent, only an idempotent request (or `non_idempotent`) whose body can be
+/// replayed. Plus imbang's: a request the peer did not read ([`Reached::Unread`]) whose body
+/// can be replayed, whatever its method.
 pub fn may_retry(
     reached: Reached,
     failure: Failure,
@@ -45,10 +58,19 @@ pub fn may_retry(
         (_, Failure::Timeout) => policy.timeout,
         (_, _) => policy.error,
     };
-    let replay_ok = req.body_replayable && (req.idempotent || policy.non_idempotent);
+    condition && may_send_again(reached, req, policy.non_idempotent)
+}
+
+/// Whether sending the request again cannot make the peers execute it twice (or, with
+/// `non_idempotent`, is allowed to), after an attempt that got as far as `reached`.
+pub fn may_send_again(reached: Reached, req: RequestFacts, non_idempotent: bool) -> bool {
     match reached {
-        Reached::Nothing => condition,
-        Reached::RequestSent | Reached::ResponseHead(_) => condition && replay_ok,
+        // The request was never handed over: it is still whole, streamed body included.
+        Reached::Nothing => true,
+        Reached::Unread => req.body_replayable,
+        Reached::RequestSent | Reached::ResponseHead(_) => {
+            req.body_replayable && (req.idempotent || non_idempotent)
+        }
     }
 }
 
@@ -139,9 +161,37 @@ mod tests {
             (RequestSent, Timeout, KEPT_PUT, default, true),
             (ResponseHead(502), Status, KEPT_PUT, with_502, true),
             (ResponseHead(502), Status, STREAMED_PUT, with_502, false),
+            // Reset before a response byte: the peer did not read it, so any method moves on
+            // when the body was kept, and only when `error` is listed.
+            (Unread, Error, POST, default, true),
+            (Unread, Error, GET, default, true),
+            (Unread, Error, KEPT_PUT, default, true),
+            (Unread, Error, POST, off, false),
+            (Unread, Error, STREAMED_POST, default, false),
+            (Unread, Error, STREAMED_POST, non_idem, false),
+            (Unread, Error, STREAMED_PUT, default, false),
         ];
         for (i, (reached, failure, req, policy, want)) in cases.into_iter().enumerate() {
             assert_eq!(may_retry(reached, failure, req, &policy), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn what_may_be_sent_again_whatever_proxy_next_upstream_says() {
+        use Reached::*;
+        let cases = [
+            // (reached, request, non_idempotent, expected)
+            (Nothing, STREAMED_POST, false, true),
+            (Unread, POST, false, true),
+            (Unread, STREAMED_POST, true, false),
+            (RequestSent, POST, false, false),
+            (RequestSent, POST, true, true),
+            (RequestSent, KEPT_PUT, false, true),
+            (RequestSent, STREAMED_PUT, true, false),
+            (ResponseHead(502), POST, false, false),
+        ];
+        for (i, (reached, req, non_idem, want)) in cases.into_iter().enumerate() {
+            assert_eq!(may_send_again(reached, req, non_idem), want, "case {i}");
         }
     }
 

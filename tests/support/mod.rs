@@ -41,6 +41,15 @@ pub enum Behaviour {
     /// Reads the request, counts it, sends a 200 head announcing 1000 bytes and the first 10 of
     /// them, then breaks the connection (a peer that died mid-response).
     BreakMidBody,
+    /// Answers its first `after` requests (over all connections, keeping them alive), then
+    /// closes every connection on which a request arrives without reading a byte of it: the
+    /// kernel resets a socket closed with unread data, as when a process is killed with a
+    /// request waiting in its socket. Such requests are not counted as hits but as resets.
+    ResetUnread { after: usize },
+    /// Answers its first `after` requests (keeping the connections alive), then reads each later
+    /// request whole, counts it, and closes the connection without answering: a FIN, as from a
+    /// process that died while handling it.
+    FinAfterRead { after: usize },
 }
 
 /// An HTTP/1.1 server on 127.0.0.1:0 that counts what it received.
@@ -50,6 +59,8 @@ pub struct TestBackend {
     pub hits: Arc<AtomicUsize>,
     /// Request body bytes received, over all requests.
     pub body_bytes: Arc<AtomicUsize>,
+    /// Connections closed with a request unread ([`Behaviour::ResetUnread`]).
+    pub resets: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     release: watch::Sender<bool>,
 }
@@ -64,8 +75,28 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
     let hits = Arc::new(AtomicUsize::new(0));
     let body_bytes = Arc::new(AtomicUsize::new(0));
     let received = body_bytes.clone();
+    let resets = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
     let (release, released) = watch::channel(false);
+    if let Behaviour::ResetUnread { .. } | Behaviour::FinAfterRead { .. } = behaviour {
+        let raw = RawBackend {
+            name: name.to_owned(),
+            behaviour,
+            hits: hits.clone(),
+            body_bytes: body_bytes.clone(),
+            resets: resets.clone(),
+        };
+        tokio::spawn(raw.serve(listener, stopped));
+        return TestBackend {
+            name: name.to_owned(),
+            addr,
+            hits,
+            body_bytes,
+            resets,
+            stop,
+            release,
+        };
+    }
     let name_owned = name.to_owned();
     let counter = hits.clone();
     tokio::spawn(async move {
@@ -133,6 +164,9 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
                                     .insert("content-length", "1000".parse().unwrap());
                                 return Ok(res);
                             }
+                            Behaviour::ResetUnread { .. } | Behaviour::FinAfterRead { .. } => {
+                                unreachable!("served by RawBackend")
+                            }
                         };
                         let mut res =
                             Response::new(BackendBody::Full(Full::new(Bytes::from(text))));
@@ -153,9 +187,108 @@ pub async fn backend_with(name: &str, behaviour: Behaviour, addr: SocketAddr) ->
         addr,
         hits,
         body_bytes,
+        resets,
         stop,
         release,
     }
+}
+
+/// A backend on plain TCP, for what hyper's server cannot do: look at a request without
+/// reading it. Requests have a `Content-Length` body or none.
+struct RawBackend {
+    name: String,
+    behaviour: Behaviour,
+    hits: Arc<AtomicUsize>,
+    body_bytes: Arc<AtomicUsize>,
+    resets: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn serve(self, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let answered = Arc::new(AtomicUsize::new(0));
+        loop {
+            let stream = tokio::select! {
+                a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let (this, answered, mut stopped) = (this.clone(), answered.clone(), stopped.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = this.connection(stream, &answered) => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, mut stream: TcpStream, answered: &AtomicUsize) {
+        use tokio::io::AsyncWriteExt;
+        let (Behaviour::ResetUnread { after } | Behaviour::FinAfterRead { after }) = self.behaviour
+        else {
+            unreachable!("a raw backend's behaviour")
+        };
+        loop {
+            // Wait for the next request without taking any of it from the socket.
+            if !matches!(stream.peek(&mut [0u8; 1]).await, Ok(1)) {
+                return;
+            }
+            let answer = answered.fetch_add(1, Ordering::SeqCst) < after;
+            if !answer && matches!(self.behaviour, Behaviour::ResetUnread { .. }) {
+                self.resets.fetch_add(1, Ordering::SeqCst);
+                return; // closed with the request unread: the kernel sends RST
+            }
+            let Some((method, path, body)) = read_request(&mut stream).await else {
+                return;
+            };
+            self.hits.fetch_add(1, Ordering::SeqCst);
+            self.body_bytes.fetch_add(body, Ordering::SeqCst);
+            if !answer {
+                return; // read whole, closed unanswered: FIN
+            }
+            let mut text = format!("{} {method} {path}", self.name);
+            if body > 0 {
+                text.push_str(&format!(" body={body}"));
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request with a `Content-Length` body (or none): method, target, body length.
+async fn read_request(stream: &mut TcpStream) -> Option<(String, String, usize)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next()?.to_owned(), words.next()?.to_owned());
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length {
+        let mut chunk = [0u8; 65536];
+        let n = stream.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        have += n;
+    }
+    Some((method, path, length))
 }
 
 /// A test backend's response body: whole, or broken after its first 10 bytes.
@@ -235,6 +368,11 @@ impl TestBackend {
     /// Request body bytes received so far.
     pub fn body_bytes(&self) -> usize {
         self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed with a request unread so far ([`Behaviour::ResetUnread`]).
+    pub fn resets(&self) -> usize {
+        self.resets.load(Ordering::SeqCst)
     }
 }
 

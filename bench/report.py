@@ -377,8 +377,12 @@ def main():
     agg = aggregate(records)
     here = os.path.dirname(os.path.abspath(__file__))
     work = os.path.dirname(os.path.abspath(a.raw))
-    profile = os.path.join(here, "PROFILE.md")
-    profile_text = open(profile).read() if os.path.exists(profile) else ""
+    # Hand-written sections kept with every generated report: the profile, the failover study.
+    profile_text = ""
+    for name in ("PROFILE.md", "FAILOVER.md"):
+        path = os.path.join(here, name)
+        if os.path.exists(path):
+            profile_text += ("\n" if profile_text else "") + open(path).read()
     text, profile_text = render(agg, meta, profile_text, records)
     confs = []
     for name in ("proxy-w1.conf", "haproxy.cfg"):

@@ -374,3 +374,106 @@ async fn each_event_reaches_the_client_before_the_next_is_sent() {
         assert_eq!(frame.into_data().unwrap(), format!("data: {i}\n\n"));
     }
 }
+
+/// A peer that switches to the `echo` protocol on request and echoes every byte back.
+async fn echo_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    let mut res = Response::new(Full::new(Bytes::new()).boxed());
+                    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    res.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                    res.headers_mut()
+                        .insert("connection", "upgrade".parse().unwrap());
+                    res.headers_mut().insert("x-origin", "yes".parse().unwrap());
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upgrade request (with `early` bytes sent right behind its head), then `later` bytes once
+/// switched: the status, the headers but `Server`/`Date`/`Connection`, and what came back.
+async fn upgrade_exchange(
+    addr: SocketAddr,
+    early: &[u8],
+    later: &[u8],
+) -> (String, Vec<String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n".to_vec();
+    req.extend_from_slice(early);
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let want = early.len() + later.len();
+    let mut sent_later = false;
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !sent_later && got.len() - (end + 4) >= early.len() {
+                s.write_all(later).await.unwrap();
+                sent_later = true;
+            }
+            if got.len() - (end + 4) >= want {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap_or("").to_owned();
+                let mut headers: Vec<String> = lines
+                    .filter(|l| {
+                        !(l.starts_with("server:")
+                            || l.starts_with("date:")
+                            || l.starts_with("connection:"))
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                headers.sort();
+                return (status, headers, got[end + 4..].to_vec());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the echo within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_looks_the_same_directly_and_through_imbang() {
+    let o = echo_origin().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; upstream o {{ server {o}; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://o; }} }} }}"
+    ))
+    .await;
+    for (early, later) in [
+        (&b""[..], &b"hello"[..]),
+        (&b"early bytes "[..], &b"and later"[..]),
+    ] {
+        let direct = upgrade_exchange(o, early, later).await;
+        let proxied = upgrade_exchange(lb.addr, early, later).await;
+        assert!(direct.0.starts_with("http/1.1 101"), "{direct:?}");
+        assert_eq!(proxied, direct, "early {early:?}");
+    }
+}

@@ -196,6 +196,9 @@ impl Server {
                 return;
             }
         };
+        let Ok(bound) = listener.local_addr() else {
+            return;
+        };
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -205,7 +208,7 @@ impl Server {
                         let server = self.clone();
                         let removed = stopped.clone();
                         tokio::spawn(async move {
-                            server.connection(stream, remote, key, removed, counted).await
+                            server.connection(stream, remote, key, bound, removed, counted).await
                         });
                     }
                     Err(e) => {
@@ -224,12 +227,20 @@ impl Server {
         stream: TcpStream,
         remote: SocketAddr,
         key: SocketAddr,
+        bound: SocketAddr,
         listener_removed: watch::Receiver<bool>,
         _counted: Counted,
     ) {
-        let _ = stream.set_nodelay(true);
-        let Ok(local) = stream.local_addr() else {
-            return;
+        // The local address is the listener's unless it listens on a wildcard (nginx calls
+        // getsockname() only then, too); TCP_NODELAY is set by the connection before its second
+        // write (`http1::write::Nagle`).
+        let local = if key.ip().is_unspecified() {
+            match stream.local_addr() {
+                Ok(local) => local,
+                Err(_) => return,
+            }
+        } else {
+            bound
         };
         let info = Arc::new(ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),

@@ -157,6 +157,7 @@ pub async fn serve(
         writer,
         served: 0,
         keepalive_timeout: settings.keepalive_timeout,
+        nagle: write::Nagle::Unwritten,
         shared,
         info,
         settings,
@@ -194,6 +195,8 @@ pub async fn serve(
                 // After a 101 the connection goes on as the other protocol.
                 if let Some((reader, upgraded)) = conn.upgrade.take() {
                     if let Ok(stream) = reader.half.reunite(conn.writer) {
+                        // A tunnel writes whatever arrives, when it arrives.
+                        let _ = stream.set_nodelay(true);
                         let _ = upgraded.send(Upgraded {
                             prefix: reader.buf.freeze(),
                             stream,
@@ -204,6 +207,7 @@ pub async fn serve(
             }
             Next::Http2(reader) => {
                 if let Ok(stream) = reader.half.reunite(conn.writer) {
+                    let _ = stream.set_nodelay(true);
                     let io = Upgraded {
                         prefix: reader.buf.freeze(),
                         stream,
@@ -224,6 +228,7 @@ struct Conn {
     served: u64,
     /// `keepalive_timeout` of the location that answered the last request.
     keepalive_timeout: Duration,
+    nagle: write::Nagle,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     settings: Settings,
@@ -308,6 +313,7 @@ impl Conn {
                         false,
                         shape,
                         settings.send_timeout,
+                        &mut self.nagle,
                     )
                     .await;
                     linger(reader, &self.writer).await;
@@ -419,6 +425,7 @@ impl Conn {
             keep_alive,
             shape,
             send_timeout,
+            &mut self.nagle,
         )
         .await;
         match written {
@@ -457,6 +464,7 @@ impl Conn {
             true,
             shape,
             self.settings.send_timeout,
+            &mut self.nagle,
         )
         .await;
         if written.is_err() {

@@ -199,6 +199,37 @@ pub async fn write_all(
     Ok(())
 }
 
+/// Nagle's algorithm on a client socket, turned off (`TCP_NODELAY`) before the connection's
+/// second write, as nginx turns it off only for keep-alive and streamed responses: a connection
+/// answered in one write (a new connection per request) never pays for the `setsockopt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nagle {
+    Unwritten,
+    WrittenOnce,
+    Off,
+}
+
+/// [`write_all`], turning Nagle off first if this is not the connection's first write.
+async fn send(
+    stream: &TcpStream,
+    bufs: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+    nagle: &mut Nagle,
+) -> io::Result<()> {
+    if bufs.iter().all(|b| b.is_empty()) {
+        return Ok(());
+    }
+    match *nagle {
+        Nagle::Unwritten => *nagle = Nagle::WrittenOnce,
+        Nagle::WrittenOnce => {
+            let _ = stream.set_nodelay(true);
+            *nagle = Nagle::Off;
+        }
+        Nagle::Off => {}
+    }
+    write_all(stream, bufs, send_timeout).await
+}
+
 /// Why a response could not be written to the end: the connection must close.
 #[derive(Debug)]
 pub enum WriteError {
@@ -218,12 +249,13 @@ pub async fn response(
     keep_alive: bool,
     shape: Shape,
     send_timeout: Duration,
+    nagle: &mut Nagle,
 ) -> Result<(), WriteError> {
     let mut head = Vec::with_capacity(256 + response.headers().len() * 48);
     encode_head(&mut head, &response, framing, keep_alive, shape);
     let body = response.body_mut();
     if framing == BodyFraming::None {
-        return write_all(stream, &mut [IoSlice::new(&head)], send_timeout)
+        return send(stream, &mut [IoSlice::new(&head)], send_timeout, nagle)
             .await
             .map_err(WriteError::Io);
     }
@@ -237,7 +269,7 @@ pub async fn response(
         match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(frame) => Some(frame),
             Poll::Pending => {
-                write_all(stream, &mut [IoSlice::new(&head)], send_timeout)
+                send(stream, &mut [IoSlice::new(&head)], send_timeout, nagle)
                     .await
                     .map_err(WriteError::Io)?;
                 head.clear();
@@ -261,7 +293,7 @@ pub async fn response(
                         }
                         *left -= data.len() as u64;
                     }
-                    write_data(stream, &head, data, chunked, send_timeout).await?;
+                    write_data(stream, &head, data, chunked, send_timeout, nagle).await?;
                     head.clear();
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
@@ -270,7 +302,7 @@ pub async fn response(
     }
     if left.is_some_and(|n| n > 0) {
         // The body ended short of its length: flush what there is, then close.
-        let _ = write_all(stream, &mut [IoSlice::new(&head)], send_timeout).await;
+        let _ = send(stream, &mut [IoSlice::new(&head)], send_timeout, nagle).await;
         return Err(WriteError::Length);
     }
     let mut end = head;
@@ -286,7 +318,7 @@ pub async fn response(
         }
         end.extend_from_slice(b"\r\n");
     }
-    write_all(stream, &mut [IoSlice::new(&end)], send_timeout)
+    send(stream, &mut [IoSlice::new(&end)], send_timeout, nagle)
         .await
         .map_err(WriteError::Io)
 }
@@ -297,6 +329,7 @@ async fn write_data(
     data: Bytes,
     chunked: bool,
     send_timeout: Duration,
+    nagle: &mut Nagle,
 ) -> Result<(), WriteError> {
     if data.is_empty() && head.is_empty() {
         return Ok(());
@@ -304,7 +337,7 @@ async fn write_data(
     let result = if chunked && !data.is_empty() {
         let mut size = [0u8; 18];
         let n = chunk_header(data.len(), &mut size);
-        write_all(
+        send(
             stream,
             &mut [
                 IoSlice::new(head),
@@ -313,13 +346,15 @@ async fn write_data(
                 IoSlice::new(b"\r\n"),
             ],
             send_timeout,
+            nagle,
         )
         .await
     } else {
-        write_all(
+        send(
             stream,
             &mut [IoSlice::new(head), IoSlice::new(&data)],
             send_timeout,
+            nagle,
         )
         .await
     };

@@ -20,7 +20,6 @@ pub mod config;
 pub mod demo;
 pub mod error_log;
 pub mod http1;
-pub mod io;
 pub mod listen;
 pub mod pool;
 pub mod process;

@@ -21,7 +21,6 @@ use std::time::Duration;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use crate::io::WriteTimeout;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -186,7 +185,7 @@ async fn connect(
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
-    let io = Watched::new(WriteTimeout::new(stream, send_timeout));
+    let io = Watched::new(stream, send_timeout);
     let seen = io.seen();
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))

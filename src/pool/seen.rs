@@ -7,24 +7,29 @@
 //! peer that read the whole request and then closed (or died) sends a plain FIN instead. So a
 //! reset seen before any byte of a response means the peer's application did not read all of
 //! the request — unless it chose an abortive close (`SO_LINGER` 0), which this cannot tell.
+//!
+//! The same socket also bounds a blocked write by `proxy_send_timeout`: when the peer stops
+//! reading and a write stays blocked that long, the write fails and the attempt gets 504.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::io::WriteTimeout;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Shared between a connection's socket and whoever sends requests on it.
 #[derive(Debug)]
 pub struct Seen {
     received: AtomicU64,
     reset: AtomicBool,
-    /// Set by [`WriteTimeout`] when a write blocked past `proxy_send_timeout`.
-    write_timed_out: Arc<AtomicBool>,
+    /// Set when a write blocked past `proxy_send_timeout`.
+    write_timed_out: AtomicBool,
 }
 
 impl Seen {
@@ -46,20 +51,62 @@ impl Seen {
     }
 }
 
-/// The peer's socket, noting into [`Seen`] what it reads.
+/// The peer's socket, noting into [`Seen`] what it reads, and failing a write that stays
+/// blocked for `send_timeout`.
 pub struct Watched {
-    inner: WriteTimeout,
+    inner: TcpStream,
     seen: Arc<Seen>,
+    send_timeout: Duration,
+    /// Armed while a write is blocked; cleared when one makes progress.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Watched {
-    pub fn new(inner: WriteTimeout) -> Self {
+    pub fn new(inner: TcpStream, send_timeout: Duration) -> Self {
         let seen = Arc::new(Seen {
             received: AtomicU64::new(0),
             reset: AtomicBool::new(false),
-            write_timed_out: inner.tripped(),
+            write_timed_out: AtomicBool::new(false),
         });
-        Self { inner, seen }
+        Self {
+            inner,
+            seen,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Notes a reset, and bounds a blocked write by `send_timeout`.
+    fn on_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending if !self.send_timeout.is_zero() => {
+                let deadline = Instant::now() + self.send_timeout;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.seen.write_timed_out.store(true, Ordering::SeqCst);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out (110: Connection timed out) while sending",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => {
+                self.stalled = None;
+                if let Poll::Ready(Err(e)) = &other {
+                    self.note_error(e);
+                }
+                other
+            }
+        }
     }
 
     pub fn seen(&self) -> Arc<Seen> {
@@ -118,10 +165,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, data);
-        if let Poll::Ready(Err(e)) = &poll {
-            this.note_error(e);
-        }
-        poll
+        this.on_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -131,10 +175,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Err(e)) = &poll {
-            this.note_error(e);
-        }
-        poll
+        this.on_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -142,7 +183,9 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.on_write(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -154,7 +197,6 @@ impl AsyncWrite for Watched {
 mod tests {
     //! Real sockets on 127.0.0.1, so these check the kernel's behaviour as much as ours.
     use super::*;
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -168,7 +210,7 @@ mod tests {
     }
 
     fn watched(stream: TcpStream) -> Watched {
-        Watched::new(WriteTimeout::new(stream, Duration::from_secs(5)))
+        Watched::new(stream, Duration::from_secs(5))
     }
 
     #[tokio::test]

@@ -375,42 +375,6 @@ async fn each_event_reaches_the_client_before_the_next_is_sent() {
     }
 }
 
-/// A peer that switches to the `echo` protocol on request and echoes every byte back.
-async fn echo_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|mut req: Request<Incoming>| async move {
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = on.await {
-                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        }
-                    });
-                    let mut res = Response::new(Full::new(Bytes::new()).boxed());
-                    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                    res.headers_mut().insert("upgrade", "echo".parse().unwrap());
-                    res.headers_mut()
-                        .insert("connection", "upgrade".parse().unwrap());
-                    res.headers_mut().insert("x-origin", "yes".parse().unwrap());
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// An upgrade request (with `early` bytes sent right behind its head), then `later` bytes once
 /// switched: the status, the headers but `Server`/`Date`/`Connection`, and what came back.
 async fn upgrade_exchange(
@@ -460,7 +424,7 @@ async fn upgrade_exchange(
 
 #[tokio::test]
 async fn an_upgrade_looks_the_same_directly_and_through_imbang() {
-    let o = echo_origin().await;
+    let o = support::echo_backend().await;
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off; upstream o {{ server {o}; }}

@@ -1,61 +1,12 @@
 //! Upgrade / WebSocket passes through, with or without nginx's usual proxy_set_header lines.
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use support::imbang;
+use support::{echo_backend, imbang};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A backend that switches to the `echo` protocol and echoes every byte back.
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|mut req: Request<Incoming>| async move {
-                    let asked = req.headers().get("upgrade").cloned();
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = on.await {
-                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        }
-                    });
-                    let mut res = Response::new(Empty::<Bytes>::new());
-                    match asked {
-                        Some(p) if p == "echo" => {
-                            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                            res.headers_mut().insert("upgrade", p);
-                            res.headers_mut()
-                                .insert("connection", "upgrade".parse().unwrap());
-                        }
-                        _ => *res.status_mut() = StatusCode::BAD_REQUEST,
-                    }
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use tokio::net::TcpStream;
 
 /// Sends an upgrade request over a raw socket; returns the response head and the socket.
 async fn upgrade(addr: SocketAddr, path: &str) -> (String, TcpStream) {

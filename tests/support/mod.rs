@@ -748,3 +748,44 @@ pub async fn wait_accepting(addr: SocketAddr, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A backend that switches to the `echo` protocol and echoes every byte back.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let asked = req.headers().get("upgrade").cloned();
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    let mut res = Response::new(http_body_util::Empty::<Bytes>::new());
+                    match asked {
+                        Some(p) if p == "echo" => {
+                            *res.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            res.headers_mut().insert("upgrade", p);
+                            res.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                        }
+                        _ => *res.status_mut() = hyper::StatusCode::BAD_REQUEST,
+                    }
+                    Ok::<_, std::convert::Infallible>(res)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}

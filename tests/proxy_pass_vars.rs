@@ -334,15 +334,7 @@ async fn proxy_redirect_default_leaves_locations_alone_with_variables() {
 
 #[test]
 fn errors_in_the_url_are_nginx_s() {
-    let compile = |text: &str| {
-        imbang::config::parse_str("/t/imbang.conf", text, &support::options())
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                imbang::server::Server::new(c, None, None)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-    };
+    let compile = support::compile;
     assert_eq!(
         compile("http { server { location / { proxy_pass http://$nope/; } } }").unwrap_err(),
         "unknown \"nope\" variable in /t/imbang.conf:1:41"

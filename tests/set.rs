@@ -54,15 +54,7 @@ async fn numbered_captures_come_from_the_regex_location() {
 
 #[test]
 fn set_errors_are_nginx_s() {
-    let parse = |text: &str| {
-        imbang::config::parse_str("/t/imbang.conf", text, &support::options())
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                imbang::server::Server::new(c, None, None)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-    };
+    let parse = support::compile;
     assert_eq!(
         parse("http { server { set who x; } }").unwrap_err(),
         "invalid variable name \"who\" in /t/imbang.conf:1:21"

@@ -1593,17 +1593,7 @@ impl<'a> Lower<'a> {
     /// checks each `server` line against the method seen so far.
     fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, method: &MethodState) {
         let addr_arg = &d.args[0];
-        let mut spec = PeerSpec {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            name: addr_arg.value.clone(),
-            weight: 1,
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
-            backup: false,
-            down: false,
-            max_conns: 0,
-            slow_start: Duration::ZERO,
-        };
+        let mut spec = PeerSpec::new(SocketAddr::from(([0, 0, 0, 0], 0)), &addr_arg.value);
         let mut ok = true;
         for p in &d.args[1..] {
             let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));

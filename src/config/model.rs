@@ -492,17 +492,7 @@ impl Upstream {
     pub fn implicit(name: &str, addrs: Vec<SocketAddr>, location: String) -> Self {
         let peers = addrs
             .into_iter()
-            .map(|addr| PeerSpec {
-                addr,
-                name: name.to_owned(),
-                weight: 1,
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-                backup: false,
-                down: false,
-                max_conns: 0,
-                slow_start: Duration::ZERO,
-            })
+            .map(|addr| PeerSpec::new(addr, name))
             .collect();
         Self {
             name: name.to_owned(),
@@ -613,4 +603,21 @@ pub struct PeerSpec {
     /// `slow_start=time` (NGINX Plus): after the peer recovers, or is added by a reload, its
     /// weight climbs from about 0 to `weight` over this time. Zero = off.
     pub slow_start: Duration,
+}
+
+impl PeerSpec {
+    /// A `server` line with nginx's defaults: `weight=1 max_fails=1 fail_timeout=10s`.
+    pub fn new(addr: SocketAddr, name: impl Into<String>) -> Self {
+        Self {
+            addr,
+            name: name.into(),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            backup: false,
+            down: false,
+            max_conns: 0,
+            slow_start: Duration::ZERO,
+        }
+    }
 }

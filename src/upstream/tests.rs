@@ -17,15 +17,8 @@ const MS: Duration = Duration::from_millis(1);
 /// (`max_fails=1 fail_timeout=10s`).
 pub(crate) fn peer_spec(i: usize, weight: u32) -> PeerSpec {
     PeerSpec {
-        addr: addr(i),
-        name: format!("127.0.0.1:{}", i + 1),
         weight,
-        max_fails: 1,
-        fail_timeout: 10 * SEC,
-        backup: false,
-        down: false,
-        max_conns: 0,
-        slow_start: Duration::ZERO,
+        ..PeerSpec::new(addr(i), format!("127.0.0.1:{}", i + 1))
     }
 }
 

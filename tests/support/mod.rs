@@ -399,6 +399,17 @@ pub fn options() -> LoadOptions {
     }
 }
 
+/// Parses and compiles `text` as `/t/imbang.conf`: the first error message, as `-t` prints it.
+pub fn compile(text: &str) -> Result<(), String> {
+    config::parse_str("/t/imbang.conf", text, &options())
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            Server::new(c, None, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+}
+
 /// Starts imbang in-process with `conf` (main-context text); its first listener's real address
 /// is `lb.addr` (configs listen on `127.0.0.1:0`).
 pub async fn imbang(conf: &str) -> Lb {

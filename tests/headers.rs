@@ -8,61 +8,45 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use support::imbang;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Answers with the request's headers and body size as text, and sets `X-Secret`, `Server`,
 /// and `Location` (from `?loc=`).
 async fn mirror() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let mut lines: Vec<String> = req
-                        .headers()
-                        .iter()
-                        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
-                        .collect();
-                    lines.sort();
-                    let loc = req
-                        .uri()
-                        .query()
-                        .and_then(|q| q.strip_prefix("loc="))
-                        .map(str::to_owned);
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes().len())
-                        .unwrap_or(0);
-                    lines.push(format!("body={body}"));
-                    let mut res = Response::new(Full::new(Bytes::from(lines.join("\n"))));
-                    res.headers_mut()
-                        .insert("x-secret", "s3cret".parse().unwrap());
-                    res.headers_mut()
-                        .insert("server", "backend/1".parse().unwrap());
-                    if let Some(loc) = loc {
-                        res.headers_mut().insert("location", loc.parse().unwrap());
-                        *res.status_mut() = hyper::StatusCode::FOUND;
-                    }
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::serve_hyper(|req: Request<Incoming>| async move {
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        lines.sort();
+        let loc = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("loc="))
+            .map(str::to_owned);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        lines.push(format!("body={body}"));
+        let mut res = Response::new(Full::new(Bytes::from(lines.join("\n"))));
+        res.headers_mut()
+            .insert("x-secret", "s3cret".parse().unwrap());
+        res.headers_mut()
+            .insert("server", "backend/1".parse().unwrap());
+        if let Some(loc) = loc {
+            res.headers_mut().insert("location", loc.parse().unwrap());
+            *res.status_mut() = hyper::StatusCode::FOUND;
         }
-    });
-    addr
+        Ok::<_, Infallible>(res)
+    })
+    .await
 }
 
 struct Got {

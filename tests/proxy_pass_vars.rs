@@ -9,14 +9,12 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use imbang::config::model::{ErrorLogSpec, LogLevel, LogTarget};
 use imbang::error_log;
 use support::{TempDir, backend, imbang, run_imbang};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const MAIN: &str = "daemon off; events {}";
 
@@ -69,34 +67,20 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, St
 
 /// Answers `host=<Host> uri=<target>`; with an `X-Loc: URL` header a 302 to that URL.
 async fn mirror() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .map(|h| h.to_str().unwrap().to_owned());
-                    let text = format!("host={} uri={}", host.unwrap_or_default(), req.uri());
-                    let mut res = Response::new(Full::new(Bytes::from(text)));
-                    if let Some(loc) = req.headers().get("x-loc") {
-                        res.headers_mut().insert("location", loc.clone());
-                        *res.status_mut() = hyper::StatusCode::FOUND;
-                    }
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::serve_hyper(|req: Request<Incoming>| async move {
+        let host = req
+            .headers()
+            .get("host")
+            .map(|h| h.to_str().unwrap().to_owned());
+        let text = format!("host={} uri={}", host.unwrap_or_default(), req.uri());
+        let mut res = Response::new(Full::new(Bytes::from(text)));
+        if let Some(loc) = req.headers().get("x-loc") {
+            res.headers_mut().insert("location", loc.clone());
+            *res.status_mut() = hyper::StatusCode::FOUND;
         }
-    });
-    addr
+        Ok::<_, Infallible>(res)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -20,69 +20,55 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let method = req.method().clone();
-                    let collected = req.into_body().collect().await.ok();
-                    let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
-                    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
-                    if path == "/trailers" {
-                        // Echoes the request's trailers back as the response's, plus one.
-                        let mut back = trailers.unwrap_or_default();
-                        back.insert("x-origin-trailer", "done".parse().unwrap());
-                        let names: Vec<String> = back.keys().map(|k| k.to_string()).collect();
-                        let body = WithTrailers::new(format!("{} bytes", body.len()), Some(back));
-                        let mut res = Response::new(body.boxed());
-                        // hyper sends only the trailer fields its `Trailer` header declares.
-                        res.headers_mut()
-                            .insert("trailer", names.join(", ").parse().unwrap());
-                        return Ok::<_, Infallible>(res);
-                    }
-                    let mut res = Response::new(Full::new(Bytes::new()));
-                    res.headers_mut().insert("x-origin", "yes".parse().unwrap());
-                    res.headers_mut()
-                        .insert("content-type", "text/x-test".parse().unwrap());
-                    match path.as_str() {
-                        "/small" => *res.body_mut() = Full::new(Bytes::from_static(b"small body")),
-                        "/echo" => {
-                            *res.body_mut() = Full::new(Bytes::from(format!(
-                                "{method} {} {}",
-                                body.len(),
-                                body.iter().map(|&b| b as u64).sum::<u64>()
-                            )))
-                        }
-                        "/big" => {
-                            *res.body_mut() = Full::new(Bytes::from(
-                                (0..5_000_000u32)
-                                    .map(|i| (i % 251) as u8)
-                                    .collect::<Vec<u8>>(),
-                            ))
-                        }
-                        "/204" => *res.status_mut() = StatusCode::NO_CONTENT,
-                        "/304" => *res.status_mut() = StatusCode::NOT_MODIFIED,
-                        "/404" => {
-                            *res.status_mut() = StatusCode::NOT_FOUND;
-                            *res.body_mut() = Full::new(Bytes::from_static(b"nope"));
-                        }
-                        _ => *res.status_mut() = StatusCode::IM_A_TEAPOT,
-                    }
-                    Ok::<_, Infallible>(res.map(|b| b.boxed()))
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::serve_hyper(|req: Request<Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let collected = req.into_body().collect().await.ok();
+        let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+        let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
+        if path == "/trailers" {
+            // Echoes the request's trailers back as the response's, plus one.
+            let mut back = trailers.unwrap_or_default();
+            back.insert("x-origin-trailer", "done".parse().unwrap());
+            let names: Vec<String> = back.keys().map(|k| k.to_string()).collect();
+            let body = WithTrailers::new(format!("{} bytes", body.len()), Some(back));
+            let mut res = Response::new(body.boxed());
+            // hyper sends only the trailer fields its `Trailer` header declares.
+            res.headers_mut()
+                .insert("trailer", names.join(", ").parse().unwrap());
+            return Ok::<_, Infallible>(res);
         }
-    });
-    addr
+        let mut res = Response::new(Full::new(Bytes::new()));
+        res.headers_mut().insert("x-origin", "yes".parse().unwrap());
+        res.headers_mut()
+            .insert("content-type", "text/x-test".parse().unwrap());
+        match path.as_str() {
+            "/small" => *res.body_mut() = Full::new(Bytes::from_static(b"small body")),
+            "/echo" => {
+                *res.body_mut() = Full::new(Bytes::from(format!(
+                    "{method} {} {}",
+                    body.len(),
+                    body.iter().map(|&b| b as u64).sum::<u64>()
+                )))
+            }
+            "/big" => {
+                *res.body_mut() = Full::new(Bytes::from(
+                    (0..5_000_000u32)
+                        .map(|i| (i % 251) as u8)
+                        .collect::<Vec<u8>>(),
+                ))
+            }
+            "/204" => *res.status_mut() = StatusCode::NO_CONTENT,
+            "/304" => *res.status_mut() = StatusCode::NOT_MODIFIED,
+            "/404" => {
+                *res.status_mut() = StatusCode::NOT_FOUND;
+                *res.body_mut() = Full::new(Bytes::from_static(b"nope"));
+            }
+            _ => *res.status_mut() = StatusCode::IM_A_TEAPOT,
+        }
+        Ok::<_, Infallible>(res.map(|b| b.boxed()))
+    })
+    .await
 }
 
 /// What a client sees of one exchange, without hop-by-hop headers, `Server` and `Date`.

@@ -762,6 +762,42 @@ pub async fn wait_accepting(addr: SocketAddr, timeout: Duration) {
 
 /// A backend that switches to the `echo` protocol and echoes every byte back.
 pub async fn echo_backend() -> SocketAddr {
+    serve_hyper(|mut req: Request<Incoming>| async move {
+        let asked = req.headers().get("upgrade").cloned();
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut res = Response::new(http_body_util::Empty::<Bytes>::new());
+        match asked {
+            Some(p) if p == "echo" => {
+                *res.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                res.headers_mut().insert("upgrade", p);
+                res.headers_mut()
+                    .insert("connection", "upgrade".parse().unwrap());
+            }
+            _ => *res.status_mut() = hyper::StatusCode::BAD_REQUEST,
+        }
+        Ok::<_, std::convert::Infallible>(res)
+    })
+    .await
+}
+
+/// Serves `handler` with hyper's HTTP/1 server (upgrades allowed) on 127.0.0.1:0: the origins
+/// tests need beyond [`backend`].
+pub async fn serve_hyper<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -769,30 +805,10 @@ pub async fn echo_backend() -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let service = service_fn(|mut req: Request<Incoming>| async move {
-                    let asked = req.headers().get("upgrade").cloned();
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = on.await {
-                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        }
-                    });
-                    let mut res = Response::new(http_body_util::Empty::<Bytes>::new());
-                    match asked {
-                        Some(p) if p == "echo" => {
-                            *res.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-                            res.headers_mut().insert("upgrade", p);
-                            res.headers_mut()
-                                .insert("connection", "upgrade".parse().unwrap());
-                        }
-                        _ => *res.status_mut() = hyper::StatusCode::BAD_REQUEST,
-                    }
-                    Ok::<_, std::convert::Infallible>(res)
-                });
                 let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
                     .with_upgrades()
                     .await;
             });

@@ -162,7 +162,6 @@ pub async fn serve(
         info,
         settings,
         signals,
-        upgrade: None,
     };
     loop {
         let Some(reader) = conn.home.as_mut() else {
@@ -191,17 +190,15 @@ pub async fn serve(
         }
         match Box::pin(conn.exchange_bounded()).await {
             Next::KeepAlive => {}
-            Next::Close => {
-                // After a 101 the connection goes on as the other protocol.
-                if let Some((reader, upgraded)) = conn.upgrade.take() {
-                    if let Ok(stream) = reader.half.reunite(conn.writer) {
-                        // A tunnel writes whatever arrives, when it arrives.
-                        let _ = stream.set_nodelay(true);
-                        let _ = upgraded.send(Upgraded {
-                            prefix: reader.buf.freeze(),
-                            stream,
-                        });
-                    }
+            Next::Close => return,
+            Next::Upgrade(reader, upgraded) => {
+                if let Ok(stream) = reader.half.reunite(conn.writer) {
+                    // A tunnel writes whatever arrives, when it arrives.
+                    let _ = stream.set_nodelay(true);
+                    let _ = upgraded.send(Upgraded {
+                        prefix: reader.buf.freeze(),
+                        stream,
+                    });
                 }
                 return;
             }
@@ -233,13 +230,13 @@ struct Conn {
     info: Arc<ConnInfo>,
     settings: Settings,
     signals: Signals,
-    /// After a 101: the read side and who waits for the switched connection.
-    upgrade: Option<(Reader, oneshot::Sender<Upgraded>)>,
 }
 
 enum Next {
     KeepAlive,
     Close,
+    /// A 101 went out: the connection goes on as the other protocol, to whoever waits for it.
+    Upgrade(Reader, oneshot::Sender<Upgraded>),
     /// The connection opened with HTTP/2's preface: it goes on as HTTP/2.
     Http2(Reader),
 }
@@ -415,8 +412,7 @@ impl Conn {
         };
         let (framing, keep_alive) = write::framing(&response, shape);
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            self.switch_protocols(response, upgraded, shape).await;
-            return Next::Close;
+            return self.switch_protocols(response, upgraded, shape).await;
         }
         let written = write::response(
             self.writer.as_ref(),
@@ -447,15 +443,15 @@ impl Conn {
         }
     }
 
-    /// Writes the 101 head and leaves the read side and the waiting end in `self.upgrade`.
+    /// Writes the 101 head; the connection then goes to whoever waits for the upgrade.
     async fn switch_protocols(
         &mut self,
         response: http::Response<proxy::ResponseBody>,
         upgraded: Option<oneshot::Sender<Upgraded>>,
         shape: Shape,
-    ) {
+    ) -> Next {
         let (Some(reader), Some(upgraded)) = (self.home.take(), upgraded) else {
-            return;
+            return Next::Close;
         };
         let written = write::response(
             self.writer.as_ref(),
@@ -467,10 +463,10 @@ impl Conn {
             &mut self.nagle,
         )
         .await;
-        if written.is_err() {
-            return;
+        match written {
+            Ok(()) => Next::Upgrade(reader, upgraded),
+            Err(_) => Next::Close,
         }
-        self.upgrade = Some((reader, upgraded));
     }
 }
 

@@ -406,3 +406,38 @@ async fn a_fast_stop_writes_buffered_lines() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_the_client_abandons_is_logged_499() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("access-499");
+    let held = support::backend_with(
+        "held",
+        support::Behaviour::Hold,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let log = dir.path().join("a.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ log_format s '$status $request $upstream_addr';
+           upstream h {{ server {}; }}
+           server {{ listen 127.0.0.1:0; access_log {} s;
+             location / {{ proxy_pass http://h; }} }} }}",
+        held.addr,
+        log.display()
+    ))
+    .await;
+    let mut client = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    support::eventually("the peer holds the request", WAIT, || held.hits() == 1).await;
+    drop(client);
+    support::eventually("the 499 line", WAIT, || {
+        lines(&log) == [format!("499 GET /slow HTTP/1.1 {}", held.addr)]
+    })
+    .await;
+    held.release();
+}

@@ -327,8 +327,27 @@ pub async fn handle(
     let snap = shared.live.snapshot();
     let client_upgrade = on_upgrade.and_then(|on| Some((upgrade::requested(req.headers())?, on)));
     let (parts, body) = req.into_parts();
-    let mut out = Outcome::default();
-    let mut response = respond(shared, &snap, conn, &parts, body, client_upgrade, &mut out).await;
+    // Logged as 499 if the client goes away before the answer (this future is then dropped).
+    let mut unanswered = Unanswered {
+        conn,
+        start,
+        parts: &parts,
+        out: Outcome::default(),
+        answered: false,
+    };
+    let mut response = respond(
+        shared,
+        &snap,
+        conn,
+        &parts,
+        body,
+        client_upgrade,
+        &mut unanswered.out,
+    )
+    .await;
+    unanswered.answered = true;
+    let mut out = std::mem::take(&mut unanswered.out);
+    drop(unanswered);
     let timeouts = out.timeouts;
     let Some(route) = out.log_route.take() else {
         return (response, timeouts);
@@ -356,6 +375,50 @@ pub async fn handle(
         done,
     }));
     (response, timeouts)
+}
+
+/// A request whose answer is not ready yet. Dropped unanswered (the client closed the
+/// connection, so the request was abandoned: nginx's `proxy_ignore_client_abort off`), it
+/// writes the access-log line nginx writes then, with status 499.
+struct Unanswered<'a> {
+    conn: &'a Arc<ConnInfo>,
+    start: Instant,
+    parts: &'a http::request::Parts,
+    out: Outcome,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Some(route) = self.out.log_route.take() else {
+            return;
+        };
+        let out = &mut self.out;
+        Pending {
+            logs: route,
+            conn: self.conn.clone(),
+            parts: self.parts.clone(),
+            host: std::mem::take(&mut out.host),
+            server_name: std::mem::take(&mut out.server_name),
+            proxy_host: std::mem::take(&mut out.proxy_host),
+            path: std::mem::take(&mut out.path),
+            sets: std::mem::take(&mut out.sets),
+            done: Done {
+                status: 499,
+                body_bytes: 0,
+                header_bytes: 0,
+                start: self.start,
+                end: self.start,
+                response_headers: None,
+                upstream_headers: out.record.upstream_headers.take(),
+                tries: std::mem::take(&mut out.record.tries),
+            },
+        }
+        .finish(0);
+    }
 }
 
 /// What [`respond`] found out that the access log needs.

@@ -370,3 +370,31 @@ http {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn proxy_host_after_the_answer_is_the_rendered_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = backend("app").await;
+    let lb = imbang(&format!(
+        "{MAIN} http {{ access_log off;
+           upstream pool {{ server {}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ set $up pool; proxy_pass http://$up;
+               add_header X-Proxy-Host $proxy_host always; }} }} }}",
+        app.addr
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-proxy-host: pool\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("app GET /x"), "{answer}");
+}

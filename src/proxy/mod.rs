@@ -433,6 +433,8 @@ struct Outcome {
     sets: Vec<(Arc<str>, String)>,
     record: Record,
     timeouts: ClientTimeouts,
+    /// The host a `proxy_pass` with variables rendered to (its `$proxy_host`).
+    rendered_proxy_host: String,
 }
 
 async fn respond(
@@ -541,6 +543,14 @@ async fn respond(
         )
         .await
     };
+    let rendered_proxy_host = std::mem::take(&mut out.rendered_proxy_host);
+    let ctx = match rendered_proxy_host.as_str() {
+        "" => ctx,
+        host => RequestCtx {
+            proxy_host: host,
+            ..ctx
+        },
+    };
     let status = response.status().as_u16();
     let page = route
         .conf
@@ -594,7 +604,10 @@ async fn dispatch<'a>(
                 proxy_host: &proxy.proxy_host,
                 ..*ctx
             };
-            proxied(shared, &ctx, route, &proxy, body, client_upgrade, out).await
+            let answered = proxied(shared, &ctx, route, &proxy, body, client_upgrade, out).await;
+            // `$proxy_host` for what follows the answer (`add_header`, `error_page`).
+            out.rendered_proxy_host = proxy.proxy_host.clone();
+            answered
         }
     }
 }

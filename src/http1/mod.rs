@@ -33,9 +33,12 @@ use tokio::time::Instant;
 
 pub use body::{BodyError, RequestBody};
 pub use parse::HeadLimits;
+// The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
+pub(crate) use body::{Decoded, Decoder, drained};
+pub(crate) use parse::{Framing, connection_tokens};
 
-use body::{Decoded, Exchange, Reader};
-use parse::Framing;
+use body::{Exchange, Reader};
+
 use write::Shape;
 
 use crate::log;
@@ -100,6 +103,14 @@ impl Future for OnUpgrade {
 pub struct Upgraded {
     prefix: Bytes,
     stream: TcpStream,
+}
+
+impl Upgraded {
+    /// A connection switched to another protocol, whose first bytes (read with the head that
+    /// switched it) are `prefix`: a client's, or a peer's after its `101`.
+    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+        Self { prefix, stream }
+    }
 }
 
 impl AsyncRead for Upgraded {

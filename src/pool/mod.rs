@@ -1,41 +1,33 @@
-//! Upstream connections: keep-alive HTTP/1.1 connections per peer address, shared by all threads
-//! and kept across reloads (the pool lives beside the snapshots, not inside them).
+//! Upstream connections: keep-alive HTTP/1.1 connections per peer address, kept across reloads
+//! (the pool lives beside the snapshots, not inside them), spoken to by imbang's own client
+//! ([`h1`]) from the task serving the client.
 //!
-//! Purpose-built on `hyper::client::conn::http1` rather than hyper-util's legacy client, for two
-//! reasons the request path depends on:
-//! - a connect failure is seen *before* the request is handed over, so the request (and its body)
-//!   is still ours to send to the next peer;
-//! - `try_send_request` gives the request back when a pooled connection turned out to be closed
-//!   before anything was written, so that case is retried on a fresh connection and never
-//!   becomes a 502.
+//! A connection is taken by one request and comes back when its response was read to the end.
+//! An idle connection is checked before reuse without a system call: when its peer closed it,
+//! the socket became readable and the check reads the FIN. Each worker thread prefers the
+//! connections it opened (their readiness is reported to its own event loop).
 
 pub mod body;
-pub mod seen;
+pub mod h1;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use body::UpstreamBody;
-pub use seen::Seen;
-use seen::Watched;
+pub use h1::{Answer, BodyKind, Broken, Failed, PeerBody};
 
 /// A connection ready to carry one request.
 pub struct Conn {
-    pub sender: http1::SendRequest<UpstreamBody>,
+    pub io: h1::Conn,
     /// True when taken from the idle list (it may have been closed by the peer meanwhile).
     pub reused: bool,
     pub age: Age,
-    /// What its socket saw (bytes received, a reset, a write timeout).
-    pub seen: Arc<Seen>,
 }
 
 /// How much a connection has been used: requests carried and when it was opened.
@@ -66,15 +58,12 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("upstream timed out (110: Connection timed out)")]
     Timeout,
-    #[error("upstream handshake failed")]
-    Handshake(#[source] hyper::Error),
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    io: h1::Conn,
     since: Instant,
     age: Age,
-    seen: Arc<Seen>,
 }
 
 /// Idle keep-alive connections by peer address.
@@ -96,66 +85,63 @@ impl Pool {
         idle_timeout: Duration,
         send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        while let Some((mut sender, age, seen)) = self.take_idle(addr, idle_timeout) {
-            // Ready resolves at once for a live idle connection; it fails if the peer closed it.
-            // Bounded all the same: a connection that does not become ready is replaced, never
-            // waited on (the request's own timeouts start only once it is sent).
-            let ready = tokio::time::timeout(connect_timeout, sender.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                    age,
-                    seen,
-                });
-            }
+        if let Some((io, age)) = self.take_idle(addr, idle_timeout) {
+            return Ok(Conn {
+                io,
+                reused: true,
+                age,
+            });
         }
-        connect(addr, connect_timeout, send_timeout)
-            .await
-            .map(|(sender, seen)| Conn {
-                sender,
-                reused: false,
-                seen,
-                age: Age {
-                    requests: 0,
-                    opened: Instant::now(),
-                },
-            })
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            io: h1::Conn::new(stream, send_timeout),
+            reused: false,
+            age: Age {
+                requests: 0,
+                opened: Instant::now(),
+            },
+        })
     }
 
-    fn take_idle(
-        &self,
-        addr: SocketAddr,
-        idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<UpstreamBody>, Age, Arc<Seen>)> {
+    /// The newest usable idle connection to `addr`, this thread's first. Connections idle for
+    /// `idle_timeout` or closed by the peer are dropped on the way.
+    fn take_idle(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<(h1::Conn, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some((conn.sender, conn.age, conn.seen));
+        // Oldest first: those past `idle_timeout` are at the front.
+        let expired = list
+            .iter()
+            .position(|c| now.duration_since(c.since) < idle_timeout)
+            .unwrap_or(list.len());
+        list.drain(..expired);
+        let me = std::thread::current().id();
+        loop {
+            let i = list
+                .iter()
+                .rposition(|c| c.io.home == me)
+                .or(list.len().checked_sub(1))?;
+            let conn = list.remove(i);
+            if conn.io.is_reusable() {
+                return Some((conn.io, conn.age));
             }
         }
-        None
     }
 
     /// Returns a connection whose response was read to the end, keeping at most `max_idle`
     /// idle connections for `addr` (the oldest is closed first), unless it has carried
     /// `keepalive_requests` requests or is older than `keepalive_time`.
-    pub fn checkin(
-        &self,
-        addr: SocketAddr,
-        sender: http1::SendRequest<UpstreamBody>,
-        age: Age,
-        seen: Arc<Seen>,
-        max_idle: usize,
-        reuse: Reuse,
-    ) {
+    pub fn checkin(&self, addr: SocketAddr, io: h1::Conn, age: Age, max_idle: usize, reuse: Reuse) {
         let age = Age {
             requests: age.requests + 1,
             ..age
         };
-        if sender.is_closed() || max_idle == 0 || !reuse.allows(age) {
+        if max_idle == 0 || !reuse.allows(age) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,36 +150,9 @@ impl Pool {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            io,
             since: Instant::now(),
             age,
-            seen,
         });
     }
-}
-
-/// TCP connect with a timeout, TCP_NODELAY, then the HTTP/1 handshake; the connection is driven
-/// by its own task until either side closes it.
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    send_timeout: Duration,
-) -> Result<(http1::SendRequest<UpstreamBody>, Arc<Seen>), ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout),
-        Ok(Err(e)) => return Err(ConnectError::Io(e)),
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    let io = Watched::new(stream, send_timeout);
-    let seen = io.seen();
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        // Errors here surface to the request that owns the connection.
-        let _ = conn.with_upgrades().await;
-    });
-    Ok((sender, seen))
 }

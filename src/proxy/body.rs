@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Pending;
-use crate::pool::{Pool, UpstreamBody};
+use crate::pool::{PeerBody, Pool};
 use crate::upstream::PeerGuard;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -70,9 +68,7 @@ impl Drop for ResponseBody {
 pub struct Checkin {
     pub pool: Arc<Pool>,
     pub addr: std::net::SocketAddr,
-    pub sender: SendRequest<UpstreamBody>,
     pub age: crate::pool::Age,
-    pub seen: Arc<crate::pool::Seen>,
     pub max_idle: usize,
     pub reuse: crate::pool::Reuse,
 }
@@ -83,7 +79,7 @@ pub struct Checkin {
 /// `proxy_read_timeout` (the client then sees the connection closed, never a short body that
 /// looks complete).
 pub struct Streamed {
-    body: Incoming,
+    body: PeerBody,
     guard: Option<PeerGuard>,
     checkin: Option<Checkin>,
     read_timeout: Duration,
@@ -91,7 +87,7 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    pub fn new(body: Incoming, guard: PeerGuard, checkin: Checkin, read_timeout: Duration) -> Self {
+    pub fn new(body: PeerBody, guard: PeerGuard, checkin: Checkin, read_timeout: Duration) -> Self {
         let mut streamed = Self {
             body,
             guard: Some(guard),
@@ -107,8 +103,9 @@ impl Streamed {
 
     fn finish(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.pool
-                .checkin(c.addr, c.sender, c.age, c.seen, c.max_idle, c.reuse);
+            if let Some(conn) = self.body.take_idle() {
+                c.pool.checkin(c.addr, conn, c.age, c.max_idle, c.reuse);
+            }
         }
         if let Some(guard) = self.guard.take() {
             guard.body_done(Instant::now()); // `least_time last_byte`
@@ -161,7 +158,7 @@ impl Kind {
                 if s.checkin.is_none() && s.guard.is_none() {
                     return Poll::Ready(None);
                 }
-                match Pin::new(&mut s.body).poll_frame(cx) {
+                match s.body.poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(timer) = s.timer.as_mut() {
                             timer.as_mut().reset(Instant::now() + s.read_timeout);

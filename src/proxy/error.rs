@@ -46,11 +46,10 @@ pub enum ProxyError {
         source: ConnectError,
     },
     /// The peer closed or broke the connection before a complete response head.
-    #[error("{} while reading response header from upstream", broken(.source))]
+    #[error("{source} while reading response header from upstream")]
     Upstream {
         peer: SocketAddr,
-        #[source]
-        source: hyper::Error,
+        source: crate::pool::Broken,
     },
     /// The peer answered something imbang cannot pass on.
     #[error("upstream sent invalid header: {0}")]
@@ -60,21 +59,6 @@ pub enum ProxyError {
         "upstream timed out (110: Connection timed out) while reading response header from upstream"
     )]
     Timeout { peer: SocketAddr },
-}
-
-/// nginx's words for how a peer broke a connection: closed it, or an OS error such as a reset.
-pub(super) fn broken(e: &hyper::Error) -> String {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return format!(
-                "upstream connection failed ({})",
-                crate::error_log::errno_text(io)
-            );
-        }
-        source = s.source();
-    }
-    "upstream prematurely closed connection".to_owned()
 }
 
 impl ProxyError {

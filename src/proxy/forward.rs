@@ -8,17 +8,16 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
-use crate::http1::{OnUpgrade, RequestBody};
+use crate::http1::{OnUpgrade, RequestBody, Upgraded};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
-use crate::pool::{Conn, ConnectError, UpstreamBody};
+use crate::pool::{Answer, Conn, ConnectError, Failed, UpstreamBody};
 use crate::snapshot::{PassUri, Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
 
@@ -182,11 +181,11 @@ pub async fn forward(
             uri: &uri,
         };
         match target.attempt(record, req).await {
-            Ok((response, conn)) => {
-                let status = response.status().as_u16();
+            Ok((answer, conn)) => {
+                let status = answer.head.status.as_u16();
                 record.answered(status, true);
                 if record.want_upstream_headers {
-                    record.upstream_headers = Some(response.headers().clone());
+                    record.upstream_headers = Some(answer.head.headers.clone());
                 }
                 let policy = &settings.next_upstream;
                 if retry::status_is_failure(status, policy) {
@@ -208,17 +207,18 @@ pub async fn forward(
                 if status == 101 {
                     let upgrade = client_upgrade.take();
                     return switch_protocols(
-                        response,
+                        answer,
+                        conn,
                         route,
                         upgrade,
                         settings.read_timeout,
                         ctx.conn.id,
                     );
                 }
-                let mut response = response;
-                headers::to_client(response.headers_mut(), route);
+                let mut answer = answer;
+                headers::to_client(&mut answer.head.headers, route);
                 return Ok(client_response(
-                    response,
+                    answer,
                     guard,
                     conn,
                     shared,
@@ -320,8 +320,9 @@ impl Target<'_> {
         &self,
         record: &mut Record,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), AttemptFailed> {
+    ) -> Result<(Answer, Conn), AttemptFailed> {
         let addr = self.addr;
+        let upgrade = req.headers().contains_key(header::UPGRADE);
         loop {
             let checkout = self
                 .shared
@@ -354,73 +355,28 @@ impl Target<'_> {
                     });
                 }
             };
-            let received = conn.seen.received();
-            let sent = tokio::time::timeout(self.read_timeout, conn.sender.try_send_request(req));
-            match sent.await {
-                Ok(Ok(response)) => return Ok((response, conn)),
-                Ok(Err(mut e)) => {
-                    if let Some(unsent) = e.take_message() {
-                        if conn.reused {
-                            req = unsent;
-                            continue;
-                        }
-                        return Err(AttemptFailed {
-                            reached: Reached::Nothing,
-                            failure: Failure::Error,
-                            error: ProxyError::Upstream {
-                                peer: addr,
-                                source: e.into_error(),
-                            },
-                            unsent: Some(unsent),
-                        });
-                    }
-                    if conn.seen.write_timed_out() {
-                        // proxy_send_timeout: the peer stopped reading the request.
-                        return Err(AttemptFailed {
-                            reached: Reached::RequestSent,
-                            failure: Failure::Timeout,
-                            error: ProxyError::Timeout { peer: addr },
-                            unsent: None,
-                        });
-                    }
-                    let unanswered = conn.seen.received() == received;
-                    let reached = if unanswered && conn.seen.reset() {
-                        Reached::Unread
-                    } else {
-                        Reached::RequestSent
-                    };
-                    // The keep-alive race: a pooled connection closed under the request.
-                    let stale = conn.reused && unanswered && is_stale(e.error());
-                    let resend = self
-                        .resend
-                        .filter(|_| stale && retry::may_send_again(reached, self.facts, false));
-                    if let Some(resend) = resend {
-                        let why = match reached {
-                            Reached::Unread => "reset: the request was not read",
-                            _ => "an idempotent request",
-                        };
-                        log!(
-                            Info,
-                            "*{} {} while reading response header from upstream ({why}), sending the request again on another connection{}",
-                            self.ctx.conn.id,
-                            super::error::broken(e.error()),
-                            self.ctx
-                                .log_context(Some(&format!("http://{addr}{}", self.uri)))
-                        );
-                        req = resend();
+            let broken = match conn.io.exchange(req, self.read_timeout, upgrade).await {
+                Ok(answer) => return Ok((answer, conn)),
+                Err(Failed::NotSent(e, unsent)) => {
+                    if conn.reused {
+                        // A pooled connection found closed: not a try, the request is whole.
+                        req = *unsent;
                         continue;
                     }
                     return Err(AttemptFailed {
-                        reached,
+                        reached: Reached::Nothing,
                         failure: Failure::Error,
-                        error: ProxyError::Upstream {
+                        error: ProxyError::Connect {
                             peer: addr,
-                            source: e.into_error(),
+                            source: ConnectError::Io(e),
                         },
-                        unsent: None,
+                        unsent: Some(*unsent),
                     });
                 }
-                Err(_) => {
+                Err(Failed::Broken(broken)) => broken,
+                Err(Failed::SendTimeout | Failed::ReadTimeout) => {
+                    // proxy_send_timeout (the peer stopped reading the request) or
+                    // proxy_read_timeout (it sent no answer).
                     return Err(AttemptFailed {
                         reached: Reached::RequestSent,
                         failure: Failure::Timeout,
@@ -428,35 +384,76 @@ impl Target<'_> {
                         unsent: None,
                     });
                 }
+                Err(Failed::Invalid(why)) => {
+                    return Err(AttemptFailed {
+                        reached: Reached::RequestSent,
+                        failure: Failure::Error,
+                        error: ProxyError::InvalidHeader(why),
+                        unsent: None,
+                    });
+                }
+                Err(Failed::ClientBody) => {
+                    // What went wrong is in the body's `ClientFault`, which the caller reads.
+                    return Err(AttemptFailed {
+                        reached: Reached::RequestSent,
+                        failure: Failure::Error,
+                        error: ProxyError::BadRequest("invalid request body"),
+                        unsent: None,
+                    });
+                }
+            };
+            let reached = if !broken.answered && broken.reset {
+                Reached::Unread
+            } else {
+                Reached::RequestSent
+            };
+            // The keep-alive race: a pooled connection the peer closed or reset under the
+            // request, before any byte of an answer.
+            let stale = conn.reused
+                && !broken.answered
+                && broken.error.as_ref().is_none_or(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionAborted
+                    )
+                });
+            let resend = self
+                .resend
+                .filter(|_| stale && retry::may_send_again(reached, self.facts, false));
+            if let Some(resend) = resend {
+                let why = match reached {
+                    Reached::Unread => "reset: the request was not read",
+                    _ => "an idempotent request",
+                };
+                log!(
+                    Info,
+                    "*{} {broken} while reading response header from upstream ({why}), sending the request again on another connection{}",
+                    self.ctx.conn.id,
+                    self.ctx
+                        .log_context(Some(&format!("http://{addr}{}", self.uri)))
+                );
+                req = resend();
+                continue;
             }
+            return Err(AttemptFailed {
+                reached,
+                failure: Failure::Error,
+                error: ProxyError::Upstream {
+                    peer: addr,
+                    source: broken,
+                },
+                unsent: None,
+            });
         }
     }
-}
-
-/// The signs of a keep-alive connection the peer closed while idle: closed or reset before any
-/// byte of a response.
-fn is_stale(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            );
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// The peer agreed to switch protocols: answer the client 101 and join the two connections.
 fn switch_protocols(
-    mut response: Response<Incoming>,
+    answer: Answer,
+    conn: Conn,
     route: &Route,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     idle_timeout: Duration,
@@ -467,14 +464,14 @@ fn switch_protocols(
             "101 to a request that asked for no upgrade",
         ));
     };
-    let protocol = response.headers().get(header::UPGRADE).cloned();
-    let upstream = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
+    let mut parts = answer.head;
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
     headers::to_client(&mut parts.headers, route);
     if let Some(protocol) = protocol {
         upgrade::set_upgrade_headers(&mut parts.headers, protocol);
     }
-    upgrade::tunnel(client, upstream, idle_timeout, conn_id);
+    let (prefix, stream) = conn.io.into_upgraded();
+    upgrade::tunnel(client, Upgraded::new(prefix, stream), idle_timeout, conn_id);
     Ok(Response::from_parts(parts, ResponseBody::empty()))
 }
 
@@ -527,7 +524,7 @@ fn build(
 }
 
 fn client_response(
-    response: Response<Incoming>,
+    answer: Answer,
     guard: PeerGuard,
     conn: Conn,
     shared: &Shared,
@@ -535,18 +532,16 @@ fn client_response(
     read_timeout: Duration,
     addr: std::net::SocketAddr,
 ) -> Response<ResponseBody> {
-    let (parts, body) = response.into_parts();
     let checkin = Checkin {
         pool: shared.pool.clone(),
         addr,
-        sender: conn.sender,
         age: conn.age,
-        seen: conn.seen,
         max_idle: group.keepalive,
         reuse: group.reuse,
     };
+    let body = conn.io.body(answer.body, answer.keep_alive);
     let body = ResponseBody::streamed(Streamed::new(body, guard, checkin, read_timeout));
-    Response::from_parts(parts, body)
+    Response::from_parts(answer.head, body)
 }
 
 /// The request target sent upstream (origin form). Without a URI part in `proxy_pass` the

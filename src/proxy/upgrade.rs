@@ -11,12 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::OnUpgrade as PeerUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::http1::OnUpgrade;
+use crate::http1::{OnUpgrade, Upgraded};
 use crate::log;
 
 /// The protocol a request asks to switch to, if it asks (`Connection: upgrade` + `Upgrade: x`).
@@ -40,23 +38,20 @@ pub fn set_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Joins the client's and the peer's upgraded connections and copies bytes both ways.
-pub fn tunnel(client: OnUpgrade, upstream: PeerUpgrade, idle_timeout: Duration, conn_id: u64) {
+/// Joins the client's connection, once it is switched, with the peer's, and copies bytes both
+/// ways.
+pub fn tunnel(client: OnUpgrade, upstream: Upgraded, idle_timeout: Duration, conn_id: u64) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(client), Ok(upstream)) => (client, upstream),
-            (Err(e), _) => {
-                log!(Info, "*{conn_id} upgrade failed: {e}");
-                return;
-            }
-            (_, Err(e)) => {
+        let client = match client.await {
+            Ok(client) => client,
+            Err(e) => {
                 log!(Info, "*{conn_id} upgrade failed: {e}");
                 return;
             }
         };
         let activity = Activity::new();
         let mut client = Watched::new(client, activity.clone());
-        let mut upstream = Watched::new(TokioIo::new(upstream), activity.clone());
+        let mut upstream = Watched::new(upstream, activity.clone());
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             _ = activity.idle_for(idle_timeout) => {

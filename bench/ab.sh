@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Interleaved A/B of proxy CPU per request: scenario (a) of bench/run.sh (small keep-alive GETs,
+# 50 connections) or, with --close, scenario (b) (a new connection per request), for several
+# imbang binaries and nginx on the same two origins, rounds alternating the order. Prints CPU µs
+# per request and req/s per round and the median per target. A quick check of one change;
+# bench/run.sh stays the reference.
+#
+#   bench/ab.sh [--rounds N] [--secs S] [--close] [--port-base P] NAME=BINARY... [nginx]
+#
+# Layout as in run.sh: the proxy pinned to CPU 1, wrk and the origins to CPU 0. Run it on a quiet
+# machine; it only starts (and stops, by pid) its own processes.
+set -euo pipefail
+
+ROUNDS=4 SECS=6 CLOSE=0 BASE=39000
+TARGETS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --secs) SECS=$2; shift 2 ;;
+    --close) CLOSE=1; shift ;;
+    --port-base) BASE=$2; shift 2 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    *) TARGETS+=("$1"); shift ;;
+  esac
+done
+[ ${#TARGETS[@]} -gt 0 ] || { echo "usage: $0 NAME=BINARY... [nginx]" >&2; exit 2; }
+
+W=$(mktemp -d /tmp/imbang-ab.XXXXXX)
+PIDS=() pid=
+cleanup() { for p in "${PIDS[@]}" $pid; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+mkdir -p "$W/logs"
+for i in 1 2; do
+  cat > "$W/origin$i.conf" <<EOF
+daemon off; master_process off; worker_processes 1;
+pid $W/origin$i.pid; error_log $W/logs/origin$i.log error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000000;
+  server { listen 127.0.0.1:$((BASE + i)); location / { return 200 "hello from origin $i\n"; } } }
+EOF
+  taskset -c 0 nginx -p "$W/" -c "$W/origin$i.conf" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+cat > "$W/proxy.conf" <<EOF
+daemon off; worker_processes 1; pid $W/proxy.pid;
+error_log $W/logs/proxy.log error;
+events { worker_connections 12000; }
+http {
+    access_log off; keepalive_timeout 75s; keepalive_requests 100000000;
+    upstream origins { server 127.0.0.1:$((BASE + 1)); server 127.0.0.1:$((BASE + 2));
+                       keepalive 64; keepalive_requests 100000000; }
+    server { listen 127.0.0.1:$((BASE + 80));
+             location / { proxy_pass http://origins; proxy_http_version 1.1;
+                          proxy_set_header Connection ""; } }
+}
+EOF
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port $((BASE + 1)); wait_port $((BASE + 2))
+
+ticks() { # utime+stime of PID and its children threads, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+tree_ticks() { # PID and its direct children (nginx master + worker)
+  local t; t=$(ticks "$1"); for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do t=$((t + $(ticks "$c"))); done; echo "$t"
+}
+
+HZ=$(getconf CLK_TCK)
+extra=()
+[ "$CLOSE" = 1 ] && extra=(-H "Connection: close")
+declare -A RESULTS
+for r in $(seq "$ROUNDS"); do
+  # Rotate the order each round.
+  n=${#TARGETS[@]}
+  for k in $(seq 0 $((n - 1))); do
+    t=${TARGETS[$(((k + r) % n))]}
+    name=${t%%=*}; bin=${t#*=}
+    rm -f "$W/proxy.pid"
+    if [ "$t" = nginx ]; then
+      taskset -c 1 nginx -p "$W/" -c "$W/proxy.conf" >/dev/null 2>&1 & pid=$!
+    else
+      taskset -c 1 "$bin" -p "$W/" -c "$W/proxy.conf" >/dev/null 2>&1 & pid=$!
+    fi
+    wait_port $((BASE + 80))
+    taskset -c 0 wrk -t1 -c50 -d2s "${extra[@]}" "http://127.0.0.1:$((BASE + 80))/" >/dev/null
+    t0=$(tree_ticks "$pid")
+    out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${extra[@]}" "http://127.0.0.1:$((BASE + 80))/")
+    t1=$(tree_ticks "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    us=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+    printf 'round %d %-10s %8s µs/req %10s req/s\n' "$r" "$name" "$us" "$rps"
+    RESULTS[$name]+="$us "
+  done
+done
+echo "median CPU µs per request:"
+for name in "${!RESULTS[@]}"; do
+  echo "${RESULTS[$name]}" | tr ' ' '\n' | grep . | sort -n | awk -v n="$name" '{a[NR]=$1} END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "  %-10s %.2f\n", n, m }'
+done

@@ -1,0 +1,951 @@
+//! imbang's HTTP/1.1 client: one request at a time on an upstream connection, driven by the
+//! task that serves the client (no task per upstream connection, no channels between the two
+//! sides), with the connection's read buffer kept from one request to the next.
+//!
+//! Purpose-built rather than hyper's client for the same reasons as the server side
+//! (bench/PROFILE.md): hyper runs each upstream connection as its own task and hands every
+//! request, response and body chunk across channels to it, and re-reserves an 8 KiB read buffer
+//! per request. Here the request head is encoded from the header map in one buffer and written
+//! with a kept body in one `writev`; the response head is parsed with `httparse` into a header
+//! map sharing the bytes read; the body is decoded with the server side's strict decoder.
+//!
+//! It also sees exactly how an attempt failed, which decides whether the request may go to
+//! another peer ([`Broken`]): how many bytes the peer sent, and whether it *reset* the
+//! connection. Linux answers with a reset (RST) when a socket is closed while data sent to it
+//! is still unread (`tcp_close`, RFC 2525 §2.17), and when data arrives at a socket already
+//! closed. A peer that read the whole request and then closed (or died) sends a plain FIN
+//! instead. So a reset seen before any byte of a response means the peer's application did not
+//! read all of the request — unless it chose an abortive close (`SO_LINGER` 0), which this
+//! cannot tell.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::UpstreamBody;
+use crate::http1::{Decoded, Decoder, Framing};
+
+/// The first read of a response asks for this much; a read that fills its space doubles the
+/// next one, up to [`MAX_READ`] (large bodies then cost few reads).
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// The largest response head accepted (nginx's is `proxy_buffer_size`, 4k or 8k; imbang is
+/// more lenient, as hyper was).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields a response head may have.
+const MAX_FIELDS: usize = 128;
+
+/// An open connection to a peer, between requests or carrying one.
+#[derive(Debug)]
+pub struct Conn {
+    pub(super) stream: TcpStream,
+    /// Bytes read from the peer and not used yet (empty between requests).
+    buf: BytesMut,
+    /// How much the next read asks for.
+    read_size: usize,
+    /// `proxy_send_timeout`: the longest one write may stay blocked (zero: no limit).
+    send_timeout: Duration,
+    /// The thread that opened it: its event loop reports the socket's readiness.
+    pub(super) home: std::thread::ThreadId,
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body (HEAD, 204, 304, or a length of 0).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the peer closes the connection.
+    Close,
+}
+
+/// A response head, and what it says about the body and the connection.
+#[derive(Debug)]
+pub struct Answer {
+    pub head: http::response::Parts,
+    pub body: BodyKind,
+    /// The connection may carry another request once this body is read to its end.
+    pub keep_alive: bool,
+    /// The body was not all sent: the peer answered before reading it.
+    pub early: bool,
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub enum Failed {
+    /// Nothing of the request was written: it comes back whole.
+    NotSent(io::Error, Box<Request<UpstreamBody>>),
+    /// The connection closed or broke before a complete response head.
+    Broken(Broken),
+    /// A write stayed blocked for `proxy_send_timeout`.
+    SendTimeout,
+    /// No complete response head within `proxy_read_timeout` of the request's end.
+    ReadTimeout,
+    /// The peer's response head is not HTTP imbang can pass on.
+    Invalid(&'static str),
+    /// Reading the client's body failed (what went wrong is in its `ClientFault`).
+    ClientBody,
+}
+
+/// What a broken connection showed before it broke.
+#[derive(Debug)]
+pub struct Broken {
+    /// The error, or `None` for a close (FIN) from the peer.
+    pub error: Option<io::Error>,
+    /// The peer sent at least one byte of a response.
+    pub answered: bool,
+    /// The peer reset the connection: `ECONNRESET` or `EPIPE` from a read or a write, or still
+    /// pending on the socket when its FIN was read (the reset that answers a request sent to a
+    /// socket already closed).
+    pub reset: bool,
+}
+
+impl std::error::Error for Broken {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.as_ref().map(|e| e as _)
+    }
+}
+
+impl std::fmt::Display for Broken {
+    /// nginx's words: the OS error, or "upstream prematurely closed connection".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(
+                f,
+                "upstream connection failed ({})",
+                crate::error_log::errno_text(e)
+            ),
+            None => f.write_str("upstream prematurely closed connection"),
+        }
+    }
+}
+
+/// The error kinds a reset produces: on a read `ECONNRESET`; on a write, or pending after a FIN,
+/// `EPIPE` (Linux reports a reset received in `CLOSE_WAIT` as `EPIPE`).
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Where an exchange stopped.
+enum Step {
+    Read(Result<Answer, ReadFail>),
+    /// The first write failed: nothing went out.
+    NotSent,
+    SendTimeout,
+    ClientBody,
+    ReadTimeout,
+}
+
+/// Why writing the request stopped.
+enum WriteFail {
+    /// An error after `written` bytes.
+    Io(io::Error, usize),
+    Timeout,
+    Client,
+}
+
+impl Conn {
+    pub(super) fn new(stream: TcpStream, send_timeout: Duration) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            send_timeout,
+            home: std::thread::current().id(),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: the peer has neither closed it nor sent
+    /// anything unasked. Costs no system call unless the socket became readable.
+    pub(super) fn is_reusable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        matches!(self.stream.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head. The body is written while the response is
+    /// awaited, so a peer that answers before reading all of it (a 413, say) is heard.
+    /// `proxy_read_timeout` counts from the end of the request.
+    pub async fn exchange(
+        &mut self,
+        req: Request<UpstreamBody>,
+        read_timeout: Duration,
+        upgrade: bool,
+    ) -> Result<Answer, Failed> {
+        let (parts, mut body) = req.into_parts();
+        let framing = request_framing(&parts, &body);
+        let mut head = Vec::with_capacity(512);
+        encode_request(&mut head, &parts, framing);
+        let head_only = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
+        self.read_size = FIRST_READ;
+        let Self {
+            stream,
+            buf,
+            read_size,
+            send_timeout,
+            ..
+        } = self;
+        let stream = &*stream;
+        let mut received = 0u64;
+        let mut written = false;
+        let mut write_error = None;
+        let step = {
+            let write = write_request(stream, &head, &mut body, framing, *send_timeout);
+            let read = read_head(stream, buf, read_size, &mut received, head_only, upgrade);
+            let mut write = pin!(write);
+            let mut read = pin!(read);
+            let mut timer = pin!(None::<tokio::time::Sleep>);
+            poll_fn(|cx| {
+                if !written && write_error.is_none() {
+                    match write.as_mut().poll(cx) {
+                        Poll::Ready(Ok(())) => written = true,
+                        Poll::Ready(Err(WriteFail::Timeout)) => {
+                            return Poll::Ready(Step::SendTimeout);
+                        }
+                        Poll::Ready(Err(WriteFail::Client)) => {
+                            return Poll::Ready(Step::ClientBody);
+                        }
+                        Poll::Ready(Err(WriteFail::Io(e, 0))) => {
+                            write_error = Some(e);
+                            return Poll::Ready(Step::NotSent);
+                        }
+                        // Broken after a first write: the peer's answer (or its close) decides.
+                        Poll::Ready(Err(WriteFail::Io(e, _))) => write_error = Some(e),
+                        Poll::Pending => {}
+                    }
+                    if written || write_error.is_some() {
+                        timer.set(Some(tokio::time::sleep(read_timeout)));
+                    }
+                }
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Read(r));
+                }
+                match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Step::ReadTimeout),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
+        };
+        match step {
+            Step::Read(Ok(mut answer)) => {
+                answer.early = !written;
+                if !written || http10 {
+                    answer.keep_alive = false;
+                }
+                Ok(answer)
+            }
+            Step::Read(Err(ReadFail::Invalid(why))) => Err(Failed::Invalid(why)),
+            Step::Read(Err(ReadFail::Closed(error))) => {
+                let reset = match &error {
+                    Some(e) => is_reset(e.kind()),
+                    // A reset that came after the FIN is only visible as SO_ERROR.
+                    None => matches!(stream.take_error(), Ok(Some(e)) if is_reset(e.kind())),
+                } || write_error.as_ref().is_some_and(|e| is_reset(e.kind()));
+                Err(Failed::Broken(Broken {
+                    error: error.or(write_error),
+                    answered: received > 0,
+                    reset,
+                }))
+            }
+            Step::SendTimeout => Err(Failed::SendTimeout),
+            Step::ClientBody => Err(Failed::ClientBody),
+            Step::ReadTimeout => Err(Failed::ReadTimeout),
+            Step::NotSent => {
+                let e = write_error.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
+                Err(Failed::NotSent(
+                    e,
+                    Box::new(Request::from_parts(parts, body)),
+                ))
+            }
+        }
+    }
+
+    /// The response body that follows `answer`, read from this connection.
+    pub fn body(self, kind: BodyKind, keep_alive: bool) -> PeerBody {
+        let decoder = match kind {
+            BodyKind::None | BodyKind::Length(0) => Decoder::Done,
+            BodyKind::Length(n) => Decoder::new(Framing::Length(n)),
+            BodyKind::Chunked => Decoder::new(Framing::Chunked),
+            BodyKind::Close => Decoder::Length(u64::MAX),
+        };
+        PeerBody {
+            conn: Some(self),
+            decoder,
+            until_close: kind == BodyKind::Close,
+            keep_alive: keep_alive && kind != BodyKind::Close,
+        }
+    }
+
+    /// The socket and the bytes already read past a `101` head (the peer's first bytes in the
+    /// new protocol).
+    pub fn into_upgraded(self) -> (Bytes, TcpStream) {
+        (self.buf.freeze(), self.stream)
+    }
+}
+
+/// How the request body goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestFraming {
+    /// No body, and no length said.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+fn request_framing(parts: &http::request::Parts, body: &UpstreamBody) -> RequestFraming {
+    match body {
+        UpstreamBody::Empty | UpstreamBody::Full(None) => {
+            if parts.headers.contains_key(header::CONTENT_LENGTH) {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::None
+            }
+        }
+        UpstreamBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
+        UpstreamBody::Client(c) => match c.body.size_hint().exact() {
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        },
+    }
+}
+
+/// The request line and fields, with the framing field imbang chose.
+fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, framing: RequestFraming) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(if parts.version == Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            put_field(out, b"content-length", itoa(n, &mut [0; 20]));
+        }
+        RequestFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Writes all of `parts` (one `writev` when the socket takes it), bounded by `timeout` while
+/// blocked. `written` counts the bytes that went out.
+async fn write_parts(
+    stream: &TcpStream,
+    parts: &[&[u8]],
+    timeout: Duration,
+    written: &mut usize,
+) -> Result<(), WriteFail> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0;
+    while done < total {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut count = 0;
+        let mut skip = done;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[count] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            count += 1;
+        }
+        match stream.try_write_vectored(&slices[..count]) {
+            Ok(n) => {
+                done += n;
+                *written += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let ready = stream.writable();
+                let ready = if timeout.is_zero() {
+                    ready.await
+                } else {
+                    match tokio::time::timeout(timeout, ready).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(WriteFail::Timeout),
+                    }
+                };
+                ready.map_err(|e| WriteFail::Io(e, *written))?;
+            }
+            Err(e) => return Err(WriteFail::Io(e, *written)),
+        }
+    }
+    Ok(())
+}
+
+/// The request head, then its body: a kept body in the same `writev`, a client's body as it
+/// arrives (chunked when its length is unknown, with its trailers).
+async fn write_request(
+    stream: &TcpStream,
+    head: &[u8],
+    body: &mut UpstreamBody,
+    framing: RequestFraming,
+    timeout: Duration,
+) -> Result<(), WriteFail> {
+    let mut written = 0;
+    match body {
+        UpstreamBody::Full(Some(bytes)) => {
+            return write_parts(stream, &[head, bytes], timeout, &mut written).await;
+        }
+        UpstreamBody::Empty | UpstreamBody::Full(None) => {
+            return write_parts(stream, &[head], timeout, &mut written).await;
+        }
+        UpstreamBody::Client(_) => {}
+    }
+    write_parts(stream, &[head], timeout, &mut written).await?;
+    let chunked = framing == RequestFraming::Chunked;
+    let mut trailers = None;
+    loop {
+        let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if chunked => {
+                    let mut size = [0u8; 18];
+                    let n = chunk_size_line(data.len(), &mut size);
+                    let parts: [&[u8]; 3] = [&size[..n], &data, b"\r\n"];
+                    write_parts(stream, &parts, timeout, &mut written).await?;
+                }
+                Ok(data) => write_parts(stream, &[&data], timeout, &mut written).await?,
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Some(Err(_)) => return Err(WriteFail::Client),
+            None => break,
+        }
+    }
+    if chunked {
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flatten() {
+            put_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
+        }
+        end.extend_from_slice(b"\r\n");
+        write_parts(stream, &[&end], timeout, &mut written).await?;
+    }
+    Ok(())
+}
+
+/// `<hex size>\r\n` into `out`; its length.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    let hex = format!("{len:x}\r\n");
+    out[..hex.len()].copy_from_slice(hex.as_bytes());
+    hex.len()
+}
+
+/// Why no response head was read.
+enum ReadFail {
+    /// The peer closed (`None`) or the read failed before a complete head.
+    Closed(Option<io::Error>),
+    Invalid(&'static str),
+}
+
+/// Reads until a complete final response head (1xx interim heads are passed over, except a
+/// `101` to a request that asked for an upgrade).
+async fn read_head(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    received: &mut u64,
+    head_only: bool,
+    upgrade: bool,
+) -> Result<Answer, ReadFail> {
+    loop {
+        if !buf.is_empty() {
+            match parse_response(buf, head_only, upgrade) {
+                Ok(Parsed::Answer(answer)) => return Ok(answer),
+                Ok(Parsed::Interim) => continue,
+                Ok(Parsed::Partial) if buf.len() > MAX_HEAD => {
+                    return Err(ReadFail::Invalid("upstream sent too big header"));
+                }
+                Ok(Parsed::Partial) => {}
+                Err(why) => return Err(ReadFail::Invalid(why)),
+            }
+        }
+        match poll_fn(|cx| poll_fill(stream, buf, read_size, cx)).await {
+            Ok(0) => return Err(ReadFail::Closed(None)),
+            Ok(n) => *received += n as u64,
+            Err(e) => return Err(ReadFail::Closed(Some(e))),
+        }
+    }
+}
+
+/// Reads what is available into `buf` (at least half of `read_size` free before the read).
+/// `Ready(Ok(0))` is the peer's FIN. A short read marks the socket drained, so no `EAGAIN`
+/// read is paid for (as the server side does).
+fn poll_fill(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        if buf.capacity() - buf.len() < *read_size / 2 {
+            buf.reserve(*read_size);
+        }
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(n) if n > 0 && n < room => {
+                crate::http1::drained(stream);
+                return Poll::Ready(Ok(n));
+            }
+            Ok(n) if n > 0 => {
+                *read_size = (*read_size * 2).min(MAX_READ);
+                return Poll::Ready(Ok(n));
+            }
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+enum Parsed {
+    Answer(Answer),
+    /// A 1xx head was taken out of the buffer; read on.
+    Interim,
+    Partial,
+}
+
+/// Parses the response head at the start of `buf`; its bytes are taken out of `buf` and the
+/// header values share them.
+fn parse_response(
+    buf: &mut BytesMut,
+    head_only: bool,
+    upgrade: bool,
+) -> Result<Parsed, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err("upstream sent too many header lines"),
+        Err(_) => return Err("upstream sent invalid header"),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| "upstream sent invalid status")?;
+    if status.is_informational() && !(code == 101 && upgrade) {
+        if code == 101 {
+            return Err("upstream switched protocols unasked");
+        }
+        let _ = buf.split_to(len);
+        return Ok(Parsed::Interim);
+    }
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+    let count = res.headers.len();
+    for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
+        *slot = (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| "upstream sent invalid header")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| "upstream sent invalid header")?;
+        headers.append(name, value);
+    }
+    let (close, keep_alive_token, _) = crate::http1::connection_tokens(&headers);
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let body = if code == 101 {
+        keep_alive = false;
+        BodyKind::None
+    } else if head_only || code == 204 || code == 304 {
+        BodyKind::None
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding wins over a Content-Length, which then must not reach the client.
+        headers.remove(header::CONTENT_LENGTH);
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if last == Some(true) && version == Version::HTTP_11 {
+            BodyKind::Chunked
+        } else {
+            keep_alive = false;
+            BodyKind::Close
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter().map(|v| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+        let first = lengths.next().flatten();
+        match first {
+            Some(n) if lengths.all(|l| l == Some(n)) => {
+                if n == 0 {
+                    BodyKind::None
+                } else {
+                    BodyKind::Length(n)
+                }
+            }
+            _ => return Err("upstream sent invalid \"Content-Length\" header"),
+        }
+    } else {
+        keep_alive = false;
+        BodyKind::Close
+    };
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Parsed::Answer(Answer {
+        head: parts,
+        body,
+        keep_alive,
+        early: false,
+    }))
+}
+
+/// A response body read from the peer's connection by whoever polls it. Once it ends, the
+/// connection is given back ([`PeerBody::into_idle`]) when it may carry another request.
+#[derive(Debug)]
+pub struct PeerBody {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// Delimited by the peer's close: its FIN is the end, not an error.
+    until_close: bool,
+    keep_alive: bool,
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerBodyError {
+    #[error("upstream prematurely closed connection while reading upstream")]
+    Closed,
+    #[error("upstream sent invalid chunked response while reading upstream")]
+    Invalid,
+    #[error("recv() failed ({}) while reading upstream", crate::error_log::errno_text(.0))]
+    Io(io::Error),
+}
+
+impl PeerBody {
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Length(n) if !self.until_close => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The connection, when the body was read to its end and nothing follows it (it is
+    /// closed otherwise).
+    pub fn take_idle(&mut self) -> Option<Conn> {
+        let conn = self.conn.take()?;
+        (self.keep_alive && self.decoder.is_done() && conn.buf.is_empty()).then_some(conn)
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, PeerBodyError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match self.decoder.decode(&mut conn.buf) {
+                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Decoded::Trailers(map) => return Poll::Ready(Some(Ok(Frame::trailers(map)))),
+                Decoded::End => return Poll::Ready(None),
+                Decoded::Invalid(_) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(PeerBodyError::Invalid)));
+                }
+                Decoded::More => {
+                    let Conn {
+                        stream,
+                        buf,
+                        read_size,
+                        ..
+                    } = conn;
+                    match ready!(poll_fill(stream, buf, read_size, cx)) {
+                        Ok(0) if self.until_close => {
+                            self.decoder = Decoder::Done;
+                            self.keep_alive = false;
+                            return Poll::Ready(None);
+                        }
+                        Ok(0) => {
+                            self.keep_alive = false;
+                            return Poll::Ready(Some(Err(PeerBodyError::Closed)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.keep_alive = false;
+                            return Poll::Ready(Some(Err(PeerBodyError::Io(e))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real sockets on 127.0.0.1, so these check the kernel's behaviour as much as ours.
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const BODY: &[u8] = b"abc";
+
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (
+            Conn::new(client.unwrap(), Duration::from_secs(5)),
+            accepted.unwrap().0,
+        )
+    }
+
+    fn post() -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Full(Some(Bytes::from_static(BODY))));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/x?y=1".parse().unwrap();
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("peer"));
+        req
+    }
+
+    const WIRE: &[u8] = b"POST /x?y=1 HTTP/1.1\r\nhost: peer\r\ncontent-length: 3\r\n\r\nabc";
+
+    async fn exchange(conn: &mut Conn, req: Request<UpstreamBody>) -> Result<Answer, Failed> {
+        conn.exchange(req, Duration::from_secs(5), false).await
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_out_as_one_write_and_the_answer_comes_back_with_its_body() {
+        let (mut conn, mut peer) = pair().await;
+        let serve = async {
+            let mut got = vec![0; WIRE.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            peer.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 2\r\n\r\n")
+                .await
+                .unwrap();
+            got
+        };
+        let (answer, got) = tokio::join!(exchange(&mut conn, post()), serve);
+        assert_eq!(got, WIRE);
+        let answer = answer.unwrap();
+        assert_eq!(answer.head.status, 201);
+        assert_eq!(answer.head.headers["x-a"], "1");
+        assert_eq!(answer.body, BodyKind::Chunked);
+        assert!(answer.keep_alive);
+        let mut body = conn.body(answer.body, answer.keep_alive);
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = poll_fn(|cx| body.poll_frame(cx)).await {
+            match frame.unwrap().into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        assert_eq!(data, b"abc");
+        assert_eq!(trailers.unwrap()["x-t"], "2");
+        assert!(body.take_idle().is_some(), "the connection may be reused");
+    }
+
+    #[tokio::test]
+    async fn a_body_delimited_by_the_close_ends_at_the_fin_and_is_not_reused() {
+        let (mut conn, mut peer) = pair().await;
+        let serve = async {
+            peer.read_exact(&mut vec![0; WIRE.len()]).await.unwrap();
+            peer.write_all(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+                .await
+                .unwrap();
+            drop(peer);
+        };
+        let (answer, ()) = tokio::join!(exchange(&mut conn, post()), serve);
+        let answer = answer.unwrap();
+        assert_eq!(answer.body, BodyKind::Close);
+        let mut body = conn.body(answer.body, answer.keep_alive);
+        let mut data = Vec::new();
+        while let Some(frame) = poll_fn(|cx| body.poll_frame(cx)).await {
+            data.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(data, b"all of it");
+        assert!(body.take_idle().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_short_length_body_is_an_error_not_an_end() {
+        let (mut conn, mut peer) = pair().await;
+        let serve = async {
+            peer.read_exact(&mut vec![0; WIRE.len()]).await.unwrap();
+            peer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+                .await
+                .unwrap();
+            drop(peer);
+        };
+        let (answer, ()) = tokio::join!(exchange(&mut conn, post()), serve);
+        let answer = answer.unwrap();
+        let mut body = conn.body(answer.body, answer.keep_alive);
+        let first = poll_fn(|cx| body.poll_frame(cx)).await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "short");
+        let err = poll_fn(|cx| body.poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, PeerBodyError::Closed), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_heads_and_lengths_are_invalid() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            let (mut conn, mut peer) = pair().await;
+            let serve = async {
+                peer.read_exact(&mut vec![0; WIRE.len()]).await.unwrap();
+                peer.write_all(bad).await.unwrap();
+                peer
+            };
+            let (answer, _peer) = tokio::join!(exchange(&mut conn, post()), serve);
+            assert!(
+                matches!(answer, Err(Failed::Invalid(_))),
+                "{}: {answer:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_with_the_request_unread_resets_the_connection() {
+        let (mut conn, peer) = pair().await;
+        let serve = async {
+            peer.peek(&mut [0; 1]).await.unwrap(); // it arrived; nothing is read
+            drop(peer);
+        };
+        let (answer, ()) = tokio::join!(exchange(&mut conn, post()), serve);
+        let Err(Failed::Broken(broken)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(broken.reset, "{broken:?}");
+        assert!(!broken.answered);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_read_the_request_and_closed_sends_a_plain_fin() {
+        let (mut conn, mut peer) = pair().await;
+        let serve = async {
+            peer.read_exact(&mut vec![0; WIRE.len()]).await.unwrap();
+            drop(peer);
+        };
+        let (answer, ()) = tokio::join!(exchange(&mut conn, post()), serve);
+        let Err(Failed::Broken(broken)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(!broken.reset, "{broken:?}");
+        assert!(broken.error.is_none());
+        assert!(!broken.answered);
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_to_a_connection_the_peer_closed_is_reset_after_the_fin() {
+        // The keep-alive race: the peer closed an idle connection; the request arrives after.
+        let (mut conn, peer) = pair().await;
+        drop(peer);
+        conn.stream.ready(Interest::READABLE).await.unwrap();
+        assert!(!conn.is_reusable(), "the FIN is seen before reuse");
+        let answer = exchange(&mut conn, post()).await;
+        match answer {
+            Err(Failed::Broken(broken)) => assert!(broken.reset, "{broken:?}"),
+            Err(Failed::NotSent(..)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_answer_counts_as_answered() {
+        let (mut conn, mut peer) = pair().await;
+        let serve = async {
+            peer.read_exact(&mut vec![0; WIRE.len()]).await.unwrap();
+            peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+            drop(peer);
+        };
+        let (answer, ()) = tokio::join!(exchange(&mut conn, post()), serve);
+        let Err(Failed::Broken(broken)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(broken.answered);
+        assert!(!broken.reset);
+    }
+
+    #[tokio::test]
+    async fn no_answer_within_the_read_timeout_is_a_timeout() {
+        let (mut conn, _peer) = pair().await;
+        let answer = conn
+            .exchange(post(), Duration::from_millis(50), false)
+            .await;
+        assert!(matches!(answer, Err(Failed::ReadTimeout)), "{answer:?}");
+    }
+}

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
@@ -82,8 +82,8 @@ pub struct Answer {
 /// How an exchange failed.
 #[derive(Debug)]
 pub enum Failed {
-    /// Nothing of the request was written: it comes back whole.
-    NotSent(io::Error, Box<Request<UpstreamBody>>),
+    /// Nothing of the request was written: its body comes back whole.
+    NotSent(io::Error, UpstreamBody),
     /// The connection closed or broke before a complete response head.
     Broken(Broken),
     /// A write stayed blocked for `proxy_send_timeout`.
@@ -176,21 +176,22 @@ impl Conn {
         matches!(self.stream.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `req` and reads the response head. The body is written while the response is
-    /// awaited, so a peer that answers before reading all of it (a 413, say) is heard.
-    /// `proxy_read_timeout` counts from the end of the request.
+    /// Sends a request (its encoded `head`, then `body`) and reads the response head. The body
+    /// is written while the response is awaited, so a peer that answers before reading all of
+    /// it (a 413, say) is heard. `proxy_read_timeout` counts from the end of the request.
     pub async fn exchange(
         &mut self,
-        req: Request<UpstreamBody>,
+        head: &[u8],
+        mut body: UpstreamBody,
+        shape: Shape,
         read_timeout: Duration,
-        upgrade: bool,
     ) -> Result<Answer, Failed> {
-        let (parts, mut body) = req.into_parts();
-        let framing = request_framing(&parts, &body);
-        let mut head = Vec::with_capacity(512);
-        encode_request(&mut head, &parts, framing);
-        let head_only = parts.method == Method::HEAD;
-        let http10 = parts.version == Version::HTTP_10;
+        let Shape {
+            framing,
+            head_only,
+            http10,
+            upgrade,
+        } = shape;
         self.read_size = FIRST_READ;
         let Self {
             stream,
@@ -204,7 +205,7 @@ impl Conn {
         let mut written = false;
         let mut write_error = None;
         let step = {
-            let write = write_request(stream, &head, &mut body, framing, *send_timeout);
+            let write = write_request(stream, head, &mut body, framing, *send_timeout);
             let read = read_head(stream, buf, read_size, &mut received, head_only, upgrade);
             let mut write = pin!(write);
             let mut read = pin!(read);
@@ -267,10 +268,7 @@ impl Conn {
             Step::ReadTimeout => Err(Failed::ReadTimeout),
             Step::NotSent => {
                 let e = write_error.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
-                Err(Failed::NotSent(
-                    e,
-                    Box::new(Request::from_parts(parts, body)),
-                ))
+                Err(Failed::NotSent(e, body))
             }
         }
     }
@@ -300,62 +298,61 @@ impl Conn {
 
 /// How the request body goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RequestFraming {
+pub enum RequestFraming {
     /// No body, and no length said.
     None,
     Length(u64),
     Chunked,
 }
 
-fn request_framing(parts: &http::request::Parts, body: &UpstreamBody) -> RequestFraming {
-    match body {
-        UpstreamBody::Empty | UpstreamBody::Full(None) => {
-            if parts.headers.contains_key(header::CONTENT_LENGTH) {
-                RequestFraming::Length(0)
-            } else {
-                RequestFraming::None
-            }
-        }
-        UpstreamBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
-        UpstreamBody::Client(c) => match c.body.size_hint().exact() {
-            Some(n) => RequestFraming::Length(n),
-            None => RequestFraming::Chunked,
-        },
-    }
+/// What the exchange needs to know about the request besides its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub framing: RequestFraming,
+    /// A HEAD request: the answer has no body, whatever its length says.
+    pub head_only: bool,
+    /// Sent as HTTP/1.0 (`proxy_http_version 1.0`): the connection is not kept.
+    pub http10: bool,
+    /// The request asks to switch protocols: a `101` answer is expected.
+    pub upgrade: bool,
 }
 
-/// The request line and fields, with the framing field imbang chose.
-fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, framing: RequestFraming) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+/// Encodes a request head: the request line, the fields `fields` writes (with [`put_field`]),
+/// then the framing field for `framing`.
+pub fn request_head(
+    method: &Method,
+    target: &str,
+    http10: bool,
+    framing: RequestFraming,
+    fields: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(if target.is_empty() {
         b"/"
     } else {
         target.as_bytes()
     });
-    out.extend_from_slice(if parts.version == Version::HTTP_10 {
+    out.extend_from_slice(if http10 {
         b" HTTP/1.0\r\n"
     } else {
         b" HTTP/1.1\r\n"
     });
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    fields(&mut out);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            put_field(out, b"content-length", itoa(n, &mut [0; 20]));
+            put_field(&mut out, b"content-length", itoa(n, &mut [0; 20]));
         }
-        RequestFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+        RequestFraming::Chunked => put_field(&mut out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
+    out
 }
 
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one header field.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -763,19 +760,28 @@ mod tests {
         )
     }
 
-    fn post() -> Request<UpstreamBody> {
-        let mut req = Request::new(UpstreamBody::Full(Some(Bytes::from_static(BODY))));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = "/x?y=1".parse().unwrap();
-        req.headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("peer"));
-        req
+    const SHAPE: Shape = Shape {
+        framing: RequestFraming::Length(3),
+        head_only: false,
+        http10: false,
+        upgrade: false,
+    };
+
+    fn post() -> (Vec<u8>, UpstreamBody) {
+        let head = request_head(&Method::POST, "/x?y=1", false, SHAPE.framing, |out| {
+            put_field(out, b"host", b"peer")
+        });
+        (head, UpstreamBody::Full(Some(Bytes::from_static(BODY))))
     }
 
     const WIRE: &[u8] = b"POST /x?y=1 HTTP/1.1\r\nhost: peer\r\ncontent-length: 3\r\n\r\nabc";
 
-    async fn exchange(conn: &mut Conn, req: Request<UpstreamBody>) -> Result<Answer, Failed> {
-        conn.exchange(req, Duration::from_secs(5), false).await
+    async fn exchange(
+        conn: &mut Conn,
+        (head, body): (Vec<u8>, UpstreamBody),
+    ) -> Result<Answer, Failed> {
+        conn.exchange(&head, body, SHAPE, Duration::from_secs(5))
+            .await
     }
 
     #[tokio::test]
@@ -943,8 +949,9 @@ mod tests {
     #[tokio::test]
     async fn no_answer_within_the_read_timeout_is_a_timeout() {
         let (mut conn, _peer) = pair().await;
+        let (head, body) = post();
         let answer = conn
-            .exchange(post(), Duration::from_millis(50), false)
+            .exchange(&head, body, SHAPE, Duration::from_millis(50))
             .await;
         assert!(matches!(answer, Err(Failed::ReadTimeout)), "{answer:?}");
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Method, Response, Uri, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ use crate::access_log::Record;
 use crate::http1::{OnUpgrade, RequestBody, Upgraded};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
+use crate::pool::h1::{RequestFraming, Shape, put_field, request_head};
 use crate::pool::{Answer, Conn, ConnectError, Failed, UpstreamBody};
 use crate::snapshot::{PassUri, Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
@@ -26,8 +27,8 @@ struct AttemptFailed {
     reached: Reached,
     failure: Failure,
     error: ProxyError,
-    /// The request when it was never written (so it can go to the next peer as it is).
-    unsent: Option<Request<UpstreamBody>>,
+    /// The body when the request was never written (so it can go to the next peer as it is).
+    unsent: Option<UpstreamBody>,
 }
 
 pub async fn forward(
@@ -45,41 +46,7 @@ pub async fn forward(
     let mut client_upgrade = client_upgrade;
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
     let chunked = ctx.parts.headers.contains_key(header::TRANSFER_ENCODING);
-    // The headers sent upstream, made again only when a request is sent again.
-    let upstream_headers = || {
-        let mut headers = ctx.parts.headers.clone();
-        headers::to_upstream(&mut headers, route, &proxy.proxy_host, ctx);
-        if let Some(protocol) = &protocol {
-            upgrade::set_upgrade_headers(&mut headers, protocol.clone());
-        }
-        if !settings.pass_request_body {
-            headers.remove(header::CONTENT_LENGTH);
-            headers.remove(header::TRANSFER_ENCODING);
-        } else if chunked {
-            // The one case where `Trailer` means something end to end: a chunked body going
-            // on chunked, whose trailer fields it declares (hyper sends only declared ones).
-            if let Some(t) = ctx.parts.headers.get(header::TRAILER) {
-                headers.insert(header::TRAILER, t.clone());
-            }
-        }
-        // `TE: trailers` is hop-by-hop, but imbang passes trailers on, so it may say it
-        // accepts them when the client does.
-        let te_trailers = ctx.parts.headers.get_all(header::TE).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
-        if te_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        headers
-    };
-    let method = ctx.parts.method.clone();
-    let version = if settings.http_version_1_0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
+    let method = &ctx.parts.method;
     let limit = route.conf.client_max_body_size;
     let length = ctx
         .parts
@@ -122,7 +89,7 @@ pub async fn forward(
         }
     };
     let facts = RequestFacts {
-        idempotent: retry::is_idempotent(&method),
+        idempotent: retry::is_idempotent(method),
         body_replayable: kept.is_some(),
     };
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
@@ -132,10 +99,27 @@ pub async fn forward(
         n => (n as usize).min(peers),
     };
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
-    let mut request = Some(build(&method, &uri, version, upstream_headers(), body));
-    // The request again, with the kept body: for the next peer, and for the keep-alive race.
-    let again = |kept: &Bytes| build(&method, &uri, version, upstream_headers(), kept_body(kept));
-    let resend = kept.as_ref().map(|kept| move || again(kept));
+    let framing = match &body {
+        UpstreamBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
+        UpstreamBody::Client(c) => match c.body.size_hint().exact() {
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        },
+        // An empty body keeps the length the client said (0), when its body is passed on.
+        _ if settings.pass_request_body && length.is_some() => RequestFraming::Length(0),
+        _ => RequestFraming::None,
+    };
+    let shape = Shape {
+        framing,
+        head_only: *method == Method::HEAD,
+        http10: settings.http_version_1_0,
+        upgrade: protocol.is_some(),
+    };
+    // The head sent upstream: the same for every attempt, so encoded once.
+    let head = upstream_head(ctx, route, proxy, &uri, &protocol, chunked, shape);
+    let mut request = Some(body);
+    // The kept body again: for the next peer, and for the keep-alive race.
+    let resend = kept.as_ref().map(|kept| move || kept_body(kept));
     let mut tried = Tried::new();
     // What ip_hash and hash choose by (the same for every attempt of this request).
     let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
@@ -161,10 +145,10 @@ pub async fn forward(
         attempts += 1;
         let addr = guard.addr();
         record.try_started(addr);
-        let req = match request.take() {
-            Some(req) => req,
+        let body = match request.take() {
+            Some(body) => body,
             // Only reached when the body is kept (checked before `continue`).
-            None => again(kept.as_ref().expect("a kept body")),
+            None => kept_body(kept.as_ref().expect("a kept body")),
         };
         let target = Target {
             shared,
@@ -175,12 +159,14 @@ pub async fn forward(
             send_timeout: settings.send_timeout,
             resend: resend
                 .as_ref()
-                .map(|r| r as &(dyn Fn() -> Request<UpstreamBody> + Sync)),
+                .map(|r| r as &(dyn Fn() -> UpstreamBody + Sync)),
             facts,
             ctx,
             uri: &uri,
+            head: &head,
+            shape,
         };
-        match target.attempt(record, req).await {
+        match target.attempt(record, body).await {
             Ok((answer, conn)) => {
                 let status = answer.head.status.as_u16();
                 record.answered(status, true);
@@ -300,14 +286,16 @@ struct Target<'a> {
     idle_timeout: Duration,
     /// `proxy_send_timeout`, for a connection this attempt opens.
     send_timeout: Duration,
-    /// The request again, with its kept body (`None`: the body is streamed, it cannot be sent
-    /// twice).
-    resend: Option<&'a (dyn Fn() -> Request<UpstreamBody> + Sync)>,
+    /// The kept body again (`None`: the body is streamed, it cannot be sent twice).
+    resend: Option<&'a (dyn Fn() -> UpstreamBody + Sync)>,
     /// What decides whether sending it again is safe.
     facts: RequestFacts,
     /// For the error log.
     ctx: &'a RequestCtx<'a>,
     uri: &'a Uri,
+    /// The request head, encoded.
+    head: &'a [u8],
+    shape: Shape,
 }
 
 impl Target<'_> {
@@ -319,10 +307,9 @@ impl Target<'_> {
     async fn attempt(
         &self,
         record: &mut Record,
-        mut req: Request<UpstreamBody>,
+        mut body: UpstreamBody,
     ) -> Result<(Answer, Conn), AttemptFailed> {
         let addr = self.addr;
-        let upgrade = req.headers().contains_key(header::UPGRADE);
         loop {
             let checkout = self
                 .shared
@@ -351,16 +338,19 @@ impl Target<'_> {
                             peer: addr,
                             source: e,
                         },
-                        unsent: Some(req),
+                        unsent: Some(body),
                     });
                 }
             };
-            let broken = match conn.io.exchange(req, self.read_timeout, upgrade).await {
+            let exchange = conn
+                .io
+                .exchange(self.head, body, self.shape, self.read_timeout);
+            let broken = match exchange.await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(Failed::NotSent(e, unsent)) => {
                     if conn.reused {
                         // A pooled connection found closed: not a try, the request is whole.
-                        req = *unsent;
+                        body = unsent;
                         continue;
                     }
                     return Err(AttemptFailed {
@@ -370,7 +360,7 @@ impl Target<'_> {
                             peer: addr,
                             source: ConnectError::Io(e),
                         },
-                        unsent: Some(*unsent),
+                        unsent: Some(unsent),
                     });
                 }
                 Err(Failed::Broken(broken)) => broken,
@@ -434,7 +424,7 @@ impl Target<'_> {
                     self.ctx
                         .log_context(Some(&format!("http://{addr}{}", self.uri)))
                 );
-                req = resend();
+                body = resend();
                 continue;
             }
             return Err(AttemptFailed {
@@ -508,19 +498,58 @@ fn kept_body(kept: &Bytes) -> UpstreamBody {
     }
 }
 
-fn build(
-    method: &Method,
+/// The request head sent upstream: the request line with the upstream target, the headers the
+/// location's rules give ([`headers::for_upstream`]), the upgrade pair, `Trailer`/`TE` when
+/// trailers go through, and the framing field.
+fn upstream_head(
+    ctx: &RequestCtx<'_>,
+    route: &Route,
+    proxy: &Proxy,
     uri: &Uri,
-    version: Version,
-    headers: HeaderMap,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri.clone();
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    req
+    protocol: &Option<HeaderValue>,
+    chunked: bool,
+    shape: Shape,
+) -> Vec<u8> {
+    let client = &ctx.parts.headers;
+    // The one case where `Trailer` means something end to end: a chunked body going on
+    // chunked, whose trailer fields it declares.
+    let trailer = client
+        .get(header::TRAILER)
+        .filter(|_| chunked && shape.framing == RequestFraming::Chunked);
+    // `TE: trailers` is hop-by-hop, but imbang passes trailers on, so it may say it accepts
+    // them when the client does.
+    let te_trailers = client.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    let replaced = headers::Replaced {
+        upgrade: protocol.is_some(),
+        trailer: trailer.is_some(),
+        te: te_trailers,
+    };
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    request_head(
+        &ctx.parts.method,
+        target,
+        shape.http10,
+        shape.framing,
+        |out| {
+            headers::for_upstream(client, route, &proxy.proxy_host, ctx, replaced, |n, v| {
+                put_field(out, n, v)
+            });
+            if let Some(protocol) = protocol {
+                put_field(out, b"upgrade", protocol.as_bytes());
+                put_field(out, b"connection", b"upgrade");
+            }
+            if let Some(trailer) = trailer {
+                put_field(out, b"trailer", trailer.as_bytes());
+            }
+            if te_trailers {
+                put_field(out, b"te", b"trailers");
+            }
+        },
+    )
 }
 
 fn client_response(

@@ -45,46 +45,88 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Turns the client's headers into the ones sent upstream (in place).
-pub fn to_upstream(headers: &mut HeaderMap, route: &Route, proxy_host: &str, vars: &dyn Vars) {
-    if !route.conf.proxy.pass_request_headers {
-        let set: Vec<(HeaderName, String)> = route
-            .set_headers
-            .iter()
-            .map(|(name, template)| (name.clone(), template.render(vars)))
-            .collect();
-        headers.clear();
-        set_all(headers, route, proxy_host, set);
-        return;
-    }
-    // Templates read the client's headers ($http_*), so evaluate them before changing anything.
-    let set: Vec<(HeaderName, String)> = route
-        .set_headers
-        .iter()
-        .map(|(name, template)| (name.clone(), template.render(vars)))
-        .collect();
-    strip_hop_by_hop(headers);
-    set_all(headers, route, proxy_host, set);
+/// Headers that the caller sends upstream itself, so `proxy_set_header` must not send them too.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Replaced {
+    /// `Upgrade` and `Connection: upgrade` (a protocol switch is passed on).
+    pub upgrade: bool,
+    /// `Trailer` (a chunked body's declared trailer fields).
+    pub trailer: bool,
+    /// `TE: trailers`.
+    pub te: bool,
 }
 
-fn set_all(
-    headers: &mut HeaderMap,
+impl Replaced {
+    fn covers(&self, name: &HeaderName) -> bool {
+        (self.upgrade && (name == header::UPGRADE || name == header::CONNECTION))
+            || (self.trailer && name == header::TRAILER)
+            || (self.te && name == header::TE)
+    }
+}
+
+/// Gives `field` each header to send upstream, without building a header map: the client's
+/// (unless `proxy_pass_request_headers off`), less hop-by-hop ones, those its `Connection`
+/// names, `Host` and the ones `proxy_set_header` sets; then `Host: $proxy_host` (unless
+/// `proxy_set_header Host` is set); then each `proxy_set_header` whose value is not empty (the
+/// last one for a name wins). The framing fields (`Content-Length`, `Transfer-Encoding`) are
+/// the encoder's; `replaced` names the ones the caller writes.
+pub fn for_upstream(
+    client: &HeaderMap,
     route: &Route,
     proxy_host: &str,
-    set: Vec<(HeaderName, String)>,
+    vars: &dyn Vars,
+    replaced: Replaced,
+    mut field: impl FnMut(&[u8], &[u8]),
 ) {
+    if route.conf.proxy.pass_request_headers {
+        for (name, value) in client {
+            let skip = is_hop_by_hop(name)
+                || name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || route.set_headers.iter().any(|(set, _)| set == name)
+                || named_by_connection(client, name);
+            if !skip {
+                field(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
     if !route.sets_host {
-        if let Ok(v) = HeaderValue::from_str(proxy_host) {
-            headers.insert(header::HOST, v);
+        field(b"host", proxy_host.as_bytes());
+    }
+    let mut value = String::new();
+    for (i, (name, template)) in route.set_headers.iter().enumerate() {
+        let later = route.set_headers[i + 1..].iter().any(|(n, _)| n == name);
+        if later
+            || replaced.covers(name)
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        value.clear();
+        template.render_into(vars, &mut value);
+        // An empty value sends nothing (nginx's way to drop a header); a value that could
+        // not stand in a field (a line break from a variable) is not sent either.
+        if !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        {
+            field(name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    for (name, value) in set {
-        if value.is_empty() {
-            headers.remove(&name);
-        } else if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    }
+}
+
+/// Whether the `Connection` header lists `name` (such a header is hop-by-hop too).
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
 }
 
 /// Turns the peer's response headers into the ones the client gets (in place): hop-by-hop and

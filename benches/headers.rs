@@ -1,0 +1,171 @@
+//! The header work of one proxied request, on a browser-like request of 9 headers: the client's
+//! headers made into the ones sent upstream (`forward()` clones them, then `to_upstream` renders
+//! the `proxy_set_header` values, strips hop-by-hop headers and sets `Host`), and the peer's
+//! response headers made into the client's (`to_client`, then `add_header` and `Server`).
+//! Locations come from the real config parser and snapshot compiler.
+//!
+//! `cargo bench --bench headers`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, Response};
+use imbang::config::{LoadOptions, parse_str};
+use imbang::proxy::headers::{add_headers, set_server, to_client, to_upstream};
+use imbang::snapshot::{Route, RouteAction, Snapshot};
+use imbang::upstream::PeerRegistry;
+
+mod support;
+
+/// The `location /` of a one-server config whose body is `location`, compiled as a reload
+/// would compile it.
+fn route(location: &str) -> Arc<Route> {
+    let text = format!(
+        "events {{}}
+         http {{
+             access_log off;
+             upstream app {{ server 127.0.0.1:3000; server 127.0.0.1:3001; }}
+             server {{
+                 listen 127.0.0.1:8080;
+                 server_name shop.example.com;
+                 location / {{ proxy_pass http://app; {location} }}
+             }}
+         }}"
+    );
+    let options = LoadOptions {
+        prefix: "/tmp/".into(),
+        default_listen_port: 8000,
+    };
+    let config = parse_str("/tmp/bench.conf", &text, &options).expect("a valid config");
+    let snapshot = Snapshot::compile(config, &PeerRegistry::new()).expect("a valid config");
+    let addr = "127.0.0.1:8080".parse().expect("an address");
+    let server = snapshot
+        .vhosts(addr, addr)
+        .expect("the listener's servers")
+        .find("shop.example.com");
+    let route = server.locations.find("/products/42").expect("location /");
+    route.clone()
+}
+
+fn proxy_host(route: &Route) -> &str {
+    match &route.action {
+        RouteAction::Proxy(proxy) => &proxy.proxy_host,
+        _ => unreachable!("every bench location proxies"),
+    }
+}
+
+/// Going upstream: what `forward()` does for each request sent.
+fn upstream(c: &mut Criterion) {
+    let parts = support::request();
+    let conn = support::conn();
+    // (name, location body, the `Host` sent upstream)
+    let cases = [
+        // No `proxy_set_header`: nginx's defaults (`Host: $proxy_host`, hop-by-hop removed).
+        ("default", "", "app"),
+        // What most reverse-proxy guides add.
+        (
+            "forwarded_real_ip_host",
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+             proxy_set_header X-Real-IP $remote_addr;
+             proxy_set_header Host $host;",
+            "shop.example.com",
+        ),
+    ];
+    let mut g = c.benchmark_group("to_upstream_9_headers");
+    g.bench_function("clone_only", |b| {
+        b.iter(|| black_box(parts.headers.clone()))
+    });
+    for (name, location, host) in cases {
+        let route = route(location);
+        let ctx = support::ctx(&conn, &parts, proxy_host(&route));
+        let mut sent = parts.headers.clone();
+        to_upstream(&mut sent, &route, ctx.proxy_host, &ctx);
+        assert_eq!(sent["host"], host, "{name}");
+        assert!(!sent.contains_key("connection"), "{name}");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut headers = parts.headers.clone();
+                to_upstream(&mut headers, &route, ctx.proxy_host, &ctx);
+                black_box(headers)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A Node (Express) app's answer, as the peer sends it: 8 headers.
+fn peer_response() -> HeaderMap {
+    let response = Response::builder()
+        .header("x-powered-by", "Express")
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-length", "5120")
+        .header("etag", "W/\"1400-Yx3kZ0m5sVJmE7yCq1nQ\"")
+        .header("cache-control", "private, max-age=0")
+        .header("date", "Wed, 25 Nov 2026 10:00:00 GMT")
+        .header("connection", "keep-alive")
+        .header("keep-alive", "timeout=5")
+        .body(())
+        .expect("a valid response");
+    response.into_parts().0.headers
+}
+
+/// Coming back: `to_client` in `forward()`, then `add_header` and `Server` in `respond()`.
+fn client(c: &mut Criterion) {
+    let parts = support::request();
+    let conn = support::conn();
+    let peer = peer_response();
+    // (name, location body, how many headers the client gets: the peer's end-to-end ones
+    // not hidden, the added ones, and `Server`)
+    let cases = [
+        ("default", "", 6),
+        (
+            "hide_1_add_3",
+            "proxy_hide_header X-Powered-By;
+             add_header X-Frame-Options SAMEORIGIN;
+             add_header X-Content-Type-Options nosniff;
+             add_header Strict-Transport-Security \"max-age=31536000\" always;",
+            8,
+        ),
+    ];
+    let mut g = c.benchmark_group("to_client_8_headers");
+    for (name, location, count) in cases {
+        let route = route(location);
+        let ctx = support::ctx(&conn, &parts, proxy_host(&route));
+        // The peer's headers are parsed, not cloned, on the real path: setup, not measured.
+        let fresh = || {
+            let mut response = Response::new(());
+            *response.headers_mut() = peer.clone();
+            response
+        };
+        let mut sent = fresh();
+        to_client(sent.headers_mut(), &route);
+        add_headers(&mut sent, &route, &ctx);
+        set_server(&mut sent, &route);
+        let names: Vec<&str> = sent.headers().keys().map(|n| n.as_str()).collect();
+        assert!(
+            !names.contains(&"keep-alive") && !names.contains(&"date"),
+            "{name}"
+        );
+        assert_eq!(names.len(), count, "{name}: {names:?}");
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                fresh,
+                |response| {
+                    to_client(response.headers_mut(), &route);
+                    add_headers(response, &route, &ctx);
+                    set_server(response, &route);
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = upstream, client
+}
+criterion_main!(benches);

@@ -91,7 +91,7 @@ fn upstream(c: &mut Criterion) {
                 )
             })
         };
-        let sent = String::from_utf8(encode()).expect("a text head");
+        let sent = String::from_utf8(encode().to_vec()).expect("a text head");
         assert!(
             sent.contains(&format!("\r\nhost: {host}\r\n")),
             "{name}: {sent}"

@@ -26,6 +26,7 @@ pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod route;
+pub mod scratch;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;

@@ -251,7 +251,7 @@ pub async fn response(
     send_timeout: Duration,
     nagle: &mut Nagle,
 ) -> Result<(), WriteError> {
-    let mut head = Vec::with_capacity(256 + response.headers().len() * 48);
+    let mut head = crate::scratch::Scratch::new(256 + response.headers().len() * 48);
     encode_head(&mut head, &response, framing, keep_alive, shape);
     let body = response.body_mut();
     if framing == BodyFraming::None {

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 
 use super::UpstreamBody;
 use crate::http1::{Decoded, Decoder, Framing};
+use crate::scratch::Scratch;
 
 /// The first read of a response asks for this much; a read that fills its space doubles the
 /// next one, up to [`MAX_READ`] (large bodies then cost few reads).
@@ -325,8 +326,8 @@ pub fn request_head(
     http10: bool,
     framing: RequestFraming,
     fields: impl FnOnce(&mut Vec<u8>),
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
+) -> Scratch {
+    let mut out = Scratch::new(512);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(if target.is_empty() {
@@ -589,7 +590,8 @@ fn parse_response(
         );
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for &(name_at, name_len, value_at, value_len) in &at[..count] {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| "upstream sent invalid header")?;
@@ -767,7 +769,7 @@ mod tests {
         upgrade: false,
     };
 
-    fn post() -> (Vec<u8>, UpstreamBody) {
+    fn post() -> (Scratch, UpstreamBody) {
         let head = request_head(&Method::POST, "/x?y=1", false, SHAPE.framing, |out| {
             put_field(out, b"host", b"peer")
         });
@@ -778,7 +780,7 @@ mod tests {
 
     async fn exchange(
         conn: &mut Conn,
-        (head, body): (Vec<u8>, UpstreamBody),
+        (head, body): (Scratch, UpstreamBody),
     ) -> Result<Answer, Failed> {
         conn.exchange(&head, body, SHAPE, Duration::from_secs(5))
             .await

@@ -64,7 +64,8 @@ pub async fn forward(
         return Err(ProxyError::BodyTooLarge);
     }
     let body = body.filter(|b| settings.pass_request_body && !b.is_end_stream());
-    let fault = Arc::new(ClientFault::default());
+    // What went wrong with a streamed body, if it is streamed.
+    let mut fault = None;
     // A body kept in memory can go to every attempt; a streamed one only to the first.
     let mut kept = None;
     let buffer_size = route.conf.client_body_buffer_size;
@@ -74,7 +75,7 @@ pub async fn forward(
         Ok(Err(body)) => UpstreamBody::Client(ClientBody {
             body,
             left: (limit > 0 && length.is_none()).then_some(limit),
-            fault: fault.clone(),
+            fault: fault.insert(Arc::new(ClientFault::default())).clone(),
             timeout: body_timeout,
             timer: None,
         }),
@@ -213,7 +214,7 @@ pub async fn forward(
                     addr,
                 ));
             }
-            Err(_) if fault.get() == Some(Fault::TooLarge) => {
+            Err(_) if fault.as_ref().and_then(|f| f.get()) == Some(Fault::TooLarge) => {
                 log!(
                     Error,
                     "*{} client intended to send too large chunked body: more than {limit} bytes{}",
@@ -222,7 +223,7 @@ pub async fn forward(
                 );
                 return Err(ProxyError::BodyTooLarge);
             }
-            Err(_) if fault.get() == Some(Fault::Timeout) => {
+            Err(_) if fault.as_ref().and_then(|f| f.get()) == Some(Fault::Timeout) => {
                 log!(
                     Info,
                     "*{} client timed out (110: Connection timed out) while reading client request body{}",
@@ -231,7 +232,7 @@ pub async fn forward(
                 );
                 return Err(ProxyError::ClientTimeout);
             }
-            Err(_) if fault.get() == Some(Fault::Broken) => {
+            Err(_) if fault.as_ref().and_then(|f| f.get()) == Some(Fault::Broken) => {
                 log!(
                     Info,
                     "*{} client sent invalid request body{}",
@@ -509,7 +510,7 @@ fn upstream_head(
     protocol: &Option<HeaderValue>,
     chunked: bool,
     shape: Shape,
-) -> Vec<u8> {
+) -> crate::scratch::Scratch {
     let client = &ctx.parts.headers;
     // The one case where `Trailer` means something end to end: a chunked body going on
     // chunked, whose trailer fields it declares.

@@ -11,6 +11,7 @@ pub mod retry;
 pub mod target;
 pub mod upgrade;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -466,7 +467,7 @@ async fn respond(
     };
     let host = match raw_host.map(normalize_host) {
         None if parts.version == http::Version::HTTP_11 => None,
-        None => Some(String::new()),
+        None => Some(Cow::Borrowed("")),
         Some(h) => h,
     };
     let Some(host) = host else {
@@ -522,7 +523,7 @@ async fn respond(
         send: Some(route.conf.client_send_timeout),
     };
     if out.log_route.is_some() {
-        out.path = path.clone();
+        out.path = path.clone().into_owned();
         if !set_values.is_empty() {
             out.sets = set_values.clone();
         }
@@ -687,7 +688,7 @@ async fn error_page(
                 .target
                 .parse()
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
-            (route, method, uri, path, false)
+            (route, method, uri, path.into_owned(), false)
         }
     };
     let (mut parts, ()) = Request::new(()).into_parts();

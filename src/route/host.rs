@@ -1,5 +1,6 @@
 //! `server_name` matching: which `server {}` of one listen address serves a host.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -20,9 +21,9 @@ use crate::config::model::ServerName;
 /// `""` gives `Some("")`: pass it when the request has no host at all, so that
 /// `server_name ""` matches (nginx). A *present but empty* `Host` header is a 400 in nginx;
 /// the caller must reject that case itself, this function cannot tell the two apart.
-pub fn normalize_host(raw: &str) -> Option<String> {
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     if raw.is_empty() {
-        return Some(String::new());
+        return Some(Cow::Borrowed(""));
     }
     let bytes = raw.as_bytes();
     let mut host_len = bytes.len();
@@ -88,7 +89,12 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     if host_len == 0 {
         return None;
     }
-    Some(raw[..host_len].to_ascii_lowercase())
+    let host = &raw[..host_len];
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,7 @@
 //! The request path as `location` matching sees it (nginx's `$uri`).
 
+use std::borrow::Cow;
+
 /// A request path nginx answers with 400 (`client sent invalid request`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UriError {
@@ -30,14 +32,24 @@ pub enum UriError {
 ///   (`/a/b/../c` → `/a/c`, `/a/..` → `/`); a segment like `..a` or `a.` is plain data;
 /// - a raw `?` or `#` ends the path (nginx: arguments, fragment).
 ///
-/// `""` (an absolute URI with no path) gives `/`. One allocation, the size of the input.
-pub fn normalize_path(raw_path: &str) -> Result<String, UriError> {
+/// `""` (an absolute URI with no path) gives `/`. A path none of these steps changes (the
+/// usual one) is returned as it is; otherwise one allocation, the size of the input.
+pub fn normalize_path(raw_path: &str) -> Result<Cow<'_, str>, UriError> {
     let input = raw_path.as_bytes();
     if input.is_empty() {
-        return Ok("/".to_owned());
+        return Ok(Cow::Borrowed("/"));
     }
     if input[0] != b'/' {
         return Err(UriError::NotAbsolute);
+    }
+    let plain = !input
+        .iter()
+        .any(|&b| matches!(b, b'%' | b'?' | b'#' | b'\0'))
+        && !input
+            .windows(2)
+            .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'));
+    if plain {
+        return Ok(Cow::Borrowed(raw_path));
     }
     let mut out: Vec<u8> = Vec::with_capacity(input.len());
     // Where the last byte written sits in a segment: just after a `/`, after `/.`, after
@@ -106,7 +118,9 @@ pub fn normalize_path(raw_path: &str) -> Result<String, UriError> {
         Segment::DotDot => pop_segment(&mut out)?,
         Segment::Slash | Segment::Other => {}
     }
-    String::from_utf8(out).map_err(|_| UriError::NotUtf8)
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| UriError::NotUtf8)
 }
 
 #[derive(Clone, Copy)]

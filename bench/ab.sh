@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # Interleaved A/B of proxy CPU per request: scenario (a) of bench/run.sh (small keep-alive GETs,
-# 50 connections) or, with --close, scenario (b) (a new connection per request), for several
-# imbang binaries and nginx on the same two origins, rounds alternating the order. Prints CPU µs
-# per request and req/s per round and the median per target. A quick check of one change;
-# bench/run.sh stays the reference.
+# 50 connections), with --close scenario (b) (a new connection per request), with --h2 scenario
+# (d) (h2c, h2load 50 connections x 10 streams), for several imbang binaries and nginx on the
+# same two origins, rounds alternating the order. Prints CPU µs per request (user and kernel) and
+# req/s per round and the median per target. A quick check of one change; bench/run.sh stays the
+# reference.
 #
-#   bench/ab.sh [--rounds N] [--secs S] [--close] [--port-base P] NAME=BINARY... [nginx]
+#   bench/ab.sh [--rounds N] [--secs S] [--close|--h2] [--port-base P] NAME=BINARY... [nginx]
 #
 # Layout as in run.sh: the proxy pinned to CPU 1, wrk and the origins to CPU 0. Run it on a quiet
 # machine; it only starts (and stops, by pid) its own processes.
 set -euo pipefail
 
-ROUNDS=4 SECS=6 CLOSE=0 BASE=39000
+ROUNDS=4 SECS=6 CLOSE=0 H2=0 BASE=39000
 TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --secs) SECS=$2; shift 2 ;;
     --close) CLOSE=1; shift ;;
+    --h2) H2=1; shift ;;
     --port-base) BASE=$2; shift 2 ;;
-    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
 done
@@ -52,17 +54,25 @@ http {
     server { listen 127.0.0.1:$((BASE + 80));
              location / { proxy_pass http://origins; proxy_http_version 1.1;
                           proxy_set_header Connection ""; } }
+    server { listen 127.0.0.1:$((BASE + 81)) http2;
+             location / { proxy_pass http://origins; proxy_http_version 1.1;
+                          proxy_set_header Connection ""; } }
 }
 EOF
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on port $1 (logs in $W/logs)" >&2; cat "$W"/logs/*.out >&2; return 1
+}
 wait_port $((BASE + 1)); wait_port $((BASE + 2))
 
-ticks() { # utime+stime of PID and its children threads, in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
-tree_ticks() { # PID and its direct children (nginx master + worker)
-  local t; t=$(ticks "$1"); for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do t=$((t + $(ticks "$c"))); done; echo "$t"
+tree_ticks() { # "user system" clock ticks of PID (all its threads) and its children (nginx's worker)
+  local u s
+  read -r u s < <(awk '{print $14, $15}' "/proc/$1/stat")
+  for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+    read -r cu cs < <(awk '{print $14, $15}' "/proc/$c/stat"); u=$((u + cu)); s=$((s + cs))
+  done
+  echo "$u $s"
 }
 
 HZ=$(getconf CLK_TCK)
@@ -77,20 +87,33 @@ for r in $(seq "$ROUNDS"); do
     name=${t%%=*}; bin=${t#*=}
     rm -f "$W/proxy.pid"
     if [ "$t" = nginx ]; then
-      taskset -c 1 nginx -p "$W/" -c "$W/proxy.conf" >/dev/null 2>&1 & pid=$!
+      taskset -c 1 nginx -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     else
-      taskset -c 1 "$bin" -p "$W/" -c "$W/proxy.conf" >/dev/null 2>&1 & pid=$!
+      taskset -c 1 "$bin" -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     fi
     wait_port $((BASE + 80))
-    taskset -c 0 wrk -t1 -c50 -d2s "${extra[@]}" "http://127.0.0.1:$((BASE + 80))/" >/dev/null
-    t0=$(tree_ticks "$pid")
-    out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${extra[@]}" "http://127.0.0.1:$((BASE + 80))/")
-    t1=$(tree_ticks "$pid")
+    if [ "$H2" = 1 ]; then
+      url="http://127.0.0.1:$((BASE + 81))/"
+      taskset -c 0 h2load -t1 -c50 -m10 -D 2 "$url" >/dev/null
+      read -r u0 s0 < <(tree_ticks "$pid")
+      out=$(taskset -c 0 h2load -t1 -c50 -m10 -D "$SECS" "$url")
+      read -r u1 s1 < <(tree_ticks "$pid")
+      reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    else
+      url="http://127.0.0.1:$((BASE + 80))/"
+      taskset -c 0 wrk -t1 -c50 -d2s "${extra[@]}" "$url" >/dev/null
+      read -r u0 s0 < <(tree_ticks "$pid")
+      out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${extra[@]}" "$url")
+      read -r u1 s1 < <(tree_ticks "$pid")
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    fi
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    us=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
-    printf 'round %d %-10s %8s µs/req %10s req/s\n' "$r" "$name" "$us" "$rps"
+    us=$(awk -v d=$((u1 - u0 + s1 - s0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+    user=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+    printf 'round %d %-10s %8s µs/req (user %5s, kernel %5s) %10s req/s\n' "$r" "$name" "$us" "$user" \
+      "$(awk -v a="$us" -v b="$user" 'BEGIN { printf "%.2f", a - b }')" "$rps"
     RESULTS[$name]+="$us "
   done
 done

@@ -499,7 +499,7 @@ async fn read_head(
                 Ok(Parsed::Answer(answer)) => return Ok(answer),
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) if buf.len() > MAX_HEAD => {
-                    return Err(ReadFail::Invalid("upstream sent too big header"));
+                    return Err(ReadFail::Invalid("a response head over 64 KiB"));
                 }
                 Ok(Parsed::Partial) => {}
                 Err(why) => return Err(ReadFail::Invalid(why)),
@@ -560,16 +560,19 @@ fn parse_response(
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut res = httparse::Response::new(&mut fields);
     let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err("a response head over 64 KiB");
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err("upstream sent too many header lines"),
-        Err(_) => return Err("upstream sent invalid header"),
+        Err(httparse::Error::TooManyHeaders) => return Err("more than 128 header lines"),
+        Err(_) => return Err("a malformed status line or header line"),
     };
     let code = res.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| "upstream sent invalid status")?;
+    let status = StatusCode::from_u16(code).map_err(|_| "an invalid status")?;
     if status.is_informational() && !(code == 101 && upgrade) {
         if code == 101 {
-            return Err("upstream switched protocols unasked");
+            return Err("101 to a request that asked for no upgrade");
         }
         let _ = buf.split_to(len);
         return Ok(Parsed::Interim);
@@ -594,9 +597,9 @@ fn parse_response(
     let mut headers = HeaderMap::with_capacity(count + 2);
     for &(name_at, name_len, value_at, value_len) in &at[..count] {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| "upstream sent invalid header")?;
+            .map_err(|_| "a malformed header line")?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| "upstream sent invalid header")?;
+            .map_err(|_| "a malformed header line")?;
         headers.append(name, value);
     }
     let (close, keep_alive_token, _) = crate::http1::connection_tokens(&headers);
@@ -638,7 +641,7 @@ fn parse_response(
                     BodyKind::Length(n)
                 }
             }
-            _ => return Err("upstream sent invalid \"Content-Length\" header"),
+            _ => return Err("an invalid Content-Length, or two that differ"),
         }
     } else {
         keep_alive = false;

@@ -5,7 +5,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{backend, imbang};
+use support::{backend, imbang, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,14 +24,6 @@ async fn exchange(addr: SocketAddr, raw: &[u8]) -> (String, bool) {
         }
     };
     (String::from_utf8_lossy(&got).into_owned(), closed)
-}
-
-fn status(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::imbang;
+use support::{imbang, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -84,14 +84,6 @@ async fn ask(lb: SocketAddr, raw: &[u8]) -> (String, bool) {
 }
 
 const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-
-fn status(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test]
 async fn answers_that_are_not_http_are_502() {

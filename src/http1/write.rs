@@ -131,7 +131,8 @@ pub fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+/// `n` in decimal, written into the end of `buf`.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

@@ -31,7 +31,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::UpstreamBody;
-use crate::http1::{Decoded, Decoder, Framing};
+use crate::http1::{Decoded, Decoder, Framing, itoa};
 use crate::scratch::Scratch;
 
 /// The first read of a response asks for this much; a read that fills its space doubles the
@@ -358,18 +358,6 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// Writes all of `parts` (one `writev` when the socket takes it), bounded by `timeout` while

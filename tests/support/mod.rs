@@ -816,3 +816,12 @@ where
     });
     addr
 }
+
+/// The status code of a raw HTTP/1.1 answer (`HTTP/1.1 502 Bad Gateway ...`), 0 if none.
+pub fn status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

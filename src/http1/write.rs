@@ -363,7 +363,8 @@ async fn write_data(
 }
 
 /// `{len:x}\r\n` into `out`; returns its length.
-fn chunk_header(len: usize, out: &mut [u8; 18]) -> usize {
+/// `<hex size>\r\n` into `out`; its length.
+pub(crate) fn chunk_header(len: usize, out: &mut [u8; 18]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();

@@ -31,7 +31,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::UpstreamBody;
-use crate::http1::{Decoded, Decoder, Framing, itoa};
+use crate::http1::{Decoded, Decoder, Framing, chunk_header, itoa};
 use crate::scratch::Scratch;
 
 /// The first read of a response asks for this much; a read that fills its space doubles the
@@ -435,7 +435,7 @@ async fn write_request(
                 Ok(data) if data.is_empty() => {}
                 Ok(data) if chunked => {
                     let mut size = [0u8; 18];
-                    let n = chunk_size_line(data.len(), &mut size);
+                    let n = chunk_header(data.len(), &mut size);
                     let parts: [&[u8]; 3] = [&size[..n], &data, b"\r\n"];
                     write_parts(stream, &parts, timeout, &mut written).await?;
                 }
@@ -455,13 +455,6 @@ async fn write_request(
         write_parts(stream, &[&end], timeout, &mut written).await?;
     }
     Ok(())
-}
-
-/// `<hex size>\r\n` into `out`; its length.
-fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
-    let hex = format!("{len:x}\r\n");
-    out[..hex.len()].copy_from_slice(hex.as_bytes());
-    hex.len()
 }
 
 /// Why no response head was read.

@@ -559,7 +559,9 @@ async fn respond(
         .iter()
         .find(|p| p.codes.contains(&status));
     if let Some(page) = page.filter(|_| !from_peer || route.conf.intercept_errors) {
-        response = error_page(shared, &ctx, server, page, status, out).await;
+        // Boxed: an `error_page` holds a whole second request's state, which every request
+        // would otherwise carry (and move) for the rare one that needs it.
+        response = Box::pin(error_page(shared, &ctx, server, page, status, out)).await;
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Interleaved A/B of proxy CPU per request: scenario (a) of bench/run.sh (small keep-alive GETs,
 # 50 connections), with --close scenario (b) (a new connection per request), with --h2 scenario
-# (d) (h2c, h2load 50 connections x 10 streams), for several imbang binaries and nginx on the
+# (d) (h2c, h2load 50 connections x 10 streams), with --big scenario (c) (1 MiB responses, 10
+# connections; CPU per MiB is CPU per request), for several imbang binaries and nginx on the
 # same two origins, rounds alternating the order. Prints CPU µs per request (user and kernel) and
 # req/s per round and the median per target. A quick check of one change; bench/run.sh stays the
 # reference.
 #
-#   bench/ab.sh [--rounds N] [--secs S] [--close|--h2] [--port-base P] NAME=BINARY... [nginx]
+#   bench/ab.sh [--rounds N] [--secs S] [--close|--h2|--big] [--port-base P] NAME=BINARY... [nginx]
 #
 # Layout as in run.sh: the proxy pinned to CPU 1, wrk and the origins to CPU 0. Run it on a quiet
 # machine; it only starts (and stops, by pid) its own processes.
 set -euo pipefail
 
-ROUNDS=4 SECS=6 CLOSE=0 H2=0 BASE=39000
+ROUNDS=4 SECS=6 CLOSE=0 H2=0 BIG=0 BASE=39000
 TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,8 +21,9 @@ while [ $# -gt 0 ]; do
     --secs) SECS=$2; shift 2 ;;
     --close) CLOSE=1; shift ;;
     --h2) H2=1; shift ;;
+    --big) BIG=1; shift ;;
     --port-base) BASE=$2; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
 done
@@ -31,14 +33,16 @@ W=$(mktemp -d /tmp/imbang-ab.XXXXXX)
 PIDS=() pid=
 cleanup() { for p in "${PIDS[@]}" $pid; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-mkdir -p "$W/logs"
+mkdir -p "$W/logs" "$W/www"
+head -c 1048576 /dev/urandom > "$W/www/big"
 for i in 1 2; do
   cat > "$W/origin$i.conf" <<EOF
 daemon off; master_process off; worker_processes 1;
 pid $W/origin$i.pid; error_log $W/logs/origin$i.log error;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:$((BASE + i)); location / { return 200 "hello from origin $i\n"; } } }
+  server { listen 127.0.0.1:$((BASE + i)); location / { return 200 "hello from origin $i\n"; }
+           location = /big { root $W/www; } } }
 EOF
   taskset -c 0 nginx -p "$W/" -c "$W/origin$i.conf" >/dev/null 2>&1 &
   PIDS+=($!)
@@ -101,10 +105,11 @@ for r in $(seq "$ROUNDS"); do
       reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     else
-      url="http://127.0.0.1:$((BASE + 80))/"
-      taskset -c 0 wrk -t1 -c50 -d2s "${extra[@]}" "$url" >/dev/null
+      url="http://127.0.0.1:$((BASE + 80))/" conns=50
+      [ "$BIG" = 1 ] && url="http://127.0.0.1:$((BASE + 80))/big" conns=10
+      taskset -c 0 wrk -t1 -c$conns -d2s "${extra[@]}" "$url" >/dev/null
       read -r u0 s0 < <(tree_ticks "$pid")
-      out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${extra[@]}" "$url")
+      out=$(taskset -c 0 wrk -t1 -c$conns -d"${SECS}s" "${extra[@]}" "$url")
       read -r u1 s1 < <(tree_ticks "$pid")
       reqs=$(echo "$out" | awk '/requests in/ {print $1}')
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

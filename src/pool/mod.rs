@@ -45,9 +45,9 @@ pub struct Reuse {
 }
 
 impl Reuse {
-    /// Whether a connection that has just carried one more request may be kept.
-    fn allows(&self, age: Age) -> bool {
-        age.requests < self.max_requests && age.opened.elapsed() < self.max_age
+    /// Whether a connection that has just carried one more request may be kept, at `now`.
+    fn allows(&self, age: Age, now: Instant) -> bool {
+        age.requests < self.max_requests && now.duration_since(age.opened) < self.max_age
     }
 }
 
@@ -135,13 +135,21 @@ impl Pool {
 
     /// Returns a connection whose response was read to the end, keeping at most `max_idle`
     /// idle connections for `addr` (the oldest is closed first), unless it has carried
-    /// `keepalive_requests` requests or is older than `keepalive_time`.
-    pub fn checkin(&self, addr: SocketAddr, io: h1::Conn, age: Age, max_idle: usize, reuse: Reuse) {
+    /// `keepalive_requests` requests or is older than `keepalive_time` (at `now`).
+    pub fn checkin(
+        &self,
+        addr: SocketAddr,
+        io: h1::Conn,
+        age: Age,
+        max_idle: usize,
+        reuse: Reuse,
+        now: Instant,
+    ) {
         let age = Age {
             requests: age.requests + 1,
             ..age
         };
-        if max_idle == 0 || !reuse.allows(age) {
+        if max_idle == 0 || !reuse.allows(age, now) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,7 +159,7 @@ impl Pool {
         }
         list.push(Idle {
             io,
-            since: Instant::now(),
+            since: now,
             age,
         });
     }

@@ -102,13 +102,15 @@ impl Streamed {
     }
 
     fn finish(&mut self) {
+        let now = Instant::now();
         if let Some(c) = self.checkin.take() {
             if let Some(conn) = self.body.take_idle() {
-                c.pool.checkin(c.addr, conn, c.age, c.max_idle, c.reuse);
+                c.pool
+                    .checkin(c.addr, conn, c.age, c.max_idle, c.reuse, now);
             }
         }
         if let Some(guard) = self.guard.take() {
-            guard.body_done(Instant::now()); // `least_time last_byte`
+            guard.body_done(now); // `least_time last_byte`
         }
     }
 }

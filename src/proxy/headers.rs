@@ -23,26 +23,49 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether `connection` (a message's `Connection` values) lists `name`: such a header is
+/// hop-by-hop too.
+fn named_by(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    connection
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+}
+
+/// Removes every header `drop` picks, looking each name up once and allocating nothing for
+/// the usual few.
+fn remove_where(
+    headers: &mut HeaderMap,
+    drop: impl Fn(&HeaderName, &header::GetAll<'_, HeaderValue>) -> bool,
+) {
+    const FEW: usize = 16;
+    let mut few: [Option<HeaderName>; FEW] = std::array::from_fn(|_| None);
+    let mut count = 0;
+    let mut more = Vec::new();
+    let connection = headers.get_all(header::CONNECTION);
+    for name in headers.keys() {
+        if drop(name, &connection) {
+            if count < FEW {
+                few[count] = Some(name.clone());
+                count += 1;
+            } else {
+                more.push(name.clone());
+            }
+        }
+    }
+    for name in few.into_iter().flatten().chain(more) {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
-    }
+    remove_where(headers, |name, connection| {
+        is_hop_by_hop(name) || named_by(connection, name)
+    });
 }
 
 /// Headers that the caller sends upstream itself, so `proxy_set_header` must not send them too.
@@ -79,12 +102,13 @@ pub fn for_upstream(
     mut field: impl FnMut(&[u8], &[u8]),
 ) {
     if route.conf.proxy.pass_request_headers {
+        let connection = client.get_all(header::CONNECTION);
         for (name, value) in client {
             let skip = is_hop_by_hop(name)
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || route.set_headers.iter().any(|(set, _)| set == name)
-                || named_by_connection(client, name);
+                || named_by(&connection, name);
             if !skip {
                 field(name.as_str().as_bytes(), value.as_bytes());
             }
@@ -117,25 +141,12 @@ pub fn for_upstream(
     }
 }
 
-/// Whether the `Connection` header lists `name` (such a header is hop-by-hop too).
-fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-        })
-}
-
 /// Turns the peer's response headers into the ones the client gets (in place): hop-by-hop and
 /// hidden headers removed, `Location`/`Refresh` rewritten by `proxy_redirect`.
 pub fn to_client(headers: &mut HeaderMap, route: &Route) {
-    strip_hop_by_hop(headers);
-    for name in &route.hidden {
-        headers.remove(name);
-    }
+    remove_where(headers, |name, connection| {
+        is_hop_by_hop(name) || named_by(connection, name) || route.hidden.contains(name)
+    });
     if !route.redirects.is_empty() {
         for name in [header::LOCATION, header::REFRESH] {
             let rewritten = headers

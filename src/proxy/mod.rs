@@ -155,6 +155,31 @@ impl RequestCtx<'_> {
     }
 }
 
+/// `$time_local` (or, with `iso`, `$time_iso8601`): formatted once a second per thread, as nginx
+/// caches its time strings (formatting local time costs ~0.3 µs, a log line ~0.7).
+fn append_local_time(out: &mut String, iso: bool) {
+    use chrono::TimeZone as _;
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new(), String::new())) };
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            let Some(local) = chrono::Local.timestamp_opt(secs as i64, 0).single() else {
+                return;
+            };
+            cache.0 = secs;
+            cache.1 = local.format("%d/%b/%Y:%H:%M:%S %z").to_string();
+            cache.2 = local.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+        }
+        out.push_str(if iso { &cache.2 } else { &cache.1 });
+    });
+}
+
 impl Vars for RequestCtx<'_> {
     fn append(&self, var: &Var, out: &mut String) {
         let uri = &self.parts.uri;
@@ -243,12 +268,8 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(v);
                 }
             }
-            Var::TimeLocal => {
-                append_display(out, chrono::Local::now().format("%d/%b/%Y:%H:%M:%S %z"))
-            }
-            Var::TimeIso8601 => {
-                append_display(out, chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%:z"))
-            }
+            Var::TimeLocal => append_local_time(out, false),
+            Var::TimeIso8601 => append_local_time(out, true),
             Var::Msec => {
                 let now = chrono::Utc::now();
                 append_display(
@@ -839,4 +860,26 @@ fn query_arg<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         k.eq_ignore_ascii_case(name).then_some(v)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_local_time;
+
+    #[test]
+    fn time_variables_are_nginx_s_formats_of_the_current_second() {
+        for (iso, format) in [
+            (false, "%d/%b/%Y:%H:%M:%S %z"),
+            (true, "%Y-%m-%dT%H:%M:%S%:z"),
+        ] {
+            let before = chrono::Local::now().format(format).to_string();
+            let mut cached = String::new();
+            append_local_time(&mut cached, iso);
+            let mut again = String::new();
+            append_local_time(&mut again, iso);
+            let after = chrono::Local::now().format(format).to_string();
+            assert!(cached == before || cached == after, "{cached} vs {before}/{after}");
+            assert!(again == cached || again == after, "{again}");
+        }
+    }
 }

@@ -129,7 +129,7 @@ pub struct Group {
     pub hash_key: Option<Template>,
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
-    /// `keepalive_requests` and `keepalive_time` of upstream connections.
+    /// `keepalive_requests`, `keepalive_time` and `keepalive_timeout` of upstream connections.
     pub reuse: crate::pool::Reuse,
 }
 
@@ -144,6 +144,7 @@ impl Group {
             reuse: crate::pool::Reuse {
                 max_requests: up.keepalive_requests,
                 max_age: up.keepalive_time,
+                idle_timeout: up.keepalive_timeout,
             },
         }
     }

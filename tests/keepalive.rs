@@ -16,8 +16,12 @@ use support::imbang;
 use tokio::net::TcpListener;
 
 /// A backend that closes each keep-alive connection after it has been idle for a random
-/// 1–12 ms (a different timeout per connection, from a fixed seed).
-async fn impatient_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr {
+/// 1–12 ms (a different timeout per connection, from a fixed seed). `closed` counts the
+/// connections it closed.
+async fn impatient_backend(
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -31,6 +35,7 @@ async fn impatient_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAdd
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let idle = Duration::from_millis(1 + seed % 12);
+            let closed = closed.clone();
             tokio::spawn(async move {
                 let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -40,6 +45,7 @@ async fn impatient_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAdd
                     .header_read_timeout(idle)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -49,7 +55,7 @@ async fn impatient_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAdd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_closing_idle_connections_causes_no_client_error() {
     let connections = Arc::new(AtomicUsize::new(0));
-    let backend = impatient_backend(connections.clone()).await;
+    let backend = impatient_backend(connections.clone(), Arc::default()).await;
     // One peer: a failure here could not be hidden by moving to another peer.
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
@@ -133,4 +139,61 @@ async fn upstream_keepalive_requests_bounds_the_requests_per_connection() {
             "{limit:?}"
         );
     }
+}
+
+/// Sockets to `port` in `CLOSE_WAIT` (the peer closed, this side did not yet), from
+/// /proc/net/tcp: state 08, remote port in hex.
+fn close_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 3
+                && cols[3] == "08"
+                && cols[2].rsplit(':').next() == Some(&format!("{port:04X}"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn idle_connections_the_peer_closed_are_closed_here_too() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let backend = impatient_backend(connections.clone(), closed.clone()).await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off;
+           upstream one {{ server {backend}; keepalive 16; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
+    ))
+    .await;
+    // Several connections at once, so several go back to the pool.
+    let answers = futures_join(lb.addr, 4).await;
+    assert!(answers.iter().all(|a| a == "ok"), "{answers:?}");
+    // The peer closes them within 12 ms; nothing asks for them again.
+    support::eventually(
+        "the peer to close every connection",
+        Duration::from_secs(2),
+        || closed.load(Ordering::SeqCst) == connections.load(Ordering::SeqCst),
+    )
+    .await;
+    support::eventually(
+        "imbang to close its side of idle connections the peer closed",
+        Duration::from_secs(5),
+        || close_wait_to(backend.port()) == 0,
+    )
+    .await;
+}
+
+async fn futures_join(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(support::request(addr, "GET", "/", "localhost", None)))
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap().1);
+    }
+    bodies
 }

@@ -168,6 +168,15 @@ impl Conn {
         }
     }
 
+    /// Readies a connection for the idle list: a read buffer grown for a large body is let go
+    /// (an idle connection keeps at most a small one).
+    pub(super) fn settle(&mut self) {
+        if self.buf.capacity() > 2 * FIRST_READ {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = FIRST_READ;
+    }
+
     /// Whether an idle connection still looks usable: the peer has neither closed it nor sent
     /// anything unasked. Costs no system call unless the socket became readable.
     pub(super) fn is_reusable(&self) -> bool {

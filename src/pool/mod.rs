@@ -13,7 +13,7 @@ pub mod h1;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -37,11 +37,14 @@ pub struct Age {
     pub opened: Instant,
 }
 
-/// nginx's `keepalive_requests` / `keepalive_time` for upstream connections.
+/// nginx's `keepalive_requests` / `keepalive_time` / `keepalive_timeout` for upstream
+/// connections.
 #[derive(Clone, Copy, Debug)]
 pub struct Reuse {
     pub max_requests: u64,
     pub max_age: Duration,
+    /// How long a connection may stay idle.
+    pub idle_timeout: Duration,
 }
 
 impl Reuse {
@@ -63,6 +66,8 @@ pub enum ConnectError {
 struct Idle {
     io: h1::Conn,
     since: Instant,
+    /// When it has been idle for its group's `keepalive_timeout`.
+    until: Instant,
     age: Age,
 }
 
@@ -70,11 +75,46 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Whether the task that closes dead idle connections runs.
+    sweeping: std::sync::atomic::AtomicBool,
 }
+
+/// How often idle connections are looked at, to close those the peer closed (their sockets
+/// would wait in `CLOSE_WAIT` for the next request to that peer) or that were idle too long.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Pool {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Closes idle connections that the peer closed, or that are idle longer than
+    /// `idle_timeout` of their group as they were checked in (the longest kept is
+    /// `max_idle_time`).
+    fn sweep(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| now < c.until && c.io.is_reusable());
+            !list.is_empty()
+        });
+    }
+
+    /// Starts the sweeping task on the current runtime, once; it ends with the pool.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(Instant::now());
+            }
+        });
     }
 
     /// An idle connection to `addr` that is still open and younger than `idle_timeout`, or a new one.
@@ -137,9 +177,9 @@ impl Pool {
     /// idle connections for `addr` (the oldest is closed first), unless it has carried
     /// `keepalive_requests` requests or is older than `keepalive_time` (at `now`).
     pub fn checkin(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
-        io: h1::Conn,
+        mut io: h1::Conn,
         age: Age,
         max_idle: usize,
         reuse: Reuse,
@@ -152,6 +192,8 @@ impl Pool {
         if max_idle == 0 || !reuse.allows(age, now) {
             return;
         }
+        io.settle();
+        self.start_sweeping();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(addr).or_default();
         if list.len() >= max_idle {
@@ -160,6 +202,7 @@ impl Pool {
         list.push(Idle {
             io,
             since: now,
+            until: now + reuse.idle_timeout,
             age,
         });
     }

@@ -878,7 +878,10 @@ mod tests {
             let mut again = String::new();
             append_local_time(&mut again, iso);
             let after = chrono::Local::now().format(format).to_string();
-            assert!(cached == before || cached == after, "{cached} vs {before}/{after}");
+            assert!(
+                cached == before || cached == after,
+                "{cached} vs {before}/{after}"
+            );
             assert!(again == cached || again == after, "{again}");
         }
     }

@@ -244,14 +244,15 @@ enum Next {
 /// (whoever polls the body may be another task).
 enum Socket {
     Own(TcpStream),
-    Lent(Arc<TcpStream>),
+    Lent(Lent),
 }
 
 impl Socket {
     fn get(&self) -> &TcpStream {
         match self {
             Self::Own(stream) => stream,
-            Self::Lent(stream) => stream,
+            Self::Lent(Lent(Some(stream))) => stream,
+            Self::Lent(Lent(None)) => unreachable!("only `reclaim` empties it, and consumes it"),
         }
     }
 
@@ -259,7 +260,31 @@ impl Socket {
     fn reclaim(self) -> Option<TcpStream> {
         match self {
             Self::Own(stream) => Some(stream),
-            Self::Lent(stream) => Arc::into_inner(stream),
+            Self::Lent(mut lent) => {
+                let stream = lent.0.take()?;
+                match Arc::try_unwrap(stream) {
+                    Ok(stream) => Some(stream),
+                    Err(stream) => {
+                        lent.0 = Some(stream);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The connection's share of a socket lent to a request body. Dropped while the body still
+/// has the socket, it shuts the socket down for writing, so the client sees the end of a
+/// response that is delimited by the close (as a dropped split write half did).
+struct Lent(Option<Arc<TcpStream>>);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            if Arc::strong_count(&stream) > 1 {
+                let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
+            }
         }
     }
 }
@@ -373,7 +398,7 @@ impl Conn {
                 buf,
             };
             let body = RequestBody::streaming(reader, framing, expect_continue, exchange.clone());
-            (Socket::Lent(stream), None, body, Some(exchange))
+            (Socket::Lent(Lent(Some(stream))), None, body, Some(exchange))
         };
         let (upgraded, on_upgrade) = match upgrade {
             true => {

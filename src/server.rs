@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify};
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::http1;
@@ -49,7 +49,7 @@ pub struct Server {
 
 struct Listening {
     local: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Arc<http1::Stop>,
     /// The same socket, kept to hand to a new binary (USR2).
     socket: std::net::TcpListener,
 }
@@ -153,19 +153,22 @@ impl Server {
     ) -> std::io::Result<Listening> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
+        let stop = Arc::new(http1::Stop::default());
         let workers = self
             .workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if workers.is_empty() {
-            tokio::spawn(self.clone().accept_loop(key, socket.try_clone()?, stopped));
+            tokio::spawn(
+                self.clone()
+                    .accept_loop(key, socket.try_clone()?, stop.clone()),
+            );
         } else {
             for worker in &workers {
                 let loop_ = self
                     .clone()
-                    .accept_loop(key, socket.try_clone()?, stopped.clone());
+                    .accept_loop(key, socket.try_clone()?, stop.clone());
                 worker.spawn(loop_);
             }
         }
@@ -187,7 +190,7 @@ impl Server {
         self: Arc<Self>,
         key: SocketAddr,
         socket: std::net::TcpListener,
-        mut stopped: watch::Receiver<bool>,
+        stop: Arc<http1::Stop>,
     ) {
         let listener = match TcpListener::from_std(socket) {
             Ok(l) => l,
@@ -199,17 +202,12 @@ impl Server {
         let Ok(bound) = listener.local_addr() else {
             return;
         };
+        let mut listening = ListenerCache::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        // Counted before the task starts, so a stop that begins now waits for it.
-                        let counted = self.connections.enter();
-                        let server = self.clone();
-                        let removed = stopped.clone();
-                        tokio::spawn(async move {
-                            server.connection(stream, remote, key, bound, removed, counted).await
-                        });
+                        self.connection(stream, remote, (key, bound), &stop, &mut listening);
                     }
                     Err(e) => {
                         log!(Alert, "accept() failed ({})", error_log::errno_text(&e));
@@ -217,19 +215,20 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = stopped.changed() => break,
+                () = stop.stopped() => break,
             }
         }
     }
 
-    async fn connection(
-        self: Arc<Self>,
+    /// Starts serving an accepted connection in a task of its own. Everything it needs is
+    /// prepared here, so the task's future holds each piece once.
+    fn connection(
+        &self,
         stream: TcpStream,
         remote: SocketAddr,
-        key: SocketAddr,
-        bound: SocketAddr,
-        listener_removed: watch::Receiver<bool>,
-        _counted: Counted,
+        (key, bound): (SocketAddr, SocketAddr),
+        stop: &Arc<http1::Stop>,
+        listening: &mut ListenerCache,
     ) {
         // The local address is the listener's unless it listens on a wildcard (nginx calls
         // getsockname() only then, too); TCP_NODELAY is set by the connection before its second
@@ -242,6 +241,8 @@ impl Server {
         } else {
             bound
         };
+        // Counted before the task starts, so a stop that begins now waits for it.
+        let counted = self.connections.enter();
         let info = Arc::new(ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             requests: AtomicU64::new(0),
@@ -249,31 +250,9 @@ impl Server {
             local,
             key,
         });
-        let snapshot = self.snapshot();
-        let settings = match snapshot.config.http.as_ref() {
-            Some(h) => http1::Settings {
-                limits: http1::HeadLimits {
-                    line: h.header_buffer_size,
-                    head: h.header_buffer_size * h.header_buffers,
-                },
-                first_read: h.client_header_buffer_size,
-                header_timeout: h.client_header_timeout,
-                keepalive_timeout: h.keepalive_timeout,
-                send_timeout: h.send_timeout,
-            },
-            None => http1::Settings {
-                limits: http1::HeadLimits::default(),
-                first_read: 1024,
-                header_timeout: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(75),
-                send_timeout: Duration::from_secs(60),
-            },
-        };
-        drop(snapshot);
-        let signals = http1::Signals {
-            stop: listener_removed,
-        };
-        http1::serve(stream, self.shared.clone(), info, settings, signals).await;
+        let listener = listening.get(&self.snapshot(), &self.shared, stop);
+        let serving = http1::serve(stream, listener, info, counted);
+        tokio::spawn(serving);
     }
 
     /// Reads the configuration files again and puts them in force (SIGHUP, `-s reload`).
@@ -314,7 +293,7 @@ impl Server {
         }
         for key in gone {
             if let Some(l) = listeners.remove(&key) {
-                let _ = l.stop.send(true);
+                l.stop.stop();
             }
         }
         Ok(())
@@ -324,7 +303,7 @@ impl Server {
     /// at once), bounded by `timeout`. Returns when no connection is left or the time is up.
     pub async fn shutdown(&self, graceful: bool, timeout: Option<Duration>) {
         for (_, l) in self.listeners.lock().await.drain() {
-            let _ = l.stop.send(true);
+            l.stop.stop();
         }
         if !graceful {
             return;
@@ -362,6 +341,57 @@ pub fn open_error_log(
         }
     }
     error_log::ErrorLog::open(&specs)
+}
+
+/// A listener's [`http1::Listener`] for the configuration in force, made once per snapshot
+/// rather than per connection. Each accept loop keeps its own.
+#[derive(Default)]
+struct ListenerCache(Option<(Weak<Snapshot>, Arc<http1::Listener>)>);
+
+impl ListenerCache {
+    fn get(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        shared: &Arc<Shared>,
+        stop: &Arc<http1::Stop>,
+    ) -> Arc<http1::Listener> {
+        if let Some((of, listener)) = &self.0 {
+            // The `Weak` keeps the address from being reused by a later snapshot.
+            if std::ptr::eq(of.as_ptr(), Arc::as_ptr(snapshot)) {
+                return listener.clone();
+            }
+        }
+        let listener = Arc::new(http1::Listener {
+            shared: shared.clone(),
+            settings: client_settings(&snapshot.config),
+            stop: stop.clone(),
+        });
+        self.0 = Some((Arc::downgrade(snapshot), listener.clone()));
+        listener
+    }
+}
+
+/// The http level's client-side settings (nginx's defaults without an `http` block).
+fn client_settings(config: &Config) -> http1::Settings {
+    match config.http.as_ref() {
+        Some(h) => http1::Settings {
+            limits: http1::HeadLimits {
+                line: h.header_buffer_size,
+                head: h.header_buffer_size * h.header_buffers,
+            },
+            first_read: h.client_header_buffer_size,
+            header_timeout: h.client_header_timeout,
+            keepalive_timeout: h.keepalive_timeout,
+            send_timeout: h.send_timeout,
+        },
+        None => http1::Settings {
+            limits: http1::HeadLimits::default(),
+            first_read: 1024,
+            header_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+        },
+    }
 }
 
 #[derive(Default)]

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 
 use super::parse::Framing;
 
@@ -24,30 +24,40 @@ const TRAILER_LIMIT: usize = 8 * 1024;
 /// `HTTP/1.1 100 Continue`, sent when the body is first wanted.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The connection's read side: the socket and the bytes read but not yet used.
+/// A request body's read side: the client's socket and the bytes read but not yet used.
 #[derive(Debug)]
 pub struct Reader {
-    pub half: OwnedReadHalf,
+    pub stream: Arc<TcpStream>,
     pub buf: BytesMut,
 }
 
 impl Reader {
     /// Reads what is available into the buffer. `Ready(Ok(0))` is end of stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        loop {
-            ready!(self.half.as_ref().poll_read_ready(cx))?;
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
+        poll_fill(&self.stream, &mut self.buf, cx)
+    }
+}
+
+/// Reads what `stream` has into `buf`, growing it when little room is left. `Ready(Ok(0))` is
+/// end of stream.
+pub(crate) fn poll_fill(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Ok(n) if n > 0 && n < room => {
+                drained(stream);
+                return Poll::Ready(Ok(n));
             }
-            let room = self.buf.capacity() - self.buf.len();
-            match self.half.as_ref().try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Ok(n) if n > 0 && n < room => {
-                    drained(self.half.as_ref());
-                    return Poll::Ready(Ok(n));
-                }
-                r => return Poll::Ready(r),
-            }
+            r => return Poll::Ready(r),
         }
     }
 }
@@ -56,7 +66,7 @@ impl Reader {
 /// its readiness without the `EAGAIN` read that would otherwise tell tokio (nginx does the
 /// same with edge-triggered epoll). Data that arrived meanwhile raised a new event, which
 /// this does not clear.
-pub(crate) fn drained(stream: &tokio::net::TcpStream) {
+pub(crate) fn drained(stream: &TcpStream) {
     let _ = stream.try_io(tokio::io::Interest::READABLE, || {
         Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
     });
@@ -347,7 +357,7 @@ impl Streaming {
             self.expect_continue = false;
             return Poll::Ready(());
         }
-        let stream = reader.half.as_ref();
+        let stream = &reader.stream;
         if stream.poll_write_ready(cx).is_pending() {
             return Poll::Pending;
         }

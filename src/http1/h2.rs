@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{RequestBody, Signals, Upgraded};
+use super::{RequestBody, Stop, Upgraded};
 use crate::proxy::{self, ConnInfo, Shared};
 
 /// What an HTTP/2 connection starts with (RFC 9113 §3.4).
@@ -18,7 +18,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one HTTP/2 connection until the client closes it or a stop drains it (GOAWAY, then
 /// the streams in flight finish).
-pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, mut signals: Signals) {
+pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop: Arc<Stop>) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let info = info.clone();
@@ -36,7 +36,7 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, mut s
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        () = signals.stopped() => {}
+        () = stop.stopped() => {}
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;

@@ -6,12 +6,15 @@
 //! global allocator counts every allocation, so the count over N requests, divided by N, is what
 //! imbang (hyper server + routing + pool + hyper client + tokio) allocates per request. A control
 //! run of the client straight against an origin shows the harness itself allocates nothing.
+//!
+//! `imbang-alloc-count 1 idle` instead opens 1,000 connections, one GET on each, keeps them
+//! idle, and lists the heap blocks they still hold per connection, by size (scenario (e)).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 struct Counting;
@@ -19,25 +22,41 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static REALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Live (allocated, not yet freed) blocks by size, and by size for alignments above 16; the last
+/// slot holds every larger size.
+const SIZES: usize = 4097;
+static LIVE: [AtomicI64; SIZES] = [const { AtomicI64::new(0) }; SIZES];
+static LIVE_ALIGNED: [AtomicI64; SIZES] = [const { AtomicI64::new(0) }; SIZES];
+
+fn live(layout: Layout, delta: i64) {
+    let slot = layout.size().min(SIZES - 1);
+    let table = if layout.align() > 16 { &LIVE_ALIGNED } else { &LIVE };
+    table[slot].fetch_add(delta, Relaxed);
+}
 
 // SAFETY: forwards every call unchanged to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
+        live(layout, 1);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
+        live(layout, 1);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(layout, -1);
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         REALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Relaxed);
+        live(layout, -1);
+        live(Layout::from_size_align(new_size, layout.align()).unwrap(), 1);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -158,6 +177,71 @@ fn content_length(head: &[u8]) -> usize {
     0
 }
 
+fn live_table() -> Vec<(usize, bool, i64)> {
+    let mut v = Vec::new();
+    for (aligned, table) in [(false, &LIVE), (true, &LIVE_ALIGNED)] {
+        for (size, n) in table.iter().enumerate() {
+            v.push((size, aligned, n.load(Relaxed)));
+        }
+    }
+    v
+}
+
+/// Opens `n` connections, one GET on each, and keeps them idle: the blocks they still hold,
+/// per connection (what scenario (e) measures as RSS), by size.
+fn measure_idle(addr: SocketAddr, n: usize) {
+    let req = b"GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-count\r\n\r\n";
+    client(addr, 200, false); // warm-up
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let before = live_table();
+    let mut conns = Vec::with_capacity(n);
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(req).unwrap();
+        let mut have = 0;
+        loop {
+            let r = s.read(&mut buf[have..]).unwrap();
+            assert!(r > 0, "closed before a whole response");
+            have += r;
+            if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+                if have >= end + 4 + content_length(&buf[..end]) {
+                    break;
+                }
+            }
+        }
+        conns.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = live_table();
+    let (mut blocks, mut bytes, mut chunks) = (0i64, 0i64, 0i64);
+    println!("idle connections: live blocks per connection by size (n = {n})");
+    for ((size, aligned, a), (_, _, b)) in before.into_iter().zip(after) {
+        let d = b - a;
+        if d.unsigned_abs() as usize * 10 < n {
+            continue; // noise: held by fewer than one connection in ten
+        }
+        // glibc's chunk: the size plus an 8-byte header, rounded up to 16, at least 32.
+        let chunk = ((size + 8 + 15) & !15).max(32) as i64;
+        println!(
+            "  {size:>5} bytes{} x {:.2}",
+            if aligned { " (aligned > 16)" } else { "" },
+            d as f64 / n as f64
+        );
+        blocks += d;
+        bytes += d * size as i64;
+        chunks += d * chunk;
+    }
+    let per = |x: i64| x as f64 / n as f64;
+    println!(
+        "  total {:.2} blocks, {:.0} bytes requested, ~{:.0} bytes as glibc chunks, per connection",
+        per(blocks),
+        per(bytes),
+        per(chunks)
+    );
+    drop(conns);
+}
+
 fn measure(label: &str, addr: SocketAddr, n: u64, close: bool) {
     client(addr, 2000, close); // warm-up: pools, buffers, lazy statics
     let before = counts();
@@ -217,6 +301,10 @@ fn main() {
     // DHAT, which then attributes the allocations to call sites).
     if std::env::args().nth(2).as_deref() == Some("proxy-only") {
         measure("imbang, keep-alive (scenario a)", proxy, n, false);
+        return;
+    }
+    if std::env::args().nth(2).as_deref() == Some("idle") {
+        measure_idle(proxy, 1000);
         return;
     }
     measure("control: client -> origin, keep-alive", o1, n, false);

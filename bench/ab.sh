@@ -13,7 +13,7 @@
 # machine; it only starts (and stops, by pid) its own processes.
 set -euo pipefail
 
-ROUNDS=4 SECS=6 CLOSE=0 H2=0 BIG=0 BASE=39000
+ROUNDS=4 SECS=6 CLOSE=0 H2=0 BIG=0 BASE=29000  # below the ephemeral port range (32768-60999)
 TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -7,13 +7,15 @@
 # req/s per round and the median per target. A quick check of one change; bench/run.sh stays the
 # reference.
 #
-#   bench/ab.sh [--rounds N] [--secs S] [--close|--h2|--big] [--port-base P] NAME=BINARY... [nginx]
+#   bench/ab.sh [--rounds N] [--secs S] [--close|--h2|--big] [--workers N] [--port-base P]
+#               NAME=BINARY... [nginx]
+# With --workers 2 the proxy runs on both CPUs (beside the load generator on CPU 0).
 #
 # Layout as in run.sh: the proxy pinned to CPU 1, wrk and the origins to CPU 0. Run it on a quiet
 # machine; it only starts (and stops, by pid) its own processes.
 set -euo pipefail
 
-ROUNDS=4 SECS=6 CLOSE=0 H2=0 BIG=0 BASE=29000  # below the ephemeral port range (32768-60999)
+ROUNDS=4 SECS=6 CLOSE=0 H2=0 BIG=0 WORKERS=1 BASE=29000  # below the ephemeral port range (32768-60999)
 TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,8 +24,9 @@ while [ $# -gt 0 ]; do
     --close) CLOSE=1; shift ;;
     --h2) H2=1; shift ;;
     --big) BIG=1; shift ;;
+    --workers) WORKERS=$2; shift 2 ;;
     --port-base) BASE=$2; shift 2 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
 done
@@ -48,7 +51,7 @@ EOF
   PIDS+=($!)
 done
 cat > "$W/proxy.conf" <<EOF
-daemon off; worker_processes 1; pid $W/proxy.pid;
+daemon off; worker_processes $WORKERS; pid $W/proxy.pid;
 error_log $W/logs/proxy.log error;
 events { worker_connections 12000; }
 http {
@@ -90,10 +93,11 @@ for r in $(seq "$ROUNDS"); do
     t=${TARGETS[$(((k + r) % n))]}
     name=${t%%=*}; bin=${t#*=}
     rm -f "$W/proxy.pid"
+    cpus=1; [ "$WORKERS" -gt 1 ] && cpus=0,1
     if [ "$t" = nginx ]; then
-      taskset -c 1 nginx -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
+      taskset -c $cpus nginx -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     else
-      taskset -c 1 "$bin" -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
+      taskset -c $cpus "$bin" -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     fi
     wait_port $((BASE + 80))
     if [ "$H2" = 1 ]; then

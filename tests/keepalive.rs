@@ -52,18 +52,22 @@ async fn impatient_backend(
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_closing_idle_connections_causes_no_client_error() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let backend = impatient_backend(connections.clone(), Arc::default()).await;
-    // One peer: a failure here could not be hidden by moving to another peer.
-    let lb = imbang(&format!(
+/// One upstream with a single peer (so a failure cannot be hidden by moving to another) and
+/// a pool of 16.
+fn one_peer(backend: std::net::SocketAddr) -> String {
+    format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off;
            upstream one {{ server {backend}; keepalive 16; }}
            server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
-    ))
-    .await;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_closing_idle_connections_causes_no_client_error() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let backend = impatient_backend(connections.clone(), Arc::default()).await;
+    let lb = imbang(&one_peer(backend)).await;
     let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..8u64 {
@@ -162,13 +166,7 @@ async fn idle_connections_the_peer_closed_are_closed_here_too() {
     let connections = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let backend = impatient_backend(connections.clone(), closed.clone()).await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off;
-           upstream one {{ server {backend}; keepalive 16; }}
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
-    ))
-    .await;
+    let lb = imbang(&one_peer(backend)).await;
     // Several connections at once, so several go back to the pool.
     let answers = futures_join(lb.addr, 4).await;
     assert!(answers.iter().all(|a| a == "ok"), "{answers:?}");

@@ -74,10 +74,9 @@ pub enum BodyKind {
 pub struct Answer {
     pub head: http::response::Parts,
     pub body: BodyKind,
-    /// The connection may carry another request once this body is read to its end.
+    /// The connection may carry another request once this body is read to its end (not
+    /// when the peer answered before the whole request body was sent).
     pub keep_alive: bool,
-    /// The body was not all sent: the peer answered before reading it.
-    pub early: bool,
 }
 
 /// How an exchange failed.
@@ -174,7 +173,6 @@ impl Conn {
         if self.buf.capacity() > 2 * FIRST_READ {
             self.buf = BytesMut::new();
         }
-        self.read_size = FIRST_READ;
     }
 
     /// Whether an idle connection still looks usable: the peer has neither closed it nor sent
@@ -254,7 +252,6 @@ impl Conn {
         };
         match step {
             Step::Read(Ok(mut answer)) => {
-                answer.early = !written;
                 if !written || http10 {
                     answer.keep_alive = false;
                 }
@@ -645,7 +642,6 @@ fn parse_response(
         head: parts,
         body,
         keep_alive,
-        early: false,
     }))
 }
 

@@ -118,7 +118,7 @@ pub async fn forward(
     };
     // The head sent upstream: the same for every attempt, so encoded once.
     let head = upstream_head(ctx, route, proxy, &uri, &protocol, chunked, shape);
-    let mut request = Some(body);
+    let mut unsent = Some(body);
     // The kept body again: for the next peer, and for the keep-alive race.
     let resend = kept.as_ref().map(|kept| move || kept_body(kept));
     let mut tried = Tried::new();
@@ -146,7 +146,7 @@ pub async fn forward(
         attempts += 1;
         let addr = guard.addr();
         record.try_started(addr);
-        let body = match request.take() {
+        let body = match unsent.take() {
             Some(body) => body,
             // Only reached when the body is kept (checked before `continue`).
             None => kept_body(kept.as_ref().expect("a kept body")),
@@ -269,8 +269,8 @@ pub async fn forward(
                 {
                     return Err(failed.error);
                 }
-                request = failed.unsent;
-                if request.is_none() && !facts.body_replayable {
+                unsent = failed.unsent;
+                if unsent.is_none() && !facts.body_replayable {
                     return Err(failed.error);
                 }
             }

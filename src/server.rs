@@ -203,8 +203,13 @@ impl Server {
             return;
         };
         let mut listening = ListenerCache::default();
+        // One wait for the stop for the listener's life, not one per accepted connection.
+        let stopped = stop.stopped();
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
+                // Accepting first: the stop is looked at whenever no connection is waiting.
+                biased;
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
                         self.connection(stream, remote, (key, bound), &stop, &mut listening);
@@ -215,7 +220,7 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                () = stop.stopped() => break,
+                () = &mut stopped => break,
             }
         }
     }

@@ -84,3 +84,23 @@ async fn h2c_streams_are_proxied_and_balanced() {
     assert_eq!(status, 200);
     assert!(body.ends_with("GET /one"), "{body}");
 }
+
+#[tokio::test]
+async fn h2c_heads_are_held_to_nginx_s_line_limits() {
+    let a = backend("a").await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
+        a.addr
+    ))
+    .await;
+    let mut sender = h2(lb.addr).await;
+    // A target over `large_client_header_buffers`' 8k is 414 over HTTP/2 too.
+    let long = format!("http://h2.test/{}", "a".repeat(9 * 1024));
+    let (status, _, _) = send(&mut sender, "GET", &long, b"").await;
+    assert_eq!(status, 414);
+    assert_eq!(a.hits(), 0, "nothing reached the backend");
+    let (status, _, body) = send(&mut sender, "GET", "http://h2.test/ok", b"").await;
+    assert_eq!((status, body.as_str()), (200, "a GET /ok"));
+}

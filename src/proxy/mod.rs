@@ -471,7 +471,12 @@ async fn respond(
     let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
         return error_response(&ProxyError::NoRoute);
     };
-    if let Err(e) = check_head(parts) {
+    // An HTTP/1 head was held to these limits as it was parsed (`http1::parse`).
+    let limits = match parts.version {
+        http::Version::HTTP_2 => check_head(parts),
+        _ => Ok(()),
+    };
+    if let Err(e) = limits {
         let server = vhosts.default_server();
         out.log(&server.fallback, "", &server.name);
         let mut response = error_response(&e);
@@ -796,10 +801,8 @@ fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     response
 }
 
-/// nginx's 8k line limits of `large_client_header_buffers` on a head hyper accepted. (Framing
-/// is hyper's: it answers 400 to a `Transfer-Encoding` other than `chunked`, and reads a request
-/// with both `Content-Length` and `Transfer-Encoding` as chunked, drops the `Content-Length` and
-/// closes the connection after it, as RFC 9112 allows; nginx answers 501 and 400 there.)
+/// nginx's 8k line limits of `large_client_header_buffers` on an HTTP/2 request's head (hyper's
+/// HTTP/2 server decoded it; an HTTP/1 head is checked by `http1::parse` as it is read).
 fn check_head(parts: &http::request::Parts) -> Result<(), ProxyError> {
     const LINE_LIMIT: usize = 8 * 1024;
     let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());

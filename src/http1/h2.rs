@@ -22,13 +22,15 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop:
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let info = info.clone();
-        async move {
+        // Boxed: hyper moves each stream's future into a task of its own, and a request's
+        // state is kilobytes; moved as a pointer it costs one allocation instead of copies.
+        Box::pin(async move {
             let (parts, body) = req.into_parts();
             let request = Request::from_parts(parts, RequestBody::h2(body));
             let (mut response, _) = proxy::handle(&shared, &info, request, None).await;
             strip_connection_fields(response.headers_mut());
             Ok::<_, Infallible>(response)
-        }
+        })
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

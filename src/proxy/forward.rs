@@ -478,8 +478,9 @@ async fn keep_body(
     let Some(body) = body else {
         return Ok(Ok(Bytes::new()));
     };
-    // hyper's framing, not the header: a request with both Content-Length and
-    // Transfer-Encoding is read as chunked, and has no exact length.
+    // The body's framing, not the header, says whether its length is known (an HTTP/1 request
+    // with both Content-Length and Transfer-Encoding never gets here: `http1::parse` refuses
+    // it; an HTTP/2 body's length is its content-length, checked by hyper).
     if body.size_hint().exact().is_none_or(|n| n > buffer_size) {
         return Ok(Err(body));
     }

@@ -441,3 +441,50 @@ async fn a_request_the_client_abandons_is_logged_499() {
     .await;
     held.release();
 }
+
+#[tokio::test]
+async fn a_refused_head_is_logged_when_its_request_line_is_readable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("access-reject");
+    let log = dir.path().join("a.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ log_format s '$status $request $body_bytes_sent';
+           server {{ listen 127.0.0.1:0; access_log {} s; location / {{ return 200 ok; }} }} }}",
+        log.display()
+    ))
+    .await;
+    let raw: [&[u8]; 4] = [
+        b"GET /both HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",
+        // Not a request line: answered 400, but nothing true could be logged for it.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ];
+    let mut sizes = Vec::new();
+    for bytes in raw {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let body = answer.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+        sizes.push((support::status(&answer), body));
+    }
+    assert_eq!(
+        sizes.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [400, 501, 400, 400]
+    );
+    let want = [
+        format!("400 GET /both HTTP/1.1 {}", sizes[0].1),
+        format!("501 POST /gz HTTP/1.1 {}", sizes[1].1),
+        format!("400 GET /bad HTTP/1.1 {}", sizes[2].1),
+    ];
+    support::eventually("three lines", WAIT, || lines(&log).len() >= 3).await;
+    // A request that is served afterwards comes after them: the refused one wrote no line.
+    lb.get("/fine").await;
+    support::eventually("the served request's line", WAIT, || lines(&log).len() == 4).await;
+    let got = lines(&log);
+    assert_eq!(got[..3], want);
+    assert!(got[3].starts_with("200 GET /fine HTTP/1.1"), "{got:?}");
+}

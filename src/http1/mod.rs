@@ -35,6 +35,7 @@ pub use body::{BodyError, RequestBody};
 pub use parse::HeadLimits;
 // The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
 pub(crate) use body::{Decoded, Decoder, drained};
+pub use parse::RequestLine;
 pub(crate) use parse::{Framing, connection_tokens};
 pub(crate) use write::{chunk_header, itoa};
 
@@ -350,7 +351,8 @@ impl Conn {
                         rejected.reason,
                         info.remote.ip()
                     );
-                    let response = proxy::reject(&self.listener.shared, &info, rejected.status);
+                    let response =
+                        proxy::reject(&self.listener.shared, &info, rejected.status, rejected.line);
                     let shape = Shape {
                         head_request: false,
                         http10: false,

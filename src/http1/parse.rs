@@ -57,10 +57,40 @@ pub struct Reject {
     pub status: StatusCode,
     /// For the error log, in nginx's words.
     pub reason: &'static str,
+    /// The request line, when it was whole and valid (for the access log's `$request`).
+    pub line: Option<Box<RequestLine>>,
 }
 
+/// A request line: method, target, version.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestLine(pub Method, pub Uri, pub Version);
+
 const fn reject(status: StatusCode, reason: &'static str) -> Reject {
-    Reject { status, reason }
+    Reject {
+        status,
+        reason,
+        line: None,
+    }
+}
+
+/// The first line of `buf` as a request line, if it is one (only read for a head that was
+/// refused, so a request that is served pays nothing for it).
+fn request_line(buf: &[u8], limits: &HeadLimits) -> Option<Box<RequestLine>> {
+    let end = buf.iter().take(limits.line).position(|&b| b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r")?;
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let version = match version {
+        b"HTTP/1.1" => Version::HTTP_11,
+        b"HTTP/1.0" => Version::HTTP_10,
+        _ => return None,
+    };
+    let method = Method::from_bytes(method).ok()?;
+    let uri = Uri::try_from(target).ok()?;
+    Some(Box::new(RequestLine(method, uri, version)))
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: not complete yet (read more). On success
@@ -74,6 +104,17 @@ pub fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Re
     if skip > 0 {
         let _ = buf.split_to(skip);
     }
+    let whole = buf.len();
+    parse_head(buf, limits).map_err(|mut rejected| {
+        // Refused before the head was taken out of `buf`: its first line is still there.
+        if rejected.line.is_none() && buf.len() == whole {
+            rejected.line = request_line(buf, limits);
+        }
+        rejected
+    })
+}
+
+fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Reject> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -132,12 +173,20 @@ pub fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Re
     }
     let head = buf.split_to(len).freeze();
     let uri = uri(&head, target_at)?;
+    // From here on a refusal knows its request line.
+    let lined = |rejected: Reject, method: &Method, uri: &Uri| Reject {
+        line: Some(Box::new(RequestLine(method.clone(), uri.clone(), version))),
+        ..rejected
+    };
     let mut map = HeaderMap::with_capacity(count);
     for &(name_at, name_len, value_at, value_len) in &fields[..count] {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid header line"))?;
+        let bad = || {
+            let rejected = reject(StatusCode::BAD_REQUEST, "client sent invalid header line");
+            lined(rejected, &method, &uri)
+        };
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| bad())?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid header line"))?;
+            .map_err(|_| bad())?;
         map.append(name, value);
     }
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -145,12 +194,11 @@ pub fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, Re
     parts.uri = uri;
     parts.version = version;
     parts.headers = map;
-    let framing = framing(&parts.headers, version)?;
+    let framing = framing(&parts.headers, version)
+        .map_err(|rejected| lined(rejected, &parts.method, &parts.uri))?;
     if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(reject(
-            StatusCode::BAD_REQUEST,
-            "client sent duplicate host header",
-        ));
+        let rejected = reject(StatusCode::BAD_REQUEST, "client sent duplicate host header");
+        return Err(lined(rejected, &parts.method, &parts.uri));
     }
     let (close, keep_alive_token, upgrade_token) = connection_tokens(&parts.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);

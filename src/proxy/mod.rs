@@ -778,16 +778,64 @@ fn header_bytes(response: &Response<ResponseBody>) -> u64 {
 }
 
 /// The answer to a request head that could not be parsed or broke a limit (the connection
-/// closes after it): nginx's error page, with the default server's `Server` header.
-pub fn reject(shared: &Shared, conn: &ConnInfo, status: StatusCode) -> Response<ResponseBody> {
+/// closes after it): nginx's error page, with the default server's `Server` header. When the
+/// request line was readable, the default server's access logs get a line for it, as nginx
+/// writes one (without a request line imbang writes none: `$request` would have nothing true
+/// to say).
+pub fn reject(
+    shared: &Shared,
+    conn: &Arc<ConnInfo>,
+    status: StatusCode,
+    line: Option<Box<crate::http1::RequestLine>>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
     let mut response = error::error_page(status);
-    let snap = shared.live.snapshot();
-    if let Some(vhosts) = snap.vhosts(conn.key, conn.local) {
-        headers::set_server(&mut response, &vhosts.default_server().fallback);
-    }
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let snap = shared.live.snapshot();
+    let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
+        return response;
+    };
+    let server = vhosts.default_server();
+    headers::set_server(&mut response, &server.fallback);
+    let Some(crate::http1::RequestLine(method, uri, version)) = line.map(|l| *l) else {
+        return response;
+    };
+    let mut out = Outcome::default();
+    out.log(&server.fallback, "", &server.name);
+    let Some(route) = out.log_route.take() else {
+        return response;
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    let done = Done {
+        status: status.as_u16(),
+        body_bytes: 0,
+        header_bytes: header_bytes(&response),
+        start,
+        end: start,
+        response_headers: route
+            .access_log
+            .needs
+            .response_headers
+            .then(|| response.headers().clone()),
+        upstream_headers: None,
+        tries: Vec::new(),
+    };
+    response.body_mut().log_when_done(Box::new(Pending {
+        logs: route,
+        conn: conn.clone(),
+        parts,
+        host: out.host,
+        server_name: out.server_name,
+        proxy_host: String::new(),
+        path: String::new(),
+        sets: Vec::new(),
+        done,
+    }));
     response
 }
 

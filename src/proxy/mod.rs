@@ -374,14 +374,31 @@ pub async fn handle(
     let Some(route) = out.log_route.take() else {
         return (response, timeouts);
     };
-    let needs = route.access_log.needs;
+    log_when_sent(&mut response, route, conn, parts, out, start);
+    (response, timeouts)
+}
+
+/// Has `route`'s access logs written for this answer once its body has gone out (or the client
+/// went away), with what `out` gathered about the request.
+fn log_when_sent(
+    response: &mut Response<ResponseBody>,
+    route: Arc<Route>,
+    conn: &Arc<ConnInfo>,
+    parts: http::request::Parts,
+    mut out: Outcome,
+    start: Instant,
+) {
     let done = Done {
         status: response.status().as_u16(),
         body_bytes: 0,
-        header_bytes: header_bytes(&response),
+        header_bytes: header_bytes(response),
         start,
         end: start,
-        response_headers: needs.response_headers.then(|| response.headers().clone()),
+        response_headers: route
+            .access_log
+            .needs
+            .response_headers
+            .then(|| response.headers().clone()),
         upstream_headers: out.record.upstream_headers.take(),
         tries: std::mem::take(&mut out.record.tries),
     };
@@ -396,7 +413,6 @@ pub async fn handle(
         sets: out.sets,
         done,
     }));
-    (response, timeouts)
 }
 
 /// A request whose answer is not ready yet. Dropped unanswered (the client closed the
@@ -811,31 +827,7 @@ pub fn reject(
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    let done = Done {
-        status: status.as_u16(),
-        body_bytes: 0,
-        header_bytes: header_bytes(&response),
-        start,
-        end: start,
-        response_headers: route
-            .access_log
-            .needs
-            .response_headers
-            .then(|| response.headers().clone()),
-        upstream_headers: None,
-        tries: Vec::new(),
-    };
-    response.body_mut().log_when_done(Box::new(Pending {
-        logs: route,
-        conn: conn.clone(),
-        parts,
-        host: out.host,
-        server_name: out.server_name,
-        proxy_host: String::new(),
-        path: String::new(),
-        sets: Vec::new(),
-        done,
-    }));
+    log_when_sent(&mut response, route, conn, parts, out, start);
     response
 }
 

@@ -488,3 +488,29 @@ async fn a_refused_head_is_logged_when_its_request_line_is_readable() {
     assert_eq!(got[..3], want);
     assert!(got[3].starts_with("200 GET /fine HTTP/1.1"), "{got:?}");
 }
+
+#[tokio::test]
+async fn a_head_that_times_out_is_logged_408_when_its_request_line_came() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("access-408");
+    let log = dir.path().join("a.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ log_format s '$status $request $bytes_sent'; client_header_timeout 200ms;
+           server {{ listen 127.0.0.1:0; access_log {} s; location / {{ return 200 ok; }} }} }}",
+        log.display()
+    ))
+    .await;
+    for partial in [&b"GET /slow HTTP/1.1\r\nHost: a\r\n"[..], b"GE"] {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(partial).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+        assert!(answer.is_empty(), "closed without an answer, as nginx");
+    }
+    lb.get("/fine").await;
+    support::eventually("two lines", WAIT, || lines(&log).len() == 2).await;
+    let got = lines(&log);
+    assert_eq!(got[0], "408 GET /slow HTTP/1.1 0");
+    assert!(got[1].starts_with("200 GET /fine HTTP/1.1"), "{got:?}");
+}

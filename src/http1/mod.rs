@@ -384,6 +384,14 @@ impl Conn {
                         info.id,
                         info.remote.ip()
                     );
+                    // nginx closes without an answer and logs the request 408.
+                    let line = parse::request_line(&buf, &settings.limits);
+                    proxy::log_unanswered(
+                        &self.listener.shared,
+                        &info,
+                        StatusCode::REQUEST_TIMEOUT,
+                        line,
+                    );
                     return Next::Close;
                 }
             }

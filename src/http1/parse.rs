@@ -74,8 +74,8 @@ const fn reject(status: StatusCode, reason: &'static str) -> Reject {
 }
 
 /// The first line of `buf` as a request line, if it is one (only read for a head that was
-/// refused, so a request that is served pays nothing for it).
-fn request_line(buf: &[u8], limits: &HeadLimits) -> Option<Box<RequestLine>> {
+/// refused or timed out, so a request that is served pays nothing for it).
+pub fn request_line(buf: &[u8], limits: &HeadLimits) -> Option<Box<RequestLine>> {
     let end = buf.iter().take(limits.line).position(|&b| b == b'\n')?;
     let line = buf[..end].strip_suffix(b"\r")?;
     let mut parts = line.split(|&b| b == b' ');

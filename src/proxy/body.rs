@@ -54,6 +54,11 @@ impl ResponseBody {
     pub fn log_when_done(&mut self, pending: Box<Pending>) {
         self.log = Some(pending);
     }
+
+    /// The access-log lines waiting for this body, taken back (for an answer never sent).
+    pub fn take_log(&mut self) -> Option<Box<Pending>> {
+        self.log.take()
+    }
 }
 
 impl Drop for ResponseBody {

@@ -815,20 +815,60 @@ pub fn reject(
     };
     let server = vhosts.default_server();
     headers::set_server(&mut response, &server.fallback);
+    log_refused(&mut response, server, conn, line, start);
+    response
+}
+
+/// A request head that did not come whole in `client_header_timeout`: nothing is answered (the
+/// connection closes), and the default server's access logs get nginx's 408 line when the
+/// request line had arrived.
+pub fn log_unanswered(
+    shared: &Shared,
+    conn: &Arc<ConnInfo>,
+    status: StatusCode,
+    line: Option<Box<crate::http1::RequestLine>>,
+) {
+    let snap = shared.live.snapshot();
+    let Some(vhosts) = snap.vhosts(conn.key, conn.local) else {
+        return;
+    };
+    // An answer that is never sent: its line says 0 bytes.
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = status;
+    log_refused(
+        &mut response,
+        vhosts.default_server(),
+        conn,
+        line,
+        Instant::now(),
+    );
+    if let Some(mut pending) = response.body_mut().take_log() {
+        pending.done.header_bytes = 0;
+        pending.finish(0);
+    }
+}
+
+/// The access-log line of a request refused before routing, for the default server's logs.
+fn log_refused(
+    response: &mut Response<ResponseBody>,
+    server: &ServerRoute,
+    conn: &Arc<ConnInfo>,
+    line: Option<Box<crate::http1::RequestLine>>,
+    start: Instant,
+) {
     let Some(crate::http1::RequestLine(method, uri, version)) = line.map(|l| *l) else {
-        return response;
+        return;
     };
     let mut out = Outcome::default();
     out.log(&server.fallback, "", &server.name);
     let Some(route) = out.log_route.take() else {
-        return response;
+        return;
     };
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    log_when_sent(&mut response, route, conn, parts, out, start);
-    response
+    log_when_sent(response, route, conn, parts, out, start);
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
@@ -128,7 +127,6 @@ pub struct Group {
     /// The `hash` key, rendered for each request that this group balances.
     pub hash_key: Option<Template>,
     pub keepalive: usize,
-    pub keepalive_timeout: Duration,
     /// `keepalive_requests`, `keepalive_time` and `keepalive_timeout` of upstream connections.
     pub reuse: crate::pool::Reuse,
 }
@@ -140,7 +138,6 @@ impl Group {
             balancer: UpstreamGroup::new(up, registry),
             hash_key,
             keepalive: up.keepalive,
-            keepalive_timeout: up.keepalive_timeout,
             reuse: crate::pool::Reuse {
                 max_requests: up.keepalive_requests,
                 max_age: up.keepalive_time,

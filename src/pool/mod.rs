@@ -65,8 +65,8 @@ pub enum ConnectError {
 
 struct Idle {
     io: h1::Conn,
-    since: Instant,
-    /// When it has been idle for its group's `keepalive_timeout`.
+    /// When it has been idle for its group's `keepalive_timeout` (as nginx, the timeout in
+    /// force when it was put back).
     until: Instant,
     age: Age,
 }
@@ -88,9 +88,8 @@ impl Pool {
         Self::default()
     }
 
-    /// Closes idle connections that the peer closed, or that are idle longer than
-    /// `idle_timeout` of their group as they were checked in (the longest kept is
-    /// `max_idle_time`).
+    /// Closes idle connections that the peer closed, or that are idle past the
+    /// `keepalive_timeout` of their group when they were checked in.
     fn sweep(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
@@ -117,15 +116,15 @@ impl Pool {
         });
     }
 
-    /// An idle connection to `addr` that is still open and younger than `idle_timeout`, or a new one.
+    /// An idle connection to `addr` that is still open and not idle past its
+    /// `keepalive_timeout`, or a new one.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-        idle_timeout: Duration,
         send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        if let Some((io, age)) = self.take_idle(addr, idle_timeout) {
+        if let Some((io, age)) = self.take_idle(addr) {
             return Ok(Conn {
                 io,
                 reused: true,
@@ -148,18 +147,13 @@ impl Pool {
         })
     }
 
-    /// The newest usable idle connection to `addr`, this thread's first. Connections idle for
-    /// `idle_timeout` or closed by the peer are dropped on the way.
-    fn take_idle(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<(h1::Conn, Age)> {
+    /// The newest usable idle connection to `addr`, this thread's first. Connections idle past
+    /// their `keepalive_timeout` or closed by the peer are dropped on the way.
+    fn take_idle(&self, addr: SocketAddr) -> Option<(h1::Conn, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        // Oldest first: those past `idle_timeout` are at the front.
-        let expired = list
-            .iter()
-            .position(|c| now.duration_since(c.since) < idle_timeout)
-            .unwrap_or(list.len());
-        list.drain(..expired);
+        list.retain(|c| now < c.until);
         let me = std::thread::current().id();
         loop {
             let i = list
@@ -201,7 +195,6 @@ impl Pool {
         }
         list.push(Idle {
             io,
-            since: now,
             until: now + reuse.idle_timeout,
             age,
         });

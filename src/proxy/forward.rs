@@ -156,7 +156,6 @@ pub async fn forward(
             addr,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
-            idle_timeout: group.keepalive_timeout,
             send_timeout: settings.send_timeout,
             resend: resend
                 .as_ref()
@@ -284,7 +283,6 @@ struct Target<'a> {
     addr: std::net::SocketAddr,
     connect_timeout: Duration,
     read_timeout: Duration,
-    idle_timeout: Duration,
     /// `proxy_send_timeout`, for a connection this attempt opens.
     send_timeout: Duration,
     /// The kept body again (`None`: the body is streamed, it cannot be sent twice).
@@ -315,12 +313,7 @@ impl Target<'_> {
             let checkout = self
                 .shared
                 .pool
-                .checkout(
-                    addr,
-                    self.connect_timeout,
-                    self.idle_timeout,
-                    self.send_timeout,
-                )
+                .checkout(addr, self.connect_timeout, self.send_timeout)
                 .await;
             let mut conn = match checkout {
                 Ok(conn) => {

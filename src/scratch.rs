@@ -1,8 +1,9 @@
 //! Byte buffers for encoding message heads, reused on each worker thread instead of allocated
 //! per message. A buffer goes back to its thread's free list when dropped (on whatever thread
-//! that is); the list keeps a few small ones, so an idle worker holds little.
+//! that is); the list keeps a few small ones, so an idle worker holds little. Also the list of
+//! where a parsed head's fields lie ([`Fields`]), reused the same way.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
 
 /// Buffers kept per thread, and the largest kept: a head larger than this is rare and its
@@ -12,6 +13,44 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FIELDS: Cell<Vec<FieldAt>> = const { Cell::new(Vec::new()) };
+}
+
+/// Where one header field lies in a head's bytes: the name's offset and length, the value's.
+pub type FieldAt = [u32; 4];
+
+/// An empty list of field positions, this thread's when it is not in use. A parser notes where
+/// httparse found each field, takes the head out of its read buffer, then makes the fields'
+/// values from those positions; the list is what a fixed array of the most fields a head may
+/// have would be, without writing that array (4 KiB) for every message.
+pub struct Fields(Vec<FieldAt>);
+
+impl Fields {
+    pub fn take() -> Self {
+        Self(FIELDS.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for Fields {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.0);
+        v.clear();
+        let _ = FIELDS.try_with(|slot| slot.set(v));
+    }
+}
+
+impl Deref for Fields {
+    type Target = Vec<FieldAt>;
+
+    fn deref(&self) -> &Vec<FieldAt> {
+        &self.0
+    }
+}
+
+impl DerefMut for Fields {
+    fn deref_mut(&mut self) -> &mut Vec<FieldAt> {
+        &mut self.0
+    }
 }
 
 /// An empty buffer of at least `capacity` bytes, from the free list when it has one.
@@ -69,6 +108,20 @@ mod tests {
         let b = Scratch::new(10);
         assert_eq!(b.as_ptr(), at, "the same allocation");
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_field_list_is_handed_out_again_empty() {
+        let mut a = Fields::take();
+        a.push([1, 2, 3, 4]);
+        let at = a.as_ptr();
+        drop(a);
+        let b = Fields::take();
+        assert_eq!(b.as_ptr(), at, "the same allocation");
+        assert!(b.is_empty());
+        // In use: a second list is a new one.
+        let c = Fields::take();
+        assert!(c.capacity() == 0);
     }
 
     #[test]

@@ -118,9 +118,9 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return partial(buf, limits).map(|()| None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -161,16 +161,14 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
     let target_at = (offset(target.as_bytes()), target.len());
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid method"))?;
-    let mut fields: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = req.headers.len();
-    for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
-        *slot = (
-            offset(h.name.as_bytes()),
-            h.name.len(),
-            offset(h.value),
-            h.value.len(),
-        );
-    }
+    let mut fields = crate::scratch::Fields::take();
+    fields.extend(req.headers.iter().map(|h| {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        // Within the head, whose length `large_client_header_buffers` bounds far below 4 GiB.
+        let at = |s: &[u8]| [offset(s) as u32, s.len() as u32];
+        let ([n, nl], [v, vl]) = (at(name), at(value));
+        [n, nl, v, vl]
+    }));
     let head = buf.split_to(len).freeze();
     let uri = uri(&head, target_at)?;
     // From here on a refusal knows its request line.
@@ -178,8 +176,10 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         line: Some(Box::new(RequestLine(method.clone(), uri.clone(), version))),
         ..rejected
     };
-    let mut map = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &fields[..count] {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for &[name_at, name_len, value_at, value_len] in fields.iter() {
+        let (name_at, name_len) = (name_at as usize, name_len as usize);
+        let (value_at, value_len) = (value_at as usize, value_len as usize);
         let bad = || {
             let rejected = reject(StatusCode::BAD_REQUEST, "client sent invalid header line");
             lined(rejected, &method, &uri)

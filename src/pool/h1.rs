@@ -544,9 +544,14 @@ fn parse_response(
     head_only: bool,
     upgrade: bool,
 ) -> Result<Parsed, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
             return Err("a response head over 64 KiB");
         }
@@ -569,20 +574,24 @@ fn parse_response(
         _ => Version::HTTP_11,
     };
     let base = buf.as_ptr() as usize;
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
-    let count = res.headers.len();
-    for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
-        *slot = (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        );
-    }
+    let mut at = crate::scratch::Fields::take();
+    at.extend(res.headers.iter().map(|h| {
+        // Within the head, at most MAX_HEAD bytes.
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let (name, value) = (h.name.as_bytes(), h.value);
+        [
+            offset(name),
+            name.len() as u32,
+            offset(value),
+            value.len() as u32,
+        ]
+    }));
     let head = buf.split_to(len).freeze();
     // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for &(name_at, name_len, value_at, value_len) in &at[..count] {
+    let mut headers = HeaderMap::with_capacity(at.len() + 2);
+    for &[name_at, name_len, value_at, value_len] in at.iter() {
+        let (name_at, name_len) = (name_at as usize, name_len as usize);
+        let (value_at, value_len) = (value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| "a malformed header line")?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))

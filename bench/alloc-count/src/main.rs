@@ -1,7 +1,7 @@
 //! Counts heap allocations per proxied request in imbang's real request path.
 //!
 //! One process: two tiny blocking origins (fixed 100-byte reply, no allocation per request),
-//! imbang's `Server` on a tokio multi-thread runtime with one worker (as `worker_processes 1`),
+//! imbang's `Server` on a tokio current-thread runtime (as `worker_processes 1`; process.rs),
 //! and a blocking client that sends keep-alive GETs (no allocation per request either). The
 //! global allocator counts every allocation, so the count over N requests, divided by N, is what
 //! imbang (hyper server + routing + pool + hyper client + tokio) allocates per request. A control
@@ -259,7 +259,31 @@ fn measure(label: &str, addr: SocketAddr, n: u64, close: bool) {
     );
 }
 
+/// `imbang-alloc-count origins`: two origins, their addresses printed on one line, held until
+/// killed. `imbang-alloc-count client ADDR N`: N keep-alive GETs to ADDR. With these,
+/// bench/callgrind.sh drives another proxy (nginx) exactly as imbang is driven here.
+fn tools(args: &[String]) -> bool {
+    match args.get(1).map(String::as_str) {
+        Some("origins") => {
+            println!("{} {}", origin(), origin());
+            loop {
+                std::thread::park();
+            }
+        }
+        Some("client") => {
+            let addr = args[2].parse().expect("client ADDR N: ADDR");
+            let n = args[3].parse().expect("client ADDR N: N");
+            client(addr, n, false);
+            true
+        }
+        _ => false,
+    }
+}
+
 fn main() {
+    if tools(&std::env::args().collect::<Vec<_>>()) {
+        return;
+    }
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -277,8 +301,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("config: {e}"));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();

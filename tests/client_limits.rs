@@ -76,6 +76,42 @@ async fn keepalive_requests_and_keepalive_timeout_close_connections_as_nginx() {
     );
 }
 
+/// keepalive_timeout counts from the end of the last request: a connection used more often
+/// than that stays open however long it lives (the idle timer is armed once and moved when it
+/// fires early, not made per request).
+#[tokio::test]
+async fn a_connection_in_use_outlives_keepalive_timeout() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off; keepalive_timeout 1s;
+           server { listen 127.0.0.1:0; location / { return 200 ok; } } }",
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut requests = 0;
+    // Every 400 ms until well past the first request's idle deadline.
+    while started.elapsed() < Duration::from_millis(2500) {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "request {requests}: {head}"
+        );
+        let mut body = [0u8; 2];
+        s.read_exact(&mut body).await.unwrap();
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(requests >= 5, "{requests}");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "closed once idle for keepalive_timeout"
+    );
+}
+
 #[tokio::test]
 async fn keepalive_timeout_zero_disables_keep_alive() {
     let lb = imbang(

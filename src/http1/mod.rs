@@ -187,7 +187,6 @@ pub fn serve(
         fresh: true,
         keepalive_timeout: listener.settings.keepalive_timeout,
         nagle: write::Nagle::Unwritten,
-        listener,
         info,
     };
     let mut stream = stream;
@@ -197,15 +196,21 @@ pub fn serve(
     // idle connection costs.
     async move {
         let _guard = &guard;
+        let mut watch = Watch {
+            listener: &listener,
+            stopped: Some(std::pin::pin!(listener.stop.notify.notified())),
+            timer: std::pin::pin!(tokio::time::sleep(listener.settings.header_timeout)),
+        };
         let h2 = loop {
             if buf.is_empty() {
                 // Idle: hold no buffer while waiting.
                 buf = BytesMut::new();
-                if !wait_for_request(&stream, &mut buf, &conn).await {
+                if !wait_for_request(&stream, &mut buf, &conn, &mut watch).await {
                     return;
                 }
             }
-            match Box::pin(conn.exchange_bounded(stream, buf)).await {
+            let exchange = Box::pin(conn.exchange(&listener, stream, buf));
+            match bounded(exchange, &mut watch).await {
                 Next::KeepAlive(s, b) => (stream, buf) = (s, b),
                 Next::Close => return,
                 Next::Upgrade(stream, prefix, upgraded) => {
@@ -226,7 +231,7 @@ pub fn serve(
             }
         };
         let _ = h2.stream.set_nodelay(true);
-        let Listener { shared, stop, .. } = &*conn.listener;
+        let Listener { shared, stop, .. } = &*listener;
         Box::pin(h2::serve(h2, shared.clone(), conn.info, stop.clone())).await;
     }
 }
@@ -239,7 +244,6 @@ struct Conn {
     /// `keepalive_timeout` of the location that answered the last request.
     keepalive_timeout: Duration,
     nagle: write::Nagle,
-    listener: Arc<Listener>,
     info: Arc<ConnInfo>,
 }
 
@@ -302,29 +306,92 @@ impl Drop for Lent {
     }
 }
 
-impl Conn {
-    /// [`Conn::exchange`], cut short `worker_shutdown_timeout` after a stop began.
-    async fn exchange_bounded(&mut self, stream: TcpStream, buf: BytesMut) -> Next {
-        let stop = self.listener.stop.clone();
-        let live = self.listener.shared.live.clone();
-        let bounded = async move {
-            stop.stopped().await;
-            match live.snapshot().config.main.shutdown_timeout {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
+/// What a connection waits on besides its socket, made once for its whole life so that a
+/// request registers nothing: the stop switch, registered with the connection's task once and
+/// read as a flag after that, and one idle timer, re-armed only when it fires before the
+/// connection's idle deadline (a busy connection moves the deadline without touching the
+/// timer: one re-arm per `keepalive_timeout`, not one timer per request).
+struct Watch<'a, 'p> {
+    listener: &'a Listener,
+    /// Until first polled; `None` after that (a stop wakes this task then, and sets the flag).
+    stopped: Option<Pin<&'p mut tokio::sync::futures::Notified<'a>>>,
+    timer: Pin<&'p mut tokio::time::Sleep>,
+}
+
+impl Watch<'_, '_> {
+    /// Whether a stop began; the first call registers the task to be woken by one.
+    fn stopping(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(stopped) = self.stopped.take() {
+            if stopped.poll(cx).is_ready() {
+                return true;
             }
-        };
-        tokio::select! {
-            next = self.exchange(stream, buf) => next,
-            () = bounded => Next::Close,
         }
+        self.listener.stop.is_stopping()
     }
 
+    /// Waits for an idle deadline set by [`Watch::idle_until`].
+    fn poll_idle(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= until {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier deadline: arm it for this one (and poll, to register).
+            self.timer.as_mut().reset(until);
+        }
+        Poll::Pending
+    }
+
+    /// Starts an idle wait ending at `until`: the timer is moved only when it would fire
+    /// after that.
+    fn idle_until(&mut self, until: Instant) {
+        if self.timer.deadline() > until {
+            self.timer.as_mut().reset(until);
+        }
+    }
+}
+
+/// Runs one exchange, cut short `worker_shutdown_timeout` after a stop began.
+async fn bounded(
+    mut exchange: Pin<Box<impl Future<Output = Next>>>,
+    watch: &mut Watch<'_, '_>,
+) -> Next {
+    // Set once a stop was seen: the timer ending the exchange (never, without a timeout).
+    let mut cut: Option<Option<Pin<Box<tokio::time::Sleep>>>> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(next) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(next);
+        }
+        if cut.is_none() && watch.stopping(cx) {
+            let limit = watch
+                .listener
+                .shared
+                .live
+                .snapshot()
+                .config
+                .main
+                .shutdown_timeout;
+            cut = Some(limit.map(|limit| Box::pin(tokio::time::sleep(limit))));
+        }
+        match &mut cut {
+            Some(Some(timer)) => timer.as_mut().poll(cx).map(|()| Next::Close),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+impl Conn {
     /// Reads one request head, has it answered, and writes the response.
-    async fn exchange(&mut self, stream: TcpStream, mut buf: BytesMut) -> Next {
-        let settings = self.listener.settings;
+    async fn exchange(
+        &mut self,
+        listener: &Listener,
+        stream: TcpStream,
+        mut buf: BytesMut,
+    ) -> Next {
+        let settings = listener.settings;
         let info = self.info.clone();
-        let deadline = Instant::now() + settings.header_timeout;
+        // Read off the clock only if the head did not come whole with the first bytes.
+        let mut deadline = None;
         let head = loop {
             // HTTP/2 with prior knowledge (h2c): the connection opens with the preface.
             if self.fresh {
@@ -334,6 +401,8 @@ impl Conn {
                         return Next::Http2(stream, buf);
                     }
                     let fill = poll_fn(|cx| body::poll_fill(&stream, &mut buf, cx));
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
                     match tokio::time::timeout_at(deadline, fill).await {
                         Ok(Ok(n)) if n > 0 => continue,
                         _ => return Next::Close,
@@ -352,7 +421,7 @@ impl Conn {
                         info.remote.ip()
                     );
                     let response =
-                        proxy::reject(&self.listener.shared, &info, rejected.status, rejected.line);
+                        proxy::reject(&listener.shared, &info, rejected.status, rejected.line);
                     let shape = Shape {
                         head_request: false,
                         http10: false,
@@ -374,6 +443,8 @@ impl Conn {
                 }
             }
             let fill = poll_fn(|cx| body::poll_fill(&stream, &mut buf, cx));
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
             match tokio::time::timeout_at(deadline, fill).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Next::Close,
@@ -387,7 +458,7 @@ impl Conn {
                     // nginx closes without an answer and logs the request 408.
                     let line = parse::request_line(&buf, &settings.limits);
                     proxy::log_unanswered(
-                        &self.listener.shared,
+                        &listener.shared,
                         &info,
                         StatusCode::REQUEST_TIMEOUT,
                         line,
@@ -430,7 +501,7 @@ impl Conn {
             false => (None, None),
         };
         let request = Request::from_parts(parts, body);
-        let handling = proxy::handle(&self.listener.shared, &info, request, on_upgrade);
+        let handling = proxy::handle(&listener.shared, &info, request, on_upgrade);
         let (response, timeouts) = match home {
             // While the answer is prepared, notice a client that goes away (nginx's
             // `proxy_ignore_client_abort off`): the request is abandoned.
@@ -479,7 +550,7 @@ impl Conn {
                 && !self.keepalive_timeout.is_zero()
                 && body_done
                 && home.is_some()
-                && !self.listener.stop.is_stopping(),
+                && !listener.stop.is_stopping(),
             ..shape
         };
         let (framing, keep_alive) = write::framing(&response, shape);
@@ -542,30 +613,31 @@ fn wait_for_request<'a>(
     stream: &'a TcpStream,
     buf: &'a mut BytesMut,
     conn: &'a Conn,
+    watch: &'a mut Watch<'_, '_>,
 ) -> impl Future<Output = bool> + 'a {
+    // Read here, not in the future: what it holds, every idle connection holds.
+    let fresh = conn.fresh;
+    let idle = match fresh {
+        true => watch.listener.settings.header_timeout,
+        false => conn.keepalive_timeout,
+    };
+    let mut until = Instant::now() + idle;
+    watch.idle_until(until);
     async move {
-        let stop = &conn.listener.stop;
-        let idle = match conn.fresh {
-            true => conn.listener.settings.header_timeout,
-            false => conn.keepalive_timeout,
-        };
-        // Made before the flag is read, so a stop in between still wakes it.
-        let mut stopped = std::pin::pin!(stop.notify.notified());
-        let mut timer = std::pin::pin!(tokio::time::sleep(idle));
         let mut stopping = false;
         loop {
             let woken = poll_fn(|cx| {
-                if !stopping && (stop.is_stopping() || stopped.as_mut().poll(cx).is_ready()) {
+                if !stopping && watch.stopping(cx) {
                     return Poll::Ready(Woken::Stop);
                 }
                 if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
                     return Poll::Ready(Woken::Readable(ready.is_ok()));
                 }
-                timer.as_mut().poll(cx).map(|()| Woken::Idle)
+                watch.poll_idle(until, cx).map(|()| Woken::Idle)
             })
             .await;
             match woken {
-                Woken::Readable(true) => match first_bytes(stream, &conn.listener.settings) {
+                Woken::Readable(true) => match first_bytes(stream, &watch.listener.settings) {
                     Ok(Some(bytes)) => {
                         *buf = bytes;
                         return true;
@@ -577,16 +649,14 @@ fn wait_for_request<'a>(
                 },
                 Woken::Readable(false) | Woken::Idle => return false,
                 Woken::Stop => {
-                    if !conn.fresh {
+                    if !fresh {
                         return false;
                     }
                     // Accepted just before the stop: its first request may be on its way
                     // (nginx closes only keep-alive connections between requests).
                     stopping = true;
-                    let grace = Instant::now() + FIRST_REQUEST_GRACE;
-                    if grace < timer.deadline() {
-                        timer.as_mut().reset(grace);
-                    }
+                    until = until.min(Instant::now() + FIRST_REQUEST_GRACE);
+                    watch.idle_until(until);
                 }
             }
         }

@@ -177,6 +177,10 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         ..rejected
     };
     let mut map = HeaderMap::with_capacity(fields.len());
+    // Which fields the checks below read are there at all: most requests have none of them,
+    // and a lookup that finds nothing costs as much as one that finds something.
+    let (mut hosts, mut framed, mut connection, mut expect, mut upgrade) =
+        (0u32, false, false, false, false);
     for &[name_at, name_len, value_at, value_len] in fields.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
@@ -187,6 +191,17 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| bad())?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| bad())?;
+        if name == header::HOST {
+            hosts += 1;
+        } else if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            framed = true;
+        } else if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::EXPECT {
+            expect = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        }
         map.append(name, value);
     }
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -194,20 +209,27 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
     parts.uri = uri;
     parts.version = version;
     parts.headers = map;
-    let framing = framing(&parts.headers, version)
-        .map_err(|rejected| lined(rejected, &parts.method, &parts.uri))?;
-    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+    let framing = match framed {
+        true => framing(&parts.headers, version)
+            .map_err(|rejected| lined(rejected, &parts.method, &parts.uri))?,
+        false => Framing::None,
+    };
+    if hosts > 1 {
         let rejected = reject(StatusCode::BAD_REQUEST, "client sent duplicate host header");
         return Err(lined(rejected, &parts.method, &parts.uri));
     }
-    let (close, keep_alive_token, upgrade_token) = connection_tokens(&parts.headers);
+    let (close, keep_alive_token, upgrade_token) = match connection {
+        true => connection_tokens(&parts.headers),
+        false => (false, false, false),
+    };
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
-    let expect_continue = version == Version::HTTP_11
+    let expect_continue = expect
+        && version == Version::HTTP_11
         && parts
             .headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = upgrade_token && parts.headers.contains_key(header::UPGRADE);
+    let upgrade = upgrade_token && upgrade;
     Ok(Some(Head {
         parts,
         framing,
@@ -333,12 +355,20 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reject> {
 pub fn connection_tokens(headers: &HeaderMap) -> (bool, bool, bool) {
     let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
     for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-        }
+        let (c, k, u) = value_tokens(value.as_bytes());
+        (close, keep_alive, upgrade) = (close || c, keep_alive || k, upgrade || u);
+    }
+    (close, keep_alive, upgrade)
+}
+
+/// (`close`, `keep-alive`, `upgrade`) among the tokens of one `Connection` value.
+pub fn value_tokens(value: &[u8]) -> (bool, bool, bool) {
+    let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        upgrade |= token.eq_ignore_ascii_case(b"upgrade");
     }
     (close, keep_alive, upgrade)
 }

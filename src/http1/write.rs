@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Response, StatusCode};
 use http_body::Body;
 use tokio::net::TcpStream;
@@ -39,11 +39,20 @@ pub struct Shape {
 /// Chooses the body's framing and whether the connection stays open.
 pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming, bool) {
     let status = response.status();
-    let headers = response.headers();
-    let mut keep_alive = shape.keep_alive && !closes(headers);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // One walk over the fields rather than a lookup of each (most responses have neither).
+    let mut keep_alive = shape.keep_alive;
+    let mut declared = None;
+    let mut lengths = 0;
+    for (name, value) in response.headers() {
+        if name == header::CONNECTION {
+            keep_alive &= !super::parse::value_tokens(value.as_bytes()).0;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            if lengths == 1 {
+                declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            }
+        }
+    }
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -63,10 +72,6 @@ pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming,
     (framing, keep_alive)
 }
 
-fn closes(headers: &HeaderMap) -> bool {
-    super::parse::connection_tokens(headers).0
-}
-
 /// Encodes the status line and the fields, adding `Date`, the framing field and `Connection`.
 pub fn encode_head(
     out: &mut Vec<u8>,
@@ -84,7 +89,9 @@ pub fn encode_head(
     let headers = response.headers();
     let mut has_date = false;
     let mut has_connection = false;
+    let mut has_length = false;
     for (name, value) in headers {
+        has_length |= name == header::CONTENT_LENGTH;
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && framing == BodyFraming::Chunked)
         {
@@ -103,16 +110,14 @@ pub fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     match framing {
-        BodyFraming::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+        BodyFraming::Length(n) if !has_length => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // HEAD: the length the GET would have, when imbang made the body itself.
-        BodyFraming::None
-            if shape.head_request && !headers.contains_key(header::CONTENT_LENGTH) =>
-        {
+        BodyFraming::None if shape.head_request && !has_length => {
             if let Some(n) = response.body().size_hint().exact().filter(|&n| n > 0) {
                 out.extend_from_slice(b"content-length: ");
                 out.extend_from_slice(itoa(n, &mut [0; 20]));

@@ -671,7 +671,17 @@ async fn proxied(
         out.proxy_host = proxy.proxy_host.clone();
     }
     let record = &mut out.record;
-    match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
+    match Box::pin(forward::forward(
+        shared,
+        ctx,
+        route,
+        proxy,
+        body,
+        client_upgrade,
+        record,
+    ))
+    .await
+    {
         Ok(response) => (response, true),
         Err(e) => (error_response(&e), false),
     }

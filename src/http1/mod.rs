@@ -501,31 +501,34 @@ impl Conn {
             false => (None, None),
         };
         let request = Request::from_parts(parts, body);
-        let mut handling =
-            std::pin::pin!(proxy::handle(&listener.shared, &info, request, on_upgrade));
-        let (response, timeouts) = match home {
-            // While the answer is prepared, notice a client that goes away (nginx's
-            // `proxy_ignore_client_abort off`): the request is abandoned.
-            Some(_) => {
-                let mut gone = std::pin::pin!(client_gone(socket.get()));
-                let answered = poll_fn(|cx| match handling.as_mut().poll(cx) {
-                    Poll::Ready(answered) => Poll::Ready(Some(answered)),
-                    Poll::Pending => gone.as_mut().poll(cx).map(|()| None),
-                });
-                match answered.await {
-                    Some(answered) => answered,
-                    None => {
-                        log!(
-                            Info,
-                            "*{} client prematurely closed connection, client: {}",
-                            info.id,
-                            info.remote.ip()
-                        );
-                        return Next::Close;
+        // In a block: the handler's state (kilobytes) is let go before the response is written.
+        let (response, timeouts) = {
+            let mut handling =
+                std::pin::pin!(proxy::handle(&listener.shared, &info, request, on_upgrade));
+            match home {
+                // While the answer is prepared, notice a client that goes away (nginx's
+                // `proxy_ignore_client_abort off`): the request is abandoned.
+                Some(_) => {
+                    let mut gone = std::pin::pin!(client_gone(socket.get()));
+                    let answered = poll_fn(|cx| match handling.as_mut().poll(cx) {
+                        Poll::Ready(answered) => Poll::Ready(Some(answered)),
+                        Poll::Pending => gone.as_mut().poll(cx).map(|()| None),
+                    });
+                    match answered.await {
+                        Some(answered) => answered,
+                        None => {
+                            log!(
+                                Info,
+                                "*{} client prematurely closed connection, client: {}",
+                                info.id,
+                                info.remote.ip()
+                            );
+                            return Next::Close;
+                        }
                     }
                 }
+                None => handling.await,
             }
-            None => handling.await,
         };
         // The read side comes back from a body that ended (or was dropped unread).
         let mut body_done = true;

@@ -10,6 +10,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::scratch::FieldAt;
+
 /// Most header fields one request may carry (hyper's limit; nginx has none, only a size limit).
 pub const MAX_HEADERS: usize = 100;
 
@@ -148,19 +150,9 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
             ));
         }
     };
-    check_lines(&buf[..len], limits)?;
-    let method = req.method.unwrap_or("GET");
-    let target = req.path.unwrap_or("/");
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
     // Where each piece lies in the head, so they can share its bytes once it is frozen.
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let target_at = (offset(target.as_bytes()), target.len());
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid method"))?;
     let mut fields = crate::scratch::Fields::take();
     fields.extend(req.headers.iter().map(|h| {
         let (name, value) = (h.name.as_bytes(), h.value);
@@ -169,6 +161,16 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         let ([n, nl], [v, vl]) = (at(name), at(value));
         [n, nl, v, vl]
     }));
+    check_lines(&buf[..len], &fields, limits)?;
+    let method = req.method.unwrap_or("GET");
+    let target = req.path.unwrap_or("/");
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let target_at = (offset(target.as_bytes()), target.len());
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| reject(StatusCode::BAD_REQUEST, "client sent invalid method"))?;
     let head = buf.split_to(len).freeze();
     let uri = uri(&head, target_at)?;
     // From here on a refusal knows its request line.
@@ -263,16 +265,25 @@ fn too_large() -> Reject {
 }
 
 /// nginx's line limits on a complete head: 414 for the request line, 400 for a header line.
-fn check_lines(head: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
+/// A line's length is what lies before its LF (a CR included). The lines are found from where
+/// httparse saw the fields, not by scanning the bytes again: the request line starts the head,
+/// each header line starts with its name (httparse takes no folded lines in a request), and
+/// the blank line that ends the head is its last one or two bytes.
+fn check_lines(head: &[u8], fields: &[FieldAt], limits: &HeadLimits) -> Result<(), Reject> {
     if head.len() > limits.head {
         return Err(too_large());
     }
-    let mut lines = head.split(|&b| b == b'\n');
-    if lines.next().is_some_and(|l| l.len() > limits.line) {
+    let blank = head.len() - if head.ends_with(b"\r\n") { 2 } else { 1 };
+    let mut starts = fields.iter().map(|f| f[0] as usize).chain([blank]);
+    let mut start = starts.next().unwrap_or(blank);
+    if start.saturating_sub(1) > limits.line {
         return Err(reject(StatusCode::URI_TOO_LONG, "client sent too long URI"));
     }
-    if lines.any(|l| l.len() > limits.line) {
-        return Err(too_large());
+    for next in starts {
+        if next - start - 1 > limits.line {
+            return Err(too_large());
+        }
+        start = next;
     }
     Ok(())
 }
@@ -384,6 +395,54 @@ mod tests {
 
     fn status(raw: &[u8]) -> u16 {
         parse_all(raw).expect_err("rejected").status.as_u16()
+    }
+
+    /// The line limits, found from the fields' positions, are those of every line as it
+    /// stands in the bytes: 414 when the request line is longer than `line`, 400 when a header
+    /// line is, exactly at the limit accepted; CRLF and bare LF alike.
+    #[test]
+    fn line_limits_hold_at_every_length_around_the_limit() {
+        let limits = HeadLimits {
+            line: 40,
+            head: 4096,
+        };
+        // What each line's length (before its LF) says, read off the bytes.
+        let expected = |raw: &[u8]| -> Option<u16> {
+            let mut lines = raw.split(|&b| b == b'\n');
+            if lines.next().is_some_and(|l| l.len() > limits.line) {
+                return Some(414);
+            }
+            lines.any(|l| l.len() > limits.line).then_some(400)
+        };
+        // Heads accepted, refused 400, refused 414.
+        let mut seen = [0; 3];
+        for eol in ["\r\n", "\n"] {
+            for target in 22..32 {
+                for value in [1, 30, 31, 32, 33, 40] {
+                    for position in 0..3 {
+                        let path = format!("/{}", "a".repeat(target - 1));
+                        let mut raw = format!("GET {path} HTTP/1.1{eol}");
+                        let long = format!("X-Long: {}{eol}", "v".repeat(value));
+                        for i in 0..3 {
+                            if i == position {
+                                raw.push_str(&long);
+                            }
+                            raw.push_str(&format!("H{i}: x{eol}"));
+                        }
+                        raw.push_str(eol);
+                        let mut buf = BytesMut::from(raw.as_bytes());
+                        let got = parse(&mut buf, &limits).err().map(|r| r.status.as_u16());
+                        assert_eq!(got, expected(raw.as_bytes()), "{raw:?}");
+                        seen[match got {
+                            None => 0,
+                            Some(400) => 1,
+                            _ => 2,
+                        }] += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 10), "each outcome: {seen:?}");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Byte buffers for encoding message heads, reused on each worker thread instead of allocated
 //! per message. A buffer goes back to its thread's free list when dropped (on whatever thread
 //! that is); the list keeps a few small ones, so an idle worker holds little. Also the list of
-//! where a parsed head's fields lie ([`Fields`]), reused the same way.
+//! where a parsed head's fields lie ([`Fields`]), and client connections' read buffers
+//! ([`read_buffer`]), reused the same way.
 
 use std::cell::{Cell, RefCell};
+
+use bytes::BytesMut;
 use std::ops::{Deref, DerefMut};
 
 /// Buffers kept per thread, and the largest kept: a head larger than this is rare and its
@@ -14,6 +17,38 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static FIELDS: Cell<Vec<FieldAt>> = const { Cell::new(Vec::new()) };
+    static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Read buffers kept per thread: one per connection that is between two requests at once, at
+/// most; a buffer larger than [`KEEP_CAPACITY`] (grown for a long head) is freed.
+const KEEP_READ: usize = 16;
+
+/// An empty buffer for a request's first bytes, of at least `capacity` bytes: one that an
+/// earlier request on this thread finished with, or a new one. An idle connection holds no
+/// buffer (nginx frees its header buffer too); this saves allocating one per request.
+pub fn read_buffer(capacity: usize) -> BytesMut {
+    let mut buf = READ
+        .try_with(|free| free.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    buf.reserve(capacity);
+    buf
+}
+
+/// Hands back a connection's read buffer once its request is done. Kept only when nothing
+/// else shares its memory (the head's fields were let go) and it is empty and small.
+pub fn return_read_buffer(mut buf: BytesMut) {
+    if !buf.is_empty() || buf.capacity() > KEEP_CAPACITY || !buf.try_reclaim(1) {
+        return;
+    }
+    let _ = READ.try_with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEEP_READ {
+            free.push(buf);
+        }
+    });
 }
 
 /// Where one header field lies in a head's bytes: the name's offset and length, the value's.
@@ -122,6 +157,31 @@ mod tests {
         // In use: a second list is a new one.
         let c = Fields::take();
         assert!(c.capacity() == 0);
+    }
+
+    #[test]
+    fn a_read_buffer_is_reused_once_its_head_is_let_go() {
+        let mut buf = read_buffer(1024);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let at = buf.as_ptr();
+        let head = buf.split_to(buf.len()).freeze();
+        // The head still shares the memory: not kept.
+        return_read_buffer(std::mem::take(&mut buf));
+        assert_ne!(read_buffer(1).as_ptr(), at);
+        let mut buf = read_buffer(1024);
+        let again = buf.as_ptr();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head2 = buf.split_to(buf.len()).freeze();
+        drop(head2);
+        return_read_buffer(buf);
+        let reused = read_buffer(1024);
+        assert_eq!(
+            reused.as_ptr(),
+            again,
+            "the same allocation, from its start"
+        );
+        assert!(reused.is_empty() && reused.capacity() >= 1024);
+        drop(head);
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub fn serve(
         let h2 = loop {
             if buf.is_empty() {
                 // Idle: hold no buffer while waiting.
-                buf = BytesMut::new();
+                crate::scratch::return_read_buffer(std::mem::take(&mut buf));
                 if !wait_for_request(&stream, &mut buf, &conn, &mut watch).await {
                     return;
                 }
@@ -689,11 +689,18 @@ enum Woken {
 
 /// Reads what is there into a buffer allocated only now. `None`: closed by the client.
 fn first_bytes(stream: &TcpStream, settings: &Settings) -> io::Result<Option<BytesMut>> {
-    let capacity = settings.first_read;
-    let mut buf = BytesMut::with_capacity(capacity);
-    match stream.try_read_buf(&mut buf)? {
-        0 => Ok(None),
-        n => {
+    let mut buf = crate::scratch::read_buffer(settings.first_read);
+    let capacity = buf.capacity();
+    match stream.try_read_buf(&mut buf) {
+        Ok(0) => {
+            crate::scratch::return_read_buffer(buf);
+            Ok(None)
+        }
+        Err(e) => {
+            crate::scratch::return_read_buffer(buf);
+            Err(e)
+        }
+        Ok(n) => {
             if n < capacity {
                 body::drained(stream);
             }

@@ -9,22 +9,36 @@
 # an instruction is not a cycle (a `rep stosb` counts once per byte). Each proxy runs twice, with
 # N1 and N2 requests after a warm-up; the difference divided by N2 - N1 leaves out start-up.
 #
-#   bench/callgrind.sh [--keep] [--imbang] [N1 N2]   (default 2000 12000; --keep keeps the
-#                                                     profiles; --imbang: imbang alone)
+#   bench/callgrind.sh [--keep] [--imbang] [--close] [N1 N2]
+#     default 2000 12000 requests (--close: 1000 5000); --keep keeps the profiles; --imbang: imbang alone;
+#     --close: a new connection for each request (scenario (b)) instead of keep-alive (a)
+#   ALLOCATOR=mimalloc bench/callgrind.sh ...   imbang on mimalloc (glibc's malloc otherwise)
 # Ports 29100-29101, below the ephemeral range. Starts and stops (by pid) only its own processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KEEP=0 ONLY=0
-[ "${1:-}" = --keep ] && { KEEP=1; shift; }
-[ "${1:-}" = --imbang ] && { ONLY=1; shift; }
-N1=${1:-2000} N2=${2:-12000}
+KEEP=0 ONLY=0 MODE=proxy-only CLOSE= WHAT="keep-alive GET"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) KEEP=1; shift ;;
+    --imbang) ONLY=1; shift ;;
+    --close) MODE=proxy-close CLOSE=close WHAT="GET on a new connection"; shift ;;
+    *) break ;;
+  esac
+done
+if [ -n "$CLOSE" ]; then N1=${1:-1000} N2=${2:-5000}; else N1=${1:-2000} N2=${2:-12000}; fi
 for tool in valgrind callgrind_annotate; do
   command -v $tool >/dev/null || { echo "callgrind.sh: $tool missing (apt-get install valgrind)" >&2; exit 1; }
 done
 
-(cd bench/alloc-count && cargo build --release -q)
-BIN=bench/alloc-count/target/release/imbang-alloc-count
+# ALLOCATOR=mimalloc: imbang on mimalloc instead of glibc's malloc (the allocator comparison).
+if [ -n "${ALLOCATOR:-}" ]; then
+  (cd bench/alloc-count && cargo build --release -q --features "$ALLOCATOR" --target-dir "target/$ALLOCATOR")
+  BIN=bench/alloc-count/target/$ALLOCATOR/release/imbang-alloc-count
+else
+  (cd bench/alloc-count && cargo build --release -q)
+  BIN=bench/alloc-count/target/release/imbang-alloc-count
+fi
 W=$(mktemp -d /tmp/imbang-callgrind.XXXXXX)
 PIDS=()
 cleanup() {
@@ -49,7 +63,7 @@ declare -A PER
 imbang() {
   local n=$1
   valgrind -q --tool=callgrind --separate-threads=yes --callgrind-out-file="$W/imbang-$n.%p" \
-    "$BIN" "$n" proxy-only >/dev/null 2>"$W/imbang-$n.err"
+    "$BIN" "$n" $MODE >/dev/null 2>"$W/imbang-$n.err"
   busiest "$W"/imbang-"$n".*-*
 }
 a=$(imbang "$N1") b=$(imbang "$N2")
@@ -97,8 +111,8 @@ other() {
   local pid=$!
   PIDS+=($pid)
   wait_port "$port"
-  "$BIN" client "127.0.0.1:$port" 2000
-  "$BIN" client "127.0.0.1:$port" "$n"
+  "$BIN" client "127.0.0.1:$port" 2000 $CLOSE
+  "$BIN" client "127.0.0.1:$port" "$n" $CLOSE
   kill -TERM "$pid"
   wait "$pid" || true
   busiest "$W/$name-$n.out"
@@ -117,7 +131,7 @@ for target in "${OTHERS[@]}"; do
   PER[$target]=$(( (b - a) / (N2 - N1) ))
 done
 
-echo "user-space instructions per proxied keep-alive GET (callgrind, $N1 vs $N2 requests)"
+echo "user-space instructions per proxied $WHAT (callgrind, $N1 vs $N2 requests)"
 for t in imbang nginx haproxy; do
   [ -n "${PER[$t]:-}" ] || continue
   ratio=""

@@ -10,7 +10,7 @@
 //! `imbang-alloc-count 1 idle` instead opens 1,000 connections, one GET on each, keeps them
 //! idle, and lists the heap blocks they still hold per connection, by size (scenario (e)).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -34,30 +34,36 @@ fn live(layout: Layout, delta: i64) {
     table[slot].fetch_add(delta, Relaxed);
 }
 
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
+/// The allocator counted: the system's (glibc), or mimalloc with `--features mimalloc`.
+#[cfg(not(feature = "mimalloc"))]
+use std::alloc::System as Inner;
+#[cfg(feature = "mimalloc")]
+use mimalloc::MiMalloc as Inner;
+
+// SAFETY: forwards every call unchanged to the inner allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
         live(layout, 1);
-        unsafe { System.alloc(layout) }
+        unsafe { Inner.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
         live(layout, 1);
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { Inner.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         live(layout, -1);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { Inner.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         REALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Relaxed);
         live(layout, -1);
         live(Layout::from_size_align(new_size, layout.align()).unwrap(), 1);
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { Inner.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -260,7 +266,8 @@ fn measure(label: &str, addr: SocketAddr, n: u64, close: bool) {
 }
 
 /// `imbang-alloc-count origins`: two origins, their addresses printed on one line, held until
-/// killed. `imbang-alloc-count client ADDR N`: N keep-alive GETs to ADDR. With these,
+/// killed. `imbang-alloc-count client ADDR N [close]`: N GETs to ADDR, keep-alive (or a new
+/// connection each). With these,
 /// bench/callgrind.sh drives another proxy (nginx) exactly as imbang is driven here.
 fn tools(args: &[String]) -> bool {
     match args.get(1).map(String::as_str) {
@@ -271,9 +278,9 @@ fn tools(args: &[String]) -> bool {
             }
         }
         Some("client") => {
-            let addr = args[2].parse().expect("client ADDR N: ADDR");
-            let n = args[3].parse().expect("client ADDR N: N");
-            client(addr, n, false);
+            let addr = args[2].parse().expect("client ADDR N [close]: ADDR");
+            let n = args[3].parse().expect("client ADDR N [close]: N");
+            client(addr, n, args.get(4).is_some_and(|a| a == "close"));
             true
         }
         _ => false,
@@ -324,6 +331,10 @@ fn main() {
     // DHAT, which then attributes the allocations to call sites).
     if std::env::args().nth(2).as_deref() == Some("proxy-only") {
         measure("imbang, keep-alive (scenario a)", proxy, n, false);
+        return;
+    }
+    if std::env::args().nth(2).as_deref() == Some("proxy-close") {
+        measure("imbang, new connection each (scenario b)", proxy, n, true);
         return;
     }
     if std::env::args().nth(2).as_deref() == Some("idle") {

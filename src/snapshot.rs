@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::FastMap;
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
     Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, SetVar,
@@ -22,8 +23,8 @@ use crate::vars::{Scope, Template};
 /// The world one request sees, from routing to the peer.
 pub struct Snapshot {
     pub config: Config,
-    vhosts: HashMap<SocketAddr, VirtualHosts<Arc<ServerRoute>>>,
-    groups: HashMap<String, Arc<Group>>,
+    vhosts: FastMap<SocketAddr, VirtualHosts<Arc<ServerRoute>>>,
+    groups: FastMap<String, Arc<Group>>,
     /// Addresses to bind: every configured one, except a specific address whose port a wildcard
     /// of the same family already covers (nginx binds only the wildcard then).
     pub bind: Vec<SocketAddr>,
@@ -152,8 +153,8 @@ impl Snapshot {
     pub fn compile(config: Config, registry: &PeerRegistry) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let mut warnings = Vec::new();
-        let mut groups = HashMap::new();
-        let mut vhosts = HashMap::new();
+        let mut groups = FastMap::default();
+        let mut vhosts = FastMap::default();
         let buffers = config.http.as_ref().map(|h| h.log_buffers.clone());
         let workers = config.main.worker_processes.count();
         let mut logs = LogCache::new(buffers.unwrap_or_default(), workers);
@@ -283,7 +284,7 @@ fn route_error(e: crate::route::RouteError) -> ConfigError {
 
 /// What compiling one server needs besides the server.
 struct Cx<'a> {
-    groups: &'a HashMap<String, Arc<Group>>,
+    groups: &'a FastMap<String, Arc<Group>>,
     /// For `proxy_pass` with variables.
     targets: &'a Arc<Targets>,
     errors: &'a mut ConfigErrors,

@@ -10,7 +10,6 @@
 pub mod body;
 pub mod h1;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -74,7 +73,7 @@ struct Idle {
 /// Idle keep-alive connections by peer address.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<crate::FastMap<SocketAddr, Vec<Idle>>>,
     /// Whether the task that closes dead idle connections runs.
     sweeping: std::sync::atomic::AtomicBool,
 }

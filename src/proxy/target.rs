@@ -15,13 +15,13 @@
 //! balancer and in-flight counts are shared by every request to that address; pooled
 //! connections are the process's, keyed by address, as for any peer.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use http::Uri;
 
 use super::ProxyError;
+use crate::FastMap;
 use crate::config::model::Upstream;
 use crate::snapshot::{Group, PassUri, Proxy};
 use crate::upstream::PeerRegistry;
@@ -69,8 +69,8 @@ impl ProxyVars {
 pub struct Targets {
     /// `upstream {}` blocks by lower-case name (no port), and the groups of literal
     /// `proxy_pass http://host[:port]` by lower-case host and port (80 when not written).
-    named: HashMap<(String, Option<u16>), Arc<Group>>,
-    by_address: RwLock<HashMap<SocketAddr, Arc<Group>>>,
+    named: FastMap<(String, Option<u16>), Arc<Group>>,
+    by_address: RwLock<FastMap<SocketAddr, Arc<Group>>>,
     /// Peer state of the address groups (one peer each: no passive health, nothing worth
     /// carrying across a reload).
     registry: PeerRegistry,
@@ -78,8 +78,8 @@ pub struct Targets {
 
 impl Targets {
     /// The lookup table over a snapshot's `groups` (by upstream name).
-    pub fn new(upstreams: &[Upstream], groups: &HashMap<String, Arc<Group>>) -> Self {
-        let mut named = HashMap::new();
+    pub fn new(upstreams: &[Upstream], groups: &FastMap<String, Arc<Group>>) -> Self {
+        let mut named = FastMap::default();
         for up in upstreams {
             let Some(group) = groups.get(&up.name) else {
                 continue;

@@ -1,12 +1,12 @@
 //! `server_name` matching: which `server {}` of one listen address serves a host.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 use regex::bytes::Regex;
 
 use super::{RouteError, RouteErrorKind, compile_regex};
+use crate::FastMap;
 use crate::config::model::ServerName;
 
 /// What `server_name` matching sees for a `Host` header, an absolute-URI authority or
@@ -155,11 +155,11 @@ impl fmt::Display for NameConflict {
 pub struct VirtualHosts<T> {
     values: Vec<T>,
     /// Exact names, plus the bare `example.com` of every `.example.com`.
-    exact: HashMap<Box<str>, usize>,
+    exact: FastMap<Box<str>, usize>,
     /// `*.example.com` and `.example.com`, keyed by `.example.com`.
-    leading: HashMap<Box<str>, usize>,
+    leading: FastMap<Box<str>, usize>,
     /// `www.*`, keyed by `www.`.
-    trailing: HashMap<Box<str>, usize>,
+    trailing: FastMap<Box<str>, usize>,
     regexes: Vec<(Regex, usize)>,
     default: usize,
     conflicts: Vec<NameConflict>,
@@ -238,6 +238,10 @@ impl<T> VirtualHosts<T> {
     }
 
     fn find_index(&self, host: &str) -> usize {
+        // One server on the address: every name leads to it.
+        if self.values.len() == 1 {
+            return 0;
+        }
         if let Some(&entry) = self.exact.get(host) {
             return entry;
         }
@@ -273,9 +277,9 @@ impl<T> VirtualHosts<T> {
 /// `*.example.com` and `.example.com` claim the same wildcard slot.
 #[derive(Default)]
 struct NameIndex {
-    exact: HashMap<Box<str>, usize>,
-    leading: HashMap<Box<str>, usize>,
-    trailing: HashMap<Box<str>, usize>,
+    exact: FastMap<Box<str>, usize>,
+    leading: FastMap<Box<str>, usize>,
+    trailing: FastMap<Box<str>, usize>,
     conflicts: Vec<NameConflict>,
 }
 
@@ -326,7 +330,7 @@ impl NameIndex {
 }
 
 /// Inserts `key` (lower-cased) unless present; false if it was.
-fn claim(map: &mut HashMap<Box<str>, usize>, key: &str, entry: usize) -> bool {
+fn claim(map: &mut FastMap<Box<str>, usize>, key: &str, entry: usize) -> bool {
     let key = key.to_ascii_lowercase().into_boxed_str();
     if map.contains_key(&key) {
         return false;

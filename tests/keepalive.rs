@@ -99,7 +99,8 @@ async fn a_peer_closing_idle_connections_causes_no_client_error() {
     );
 }
 
-/// A backend that keeps connections open and counts how many it accepted.
+/// A backend that keeps connections open and counts how many it accepted. It answers `ok` at
+/// once, to `/slow` 100 ms late, and never to `/hang`.
 async fn counting_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -110,7 +111,12 @@ async fn counting_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr
             };
             connections.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    match req.uri().path() {
+                        "/slow" => tokio::time::sleep(Duration::from_millis(100)).await,
+                        "/hang" => std::future::pending().await,
+                        _ => {}
+                    }
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
                 let _ = http1::Builder::new()
@@ -143,6 +149,35 @@ async fn upstream_keepalive_requests_bounds_the_requests_per_connection() {
             "{limit:?}"
         );
     }
+}
+
+/// `proxy_read_timeout` counts for each request on a kept connection: not from an earlier
+/// request's end (the connection's timer, kept between requests, fired while it was idle), and
+/// still for a later request that gets no answer.
+#[tokio::test]
+async fn proxy_read_timeout_counts_per_request_on_a_kept_connection() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let backend = counting_backend(connections.clone()).await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; proxy_read_timeout 500ms;
+           upstream one {{ server {backend}; keepalive 4; }}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://one; }} }} }}"
+    ))
+    .await;
+    assert_eq!(lb.get("/").await, (200, "ok".to_owned()));
+    // Idle past the first request's deadline: the time passing is the scenario.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(lb.get("/slow").await, (200, "ok".to_owned()));
+    assert_eq!(lb.get("/slow").await, (200, "ok".to_owned()));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the connection was kept"
+    );
+    let hung = tokio::time::timeout(Duration::from_secs(10), lb.get("/hang")).await;
+    assert_eq!(hung.expect("answered, not hung").0, 504);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 /// Sockets to `port` in `CLOSE_WAIT` (the peer closed, this side did not yet), from

@@ -29,6 +29,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::UpstreamBody;
 use crate::http1::{Decoded, Decoder, Framing, chunk_header, itoa};
@@ -56,6 +57,11 @@ pub struct Conn {
     send_timeout: Duration,
     /// The thread that opened it: its event loop reports the socket's readiness.
     pub(super) home: std::thread::ThreadId,
+    /// `proxy_read_timeout`'s timer, kept from one request to the next on the home thread (its
+    /// runtime's timer wheel holds it): an exchange moves only the deadline it checks against,
+    /// and the timer itself is moved when it fires before that deadline (once per timeout at
+    /// most), instead of a timer registered and removed per request.
+    read_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// How a response body is delimited.
@@ -164,6 +170,7 @@ impl Conn {
             read_size: FIRST_READ,
             send_timeout,
             home: std::thread::current().id(),
+            read_timer: None,
         }
     }
 
@@ -201,14 +208,19 @@ impl Conn {
             upgrade,
         } = shape;
         self.read_size = FIRST_READ;
+        // Another thread's runtime may not hold a timer of this one's wheel past the request.
+        let at_home = std::thread::current().id() == self.home;
         let Self {
             stream,
             buf,
             read_size,
             send_timeout,
+            read_timer,
             ..
         } = self;
         let stream = &*stream;
+        let mut own_timer = None;
+        let timer = if at_home { read_timer } else { &mut own_timer };
         let mut received = 0u64;
         let mut written = false;
         let mut write_error = None;
@@ -217,7 +229,7 @@ impl Conn {
             let read = read_head(stream, buf, read_size, &mut received, head_only, upgrade);
             let mut write = pin!(write);
             let mut read = pin!(read);
-            let mut timer = pin!(None::<tokio::time::Sleep>);
+            let mut deadline = None;
             poll_fn(|cx| {
                 if !written && write_error.is_none() {
                     match write.as_mut().poll(cx) {
@@ -237,13 +249,13 @@ impl Conn {
                         Poll::Pending => {}
                     }
                     if written || write_error.is_some() {
-                        timer.set(Some(tokio::time::sleep(read_timeout)));
+                        deadline = Some(Instant::now() + read_timeout);
                     }
                 }
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Step::Read(r));
                 }
-                match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                match deadline.map(|d| poll_deadline(timer, d, cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(Step::ReadTimeout),
                     _ => Poll::Pending,
                 }
@@ -300,6 +312,30 @@ impl Conn {
     /// new protocol).
     pub fn into_upgraded(self) -> (Bytes, TcpStream) {
         (self.buf.freeze(), self.stream)
+    }
+}
+
+/// Ready once `deadline` has passed, on `timer` (made on first use). A timer left at an earlier
+/// request's deadline is moved on when it fires; one set later than `deadline` (a shorter
+/// `proxy_read_timeout` since) is moved back at once.
+fn poll_deadline(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        let Some(t) = timer else {
+            *timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            continue;
+        };
+        if t.deadline() > deadline {
+            t.as_mut().reset(deadline);
+        }
+        ready!(t.as_mut().poll(cx));
+        if t.deadline() >= deadline {
+            return Poll::Ready(());
+        }
+        t.as_mut().reset(deadline);
     }
 }
 

@@ -41,7 +41,7 @@ async fn keepalive_client(
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
-        let (method, body) = if i % 2 == 0 {
+        let (method, body) = if i.is_multiple_of(2) {
             ("POST", "payload")
         } else {
             ("GET", "")

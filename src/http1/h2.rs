@@ -24,7 +24,7 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop:
         let info = info.clone();
         // Boxed: hyper moves each stream's future into a task of its own, and a request's
         // state is kilobytes; moved as a pointer it costs one allocation instead of copies.
-        Box::pin(async move {
+        pin_box!(async move {
             let (parts, body) = req.into_parts();
             let request = Request::from_parts(parts, RequestBody::h2(body));
             let (mut response, _) = proxy::handle(&shared, &info, request, None).await;

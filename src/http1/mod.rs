@@ -209,7 +209,7 @@ pub fn serve(
                     return;
                 }
             }
-            let exchange = Box::pin(conn.exchange(&listener, stream, buf));
+            let exchange = pin_box!(conn.exchange(&listener, stream, buf));
             match bounded(exchange, &mut watch).await {
                 Next::KeepAlive(s, b) => (stream, buf) = (s, b),
                 Next::Close => return,
@@ -232,7 +232,7 @@ pub fn serve(
         };
         let _ = h2.stream.set_nodelay(true);
         let Listener { shared, stop, .. } = &*listener;
-        Box::pin(h2::serve(h2, shared.clone(), conn.info, stop.clone())).await;
+        pin_box!(h2::serve(h2, shared.clone(), conn.info, stop.clone())).await;
     }
 }
 

@@ -56,7 +56,7 @@ fn remove_where(
             }
         }
     }
-    for name in few.into_iter().flatten().chain(more) {
+    for name in few[..count].iter_mut().filter_map(Option::take).chain(more) {
         headers.remove(name);
     }
 }

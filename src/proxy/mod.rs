@@ -603,7 +603,7 @@ async fn respond(
     if let Some(page) = page.filter(|_| !from_peer || route.conf.intercept_errors) {
         // Boxed: an `error_page` holds a whole second request's state, which every request
         // would otherwise carry (and move) for the rare one that needs it.
-        response = Box::pin(error_page(shared, &ctx, server, page, status, out)).await;
+        response = pin_box!(error_page(shared, &ctx, server, page, status, out)).await;
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);
@@ -671,7 +671,7 @@ async fn proxied(
         out.proxy_host = proxy.proxy_host.clone();
     }
     let record = &mut out.record;
-    match Box::pin(forward::forward(
+    match pin_box!(forward::forward(
         shared,
         ctx,
         route,

@@ -566,6 +566,30 @@ fn poll_fill(
     }
 }
 
+/// The `Content-Length` fields of a head, as they are met.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Length {
+    Absent,
+    Is(u64),
+    /// Not a number, or two that differ.
+    Invalid,
+}
+
+impl Length {
+    /// With one more `Content-Length` value.
+    fn and(self, value: &[u8]) -> Self {
+        let n = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match (self, n) {
+            (_, None) | (Length::Invalid, _) => Length::Invalid,
+            (Length::Absent, Some(n)) => Length::Is(n),
+            (Length::Is(m), Some(n)) if m == n => self,
+            (Length::Is(_), Some(_)) => Length::Invalid,
+        }
+    }
+}
+
 enum Parsed {
     Answer(Answer),
     /// A 1xx head was taken out of the buffer; read on.
@@ -625,54 +649,52 @@ fn parse_response(
     let head = buf.split_to(len).freeze();
     // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
     let mut headers = HeaderMap::with_capacity(at.len() + 2);
+    // What the framing and the connection's reuse depend on, noted as the map is built (no
+    // lookups after).
+    let (mut close, mut keep_alive_token) = (false, false);
+    // The last Transfer-Encoding value (where it lies in `head`).
+    let mut last_te = None;
+    let mut length = Length::Absent;
     for &[name_at, name_len, value_at, value_len] in at.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| "a malformed header line")?;
+        let raw = &head[value_at..value_at + value_len];
+        if name == header::CONNECTION {
+            let (c, k, _) = crate::http1::value_tokens(raw);
+            (close, keep_alive_token) = (close || c, keep_alive_token || k);
+        } else if name == header::TRANSFER_ENCODING {
+            last_te = Some(value_at..value_at + value_len);
+        } else if name == header::CONTENT_LENGTH {
+            length = length.and(raw);
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| "a malformed header line")?;
         headers.append(name, value);
     }
-    let (close, keep_alive_token, _) = crate::http1::connection_tokens(&headers);
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let body = if code == 101 {
         keep_alive = false;
         BodyKind::None
     } else if head_only || code == 204 || code == 304 {
         BodyKind::None
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if let Some(te) = last_te {
         // Transfer-Encoding wins over a Content-Length, which then must not reach the client.
-        headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if last == Some(true) && version == Version::HTTP_11 {
+        if length != Length::Absent {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let last = head[te].rsplit(|&b| b == b',').next().unwrap_or_default();
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") && version == Version::HTTP_11 {
             BodyKind::Chunked
         } else {
             keep_alive = false;
             BodyKind::Close
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter().map(|v| {
-            std::str::from_utf8(v.as_bytes())
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
-        let first = lengths.next().flatten();
-        match first {
-            Some(n) if lengths.all(|l| l == Some(n)) => {
-                if n == 0 {
-                    BodyKind::None
-                } else {
-                    BodyKind::Length(n)
-                }
-            }
+    } else if length != Length::Absent {
+        match length {
+            Length::Is(0) => BodyKind::None,
+            Length::Is(n) => BodyKind::Length(n),
             _ => return Err("an invalid Content-Length, or two that differ"),
         }
     } else {
@@ -917,6 +939,106 @@ mod tests {
                 "{}: {answer:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// How a response head's fields decide its body's framing and the connection's reuse.
+    #[test]
+    fn framing_and_reuse_follow_the_head() {
+        use BodyKind::*;
+        let cases: &[(&[u8], bool, BodyKind, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                false,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nContent-Length:  3 \r\n\r\n",
+                false,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                false,
+                None,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: Keep-Alive, close\r\n\r\n",
+                false,
+                Length(3),
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Chunked,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                false,
+                Chunked,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                Close,
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Close,
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", false, Close, false),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
+                false,
+                Length(3),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+                false,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+                false,
+                None,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                None,
+                true,
+            ),
+        ];
+        for &(raw, head_only, body, keep_alive) in cases {
+            let mut buf = BytesMut::from(raw);
+            let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, head_only, false) else {
+                panic!("{}: not parsed", String::from_utf8_lossy(raw));
+            };
+            let what = String::from_utf8_lossy(raw);
+            assert_eq!(
+                (answer.body, answer.keep_alive),
+                (body, keep_alive),
+                "{what}"
+            );
+            // A Content-Length beside Transfer-Encoding never reaches the client.
+            if body == Chunked {
+                assert!(
+                    !answer.head.headers.contains_key(header::CONTENT_LENGTH),
+                    "{what}"
+                );
+            }
         }
     }
 

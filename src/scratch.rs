@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
+use http::HeaderMap;
 use std::ops::{Deref, DerefMut};
 
 /// Buffers kept per thread, and the largest kept: a head larger than this is rare and its
@@ -18,6 +19,39 @@ thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static FIELDS: Cell<Vec<FieldAt>> = const { Cell::new(Vec::new()) };
     static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Header maps kept per thread, and the most fields a kept one has room for.
+const KEEP_MAPS: usize = 16;
+const KEEP_MAP_CAPACITY: usize = 64;
+
+/// An empty header map with room for `fields`: one an earlier message on this thread finished
+/// with, or a new one. A parsed head's map costs two allocations (its index and its entries);
+/// reused, none.
+pub fn header_map(fields: usize) -> HeaderMap {
+    let mut map = MAPS
+        .try_with(|free| free.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    map.reserve(fields);
+    map
+}
+
+/// Hands back a message's header map once nothing reads it any more (its head was written, or
+/// its request is done); kept emptied, unless it grew large.
+pub fn return_header_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > KEEP_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    let _ = MAPS.try_with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEEP_MAPS {
+            free.push(map);
+        }
+    });
 }
 
 /// Read buffers kept per thread: one per connection that is between two requests at once, at
@@ -157,6 +191,23 @@ mod tests {
         // In use: a second list is a new one.
         let c = Fields::take();
         assert!(c.capacity() == 0);
+    }
+
+    #[test]
+    fn a_header_map_comes_back_empty_and_a_large_one_is_not_kept() {
+        use http::HeaderValue;
+        let mut map = header_map(8);
+        map.insert("x-a", HeaderValue::from_static("1"));
+        let room = map.capacity();
+        return_header_map(map);
+        let again = header_map(4);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room, "the same map");
+        let mut big = header_map(KEEP_MAP_CAPACITY + 1);
+        big.insert("x-b", HeaderValue::from_static("2"));
+        let big_room = big.capacity();
+        return_header_map(big);
+        assert!(header_map(1).capacity() < big_room, "a large map is freed");
     }
 
     #[test]

@@ -178,7 +178,7 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         line: Some(Box::new(RequestLine(method.clone(), uri.clone(), version))),
         ..rejected
     };
-    let mut map = HeaderMap::with_capacity(fields.len());
+    let mut map = crate::scratch::header_map(fields.len());
     // Which fields the checks below read are there at all: most requests have none of them,
     // and a lookup that finds nothing costs as much as one that finds something.
     let (mut hosts, mut framed, mut connection, mut expect, mut upgrade) =

@@ -259,6 +259,7 @@ pub async fn response(
 ) -> Result<(), WriteError> {
     let mut head = crate::scratch::Scratch::new(256 + response.headers().len() * 48);
     encode_head(&mut head, &response, framing, keep_alive, shape);
+    crate::scratch::return_header_map(std::mem::take(response.headers_mut()));
     let body = response.body_mut();
     if framing == BodyFraming::None {
         return send(stream, &mut [IoSlice::new(&head)], send_timeout, nagle)

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
@@ -648,7 +648,7 @@ fn parse_response(
     }));
     let head = buf.split_to(len).freeze();
     // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
-    let mut headers = HeaderMap::with_capacity(at.len() + 2);
+    let mut headers = crate::scratch::header_map(at.len() + 2);
     // What the framing and the connection's reuse depend on, noted as the map is built (no
     // lookups after).
     let (mut close, mut keep_alive_token) = (false, false);

@@ -372,6 +372,7 @@ pub async fn handle(
     drop(unanswered);
     let timeouts = out.timeouts;
     let Some(route) = out.log_route.take() else {
+        crate::scratch::return_header_map(parts.headers);
         return (response, timeouts);
     };
     log_when_sent(&mut response, route, conn, parts, out, start);

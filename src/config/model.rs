@@ -562,6 +562,21 @@ pub enum TimeMode {
     LastByte,
 }
 
+impl BalanceMethod {
+    /// Whether the method picks by measured latency (NGINX Plus's `least_time`, and `random two
+    /// least_time=`), so attempts must be timed.
+    pub fn ranks_by_latency(&self) -> bool {
+        matches!(
+            self,
+            Self::LeastTime { .. }
+                | Self::Random {
+                    least_time: Some(_),
+                    ..
+                }
+        )
+    }
+}
+
 impl TimeMode {
     pub fn parse(s: &str) -> Option<Self> {
         match s {

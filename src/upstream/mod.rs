@@ -141,6 +141,7 @@ impl UpstreamGroup {
             .collect();
         let addrs: Vec<_> = ordered.iter().map(|p| p.addr).collect();
         let states = registry.states(&spec.name, &addrs);
+        let timed = spec.method.ranks_by_latency();
         let peers: Box<[Peer]> = ordered
             .into_iter()
             .zip(states)
@@ -149,7 +150,8 @@ impl UpstreamGroup {
                 if joined {
                     state.health().start_ramp(now);
                 }
-                Peer::new(index, spec, state)
+                let peer = Peer::new(index, spec, state);
+                if timed { peer } else { peer.untimed() }
             })
             .collect();
         let primaries = peers.iter().filter(|p| !p.is_backup()).count();

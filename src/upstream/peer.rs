@@ -33,9 +33,10 @@ use crate::config::model::PeerSpec;
 #[derive(Debug, Default)]
 pub struct PeerState {
     in_flight: AtomicU32,
-    /// The sum of the start times of the attempts in flight (nanoseconds since [`epoch`]), for
-    /// their average age (`least_time ... inflight`).
+    /// The sum of the start times of the timed attempts in flight (nanoseconds since
+    /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
+    in_flight_timed: AtomicU32,
     health: Mutex<PassiveHealth>,
     timing: Mutex<Timing>,
     /// The upstream's `queue` line: woken when an attempt on this peer ends.
@@ -66,10 +67,10 @@ impl PeerState {
         self.health().fails()
     }
 
-    /// How long, on average, the attempts in flight on this peer have been running at `now`,
+    /// How long, on average, the timed attempts in flight on this peer have been running at `now`,
     /// in microseconds (0 with none).
     pub fn in_flight_age_us(&self, now: Instant) -> f64 {
-        let n = u64::from(self.in_flight.load(Ordering::SeqCst));
+        let n = u64::from(self.in_flight_timed.load(Ordering::SeqCst));
         if n == 0 {
             return 0.0;
         }
@@ -115,6 +116,11 @@ pub struct Peer {
     slow_start: Duration,
     down: bool,
     backup: bool,
+    /// The group's balancer ranks peers by latency (`least_time`, `random two least_time=`):
+    /// attempts are timed and their start times summed. Other groups skip both (a clock read,
+    /// an `exp` and two atomic updates per request); a reload to `least_time` starts its
+    /// estimates from the group's average, as for a new peer.
+    timed: bool,
     state: Arc<PeerState>,
 }
 
@@ -133,7 +139,16 @@ impl Peer {
             slow_start: spec.slow_start,
             down: spec.down,
             backup: spec.backup,
+            timed: true,
             state,
+        }
+    }
+
+    /// This peer as a member of a group whose balancer does not rank by latency.
+    pub(crate) fn untimed(self) -> Self {
+        Self {
+            timed: false,
+            ..self
         }
     }
 
@@ -225,6 +240,8 @@ pub struct PeerGuard {
     reported: bool,
     /// The reported outcome was a success (a response to time to its last byte).
     answered: bool,
+    /// The attempt's latency is recorded ([`Peer`]'s `timed`).
+    timed: bool,
     /// When the peer was picked: attempts' latencies are measured from here.
     started: Instant,
     /// `started` as added to the peer's `in_flight_since`.
@@ -235,10 +252,14 @@ impl PeerGuard {
     /// Counts the attempt as in flight. Called under the group's selection lock, so that
     /// `max_conns` is checked and the count raised in one step.
     pub(crate) fn new(peer: &Peer, single: bool, now: Instant) -> Self {
-        let since = since_epoch(now);
-        peer.state
-            .in_flight_since
-            .fetch_add(since, Ordering::SeqCst);
+        let mut since = 0;
+        if peer.timed {
+            since = since_epoch(now);
+            peer.state
+                .in_flight_since
+                .fetch_add(since, Ordering::SeqCst);
+            peer.state.in_flight_timed.fetch_add(1, Ordering::SeqCst);
+        }
         peer.state.in_flight.fetch_add(1, Ordering::SeqCst);
         Self {
             state: Arc::clone(&peer.state),
@@ -249,6 +270,7 @@ impl PeerGuard {
             limited: peer.max_conns != 0,
             reported: false,
             answered: false,
+            timed: peer.timed,
             started: now,
             since,
         }
@@ -262,11 +284,16 @@ impl PeerGuard {
     /// after a quiet `fail_timeout`, and records the time to the head for `least_time header`.
     /// Only the first report of an attempt counts.
     pub fn success(&mut self) {
-        self.success_at(Instant::now());
+        self.succeeded(None);
     }
 
     /// [`success`](Self::success), the head having arrived at `now`.
     pub fn success_at(&mut self, now: Instant) {
+        self.succeeded(Some(now));
+    }
+
+    /// The clock is read (`now` is `None`) only for a timed attempt.
+    fn succeeded(&mut self, now: Option<Instant>) {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
@@ -280,6 +307,10 @@ impl PeerGuard {
                 health.on_success(self.fail_policy)
             }
         };
+        if !self.timed {
+            return;
+        }
+        let now = now.unwrap_or_else(Instant::now);
         let mut timing = self.state.timing();
         if recovered {
             // Times from before the outage say nothing now: start again from the average.
@@ -292,7 +323,7 @@ impl PeerGuard {
     /// The response body ended at `now` after a [`success`](Self::success): records the time to
     /// the last byte for `least_time last_byte`, and ends the attempt.
     pub fn body_done(self, now: Instant) {
-        if self.answered {
+        if self.answered && self.timed {
             let took = now.saturating_duration_since(self.started);
             self.state.timing().last_byte.observe(took, now);
         }
@@ -324,7 +355,10 @@ impl Drop for PeerGuard {
         // fence pairs with the one in `WaitQueue::join`, so either this sees the waiter or the
         // waiter's pick sees the slot.
         self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
-        (self.state.in_flight_since).fetch_sub(self.since, Ordering::SeqCst);
+        if self.timed {
+            (self.state.in_flight_since).fetch_sub(self.since, Ordering::SeqCst);
+            (self.state.in_flight_timed).fetch_sub(1, Ordering::SeqCst);
+        }
         if self.limited {
             if let Some(queue) = &self.state.queue {
                 std::sync::atomic::fence(Ordering::SeqCst);

@@ -930,3 +930,37 @@ async fn a_waiter_whose_client_went_away_leaves_the_line() {
     assert_eq!(rx.recv().await, Some((2, Ok('a'))));
     drop(next.await);
 }
+
+/// Attempts are timed only in groups whose balancer ranks by latency: a round-robin group
+/// records no estimate and no in-flight start times, a `least_time` one both.
+#[test]
+fn only_latency_balancers_time_their_attempts() {
+    let registry = PeerRegistry::new();
+    for (name, method, timed) in [
+        ("rr", BalanceMethod::RoundRobin, false),
+        (
+            "lt",
+            BalanceMethod::LeastTime {
+                mode: crate::config::model::TimeMode::Header,
+                inflight: false,
+            },
+            true,
+        ),
+    ] {
+        let group = UpstreamGroup::new(
+            &upstream_with(name, vec![peer_spec(0, 1)], method),
+            &registry,
+        );
+        let t0 = Instant::now();
+        let mut guard = group.pick(&mut Tried::new(), t0).unwrap();
+        assert_eq!(state(&group, 'a').in_flight(), 1, "{name}");
+        let age = state(&group, 'a').in_flight_age_us(t0 + SEC);
+        assert_eq!(age > 0.0, timed, "{name}: in-flight age {age}");
+        guard.success_at(t0 + 5 * MS);
+        guard.body_done(t0 + 9 * MS);
+        let timing = *state(&group, 'a').timing();
+        assert_eq!(timing.header.known().is_some(), timed, "{name}");
+        assert_eq!(timing.last_byte.known().is_some(), timed, "{name}");
+        assert_eq!(state(&group, 'a').in_flight_age_us(t0 + SEC), 0.0, "{name}");
+    }
+}

@@ -45,13 +45,13 @@ pub async fn forward(
     let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
     let mut client_upgrade = client_upgrade;
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
-    let chunked = ctx.parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let client = &ctx.parts.headers;
+    let chunked = headers::has(client, &header::TRANSFER_ENCODING);
     let method = &ctx.parts.method;
     let limit = route.conf.client_max_body_size;
-    let length = ctx
-        .parts
-        .headers
-        .get(header::CONTENT_LENGTH)
+    let length = headers::has(client, &header::CONTENT_LENGTH)
+        .then(|| client.get(header::CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if limit > 0 && length.is_some_and(|n| n > limit) {
         log!(
@@ -508,16 +508,17 @@ fn upstream_head(
     let client = &ctx.parts.headers;
     // The one case where `Trailer` means something end to end: a chunked body going on
     // chunked, whose trailer fields it declares.
-    let trailer = client
-        .get(header::TRAILER)
-        .filter(|_| chunked && shape.framing == RequestFraming::Chunked);
+    let trailer = (chunked && shape.framing == RequestFraming::Chunked)
+        .then(|| client.get(header::TRAILER))
+        .flatten();
     // `TE: trailers` is hop-by-hop, but imbang passes trailers on, so it may say it accepts
     // them when the client does.
-    let te_trailers = client.get_all(header::TE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
+    let te_trailers = headers::has(client, &header::TE)
+        && client.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     let replaced = headers::Replaced {
         upgrade: protocol.is_some(),
         trailer: trailer.is_some(),

@@ -23,11 +23,26 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether `headers` has a field named `name`, by a walk over its names: for the few fields of
+/// a usual message that costs less than the hash lookup `contains_key` makes, most of all when
+/// the field is absent, as `Connection`, `TE` and the framing fields of a GET usually are.
+pub(crate) fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.keys().any(|n| n == name)
+}
+
+/// A message's `Connection` values, when it has any.
+type Connection<'a> = Option<header::GetAll<'a, HeaderValue>>;
+
+fn connection_of(headers: &HeaderMap) -> Connection<'_> {
+    has(headers, &header::CONNECTION).then(|| headers.get_all(header::CONNECTION))
+}
+
 /// Whether `connection` (a message's `Connection` values) lists `name`: such a header is
 /// hop-by-hop too.
-fn named_by(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+fn named_by(connection: &Connection<'_>, name: &HeaderName) -> bool {
     connection
         .iter()
+        .flat_map(|c| c.iter())
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| {
             t.trim_ascii()
@@ -37,15 +52,12 @@ fn named_by(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> 
 
 /// Removes every header `drop` picks, looking each name up once and allocating nothing for
 /// the usual few.
-fn remove_where(
-    headers: &mut HeaderMap,
-    drop: impl Fn(&HeaderName, &header::GetAll<'_, HeaderValue>) -> bool,
-) {
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &Connection<'_>) -> bool) {
     const FEW: usize = 16;
     let mut few: [Option<HeaderName>; FEW] = std::array::from_fn(|_| None);
     let mut count = 0;
     let mut more = Vec::new();
-    let connection = headers.get_all(header::CONNECTION);
+    let connection = connection_of(headers);
     for name in headers.keys() {
         if drop(name, &connection) {
             if count < FEW {
@@ -102,7 +114,7 @@ pub fn for_upstream(
     mut field: impl FnMut(&[u8], &[u8]),
 ) {
     if route.conf.proxy.pass_request_headers {
-        let connection = client.get_all(header::CONNECTION);
+        let connection = connection_of(client);
         for (name, value) in client {
             let skip = is_hop_by_hop(name)
                 || name == header::HOST

@@ -1,10 +1,11 @@
 //! Byte buffers for encoding message heads, reused on each worker thread instead of allocated
 //! per message. A buffer goes back to its thread's free list when dropped (on whatever thread
 //! that is); the list keeps a few small ones, so an idle worker holds little. Also the list of
-//! where a parsed head's fields lie ([`Fields`]), and client connections' read buffers
-//! ([`read_buffer`]), reused the same way.
+//! where a parsed head's fields lie ([`Fields`]), client connections' read buffers
+//! ([`read_buffer`]) and parsed heads' header maps ([`header_map`]), reused the same way.
 
 use std::cell::{Cell, RefCell};
+use std::thread::LocalKey;
 
 use bytes::BytesMut;
 use http::HeaderMap;
@@ -22,6 +23,25 @@ thread_local! {
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The last item on this thread's `list`, or a new one (also while the thread is exiting).
+fn take<T: Default>(list: &'static LocalKey<RefCell<Vec<T>>>) -> T {
+    list.try_with(|free| free.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Puts `item` on this thread's `list` unless the list holds `most` already (then it is
+/// dropped).
+fn keep<T>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T, most: usize) {
+    let _ = list.try_with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < most {
+            free.push(item);
+        }
+    });
+}
+
 /// Header maps kept per thread, and the most fields a kept one has room for.
 const KEEP_MAPS: usize = 16;
 const KEEP_MAP_CAPACITY: usize = 64;
@@ -30,11 +50,7 @@ const KEEP_MAP_CAPACITY: usize = 64;
 /// with, or a new one. A parsed head's map costs two allocations (its index and its entries);
 /// reused, none.
 pub fn header_map(fields: usize) -> HeaderMap {
-    let mut map = MAPS
-        .try_with(|free| free.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut map = take(&MAPS);
     map.reserve(fields);
     map
 }
@@ -46,12 +62,7 @@ pub fn return_header_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    let _ = MAPS.try_with(|free| {
-        let mut free = free.borrow_mut();
-        if free.len() < KEEP_MAPS {
-            free.push(map);
-        }
-    });
+    keep(&MAPS, map, KEEP_MAPS);
 }
 
 /// Read buffers kept per thread: one per connection that is between two requests at once, at
@@ -62,11 +73,7 @@ const KEEP_READ: usize = 16;
 /// earlier request on this thread finished with, or a new one. An idle connection holds no
 /// buffer (nginx frees its header buffer too); this saves allocating one per request.
 pub fn read_buffer(capacity: usize) -> BytesMut {
-    let mut buf = READ
-        .try_with(|free| free.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut buf = take(&READ);
     buf.reserve(capacity);
     buf
 }
@@ -77,12 +84,7 @@ pub fn return_read_buffer(mut buf: BytesMut) {
     if !buf.is_empty() || buf.capacity() > KEEP_CAPACITY || !buf.try_reclaim(1) {
         return;
     }
-    let _ = READ.try_with(|free| {
-        let mut free = free.borrow_mut();
-        if free.len() < KEEP_READ {
-            free.push(buf);
-        }
-    });
+    keep(&READ, buf, KEEP_READ);
 }
 
 /// Where one header field lies in a head's bytes: the name's offset and length, the value's.
@@ -127,8 +129,7 @@ pub struct Scratch(Vec<u8>);
 
 impl Scratch {
     pub fn new(capacity: usize) -> Self {
-        let reused = FREE.try_with(|free| free.borrow_mut().pop()).ok().flatten();
-        let mut buf = reused.unwrap_or_default();
+        let mut buf = take(&FREE);
         buf.reserve(capacity);
         Self(buf)
     }
@@ -141,12 +142,7 @@ impl Drop for Scratch {
             return;
         }
         buf.clear();
-        let _ = FREE.try_with(|free| {
-            let mut free = free.borrow_mut();
-            if free.len() < KEEP {
-                free.push(buf);
-            }
-        });
+        keep(&FREE, buf, KEEP);
     }
 }
 

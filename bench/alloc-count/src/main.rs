@@ -1,8 +1,8 @@
 //! Counts heap allocations per proxied request in imbang's real request path.
 //!
-//! One process: two tiny blocking origins (fixed 100-byte reply, no allocation per request),
-//! imbang's `Server` on a tokio current-thread runtime (as `worker_processes 1`; process.rs),
-//! and a blocking client that sends keep-alive GETs (no allocation per request either). The
+//! One process: two tiny blocking origins (nginx's five header fields and a 100-byte body, no
+//! allocation per request), imbang's `Server` on a tokio current-thread runtime (as
+//! `worker_processes 1`; process.rs), and a blocking client that sends keep-alive GETs (no allocation per request either). The
 //! global allocator counts every allocation, so the count over N requests, divided by N, is what
 //! imbang (hyper server + routing + pool + hyper client + tokio) allocates per request. A control
 //! run of the client straight against an origin shows the harness itself allocates nothing.
@@ -102,8 +102,10 @@ fn origin() -> SocketAddr {
 
 fn serve_origin(mut s: TcpStream) {
     let _ = s.set_nodelay(true);
-    let mut reply = [0u8; 256];
-    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n";
+    let mut reply = [0u8; 512];
+    // The fields bench/run.sh's nginx origins send (a proxy hides Server, Date and Connection).
+    let head = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 10:20:00 GMT\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n";
     reply[..head.len()].copy_from_slice(head);
     reply[head.len()..head.len() + BODY.len()].copy_from_slice(BODY);
     let reply = &reply[..head.len() + BODY.len()];

@@ -35,6 +35,7 @@ pub use body::{BodyError, RequestBody};
 pub use parse::HeadLimits;
 // The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
 pub(crate) use body::{Decoded, Decoder, drained};
+pub use parse::Named;
 pub use parse::RequestLine;
 pub(crate) use parse::{Framing, value_tokens};
 pub(crate) use write::{chunk_header, itoa};

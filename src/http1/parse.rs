@@ -372,6 +372,41 @@ pub fn connection_tokens(headers: &HeaderMap) -> (bool, bool, bool) {
     (close, keep_alive, upgrade)
 }
 
+/// The tokens of a message's `Connection` values, split once per message: a field they name is
+/// hop-by-hop on this connection. Holds the usual few without allocating.
+pub struct Named<'a> {
+    few: [&'a [u8]; 4],
+    count: usize,
+    more: Vec<&'a [u8]>,
+}
+
+impl<'a> Named<'a> {
+    /// From the message's `Connection` values.
+    pub fn new(values: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut named = Named {
+            few: [&[]; 4],
+            count: 0,
+            more: Vec::new(),
+        };
+        for token in values.flat_map(|v| v.split(|&b| b == b',')) {
+            let token = token.trim_ascii();
+            if named.count < named.few.len() {
+                named.few[named.count] = token;
+                named.count += 1;
+            } else {
+                named.more.push(token);
+            }
+        }
+        named
+    }
+
+    /// Whether the tokens name `name`.
+    pub fn names(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        (self.few[..self.count].iter().chain(&self.more)).any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
 /// (`close`, `keep-alive`, `upgrade`) among the tokens of one `Connection` value.
 pub fn value_tokens(value: &[u8]) -> (bool, bool, bool) {
     let (mut close, mut keep_alive, mut upgrade) = (false, false, false);

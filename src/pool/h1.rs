@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::UpstreamBody;
-use crate::http1::{Decoded, Decoder, Framing, chunk_header, itoa};
+use crate::http1::{Decoded, Decoder, Framing, Named, chunk_header, itoa};
 use crate::scratch::Scratch;
 
 /// The first read of a response asks for this much; a read that fills its space doubles the
@@ -63,6 +63,11 @@ pub struct Conn {
     /// most), instead of a timer registered and removed per request.
     read_timer: Option<Pin<Box<Sleep>>>,
 }
+
+/// The response fields the caller would drop anyway (hop-by-hop, hidden), left out as the head
+/// is parsed rather than put in the map and taken out again; given a field's name and the
+/// head's `Connection` tokens. Not applied to a `101` (its `Upgrade` is read).
+pub type Hide<'a> = Option<&'a (dyn Fn(&HeaderName, &Named<'_>) -> bool + Sync)>;
 
 /// How a response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +205,7 @@ impl Conn {
         mut body: UpstreamBody,
         shape: Shape,
         read_timeout: Duration,
+        hide: Hide<'_>,
     ) -> Result<Answer, Failed> {
         let Shape {
             framing,
@@ -226,7 +232,15 @@ impl Conn {
         let mut write_error = None;
         let step = {
             let write = write_request(stream, head, &mut body, framing, *send_timeout);
-            let read = read_head(stream, buf, read_size, &mut received, head_only, upgrade);
+            let read = read_head(
+                stream,
+                buf,
+                read_size,
+                &mut received,
+                head_only,
+                upgrade,
+                hide,
+            );
             let mut write = pin!(write);
             let mut read = pin!(read);
             let mut deadline = None;
@@ -515,10 +529,11 @@ async fn read_head(
     received: &mut u64,
     head_only: bool,
     upgrade: bool,
+    hide: Hide<'_>,
 ) -> Result<Answer, ReadFail> {
     loop {
         if !buf.is_empty() {
-            match parse_response(buf, head_only, upgrade) {
+            match parse_response(buf, head_only, upgrade, hide) {
                 Ok(Parsed::Answer(answer)) => return Ok(answer),
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) if buf.len() > MAX_HEAD => {
@@ -603,6 +618,7 @@ fn parse_response(
     buf: &mut BytesMut,
     head_only: bool,
     upgrade: bool,
+    hide: Hide<'_>,
 ) -> Result<Parsed, &'static str> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
     let mut res = httparse::Response::new(&mut []);
@@ -655,6 +671,18 @@ fn parse_response(
     // The last Transfer-Encoding value (where it lies in `head`).
     let mut last_te = None;
     let mut length = Length::Absent;
+    let hide = hide.filter(|_| code != 101);
+    let named = match hide {
+        Some(_) => Named::new(
+            at.iter()
+                .filter_map(|&[name_at, name_len, value_at, value_len]| {
+                    let name = &head[name_at as usize..(name_at + name_len) as usize];
+                    let value = &head[value_at as usize..(value_at + value_len) as usize];
+                    name.eq_ignore_ascii_case(b"connection").then_some(value)
+                }),
+        ),
+        None => Named::new(std::iter::empty()),
+    };
     for &[name_at, name_len, value_at, value_len] in at.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
@@ -668,6 +696,9 @@ fn parse_response(
             last_te = Some(value_at..value_at + value_len);
         } else if name == header::CONTENT_LENGTH {
             length = length.and(raw);
+        }
+        if hide.is_some_and(|hide| hide(&name, &named)) {
+            continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| "a malformed header line")?;
@@ -838,7 +869,7 @@ mod tests {
         conn: &mut Conn,
         (head, body): (Scratch, UpstreamBody),
     ) -> Result<Answer, Failed> {
-        conn.exchange(&head, body, SHAPE, Duration::from_secs(5))
+        conn.exchange(&head, body, SHAPE, Duration::from_secs(5), None)
             .await
     }
 
@@ -1023,7 +1054,9 @@ mod tests {
         ];
         for &(raw, head_only, body, keep_alive) in cases {
             let mut buf = BytesMut::from(raw);
-            let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, head_only, false) else {
+            let Ok(Parsed::Answer(answer)) =
+                parse_response(&mut buf, head_only, false, Option::None)
+            else {
                 panic!("{}: not parsed", String::from_utf8_lossy(raw));
             };
             let what = String::from_utf8_lossy(raw);
@@ -1040,6 +1073,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Fields the caller hides are left out of the map, after their say on the framing and the
+    /// connection's reuse; a `101`'s fields are all kept.
+    #[test]
+    fn hidden_fields_are_left_out_after_framing_is_read() {
+        let hide = |name: &HeaderName, named: &Named<'_>| {
+            name == header::SERVER
+                || name == header::CONNECTION
+                || name == header::TRANSFER_ENCODING
+                || named.names(name)
+        };
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: peer\r\nX-Gone: 1\r\nTransfer-Encoding: chunked\r\n\
+               Connection: close, X-Gone\r\nX-Kept: 2\r\n\r\n"[..],
+        );
+        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, false, Some(&hide)) else {
+            panic!("not parsed");
+        };
+        assert_eq!((answer.body, answer.keep_alive), (BodyKind::Chunked, false));
+        let names: Vec<&str> = answer.head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+        );
+        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, true, Some(&hide)) else {
+            panic!("101 not parsed");
+        };
+        assert_eq!(answer.head.headers.len(), 2);
     }
 
     #[tokio::test]
@@ -1109,7 +1171,7 @@ mod tests {
         let (mut conn, _peer) = pair().await;
         let (head, body) = post();
         let answer = conn
-            .exchange(&head, body, SHAPE, Duration::from_millis(50))
+            .exchange(&head, body, SHAPE, Duration::from_millis(50), None)
             .await;
         assert!(matches!(answer, Err(Failed::ReadTimeout)), "{answer:?}");
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Response, Uri, header};
+use http::{HeaderName, HeaderValue, Method, Response, Uri, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
@@ -14,10 +14,10 @@ use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
-use crate::http1::{OnUpgrade, RequestBody, Upgraded};
+use crate::http1::{Named, OnUpgrade, RequestBody, Upgraded};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
-use crate::pool::h1::{RequestFraming, Shape, put_field, request_head};
+use crate::pool::h1::{Hide, RequestFraming, Shape, put_field, request_head};
 use crate::pool::{Answer, Conn, ConnectError, Failed, UpstreamBody};
 use crate::snapshot::{PassUri, Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
@@ -42,6 +42,11 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &route.conf.proxy;
     let group = &proxy.group;
+    // Hop-by-hop and hidden response fields are left out as the peer's head is parsed, unless
+    // the access log reads the peer's own fields (`$upstream_http_*`): then they go after.
+    let hide_early = !record.want_upstream_headers;
+    let hide =
+        |name: &HeaderName, named: &Named<'_>| headers::hidden_from_client(name, named, route);
     let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
     let mut client_upgrade = client_upgrade;
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
@@ -165,6 +170,7 @@ pub async fn forward(
             uri: &uri,
             head: &head,
             shape,
+            hide: hide_early.then_some(&hide),
         };
         match target.attempt(record, body).await {
             Ok((answer, conn)) => {
@@ -202,7 +208,11 @@ pub async fn forward(
                     );
                 }
                 let mut answer = answer;
-                headers::to_client(&mut answer.head.headers, route);
+                if hide_early {
+                    headers::redirects(&mut answer.head.headers, route);
+                } else {
+                    headers::to_client(&mut answer.head.headers, route);
+                }
                 return Ok(client_response(
                     answer,
                     guard,
@@ -295,6 +305,8 @@ struct Target<'a> {
     /// The request head, encoded.
     head: &'a [u8],
     shape: Shape,
+    /// The response fields left out as the head is parsed.
+    hide: Hide<'a>,
 }
 
 impl Target<'_> {
@@ -336,9 +348,9 @@ impl Target<'_> {
                     });
                 }
             };
-            let exchange = conn
-                .io
-                .exchange(self.head, body, self.shape, self.read_timeout);
+            let exchange =
+                conn.io
+                    .exchange(self.head, body, self.shape, self.read_timeout, self.hide);
             let broken = match exchange.await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(Failed::NotSent(e, unsent)) => {

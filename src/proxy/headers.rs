@@ -4,6 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http1::Named;
 use crate::snapshot::Route;
 use crate::vars::Vars;
 
@@ -30,34 +31,23 @@ pub(crate) fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers.keys().any(|n| n == name)
 }
 
-/// A message's `Connection` values, when it has any.
-type Connection<'a> = Option<header::GetAll<'a, HeaderValue>>;
-
-fn connection_of(headers: &HeaderMap) -> Connection<'_> {
-    has(headers, &header::CONNECTION).then(|| headers.get_all(header::CONNECTION))
-}
-
-/// Whether `connection` (a message's `Connection` values) lists `name`: such a header is
-/// hop-by-hop too.
-fn named_by(connection: &Connection<'_>, name: &HeaderName) -> bool {
-    connection
+/// The `Connection` tokens of a message, found by a walk over its few fields rather than a
+/// lookup (most messages have no `Connection`).
+fn connection(headers: &HeaderMap) -> Named<'_> {
+    let values = headers
         .iter()
-        .flat_map(|c| c.iter())
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-        })
+        .filter(|(name, _)| *name == header::CONNECTION);
+    Named::new(values.map(|(_, v)| v.as_bytes()))
 }
 
 /// Removes every header `drop` picks, looking each name up once and allocating nothing for
 /// the usual few.
-fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &Connection<'_>) -> bool) {
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &Named<'_>) -> bool) {
     const FEW: usize = 16;
     let mut few: [Option<HeaderName>; FEW] = std::array::from_fn(|_| None);
     let mut count = 0;
     let mut more = Vec::new();
-    let connection = connection_of(headers);
+    let connection = connection(headers);
     for name in headers.keys() {
         if drop(name, &connection) {
             if count < FEW {
@@ -76,7 +66,7 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &Connection<
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |name, connection| {
-        is_hop_by_hop(name) || named_by(connection, name)
+        is_hop_by_hop(name) || connection.names(name)
     });
 }
 
@@ -114,13 +104,13 @@ pub fn for_upstream(
     mut field: impl FnMut(&[u8], &[u8]),
 ) {
     if route.conf.proxy.pass_request_headers {
-        let connection = connection_of(client);
+        let connection = connection(client);
         for (name, value) in client {
             let skip = is_hop_by_hop(name)
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || route.set_headers.iter().any(|(set, _)| set == name)
-                || named_by(&connection, name);
+                || connection.names(name);
             if !skip {
                 field(name.as_str().as_bytes(), value.as_bytes());
             }
@@ -153,12 +143,23 @@ pub fn for_upstream(
     }
 }
 
+/// Whether a field of the peer's response stays away from the client: hop-by-hop (`connection`
+/// being the response's `Connection` tokens) or hidden (`proxy_hide_header` and its defaults).
+pub fn hidden_from_client(name: &HeaderName, connection: &Named<'_>, route: &Route) -> bool {
+    is_hop_by_hop(name) || route.hidden.contains(name) || connection.names(name)
+}
+
 /// Turns the peer's response headers into the ones the client gets (in place): hop-by-hop and
 /// hidden headers removed, `Location`/`Refresh` rewritten by `proxy_redirect`.
 pub fn to_client(headers: &mut HeaderMap, route: &Route) {
     remove_where(headers, |name, connection| {
-        is_hop_by_hop(name) || named_by(connection, name) || route.hidden.contains(name)
+        hidden_from_client(name, connection, route)
     });
+    redirects(headers, route);
+}
+
+/// `proxy_redirect` on `Location` and `Refresh`.
+pub fn redirects(headers: &mut HeaderMap, route: &Route) {
     if !route.redirects.is_empty() {
         for name in [header::LOCATION, header::REFRESH] {
             let rewritten = headers

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind's callgrind: imbang next to
 # nginx (and HAProxy), driven by the same client against the same origins (bench/alloc-count:
-# blocking origins with a fixed 100-byte reply, one keep-alive client sending GETs in turn).
+# blocking origins answering with nginx's five header fields and a 100-byte body, one keep-alive
+# client sending GETs in turn).
 #
 # Instruction counts do not depend on what else the machine is doing, so this works where timed
 # A/B runs cannot (a busy machine, a helper compiling beside it). It sees only user space: the

@@ -37,7 +37,7 @@ pub use parse::HeadLimits;
 pub(crate) use body::{Decoded, Decoder, drained};
 pub use parse::Named;
 pub use parse::RequestLine;
-pub(crate) use parse::{Framing, value_tokens};
+pub(crate) use parse::Framing;
 pub(crate) use write::{chunk_header, itoa};
 
 use body::{Exchange, Reader};

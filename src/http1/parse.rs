@@ -400,10 +400,14 @@ impl<'a> Named<'a> {
         named
     }
 
+    /// Whether `token` is among them (`close`, `keep-alive`, a field's name; any case).
+    pub fn has(&self, token: &[u8]) -> bool {
+        (self.few[..self.count].iter().chain(&self.more)).any(|t| t.eq_ignore_ascii_case(token))
+    }
+
     /// Whether the tokens name `name`.
     pub fn names(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
-        (self.few[..self.count].iter().chain(&self.more)).any(|t| t.eq_ignore_ascii_case(name))
+        self.has(name.as_str().as_bytes())
     }
 }
 

@@ -665,37 +665,29 @@ fn parse_response(
     let head = buf.split_to(len).freeze();
     // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
     let mut headers = crate::scratch::header_map(at.len() + 2);
-    // What the framing and the connection's reuse depend on, noted as the map is built (no
-    // lookups after).
-    let (mut close, mut keep_alive_token) = (false, false);
+    // The `Connection` tokens, split once: the connection's reuse and the fields they name.
+    let named = Named::new(
+        at.iter()
+            .filter_map(|&[name_at, name_len, value_at, value_len]| {
+                let name = &head[name_at as usize..(name_at + name_len) as usize];
+                let value = &head[value_at as usize..(value_at + value_len) as usize];
+                name.eq_ignore_ascii_case(b"connection").then_some(value)
+            }),
+    );
+    // What the framing depends on, noted as the map is built (no lookups after).
     // The last Transfer-Encoding value (where it lies in `head`).
     let mut last_te = None;
     let mut length = Length::Absent;
     let hide = hide.filter(|_| code != 101);
-    let named = match hide {
-        Some(_) => Named::new(
-            at.iter()
-                .filter_map(|&[name_at, name_len, value_at, value_len]| {
-                    let name = &head[name_at as usize..(name_at + name_len) as usize];
-                    let value = &head[value_at as usize..(value_at + value_len) as usize];
-                    name.eq_ignore_ascii_case(b"connection").then_some(value)
-                }),
-        ),
-        None => Named::new(std::iter::empty()),
-    };
     for &[name_at, name_len, value_at, value_len] in at.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| "a malformed header line")?;
-        let raw = &head[value_at..value_at + value_len];
-        if name == header::CONNECTION {
-            let (c, k, _) = crate::http1::value_tokens(raw);
-            (close, keep_alive_token) = (close || c, keep_alive_token || k);
-        } else if name == header::TRANSFER_ENCODING {
+        if name == header::TRANSFER_ENCODING {
             last_te = Some(value_at..value_at + value_len);
         } else if name == header::CONTENT_LENGTH {
-            length = length.and(raw);
+            length = length.and(&head[value_at..value_at + value_len]);
         }
         if hide.is_some_and(|hide| hide(&name, &named)) {
             continue;
@@ -704,7 +696,8 @@ fn parse_response(
             .map_err(|_| "a malformed header line")?;
         headers.append(name, value);
     }
-    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let mut keep_alive =
+        !named.has(b"close") && (version == Version::HTTP_11 || named.has(b"keep-alive"));
     let body = if code == 101 {
         keep_alive = false;
         BodyKind::None

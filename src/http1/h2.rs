@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::Request;
-use http::header::{self, HeaderMap};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -26,9 +25,10 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop:
         // state is kilobytes; moved as a pointer it costs one allocation instead of copies.
         pin_box!(async move {
             let (parts, body) = req.into_parts();
-            let request = Request::from_parts(parts, RequestBody::h2(body));
-            let (mut response, _) = proxy::handle(&shared, &info, request, None).await;
-            strip_connection_fields(response.headers_mut());
+            // hyper leaves out the fields HTTP/2 forbids (RFC 9113 §8.2.2), among them the
+            // `Connection: close` an HTTP/1 answer may carry.
+            let (response, _) =
+                proxy::handle(&shared, &info, parts, RequestBody::h2(body), None).await;
             Ok::<_, Infallible>(response)
         })
     });
@@ -42,18 +42,4 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop:
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
-}
-
-/// HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); imbang's HTTP/1 answers may
-/// carry `Connection: close`.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
 }

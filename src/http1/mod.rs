@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -35,9 +35,9 @@ pub use body::{BodyError, RequestBody};
 pub use parse::HeadLimits;
 // The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
 pub(crate) use body::{Decoded, Decoder, drained};
+pub(crate) use parse::Framing;
 pub use parse::Named;
 pub use parse::RequestLine;
-pub(crate) use parse::Framing;
 pub(crate) use write::{chunk_header, itoa};
 
 use body::{Exchange, Reader};
@@ -501,11 +501,15 @@ impl Conn {
             }
             false => (None, None),
         };
-        let request = Request::from_parts(parts, body);
         // In a block: the handler's state (kilobytes) is let go before the response is written.
         let (response, timeouts) = {
-            let mut handling =
-                std::pin::pin!(proxy::handle(&listener.shared, &info, request, on_upgrade));
+            let mut handling = std::pin::pin!(proxy::handle(
+                &listener.shared,
+                &info,
+                parts,
+                body,
+                on_upgrade
+            ));
             match home {
                 // While the answer is prepared, notice a client that goes away (nginx's
                 // `proxy_ignore_client_abort off`): the request is abandoned.

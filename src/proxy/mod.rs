@@ -338,45 +338,52 @@ pub struct ClientTimeouts {
 
 /// Answers one request. Never fails: errors become nginx-style error pages. When the location
 /// logs, the access-log line is written once the response body is done.
-pub async fn handle(
-    shared: &Shared,
-    conn: &Arc<ConnInfo>,
-    req: Request<RequestBody>,
+// Not an `async fn`: that keeps its arguments and the locals they move to apart (the request's
+// parts twice); the block captures them once.
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    shared: &'a Shared,
+    conn: &'a Arc<ConnInfo>,
+    parts: http::request::Parts,
+    body: RequestBody,
     on_upgrade: Option<OnUpgrade>,
-) -> (Response<ResponseBody>, ClientTimeouts) {
-    let start = Instant::now();
-    conn.requests.fetch_add(1, Ordering::Relaxed);
-    let snap = shared.live.snapshot();
-    let client_upgrade = on_upgrade.and_then(|on| Some((upgrade::requested(req.headers())?, on)));
-    let (parts, body) = req.into_parts();
-    // Logged as 499 if the client goes away before the answer (this future is then dropped).
-    let mut unanswered = Unanswered {
-        conn,
-        start,
-        parts: &parts,
-        out: Outcome::default(),
-        answered: false,
-    };
-    let mut response = respond(
-        shared,
-        &snap,
-        conn,
-        &parts,
-        body,
-        client_upgrade,
-        &mut unanswered.out,
-    )
-    .await;
-    unanswered.answered = true;
-    let mut out = std::mem::take(&mut unanswered.out);
-    drop(unanswered);
-    let timeouts = out.timeouts;
-    let Some(route) = out.log_route.take() else {
-        crate::scratch::return_header_map(parts.headers);
-        return (response, timeouts);
-    };
-    log_when_sent(&mut response, route, conn, parts, out, start);
-    (response, timeouts)
+) -> impl Future<Output = (Response<ResponseBody>, ClientTimeouts)> + Send + 'a {
+    async move {
+        let start = Instant::now();
+        conn.requests.fetch_add(1, Ordering::Relaxed);
+        let snap = shared.live.snapshot();
+        let client_upgrade =
+            on_upgrade.and_then(|on| Some((upgrade::requested(&parts.headers)?, on)));
+        // Logged as 499 if the client goes away before the answer (this future is then dropped).
+        let mut unanswered = Unanswered {
+            conn,
+            start,
+            parts: &parts,
+            out: Outcome::default(),
+            answered: false,
+        };
+        let mut response = respond(
+            shared,
+            &snap,
+            conn,
+            &parts,
+            body,
+            client_upgrade,
+            &mut unanswered.out,
+        )
+        .await;
+        unanswered.answered = true;
+        let timeouts = unanswered.out.timeouts;
+        let Some(route) = unanswered.out.log_route.take() else {
+            drop(unanswered);
+            crate::scratch::return_header_map(parts.headers);
+            return (response, timeouts);
+        };
+        let out = std::mem::take(&mut unanswered.out);
+        drop(unanswered);
+        log_when_sent(&mut response, route, conn, parts, out, start);
+        (response, timeouts)
+    }
 }
 
 /// Has `route`'s access logs written for this answer once its body has gone out (or the client

@@ -663,8 +663,11 @@ fn parse_response(
         ]
     }));
     let head = buf.split_to(len).freeze();
-    // Room for the fields imbang adds on the way to the client (`Server`, `Connection`).
-    let mut headers = crate::scratch::header_map(at.len() + 2);
+    // Room for the fields as they came: the hidden ones (usually `Server`, `Date`, `Connection`)
+    // leave room for what imbang adds (`Server`). No more: a map that must grow costs two new
+    // allocations, and over HTTP/2 the map reused here is the request's, made by the h2
+    // decoder with room for six fields, which a reserve of two more would always outgrow.
+    let mut headers = crate::scratch::header_map(at.len());
     // The `Connection` tokens, split once: the connection's reuse and the fields they name.
     let named = Named::new(
         at.iter()

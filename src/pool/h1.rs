@@ -231,8 +231,15 @@ impl Conn {
         let mut written = false;
         let mut write_error = None;
         let step = {
-            let write = write_request(stream, head, &mut body, framing, *send_timeout);
-            let read = read_head(
+            // Built where they are pinned (not built, then moved there: a copy of each).
+            let mut write = pin!(write_request(
+                stream,
+                head,
+                &mut body,
+                framing,
+                *send_timeout
+            ));
+            let mut read = pin!(read_head(
                 stream,
                 buf,
                 read_size,
@@ -240,9 +247,7 @@ impl Conn {
                 head_only,
                 upgrade,
                 hide,
-            );
-            let mut write = pin!(write);
-            let mut read = pin!(read);
+            ));
             let mut deadline = None;
             poll_fn(|cx| {
                 if !written && write_error.is_none() {

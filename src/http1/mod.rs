@@ -36,8 +36,8 @@ pub use parse::HeadLimits;
 // The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
 pub(crate) use body::{Decoded, Decoder, drained};
 pub(crate) use parse::Framing;
-pub use parse::Named;
 pub use parse::RequestLine;
+pub use parse::{Named, field_name};
 pub(crate) use write::{chunk_header, itoa};
 
 use body::{Exchange, Reader};

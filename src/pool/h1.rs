@@ -690,7 +690,7 @@ fn parse_response(
     for &[name_at, name_len, value_at, value_len] in at.iter() {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+        let name = crate::http1::field_name(&head[name_at..name_at + name_len])
             .map_err(|_| "a malformed header line")?;
         if name == header::TRANSFER_ENCODING {
             last_te = Some(value_at..value_at + value_len);

@@ -531,7 +531,7 @@ impl<'a> Named<'a> {
 
     /// Whether the tokens name `name`.
     pub fn names(&self, name: &HeaderName) -> bool {
-        self.has(name.as_str().as_bytes())
+        self.count > 0 && self.has(name.as_str().as_bytes())
     }
 }
 

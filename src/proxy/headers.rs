@@ -8,20 +8,21 @@ use crate::http1::Named;
 use crate::snapshot::Route;
 use crate::vars::Vars;
 
-/// RFC 9110's hop-by-hop headers, plus the old `Proxy-Connection`.
+/// RFC 9110's hop-by-hop headers, plus the old `Proxy-Connection`. Compared as names (for the
+/// `http` crate's standard names an enum compare) rather than as text, which would first look
+/// each name's text up.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// Whether `headers` has a field named `name`, by a walk over its names: for the few fields of
@@ -236,6 +237,16 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        for name in [
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            h.insert(name, HeaderValue::from_static("x"));
+        }
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept"]);

@@ -10,6 +10,7 @@
 pub mod body;
 pub mod h1;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -70,10 +71,11 @@ struct Idle {
     age: Age,
 }
 
-/// Idle keep-alive connections by peer address.
+/// Idle keep-alive connections by peer address, oldest first: taking one (the newest) and
+/// putting one back (closing the oldest when full) cost the same with 1 or 64 of them.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<crate::FastMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<crate::FastMap<SocketAddr, VecDeque<Idle>>>,
     /// Whether the task that closes dead idle connections runs.
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -152,15 +154,20 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        list.retain(|c| now < c.until);
+        // Put back oldest first, so the ones idle too long are at the front (after a reload
+        // that shortened `keepalive_timeout` some may be further in: the one taken is checked
+        // below, the sweep closes the rest).
+        while list.front().is_some_and(|c| c.until <= now) {
+            list.pop_front();
+        }
         let me = std::thread::current().id();
         loop {
             let i = list
                 .iter()
                 .rposition(|c| c.io.home == me)
                 .or(list.len().checked_sub(1))?;
-            let conn = list.remove(i);
-            if conn.io.is_reusable() {
+            let conn = list.remove(i)?;
+            if now < conn.until && conn.io.is_reusable() {
                 return Some((conn.io, conn.age));
             }
         }
@@ -189,13 +196,105 @@ impl Pool {
         self.start_sweeping();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(addr).or_default();
-        if list.len() >= max_idle {
-            list.remove(0);
+        // The oldest go first (more than one when a reload lowered `keepalive`).
+        while list.len() >= max_idle {
+            list.pop_front();
         }
-        list.push(Idle {
+        list.push_back(Idle {
             io,
             until: now + reuse.idle_timeout,
             age,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const REUSE: Reuse = Reuse {
+        max_requests: 100,
+        max_age: Duration::from_secs(3600),
+        idle_timeout: Duration::from_secs(60),
+    };
+
+    /// `n` connections to one listener, its ends kept open (so they stay reusable), and the
+    /// local port that tells each apart.
+    async fn connections(n: usize) -> (SocketAddr, Vec<TcpStream>, Vec<h1::Conn>, Vec<u16>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut peers, mut conns, mut ports) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            ports.push(stream.local_addr().unwrap().port());
+            peers.push(listener.accept().await.unwrap().0);
+            conns.push(h1::Conn::new(stream, Duration::ZERO));
+        }
+        (addr, peers, conns, ports)
+    }
+
+    fn port(conn: &h1::Conn) -> u16 {
+        conn.stream.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn the_newest_is_taken_and_the_oldest_closed_when_full() {
+        let pool = Arc::new(Pool::new());
+        let (addr, _peers, conns, ports) = connections(4).await;
+        let age = Age {
+            requests: 0,
+            opened: Instant::now(),
+        };
+        for conn in conns {
+            pool.checkin(addr, conn, age, 3, REUSE, Instant::now());
+        }
+        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr))
+            .map(|(conn, _)| port(&conn))
+            .collect();
+        assert_eq!(
+            taken,
+            [ports[3], ports[2], ports[1]],
+            "three kept, the first closed"
+        );
+        // A lower limit (a reload) closes as many of the oldest as it takes.
+        let (addr, _peers, conns, ports) = connections(4).await;
+        let mut conns = conns.into_iter();
+        for conn in conns.by_ref().take(3) {
+            pool.checkin(addr, conn, age, 8, REUSE, Instant::now());
+        }
+        pool.checkin(addr, conns.next().unwrap(), age, 2, REUSE, Instant::now());
+        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr))
+            .map(|(conn, _)| port(&conn))
+            .collect();
+        assert_eq!(taken, [ports[3], ports[2]]);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_their_timeout_are_not_taken() {
+        let pool = Pool::new();
+        let (addr, _peers, conns, ports) = connections(4).await;
+        let now = Instant::now();
+        let age = Age {
+            requests: 0,
+            opened: now,
+        };
+        // Oldest first: timed out; still within its timeout; timed out although newer (a reload
+        // shortened `keepalive_timeout`), twice.
+        let until = [now, now + Duration::from_secs(60), now, now];
+        {
+            let mut idle = pool.idle.lock().unwrap();
+            let list = idle.entry(addr).or_default();
+            for (io, until) in conns.into_iter().zip(until) {
+                list.push_back(Idle { io, until, age });
+            }
+        }
+        let (conn, _) = pool.take_idle(addr).expect("the one within its timeout");
+        assert_eq!(port(&conn), ports[1]);
+        assert!(pool.take_idle(addr).is_none());
+        assert!(
+            pool.idle.lock().unwrap()[&addr].is_empty(),
+            "the others were closed"
+        );
     }
 }

@@ -10,26 +10,31 @@
 # an instruction is not a cycle (a `rep stosb` counts once per byte). Each proxy runs twice, with
 # N1 and N2 requests after a warm-up; the difference divided by N2 - N1 leaves out start-up.
 #
-#   bench/callgrind.sh [--keep] [--imbang] [--close] [N1 N2]
+#   bench/callgrind.sh [--keep] [--imbang] [--close|--h2] [N1 N2]
 #     default 2000 12000 requests (--close: 1000 5000); --keep keeps the profiles; --imbang: imbang alone;
-#     --close: a new connection for each request (scenario (b)) instead of keep-alive (a)
+#     --close: a new connection for each request (scenario (b)) instead of keep-alive (a);
+#     --h2: h2c (scenario (d)): h2load, 10 connections x 10 streams, against the real imbang
+#     binary (target/release/imbang, built here), nginx and HAProxy on the same origins
 #   ALLOCATOR=mimalloc bench/callgrind.sh ...   imbang on mimalloc (glibc's malloc otherwise)
 # Ports 29100-29101, below the ephemeral range. Starts and stops (by pid) only its own processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KEEP=0 ONLY=0 MODE=proxy-only CLOSE= WHAT="keep-alive GET"
+KEEP=0 ONLY=0 MODE=proxy-only CLOSE= H2=0 WHAT="keep-alive GET"
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) KEEP=1; shift ;;
     --imbang) ONLY=1; shift ;;
     --close) MODE=proxy-close CLOSE=close WHAT="GET on a new connection"; shift ;;
+    --h2) H2=1 WHAT="h2c GET (h2load, 10 connections x 10 streams)"; shift ;;
     *) break ;;
   esac
 done
 if [ -n "$CLOSE" ]; then N1=${1:-1000} N2=${2:-5000}; else N1=${1:-2000} N2=${2:-12000}; fi
-for tool in valgrind callgrind_annotate; do
-  command -v $tool >/dev/null || { echo "callgrind.sh: $tool missing (apt-get install valgrind)" >&2; exit 1; }
+TOOLS=(valgrind callgrind_annotate)
+[ $H2 = 1 ] && TOOLS+=(h2load)
+for tool in "${TOOLS[@]}"; do
+  command -v $tool >/dev/null || { echo "callgrind.sh: $tool missing (apt-get install valgrind nghttp2-client)" >&2; exit 1; }
 done
 
 # ALLOCATOR=mimalloc: imbang on mimalloc instead of glibc's malloc (the allocator comparison).
@@ -67,26 +72,36 @@ imbang() {
     "$BIN" "$n" $MODE >/dev/null 2>"$W/imbang-$n.err"
   busiest "$W"/imbang-"$n".*-*
 }
-a=$(imbang "$N1") b=$(imbang "$N2")
-PER[imbang]=$(( (b - a) / (N2 - N1) ))
+if [ $H2 = 0 ]; then
+  a=$(imbang "$N1") b=$(imbang "$N2")
+  PER[imbang]=$(( (b - a) / (N2 - N1) ))
+fi
 
 "$BIN" origins > "$W/origins" &
 PIDS+=($!)
 for _ in $(seq 200); do [ -s "$W/origins" ] && break; sleep 0.05; done
 read -r O1 O2 < "$W/origins"
 
-cat > "$W/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; pid $W/nginx.pid;
-error_log $W/nginx.log error;
+# --h2: nginx and imbang run the same configuration (imbang warns that `master_process` has no
+# effect), HAProxy binds with `proto h2`.
+H2_LISTEN= H2_BIND=
+[ $H2 = 1 ] && H2_LISTEN=" http2" H2_BIND=" proto h2"
+for target in nginx imbang; do
+  port=29100
+  [ $target = imbang ] && port=29102
+  cat > "$W/$target.conf" <<EOF
+daemon off; master_process off; worker_processes 1; pid $W/$target.pid;
+error_log $W/$target.log error;
 events { worker_connections 1024; }
 http {
     access_log off; keepalive_requests 100000000;
     upstream origins { server $O1; server $O2; keepalive 64; }
-    server { listen 127.0.0.1:29100;
+    server { listen 127.0.0.1:$port$H2_LISTEN;
              location / { proxy_pass http://origins; proxy_http_version 1.1;
                           proxy_set_header Connection ""; } }
 }
 EOF
+done
 cat > "$W/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -97,7 +112,7 @@ defaults
     timeout server 60s
     http-reuse always
 frontend f
-    bind 127.0.0.1:29101
+    bind 127.0.0.1:29101$H2_BIND
     default_backend origins
 backend origins
     balance roundrobin
@@ -112,17 +127,28 @@ other() {
   local pid=$!
   PIDS+=($pid)
   wait_port "$port"
-  "$BIN" client "127.0.0.1:$port" 2000 $CLOSE
-  "$BIN" client "127.0.0.1:$port" "$n" $CLOSE
+  if [ $H2 = 1 ]; then
+    h2load -n 1000 -c 10 -m 10 "http://127.0.0.1:$port/small" >/dev/null
+    h2load -n "$n" -c 10 -m 10 "http://127.0.0.1:$port/small" > "$W/$name-$n.h2load"
+    grep -q "$n succeeded, 0 failed" "$W/$name-$n.h2load" \
+      || { echo "callgrind.sh: $name: h2load saw failures" >&2; cat "$W/$name-$n.h2load" >&2; }
+  else
+    "$BIN" client "127.0.0.1:$port" 2000 $CLOSE
+    "$BIN" client "127.0.0.1:$port" "$n" $CLOSE
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
   busiest "$W/$name-$n.out"
 }
 OTHERS=(nginx haproxy)
 [ $ONLY = 1 ] && OTHERS=()
+[ $H2 = 1 ] && OTHERS=(imbang "${OTHERS[@]}")
 for target in "${OTHERS[@]}"; do
-  command -v $target >/dev/null || { echo "callgrind.sh: $target missing, left out" >&2; continue; }
-  if [ $target = nginx ]; then
+  [ $target = imbang ] || command -v $target >/dev/null || { echo "callgrind.sh: $target missing, left out" >&2; continue; }
+  if [ $target = imbang ]; then
+    cargo build --release -q
+    run=(imbang 29102 -- target/release/imbang -p "$W/" -c "$W/imbang.conf")
+  elif [ $target = nginx ]; then
     run=(nginx 29100 -- nginx -p "$W/" -c "$W/nginx.conf")
   else
     run=(haproxy 29101 -- haproxy -f "$W/haproxy.cfg")

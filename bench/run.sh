@@ -628,6 +628,10 @@ if [ "$BUILD" = 1 ]; then
   (cd "$REPO" && cargo build --release --quiet)
 fi
 [ -x "$IMBANG" ] || { echo "run.sh: $IMBANG missing (build with cargo build --release)" >&2; exit 1; }
+# The source the binary was built from, noted now: edits made while the run goes on do not
+# change what is measured.
+IMBANG_COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+IMBANG_DIRTY=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock | wc -l)
 write_configs
 "$IMBANG" -t -q -p "$W/" -c "$W/proxy-w1.conf" 2>>"$LOG" || { echo "run.sh: imbang rejects the proxy config" >&2; exit 1; }
 nginx -t -q -p "$W/" -c "$W/proxy-w1.conf" 2>>"$LOG"
@@ -696,8 +700,8 @@ meta = {
   "machine": {"nproc": int(out("nproc")), "cpu_model": cpu, "kernel": platform.release(),
               "mem": out("free -h | awk '/Mem:/ {print \$2}'")},
   "versions": {"nginx": out("nginx -v"), "haproxy": out("haproxy -v"), "wrk": out("wrk -v"),
-               "imbang": out("$IMBANG -v"), "imbang_commit": out("git -C $REPO rev-parse --short HEAD"),
-               "imbang_dirty": out("git -C $REPO status --porcelain -- src Cargo.toml Cargo.lock | wc -l") != "0",
+               "imbang": out("$IMBANG -v"), "imbang_commit": "$IMBANG_COMMIT",
+               "imbang_dirty": $IMBANG_DIRTY != 0,
                "rustc": out("rustc -V"), "python": out("python3 -V")},
   "contention": $(printf '%s\n' "${CONTENTION[@]:-}" | python3 -c 'import json,sys; print(json.dumps([l.strip() for l in sys.stdin if l.strip()]))'),
 }

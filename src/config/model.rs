@@ -470,7 +470,8 @@ pub struct Upstream {
     pub peers: Vec<PeerSpec>,
     /// `least_conn`, `ip_hash`, `hash`, `random`; round robin when none is given.
     pub method: BalanceMethod,
-    /// `keepalive N`: idle connections kept per worker. imbang keeps connections alive by
+    /// `keepalive N`: idle connections kept per peer address, in the one pool the workers
+    /// share (nginx: per worker, for the whole group). imbang keeps connections alive by
     /// default (nginx does not without this directive).
     pub keepalive: usize,
     pub keepalive_timeout: Duration,

@@ -37,6 +37,7 @@ pub use parse::HeadLimits;
 pub(crate) use body::{Decoded, Decoder, drained};
 pub(crate) use parse::Framing;
 pub use parse::RequestLine;
+pub(crate) use parse::{KEEP_ALIVE, PROXY_CONNECTION};
 pub use parse::{Named, field_name};
 pub(crate) use write::{chunk_header, itoa};
 

@@ -376,6 +376,15 @@ pub fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderN
     }
 }
 
+/// Names the `http` crate has no constant for, as constants (`HeaderName::from_static` outside
+/// a constant checks its text each time it runs).
+pub(crate) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Writes [`known_name`] (a match on the length, then on the bytes) and, for the tests, the
 /// list of every spelling it knows.
 macro_rules! known_names {
@@ -430,23 +439,21 @@ known_names! {
         b"If-Range" | b"if-range" => header::IF_RANGE,
     }
     9 => {
-        b"X-Real-IP" | b"X-Real-Ip" | b"x-real-ip" => HeaderName::from_static("x-real-ip"),
+        b"X-Real-IP" | b"X-Real-Ip" | b"x-real-ip" => X_REAL_IP,
         b"Forwarded" | b"forwarded" => header::FORWARDED,
     }
     10 => {
         b"Connection" | b"connection" => header::CONNECTION,
         b"User-Agent" | b"user-agent" => header::USER_AGENT,
         b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
-        b"Keep-Alive" | b"keep-alive" => HeaderName::from_static("keep-alive"),
+        b"Keep-Alive" | b"keep-alive" => KEEP_ALIVE,
     }
     11 => {
         b"Retry-After" | b"retry-after" => header::RETRY_AFTER,
     }
     12 => {
         b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
-        b"X-Request-ID" | b"X-Request-Id" | b"x-request-id" => {
-            HeaderName::from_static("x-request-id")
-        },
+        b"X-Request-ID" | b"X-Request-Id" | b"x-request-id" => X_REQUEST_ID,
     }
     13 => {
         b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
@@ -463,18 +470,18 @@ known_names! {
     15 => {
         b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
         b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
-        b"X-Forwarded-For" | b"x-forwarded-for" => HeaderName::from_static("x-forwarded-for"),
+        b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR,
     }
     16 => {
         b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING,
         b"Content-Language" | b"content-language" => header::CONTENT_LANGUAGE,
         b"Content-Location" | b"content-location" => header::CONTENT_LOCATION,
-        b"Proxy-Connection" | b"proxy-connection" => HeaderName::from_static("proxy-connection"),
+        b"Proxy-Connection" | b"proxy-connection" => PROXY_CONNECTION,
     }
     17 => {
         b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
         b"If-Modified-Since" | b"if-modified-since" => header::IF_MODIFIED_SINCE,
-        b"X-Forwarded-Proto" | b"x-forwarded-proto" => HeaderName::from_static("x-forwarded-proto"),
+        b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO,
     }
     19 => {
         b"Content-Disposition" | b"content-disposition" => header::CONTENT_DISPOSITION,

@@ -4,7 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::http1::Named;
+use crate::http1::{KEEP_ALIVE, Named, PROXY_CONNECTION};
 use crate::snapshot::Route;
 use crate::vars::Vars;
 
@@ -12,8 +12,6 @@ use crate::vars::Vars;
 /// `http` crate's standard names an enum compare) rather than as text, which would first look
 /// each name's text up.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     *name == header::CONNECTION
         || *name == header::TE
         || *name == header::TRAILER

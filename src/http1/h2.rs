@@ -27,8 +27,15 @@ pub async fn serve(io: Upgraded, shared: Arc<Shared>, info: Arc<ConnInfo>, stop:
             let (parts, body) = req.into_parts();
             // hyper leaves out the fields HTTP/2 forbids (RFC 9113 §8.2.2), among them the
             // `Connection: close` an HTTP/1 answer may carry.
-            let (response, _) =
-                proxy::handle(&shared, &info, parts, RequestBody::h2(body), None).await;
+            // Pinned where it is built rather than awaited as a value (a copy of kilobytes).
+            let handling = std::pin::pin!(proxy::handle(
+                &shared,
+                &info,
+                parts,
+                RequestBody::h2(body),
+                None
+            ));
+            let (response, _) = handling.await;
             Ok::<_, Infallible>(response)
         })
     });

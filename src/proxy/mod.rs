@@ -362,7 +362,9 @@ pub fn handle<'a>(
             out: Outcome::default(),
             answered: false,
         };
-        let mut response = respond(
+        // Pinned where it is built: awaited as a value, its state (kilobytes) would first be
+        // copied into this future's.
+        let mut response = std::pin::pin!(respond(
             shared,
             &snap,
             conn,
@@ -370,7 +372,7 @@ pub fn handle<'a>(
             body,
             client_upgrade,
             &mut unanswered.out,
-        )
+        ))
         .await;
         unanswered.answered = true;
         let timeouts = unanswered.out.timeouts;
@@ -682,8 +684,18 @@ async fn proxied(
     // Not boxed: the request's future is already in a box of its own (the HTTP/1 exchange's,
     // the HTTP/2 stream's), and a second one of ~3 KiB, beyond glibc's per-thread cache, cost
     // more than carrying forward's state in the first (`bench/callgrind.sh`: 310 instructions
-    // per keep-alive request, 760 per new connection).
-    match forward::forward(shared, ctx, route, proxy, body, client_upgrade, record).await {
+    // per keep-alive request, 760 per new connection). Pinned where it is built, as in `handle`.
+    match std::pin::pin!(forward::forward(
+        shared,
+        ctx,
+        route,
+        proxy,
+        body,
+        client_upgrade,
+        record
+    ))
+    .await
+    {
         Ok(response) => (response, true),
         Err(e) => (error_response(&e), false),
     }

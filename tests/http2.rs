@@ -3,13 +3,16 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{backend, imbang};
+use support::{Behaviour, backend, imbang};
+
+const WAIT: Duration = Duration::from_secs(5);
 use tokio::net::TcpStream;
 
 async fn h2(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
@@ -60,10 +63,6 @@ async fn h2c_streams_are_proxied_and_balanced() {
     let (status, _, body) = send(&mut sender, "POST", "http://h2.test/p", b"hello").await;
     assert_eq!(status, 200);
     assert!(body.ends_with("POST /p body=5"), "{body}");
-    // A `Connection: close` imbang would add for HTTP/1 must not reach an HTTP/2 client.
-    let (status, headers, body) = send(&mut sender, "GET", "http://h2.test/here", b"").await;
-    assert_eq!((status, body.as_str()), (200, "answered by imbang"));
-    assert!(!headers.contains_key("connection"));
     // Many streams at once on the one connection, spread over both peers.
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -79,6 +78,11 @@ async fn h2c_streams_are_proxied_and_balanced() {
         by[usize::from(body.starts_with('b'))] += 1;
     }
     assert!(by[0] > 0 && by[1] > 0, "both peers answer: {by:?}");
+    // The `Connection: close` imbang adds for HTTP/1 when `keepalive_requests` is reached must
+    // not reach an HTTP/2 client (the connection is drained instead: the last request here).
+    let (status, headers, body) = send(&mut sender, "GET", "http://h2.test/here", b"").await;
+    assert_eq!((status, body.as_str()), (200, "answered by imbang"));
+    assert!(!headers.contains_key("connection"));
     // HTTP/1 on the same listener.
     let (status, body) = lb.get_host("h2.test", "/one").await;
     assert_eq!(status, 200);
@@ -103,4 +107,279 @@ async fn h2c_heads_are_held_to_nginx_s_line_limits() {
     assert_eq!(a.hits(), 0, "nothing reached the backend");
     let (status, _, body) = send(&mut sender, "GET", "http://h2.test/ok", b"").await;
     assert_eq!((status, body.as_str()), (200, "a GET /ok"));
+}
+
+/// An HTTP/2 connection to `addr` with the client's windows at RFC 9113's 64 KiB (imbang must
+/// wait for WINDOW_UPDATEs to send more), and a receiver told when the connection ends.
+async fn h2_small_windows(
+    addr: SocketAddr,
+) -> (SendRequest<Full<Bytes>>, tokio::sync::oneshot::Receiver<()>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/2 handshake");
+    let (ended, on_end) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended.send(());
+    });
+    (sender, on_end)
+}
+
+/// Byte `i` of the test bodies: not a repeating short pattern, so a lost or repeated frame shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ seed)
+        .collect()
+}
+
+#[tokio::test]
+async fn h2c_big_bodies_cross_in_both_directions_within_flow_control() {
+    use http_body_util::Full as Body;
+    // `/up` answers with the length and a checksum of what it received; `/big/N` with N bytes
+    // of the pattern.
+    let origin = support::serve_hyper(|req: Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let reply = if path == "/up" {
+            let got = req.into_body().collect().await.unwrap().to_bytes();
+            let sum = got
+                .iter()
+                .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            Bytes::from(format!("{} {sum}", got.len()))
+        } else {
+            let n: usize = path.trim_start_matches("/big/").parse().unwrap();
+            Bytes::from(pattern(n, 1))
+        };
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Body::new(reply)))
+    })
+    .await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; client_max_body_size 8m;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{origin}; }} }} }}"
+    ))
+    .await;
+    let (sender, _) = h2_small_windows(lb.addr).await;
+    // Three downloads and two uploads at once on the one connection: the downloads share the
+    // client's 64 KiB connection window, the uploads imbang's 1 MiB one.
+    let mut tasks = Vec::new();
+    for (i, n) in [300_000usize, 1_500_000, 70_000].into_iter().enumerate() {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://h2.test/big/{n}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = s.send_request(req).await.expect("response");
+            assert_eq!(res.status(), 200);
+            let length = res.headers().get("content-length").cloned();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(length.unwrap(), n.to_string().as_str(), "download {i}");
+            assert!(
+                body == pattern(n, 1),
+                "download {i}: {} bytes differ",
+                body.len()
+            );
+        }));
+    }
+    for n in [2_500_000usize, 10] {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = pattern(n, 7);
+            let sum = sent
+                .iter()
+                .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            let req = Request::post("http://h2.test/up")
+                .body(Full::new(Bytes::from(sent)))
+                .unwrap();
+            let res = s.send_request(req).await.expect("response");
+            assert_eq!(res.status(), 200);
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("{n} {sum}").as_bytes(), "upload of {n}");
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("the bodies cross (a stall on a window would end here)")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn h2c_answers_carry_date_and_keepalive_requests_drains_the_connection() {
+    let a = backend("a").await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; keepalive_requests 3; keepalive_timeout 60s;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
+        a.addr
+    ))
+    .await;
+    let (mut sender, mut ended) = h2_small_windows(lb.addr).await;
+    for i in 0..2 {
+        let (status, headers, _) =
+            send(&mut sender, "GET", &format!("http://h2.test/{i}"), b"").await;
+        assert_eq!(status, 200);
+        let date = headers.get("date").expect("a Date field");
+        assert!(
+            httpdate::parse_http_date(date.to_str().unwrap()).is_ok(),
+            "{date:?}"
+        );
+        assert!(
+            ended.try_recv().is_err(),
+            "the connection is open after {i}"
+        );
+    }
+    // The third request is the last: answered in full, then GOAWAY, and the connection ends
+    // (long before `keepalive_timeout`).
+    let (status, headers, body) = send(&mut sender, "GET", "http://h2.test/last", b"").await;
+    assert_eq!((status, body.as_str()), (200, "a GET /last"));
+    assert!(!headers.contains_key("connection"));
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection is closed after keepalive_requests")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn h2c_idle_connections_close_after_keepalive_timeout() {
+    let a = backend("a").await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; keepalive_timeout 1s;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
+        a.addr
+    ))
+    .await;
+    let (mut sender, ended) = h2_small_windows(lb.addr).await;
+    let (status, _, _) = send(&mut sender, "GET", "http://h2.test/x", b"").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .unwrap();
+    // `keepalive_timeout 0`: the first request is still answered, then the connection closes.
+    lb.reload(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; keepalive_timeout 0;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
+        a.addr
+    ))
+    .await;
+    let (mut sender, ended) = h2_small_windows(lb.addr).await;
+    let (status, _, _) = send(&mut sender, "GET", "http://h2.test/y", b"").await;
+    assert_eq!(status, 200);
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("with keepalive_timeout 0 the connection closes after its request")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn h2c_a_reset_stream_is_logged_499_and_a_broken_peer_resets_the_stream() {
+    let dir = support::TempDir::new("h2-499");
+    let held = support::backend_with("held", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let broken = support::backend_with(
+        "broken",
+        Behaviour::BreakMidBody,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let log = dir.path().join("a.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ log_format s '$status $request';
+           server {{ listen 127.0.0.1:0; access_log {} s;
+             location /held {{ proxy_pass http://{}; }}
+             location /broken {{ proxy_pass http://{}; }} }} }}",
+        log.display(),
+        held.addr,
+        broken.addr
+    ))
+    .await;
+    let (mut sender, _) = h2_small_windows(lb.addr).await;
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    let asked = sender.send_request(
+        Request::get("http://h2.test/held")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    );
+    let asking = tokio::spawn(asked);
+    support::eventually("the peer holds the request", WAIT, || held.hits() == 1).await;
+    asking.abort();
+    support::eventually("the 499 line", WAIT, || {
+        // `$request` of an HTTP/2 request as nginx logs it: the path, not the authority.
+        std::fs::read_to_string(&log).unwrap_or_default() == "499 GET /held HTTP/2.0\n"
+    })
+    .await;
+    held.release();
+    // A peer that dies after 10 of its 1000 bytes: the client's stream fails, never ends as if
+    // the body were complete.
+    let res = sender
+        .send_request(
+            Request::get("http://h2.test/broken")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .expect("the head arrives");
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await;
+    assert!(
+        body.is_err(),
+        "a cut-off body must not look complete: {body:?}"
+    );
+    // The connection serves on.
+    let (status, _, _) = send(&mut sender, "GET", "http://h2.test/held", b"").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
+    let held = support::backend_with("held", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ access_log off; keepalive_timeout 60s;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
+        held.addr
+    ))
+    .await;
+    let (mut sender, ended) = h2_small_windows(lb.addr).await;
+    let asking = tokio::spawn(async move {
+        let answer = send(&mut sender, "GET", "http://h2.test/slow", b"").await;
+        (answer, sender)
+    });
+    support::eventually("the peer holds the request", WAIT, || held.hits() == 1).await;
+    let server = lb.server.clone();
+    let stopping =
+        tokio::spawn(async move { server.shutdown(true, Some(Duration::from_secs(20))).await });
+    // The listener is closed once the stop went out to the connections too.
+    support::eventually("the listener closed", WAIT, || {
+        std::net::TcpStream::connect(lb.addr).is_err()
+    })
+    .await;
+    held.release();
+    let ((status, _, body), mut sender) = asking.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "held GET /slow"));
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection closes once its streams are done")
+        .unwrap();
+    let late = sender
+        .send_request(
+            Request::get("http://h2.test/late")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(late.is_err(), "no stream after the stop");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the stop returns once no connection is left")
+        .unwrap();
+    assert_eq!(lb.server.open_connections(), 0);
 }

@@ -280,8 +280,18 @@ impl Exchange {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Box<Streaming>>,
-    /// The body of a request that came over HTTP/2 (hyper's).
-    h2: Option<hyper::body::Incoming>,
+    /// The body of a request that came over HTTP/2.
+    h2: Option<Box<H2Body>>,
+}
+
+/// An HTTP/2 request's DATA frames, then its trailers. The window is given back as each chunk
+/// is taken (the peer's writes are what hold a client that sends faster than it reads).
+#[derive(Debug)]
+struct H2Body {
+    recv: h2::RecvStream,
+    /// Its `Content-Length`, less what has been read (h2 holds the frames to it).
+    left: Option<u64>,
+    data_done: bool,
 }
 
 #[derive(Debug)]
@@ -303,7 +313,7 @@ pub enum BodyError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Http2(#[from] hyper::Error),
+    Http2(#[from] h2::Error),
 }
 
 impl RequestBody {
@@ -314,11 +324,25 @@ impl RequestBody {
         }
     }
 
-    /// The body of an HTTP/2 request.
-    pub fn h2(body: hyper::body::Incoming) -> Self {
+    /// The body of an HTTP/2 request whose head had `headers`.
+    pub fn h2(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
+        if recv.is_end_stream() {
+            return Self::empty();
+        }
+        let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let left = match (lengths.next(), lengths.next()) {
+            (Some(v), None) => std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            _ => None,
+        };
         Self {
             inner: None,
-            h2: Some(body),
+            h2: Some(Box::new(H2Body {
+                recv,
+                left,
+                data_done: false,
+            })),
         }
     }
 
@@ -376,6 +400,33 @@ impl Streaming {
     }
 }
 
+impl H2Body {
+    /// A `RST_STREAM` from the client, even `NO_ERROR` (RFC 9113 §8.1: it stops sending once
+    /// answered), fails the body: a peer must not take a cut-off upload as complete.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = self.left.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+}
+
 impl Drop for Streaming {
     fn drop(&mut self) {
         self.go_home();
@@ -391,9 +442,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(body) = self.h2.as_mut() {
-            return Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BodyError::Http2)));
+            return body.poll_frame(cx);
         }
         let Some(s) = self.inner.as_mut() else {
             return Poll::Ready(None);
@@ -430,7 +479,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         if let Some(body) = &self.h2 {
-            return body.is_end_stream();
+            return body.recv.is_end_stream();
         }
         self.inner
             .as_ref()
@@ -439,7 +488,9 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         if let Some(body) = &self.h2 {
-            return body.size_hint();
+            return body
+                .left
+                .map_or_else(SizeHint::default, SizeHint::with_exact);
         }
         match self.inner.as_ref().map(|s| (s.framing, s.decoder)) {
             None => SizeHint::with_exact(0),

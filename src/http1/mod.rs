@@ -233,8 +233,20 @@ pub fn serve(
             }
         };
         let _ = h2.stream.set_nodelay(true);
-        let Listener { shared, stop, .. } = &*listener;
-        pin_box!(h2::serve(h2, shared.clone(), conn.info, stop.clone())).await;
+        let Listener {
+            shared,
+            stop,
+            settings,
+        } = &*listener;
+        let timeouts = (settings.header_timeout, conn.keepalive_timeout);
+        pin_box!(h2::serve(
+            h2,
+            shared.clone(),
+            conn.info,
+            stop.clone(),
+            timeouts
+        ))
+        .await;
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body;
 use tokio::net::TcpStream;
@@ -152,6 +152,31 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 thread_local! {
     /// `Date`, formatted once a second per thread.
     static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+}
+
+thread_local! {
+    /// `Date` as a field value (HTTP/2 answers), made once a second per thread: a clone is a
+    /// reference count.
+    static DATE_VALUE: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((0, HeaderValue::from_static(""))) };
+}
+
+/// `Date` as a field value, for an HTTP/2 answer.
+pub fn date_value() -> HeaderValue {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE_VALUE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let mut text = Vec::with_capacity(29);
+            append_date(&mut text);
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
+                *cached = (secs, value);
+            }
+        }
+        cached.1.clone()
+    })
 }
 
 fn append_date(out: &mut Vec<u8>) {

@@ -69,6 +69,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     });
 }
 
+/// RFC 9113 §8.2.2's connection-specific fields, which an HTTP/2 message must not carry.
+fn is_connection_specific(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// Removes what an HTTP/2 response must not carry: the connection-specific fields and every
+/// field `Connection` names. One walk over the names when there is none (the usual case).
+pub fn strip_for_http2(headers: &mut HeaderMap) {
+    if headers.keys().any(is_connection_specific) {
+        remove_where(headers, |name, connection| {
+            is_connection_specific(name) || connection.names(name)
+        });
+    }
+}
+
 /// Headers that the caller sends upstream itself, so `proxy_set_header` must not send them too.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Replaced {
@@ -248,5 +268,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn http2_answers_lose_connection_specific_fields_only() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-named"),
+            ("x-named", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("x-kept", "1"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_for_http2(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["trailer", "x-kept"]);
+        // Nothing to strip: the map is left as it was.
+        let before = h.clone();
+        strip_for_http2(&mut h);
+        assert_eq!(h, before);
     }
 }

@@ -205,6 +205,16 @@ impl Vars for RequestCtx<'_> {
             Var::ServerPort => append_display(out, self.conn.local.port()),
             Var::ServerName => out.push_str(self.server_name),
             Var::Scheme => out.push_str("http"),
+            // An HTTP/2 request has no request line: nginx logs its method, path and version
+            // (`GET /x HTTP/2.0`), not the authority its URI carries.
+            Var::Request if self.parts.version == http::Version::HTTP_2 => append_display(
+                out,
+                format_args!(
+                    "{} {} HTTP/2.0",
+                    self.parts.method,
+                    uri.path_and_query().map_or("/", |p| p.as_str())
+                ),
+            ),
             Var::Request => append_display(
                 out,
                 format_args!("{} {} {:?}", self.parts.method, uri, self.parts.version),
@@ -334,6 +344,9 @@ pub struct ClientTimeouts {
     pub keepalive: Option<std::time::Duration>,
     /// `send_timeout` for writing this response.
     pub send: Option<std::time::Duration>,
+    /// `keepalive_requests` reached: this was the connection's last request (over HTTP/1 the
+    /// answer also says `Connection: close`; HTTP/2 drains the connection with a GOAWAY).
+    pub last: bool,
 }
 
 /// Answers one request. Never fails: errors become nginx-style error pages. When the location
@@ -573,6 +586,7 @@ async fn respond(
     out.timeouts = ClientTimeouts {
         keepalive: Some(route.conf.keepalive_timeout),
         send: Some(route.conf.client_send_timeout),
+        last: false,
     };
     if out.log_route.is_some() {
         out.path = path.clone().into_owned();
@@ -619,6 +633,7 @@ async fn respond(
     headers::set_server(&mut response, route);
     if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests {
         // keepalive_requests: this connection has served its share.
+        out.timeouts.last = true;
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

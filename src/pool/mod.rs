@@ -118,14 +118,15 @@ impl Pool {
     }
 
     /// An idle connection to `addr` that is still open and not idle past its
-    /// `keepalive_timeout`, or a new one.
+    /// `keepalive_timeout` at `now` (the caller's recent clock read), or a new one.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
+        now: Instant,
         connect_timeout: Duration,
         send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        if let Some((io, age)) = self.take_idle(addr) {
+        if let Some((io, age)) = self.take_idle(addr, now) {
             return Ok(Conn {
                 io,
                 reused: true,
@@ -150,10 +151,9 @@ impl Pool {
 
     /// The newest usable idle connection to `addr`, this thread's first. Connections idle past
     /// their `keepalive_timeout` or closed by the peer are dropped on the way.
-    fn take_idle(&self, addr: SocketAddr) -> Option<(h1::Conn, Age)> {
+    fn take_idle(&self, addr: SocketAddr, now: Instant) -> Option<(h1::Conn, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
         // Put back oldest first, so the ones idle too long are at the front (after a reload
         // that shortened `keepalive_timeout` some may be further in: the one taken is checked
         // below, the sweep closes the rest).
@@ -249,7 +249,7 @@ mod tests {
         for conn in conns {
             pool.checkin(addr, conn, age, 3, REUSE, Instant::now());
         }
-        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr))
+        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr, Instant::now()))
             .map(|(conn, _)| port(&conn))
             .collect();
         assert_eq!(
@@ -264,7 +264,7 @@ mod tests {
             pool.checkin(addr, conn, age, 8, REUSE, Instant::now());
         }
         pool.checkin(addr, conns.next().unwrap(), age, 2, REUSE, Instant::now());
-        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr))
+        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr, Instant::now()))
             .map(|(conn, _)| port(&conn))
             .collect();
         assert_eq!(taken, [ports[3], ports[2]]);
@@ -289,9 +289,11 @@ mod tests {
                 list.push_back(Idle { io, until, age });
             }
         }
-        let (conn, _) = pool.take_idle(addr).expect("the one within its timeout");
+        let (conn, _) = pool
+            .take_idle(addr, Instant::now())
+            .expect("the one within its timeout");
         assert_eq!(port(&conn), ports[1]);
-        assert!(pool.take_idle(addr).is_none());
+        assert!(pool.take_idle(addr, Instant::now()).is_none());
         assert!(
             pool.idle.lock().unwrap()[&addr].is_empty(),
             "the others were closed"

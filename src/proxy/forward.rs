@@ -159,6 +159,7 @@ pub async fn forward(
         let target = Target {
             shared,
             addr,
+            picked: guard.started(),
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
             send_timeout: settings.send_timeout,
@@ -291,6 +292,8 @@ pub async fn forward(
 struct Target<'a> {
     shared: &'a Shared,
     addr: std::net::SocketAddr,
+    /// When the peer was picked: the pool checks idle connections' age against it.
+    picked: Instant,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// `proxy_send_timeout`, for a connection this attempt opens.
@@ -325,7 +328,7 @@ impl Target<'_> {
             let checkout = self
                 .shared
                 .pool
-                .checkout(addr, self.connect_timeout, self.send_timeout)
+                .checkout(addr, self.picked, self.connect_timeout, self.send_timeout)
                 .await;
             let mut conn = match checkout {
                 Ok(conn) => {

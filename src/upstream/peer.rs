@@ -280,6 +280,11 @@ impl PeerGuard {
         self.addr
     }
 
+    /// When the peer was picked (a clock read the attempt can use rather than make again).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The peer answered (its response head arrived): forgives its failures if it was chosen
     /// after a quiet `fail_timeout`, and records the time to the head for `least_time header`.
     /// Only the first report of an attempt counts.

@@ -383,3 +383,64 @@ async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
         .unwrap();
     assert_eq!(lb.server.open_connections(), 0);
 }
+
+#[tokio::test]
+async fn h2c_a_client_that_gives_no_window_for_send_timeout_loses_the_stream() {
+    let origin = support::serve_hyper(|_req: Request<hyper::body::Incoming>| async move {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(pattern(
+            2_000_000, 3,
+        )))))
+    })
+    .await;
+    let dir = support::TempDir::new("h2-send-timeout");
+    let log = dir.path().join("a.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ log_format s '$status $body_bytes_sent';
+           server {{ listen 127.0.0.1:0; access_log {} s; send_timeout 1s;
+             location / {{ proxy_pass http://{origin}; }} }} }}",
+        log.display()
+    ))
+    .await;
+    let (mut sender, _) = h2_small_windows(lb.addr).await;
+    // The head arrives; the body is not read, so the client's 64 KiB window stays shut.
+    let res = sender
+        .send_request(
+            Request::get("http://h2.test/big")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .expect("the head");
+    assert_eq!(res.status(), 200);
+    let sent = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.strip_prefix("200 ")
+            .and_then(|n| n.trim_end().parse::<u64>().ok())
+    };
+    support::eventually(
+        "the stream given up (its log line)",
+        Duration::from_secs(10),
+        || sent().is_some(),
+    )
+    .await;
+    assert!(
+        sent().unwrap() < 2_000_000,
+        "not all of it went: {:?}",
+        sent()
+    );
+    let body = res.into_body().collect().await;
+    assert!(body.is_err(), "the stream was reset, not ended: {body:?}");
+    // The connection itself serves on (the reset stream's unread data no longer counts
+    // against its window).
+    let res = sender
+        .send_request(
+            Request::get("http://h2.test/again")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 2_000_000);
+}

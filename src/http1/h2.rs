@@ -8,7 +8,7 @@
 //! connection's to pass each frame (bench/PROFILE.md, session 7).
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -38,16 +38,31 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// How much of a response may wait in the connection's send buffer per stream.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 
+/// A listener's client-side timeouts, as an HTTP/2 connection uses them.
+pub struct Timeouts {
+    /// `client_header_timeout`: for the client's SETTINGS, and its first stream.
+    pub handshake: Duration,
+    /// `keepalive_timeout`: with no stream open.
+    pub idle: Duration,
+    /// `send_timeout`, where the answering location has none.
+    pub send: Duration,
+}
+
 /// Serves one HTTP/2 connection until the client closes it, it has been idle (no stream open)
 /// for `idle` (`keepalive_timeout`), or a stop drains it (GOAWAY, then the streams in flight
-/// finish). The client's SETTINGS must come within `handshake` (`client_header_timeout`).
+/// finish).
 pub async fn serve(
     io: Upgraded,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     stop: Arc<Stop>,
-    (handshake, idle): (Duration, Duration),
+    timeouts: Timeouts,
 ) {
+    let Timeouts {
+        handshake,
+        idle,
+        send: send_timeout,
+    } = timeouts;
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(WINDOW)
@@ -83,9 +98,9 @@ pub async fn serve(
                     let (shared, info) = (&shared, &info);
                     // The stream's state (kilobytes) is built in a box of its own, in place:
                     // pushed as a value it would be copied twice into the set's node.
-                    streams.push(
-                        async move { pin_box!(stream(shared, info, request, respond)).await },
-                    );
+                    streams.push(async move {
+                        pin_box!(stream(shared, info, request, respond, send_timeout)).await
+                    });
                     continue;
                 }
                 // The connection is closed (or broke): streams still in flight cannot answer.
@@ -142,6 +157,7 @@ async fn stream(
     info: &Arc<ConnInfo>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
+    send_timeout: Duration,
 ) -> bool {
     let (parts, recv) = request.into_parts();
     let body = RequestBody::h2(recv, &parts.headers);
@@ -176,7 +192,7 @@ async fn stream(
         }
     }
     match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(tx) if !end => send_body(tx, body).await,
+        Ok(tx) if !end => send_body(tx, body, timeouts.send.unwrap_or(send_timeout)).await,
         Ok(_) => {}
         Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
     }
@@ -185,21 +201,32 @@ async fn stream(
 
 /// Sends `body` as DATA frames within the client's flow-control windows (and its trailers, if
 /// any). A body that fails (a peer gone quiet or closing early) resets the stream: the client
-/// never sees a short body end as if complete.
-async fn send_body(mut tx: SendStream<Bytes>, body: ResponseBody) {
+/// never sees a short body end as if complete. So does a client that gives no window for
+/// `send_timeout` (nginx's `send_timeout`: between two writes), which would otherwise hold the
+/// peer's connection as long as it liked.
+async fn send_body(mut tx: SendStream<Bytes>, body: ResponseBody, send_timeout: Duration) {
     let mut body = pin!(body);
     // A chunk waiting for window, and whether it is the last.
     let mut waiting: Option<(Bytes, bool)> = None;
+    // Armed while a chunk waits for window (never on the way of a body that flows).
+    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         loop {
             if let Some((chunk, last)) = waiting.take() {
                 if tx.capacity() == 0 {
                     match tx.poll_capacity(cx) {
                         Poll::Pending => {
+                            let timer = stalled
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+                            if timer.as_mut().poll(cx).is_ready() {
+                                tx.send_reset(Reason::CANCEL);
+                                return Poll::Ready(());
+                            }
                             waiting = Some((chunk, last));
                             return Poll::Pending;
                         }
                         Poll::Ready(Some(Ok(_))) => {
+                            stalled = None;
                             waiting = Some((chunk, last));
                             continue;
                         }

@@ -238,7 +238,11 @@ pub fn serve(
             stop,
             settings,
         } = &*listener;
-        let timeouts = (settings.header_timeout, conn.keepalive_timeout);
+        let timeouts = h2::Timeouts {
+            handshake: settings.header_timeout,
+            idle: conn.keepalive_timeout,
+            send: settings.send_timeout,
+        };
         pin_box!(h2::serve(
             h2,
             shared.clone(),

@@ -444,3 +444,96 @@ async fn h2c_a_client_that_gives_no_window_for_send_timeout_loses_the_stream() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), 2_000_000);
 }
+
+/// A socket whose reading can be stopped: once `paused`, reads stay pending (nothing is taken
+/// off the socket, so the peer's writes fill its buffers and then block).
+struct Pausable {
+    stream: TcpStream,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Pausable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Pausable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn h2c_a_client_that_stops_reading_altogether_is_closed_on() {
+    // More than the client's windows and both sockets' buffers can take.
+    let origin = support::serve_hyper(|_req: Request<hyper::body::Incoming>| async move {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(vec![
+            7u8;
+            48 << 20
+        ]))))
+    })
+    .await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{ access_log off; send_timeout 1s; keepalive_timeout 1s;
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{origin}; }} }} }}"
+    ))
+    .await;
+    let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = Pausable {
+        stream: TcpStream::connect(lb.addr).await.unwrap(),
+        paused: paused.clone(),
+    };
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(64 << 20)
+        .initial_connection_window_size(64 << 20)
+        .handshake(TokioIo::new(io))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(
+            Request::get("http://h2.test/huge")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .expect("the head");
+    assert_eq!(res.status(), 200);
+    paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(lb.server.open_connections(), 1);
+    // The stream is reset after send_timeout, the connection goes idle, its GOAWAY cannot be
+    // written either: after another send_timeout imbang closes it, while the client still
+    // holds its end.
+    support::eventually("the connection closed on", Duration::from_secs(20), || {
+        lb.server.open_connections() == 0
+    })
+    .await;
+    drop(res);
+}

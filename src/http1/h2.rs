@@ -89,8 +89,11 @@ pub async fn serve(
     // Streams finished since the idle timer was last armed: the timer is re-armed when it
     // fires, not per stream (a connection goes idle `idle` to twice that after its last stream).
     let mut finished = 0u64;
-    let mut stopping = false;
     let mut waiting_for_first = true;
+    // GOAWAY sent (a stop, `keepalive_requests`, or idle): no new streams. Once none is open
+    // the timer gives the client `send_timeout` to take the last frames and close; one that
+    // neither reads nor closes is then closed on (its socket may be too full for any frame).
+    let mut going_away = false;
     poll_fn(|cx| {
         loop {
             match conn.poll_accept(cx) {
@@ -108,40 +111,46 @@ pub async fn serve(
                 Poll::Pending => {}
             }
             let mut progressed = false;
-            while let Poll::Ready(Some(drain)) = streams.poll_next_unpin(cx) {
+            let mut drain = false;
+            while let Poll::Ready(Some(last)) = streams.poll_next_unpin(cx) {
                 finished += 1;
                 progressed = true;
                 // `keepalive_requests` reached: no new streams; those open finish.
-                if drain && !stopping {
-                    stopping = true;
-                    conn.graceful_shutdown();
+                drain |= last;
+            }
+            drain |= !going_away && stopped.as_mut().poll(cx).is_ready();
+            let now = || tokio::time::Instant::now();
+            if drain && !going_away {
+                going_away = true;
+                conn.graceful_shutdown();
+                timer.as_mut().reset(now() + send_timeout);
+            } else if progressed && streams.is_empty() {
+                if going_away {
+                    timer.as_mut().reset(now() + send_timeout);
+                } else if waiting_for_first {
+                    // The first streams are done: from now on the idle time is
+                    // `keepalive_timeout`.
+                    waiting_for_first = false;
+                    finished = 0;
+                    timer.as_mut().reset(now() + idle);
                 }
             }
-            if !stopping && stopped.as_mut().poll(cx).is_ready() {
-                stopping = true;
-                conn.graceful_shutdown();
-                continue;
-            }
-            if progressed && waiting_for_first && streams.is_empty() {
-                // The first streams are done: from now on the idle time is `keepalive_timeout`.
-                waiting_for_first = false;
-                finished = 0;
-                let deadline = tokio::time::Instant::now() + idle;
-                timer.as_mut().reset(deadline);
-            }
-            if !stopping && streams.is_empty() && timer.as_mut().poll(cx).is_ready() {
+            if streams.is_empty() && timer.as_mut().poll(cx).is_ready() {
+                if going_away {
+                    return Poll::Ready(());
+                }
                 if finished == 0 {
+                    going_away = true;
                     conn.graceful_shutdown();
-                    stopping = true;
+                    timer.as_mut().reset(now() + send_timeout);
                 } else {
                     finished = 0;
-                    let deadline = tokio::time::Instant::now() + idle;
-                    timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(now() + idle);
                 }
                 continue;
             }
             // A finished stream may have queued frames: let the connection write them.
-            if !progressed {
+            if !progressed && !drain {
                 return Poll::Pending;
             }
         }

@@ -349,6 +349,8 @@ async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
     ))
     .await;
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
+    // A second connection, idle: the stop must reach it too (not only at its next stream).
+    let (_idle, idle_ended) = h2_small_windows(lb.addr).await;
     let asking = tokio::spawn(async move {
         let answer = send(&mut sender, "GET", "http://h2.test/slow", b"").await;
         (answer, sender)
@@ -362,6 +364,10 @@ async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
         std::net::TcpStream::connect(lb.addr).is_err()
     })
     .await;
+    tokio::time::timeout(Duration::from_secs(10), idle_ended)
+        .await
+        .expect("the idle connection is closed at the stop")
+        .unwrap();
     held.release();
     let ((status, _, body), mut sender) = asking.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "held GET /slow"));

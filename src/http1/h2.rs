@@ -73,12 +73,15 @@ pub async fn serve(
     let mut stopped = pin!(stop.stopped());
     let mut timer = pin!(tokio::time::sleep(handshake));
     let mut conn = tokio::select! {
+        // `stopped` first: once polled it is registered, and a stop wakes this task, which
+        // from then on reads the flag (polling a registered `Notified` takes its lock).
+        biased;
+        () = &mut stopped => return,
+        () = &mut timer => return,
         conn = builder.handshake::<_, Bytes>(io) => match conn {
             Ok(conn) => conn,
             Err(_) => return,
         },
-        () = &mut timer => return,
-        () = &mut stopped => return,
     };
     // Until a first stream, the longer of the two (as HTTP/1's first request has
     // `client_header_timeout`): a zero `keepalive_timeout` must not refuse the first request.
@@ -118,7 +121,7 @@ pub async fn serve(
                 // `keepalive_requests` reached: no new streams; those open finish.
                 drain |= last;
             }
-            drain |= !going_away && stopped.as_mut().poll(cx).is_ready();
+            drain |= !going_away && stop.is_stopping();
             let now = || tokio::time::Instant::now();
             if drain && !going_away {
                 going_away = true;

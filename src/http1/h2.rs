@@ -8,7 +8,7 @@
 //! connection's to pass each frame (bench/PROFILE.md, session 7).
 
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use http::{Request, Response};
 use http_body::Body;
 
 use super::{RequestBody, Stop, Upgraded};
+use crate::pool::h1::poll_deadline;
 use crate::proxy::{self, ConnInfo, ResponseBody, Shared};
 
 /// What an HTTP/2 connection starts with (RFC 9113 §3.4).
@@ -220,17 +221,20 @@ async fn send_body(mut tx: SendStream<Bytes>, body: ResponseBody, send_timeout: 
     let mut body = pin!(body);
     // A chunk waiting for window, and whether it is the last.
     let mut waiting: Option<(Bytes, bool)> = None;
-    // Armed while a chunk waits for window (never on the way of a body that flows).
-    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // When the chunk waiting for window gives up (set as it starts to wait), and the timer
+    // for it: made at the first wait and kept, moved only when it fires early (a body that
+    // waits for window chunk after chunk costs no timer per chunk).
+    let mut stall_deadline = None;
+    let mut stall_timer = None;
     poll_fn(|cx| {
         loop {
             if let Some((chunk, last)) = waiting.take() {
                 if tx.capacity() == 0 {
                     match tx.poll_capacity(cx) {
                         Poll::Pending => {
-                            let timer = stalled
-                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
-                            if timer.as_mut().poll(cx).is_ready() {
+                            let deadline = *stall_deadline
+                                .get_or_insert_with(|| tokio::time::Instant::now() + send_timeout);
+                            if poll_deadline(&mut stall_timer, deadline, cx).is_ready() {
                                 tx.send_reset(Reason::CANCEL);
                                 return Poll::Ready(());
                             }
@@ -238,7 +242,7 @@ async fn send_body(mut tx: SendStream<Bytes>, body: ResponseBody, send_timeout: 
                             return Poll::Pending;
                         }
                         Poll::Ready(Some(Ok(_))) => {
-                            stalled = None;
+                            stall_deadline = None;
                             waiting = Some((chunk, last));
                             continue;
                         }

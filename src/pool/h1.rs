@@ -336,8 +336,8 @@ impl Conn {
 
 /// Ready once `deadline` has passed, on `timer` (made on first use). A timer left at an earlier
 /// request's deadline is moved on when it fires; one set later than `deadline` (a shorter
-/// `proxy_read_timeout` since) is moved back at once.
-fn poll_deadline(
+/// `proxy_read_timeout` since) is moved back at once. Also the HTTP/2 side's `send_timeout`.
+pub(crate) fn poll_deadline(
     timer: &mut Option<Pin<Box<Sleep>>>,
     deadline: Instant,
     cx: &mut Context<'_>,

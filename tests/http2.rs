@@ -1,5 +1,7 @@
 //! HTTP/2 with prior knowledge (h2c) on an ordinary listener: streams are routed, balanced and
-//! proxied like HTTP/1 requests, many at once on one connection, and HTTP/1 still works there.
+//! proxied like HTTP/1 requests, many at once on one connection, and HTTP/1 still works there;
+//! flow control both ways, resets both ways, and how a connection ends (keepalive_requests,
+//! keepalive_timeout, send_timeout, a graceful stop).
 mod support;
 
 use std::net::SocketAddr;
@@ -11,9 +13,19 @@ use hyper::Request;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{Behaviour, backend, imbang};
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(5);
-use tokio::net::TcpStream;
+
+/// The configuration most tests here run: one server proxying everything to `origin`, with
+/// `http`-level directives of the test's own.
+fn proxy_conf(origin: SocketAddr, http: &str) -> String {
+    format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; {http}
+           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{origin}; }} }} }}"
+    )
+}
 
 async fn h2(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -92,13 +104,7 @@ async fn h2c_streams_are_proxied_and_balanced() {
 #[tokio::test]
 async fn h2c_heads_are_held_to_nginx_s_line_limits() {
     let a = backend("a").await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
-        a.addr
-    ))
-    .await;
+    let lb = imbang(&proxy_conf(a.addr, "")).await;
     let mut sender = h2(lb.addr).await;
     // A target over `large_client_header_buffers`' 8k is 414 over HTTP/2 too.
     let long = format!("http://h2.test/{}", "a".repeat(9 * 1024));
@@ -157,12 +163,7 @@ async fn h2c_big_bodies_cross_in_both_directions_within_flow_control() {
         Ok::<_, std::convert::Infallible>(hyper::Response::new(Body::new(reply)))
     })
     .await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off; client_max_body_size 8m;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{origin}; }} }} }}"
-    ))
-    .await;
+    let lb = imbang(&proxy_conf(origin, "client_max_body_size 8m;")).await;
     let (sender, _) = h2_small_windows(lb.addr).await;
     // Three downloads and two uploads at once on the one connection: the downloads share the
     // client's 64 KiB connection window, the uploads imbang's 1 MiB one.
@@ -212,11 +213,9 @@ async fn h2c_big_bodies_cross_in_both_directions_within_flow_control() {
 #[tokio::test]
 async fn h2c_answers_carry_date_and_keepalive_requests_drains_the_connection() {
     let a = backend("a").await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off; keepalive_requests 3; keepalive_timeout 60s;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
-        a.addr
+    let lb = imbang(&proxy_conf(
+        a.addr,
+        "keepalive_requests 3; keepalive_timeout 60s;",
     ))
     .await;
     let (mut sender, mut ended) = h2_small_windows(lb.addr).await;
@@ -248,13 +247,7 @@ async fn h2c_answers_carry_date_and_keepalive_requests_drains_the_connection() {
 #[tokio::test]
 async fn h2c_idle_connections_close_after_keepalive_timeout() {
     let a = backend("a").await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off; keepalive_timeout 1s;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
-        a.addr
-    ))
-    .await;
+    let lb = imbang(&proxy_conf(a.addr, "keepalive_timeout 1s;")).await;
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
     let (status, _, _) = send(&mut sender, "GET", "http://h2.test/x", b"").await;
     assert_eq!(status, 200);
@@ -263,13 +256,7 @@ async fn h2c_idle_connections_close_after_keepalive_timeout() {
         .expect("an idle HTTP/2 connection is closed")
         .unwrap();
     // `keepalive_timeout 0`: the first request is still answered, then the connection closes.
-    lb.reload(&format!(
-        "daemon off; error_log stderr crit; events {{}}
-         http {{ access_log off; keepalive_timeout 0;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
-        a.addr
-    ))
-    .await;
+    lb.reload(&proxy_conf(a.addr, "keepalive_timeout 0;")).await;
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
     let (status, _, _) = send(&mut sender, "GET", "http://h2.test/y", b"").await;
     assert_eq!(status, 200);
@@ -341,13 +328,7 @@ async fn h2c_a_reset_stream_is_logged_499_and_a_broken_peer_resets_the_stream() 
 #[tokio::test]
 async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
     let held = support::backend_with("held", Behaviour::Hold, "127.0.0.1:0".parse().unwrap()).await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit;
-         http {{ access_log off; keepalive_timeout 60s;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{}; }} }} }}",
-        held.addr
-    ))
-    .await;
+    let lb = imbang(&proxy_conf(held.addr, "keepalive_timeout 60s;")).await;
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
     // A second connection, idle: the stop must reach it too (not only at its next stream).
     let (_idle, idle_ended) = h2_small_windows(lb.addr).await;
@@ -505,10 +486,9 @@ async fn h2c_a_client_that_stops_reading_altogether_is_closed_on() {
         ]))))
     })
     .await;
-    let lb = imbang(&format!(
-        "daemon off; error_log stderr crit;
-         http {{ access_log off; send_timeout 1s; keepalive_timeout 1s;
-           server {{ listen 127.0.0.1:0; location / {{ proxy_pass http://{origin}; }} }} }}"
+    let lb = imbang(&proxy_conf(
+        origin,
+        "send_timeout 1s; keepalive_timeout 1s;",
     ))
     .await;
     let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

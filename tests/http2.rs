@@ -523,3 +523,45 @@ async fn h2c_a_client_that_stops_reading_altogether_is_closed_on() {
     .await;
     drop(res);
 }
+
+#[tokio::test]
+async fn h2c_an_answer_given_before_the_upload_ends_leaves_the_connection_usable() {
+    let a = backend("a").await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}}
+         http {{ access_log off; client_max_body_size 8m;
+           server {{ listen 127.0.0.1:0; location / {{ return 200 \"not read\"; }}
+             location /up {{ proxy_pass http://{}; }} }} }}",
+        a.addr
+    ))
+    .await;
+    let (sender, _) = h2_small_windows(lb.addr).await;
+    let post = |path: &str, n: usize| {
+        let mut s = sender.clone();
+        let req = Request::post(format!("http://h2.test{path}"))
+            .body(Full::new(Bytes::from(pattern(n, 9))))
+            .unwrap();
+        async move {
+            let res = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
+                .await
+                .expect("an answer, not a stall")
+                .expect("the answer");
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // 3 MB against imbang's 1 MiB window: the answer comes before the body could all be sent,
+    // and the rest of the upload is refused (RST_STREAM NO_ERROR) without failing the answer.
+    assert_eq!(
+        post("/early", 3_000_000).await,
+        (200, "not read".to_owned())
+    );
+    // The stream's end dropped its unread upload, which gives the connection's window back
+    // (held, up to 1 MiB of it would stay counted): two uploads of 700 kB reach the peer whole.
+    for _ in 0..2 {
+        let (status, body) = post("/up", 700_000).await;
+        assert_eq!((status, body.as_str()), (200, "a POST /up body=700000"));
+    }
+    assert_eq!(a.body_bytes(), 1_400_000);
+}

@@ -136,6 +136,14 @@ async fn h2_small_windows(
     (sender, on_end)
 }
 
+/// Waits (bounded) for the connection behind `ended` to end; panics with `what` otherwise.
+async fn closed(ended: tokio::sync::oneshot::Receiver<()>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap();
+}
+
 /// Byte `i` of the test bodies: not a repeating short pattern, so a lost or repeated frame shows.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -238,10 +246,7 @@ async fn h2c_answers_carry_date_and_keepalive_requests_drains_the_connection() {
     let (status, headers, body) = send(&mut sender, "GET", "http://h2.test/last", b"").await;
     assert_eq!((status, body.as_str()), (200, "a GET /last"));
     assert!(!headers.contains_key("connection"));
-    tokio::time::timeout(Duration::from_secs(10), ended)
-        .await
-        .expect("the connection is closed after keepalive_requests")
-        .unwrap();
+    closed(ended, "the connection is closed after keepalive_requests").await;
 }
 
 #[tokio::test]
@@ -251,19 +256,17 @@ async fn h2c_idle_connections_close_after_keepalive_timeout() {
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
     let (status, _, _) = send(&mut sender, "GET", "http://h2.test/x", b"").await;
     assert_eq!(status, 200);
-    tokio::time::timeout(Duration::from_secs(10), ended)
-        .await
-        .expect("an idle HTTP/2 connection is closed")
-        .unwrap();
+    closed(ended, "an idle HTTP/2 connection is closed").await;
     // `keepalive_timeout 0`: the first request is still answered, then the connection closes.
     lb.reload(&proxy_conf(a.addr, "keepalive_timeout 0;")).await;
     let (mut sender, ended) = h2_small_windows(lb.addr).await;
     let (status, _, _) = send(&mut sender, "GET", "http://h2.test/y", b"").await;
     assert_eq!(status, 200);
-    tokio::time::timeout(Duration::from_secs(10), ended)
-        .await
-        .expect("with keepalive_timeout 0 the connection closes after its request")
-        .unwrap();
+    closed(
+        ended,
+        "with keepalive_timeout 0 the connection closes after its request",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -345,17 +348,11 @@ async fn h2c_a_graceful_stop_lets_open_streams_finish_then_closes() {
         std::net::TcpStream::connect(lb.addr).is_err()
     })
     .await;
-    tokio::time::timeout(Duration::from_secs(10), idle_ended)
-        .await
-        .expect("the idle connection is closed at the stop")
-        .unwrap();
+    closed(idle_ended, "the idle connection is closed at the stop").await;
     held.release();
     let ((status, _, body), mut sender) = asking.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "held GET /slow"));
-    tokio::time::timeout(Duration::from_secs(10), ended)
-        .await
-        .expect("the connection closes once its streams are done")
-        .unwrap();
+    closed(ended, "the connection closes once its streams are done").await;
     let late = sender
         .send_request(
             Request::get("http://h2.test/late")

@@ -10,7 +10,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 511;
 
 /// Binds `addr` as nginx does: SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `[::]:80` and `0.0.0.0:80`
-/// can both be bound), non-blocking.
+/// can both be bound), non-blocking. Then, as HAProxy's `tcp-smart-accept` (its default for
+/// HTTP): `TCP_QUICKACK` off on the listening socket, which accepted sockets inherit, so a
+/// request is acknowledged by its response rather than by an ACK of its own (one segment fewer
+/// per connection; set after `listen`, which resets it).
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -20,6 +23,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket.set_quickack(false);
     Ok(socket.into())
 }
 

@@ -1,5 +1,6 @@
 //! imbang's own HTTP/1.1 server side, byte for byte: pipelining, 100-continue, trailers both
-//! ways, HTTP/1.0, `return 444`, `client_header_timeout` and `large_client_header_buffers`.
+//! ways, HTTP/1.0, `return 444`, `client_header_timeout`, `large_client_header_buffers`, and large
+//! answers on connections that close after them.
 mod support;
 
 use std::net::SocketAddr;
@@ -265,4 +266,103 @@ async fn large_client_header_buffers_sets_the_limits() {
     .await;
     assert!(fine.starts_with("HTTP/1.1 200 "), "{fine:.80}");
     assert_eq!(app.hits(), 1);
+}
+
+/// A 3 MB answer on a connection that closes after it arrives whole, then the close, whether its
+/// length is known (its last bytes carry the FIN), chunked (the last chunk does) or delimited by
+/// the close (HTTP/1.0): more than the sockets hold, so the last writes wait for the client.
+#[tokio::test]
+async fn a_large_answer_on_a_closing_connection_arrives_whole_then_the_close() {
+    use bytes::Bytes;
+    use http_body_util::{Either, Full, StreamBody};
+    use hyper::body::Frame;
+    const N: usize = 3_000_000;
+    let body: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
+    let body = Bytes::from(body);
+    let served = body.clone();
+    let origin = support::serve_hyper(move |req: hyper::Request<hyper::body::Incoming>| {
+        let body = served.clone();
+        async move {
+            let answer = if req.uri().path() == "/sized" {
+                Either::Left(Full::new(body))
+            } else {
+                // 64 KiB frames of unknown total length: chunked to HTTP/1.1 clients.
+                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..N)
+                    .step_by(65_536)
+                    .map(|at| Ok(Frame::data(body.slice(at..(at + 65_536).min(N)))))
+                    .collect();
+                Either::Right(StreamBody::new(futures_util::stream::iter(frames)))
+            };
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(answer))
+        }
+    })
+    .await;
+    let lb = imbang(&proxy_conf(origin, "")).await;
+    for (request, shape) in [
+        (
+            "GET /sized HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "content-length",
+        ),
+        (
+            "GET /streamed HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "chunked",
+        ),
+        (
+            "GET /streamed HTTP/1.0\r\nHost: a\r\n\r\n",
+            "until the close",
+        ),
+    ] {
+        let mut s = TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: no close"))
+            .unwrap_or_else(|e| panic!("{shape}: {e}"));
+        let split = got.windows(4).position(|w| w == b"\r\n\r\n").expect(shape) + 4;
+        let head = String::from_utf8_lossy(&got[..split]).to_lowercase();
+        let content = match shape {
+            "chunked" => {
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                dechunk(&got[split..])
+            }
+            "content-length" => {
+                assert!(head.contains(&format!("content-length: {N}")), "{head}");
+                got[split..].to_vec()
+            }
+            _ => {
+                assert!(
+                    !head.contains("content-length") && !head.contains("chunked"),
+                    "{head}"
+                );
+                got[split..].to_vec()
+            }
+        };
+        assert!(
+            content == body,
+            "{shape}: {} bytes, {} expected",
+            content.len(),
+            N
+        );
+    }
+}
+
+/// The data of a whole chunked body (no trailers).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+        raw = &raw[line + 2..];
+        if size == 0 {
+            assert_eq!(raw, b"\r\n", "the end of the chunked body");
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        assert_eq!(&raw[size..size + 2], b"\r\n");
+        raw = &raw[size + 2..];
+    }
 }

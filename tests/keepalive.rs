@@ -104,30 +104,22 @@ async fn a_peer_closing_idle_connections_causes_no_client_error() {
 /// A backend that keeps connections open and counts how many it accepted. It answers `ok` at
 /// once, to `/slow` 100 ms late, and never to `/hang`.
 async fn counting_backend(connections: Arc<AtomicUsize>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            connections.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    match req.uri().path() {
-                        "/slow" => tokio::time::sleep(Duration::from_millis(100)).await,
-                        "/hang" => std::future::pending().await,
-                        _ => {}
-                    }
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    let count = support::Connections {
+        accepted: connections,
+        ..Default::default()
+    };
+    support::serve_hyper_counted(
+        |req: Request<hyper::body::Incoming>| async move {
+            match req.uri().path() {
+                "/slow" => tokio::time::sleep(Duration::from_millis(100)).await,
+                "/hang" => std::future::pending().await,
+                _ => {}
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        },
+        count,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -234,47 +226,22 @@ async fn futures_join(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
 }
 
 /// A backend that answers a request once `go` is past the value it had when the request arrived
-/// (at once when it is `usize::MAX`), counting requests arrived and connections accepted and
-/// closed.
-#[derive(Clone, Default)]
-struct Gate {
-    arrived: Arc<AtomicUsize>,
-    accepted: Arc<AtomicUsize>,
-    closed: Arc<AtomicUsize>,
-}
-
+/// (at once when it is `usize::MAX`), counting requests arrived and connections.
 async fn gated_backend(
-    gate: Gate,
+    arrived: Arc<AtomicUsize>,
+    count: support::Connections,
     go: tokio::sync::watch::Receiver<usize>,
 ) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            gate.accepted.fetch_add(1, Ordering::SeqCst);
-            let (gate, go) = (gate.clone(), go.clone());
-            tokio::spawn(async move {
-                let arrived = gate.arrived.clone();
-                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let (arrived, mut go) = (arrived.clone(), go.clone());
-                    async move {
-                        let round = *go.borrow();
-                        arrived.fetch_add(1, Ordering::SeqCst);
-                        let _ = go.wait_for(|r| *r > round || *r == usize::MAX).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                gate.closed.fetch_add(1, Ordering::SeqCst);
-            });
+    let handler = move |_req: Request<hyper::body::Incoming>| {
+        let (arrived, mut go) = (arrived.clone(), go.clone());
+        async move {
+            let round = *go.borrow();
+            arrived.fetch_add(1, Ordering::SeqCst);
+            let _ = go.wait_for(|r| *r > round || *r == usize::MAX).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
-    });
-    addr
+    };
+    support::serve_hyper_counted(handler, count).await
 }
 
 /// Four requests in flight at once take four upstream connections; with `keepalive 1` the three
@@ -282,9 +249,12 @@ async fn gated_backend(
 /// a second burst right after reuses them rather than opening three more; then they are closed.
 #[tokio::test]
 async fn connections_one_burst_opened_serve_the_next_then_close_over_the_limit() {
-    let gate = Gate::default();
+    let (arrived, count) = (
+        Arc::new(AtomicUsize::new(0)),
+        support::Connections::default(),
+    );
     let (go, gone) = tokio::sync::watch::channel(0usize);
-    let backend = gated_backend(gate.clone(), gone).await;
+    let backend = gated_backend(arrived.clone(), count.clone(), gone).await;
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off;
@@ -303,7 +273,7 @@ async fn connections_one_burst_opened_serve_the_next_then_close_over_the_limit()
         support::eventually(
             "four requests at the backend",
             Duration::from_secs(5),
-            || gate.arrived.load(Ordering::SeqCst) == 4 * round,
+            || arrived.load(Ordering::SeqCst) == 4 * round,
         )
         .await;
         go.send_replace(round);
@@ -312,17 +282,17 @@ async fn connections_one_burst_opened_serve_the_next_then_close_over_the_limit()
         }
     }
     assert_eq!(
-        gate.accepted.load(Ordering::SeqCst),
+        count.accepted.load(Ordering::SeqCst),
         4,
         "the second burst went over the first one's connections"
     );
     support::eventually(
         "the three over the limit closed",
         Duration::from_secs(5),
-        || gate.closed.load(Ordering::SeqCst) == 3,
+        || count.closed.load(Ordering::SeqCst) == 3,
     )
     .await;
     go.send_replace(usize::MAX);
     assert_eq!(lb.get("/").await.1, "ok", "the kept one still serves");
-    assert_eq!(gate.accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 4);
 }

@@ -798,6 +798,27 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_hyper_counted(handler, Connections::default()).await
+}
+
+/// The connections a test server accepted, and those of them that ended.
+#[derive(Clone, Default)]
+pub struct Connections {
+    pub accepted: Arc<AtomicUsize>,
+    pub closed: Arc<AtomicUsize>,
+}
+
+/// [`serve_hyper`], counting its connections in `count`.
+pub async fn serve_hyper_counted<F, Fut, B>(handler: F, count: Connections) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -805,12 +826,14 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let handler = handler.clone();
+            count.accepted.fetch_add(1, Ordering::SeqCst);
+            let (handler, closed) = (handler.clone(), count.closed.clone());
             tokio::spawn(async move {
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service_fn(handler))
                     .with_upgrades()
                     .await;
+                closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });

@@ -368,7 +368,7 @@ pub async fn response(
                     }
                     // A sized body's last bytes end the response: on a closing connection the
                     // FIN goes with them (the body's own end is still read, below).
-                    let last = close && left == Some(0);
+                    let last = close && left == Some(0) && !shut;
                     write_data(stream, &head, data, chunked, send_timeout, nagle, last).await?;
                     shut |= last;
                     head.clear();

@@ -60,6 +60,7 @@ mod registry;
 mod tried;
 
 use balancer::{Balancer, PickContext};
+use health::passive::FAILING;
 pub use peer::{Peer, PeerGuard, PeerState};
 pub use queue::{Unavailable, WaitQueue};
 pub use registry::PeerRegistry;
@@ -348,7 +349,8 @@ impl UpstreamGroup {
     /// Bookkeeping on the chosen peer, still under the selection lock.
     fn take(&self, peer: &Peer, tried: &mut Tried, now: Instant) -> PeerGuard {
         tried.insert(peer.index());
-        if !self.single {
+        // Being chosen only matters to a peer with failures (see `PassiveHealth::unrest`).
+        if !self.single && peer.state().unrest() & FAILING != 0 {
             peer.state().health().on_chosen(peer.fail_policy(), now);
         }
         PeerGuard::new(peer, self.single, now)

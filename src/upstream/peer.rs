@@ -3,13 +3,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::health::passive::{FAILING, REDUCED};
 use super::health::slow_start::SCALE;
 use super::health::{FailPolicy, PassiveHealth};
 use super::latency::Timing;
@@ -25,7 +27,12 @@ use crate::config::model::PeerSpec;
 ///   per-peer mutex rather than the group's selection lock. The group lock cannot cover it: an
 ///   old snapshot still finishing requests and the new one share this state but not their
 ///   locks. A per-peer lock also keeps reports (nginx takes a per-peer lock in `free` too) from
-///   waiting on picks of other peers. Picks take it briefly for each candidate peer.
+///   waiting on picks of other peers. Beside it, an atomic copy of its
+///   [`unrest`](PassiveHealth::unrest), written under the lock whenever the state changes: a
+///   peer at rest (no failures, no weight penalty, no ramp) is what a pick, a choice and a
+///   success would leave unchanged, so they skip the lock. Only a peer with a history takes
+///   it, once per candidate. (Read without the lock, the copy may be a moment old; that is the
+///   same as the reader having taken the lock just before the writer.)
 /// - Latency estimates for `least_time` sit behind their own per-peer mutex, taken once per
 ///   response to record and by `least_time` picks to read.
 /// - The smooth round-robin `current_weight` is not here: it is balancer state, rebuilt with
@@ -38,6 +45,8 @@ pub struct PeerState {
     in_flight_since: AtomicU64,
     in_flight_timed: AtomicU32,
     health: Mutex<PassiveHealth>,
+    /// `health`'s [`unrest`](PassiveHealth::unrest) as of its last change.
+    unrest: AtomicU8,
     timing: Mutex<Timing>,
     /// The upstream's `queue` line: woken when an attempt on this peer ends.
     queue: Option<Arc<WaitQueue>>,
@@ -84,9 +93,53 @@ impl PeerState {
     }
 
     /// Locks the passive health state. Never held across an `.await` or another peer's lock.
-    pub(crate) fn health(&self) -> MutexGuard<'_, PassiveHealth> {
+    pub(crate) fn health(&self) -> HealthGuard<'_> {
         // The state stays consistent even if a holder panicked: every update is a few stores.
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+        HealthGuard {
+            health: self.health.lock().unwrap_or_else(PoisonError::into_inner),
+            unrest: &self.unrest,
+        }
+    }
+
+    /// The passive health state's [`unrest`](PassiveHealth::unrest) without its lock.
+    pub(crate) fn unrest(&self) -> u8 {
+        self.unrest.load(Ordering::Acquire)
+    }
+
+    /// No failures, no weight penalty, no ramp (see [`unrest`](Self::unrest)).
+    pub(crate) fn at_rest(&self) -> bool {
+        self.unrest() == 0
+    }
+}
+
+/// The locked passive health state of a peer; publishes its
+/// [`unrest`](PassiveHealth::unrest) when unlocked.
+pub(crate) struct HealthGuard<'a> {
+    health: MutexGuard<'a, PassiveHealth>,
+    unrest: &'a AtomicU8,
+}
+
+impl Deref for HealthGuard<'_> {
+    type Target = PassiveHealth;
+
+    fn deref(&self) -> &PassiveHealth {
+        &self.health
+    }
+}
+
+impl DerefMut for HealthGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PassiveHealth {
+        &mut self.health
+    }
+}
+
+impl Drop for HealthGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock (the field drops after this), so stores land in lock order.
+        let now = self.health.unrest();
+        if self.unrest.load(Ordering::Relaxed) != now {
+            self.unrest.store(now, Ordering::Release);
+        }
     }
 }
 
@@ -183,9 +236,9 @@ impl Peer {
 
     /// The configured weight at `now` in thousandths, on the peer's `slow_start` ramp if it is
     /// on one (see [`slow_start`](super::health::slow_start)). Takes the health lock only when
-    /// the peer has `slow_start`.
+    /// the peer has `slow_start` and may be on its ramp.
     pub fn weight_at(&self, now: Instant) -> u64 {
-        if self.slow_start.is_zero() {
+        if self.slow_start.is_zero() || self.state.unrest() & REDUCED == 0 {
             return u64::from(self.weight) * SCALE;
         }
         (self.state.health()).scaled_weight(self.weight, self.slow_start, now)
@@ -303,7 +356,8 @@ impl PeerGuard {
             return;
         }
         self.answered = true;
-        let recovered = {
+        // With no failures a success forgives nothing and ends no outage.
+        let recovered = self.state.unrest() & FAILING != 0 && {
             let mut health = self.state.health();
             if self.single {
                 health.clear_fails();

@@ -728,6 +728,39 @@ fn a_recovered_peer_climbs_back_to_its_weight_over_slow_start() {
 }
 
 #[test]
+fn a_peer_is_at_rest_again_once_forgiven_at_full_weight_and_off_its_ramp() {
+    // At rest (unrest 0), picks, choices and successes skip the peer's health lock; the
+    // sequences above check the choices, this the bookkeeping that decides which path runs.
+    use crate::upstream::health::passive::{FAILING, REDUCED};
+    let group = group(&[1, 1], |i, spec| {
+        if i == 0 {
+            spec.slow_start = 10 * SEC;
+        }
+    });
+    let t0 = Instant::now();
+    assert_eq!(state(&group, 'a').unrest(), 0, "a new peer is at rest");
+    group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
+    assert_eq!(
+        state(&group, 'a').unrest(),
+        FAILING | REDUCED,
+        "failed, weight 0"
+    );
+    let t1 = t0 + 11 * SEC;
+    until_a_succeeds(&group, t1); // the trial took back the penalty; its success, the failure
+    assert_eq!(
+        state(&group, 'a').unrest(),
+        REDUCED,
+        "forgiven, on its ramp"
+    );
+    let half = shares(&group, t1 + 5 * SEC, 1500); // 500 and 1000, give or take one
+    assert!(half[0].abs_diff(500) <= 1, "{half:?}");
+    assert_eq!(state(&group, 'a').unrest(), REDUCED, "half way up the ramp");
+    assert_eq!(shares(&group, t1 + 10 * SEC, 2), [1, 1]);
+    assert_eq!(state(&group, 'a').unrest(), 0, "the ramp is over");
+    assert_eq!(shares(&group, t1 + 10 * SEC, 10), [5, 5]);
+}
+
+#[test]
 fn a_success_that_forgives_without_an_outage_starts_no_ramp() {
     // max_fails=2: one failure never took a out, so no ramp when it is forgiven.
     let group = group(&[1, 1], |_, spec| {

@@ -28,6 +28,9 @@ pub struct LeastTime {
     mode: TimeMode,
     inflight: bool,
     ties: SmoothWeighted,
+    /// Per peer, by position: its own latency estimate during a pick, then its score. Kept here
+    /// so that a pick reads each peer's estimate once and does not allocate.
+    scores: Box<[f64]>,
 }
 
 impl LeastTime {
@@ -36,6 +39,7 @@ impl LeastTime {
             mode,
             inflight,
             ties: SmoothWeighted::new(peers),
+            scores: vec![0.0; peers.len()].into_boxed_slice(),
         }
     }
 }
@@ -46,11 +50,14 @@ impl LeastTime {
 pub(crate) fn known_sum(peers: &[Peer], mode: TimeMode, now: Instant) -> (f64, usize) {
     peers
         .iter()
-        .filter_map(|peer| {
-            let latency = *peer.state().timing().get(mode);
-            latency.known().map(|_| latency.estimate(now, 0.0))
-        })
+        .filter_map(|peer| own_estimate(peer, mode, now))
         .fold((0.0, 0), |(sum, n), estimate| (sum + estimate, n + 1))
+}
+
+/// `peer`'s own estimate at `now`, if it has samples.
+fn own_estimate(peer: &Peer, mode: TimeMode, now: Instant) -> Option<f64> {
+    let latency = *peer.state().timing().get(mode);
+    latency.known().map(|_| latency.estimate(now, 0.0))
 }
 
 /// `peer`'s score at `now` (lower is better), given the group's [`known_sum`].
@@ -61,9 +68,14 @@ pub(crate) fn score(
     now: Instant,
     (sum, count): (f64, usize),
 ) -> f64 {
+    let average = latency::average(sum, count);
+    let own = own_estimate(peer, mode, now).unwrap_or(average);
+    score_of(peer, own, inflight, now)
+}
+
+/// `peer`'s score at `now` with `latency` as its estimate.
+fn score_of(peer: &Peer, mut latency: f64, inflight: bool, now: Instant) -> f64 {
     let state = peer.state();
-    let own = *state.timing().get(mode);
-    let mut latency = own.estimate(now, latency::average(sum, count));
     if inflight {
         latency = latency.max(state.in_flight_age_us(now));
     }
@@ -72,15 +84,37 @@ pub(crate) fn score(
 
 impl Balancer for LeastTime {
     fn pick(&mut self, peers: &[Peer], ctx: &mut PickContext<'_>) -> Option<usize> {
-        let (mode, inflight, now) = (self.mode, self.inflight, ctx.now);
-        let known = known_sum(peers, mode, now);
+        let Self {
+            mode,
+            inflight,
+            ties,
+            scores,
+        } = self;
+        let now = ctx.now;
+        // Every peer's own estimate (NaN: none yet), and the average of the known ones.
+        let (mut sum, mut count) = (0.0, 0);
+        for (peer, slot) in peers.iter().zip(scores.iter_mut()) {
+            *slot = match own_estimate(peer, *mode, now) {
+                Some(estimate) => {
+                    sum += estimate;
+                    count += 1;
+                    estimate
+                }
+                None => f64::NAN,
+            };
+        }
+        let average = latency::average(sum, count);
+        // The eligible peers' scores (the others: infinity), the lowest and whether it ties.
         let mut best: Option<(usize, f64)> = None;
         let mut tied = false;
-        for (i, peer) in peers.iter().enumerate() {
+        for (i, (peer, slot)) in peers.iter().zip(scores.iter_mut()).enumerate() {
             if !ctx.is_eligible_now(peer) {
+                *slot = f64::INFINITY;
                 continue;
             }
-            let score = score(peer, mode, inflight, now, known);
+            let own = if slot.is_nan() { average } else { *slot };
+            let score = score_of(peer, own, *inflight, now);
+            *slot = score;
             match best {
                 Some((_, lowest)) if score > lowest => {}
                 Some((_, lowest)) if score == lowest => tied = true,
@@ -94,9 +128,9 @@ impl Balancer for LeastTime {
         if !tied {
             return Some(first);
         }
-        let among_lowest =
-            |_: usize, peer: &Peer| score(peer, mode, inflight, now, known) == lowest;
-        (self.ties.pick_among(peers, ctx, among_lowest)).or_else(|| self.ties.pick(peers, ctx))
+        let scores = &*scores;
+        let among_lowest = |i: usize, _: &Peer| scores[i] == lowest;
+        (ties.pick_among(peers, ctx, among_lowest)).or_else(|| ties.pick(peers, ctx))
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use super::Peer;
 use super::Tried;
 use super::health::PassiveHealth;
+use super::health::passive::FAILING;
 use crate::config::model::BalanceMethod;
 
 pub mod consistent_hash;
@@ -86,18 +87,24 @@ impl<'a> PickContext<'a> {
         }
     }
 
-    /// nginx's tests for every candidate, in its order: not tried by this request, not `down`,
-    /// not failed `max_fails` times within `fail_timeout`, below `max_conns`.
+    /// nginx's tests for every candidate: not tried by this request, not `down`, not failed
+    /// `max_fails` times within `fail_timeout`, below `max_conns`.
     pub fn is_eligible(&self, peer: &Peer, health: &PassiveHealth) -> bool {
-        !self.tried.contains(peer.index())
-            && !peer.is_down()
-            && health.is_available(peer.fail_policy(), self.now)
-            && !peer.at_max_conns()
+        self.is_eligible_at_rest(peer) && health.is_available(peer.fail_policy(), self.now)
     }
 
-    /// [`is_eligible`](Self::is_eligible), taking the peer's health lock for the test only.
+    /// [`is_eligible`](Self::is_eligible), taking the peer's health lock for the test only,
+    /// and only for a peer with failures (with none it is available under any policy).
     pub fn is_eligible_now(&self, peer: &Peer) -> bool {
+        if peer.state().unrest() & FAILING == 0 {
+            return self.is_eligible_at_rest(peer);
+        }
         self.is_eligible(peer, &peer.state().health())
+    }
+
+    /// [`is_eligible`](Self::is_eligible) for a peer without failures.
+    pub fn is_eligible_at_rest(&self, peer: &Peer) -> bool {
+        !self.tried.contains(peer.index()) && !peer.is_down() && !peer.at_max_conns()
     }
 }
 

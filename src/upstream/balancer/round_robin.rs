@@ -11,6 +11,7 @@
 //! weight alike leaves the sequence unchanged.
 
 use super::{Balancer, Peer, PickContext};
+use crate::upstream::health::slow_start::SCALE;
 
 /// Smooth weighted round robin over one list of peers.
 #[derive(Debug)]
@@ -51,7 +52,13 @@ impl SmoothWeighted {
             if !among(i, peer) {
                 continue;
             }
-            let effective = {
+            let effective = if peer.state().at_rest() {
+                // Available, full weight, and the pick changes nothing: no lock.
+                if !ctx.is_eligible_at_rest(peer) {
+                    continue;
+                }
+                (u64::from(peer.weight()) * SCALE) as i64
+            } else {
                 let mut health = peer.state().health();
                 if !ctx.is_eligible(peer, &health) {
                     continue;

@@ -38,6 +38,12 @@ pub struct FailPolicy {
     pub fail_timeout: Duration,
 }
 
+/// A bit of [`PassiveHealth::unrest`]: the peer has failures (`fails > 0`).
+pub const FAILING: u8 = 1;
+/// A bit of [`PassiveHealth::unrest`]: failures took weight off the peer, or it is on its
+/// `slow_start` ramp.
+pub const REDUCED: u8 = 2;
+
 /// What passive health knows about one peer. Pure: every method takes `now` instead of reading
 /// a clock, and nothing here locks or allocates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,7 +59,7 @@ pub struct PassiveHealth {
     /// needs no fix-up (it is clamped to the current weight wherever it is read).
     penalty: u32,
     /// When the peer last came back (recovered, or was added by a reload): the start of its
-    /// `slow_start` ramp. `None` = never.
+    /// `slow_start` ramp. `None` = no ramp, or the last one is over.
     back_since: Option<Instant>,
 }
 
@@ -72,6 +78,24 @@ impl PassiveHealth {
     /// Failures counted so far (nginx's `fails`).
     pub fn fails(&self) -> u32 {
         self.fails
+    }
+
+    /// [`FAILING`] and [`REDUCED`]: 0 (at rest) for a peer with no failures, no weight penalty
+    /// and no ramp, the state of nearly every peer nearly always. At rest the peer is
+    /// available under any policy, weighs its full weight, and neither being chosen nor
+    /// answering changes anything here (`checked` only matters once `fails > 0`, and a
+    /// failure sets it), so a pick can leave this state alone ([`PeerState`]'s unlocked copy).
+    ///
+    /// [`PeerState`]: crate::upstream::PeerState
+    pub fn unrest(&self) -> u8 {
+        let mut bits = 0;
+        if self.fails > 0 {
+            bits |= FAILING;
+        }
+        if self.penalty > 0 || self.back_since.is_some() {
+            bits |= REDUCED;
+        }
+        bits
     }
 
     /// False while the peer has failed `max_fails` times and the current window (the last
@@ -123,7 +147,7 @@ impl PassiveHealth {
         self.back_since = Some(now);
     }
 
-    /// When the current or last `slow_start` ramp began.
+    /// When the current `slow_start` ramp began (`None`: no ramp, or it is over).
     pub fn back_since(&self) -> Option<Instant> {
         self.back_since
     }
@@ -132,13 +156,24 @@ impl PassiveHealth {
     /// `slow_start` ramp: what smooth weighted round robin adds for this pick.
     pub fn take_scaled_weight(&mut self, weight: u32, slow_start: Duration, now: Instant) -> u64 {
         let effective = self.take_effective_weight(weight);
-        scaled_weight(effective, slow_start, self.back_since, now)
+        scaled_weight(effective, slow_start, self.ramp(slow_start, now), now)
     }
 
     /// The configured `weight` in thousandths, on the `slow_start` ramp: what `least_conn`
     /// and `least_time` divide a peer's load by (nginx uses the configured weight there).
-    pub fn scaled_weight(&self, weight: u32, slow_start: Duration, now: Instant) -> u64 {
-        scaled_weight(weight, slow_start, self.back_since, now)
+    pub fn scaled_weight(&mut self, weight: u32, slow_start: Duration, now: Instant) -> u64 {
+        scaled_weight(weight, slow_start, self.ramp(slow_start, now), now)
+    }
+
+    /// The start of the ramp the peer is on at `now`, ending a ramp that has run its course
+    /// (so the peer can come to rest). A reload that lengthens `slow_start` after that does
+    /// not put a peer that already serves at full weight back on a ramp.
+    fn ramp(&mut self, slow_start: Duration, now: Instant) -> Option<Instant> {
+        let since = self.back_since?;
+        if now.saturating_duration_since(since) >= slow_start {
+            self.back_since = None;
+        }
+        self.back_since
     }
 
     /// Forgets all failures. nginx does this on every report for the only peer of a group

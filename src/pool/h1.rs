@@ -179,6 +179,32 @@ impl Conn {
         }
     }
 
+    /// This connection, served from now on by the event loop of thread `me` (the current one). A connection
+    /// another worker opened reports its readiness to that worker, which then has to wake this
+    /// one for every response (a context switch on each side); moving it costs two `epoll_ctl`
+    /// once. `None` if the socket cannot be registered here (it is closed).
+    pub(super) fn adopt(self, me: std::thread::ThreadId) -> Option<Self> {
+        if self.home == me {
+            return Some(self);
+        }
+        let Self {
+            stream,
+            buf,
+            read_size,
+            send_timeout,
+            ..
+        } = self;
+        let stream = TcpStream::from_std(stream.into_std().ok()?).ok()?;
+        Some(Self {
+            stream,
+            buf,
+            read_size,
+            send_timeout,
+            home: me,
+            read_timer: None,
+        })
+    }
+
     /// Readies a connection for the idle list: a read buffer grown for a large body is let go
     /// (an idle connection keeps at most a small one).
     pub(super) fn settle(&mut self) {

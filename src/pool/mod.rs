@@ -164,12 +164,15 @@ impl Pool {
         connect_timeout: Duration,
         send_timeout: Duration,
     ) -> Result<Conn, ConnectError> {
-        if let Some((io, age)) = self.take_idle(addr, now) {
-            return Ok(Conn {
-                io,
-                reused: true,
-                age,
-            });
+        let me = std::thread::current().id();
+        if let Some((io, age)) = self.take_idle(addr, now, me) {
+            if let Some(io) = io.adopt(me) {
+                return Ok(Conn {
+                    io,
+                    reused: true,
+                    age,
+                });
+            }
         }
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
@@ -187,9 +190,15 @@ impl Pool {
         })
     }
 
-    /// The newest usable idle connection to `addr`, this thread's first. Connections idle past
-    /// their `keepalive_timeout` or closed by the peer are dropped on the way.
-    fn take_idle(&self, addr: SocketAddr, now: Instant) -> Option<(h1::Conn, Age)> {
+    /// The newest usable idle connection to `addr`, thread `me`'s first (another thread's is
+    /// then moved to `me`'s event loop: [`h1::Conn::adopt`]). Connections idle past their
+    /// `keepalive_timeout` or closed by the peer are dropped on the way.
+    fn take_idle(
+        &self,
+        addr: SocketAddr,
+        now: Instant,
+        me: std::thread::ThreadId,
+    ) -> Option<(h1::Conn, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = &mut idle.get_mut(&addr)?.conns;
         // Put back oldest first, so the ones idle too long are at the front (after a reload
@@ -198,7 +207,6 @@ impl Pool {
         while list.front().is_some_and(|c| c.until <= now) {
             list.pop_front();
         }
-        let me = std::thread::current().id();
         loop {
             let i = list
                 .iter()
@@ -301,9 +309,10 @@ mod tests {
         assert_eq!(idle_count(&pool, addr), 4, "not idle long enough");
         pool.sweep(t0 + OVER_LIMIT_GRACE);
         let later = t0 + OVER_LIMIT_GRACE;
-        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr, later))
-            .map(|(conn, _)| port(&conn))
-            .collect();
+        let taken: Vec<u16> =
+            std::iter::from_fn(|| pool.take_idle(addr, later, std::thread::current().id()))
+                .map(|(conn, _)| port(&conn))
+                .collect();
         assert_eq!(
             taken,
             [ports[3], ports[2], ports[1]],
@@ -318,10 +327,62 @@ mod tests {
         }
         pool.checkin(addr, conns.next().unwrap(), age, 8, REUSE, later);
         pool.checkin(addr, conns.next().unwrap(), age, 2, REUSE, later);
-        let taken: Vec<u16> = std::iter::from_fn(|| pool.take_idle(addr, later))
-            .map(|(conn, _)| port(&conn))
-            .collect();
+        let taken: Vec<u16> =
+            std::iter::from_fn(|| pool.take_idle(addr, later, std::thread::current().id()))
+                .map(|(conn, _)| port(&conn))
+                .collect();
         assert_eq!(taken, [ports[4], ports[3]]);
+    }
+
+    #[test]
+    fn a_connection_another_thread_opened_moves_to_the_thread_that_takes_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An echo peer for one connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            std::io::copy(&mut peer.try_clone().unwrap(), &mut peer).unwrap();
+        });
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let pool = Arc::new(Pool::new());
+        let timeout = Duration::from_secs(5);
+        // Thread A opens it and parks it; then A's event loop is gone with its runtime.
+        let (a, opened) = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime().block_on(async {
+                    let conn = pool.checkout(addr, Instant::now(), timeout, timeout).await;
+                    let conn = conn.unwrap();
+                    let opened = port(&conn.io);
+                    pool.checkin(addr, conn.io, conn.age, 8, REUSE, Instant::now());
+                    (std::thread::current().id(), opened)
+                })
+            })
+            .join()
+            .unwrap()
+        });
+        // Thread B takes it: now on B's event loop, it still carries bytes both ways.
+        runtime().block_on(async {
+            let conn = pool.checkout(addr, Instant::now(), timeout, timeout).await;
+            let mut conn = conn.unwrap();
+            assert!(conn.reused && port(&conn.io) == opened, "the parked one");
+            assert_ne!(conn.io.home, a);
+            assert_eq!(conn.io.home, std::thread::current().id());
+            let stream = &mut conn.io.stream;
+            stream.write_all(b"ping").await.unwrap();
+            let mut got = [0; 4];
+            let read = tokio::time::timeout(timeout, stream.read_exact(&mut got)).await;
+            read.expect("the echo in time")
+                .expect("read from the moved connection");
+            assert_eq!(&got, b"ping");
+        });
+        drop(pool);
+        echo.join().unwrap();
     }
 
     #[tokio::test]
@@ -349,10 +410,13 @@ mod tests {
             }
         }
         let (conn, _) = pool
-            .take_idle(addr, Instant::now())
+            .take_idle(addr, Instant::now(), std::thread::current().id())
             .expect("the one within its timeout");
         assert_eq!(port(&conn), ports[1]);
-        assert!(pool.take_idle(addr, Instant::now()).is_none());
+        assert!(
+            pool.take_idle(addr, Instant::now(), std::thread::current().id())
+                .is_none()
+        );
         assert_eq!(idle_count(&pool, addr), 0, "the others were closed");
     }
 }

@@ -88,6 +88,17 @@ def ratio(a, b):
     return a / b
 
 
+def paired_ratio(a, b, metric):
+    """The median over repetitions of a's figure over b's in the same repetition (summaries from
+    `aggregate`). Targets run back to back within a repetition, minutes apart across them, so a
+    ratio taken within one compares them in the same phase of a machine whose speed drifts;
+    the ratio of the medians would pair figures from different phases."""
+    if not a or not b:
+        return None
+    ra, rb = a.get(metric + "_by_rep", {}), b.get(metric + "_by_rep", {})
+    return median([ratio(ra[k], rb[k]) for k in ra if k in rb])
+
+
 def fmt(v, digits=1):
     if v is None:
         return "–"
@@ -123,15 +134,17 @@ def aggregate(records):
             key = f"f-{rec['method']}" if variant == "kill" else f"f-{variant}-{rec['method']}"
         if s == "h":
             key = f"h-w{rec['workers']}"
-        groups.setdefault(key, {}).setdefault(rec["proxy"], []).append(metrics(rec))
+        groups.setdefault(key, {}).setdefault(rec["proxy"], []).append((rec["rep"], metrics(rec)))
     out = {}
     for key, by_proxy in groups.items():
         out[key] = {}
-        for proxy, runs in by_proxy.items():
+        for proxy, reps_runs in by_proxy.items():
+            runs = [r for _, r in reps_runs]
             names = sorted({k for r in runs for k in r})
             summary = {"reps": len(runs)}
             for n in names:
                 vals = [r.get(n) for r in runs]
+                summary[n + "_by_rep"] = {rep: r.get(n) for rep, r in reps_runs}
                 if n in ("errors", "socket_errors", "non2xx", "reloads", "requests"):
                     summary[n + "_total"] = sum(v for v in vals if v is not None)
                 summary[n] = median(vals)
@@ -202,7 +215,10 @@ def render(agg, meta, profile_text, records):
     )
     L.append(
         f"- method: {m['reps']} repetition(s), targets interleaved within each repetition (order rotated), "
-        f"each measurement {m['duration_s']} s after a {m['warmup_s']} s warm-up, medians over repetitions; "
+        f"each measurement {m['duration_s']} s after a {m['warmup_s']} s warm-up; figures are medians over "
+        "repetitions, ratios the median of the ratios within each repetition (the targets of one repetition run "
+        "back to back, so its ratio compares them in the same phase of the machine, whose speed drifts over a "
+        "run); "
         "every measurement starts the proxy afresh. Proxy pinned alone to CPU 1 (`taskset -c 1`); wrk "
         "(1 thread), the two nginx origins and the idle-connection client pinned to CPU 0."
     )
@@ -232,8 +248,8 @@ def render(agg, meta, profile_text, records):
         vals = {p: g.get(p, {}).get(metric) for p in PROXIES}
         if all(x is None for x in vals.values()):
             continue
-        rh = ratio(vals["haproxy"], vals["nginx"])
-        ri = ratio(vals["imbang"], vals["nginx"])
+        rh = paired_ratio(g.get("haproxy"), g.get("nginx"), metric)
+        ri = paired_ratio(g.get("imbang"), g.get("nginx"), metric)
         digits = 2 if metric in ("p50_ms", "p99_ms", "cpu_us_per_req", "cpu_util") else 1
         tgt = f"{'≤' if target[0] == '<=' else '≥'} {target[1]}×" if target else ""
         res = check(target[0], target[1], ri) if target else ""
@@ -251,7 +267,7 @@ def render(agg, meta, profile_text, records):
         im = agg.get("c", {}).get("imbang", {}).get("cpu_us_per_mib")
         L.append(
             f"| (c) reference: nginx with `proxy_buffers 8 64k` (not the shared config): CPU µs per MiB | "
-            f"{fmt(ref)} | | | | {fmt_ratio(ratio(im, ref))} (imbang / this) | | |"
+            f"{fmt(ref)} | | | | {fmt_ratio(paired_ratio(agg['c'].get('imbang'), agg['c']['nginx-buf64k'], 'cpu_us_per_mib'))} (imbang / this) | | |"
         )
     if "d" not in agg:
         L.append("| (d) h2c downstream (h2load) | – | – | – | – | – | ≥ 1.6× | not measured in this run |")
@@ -289,7 +305,7 @@ def render(agg, meta, profile_text, records):
         L.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
         for p in ("nginx", "imbang"):
             one, two = hs[1].get(p, {}), hs[2].get(p, {})
-            r = ratio(two.get("rps"), one.get("rps"))
+            r = paired_ratio(two, one, "rps")
             tgt = "≥ 1.8×" if p == "imbang" else ""
             res = check(">=", 1.8, r) if p == "imbang" else ""
             L.append(
@@ -404,7 +420,7 @@ def main():
         g = agg.get(key, {})
         n = g.get("nginx", {}).get(metric)
         ratios[f"{key}.{metric}"] = {
-            p: ratio(g.get(p, {}).get(metric), n) for p in ("haproxy", "imbang")
+            p: paired_ratio(g.get(p), g.get("nginx"), metric) for p in ("haproxy", "imbang")
         }
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "summary": agg, "ratios_to_nginx": ratios, "raw": records}, f, indent=1)

@@ -703,14 +703,19 @@ fn until_a_succeeds(group: &UpstreamGroup, now: Instant) {
     panic!("a never picked");
 }
 
-#[test]
-fn a_recovered_peer_climbs_back_to_its_weight_over_slow_start() {
-    // a: slow_start=10s; a and b weight 1. a fails, sits out fail_timeout, its trial succeeds.
-    let group = group(&[1, 1], |i, spec| {
+/// Peers `a` and `b` of weight 1, `a` with `slow_start=10s`.
+fn a_with_slow_start() -> UpstreamGroup {
+    group(&[1, 1], |i, spec| {
         if i == 0 {
             spec.slow_start = 10 * SEC;
         }
-    });
+    })
+}
+
+#[test]
+fn a_recovered_peer_climbs_back_to_its_weight_over_slow_start() {
+    // a: slow_start=10s; a and b weight 1. a fails, sits out fail_timeout, its trial succeeds.
+    let group = a_with_slow_start();
     let t0 = Instant::now();
     group.pick(&mut Tried::new(), t0).unwrap().failure(t0);
     let t1 = t0 + 11 * SEC;
@@ -732,11 +737,7 @@ fn a_peer_is_at_rest_again_once_forgiven_at_full_weight_and_off_its_ramp() {
     // At rest (unrest 0), picks, choices and successes skip the peer's health lock; the
     // sequences above check the choices, this the bookkeeping that decides which path runs.
     use crate::upstream::health::passive::{FAILING, REDUCED};
-    let group = group(&[1, 1], |i, spec| {
-        if i == 0 {
-            spec.slow_start = 10 * SEC;
-        }
-    });
+    let group = a_with_slow_start();
     let t0 = Instant::now();
     assert_eq!(state(&group, 'a').unrest(), 0, "a new peer is at rest");
     group.pick(&mut Tried::new(), t0).unwrap().failure(t0);

@@ -402,6 +402,11 @@ def main():
         if os.path.exists(path):
             profile_text += ("\n" if profile_text else "") + open(path).read()
     text, profile_text = render(agg, meta, profile_text, records)
+    # What the missed targets need, right under the tables (hand-written, as the profile).
+    missed = os.path.join(here, "MISSED.md")
+    if os.path.exists(missed):
+        notes = "\nNotes on the scenarios:"
+        text = text.replace(notes, "\n" + open(missed).read() + notes, 1)
     confs = []
     for name in ("proxy-w1.conf", "haproxy.cfg"):
         p = os.path.join(work, name)

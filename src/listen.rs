@@ -13,10 +13,14 @@ const BACKLOG: i32 = 511;
 /// can both be bound), non-blocking. Then, as HAProxy's `tcp-smart-accept` (its default for
 /// HTTP): `TCP_QUICKACK` off on the listening socket, which accepted sockets inherit, so a
 /// request is acknowledged by its response rather than by an ACK of its own (one segment fewer
-/// per connection; set after `listen`, which resets it).
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// per connection; set after `listen`, which resets it). `reuseport`: `SO_REUSEPORT` too, so
+/// that each worker can bind a socket of its own to the same address (`listen ... reuseport`).
+pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -37,11 +41,15 @@ pub fn bind_error(addr: SocketAddr, e: &io::Error) -> String {
 }
 
 /// Binds every address, or none: on the first failure the ones already bound are closed.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
+/// `reuseport`: the addresses bound with `SO_REUSEPORT`.
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    reuseport: &[SocketAddr],
+) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
     addrs
         .iter()
         .map(|&addr| {
-            bind(addr)
+            bind(addr, reuseport.contains(&addr))
                 .map(|l| (addr, l))
                 .map_err(|e| bind_error(addr, &e))
         })

@@ -258,7 +258,8 @@ impl WorkerThreads {
 /// nginx's worker model on threads: `n` current-thread runtimes, the main thread's first (it
 /// also runs signals and reloads), each accepting on the shared listening sockets and serving the
 /// connections it accepted. Chosen over tokio's work-stealing runtime by measurement
-/// (bench/RESULTS.md): no cross-thread wake-ups on the request path.
+/// (bench/PROFILE.md, session 10: 2.7% fewer instructions per request, level in time): no
+/// cross-thread wake-ups on the request path.
 fn start_workers(n: usize) -> std::io::Result<(tokio::runtime::Runtime, WorkerThreads)> {
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()

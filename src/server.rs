@@ -102,7 +102,7 @@ impl Server {
                 None => missing.push(addr),
             }
         }
-        bound.extend(listen::bind_all(&missing)?);
+        bound.extend(listen::bind_all(&missing, &snapshot.reuseport)?);
         Ok(bound)
     }
 
@@ -124,8 +124,9 @@ impl Server {
         bound: Vec<(SocketAddr, std::net::TcpListener)>,
     ) -> std::io::Result<()> {
         let mut listeners = self.listeners.lock().await;
+        let snapshot = self.snapshot();
         for (key, socket) in bound {
-            let listening = self.accept_on(key, socket)?;
+            let listening = self.accept_on(key, socket, snapshot.reuseport.contains(&key))?;
             listeners.insert(key, listening);
         }
         Ok(())
@@ -146,10 +147,15 @@ impl Server {
 
     /// Starts accepting on `socket` in every worker runtime (each runs its own accept loop on
     /// the same listening socket, and serves the connections it accepts, as nginx's workers do).
+    /// `reuseport`: every worker but the first binds a socket of its own to the same address
+    /// (`SO_REUSEPORT`), and the kernel spreads new connections over them; a worker that cannot
+    /// (the socket came from a process or from systemd without `SO_REUSEPORT`) accepts on the
+    /// shared one.
     fn accept_on(
         self: &Arc<Self>,
         key: SocketAddr,
         socket: std::net::TcpListener,
+        reuseport: bool,
     ) -> std::io::Result<Listening> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
@@ -165,11 +171,25 @@ impl Server {
                     .accept_loop(key, socket.try_clone()?, stop.clone()),
             );
         } else {
-            for worker in &workers {
-                let loop_ = self
-                    .clone()
-                    .accept_loop(key, socket.try_clone()?, stop.clone());
-                worker.spawn(loop_);
+            for (i, worker) in workers.iter().enumerate() {
+                let own = if reuseport && i > 0 {
+                    listen::bind(local, true)
+                        .inspect_err(|e| {
+                            log!(
+                                Warn,
+                                "worker {i} accepts on the shared socket of {key}: bind() to {local} with SO_REUSEPORT failed ({})",
+                                error_log::errno_text(e)
+                            )
+                        })
+                        .ok()
+                } else {
+                    None
+                };
+                let socket = match own {
+                    Some(own) => own,
+                    None => socket.try_clone()?,
+                };
+                worker.spawn(self.clone().accept_loop(key, socket, stop.clone()));
             }
         }
         log!(Notice, "listening on {key} (bound to {local})");
@@ -280,16 +300,17 @@ impl Server {
             .copied()
             .filter(|a| !listeners.contains_key(a))
             .collect();
-        let bound = listen::bind_all(&new).map_err(ReloadError::Bind)?;
+        let bound = listen::bind_all(&new, &snapshot.reuseport).map_err(ReloadError::Bind)?;
         let gone: Vec<SocketAddr> = listeners
             .keys()
             .copied()
             .filter(|a| !snapshot.bind.contains(a))
             .collect();
         error_log::install(log);
+        let reuseport = snapshot.reuseport.clone();
         self.shared.live.swap(snapshot);
         for (key, socket) in bound {
-            match self.accept_on(key, socket) {
+            match self.accept_on(key, socket, reuseport.contains(&key)) {
                 Ok(l) => {
                     listeners.insert(key, l);
                 }

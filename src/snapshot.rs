@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Addresses to bind: every configured one, except a specific address whose port a wildcard
     /// of the same family already covers (nginx binds only the wildcard then).
     pub bind: Vec<SocketAddr>,
+    /// The addresses of `bind` whose `listen` says `reuseport`: a socket for each worker.
+    pub reuseport: Vec<SocketAddr>,
     /// `[warn]` lines found while compiling (beside the config's own warnings).
     pub warnings: Vec<String>,
     /// Every access-log file this configuration writes (for USR1).
@@ -225,11 +227,13 @@ impl Snapshot {
             return Err(errors);
         }
         let bind = bind_addresses(vhosts.keys().copied());
+        let reuseport = reuseport_addresses(&config, &bind, &mut warnings);
         Ok(Self {
             config,
             vhosts,
             groups,
             bind,
+            reuseport,
             warnings,
             log_files: logs.into_files(),
         })
@@ -276,6 +280,35 @@ fn bind_addresses(addrs: impl Iterator<Item = SocketAddr>) -> Vec<SocketAddr> {
         .collect();
     bind.sort();
     bind
+}
+
+/// The bound addresses a `listen ... reuseport` asks a socket per worker for. A specific address
+/// that a wildcard on its port covers is not bound apart (nginx would, `reuseport` implying
+/// `bind`): its `reuseport` is warned about and has no effect.
+fn reuseport_addresses(
+    config: &Config,
+    bind: &[SocketAddr],
+    warnings: &mut Vec<String>,
+) -> Vec<SocketAddr> {
+    let listens = config
+        .http
+        .iter()
+        .flat_map(|h| &h.servers)
+        .flat_map(|s| &s.listens);
+    let mut reuseport = Vec::new();
+    for listen in listens.filter(|l| l.reuseport) {
+        if bind.contains(&listen.addr) {
+            reuseport.push(listen.addr);
+        } else {
+            warnings.push(format!(
+                "the \"reuseport\" parameter of \"listen {}\" has no effect: the wildcard listen on port {} serves the address (imbang does not bind it apart) in {}",
+                listen.addr,
+                listen.addr.port(),
+                listen.location
+            ));
+        }
+    }
+    reuseport
 }
 
 fn route_error(e: crate::route::RouteError) -> ConfigError {

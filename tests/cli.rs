@@ -10,8 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::{
-    ImbangGuard, Output, TempDir, backend, bound_port, imbang_bin, process_alive, request,
-    run_imbang, wait_child, wait_exited, wait_pid_file,
+    ImbangGuard, Output, TempDir, backend, bound_port, free_port, imbang_bin, process_alive,
+    request, run_imbang, wait_child, wait_exited, wait_pid_file,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -263,6 +263,35 @@ http {
     // -q keeps warnings (as nginx: it suppresses only the non-error messages of the test).
     let out = run_imbang(dir.path(), &["-t", "-q", "-p", &p, "-c", c]).await;
     assert_output(&out, 0, "", &warn);
+}
+
+#[tokio::test]
+async fn t_warns_that_reuseport_on_an_address_a_wildcard_serves_has_no_effect() {
+    let (dir, p) = prefix_dir("cli-t-reuseport");
+    let conf = dir.write(
+        "imbang.conf",
+        "events {}
+http {
+    access_log off;
+    server { listen 8080; }
+    server { listen 127.0.0.1:8080 reuseport; }
+}
+",
+    );
+    let c = s(&conf);
+    let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;
+    assert_output(
+        &out,
+        0,
+        "",
+        &format!(
+            "imbang: [warn] the \"reuseport\" parameter of \"listen 127.0.0.1:8080\" has no \
+             effect: the wildcard listen on port 8080 serves the address (imbang does not bind it \
+             apart) in {c}:5:14\n\
+             imbang: the configuration file {c} syntax is ok\n\
+             imbang: configuration file {c} test is successful\n"
+        ),
+    );
 }
 
 #[tokio::test]
@@ -736,4 +765,120 @@ http {{
         "a pid file was written by a failed start"
     );
     drop(taken);
+}
+
+/// How many sockets listen on 127.0.0.1:`port` (state LISTEN in the kernel's table).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn reuseport_gives_each_worker_a_listening_socket_of_its_own() {
+    let (dir, prefix) = prefix_dir("cli-reuseport");
+    let (shared, own) = (free_port(), free_port());
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; worker_processes 2; pid logs/imbang.pid; error_log logs/error.log notice;
+events {{}}
+http {{
+    access_log off;
+    server {{ listen 127.0.0.1:{shared}; return 200 shared; }}
+    server {{ listen 127.0.0.1:{own} reuseport; return 200 own; }}
+}}
+"
+        ),
+    );
+    let mut guard = ImbangGuard::new(dir.path().join("logs/imbang.pid"));
+    guard.child = Some(
+        std::process::Command::new(imbang_bin())
+            .args(["-p", &prefix, "-c", "imbang.conf"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn imbang"),
+    );
+    wait_pid_file(&guard.pid_file, WAIT).await;
+    assert_eq!(
+        listening_sockets(shared),
+        1,
+        "one socket both workers accept on"
+    );
+    assert_eq!(listening_sockets(own), 2, "a socket for each worker");
+    // The kernel puts each new connection in one socket's queue: twenty connections all answered
+    // means both workers accept on theirs (one that nobody accepts on would wait for good).
+    for i in 0..20 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], own));
+        let answer = tokio::time::timeout(WAIT, get(addr, "/"))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} not accepted"));
+        assert_eq!(answer, (200, "own".to_owned()));
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], shared));
+    assert_eq!(get(addr, "/").await, (200, "shared".to_owned()));
+}
+
+#[tokio::test]
+async fn reuseport_on_a_socket_handed_down_without_it_is_shared_with_a_warning() {
+    let (dir, prefix) = prefix_dir("cli-reuseport-inherited");
+    let port = free_port();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; worker_processes 2; pid logs/imbang.pid; error_log logs/error.log notice;
+events {{}}
+http {{
+    access_log off;
+    server {{ listen 127.0.0.1:{port} reuseport; return 200 ok; }}
+}}
+"
+        ),
+    );
+    // As systemd's socket activation does: the socket bound without SO_REUSEPORT, passed as
+    // fd 3 with LISTEN_FDS=1 to the process imbang becomes.
+    let launcher = "import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(16)
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ['LISTEN_FDS'] = '1'
+os.environ['LISTEN_PID'] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+";
+    let mut guard = ImbangGuard::new(dir.path().join("logs/imbang.pid"));
+    guard.child = Some(
+        std::process::Command::new("python3")
+            .args(["-c", launcher, &port.to_string()])
+            .arg(imbang_bin())
+            .args(["-p", &prefix, "-c", "imbang.conf"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn python3"),
+    );
+    let pid = wait_pid_file(&guard.pid_file, WAIT).await;
+    assert_logged(
+        &dir,
+        &format!(
+            "[warn] {pid}#0: worker 1 accepts on the shared socket of 127.0.0.1:{port}: bind() \
+             to 127.0.0.1:{port} with SO_REUSEPORT failed (98: Address already in use)"
+        ),
+    );
+    assert_eq!(listening_sockets(port), 1, "the one socket handed down");
+    for i in 0..20 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let answer = tokio::time::timeout(WAIT, get(addr, "/"))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} not accepted"));
+        assert_eq!(answer, (200, "ok".to_owned()));
+    }
 }

@@ -540,7 +540,7 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|d| self.server(d, &frame, &mut upstreams))
             .collect();
-        self.check_default_servers(&servers);
+        self.check_listens(&servers);
         error_log.append(&mut self.inner_error_logs);
         Http {
             servers,
@@ -986,6 +986,7 @@ impl<'a> Lower<'a> {
             listens.push(ListenSpec {
                 addr: SocketAddr::from(([0, 0, 0, 0], self.opts.default_listen_port)),
                 default_server: false,
+                reuseport: false,
                 location: self.at(d.span),
             });
         }
@@ -1026,10 +1027,12 @@ impl<'a> Lower<'a> {
             }
         };
         let mut default_server = false;
+        let mut reuseport = false;
         for p in &d.args[1..] {
             let name = p.value.split('=').next().unwrap_or_default();
             match name {
                 "default_server" | "default" => default_server = true,
+                "reuseport" => reuseport = true,
                 "ssl" | "quic" | "proxy_protocol" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
@@ -1040,12 +1043,11 @@ impl<'a> Lower<'a> {
                 // h2c with prior knowledge is served on every listener (the preface is
                 // recognised), so the parameter asks for nothing more.
                 "http2" => {}
-                "reuseport" | "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind"
-                | "ipv6only" | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self
-                    .warn(
-                        format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),
-                        p.span,
-                    ),
+                "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind" | "ipv6only"
+                | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self.warn(
+                    format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),
+                    p.span,
+                ),
                 _ => self.invalid(format!("invalid parameter \"{}\"", p.value), p.span),
             }
         }
@@ -1057,6 +1059,7 @@ impl<'a> Lower<'a> {
             listens.push(ListenSpec {
                 addr,
                 default_server,
+                reuseport,
                 location: self.at(d.span),
             });
         }
@@ -1093,16 +1096,23 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn check_default_servers(&mut self, servers: &[Server]) {
-        let mut defaults: HashMap<SocketAddr, ()> = HashMap::new();
+    /// One `default_server` per address, and (nginx's rule for socket options) one `listen`
+    /// per address that says `reuseport`.
+    fn check_listens(&mut self, servers: &[Server]) {
+        let mut defaults = HashSet::new();
+        let mut options = HashSet::new();
         for listen in servers.iter().flat_map(|s| &s.listens) {
-            if listen.default_server && defaults.insert(listen.addr, ()).is_some() {
-                let message = format!("a duplicate default server for {}", listen.addr);
-                self.errors.push(ConfigError::new(
-                    ErrorKind::Invalid(message),
-                    Some(listen.location.clone()),
-                ));
-            }
+            let message = if listen.default_server && !defaults.insert(listen.addr) {
+                format!("a duplicate default server for {}", listen.addr)
+            } else if listen.reuseport && !options.insert(listen.addr) {
+                format!("duplicate listen options for {}", listen.addr)
+            } else {
+                continue;
+            };
+            self.errors.push(ConfigError::new(
+                ErrorKind::Invalid(message),
+                Some(listen.location.clone()),
+            ));
         }
     }
 

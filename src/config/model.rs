@@ -158,6 +158,9 @@ pub struct ListenSpec {
     /// The address to bind; `0.0.0.0:port` / `[::]:port` for a wildcard.
     pub addr: SocketAddr,
     pub default_server: bool,
+    /// `reuseport`: a listening socket of its own for each worker (`SO_REUSEPORT`), the kernel
+    /// spreading new connections over them, instead of one socket all workers accept on.
+    pub reuseport: bool,
     /// `path:line:col` of the `listen` directive (for bind errors).
     pub location: String,
 }

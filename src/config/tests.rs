@@ -186,6 +186,37 @@ fn listen_forms_and_defaults() {
 }
 
 #[test]
+fn reuseport_is_taken_and_said_once_per_address() {
+    let c = ok("http { server { listen 8080 reuseport; } server { listen 8080; listen 81; } }");
+    let reuseport_warnings: Vec<String> = warnings(&c)
+        .into_iter()
+        .filter(|w| w.contains("reuseport"))
+        .collect();
+    assert_eq!(reuseport_warnings, Vec::<String>::new());
+    let http = c.http.unwrap();
+    let l: Vec<(String, bool)> = http
+        .servers
+        .iter()
+        .flat_map(|s| &s.listens)
+        .map(|l| (l.addr.to_string(), l.reuseport))
+        .collect();
+    assert_eq!(
+        l,
+        [
+            ("0.0.0.0:8080".into(), true),
+            ("0.0.0.0:8080".into(), false),
+            ("0.0.0.0:81".into(), false)
+        ]
+    );
+    let dup =
+        errors("http { server { listen 8080 reuseport; } server { listen 8080 reuseport; } }");
+    assert_eq!(
+        dup,
+        ["duplicate listen options for 0.0.0.0:8080 in /etc/imbang/t.conf:1:51"]
+    );
+}
+
+#[test]
 fn proxy_pass_uri_in_regex_location_is_an_error() {
     let got = errors(
         "http { upstream u { server 127.0.0.1:1; } server { location ~ \\.php$ { proxy_pass http://u/x; } } }",

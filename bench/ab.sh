@@ -8,8 +8,9 @@
 # reference.
 #
 #   bench/ab.sh [--rounds N] [--secs S] [--close|--h2|--big] [--workers N] [--port-base P]
-#               NAME=BINARY... [nginx]
-# With --workers 2 the proxy runs on both CPUs (beside the load generator on CPU 0).
+#               NAME=BINARY[,reuseport]... [nginx[,reuseport]]
+# With --workers 2 the proxy runs on both CPUs (beside the load generator on CPU 0); `,reuseport`
+# runs that target with `listen ... reuseport` (a listening socket per worker).
 #
 # Layout as in run.sh: the proxy pinned to CPU 1, wrk and the origins to CPU 0. Run it on a quiet
 # machine; it only starts (and stops, by pid) its own processes.
@@ -67,6 +68,10 @@ http {
 }
 EOF
 
+# The same with a listening socket per worker, for targets named with `,reuseport`.
+sed 's/listen 127.0.0.1:\([0-9]*\);/listen 127.0.0.1:\1 reuseport;/; s/ http2;/ reuseport http2;/' \
+  "$W/proxy.conf" > "$W/proxy-reuseport.conf"
+
 wait_port() {
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
   echo "nothing listens on port $1 (logs in $W/logs)" >&2; cat "$W"/logs/*.out >&2; return 1
@@ -91,13 +96,14 @@ for r in $(seq "$ROUNDS"); do
   n=${#TARGETS[@]}
   for k in $(seq 0 $((n - 1))); do
     t=${TARGETS[$(((k + r) % n))]}
-    name=${t%%=*}; bin=${t#*=}
+    name=${t%%=*}; bin=${t#*=} conf=proxy.conf
+    case "$bin" in *,reuseport) bin=${bin%,reuseport} conf=proxy-reuseport.conf ;; esac
     rm -f "$W/proxy.pid"
     cpus=1; [ "$WORKERS" -gt 1 ] && cpus=0,1
-    if [ "$t" = nginx ]; then
-      taskset -c $cpus nginx -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
+    if [ "$bin" = nginx ]; then
+      taskset -c $cpus nginx -p "$W/" -c "$W/$conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     else
-      taskset -c $cpus "$bin" -p "$W/" -c "$W/proxy.conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
+      taskset -c $cpus "$bin" -p "$W/" -c "$W/$conf" >"$W/logs/proxy.out" 2>&1 & pid=$!
     fi
     wait_port $((BASE + 80))
     if [ "$H2" = 1 ]; then

@@ -351,14 +351,7 @@ async fn buffered_lines_survive(tag: &str, stop: impl FnOnce(&Path, &str, i32)) 
         ),
     );
     let prefix = format!("{}/", dir.path().display());
-    let mut guard = ImbangGuard::new(dir.path().join("logs/imbang.pid"));
-    guard.child = Some(
-        std::process::Command::new(imbang_bin())
-            .args(["-p", &prefix, "-c", "imbang.conf"])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut guard = ImbangGuard::start(&prefix);
     let pid = wait_pid_file(&guard.pid_file, Duration::from_secs(10)).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     for path in ["/1", "/2", "/3"] {

@@ -781,6 +781,19 @@ fn listening_sockets(port: u16) -> usize {
         .count()
 }
 
+/// Twenty new connections to 127.0.0.1:`port`, each answered `body`. The kernel puts each new
+/// connection in one listening socket's queue: all answered means every worker accepts on the
+/// socket it has (one that nobody accepts on would leave its connections waiting for good).
+async fn twenty_answered(port: u16, body: &str) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for i in 0..20 {
+        let answer = tokio::time::timeout(WAIT, get(addr, "/"))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} not accepted"));
+        assert_eq!(answer, (200, body.to_owned()));
+    }
+}
+
 #[tokio::test]
 async fn reuseport_gives_each_worker_a_listening_socket_of_its_own() {
     let (dir, prefix) = prefix_dir("cli-reuseport");
@@ -798,14 +811,7 @@ http {{
 "
         ),
     );
-    let mut guard = ImbangGuard::new(dir.path().join("logs/imbang.pid"));
-    guard.child = Some(
-        std::process::Command::new(imbang_bin())
-            .args(["-p", &prefix, "-c", "imbang.conf"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn imbang"),
-    );
+    let guard = ImbangGuard::start(&prefix);
     wait_pid_file(&guard.pid_file, WAIT).await;
     assert_eq!(
         listening_sockets(shared),
@@ -813,15 +819,7 @@ http {{
         "one socket both workers accept on"
     );
     assert_eq!(listening_sockets(own), 2, "a socket for each worker");
-    // The kernel puts each new connection in one socket's queue: twenty connections all answered
-    // means both workers accept on theirs (one that nobody accepts on would wait for good).
-    for i in 0..20 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], own));
-        let answer = tokio::time::timeout(WAIT, get(addr, "/"))
-            .await
-            .unwrap_or_else(|_| panic!("connection {i} not accepted"));
-        assert_eq!(answer, (200, "own".to_owned()));
-    }
+    twenty_answered(own, "own").await;
     let addr = SocketAddr::from(([127, 0, 0, 1], shared));
     assert_eq!(get(addr, "/").await, (200, "shared".to_owned()));
 }
@@ -874,11 +872,5 @@ os.execv(sys.argv[2], sys.argv[2:])
         ),
     );
     assert_eq!(listening_sockets(port), 1, "the one socket handed down");
-    for i in 0..20 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let answer = tokio::time::timeout(WAIT, get(addr, "/"))
-            .await
-            .unwrap_or_else(|_| panic!("connection {i} not accepted"));
-        assert_eq!(answer, (200, "ok".to_owned()));
-    }
+    twenty_answered(port, "ok").await;
 }

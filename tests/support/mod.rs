@@ -686,6 +686,20 @@ impl ImbangGuard {
         }
     }
 
+    /// imbang started in the foreground on `prefix` (ending in `/`), with the `imbang.conf`
+    /// there, whose pid file is `logs/imbang.pid`.
+    pub fn start(prefix: &str) -> Self {
+        let mut guard = Self::new(Path::new(prefix).join("logs/imbang.pid"));
+        guard.child = Some(
+            std::process::Command::new(imbang_bin())
+                .args(["-p", prefix, "-c", "imbang.conf"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn imbang"),
+        );
+        guard
+    }
+
     fn kill_daemon(pid: i32) {
         if process_alive(pid) && is_imbang(pid) {
             let _ = nix::sys::signal::kill(

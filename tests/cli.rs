@@ -38,6 +38,14 @@ fn assert_output(out: &Output, code: i32, stdout: &str, stderr: &str) {
 }
 
 /// The error log's lines without their timestamp (`2026/11/24 22:00:00 `).
+/// What `-t` prints on stderr for a good configuration `c`, after any warnings.
+fn test_ok(c: &str) -> String {
+    format!(
+        "imbang: the configuration file {c} syntax is ok\n\
+         imbang: configuration file {c} test is successful\n"
+    )
+}
+
 fn log_lines(dir: &TempDir) -> Vec<String> {
     std::fs::read_to_string(dir.path().join("logs/error.log"))
         .unwrap_or_default()
@@ -88,15 +96,7 @@ async fn t_on_a_good_config_prints_nginx_s_two_lines_and_q_silences_them() {
     let c = s(&conf);
 
     let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;
-    assert_output(
-        &out,
-        0,
-        "",
-        &format!(
-            "imbang: the configuration file {c} syntax is ok\n\
-             imbang: configuration file {c} test is successful\n"
-        ),
-    );
+    assert_output(&out, 0, "", &test_ok(c));
 
     let out = run_imbang(dir.path(), &["-t", "-q", "-p", &p, "-c", c]).await;
     assert_output(&out, 0, "", "");
@@ -251,15 +251,7 @@ http {
     );
 
     let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;
-    assert_output(
-        &out,
-        0,
-        "",
-        &format!(
-            "{warn}imbang: the configuration file {c} syntax is ok\n\
-             imbang: configuration file {c} test is successful\n"
-        ),
-    );
+    assert_output(&out, 0, "", &format!("{warn}{}", test_ok(c)));
     // -q keeps warnings (as nginx: it suppresses only the non-error messages of the test).
     let out = run_imbang(dir.path(), &["-t", "-q", "-p", &p, "-c", c]).await;
     assert_output(&out, 0, "", &warn);
@@ -287,9 +279,8 @@ http {
         &format!(
             "imbang: [warn] the \"reuseport\" parameter of \"listen 127.0.0.1:8080\" has no \
              effect: the wildcard listen on port 8080 serves the address (imbang does not bind it \
-             apart) in {c}:5:14\n\
-             imbang: the configuration file {c} syntax is ok\n\
-             imbang: configuration file {c} test is successful\n"
+             apart) in {c}:5:14\n{}",
+            test_ok(c)
         ),
     );
 }
@@ -306,10 +297,7 @@ async fn capital_t_dumps_every_file_after_testing() {
         &out,
         0,
         &format!("# configuration file {c}:\n{GOOD}\n# configuration file {site}:\n{SITE}\n"),
-        &format!(
-            "imbang: the configuration file {c} syntax is ok\n\
-             imbang: configuration file {c} test is successful\n"
-        ),
+        &test_ok(c),
     );
 }
 
@@ -373,15 +361,7 @@ async fn a_relative_c_is_relative_to_the_prefix_not_the_working_directory() {
     ] {
         let out = run_imbang(elsewhere.path(), &args).await;
         let path = format!("{p}/{file}");
-        assert_output(
-            &out,
-            0,
-            "",
-            &format!(
-                "imbang: the configuration file {path} syntax is ok\n\
-                 imbang: configuration file {path} test is successful\n"
-            ),
-        );
+        assert_output(&out, 0, "", &test_ok(&path));
     }
 }
 

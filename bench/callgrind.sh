@@ -10,9 +10,13 @@
 # an instruction is not a cycle (a `rep stosb` counts once per byte). Each proxy runs twice, with
 # N1 and N2 requests after a warm-up; the difference divided by N2 - N1 leaves out start-up.
 #
-#   bench/callgrind.sh [--keep] [--imbang] [--close|--h2] [N1 N2]
-#     default 2000 12000 requests (--close: 1000 5000); --keep keeps the profiles; --imbang: imbang alone;
+#   bench/callgrind.sh [--keep] [--imbang] [--close|--h2|--conc C] [N1 N2]
+#     default 2000 12000 requests (--close: 1000 5000; --conc: 4000 24000); --keep keeps the
+#     profiles; --imbang: imbang alone;
 #     --close: a new connection for each request (scenario (b)) instead of keep-alive (a);
+#     --conc C: keep-alive GETs with C connections in flight (h2load --h1), against the real
+#     imbang binary, nginx and HAProxy: where a worker serves many requests at once (one at a
+#     time, the default, puts the event loop's per-wait costs on every request);
 #     --h2: h2c (scenario (d)): h2load, 10 connections x 10 streams, against the real imbang
 #     binary (target/release/imbang, built here), nginx and HAProxy on the same origins
 #   ALLOCATOR=mimalloc bench/callgrind.sh ...   imbang on mimalloc (glibc's malloc otherwise)
@@ -20,19 +24,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KEEP=0 ONLY=0 MODE=proxy-only CLOSE= H2=0 WHAT="keep-alive GET"
+KEEP=0 ONLY=0 MODE=proxy-only CLOSE= H2=0 CONC=0 WHAT="keep-alive GET"
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) KEEP=1; shift ;;
     --imbang) ONLY=1; shift ;;
     --close) MODE=proxy-close CLOSE=close WHAT="GET on a new connection"; shift ;;
     --h2) H2=1 WHAT="h2c GET (h2load, 10 connections x 10 streams)"; shift ;;
+    --conc) CONC=$2 WHAT="keep-alive GET, $2 connections in flight (h2load --h1)"; shift 2 ;;
     *) break ;;
   esac
 done
-if [ -n "$CLOSE" ]; then N1=${1:-1000} N2=${2:-5000}; else N1=${1:-2000} N2=${2:-12000}; fi
+if [ -n "$CLOSE" ]; then N1=${1:-1000} N2=${2:-5000}
+elif [ "$CONC" != 0 ]; then N1=${1:-4000} N2=${2:-24000}
+else N1=${1:-2000} N2=${2:-12000}; fi
+# Both drive the real binary with h2load (the default and --close: the in-process harness).
+REAL=0
+{ [ $H2 = 1 ] || [ "$CONC" != 0 ]; } && REAL=1
 TOOLS=(valgrind callgrind_annotate)
-[ $H2 = 1 ] && TOOLS+=(h2load)
+[ $REAL = 1 ] && TOOLS+=(h2load)
 for tool in "${TOOLS[@]}"; do
   command -v $tool >/dev/null || { echo "callgrind.sh: $tool missing (apt-get install valgrind nghttp2-client)" >&2; exit 1; }
 done
@@ -72,7 +82,7 @@ imbang() {
     "$BIN" "$n" $MODE >/dev/null 2>"$W/imbang-$n.err"
   busiest "$W"/imbang-"$n".*-*
 }
-if [ $H2 = 0 ]; then
+if [ $REAL = 0 ]; then
   a=$(imbang "$N1") b=$(imbang "$N2")
   PER[imbang]=$(( (b - a) / (N2 - N1) ))
 fi
@@ -127,9 +137,11 @@ other() {
   local pid=$!
   PIDS+=($pid)
   wait_port "$port"
-  if [ $H2 = 1 ]; then
-    h2load -n 1000 -c 10 -m 10 "http://127.0.0.1:$port/small" >/dev/null
-    h2load -n "$n" -c 10 -m 10 "http://127.0.0.1:$port/small" > "$W/$name-$n.h2load"
+  if [ $REAL = 1 ]; then
+    local load=(-c 10 -m 10)
+    [ "$CONC" != 0 ] && load=(--h1 -c "$CONC")
+    h2load -n 1000 "${load[@]}" "http://127.0.0.1:$port/small" >/dev/null
+    h2load -n "$n" "${load[@]}" "http://127.0.0.1:$port/small" > "$W/$name-$n.h2load"
     grep -q "$n succeeded, 0 failed" "$W/$name-$n.h2load" \
       || { echo "callgrind.sh: $name: h2load saw failures" >&2; cat "$W/$name-$n.h2load" >&2; }
   else
@@ -142,7 +154,7 @@ other() {
 }
 OTHERS=(nginx haproxy)
 [ $ONLY = 1 ] && OTHERS=()
-[ $H2 = 1 ] && OTHERS=(imbang "${OTHERS[@]}")
+[ $REAL = 1 ] && OTHERS=(imbang "${OTHERS[@]}")
 for target in "${OTHERS[@]}"; do
   [ $target = imbang ] || command -v $target >/dev/null || { echo "callgrind.sh: $target missing, left out" >&2; continue; }
   if [ $target = imbang ]; then

@@ -27,6 +27,7 @@ macro_rules! pin_box {
 }
 
 pub mod access_log;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify};
 
+use crate::checks::HealthChecks;
 use crate::config::{self, Config, ConfigErrors};
 use crate::http1;
 use crate::log;
@@ -45,6 +46,8 @@ pub struct Server {
     default_log: Option<config::model::ErrorLogSpec>,
     /// The worker runtimes accept loops run on (empty: the caller's runtime).
     workers: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
+    /// The `health_check`s of the configuration in force, running from `serve` on.
+    checks: HealthChecks,
 }
 
 struct Listening {
@@ -75,6 +78,7 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
             default_log,
             workers: std::sync::Mutex::new(Vec::new()),
+            checks: HealthChecks::new(),
         }))
     }
 
@@ -129,6 +133,7 @@ impl Server {
             let listening = self.accept_on(key, socket, snapshot.reuseport.contains(&key))?;
             listeners.insert(key, listening);
         }
+        self.checks.reconcile(&snapshot);
         Ok(())
     }
 
@@ -309,6 +314,7 @@ impl Server {
         error_log::install(log);
         let reuseport = snapshot.reuseport.clone();
         self.shared.live.swap(snapshot);
+        self.checks.reconcile(&self.snapshot());
         for (key, socket) in bound {
             match self.accept_on(key, socket, reuseport.contains(&key)) {
                 Ok(l) => {
@@ -331,6 +337,7 @@ impl Server {
         for (_, l) in self.listeners.lock().await.drain() {
             l.stop.stop();
         }
+        self.checks.stop();
         if !graceful {
             return;
         }
@@ -341,6 +348,11 @@ impl Server {
             }
             None => wait.await,
         }
+    }
+
+    /// `(checks, probes)` running: `health_check`s in force, and peers they probe.
+    pub fn health_checks(&self) -> (usize, usize) {
+        self.checks.count()
     }
 
     /// Client connections open now.

@@ -13,6 +13,8 @@ impl Contexts {
     pub const SERVER: Self = Self(1 << 3);
     pub const LOCATION: Self = Self(1 << 4);
     pub const UPSTREAM: Self = Self(1 << 5);
+    /// Inside `match name { }` (NGINX Plus's tests for health-check responses).
+    pub const MATCH: Self = Self(1 << 6);
 
     const fn or(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -346,6 +348,13 @@ pub static DIRECTIVES: &[Spec] = &[
     d("queue", C::UPSTREAM, Range(1, 2)),
     d("keepalive_requests", C::UPSTREAM, ONE),
     d("keepalive_time", C::UPSTREAM, ONE),
+    // --- active health checks (NGINX Plus)
+    d("health_check", C::LOCATION, AtLeast(0)),
+    block("match", C::HTTP, ONE),
+    d("status", C::MATCH, AtLeast(1)),
+    d("header", C::MATCH, Range(1, 3)),
+    d("body", C::MATCH, Range(2, 2)),
+    d("require", C::MATCH, AtLeast(1)),
     no_effect(
         "zone",
         C::UPSTREAM,
@@ -369,7 +378,6 @@ pub static NOT_YET: &[&str] = &[
     "ssl_certificate",
     "ssl_certificate_key",
     "stream",
-    "health_check",
     "limit_req",
     "limit_conn",
     "auth_basic",

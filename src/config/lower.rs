@@ -38,6 +38,8 @@ pub fn lower(
         log_formats: HashMap::new(),
         log_buffers: HashMap::new(),
         inner_error_logs: Vec::new(),
+        matches: HashMap::new(),
+        health_checks: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -63,6 +65,11 @@ struct Lower<'a> {
     log_buffers: HashMap<PathBuf, LogBuffer>,
     /// `error_log` of server and location levels: imbang adds them to the process's log.
     inner_error_logs: Vec<ErrorLogSpec>,
+    /// `match` blocks by name (read before the servers: a `health_check` may name one defined
+    /// further down).
+    matches: HashMap<String, Arc<Match>>,
+    /// `health_check`s so far.
+    health_checks: Vec<HealthCheck>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -467,9 +474,14 @@ impl<'a> Lower<'a> {
                 self.upstream(d, &mut upstreams);
             }
         }
+        for d in ds.iter().filter(|d| d.name == "match") {
+            if self.check(d, Contexts::HTTP).is_some() {
+                self.match_block(d);
+            }
+        }
         for d in ds
             .iter()
-            .filter(|d| d.name != "upstream" && d.name != "log_format")
+            .filter(|d| !matches!(d.name.as_str(), "upstream" | "log_format" | "match"))
         {
             let Some(spec) = self.check(d, Contexts::HTTP) else {
                 continue;
@@ -553,6 +565,7 @@ impl<'a> Lower<'a> {
             header_buffer_size,
             client_header_buffer_size,
             log_buffers: std::mem::take(&mut self.log_buffers),
+            health_checks: std::mem::take(&mut self.health_checks),
         }
     }
 
@@ -1193,12 +1206,14 @@ impl<'a> Lower<'a> {
         let mut internal = false;
         let mut sets = Vec::new();
         let mut children = Vec::new();
+        let mut checks = Vec::new();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
             };
             match c.name.as_str() {
                 "location" => children.push(c),
+                "health_check" => checks.push(c),
                 "internal" => internal = true,
                 "set" => sets.extend(self.set(c)),
                 "proxy_pass" => {
@@ -1236,6 +1251,9 @@ impl<'a> Lower<'a> {
             }
         }
         let frame = own.inherit(parent_frame);
+        for c in checks {
+            self.health_check(c, proxy.as_ref(), &frame);
+        }
         let locations: Vec<Location> = children
             .into_iter()
             .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
@@ -1407,6 +1425,270 @@ impl<'a> Lower<'a> {
         ups.groups
             .push(Upstream::implicit(authority, addrs, self.at(d.span)));
         Some(name)
+    }
+
+    // === active health checks ===
+
+    /// `health_check [interval=] [jitter=] [fails=] [passes=] [uri=] [match=] [port=]
+    /// [mandatory [persistent]]` in a location whose `proxy_pass` names a group.
+    fn health_check(&mut self, d: &Directive, action: Option<&Action>, frame: &Frame) {
+        let pass = match action {
+            Some(Action::Proxy(pass)) => pass,
+            Some(Action::ProxyVars(_)) => {
+                return self.invalid(
+                    "\"health_check\" cannot be used with \"proxy_pass\" with variables: it checks the group a literal \"proxy_pass\" names".to_owned(),
+                    d.span,
+                );
+            }
+            _ => {
+                return self.invalid(
+                    "\"health_check\" requires \"proxy_pass\" to an upstream group in the same location".to_owned(),
+                    d.span,
+                );
+            }
+        };
+        let conf = frame.conf(None);
+        let host = (conf.proxy.set_headers.iter())
+            .rfind(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, value)| value)
+            .filter(|value| !value.is_empty() && !value.contains('$'))
+            .unwrap_or(&pass.proxy_host);
+        let mut check = HealthCheck {
+            upstream: pass.upstream.clone(),
+            uri: "/".to_owned(),
+            port: None,
+            interval: Duration::from_secs(5),
+            jitter: Duration::ZERO,
+            fails: 1,
+            passes: 1,
+            mandatory: false,
+            persistent: false,
+            matcher: None,
+            host: host.clone(),
+            http10: conf.proxy.http_version_1_0,
+            connect_timeout: conf.proxy.connect_timeout,
+            send_timeout: conf.proxy.send_timeout,
+            read_timeout: conf.proxy.read_timeout,
+            location: self.at(d.span),
+        };
+        let mut ok = true;
+        for p in &d.args {
+            let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
+            let good = match (key, p.value.contains('=')) {
+                ("interval", true) => (values::duration(value).filter(|t| !t.is_zero()))
+                    .map(|t| check.interval = t)
+                    .is_some(),
+                ("jitter", true) => values::duration(value).map(|t| check.jitter = t).is_some(),
+                ("fails", true) => (values::number(value).filter(|&n| n > 0))
+                    .map(|n| check.fails = n.min(u64::from(u32::MAX)) as u32)
+                    .is_some(),
+                ("passes", true) => (values::number(value).filter(|&n| n > 0))
+                    .map(|n| check.passes = n.min(u64::from(u32::MAX)) as u32)
+                    .is_some(),
+                ("uri", true) => {
+                    let good =
+                        value.starts_with('/') && value.bytes().all(|b| b.is_ascii_graphic());
+                    if good {
+                        check.uri = value.to_owned();
+                    }
+                    good
+                }
+                ("port", true) => (values::number(value).filter(|&n| (1..=65535).contains(&n)))
+                    .map(|n| check.port = Some(n as u16))
+                    .is_some(),
+                ("match", true) => match self.matches.get(value) {
+                    Some(m) => {
+                        check.matcher = Some(m.clone());
+                        true
+                    }
+                    None => {
+                        self.invalid(format!("match \"{value}\" is not defined"), p.span);
+                        ok = false;
+                        continue;
+                    }
+                },
+                ("mandatory", false) => {
+                    check.mandatory = true;
+                    true
+                }
+                ("persistent", false) => {
+                    check.persistent = true;
+                    true
+                }
+                ("type", true) => {
+                    self.invalid(
+                        format!(
+                            "\"{}\": only HTTP health checks are supported by imbang yet",
+                            p.value
+                        ),
+                        p.span,
+                    );
+                    ok = false;
+                    continue;
+                }
+                ("keepalive_time", true) if values::duration(value).is_some() => {
+                    self.warn(
+                        "the \"keepalive_time\" parameter of \"health_check\" has no effect in imbang: each check opens a connection of its own".to_owned(),
+                        p.span,
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if !good {
+                self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
+                ok = false;
+            }
+        }
+        if check.persistent && !check.mandatory {
+            self.invalid(
+                "\"persistent\" requires \"mandatory\" in \"health_check\"".to_owned(),
+                d.span,
+            );
+            ok = false;
+        }
+        if ok {
+            self.health_checks.push(check);
+        }
+    }
+
+    /// `match name { status ...; header ...; body ...; }`.
+    fn match_block(&mut self, d: &Directive) {
+        let name = d.args[0].value.clone();
+        if self.matches.contains_key(&name) {
+            return self.invalid(format!("duplicate match \"{name}\""), d.span);
+        }
+        let mut m = Match {
+            name: name.clone(),
+            status: None,
+            headers: Vec::new(),
+            body: None,
+        };
+        let mut seen = Seen::default();
+        for c in d.block.as_deref().unwrap_or_default() {
+            let Some(spec) = self.check(c, Contexts::MATCH) else {
+                continue;
+            };
+            match c.name.as_str() {
+                "status" if self.once(&mut seen, spec, c) => m.status = self.status_test(c),
+                "header" => m.headers.extend(self.header_test(c)),
+                "body" if self.once(&mut seen, spec, c) => {
+                    let negate = match c.args[0].value.as_str() {
+                        "~" => false,
+                        "!~" => true,
+                        _ => {
+                            self.invalid(
+                                format!("invalid operator \"{}\": \"body\" takes \"~\" or \"!~\"", c.args[0].value),
+                                c.args[0].span,
+                            );
+                            continue;
+                        }
+                    };
+                    if let Some(regex) = self.regex_arg(&c.args[1], regex::bytes::Regex::new) {
+                        m.body = Some(BodyTest { negate, regex });
+                    }
+                }
+                "require" => self.invalid(
+                    "\"require\" is not supported by imbang yet (imbang has no \"map\" to set the variables it tests)".to_owned(),
+                    c.span,
+                ),
+                _ => {}
+            }
+        }
+        self.matches.insert(name, Arc::new(m));
+    }
+
+    /// `status [!] 200 204 300-399 ...`
+    fn status_test(&mut self, d: &Directive) -> Option<StatusTest> {
+        let negate = d.args[0].value == "!";
+        let codes = &d.args[usize::from(negate)..];
+        if codes.is_empty() {
+            self.error(ErrorKind::Arity(d.name.clone()), d.span);
+            return None;
+        }
+        let code = |t: &str| {
+            (t.len() == 3)
+                .then(|| t.parse::<u16>().ok())
+                .flatten()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let mut ranges = Vec::new();
+        for arg in codes {
+            let range = match arg.value.split_once('-') {
+                Some((low, high)) => code(low).zip(code(high)).filter(|(l, h)| l <= h),
+                None => code(&arg.value).map(|c| (c, c)),
+            };
+            match range {
+                Some(range) => ranges.push(range),
+                None => {
+                    self.invalid(format!("invalid status \"{}\"", arg.value), arg.span);
+                    return None;
+                }
+            }
+        }
+        Some(StatusTest { negate, ranges })
+    }
+
+    /// `header Name;`, `header ! Name;`, `header Name =|!=|~|!~ value;`
+    fn header_test(&mut self, d: &Directive) -> Option<HeaderTest> {
+        let args = &d.args;
+        let name = |arg: &Arg| arg.value.to_ascii_lowercase();
+        let valid_name = |arg: &Arg| http::HeaderName::from_bytes(arg.value.as_bytes()).is_ok();
+        let (subject, test) = match args.len() {
+            1 => (&args[0], HeaderTest::Present(name(&args[0]))),
+            2 if args[0].value == "!" => (&args[1], HeaderTest::Absent(name(&args[1]))),
+            3 => {
+                let (n, value) = (name(&args[0]), &args[2]);
+                let test = match args[1].value.as_str() {
+                    "=" => HeaderTest::Equals(n, value.value.clone()),
+                    "!=" => HeaderTest::NotEquals(n, value.value.clone()),
+                    "~" => HeaderTest::Matches(n, self.regex_arg(value, regex::Regex::new)?),
+                    "!~" => HeaderTest::NotMatches(n, self.regex_arg(value, regex::Regex::new)?),
+                    op => {
+                        self.invalid(
+                            format!("invalid operator \"{op}\": \"header\" takes \"=\", \"!=\", \"~\" or \"!~\""),
+                            args[1].span,
+                        );
+                        return None;
+                    }
+                };
+                (&args[0], test)
+            }
+            _ => {
+                self.invalid(
+                    "invalid \"header\": expected \"header Name\", \"header ! Name\" or \"header Name <op> value\"".to_owned(),
+                    d.span,
+                );
+                return None;
+            }
+        };
+        if !valid_name(subject) {
+            self.invalid(
+                format!("invalid header name \"{}\"", subject.value),
+                subject.span,
+            );
+            return None;
+        }
+        Some(test)
+    }
+
+    fn regex_arg<R, E: std::fmt::Display>(
+        &mut self,
+        arg: &Arg,
+        compile: impl FnOnce(&str) -> Result<R, E>,
+    ) -> Option<R> {
+        match compile(&arg.value) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().to_owned();
+                self.invalid(
+                    format!("invalid regular expression \"{}\": {why}", arg.value),
+                    arg.span,
+                );
+                None
+            }
+        }
     }
 
     // === upstream ===

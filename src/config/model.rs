@@ -138,6 +138,8 @@ pub struct Http {
     /// buffer belongs to the file: every `access_log` to that path uses it, with or without
     /// the parameters.
     pub log_buffers: HashMap<PathBuf, LogBuffer>,
+    /// Every `health_check` of every location, in file order.
+    pub health_checks: Vec<HealthCheck>,
 }
 
 /// One `server {}` block.
@@ -511,6 +513,139 @@ impl Upstream {
             location,
         }
     }
+}
+
+/// `health_check` in a location (NGINX Plus): every peer of the location's upstream is sent a
+/// request every `interval`, and one that fails `fails` checks in a row gets no requests until
+/// it passes `passes` in a row.
+#[derive(Clone, Debug)]
+pub struct HealthCheck {
+    /// The upstream group of the location's `proxy_pass`.
+    pub upstream: String,
+    /// `uri=` (default `/`).
+    pub uri: String,
+    /// `port=`: checks go to this port of each peer's address instead of the peer's own.
+    pub port: Option<u16>,
+    /// `interval=` (5s).
+    pub interval: Duration,
+    /// `jitter=` (0): each check is delayed by up to this much more, at random.
+    pub jitter: Duration,
+    /// `fails=` (1): failed checks in a row that make a peer unhealthy.
+    pub fails: u32,
+    /// `passes=` (1): passed checks in a row that make an unhealthy peer healthy again.
+    pub passes: u32,
+    /// `mandatory`: a peer new to the check gets no requests until its first check passes.
+    pub mandatory: bool,
+    /// `persistent` (with `mandatory`): a peer healthy under the checks in force before a reload
+    /// is not held back by a check the reload added.
+    pub persistent: bool,
+    /// `match=`: what a response must show to pass; `None`: a 2xx or 3xx status.
+    pub matcher: Option<Arc<Match>>,
+    /// The `Host` field of the check requests: the location's `proxy_set_header Host` when it
+    /// is a literal, the `proxy_pass` host (nginx's `$proxy_host`) otherwise.
+    pub host: String,
+    /// The location's `proxy_http_version 1.0`.
+    pub http10: bool,
+    /// The location's `proxy_connect_timeout`, `proxy_send_timeout`, `proxy_read_timeout`.
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    /// `path:line:col` of the `health_check` line.
+    pub location: String,
+}
+
+impl HealthCheck {
+    /// What makes two checks the same check across a reload: everything but where it is
+    /// written. A reload that keeps a check keeps its verdicts on every peer.
+    pub fn identity(&self) -> String {
+        let matcher = self.matcher.as_ref().map(|m| m.identity());
+        format!(
+            "{:?}",
+            (
+                &self.upstream,
+                &self.uri,
+                self.port,
+                self.interval,
+                self.jitter,
+                (self.fails, self.passes, self.mandatory, self.persistent),
+                matcher,
+                &self.host,
+                self.http10,
+                (self.connect_timeout, self.send_timeout, self.read_timeout),
+            )
+        )
+    }
+}
+
+/// A `match name { ... }` block: the tests a health check's response must pass, all of them.
+#[derive(Clone, Debug)]
+pub struct Match {
+    pub name: String,
+    /// `status ...;` (at most one).
+    pub status: Option<StatusTest>,
+    /// `header ...;` lines.
+    pub headers: Vec<HeaderTest>,
+    /// `body ~ re;` / `body !~ re;` (at most one): the first 256 KiB of the body are tested.
+    pub body: Option<BodyTest>,
+}
+
+impl Match {
+    fn identity(&self) -> String {
+        let headers: Vec<String> = self.headers.iter().map(HeaderTest::identity).collect();
+        let body = (self.body.as_ref()).map(|b| (b.negate, b.regex.as_str().to_owned()));
+        format!("{:?}", (&self.name, &self.status, headers, body))
+    }
+}
+
+/// `status [!] code|low-high ...`: the status is one of the codes or in one of the ranges
+/// (`!`: is none of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusTest {
+    pub negate: bool,
+    /// Inclusive ranges; a single code is a range of one.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+impl StatusTest {
+    pub fn passes(&self, status: u16) -> bool {
+        let listed = (self.ranges.iter()).any(|&(low, high)| (low..=high).contains(&status));
+        listed != self.negate
+    }
+}
+
+/// One `header` line of a `match` block. Names are lower case; a test of a value holds when
+/// some field of that name passes it.
+#[derive(Clone, Debug)]
+pub enum HeaderTest {
+    /// `header Name;`
+    Present(String),
+    /// `header ! Name;`
+    Absent(String),
+    /// `header Name = value;`
+    Equals(String, String),
+    /// `header Name != value;` (the field must be there, with another value)
+    NotEquals(String, String),
+    /// `header Name ~ regex;`
+    Matches(String, regex::Regex),
+    /// `header Name !~ regex;` (the field must be there, with a value that does not match)
+    NotMatches(String, regex::Regex),
+}
+
+impl HeaderTest {
+    fn identity(&self) -> String {
+        match self {
+            Self::Matches(name, re) => format!("{name} ~ {}", re.as_str()),
+            Self::NotMatches(name, re) => format!("{name} !~ {}", re.as_str()),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// `body ~ regex;` (`negate`: `body !~ regex;`).
+#[derive(Clone, Debug)]
+pub struct BodyTest {
+    pub negate: bool,
+    pub regex: regex::bytes::Regex,
 }
 
 /// Idle keep-alive connections kept per upstream when the config does not say `keepalive`:

@@ -680,3 +680,173 @@ fn access_log_parameter_errors_use_nginx_s_words() {
         ]
     );
 }
+
+#[test]
+fn health_check_reads_its_parameters_and_the_locations_proxy_settings() {
+    let c = ok(r#"http {
+  match ok { status 200-299 304; header Content-Type ~ "^text/"; header ! X-Down; body !~ maint; }
+  upstream app { server 127.0.0.1:3001; server 127.0.0.1:3002; }
+  server {
+    location / {
+      proxy_pass http://app;
+      proxy_connect_timeout 2s; proxy_read_timeout 3s; proxy_set_header Host app.example;
+      health_check interval=2s jitter=500ms fails=3 passes=2 uri=/healthz port=9000 match=ok mandatory persistent;
+    }
+    location /b { proxy_pass http://app; proxy_set_header Host $host; health_check; }
+  }
+}"#);
+    let http = c.http.unwrap();
+    let [full, plain] = &http.health_checks[..] else {
+        panic!("two checks: {:?}", http.health_checks);
+    };
+    assert_eq!(full.upstream, "app");
+    assert_eq!((full.uri.as_str(), full.port), ("/healthz", Some(9000)));
+    assert_eq!(
+        (full.interval, full.jitter),
+        (Duration::from_secs(2), Duration::from_millis(500))
+    );
+    assert_eq!((full.fails, full.passes), (3, 2));
+    assert!(full.mandatory && full.persistent);
+    assert_eq!(full.host, "app.example");
+    assert_eq!(
+        (full.connect_timeout, full.read_timeout),
+        (Duration::from_secs(2), Duration::from_secs(3))
+    );
+    let m = full.matcher.as_ref().unwrap();
+    let status = m.status.as_ref().unwrap();
+    assert_eq!(status.ranges, [(200, 299), (304, 304)]);
+    assert!(status.passes(204) && status.passes(304) && !status.passes(302));
+    assert_eq!(m.headers.len(), 2);
+    assert!(m.body.as_ref().unwrap().negate);
+    assert_eq!(full.location, "/etc/imbang/t.conf:8:7");
+    // NGINX Plus's defaults; a Host with variables falls back to the proxy_pass host.
+    assert_eq!((plain.uri.as_str(), plain.port), ("/", None));
+    assert_eq!(
+        (plain.interval, plain.fails, plain.passes),
+        (Duration::from_secs(5), 1, 1)
+    );
+    assert!(!plain.mandatory && plain.matcher.is_none());
+    assert_eq!(plain.host, "app");
+    assert_eq!(plain.read_timeout, Duration::from_secs(60));
+    assert_ne!(full.identity(), plain.identity());
+}
+
+#[test]
+fn health_check_mistakes_are_errors_at_their_place() {
+    let wrap = |location: &str| {
+        format!(
+            "http {{\nmatch m {{ status 200; }}\nupstream app {{ server 127.0.0.1:1; }}\nserver {{\nlocation / {{ {location} }}\n}}\n}}\n"
+        )
+    };
+    let cases = [
+        (
+            "health_check;",
+            "\"health_check\" requires \"proxy_pass\" to an upstream group in the same location in /etc/imbang/t.conf:5:14",
+        ),
+        (
+            "proxy_pass http://$arg_u; health_check;",
+            "\"health_check\" cannot be used with \"proxy_pass\" with variables: it checks the group a literal \"proxy_pass\" names in /etc/imbang/t.conf:5:40",
+        ),
+        (
+            "proxy_pass http://app; health_check match=nope;",
+            "match \"nope\" is not defined in /etc/imbang/t.conf:5:50",
+        ),
+        (
+            "proxy_pass http://app; health_check fails=0;",
+            "invalid parameter \"fails=0\" in /etc/imbang/t.conf:5:50",
+        ),
+        (
+            "proxy_pass http://app; health_check uri=health;",
+            "invalid parameter \"uri=health\" in /etc/imbang/t.conf:5:50",
+        ),
+        (
+            "proxy_pass http://app; health_check port=70000;",
+            "invalid parameter \"port=70000\" in /etc/imbang/t.conf:5:50",
+        ),
+        (
+            "proxy_pass http://app; health_check interval=0;",
+            "invalid parameter \"interval=0\" in /etc/imbang/t.conf:5:50",
+        ),
+        (
+            "proxy_pass http://app; health_check persistent;",
+            "\"persistent\" requires \"mandatory\" in \"health_check\" in /etc/imbang/t.conf:5:37",
+        ),
+        (
+            "proxy_pass http://app; health_check type=grpc;",
+            "\"type=grpc\": only HTTP health checks are supported by imbang yet in /etc/imbang/t.conf:5:50",
+        ),
+    ];
+    for (location, want) in cases {
+        assert_eq!(errors(&wrap(location)), [want], "{location}");
+    }
+    let c = ok(&wrap(
+        "proxy_pass http://app; health_check keepalive_time=60s;",
+    ));
+    let warned = (c.warnings.iter()).find(|w| w.message.contains("\"keepalive_time\" parameter"));
+    assert_eq!(
+        warned.map(|w| (w.message.as_str(), w.location.as_str())),
+        Some((
+            "the \"keepalive_time\" parameter of \"health_check\" has no effect in imbang: each check opens a connection of its own",
+            "/etc/imbang/t.conf:5:50"
+        ))
+    );
+}
+
+#[test]
+fn match_block_mistakes_are_errors_at_their_place() {
+    let wrap = |body: &str| format!("http {{\nmatch m {{\n{body}\n}}\n}}\n");
+    let cases = [
+        (
+            "status 2xx;",
+            "invalid status \"2xx\" in /etc/imbang/t.conf:3:8",
+        ),
+        (
+            "status 300-200;",
+            "invalid status \"300-200\" in /etc/imbang/t.conf:3:8",
+        ),
+        (
+            "status !;",
+            "invalid number of arguments in \"status\" directive in /etc/imbang/t.conf:3:1",
+        ),
+        (
+            "status 200; status 204;",
+            "\"status\" directive is duplicate in /etc/imbang/t.conf:3:13",
+        ),
+        (
+            "header X-A == 1;",
+            "invalid operator \"==\": \"header\" takes \"=\", \"!=\", \"~\" or \"!~\" in /etc/imbang/t.conf:3:12",
+        ),
+        (
+            "header \"bad name\";",
+            "invalid header name \"bad name\" in /etc/imbang/t.conf:3:8",
+        ),
+        (
+            "body = ok;",
+            "invalid operator \"=\": \"body\" takes \"~\" or \"!~\" in /etc/imbang/t.conf:3:6",
+        ),
+        (
+            "require $ok;",
+            "\"require\" is not supported by imbang yet (imbang has no \"map\" to set the variables it tests) in /etc/imbang/t.conf:3:1",
+        ),
+        (
+            "proxy_pass http://a;",
+            "\"proxy_pass\" directive is not allowed here in /etc/imbang/t.conf:3:1",
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(errors(&wrap(body)), [want], "{body}");
+    }
+    let got = errors(&wrap("body ~ \"(\";"));
+    assert!(
+        got[0].starts_with("invalid regular expression \"(\": ") && got[0].ends_with("t.conf:3:8"),
+        "{got:?}"
+    );
+    assert_eq!(
+        errors("http { match m { } match m { } }"),
+        ["duplicate match \"m\" in /etc/imbang/t.conf:1:20"]
+    );
+    assert_eq!(
+        errors("http { server { status 200; } }"),
+        ["\"status\" directive is not allowed here in /etc/imbang/t.conf:1:17"]
+    );
+}

@@ -168,7 +168,7 @@ enum WriteFail {
 }
 
 impl Conn {
-    pub(super) fn new(stream: TcpStream, send_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: TcpStream, send_timeout: Duration) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),

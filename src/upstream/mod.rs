@@ -331,18 +331,18 @@ impl UpstreamGroup {
     fn busy(&self, tried: &Tried, now: Instant) -> bool {
         self.peers.iter().any(|peer| {
             !tried.contains(peer.index())
-                && !peer.is_down()
+                && !peer.is_out()
                 && peer.at_max_conns()
                 && (self.single || peer.state().health().is_available(peer.fail_policy(), now))
         })
     }
 
-    /// nginx's shortcut for a lone peer: only `down` and `max_conns` can keep it out. (nginx
-    /// does not look at `tried` here because it allows a lone peer a single try; checking it
-    /// keeps that rule for callers that ask again.)
+    /// nginx's shortcut for a lone peer: only `down`, a `health_check` and `max_conns` can keep
+    /// it out (passive health does not). (nginx does not look at `tried` here because it allows
+    /// a lone peer a single try; checking it keeps that rule for callers that ask again.)
     fn pick_single(&self, tried: &Tried) -> Option<usize> {
         let peer = &self.peers[0];
-        let out = peer.is_down() || peer.at_max_conns() || tried.contains(peer.index());
+        let out = peer.is_out() || peer.at_max_conns() || tried.contains(peer.index());
         (!out).then_some(0)
     }
 

@@ -5,12 +5,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::health::active::{ActiveHealth, Change, Verdict};
 use super::health::passive::{FAILING, REDUCED};
 use super::health::slow_start::SCALE;
 use super::health::{FailPolicy, PassiveHealth};
@@ -50,6 +51,11 @@ pub struct PeerState {
     timing: Mutex<Timing>,
     /// The upstream's `queue` line: woken when an attempt on this peer ends.
     queue: Option<Arc<WaitQueue>>,
+    /// The verdicts of the `health_check`s probing this peer.
+    active: Mutex<ActiveHealth>,
+    /// `active`'s [`is_out`](ActiveHealth::is_out) as of its last change: read by every pick
+    /// without the lock.
+    checked_out: AtomicBool,
 }
 
 impl PeerState {
@@ -99,6 +105,49 @@ impl PeerState {
             health: self.health.lock().unwrap_or_else(PoisonError::into_inner),
             unrest: &self.unrest,
         }
+    }
+
+    /// Whether an active health check holds this peer out (unhealthy, or not yet checked under
+    /// `mandatory`): no request is sent to it.
+    pub fn checked_out(&self) -> bool {
+        self.checked_out.load(Ordering::Acquire)
+    }
+
+    /// A copy of what the active health checks say about this peer.
+    pub fn active_health(&self) -> ActiveHealth {
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the active health state with `f`, then publishes whether the peer is out.
+    pub(crate) fn with_active<R>(&self, f: impl FnOnce(&mut ActiveHealth) -> R) -> R {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = f(&mut active);
+        self.checked_out.store(active.is_out(), Ordering::Release);
+        r
+    }
+
+    /// Starts keeping check `verdict.id`'s verdicts on this peer.
+    pub(crate) fn add_check(&self, verdict: Verdict) {
+        self.with_active(|a| a.add(verdict));
+    }
+
+    /// Forgets check `id` (it stopped, or no longer probes this peer).
+    pub(crate) fn remove_check(&self, id: u64) {
+        self.with_active(|a| a.remove(id));
+    }
+
+    /// Counts one outcome of check `id`; `None` when that check was removed meanwhile.
+    pub(crate) fn report_check(
+        &self,
+        id: u64,
+        passed: bool,
+        fails: u32,
+        passes: u32,
+    ) -> Option<Change> {
+        self.with_active(|a| a.report(id, passed, fails, passes))
     }
 
     /// The passive health state's [`unrest`](PassiveHealth::unrest) without its lock.
@@ -254,11 +303,21 @@ impl Peer {
     }
 
     /// True if `max_conns` is set and that many attempts are in flight.
+    /// `down`, or held out by an active health check: no request may go to it.
+    pub fn is_out(&self) -> bool {
+        self.down || self.state.checked_out()
+    }
+
     pub fn at_max_conns(&self) -> bool {
         self.max_conns != 0 && self.state.in_flight() >= self.max_conns
     }
 
     pub fn state(&self) -> &PeerState {
+        &self.state
+    }
+
+    /// The state, to keep beyond this snapshot (a health check's probe).
+    pub(crate) fn shared_state(&self) -> &Arc<PeerState> {
         &self.state
     }
 }

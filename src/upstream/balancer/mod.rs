@@ -88,7 +88,8 @@ impl<'a> PickContext<'a> {
     }
 
     /// nginx's tests for every candidate: not tried by this request, not `down`, not failed
-    /// `max_fails` times within `fail_timeout`, below `max_conns`.
+    /// `max_fails` times within `fail_timeout`, below `max_conns`; and NGINX Plus's: not held
+    /// out by a `health_check`.
     pub fn is_eligible(&self, peer: &Peer, health: &PassiveHealth) -> bool {
         self.is_eligible_at_rest(peer) && health.is_available(peer.fail_policy(), self.now)
     }
@@ -104,7 +105,7 @@ impl<'a> PickContext<'a> {
 
     /// [`is_eligible`](Self::is_eligible) for a peer without failures.
     pub fn is_eligible_at_rest(&self, peer: &Peer) -> bool {
-        !self.tried.contains(peer.index()) && !peer.is_down() && !peer.at_max_conns()
+        !self.tried.contains(peer.index()) && !peer.is_out() && !peer.at_max_conns()
     }
 }
 

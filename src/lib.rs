@@ -12,7 +12,9 @@
 //!
 //! Configuration takes its own path: [`config`] turns text into a validated [`Config`],
 //! [`snapshot`] compiles it into tables, and [`reload`] holds the one in force.
-//! [`process`] is the nginx-compatible command line around it all.
+//! [`process`] is the nginx-compatible command line around it all. Beside the request path,
+//! [`checks`] probes peers for `health_check` (their verdicts feed the picks), and [`api`]
+//! answers NGINX Plus's API from the same state.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`
@@ -27,6 +29,7 @@ macro_rules! pin_box {
 }
 
 pub mod access_log;
+pub mod api;
 pub mod checks;
 pub mod cli;
 pub mod config;

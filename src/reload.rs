@@ -2,6 +2,8 @@
 //! listeners → one atomic swap. Any error leaves the running configuration untouched.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -11,12 +13,18 @@ use crate::snapshot::Snapshot;
 /// finishes, so it never sees a half-applied configuration.
 pub struct Live {
     current: ArcSwap<Snapshot>,
+    /// Reloads so far, and when the snapshot in force was put in force (NGINX Plus's API:
+    /// `generation`, `load_timestamp`).
+    reloads: AtomicU64,
+    loaded: ArcSwap<SystemTime>,
 }
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            reloads: AtomicU64::new(0),
+            loaded: ArcSwap::from_pointee(SystemTime::now()),
         }
     }
 
@@ -27,6 +35,19 @@ impl Live {
 
     /// Puts `next` in force; requests already running finish on the old one.
     pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
-        self.current.swap(Arc::new(next))
+        let old = self.current.swap(Arc::new(next));
+        self.loaded.store(Arc::new(SystemTime::now()));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        old
+    }
+
+    /// How many times a new configuration was put in force.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// When the configuration in force was put in force.
+    pub fn loaded_at(&self) -> SystemTime {
+        **self.loaded.load()
     }
 }

@@ -79,6 +79,8 @@ pub enum RouteAction {
     Proxy(Proxy),
     /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
     ProxyVars(ProxyVars),
+    /// NGINX Plus's `api` (read-only): see [`crate::api`].
+    Api,
 }
 
 /// `return code [text|URL]` with its variables found once.
@@ -253,6 +255,11 @@ impl Snapshot {
             }
         }
         self.vhosts.get(&key)
+    }
+
+    /// Every upstream group, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.values()
     }
 
     pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
@@ -481,6 +488,7 @@ fn compile_route(
                 RouteAction::NotFound
             }
         },
+        Some(Action::Api(_)) => RouteAction::Api,
         Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {
             Ok(url) => RouteAction::ProxyVars(ProxyVars {
                 url,

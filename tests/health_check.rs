@@ -306,7 +306,13 @@ async fn persistent_lets_a_healthy_peer_through_a_reload_that_changes_a_mandator
     let (a, a_addr) = App::start("a").await;
     let (b, b_addr) = App::start("b").await;
     let check = |params: &str| format!("health_check uri=/health mandatory {params};");
-    let lb = imbang(&config(a_addr, b_addr, &check("persistent interval=50ms"), "")).await;
+    let lb = imbang(&config(
+        a_addr,
+        b_addr,
+        &check("persistent interval=50ms"),
+        "",
+    ))
+    .await;
     until_checked(&a, 0).await;
     until_checked(&b, 0).await;
     assert_eq!(answers(&lb, 2).await, ["200 a", "200 b"]);
@@ -314,8 +320,13 @@ async fn persistent_lets_a_healthy_peer_through_a_reload_that_changes_a_mandator
     // From now on a's checks never answer. A changed check is a new check; `persistent` keeps
     // a, healthy until now, in while the new check's first probe waits.
     a.gate.send_replace(false);
-    lb.reload(&config(a_addr, b_addr, &check("persistent interval=60ms"), ""))
-        .await;
+    lb.reload(&config(
+        a_addr,
+        b_addr,
+        &check("persistent interval=60ms"),
+        "",
+    ))
+    .await;
     let served = a.served();
     answers(&lb, 4).await;
     assert_eq!(a.served(), served + 2);

@@ -348,6 +348,11 @@ pub static DIRECTIVES: &[Spec] = &[
     d("queue", C::UPSTREAM, Range(1, 2)),
     d("keepalive_requests", C::UPSTREAM, ONE),
     d("keepalive_time", C::UPSTREAM, ONE),
+    // --- access by client address (ngx_http_access_module)
+    d("allow", HSL, ONE),
+    d("deny", HSL, ONE),
+    // --- NGINX Plus's API
+    d("api", C::LOCATION, Range(0, 1)),
     // --- active health checks (NGINX Plus)
     d("health_check", C::LOCATION, AtLeast(0)),
     block("match", C::HTTP, ONE),
@@ -381,8 +386,6 @@ pub static NOT_YET: &[&str] = &[
     "limit_req",
     "limit_conn",
     "auth_basic",
-    "allow",
-    "deny",
     "map",
     "geo",
     "split_clients",

@@ -102,6 +102,7 @@ struct Frame {
     /// `keepalive_timeout` and `send_timeout` (towards the client).
     client_keepalive_timeout: Option<Duration>,
     client_send_timeout: Option<Duration>,
+    access: Option<Vec<AccessRule>>,
 }
 
 impl Frame {
@@ -140,6 +141,7 @@ impl Frame {
             client_body_buffer_size,
             client_keepalive_timeout,
             client_send_timeout,
+            access,
         )
     }
 
@@ -182,6 +184,7 @@ impl Frame {
                 .client_keepalive_timeout
                 .unwrap_or(Duration::from_secs(75)),
             client_send_timeout: self.client_send_timeout.unwrap_or(Duration::from_secs(60)),
+            access: self.access.clone().unwrap_or_default(),
         })
     }
 }
@@ -583,6 +586,11 @@ impl<'a> Lower<'a> {
                 f.set_headers
                     .get_or_insert_with(Vec::new)
                     .push((args[0].value.clone(), args[1].value.clone()));
+            }
+            "allow" | "deny" => {
+                if let Some(rule) = self.access_rule(d) {
+                    f.access.get_or_insert_with(Vec::new).push(rule);
+                }
             }
             "add_header" => {
                 let always = match args.get(2).map(|a| a.value.as_str()) {
@@ -1207,6 +1215,7 @@ impl<'a> Lower<'a> {
         let mut sets = Vec::new();
         let mut children = Vec::new();
         let mut checks = Vec::new();
+        let mut api = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
@@ -1214,6 +1223,11 @@ impl<'a> Lower<'a> {
             match c.name.as_str() {
                 "location" => children.push(c),
                 "health_check" => checks.push(c),
+                "api" => {
+                    if self.once(&mut seen, spec, c) {
+                        api = self.api(c);
+                    }
+                }
                 "internal" => internal = true,
                 "set" => sets.extend(self.set(c)),
                 "proxy_pass" => {
@@ -1258,8 +1272,14 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
             .collect();
-        // `return` runs in nginx's rewrite phase, before the proxy handler.
-        let action = ret.map(Action::Return).or(proxy);
+        if let (Some(_), Some(_)) = (&api, &proxy) {
+            self.invalid(
+                "\"api\" cannot be used with \"proxy_pass\" in the same location".to_owned(),
+                d.span,
+            );
+        }
+        // `return` runs in nginx's rewrite phase, before the content handler.
+        let action = ret.map(Action::Return).or(api).or(proxy);
         if action.is_none() && locations.is_empty() {
             self.warn(
                 format!(
@@ -1425,6 +1445,81 @@ impl<'a> Lower<'a> {
         ups.groups
             .push(Upstream::implicit(authority, addrs, self.at(d.span)));
         Some(name)
+    }
+
+    /// `allow|deny address|CIDR|unix:|all`, as nginx reads it.
+    fn access_rule(&mut self, d: &Directive) -> Option<AccessRule> {
+        use std::net::IpAddr;
+        let allow = d.name == "allow";
+        let arg = &d.args[0];
+        let text = arg.value.as_str();
+        if text == "all" {
+            return Some(AccessRule { allow, net: None });
+        }
+        if text == "unix:" {
+            // imbang listens on no Unix sockets: a rule about their clients covers nobody.
+            return None;
+        }
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (text, None),
+        };
+        let ip: Option<IpAddr> = addr.parse().ok();
+        let max = match ip {
+            Some(IpAddr::V4(_)) => 32,
+            Some(IpAddr::V6(_)) => 128,
+            None => 0,
+        };
+        let prefix = match prefix {
+            None => Some(max),
+            Some(bits) => (bits.bytes().all(|b| b.is_ascii_digit()) && !bits.is_empty())
+                .then(|| bits.parse::<u8>().ok())
+                .flatten()
+                .filter(|&n| n <= max),
+        };
+        let (Some(ip), Some(prefix)) = (ip, prefix) else {
+            self.invalid(format!("invalid parameter \"{text}\""), arg.span);
+            return None;
+        };
+        let net = match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        };
+        if net != ip {
+            self.warn(
+                format!("low address bits of {text} are meaningless"),
+                arg.span,
+            );
+        }
+        Some(AccessRule {
+            allow,
+            net: Some((net, prefix)),
+        })
+    }
+
+    /// `api [write=on|off]`.
+    fn api(&mut self, d: &Directive) -> Option<Action> {
+        let write = match d.args.first().map(|a| a.value.as_str()) {
+            None | Some("write=off") => false,
+            Some("write=on") => {
+                self.warn(
+                    "the \"write=on\" parameter of \"api\" has no effect in imbang yet: the API is read-only (writes get 405)".to_owned(),
+                    d.args[0].span,
+                );
+                true
+            }
+            Some(other) => {
+                self.invalid(format!("invalid parameter \"{other}\""), d.args[0].span);
+                return None;
+            }
+        };
+        Some(Action::Api(Api { write }))
     }
 
     // === active health checks ===

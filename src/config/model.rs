@@ -244,6 +244,47 @@ pub struct LocationConf {
     /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
     /// memory before the first attempt, so it can be sent again to the next peer.
     pub client_body_buffer_size: u64,
+    /// `allow` / `deny` rules in force here, in order (inherited only if this level has none,
+    /// as nginx).
+    pub access: Vec<AccessRule>,
+}
+
+/// `allow address|CIDR|all` or `deny ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessRule {
+    pub allow: bool,
+    /// The network (address, prefix length); `None`: `all`.
+    pub net: Option<(std::net::IpAddr, u8)>,
+}
+
+impl AccessRule {
+    /// Whether the rule is about `ip` (an IPv4 address mapped into IPv6 is tested as IPv4).
+    pub fn covers(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let Some((net, prefix)) = self.net else {
+            return true;
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// nginx's access check: the first rule that covers the client decides; none: allowed.
+pub fn access_allowed(rules: &[AccessRule], ip: std::net::IpAddr) -> bool {
+    rules.iter().find(|r| r.covers(ip)).is_none_or(|r| r.allow)
 }
 
 /// `error_page code ... [=[response]] uri|@name|URL;`
@@ -333,6 +374,15 @@ pub enum Action {
     /// `proxy_pass` whose URL has variables: where it goes is decided per request.
     ProxyVars(ProxyPassVars),
     Return(Return),
+    /// `api [write=on|off]` (NGINX Plus's live API): JSON about the running imbang.
+    Api(Api),
+}
+
+/// `api [write=on|off]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Api {
+    /// `write=on`: accepted, but imbang's API is read-only (yet): writes get 405.
+    pub write: bool,
 }
 
 /// `return code [text|URL]`.

@@ -850,3 +850,75 @@ fn match_block_mistakes_are_errors_at_their_place() {
         ["\"status\" directive is not allowed here in /etc/imbang/t.conf:1:17"]
     );
 }
+
+#[test]
+fn api_is_a_locations_answer_and_read_only() {
+    let c = ok("http { server { location /api { api; } location /w { api write=on; } } }");
+    let locations = &c.http.as_ref().unwrap().servers[0].locations;
+    assert!(matches!(
+        &locations[0].conf.action,
+        Some(Action::Api(Api { write: false }))
+    ));
+    assert!(matches!(
+        &locations[1].conf.action,
+        Some(Action::Api(Api { write: true }))
+    ));
+    let warned = (c.warnings.iter()).find(|w| w.message.contains("write=on"));
+    assert_eq!(
+        warned.map(|w| (w.message.as_str(), w.location.as_str())),
+        Some((
+            "the \"write=on\" parameter of \"api\" has no effect in imbang yet: the API is read-only (writes get 405)",
+            "/etc/imbang/t.conf:1:58"
+        ))
+    );
+    assert_eq!(
+        errors("http { server { location /api { api write=maybe; } } }"),
+        ["invalid parameter \"write=maybe\" in /etc/imbang/t.conf:1:37"]
+    );
+    assert_eq!(
+        errors("http { server { location /api { api; proxy_pass http://127.0.0.1:1; } } }"),
+        [
+            "\"api\" cannot be used with \"proxy_pass\" in the same location in /etc/imbang/t.conf:1:17"
+        ]
+    );
+    assert_eq!(
+        errors("http { server { api; } }"),
+        ["\"api\" directive is not allowed here in /etc/imbang/t.conf:1:17"]
+    );
+}
+
+#[test]
+fn allow_and_deny_read_networks_as_nginx_and_are_inherited_only_by_levels_without_their_own() {
+    let c = ok(
+        "http { allow 10.1.2.3; deny 10.0.0.0/8; allow ::1; deny all;
+      server { location /a { } location /b { allow 192.168.0.1/16; } } }",
+    );
+    let locations = &c.http.as_ref().unwrap().servers[0].locations;
+    let a = &locations[0].conf.access;
+    assert_eq!(a.len(), 4);
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let decide = |rules: &[AccessRule], s: &str| access_allowed(rules, ip(s));
+    assert!(decide(a, "10.1.2.3") && !decide(a, "10.1.2.4") && !decide(a, "10.200.0.1"));
+    assert!(decide(a, "::1") && !decide(a, "::2") && !decide(a, "192.168.0.1"));
+    // An IPv4 client on an IPv6 socket is tested as IPv4.
+    assert!(decide(a, "::ffff:10.1.2.3") && !decide(a, "::ffff:10.1.2.4"));
+    let b = &locations[1].conf.access;
+    assert_eq!(b.len(), 1, "a level with rules inherits none");
+    assert!(
+        decide(b, "192.168.77.1") && decide(b, "8.8.8.8"),
+        "no rule covers: allowed"
+    );
+    let warned: Vec<_> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        warned.contains(&"low address bits of 192.168.0.1/16 are meaningless"),
+        "{warned:?}"
+    );
+    assert_eq!(
+        errors("http { deny 10.0.0.0/33; allow nope; deny 10.0.0.0/x; }"),
+        [
+            "invalid parameter \"10.0.0.0/33\" in /etc/imbang/t.conf:1:13",
+            "invalid parameter \"nope\" in /etc/imbang/t.conf:1:32",
+            "invalid parameter \"10.0.0.0/x\" in /etc/imbang/t.conf:1:43",
+        ]
+    );
+}

@@ -155,6 +155,12 @@ impl Pool {
         });
     }
 
+    /// Idle connections to `addr` now.
+    pub fn idle(&self, addr: SocketAddr) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get(&addr).map_or(0, |parked| parked.conns.len())
+    }
+
     /// An idle connection to `addr` that is still open and not idle past its
     /// `keepalive_timeout` at `now` (the caller's recent clock read), or a new one.
     pub async fn checkout(

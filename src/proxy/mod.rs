@@ -26,7 +26,7 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 
 use crate::access_log::{Done, Pending, Record};
-use crate::config::model::{ErrorPage, ErrorPageStatus};
+use crate::config::model::{ErrorPage, ErrorPageStatus, access_allowed};
 use crate::log;
 use crate::pool::Pool;
 use crate::reload::Live;
@@ -652,12 +652,27 @@ async fn dispatch<'a>(
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
 ) -> (Response<ResponseBody>, bool) {
+    // nginx's access phase: after `return` (the rewrite phase), before anything else.
+    let answers = server_return.is_some() || matches!(route.action, RouteAction::Return(_));
+    if !route.conf.access.is_empty()
+        && !answers
+        && !access_allowed(&route.conf.access, ctx.conn.remote.ip())
+    {
+        log!(
+            Error,
+            "*{} access forbidden by rule{}",
+            ctx.conn.id,
+            ctx.log_context(None)
+        );
+        return (error::error_page(StatusCode::FORBIDDEN), false);
+    }
     match (server_return, &route.action) {
         (Some(answer), _) | (None, RouteAction::Return(answer)) => (
             answer_response(answer, ctx, &route.conf.default_type),
             false,
         ),
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
+        (None, RouteAction::Api) => (crate::api::respond(shared, ctx, route), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
             proxied(shared, ctx, route, proxy, body, client_upgrade, out).await

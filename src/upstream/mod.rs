@@ -194,6 +194,11 @@ impl UpstreamGroup {
         self.tries
     }
 
+    /// The `queue` line, if the upstream has one.
+    pub fn queue_spec(&self) -> Option<QueueSpec> {
+        self.queue
+    }
+
     /// Requests waiting in this upstream's `queue` now.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

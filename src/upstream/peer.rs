@@ -41,6 +41,12 @@ use crate::config::model::PeerSpec;
 #[derive(Debug, Default)]
 pub struct PeerState {
     in_flight: AtomicU32,
+    /// Attempts sent to this peer, those that failed, and the times failures made it
+    /// unavailable (NGINX Plus's API: `requests`, `fails`, `unavail`): one relaxed add per
+    /// attempt beside the `in_flight` ones it makes anyway, and one per failure.
+    requests: AtomicU64,
+    failed: AtomicU64,
+    went_unavailable: AtomicU64,
     /// The sum of the start times of the timed attempts in flight (nanoseconds since
     /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
@@ -75,6 +81,21 @@ impl PeerState {
     /// all snapshots.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Attempts sent to this peer so far (picks), over all snapshots.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Attempts that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Times failures made the peer unavailable (`max_fails` within `fail_timeout`).
+    pub fn went_unavailable(&self) -> u64 {
+        self.went_unavailable.load(Ordering::Relaxed)
     }
 
     /// Failures counted by passive health (nginx's `fails`).
@@ -293,6 +314,17 @@ impl Peer {
         (self.state.health()).scaled_weight(self.weight, self.slow_start, now)
     }
 
+    /// `max_conns` on the `server` line (0: no limit).
+    pub fn max_conns(&self) -> u32 {
+        self.max_conns
+    }
+
+    /// Not taken out by passive health (`max_fails` failures within `fail_timeout`) at `now`.
+    pub fn passively_available(&self, now: Instant) -> bool {
+        self.state.unrest() & FAILING == 0
+            || (self.state.health()).is_available(self.fail_policy, now)
+    }
+
     /// `down` on the `server` line.
     pub fn is_down(&self) -> bool {
         self.down
@@ -373,6 +405,7 @@ impl PeerGuard {
             peer.state.in_flight_timed.fetch_add(1, Ordering::SeqCst);
         }
         peer.state.in_flight.fetch_add(1, Ordering::SeqCst);
+        peer.state.requests.fetch_add(1, Ordering::Relaxed);
         Self {
             state: Arc::clone(&peer.state),
             addr: peer.addr,
@@ -454,13 +487,18 @@ impl PeerGuard {
         if std::mem::replace(&mut self.reported, true) {
             return false;
         }
+        self.state.failed.fetch_add(1, Ordering::Relaxed);
         let mut health = self.state.health();
-        if self.single {
+        let out = if self.single {
             health.clear_fails();
             false
         } else {
             health.on_failure(self.fail_policy, self.weight, now)
+        };
+        if out {
+            self.state.went_unavailable.fetch_add(1, Ordering::Relaxed);
         }
+        out
     }
 
     /// Ends the attempt without a verdict on the peer (same as dropping the guard).

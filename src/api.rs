@@ -1,0 +1,251 @@
+//! NGINX Plus's live API (`api;` in a location), read-only: JSON in the Plus API's shapes about
+//! the running imbang and its upstream groups, each peer with its state, load, failures and
+//! health checks — enough for the tools that poll `/api/N/http/upstreams`.
+//!
+//! | path (after the location's prefix) | answer |
+//! |---|---|
+//! | `/` | the API versions: `[1,...,9]` (every version gets the same shapes) |
+//! | `/9/` | the endpoints imbang has: `["nginx","http"]` |
+//! | `/9/nginx` | version, build, address, generation (reloads), load_timestamp, timestamp, pid, ppid |
+//! | `/9/http/` | `["upstreams"]` |
+//! | `/9/http/upstreams` | every group by name |
+//! | `/9/http/upstreams/NAME` | one group: `peers`, `keepalive`, `queue` |
+//! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
+//!
+//! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
+//! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
+//! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`). Plus's response counters and
+//! times (`responses`, `sent`, `received`, `header_time`, `response_time`, `selected`,
+//! `downtime`) are not kept. Errors are Plus's JSON error object with its codes
+//! (`PathNotFound`, `UnknownVersion`, `UpstreamNotFound`, `ServerNotFound`, `MethodDisabled`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::proxy::{RequestCtx, ResponseBody, Shared};
+use crate::snapshot::{Group, Route};
+use crate::upstream::Peer;
+use crate::upstream::health::active::CheckState;
+
+/// The versions of the Plus API answered (all in today's shapes).
+const VERSIONS: std::ops::RangeInclusive<u64> = 1..=9;
+
+/// Answers one API request.
+pub fn respond(shared: &Shared, ctx: &RequestCtx<'_>, route: &Route) -> Response<ResponseBody> {
+    let method = &ctx.parts.method;
+    if method != Method::GET && method != Method::HEAD {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method disabled",
+            "MethodDisabled",
+        );
+    }
+    let path = match &route.prefix {
+        Some(prefix) => ctx.path.strip_prefix(prefix.as_str()).unwrap_or(ctx.path),
+        None => ctx.path,
+    };
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match answer(shared, ctx, &parts) {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err((status, text, code)) => error(status, text, code),
+    }
+}
+
+type Failure = (StatusCode, &'static str, &'static str);
+
+const PATH_NOT_FOUND: Failure = (StatusCode::NOT_FOUND, "path not found", "PathNotFound");
+
+fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value, Failure> {
+    let Some((version, rest)) = parts.split_first() else {
+        return Ok(json!(VERSIONS.collect::<Vec<_>>()));
+    };
+    if !version.parse().is_ok_and(|v: u64| VERSIONS.contains(&v)) {
+        return Err((StatusCode::NOT_FOUND, "unknown version", "UnknownVersion"));
+    }
+    let snapshot = shared.live.snapshot();
+    match rest {
+        [] => Ok(json!(["nginx", "http"])),
+        ["nginx"] => Ok(nginx(shared, ctx)),
+        ["http"] => Ok(json!(["upstreams"])),
+        ["http", "upstreams"] => {
+            let mut groups: Vec<_> = snapshot.groups().collect();
+            groups.sort_by(|a, b| a.balancer.name().cmp(b.balancer.name()));
+            let map: Map<String, Value> = (groups.into_iter())
+                .map(|g| (g.balancer.name().to_owned(), upstream(shared, g)))
+                .collect();
+            Ok(Value::Object(map))
+        }
+        ["http", "upstreams", name, rest @ ..] => {
+            let group = snapshot.group(name).ok_or((
+                StatusCode::NOT_FOUND,
+                "upstream not found",
+                "UpstreamNotFound",
+            ))?;
+            let peers = group.balancer.peers();
+            match rest {
+                [] => Ok(upstream(shared, group)),
+                ["servers"] => Ok(Value::Array(peers.iter().map(server).collect())),
+                ["servers", id] => {
+                    let peer = (id.parse::<usize>().ok())
+                        .and_then(|id| peers.iter().find(|p| p.index() == id))
+                        .ok_or((StatusCode::NOT_FOUND, "server not found", "ServerNotFound"))?;
+                    Ok(server(peer))
+                }
+                _ => Err(PATH_NOT_FOUND),
+            }
+        }
+        _ => Err(PATH_NOT_FOUND),
+    }
+}
+
+/// `/N/nginx`.
+fn nginx(shared: &Shared, ctx: &RequestCtx<'_>) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": "imbang",
+        "address": ctx.conn.local.ip().to_string(),
+        "generation": shared.live.reloads(),
+        "load_timestamp": timestamp(shared.live.loaded_at()),
+        "timestamp": timestamp(SystemTime::now()),
+        "pid": std::process::id(),
+        "ppid": nix::unistd::getppid().as_raw(),
+    })
+}
+
+/// One upstream group.
+fn upstream(shared: &Shared, group: &Group) -> Value {
+    let now = Instant::now();
+    let balancer = &group.balancer;
+    let peers: Vec<Value> = balancer.peers().iter().map(|p| peer(p, now)).collect();
+    let mut addrs: Vec<_> = balancer.peers().iter().map(Peer::addr).collect();
+    addrs.sort();
+    addrs.dedup();
+    let keepalive: usize = addrs.iter().map(|&a| shared.pool.idle(a)).sum();
+    let mut value = json!({ "peers": peers, "keepalive": keepalive });
+    if let Some(queue) = balancer.queue_spec() {
+        value["queue"] = json!({ "size": balancer.waiting(), "max_size": queue.size });
+    }
+    value
+}
+
+/// One peer, as `/N/http/upstreams/NAME` lists it.
+fn peer(peer: &Peer, now: Instant) -> Value {
+    let state = peer.state();
+    let active = state.active_health();
+    let verdicts = active.verdicts();
+    let held = |s| verdicts.iter().any(|v| v.state == s);
+    let shown = if peer.is_down() {
+        "down"
+    } else if held(CheckState::Unhealthy) {
+        "unhealthy"
+    } else if held(CheckState::Checking) {
+        "checking"
+    } else if !peer.passively_available(now) {
+        "unavail"
+    } else {
+        "up"
+    };
+    let mut value = json!({
+        "id": peer.index(),
+        "server": peer.addr().to_string(),
+        "name": peer.server(),
+        "backup": peer.is_backup(),
+        "weight": peer.weight(),
+        "state": shown,
+        "active": state.in_flight(),
+        "requests": state.requests(),
+        "fails": state.failed(),
+        "unavail": state.went_unavailable(),
+    });
+    if peer.max_conns() != 0 {
+        value["max_conns"] = json!(peer.max_conns());
+    }
+    if !verdicts.is_empty() {
+        let mut checks = json!({
+            "checks": verdicts.iter().map(|v| v.checks).sum::<u64>(),
+            "fails": verdicts.iter().map(|v| v.failed).sum::<u64>(),
+            "unhealthy": verdicts.iter().map(|v| v.went_unhealthy).sum::<u64>(),
+        });
+        let last: Vec<bool> = verdicts.iter().filter_map(|v| v.last_passed).collect();
+        if !last.is_empty() {
+            checks["last_passed"] = json!(last.iter().all(|&p| p));
+        }
+        value["health_checks"] = checks;
+    }
+    value
+}
+
+/// One configured server, as the Plus write API's GET shows it.
+fn server(peer: &Peer) -> Value {
+    let policy = peer.fail_policy();
+    json!({
+        "id": peer.index(),
+        "server": peer.server(),
+        "weight": peer.weight(),
+        "max_conns": peer.max_conns(),
+        "max_fails": policy.max_fails,
+        "fail_timeout": seconds(policy.fail_timeout),
+        "slow_start": seconds(peer.slow_start()),
+        "backup": peer.is_backup(),
+        "down": peer.is_down(),
+    })
+}
+
+/// `10s`, `1.5s`: a duration as the Plus API writes one.
+fn seconds(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}ms", ms)
+    }
+}
+
+/// ISO 8601 in UTC with milliseconds, as the Plus API writes times.
+fn timestamp(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// The Plus API's error object.
+fn error(status: StatusCode, text: &str, code: &str) -> Response<ResponseBody> {
+    let value = json!({
+        "error": { "status": status.as_u16(), "text": text, "code": code },
+        "href": "https://nginx.org/en/docs/http/ngx_http_api_module.html",
+    });
+    json_response(status, &value)
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_times_are_written_as_the_plus_api_writes_them() {
+        use std::time::Duration;
+        assert_eq!(seconds(Duration::from_secs(10)), "10s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1500ms");
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(timestamp(t), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -11,12 +11,13 @@
 //! | `/9/http/upstreams` | every group by name |
 //! | `/9/http/upstreams/NAME` | one group: `peers`, `keepalive`, `queue` |
 //! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
+//! | `/dashboard.html` | imbang's dashboard: a page that polls the above once a second |
 //!
 //! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
 //! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
-//! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`). Plus's response counters and
-//! times (`responses`, `sent`, `received`, `header_time`, `response_time`, `selected`,
-//! `downtime`) are not kept. Errors are Plus's JSON error object with its codes
+//! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`), `responses` (`1xx` … `5xx`,
+//! `total`). Plus's per-code counts (`codes`), bytes and times (`sent`, `received`,
+//! `header_time`, `response_time`, `selected`, `downtime`) are not kept. Errors are Plus's JSON error object with its codes
 //! (`PathNotFound`, `UnknownVersion`, `UpstreamNotFound`, `ServerNotFound`, `MethodDisabled`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,6 +50,9 @@ pub fn respond(shared: &Shared, ctx: &RequestCtx<'_>, route: &Route) -> Response
         None => ctx.path,
     };
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts == ["dashboard.html"] {
+        return dashboard();
+    }
     match answer(shared, ctx, &parts) {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err((status, text, code)) => error(status, text, code),
@@ -158,6 +162,7 @@ fn peer(peer: &Peer, now: Instant) -> Value {
         "state": shown,
         "active": state.in_flight(),
         "requests": state.requests(),
+        "responses": responses(state.responses()),
         "fails": state.failed(),
         "unavail": state.went_unavailable(),
     });
@@ -175,6 +180,15 @@ fn peer(peer: &Peer, now: Instant) -> Value {
             checks["last_passed"] = json!(last.iter().all(|&p| p));
         }
         value["health_checks"] = checks;
+    }
+    value
+}
+
+/// `responses`: counts by status class and their total.
+fn responses(by_class: [u64; 5]) -> Value {
+    let mut value = json!({ "total": by_class.iter().sum::<u64>() });
+    for (i, n) in by_class.into_iter().enumerate() {
+        value[format!("{}xx", i + 1)] = json!(n);
     }
     value
 }
@@ -213,6 +227,17 @@ fn timestamp(t: SystemTime) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_default()
+}
+
+/// The dashboard page (self-contained: its script fetches `9/...` beside it).
+fn dashboard() -> Response<ResponseBody> {
+    static PAGE: &str = include_str!("dashboard.html");
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(PAGE.as_bytes())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
 }
 
 /// The Plus API's error object.

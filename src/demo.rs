@@ -101,7 +101,7 @@ pub fn config_text(listen: SocketAddr, backends: &[Backend]) -> String {
         .map(|b| format!("        server {} max_fails=1 fail_timeout=3s;\n", b.addr))
         .collect();
     format!(
-        "daemon off;\nerror_log stderr warn;\n\nevents {{}}\n\nhttp {{\n    access_log off;\n\n    upstream demo {{\n{servers}    }}\n\n    server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://demo;\n        }}\n    }}\n}}\n"
+        "daemon off;\nerror_log stderr warn;\n\nevents {{}}\n\nhttp {{\n    access_log off;\n\n    upstream demo {{\n{servers}    }}\n\n    server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://demo;\n        }}\n        location /api/ {{\n            api;\n        }}\n    }}\n}}\n"
     )
 }
 
@@ -164,7 +164,8 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     for line in text.lines() {
         println!("    {line}");
     }
-    println!("\nThe site: http://{lb}/\n");
+    println!("\nThe site: http://{lb}/");
+    println!("Its dashboard (NGINX Plus's API, free in imbang): http://{lb}/api/dashboard.html\n");
 
     let n = backends.len();
     println!("1. Round-robin: each request goes to the next backend.");

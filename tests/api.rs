@@ -77,6 +77,11 @@ async fn upstreams_show_each_peer_with_its_state_load_failures_and_health_checks
         (&Value::from("up"), &Value::from(2), &Value::from(0))
     );
     assert_eq!(app[1]["requests"], 2);
+    let responses = &app[0]["responses"];
+    assert_eq!(
+        (&responses["2xx"], &responses["5xx"], &responses["total"]),
+        (&Value::from(2), &Value::from(0), &Value::from(2))
+    );
     assert!(app[1].get("max_conns").is_none(), "{app:#}");
     let checks = &app[0]["health_checks"];
     assert!(checks["checks"].as_u64().unwrap() >= 1, "{checks}");
@@ -115,6 +120,8 @@ async fn upstreams_show_each_peer_with_its_state_load_failures_and_health_checks
         (&other[1]["state"], &other[1]["requests"]),
         (&Value::from("up"), &Value::from(1))
     );
+    assert_eq!(other[0]["responses"]["total"], 0, "refused: no response");
+    assert_eq!(other[1]["responses"]["2xx"], 1);
     // Pooled keep-alive connections to the group's peers.
     assert!(all["app"]["keepalive"].as_u64().unwrap() >= 1, "{all:#}");
 
@@ -203,6 +210,11 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
         (status, &body["error"]["code"]),
         (405, &Value::from("MethodDisabled"))
     );
+    // The dashboard, beside the API it reads (relative paths: `9/nginx`, `9/http/upstreams`).
+    let (status, page) = lb.get("/api/dashboard.html").await;
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.contains(r#"const base = "9/";"#) && page.contains(r#"get("http/upstreams")"#));
     // The JSON is sent as such.
     let (status, text) = lb.get("/api/9/nginx").await;
     assert_eq!(status, 200);

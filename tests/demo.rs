@@ -42,6 +42,12 @@ async fn demo_once_shows_round_robin_failover_and_recovery_then_exits() {
         .iter()
         .position(|l| l.starts_with("The site: http://127.0.0.1:"))
         .unwrap_or_else(|| panic!("no site address:\n{stdout}"));
+    let site = lines[to]
+        .trim_start_matches("The site: ")
+        .trim_end_matches('/');
+    let dashboard =
+        format!("Its dashboard (NGINX Plus's API, free in imbang): {site}/api/dashboard.html");
+    assert_eq!(lines.get(to + 1), Some(&dashboard.as_str()), "{stdout}");
     let config: Vec<&str> = lines[from + 1..to]
         .iter()
         .map(|l| {
@@ -56,6 +62,8 @@ async fn demo_once_shows_round_robin_failover_and_recovery_then_exits() {
         "upstream demo {",
         "listen 127.0.0.1:0;",
         "proxy_pass http://demo;",
+        "location /api/ {",
+        "api;",
     ] {
         assert!(has(line), "no {line:?} in the printed config:\n{config}");
     }

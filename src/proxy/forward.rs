@@ -176,6 +176,7 @@ pub async fn forward(
         match target.attempt(record, body).await {
             Ok((answer, conn)) => {
                 let status = answer.head.status.as_u16();
+                guard.count_response(status);
                 record.answered(status, true);
                 if record.want_upstream_headers {
                     record.upstream_headers = Some(answer.head.headers.clone());

@@ -47,6 +47,8 @@ pub struct PeerState {
     requests: AtomicU64,
     failed: AtomicU64,
     went_unavailable: AtomicU64,
+    /// Response heads received from this peer, by status class (1xx … 5xx).
+    responses: [AtomicU64; 5],
     /// The sum of the start times of the timed attempts in flight (nanoseconds since
     /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
@@ -86,6 +88,11 @@ impl PeerState {
     /// Attempts sent to this peer so far (picks), over all snapshots.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Response heads received so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn responses(&self) -> [u64; 5] {
+        self.responses.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     /// Attempts that failed so far.
@@ -423,6 +430,12 @@ impl PeerGuard {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Counts a response head with `status` from the peer (the API's `responses`).
+    pub fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.state.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// When the peer was picked (a clock read the attempt can use rather than make again).

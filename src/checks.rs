@@ -66,8 +66,7 @@ impl HealthChecks {
     pub fn reconcile(&self, snapshot: &Snapshot) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let checks = (snapshot.config.http.iter()).flat_map(|h| &h.health_checks);
-        let mut wanted: HashMap<String, Vec<Target>> = HashMap::new();
-        let mut specs = HashMap::new();
+        let mut wanted: HashMap<String, (Arc<HealthCheck>, Vec<Target>)> = HashMap::new();
         for check in checks {
             let identity = check.identity();
             if wanted.contains_key(&identity) {
@@ -76,7 +75,6 @@ impl HealthChecks {
             let Some(group) = snapshot.group(&check.upstream) else {
                 continue;
             };
-            let spec = Arc::new(check.clone());
             let targets = (group.balancer.peers().iter())
                 .filter(|peer| !peer.is_down())
                 .map(|peer| Target {
@@ -85,14 +83,12 @@ impl HealthChecks {
                     slow_start: peer.slow_start(),
                 })
                 .collect();
-            wanted.insert(identity.clone(), targets);
-            specs.insert(identity, spec);
+            wanted.insert(identity, (Arc::new(check.clone()), targets));
         }
         // Start what is new before stopping what is gone: `persistent` asks whether a peer
         // was healthy under the checks in force until now.
         let mut stop = Vec::new();
-        for (identity, targets) in &wanted {
-            let spec = &specs[identity];
+        for (identity, (spec, targets)) in &wanted {
             let fresh = !running.contains_key(identity);
             let entry = running.entry(identity.clone()).or_insert_with(|| Running {
                 probes: HashMap::new(),

@@ -114,6 +114,19 @@ async fn until_only(lb: &Lb, want: &str, n: usize) {
     }
 }
 
+/// Sends requests (bounded) until `app` has served more than `more_than` of them.
+async fn until_served(lb: &Lb, app: &App, more_than: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.served() <= more_than {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never got a request",
+            app.name
+        );
+        answers(lb, 2).await;
+    }
+}
+
 async fn until_checked(app: &App, more_than: usize) {
     let what = format!("a check of {} past {more_than}", app.name);
     eventually(&what, Duration::from_secs(10), || app.checks() > more_than).await;
@@ -139,11 +152,7 @@ async fn a_peer_failing_its_check_gets_no_requests_until_it_passes_again() {
     assert_eq!(a.served(), served, "requests reached the unhealthy peer");
 
     a.set(200, "fine");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.served() == served {
-        assert!(tokio::time::Instant::now() < deadline, "a never came back");
-        answers(&lb, 2).await;
-    }
+    until_served(&lb, &a, served).await;
     assert!(b.checks() > 0, "b is checked too");
     // The check request's Host is the proxy_pass host (no proxy_set_header Host here).
     let (host, agent) = a.seen.lock().unwrap().clone();
@@ -165,10 +174,7 @@ async fn a_match_block_tests_status_headers_and_body() {
     a.set(200, "under maintenance");
     until_only(&lb, "200 b", 6).await;
     a.set(200, "all good");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !answers(&lb, 2).await.contains(&"200 a".to_owned()) {
-        assert!(tokio::time::Instant::now() < deadline, "a never came back");
-    }
+    until_served(&lb, &a, a.served()).await;
     // A 3xx passes without a match, but not this one.
     a.set(302, "moved");
     until_only(&lb, "200 b", 6).await;
@@ -187,11 +193,7 @@ async fn mandatory_holds_a_peer_out_until_its_first_check_answers() {
     assert_eq!(a.served(), 0);
     a.gate.send_replace(true);
     until_checked(&a, 0).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.served() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "a never came in");
-        answers(&lb, 2).await;
-    }
+    until_served(&lb, &a, 0).await;
 }
 
 #[tokio::test]

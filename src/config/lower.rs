@@ -1481,16 +1481,7 @@ impl<'a> Lower<'a> {
             self.invalid(format!("invalid parameter \"{text}\""), arg.span);
             return None;
         };
-        let net = match ip {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V4((u32::from(v4) & mask).into())
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        };
+        let net = network(ip, prefix);
         if net != ip {
             self.warn(
                 format!("low address bits of {text} are meaningless"),

@@ -30,7 +30,6 @@ use tokio::time::Instant;
 use super::Peer;
 use super::Tried;
 use super::health::PassiveHealth;
-use super::health::passive::FAILING;
 use crate::config::model::BalanceMethod;
 
 pub mod consistent_hash;
@@ -97,10 +96,7 @@ impl<'a> PickContext<'a> {
     /// [`is_eligible`](Self::is_eligible), taking the peer's health lock for the test only,
     /// and only for a peer with failures (with none it is available under any policy).
     pub fn is_eligible_now(&self, peer: &Peer) -> bool {
-        if peer.state().unrest() & FAILING == 0 {
-            return self.is_eligible_at_rest(peer);
-        }
-        self.is_eligible(peer, &peer.state().health())
+        self.is_eligible_at_rest(peer) && peer.passively_available(self.now)
     }
 
     /// [`is_eligible`](Self::is_eligible) for a peer without failures.

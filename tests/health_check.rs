@@ -341,3 +341,29 @@ async fn persistent_lets_a_healthy_peer_through_a_reload_that_changes_a_mandator
     until_only(&lb, "200 b", 6).await;
     assert_eq!(a.served(), served + 2);
 }
+
+#[tokio::test]
+async fn with_two_checks_on_a_group_either_one_holds_a_peer_out() {
+    let (a, a_addr) = App::start("a").await;
+    let (_b, b_addr) = App::start("b").await;
+    let conf = format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           match fine {{ body ~ fine; }}
+           upstream app {{ server {a_addr}; server {b_addr}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ proxy_pass http://app; health_check uri=/health interval=50ms; }}
+             location /x {{ proxy_pass http://app; health_check uri=/health interval=60ms match=fine; }}
+           }}
+         }}"
+    );
+    let lb = imbang(&conf).await;
+    assert_eq!(lb.server.health_checks(), (2, 4));
+    until_checked(&a, 1).await;
+    until_served(&lb, &a, 0).await;
+    // A 200 passes the first check; the second wants "fine" in the body.
+    a.set(200, "meh");
+    until_only(&lb, "200 b", 6).await;
+    a.set(200, "fine");
+    until_served(&lb, &a, a.served()).await;
+}

@@ -361,6 +361,20 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             walk(l, &mut scope, errors);
         }
     }
+    // `map`s in file order: a map's source and values may use the maps written before it.
+    for map in config.http.iter().flat_map(|h| &h.maps) {
+        let error = |message: String| {
+            ConfigError::new(ErrorKind::Invalid(message), Some(map.location.clone()))
+        };
+        if crate::vars::Var::parse(&map.name).is_some() || scope.has(&map.name) {
+            errors.push(error(format!("the duplicate \"{}\" variable", map.name)));
+            continue;
+        }
+        match crate::vars::MapTable::compile(map, &scope) {
+            Ok(table) => scope.define_map(table),
+            Err(message) => errors.push(error(message)),
+        }
+    }
     scope
 }
 

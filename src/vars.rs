@@ -58,19 +58,144 @@ pub enum Var {
     UpstreamHttp(String),
     /// A variable of the configuration's own, given a value by `set`.
     Set(Arc<str>),
+    /// A variable a `map` block defines.
+    Map(MapRef),
     /// `$1`..`$9`: a numbered group of the regex location that matched (empty when none did
     /// or the group took no part in the match).
     Capture(u8),
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
-/// anywhere may be used everywhere; where it was not set for a request it is empty).
+/// anywhere may be used everywhere; where it was not set for a request it is empty), and those
+/// its `map` blocks define.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     names: std::collections::HashMap<String, Arc<str>>,
+    maps: std::collections::HashMap<String, MapRef>,
+}
+
+/// A compiled `map` block: the source text, its keys, and the values (all with variables).
+#[derive(Debug)]
+pub struct MapTable {
+    pub name: String,
+    source: Template,
+    /// Exact keys (lower case) to the index of their value.
+    exact: std::collections::HashMap<String, usize>,
+    /// Wildcard and regex keys in the order nginx tries them (leading wildcards longest first,
+    /// then trailing ones longest first, then regexes in file order), with their value's index.
+    patterns: Vec<(MapPattern, usize)>,
+    values: Vec<Template>,
+    default: Template,
+}
+
+#[derive(Debug)]
+enum MapPattern {
+    Suffix { suffix: String, dot_too: bool },
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+/// A `map` variable: compared by identity.
+#[derive(Clone, Debug)]
+pub struct MapRef(pub Arc<MapTable>);
+
+impl PartialEq for MapRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MapRef {}
+
+impl MapTable {
+    /// Compiles `spec` with the variables of `scope` (which holds the maps written before it).
+    pub fn compile(spec: &crate::config::model::MapSpec, scope: &Scope) -> Result<Self, String> {
+        use crate::config::model::MapKey;
+        let mut exact = std::collections::HashMap::new();
+        let (mut suffixes, mut prefixes, mut regexes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut values = Vec::new();
+        for (key, value) in &spec.entries {
+            let i = values.len();
+            values.push(Template::compile_in(value, scope)?);
+            match key {
+                MapKey::Exact(k) => {
+                    exact.insert(k.clone(), i);
+                }
+                MapKey::Suffix { suffix, dot_too } => suffixes.push((
+                    MapPattern::Suffix {
+                        suffix: suffix.clone(),
+                        dot_too: *dot_too,
+                    },
+                    i,
+                )),
+                MapKey::Prefix(p) => prefixes.push((MapPattern::Prefix(p.clone()), i)),
+                MapKey::Regex(re) => regexes.push((MapPattern::Regex(re.clone()), i)),
+            }
+        }
+        let len = |p: &MapPattern| match p {
+            MapPattern::Suffix { suffix, .. } => suffix.len(),
+            MapPattern::Prefix(prefix) => prefix.len(),
+            MapPattern::Regex(_) => 0,
+        };
+        suffixes.sort_by_key(|(p, _)| std::cmp::Reverse(len(p)));
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(len(p)));
+        let mut patterns = suffixes;
+        patterns.extend(prefixes);
+        patterns.extend(regexes);
+        Ok(Self {
+            name: spec.name.clone(),
+            source: Template::compile_in(&spec.source, scope)?,
+            exact,
+            patterns,
+            values,
+            default: Template::compile_in(&spec.default, scope)?,
+        })
+    }
+
+    /// Appends this request's value: the source rendered and looked up.
+    pub fn append(&self, vars: &dyn Vars, out: &mut String) {
+        let source = self.source.render(vars);
+        self.lookup(&source).render_into(vars, out);
+    }
+
+    /// The value template for `source`: an exact key (without regard to case), then
+    /// wildcards, then regexes, then `default`.
+    fn lookup(&self, source: &str) -> &Template {
+        let lower = source.to_ascii_lowercase();
+        if let Some(&i) = self.exact.get(&lower) {
+            return &self.values[i];
+        }
+        let found = self.patterns.iter().find(|(p, _)| match p {
+            MapPattern::Suffix { suffix, dot_too } => {
+                lower.ends_with(suffix.as_str()) || (*dot_too && lower == suffix[1..])
+            }
+            MapPattern::Prefix(prefix) => lower.starts_with(prefix.as_str()),
+            MapPattern::Regex(re) => re.is_match(source),
+        });
+        found.map_or(&self.default, |&(_, i)| &self.values[i])
+    }
+
+    /// Whether the source, a value or the default uses a variable satisfying `pred`.
+    fn uses(&self, pred: &dyn Fn(&Var) -> bool) -> bool {
+        std::iter::once(&self.source)
+            .chain(&self.values)
+            .chain(std::iter::once(&self.default))
+            .any(|t| t.uses(pred))
+    }
 }
 
 impl Scope {
+    /// Adds the variable of a compiled `map`.
+    pub fn define_map(&mut self, table: MapTable) {
+        self.maps
+            .insert(table.name.clone(), MapRef(Arc::new(table)));
+    }
+
+    /// Whether `name` is a variable of the configuration's own (`set` or `map`).
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name) || self.maps.contains_key(name)
+    }
+
     pub fn declare(&mut self, name: &str) -> Arc<str> {
         self.names
             .entry(name.to_owned())
@@ -217,10 +342,13 @@ impl Template {
             }
             let var = match Var::parse(name) {
                 Some(var) => var,
-                None => scope
-                    .get(name)
-                    .map(Var::Set)
-                    .ok_or_else(|| format!("unknown \"{name}\" variable"))?,
+                None => match scope.maps.get(name) {
+                    Some(map) => Var::Map(map.clone()),
+                    None => scope
+                        .get(name)
+                        .map(Var::Set)
+                        .ok_or_else(|| format!("unknown \"{name}\" variable"))?,
+                },
             };
             if !lit.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut lit)));
@@ -237,9 +365,16 @@ impl Template {
 
     /// True when some variable of the template satisfies `pred`.
     pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Var(v) if pred(v)))
+        self.uses_dyn(&pred)
+    }
+
+    /// [`uses`](Self::uses), looking into the templates of the maps it uses too.
+    fn uses_dyn(&self, pred: &dyn Fn(&Var) -> bool) -> bool {
+        self.parts.iter().any(|p| match p {
+            Part::Var(Var::Map(map)) => pred(&Var::Map(map.clone())) || map.0.uses(pred),
+            Part::Var(v) => pred(v),
+            Part::Text(_) => false,
+        })
     }
 
     /// True when the template has no variables (its value is the same for every request).

@@ -80,6 +80,34 @@ async fn upgrade_passes_through_by_default_and_with_nginx_s_headers() {
 }
 
 #[tokio::test]
+async fn nginx_s_websocket_map_works_unchanged() {
+    // The configuration nginx's WebSocket proxying page gives.
+    let backend = echo_backend().await;
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+           upstream ws {{ server {backend}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{
+               proxy_pass http://ws;
+               proxy_http_version 1.1;
+               proxy_set_header Upgrade $http_upgrade;
+               proxy_set_header Connection $connection_upgrade;
+             }}
+             location /value {{ return 200 \"[$connection_upgrade]\"; }}
+           }}
+         }}"
+    ))
+    .await;
+    let (head, mut s) = upgrade(lb.addr, "/").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo_roundtrip(&mut s, b"through the map").await;
+    // Without an Upgrade header the map gives `close`.
+    assert_eq!(lb.get("/value").await, (200, "[close]".to_owned()));
+}
+
+#[tokio::test]
 async fn an_idle_tunnel_closes_after_proxy_read_timeout() {
     let backend = echo_backend().await;
     let lb = imbang(&format!(

@@ -351,6 +351,8 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- access by client address (ngx_http_access_module)
     d("allow", HSL, ONE),
     d("deny", HSL, ONE),
+    // --- variables from other variables (ngx_http_map_module); the block's lines are pairs
+    block("map", C::HTTP, Range(2, 2)),
     // --- NGINX Plus's API
     d("api", C::LOCATION, Range(0, 1)),
     // --- active health checks (NGINX Plus)
@@ -386,7 +388,6 @@ pub static NOT_YET: &[&str] = &[
     "limit_req",
     "limit_conn",
     "auth_basic",
-    "map",
     "geo",
     "split_clients",
     "fastcgi_pass",

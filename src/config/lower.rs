@@ -40,6 +40,7 @@ pub fn lower(
         inner_error_logs: Vec::new(),
         matches: HashMap::new(),
         health_checks: Vec::new(),
+        maps: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -70,6 +71,8 @@ struct Lower<'a> {
     matches: HashMap<String, Arc<Match>>,
     /// `health_check`s so far.
     health_checks: Vec<HealthCheck>,
+    /// `map` blocks so far.
+    maps: Vec<MapSpec>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -491,6 +494,7 @@ impl<'a> Lower<'a> {
             };
             match d.name.as_str() {
                 "server" => servers.push(d),
+                "map" => self.map_block(d),
                 "error_log" => error_log.extend(self.error_log(d)),
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
@@ -569,6 +573,7 @@ impl<'a> Lower<'a> {
             client_header_buffer_size,
             log_buffers: std::mem::take(&mut self.log_buffers),
             health_checks: std::mem::take(&mut self.health_checks),
+            maps: std::mem::take(&mut self.maps),
         }
     }
 
@@ -1447,6 +1452,117 @@ impl<'a> Lower<'a> {
         Some(name)
     }
 
+    /// `map source $name { [hostnames;] [volatile;] [default value;] key value; ... }`.
+    fn map_block(&mut self, d: &Directive) {
+        let Some(name) = d.args[1]
+            .value
+            .strip_prefix('$')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        else {
+            return self.invalid(
+                format!("invalid variable name \"{}\"", d.args[1].value),
+                d.args[1].span,
+            );
+        };
+        let mut map = MapSpec {
+            source: d.args[0].value.clone(),
+            name: name.to_owned(),
+            default: String::new(),
+            entries: Vec::new(),
+            location: self.at(d.span),
+        };
+        let mut hostnames = false;
+        let mut default_seen = false;
+        let mut keys = HashSet::new();
+        for c in d.block.as_deref().unwrap_or_default() {
+            if c.block.is_some() {
+                self.invalid(
+                    format!("unexpected \"{{\" after map key \"{}\"", c.name),
+                    c.span,
+                );
+                continue;
+            }
+            match (c.name.as_str(), c.args.len()) {
+                ("hostnames", 0) => {
+                    hostnames = true;
+                    continue;
+                }
+                ("volatile", 0) => continue, // imbang caches no map value
+                ("default", 1) => {
+                    if std::mem::replace(&mut default_seen, true) {
+                        self.invalid("duplicate default map parameter".to_owned(), c.span);
+                    }
+                    map.default = c.args[0].value.clone();
+                    continue;
+                }
+                (_, 1) => {}
+                _ => {
+                    self.invalid("invalid number of the map parameters".to_owned(), c.span);
+                    continue;
+                }
+            }
+            let (text, value) = (c.name.as_str(), c.args[0].value.clone());
+            let key = if let Some(re) = text.strip_prefix("~*") {
+                self.map_regex(&format!("(?i){re}"), c)
+            } else if let Some(re) = text.strip_prefix('~') {
+                self.map_regex(re, c)
+            } else {
+                let text = text.strip_prefix('\\').unwrap_or(text).to_ascii_lowercase();
+                if !keys.insert(text.clone()) {
+                    self.invalid(format!("conflicting parameter \"{}\"", c.name), c.span);
+                    continue;
+                }
+                Some(if !hostnames {
+                    MapKey::Exact(text)
+                } else if let Some(rest) = text.strip_prefix("*.") {
+                    MapKey::Suffix {
+                        suffix: format!(".{rest}"),
+                        dot_too: false,
+                    }
+                } else if text.starts_with('.') {
+                    MapKey::Suffix {
+                        suffix: text,
+                        dot_too: true,
+                    }
+                } else if let Some(rest) = text.strip_suffix(".*") {
+                    MapKey::Prefix(format!("{rest}."))
+                } else {
+                    MapKey::Exact(text)
+                })
+            };
+            if let Some(key) = key {
+                map.entries.push((key, value));
+            }
+        }
+        self.maps.push(map);
+    }
+
+    fn map_regex(&mut self, pattern: &str, c: &Directive) -> Option<MapKey> {
+        let value = c.args[0].value.as_bytes();
+        if value
+            .windows(2)
+            .any(|w| w[0] == b'$' && (b'1'..=b'9').contains(&w[1]))
+        {
+            self.invalid(
+                "captures of a \"map\" regex are not supported by imbang yet".to_owned(),
+                c.args[0].span,
+            );
+            return None;
+        }
+        match regex::Regex::new(pattern) {
+            Ok(re) => Some(MapKey::Regex(re)),
+            Err(e) => {
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().to_owned();
+                self.invalid(
+                    format!("invalid regular expression \"{}\": {why}", c.name),
+                    c.span,
+                );
+                None
+            }
+        }
+    }
+
     /// `allow|deny address|CIDR|unix:|all`, as nginx reads it.
     fn access_rule(&mut self, d: &Directive) -> Option<AccessRule> {
         use std::net::IpAddr;
@@ -1675,7 +1791,7 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "require" => self.invalid(
-                    "\"require\" is not supported by imbang yet (imbang has no \"map\" to set the variables it tests)".to_owned(),
+                    "\"require\" is not supported by imbang yet (the variables of a check response)".to_owned(),
                     c.span,
                 ),
                 _ => {}

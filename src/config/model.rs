@@ -140,6 +140,37 @@ pub struct Http {
     pub log_buffers: HashMap<PathBuf, LogBuffer>,
     /// Every `health_check` of every location, in file order.
     pub health_checks: Vec<HealthCheck>,
+    /// `map` blocks, in file order.
+    pub maps: Vec<MapSpec>,
+}
+
+/// `map source $name { key value; ... }`: `$name` is `source` (text with variables) looked up
+/// among the keys.
+#[derive(Clone, Debug)]
+pub struct MapSpec {
+    pub source: String,
+    /// The variable's name, without `$`.
+    pub name: String,
+    /// `default value` (empty when absent, as nginx).
+    pub default: String,
+    /// Keys and values in file order.
+    pub entries: Vec<(MapKey, String)>,
+    /// `path:line:col` of the `map` line.
+    pub location: String,
+}
+
+/// A `map` key.
+#[derive(Clone, Debug)]
+pub enum MapKey {
+    /// A string, compared without regard to case (nginx lower-cases both sides).
+    Exact(String),
+    /// `~regex` / `~*regex` (the latter compiled case-insensitive).
+    Regex(regex::Regex),
+    /// With `hostnames`: `.example.com` (the name and its subdomains) or `*.example.com` (its
+    /// subdomains): the part from the dot, lower case; `dot_too` for the `.example.com` form.
+    Suffix { suffix: String, dot_too: bool },
+    /// With `hostnames`: `www.example.*`: the part before the `*`, lower case.
+    Prefix(String),
 }
 
 /// One `server {}` block.

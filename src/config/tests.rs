@@ -826,7 +826,7 @@ fn match_block_mistakes_are_errors_at_their_place() {
         ),
         (
             "require $ok;",
-            "\"require\" is not supported by imbang yet (imbang has no \"map\" to set the variables it tests) in /etc/imbang/t.conf:3:1",
+            "\"require\" is not supported by imbang yet (the variables of a check response) in /etc/imbang/t.conf:3:1",
         ),
         (
             "proxy_pass http://a;",
@@ -920,5 +920,78 @@ fn allow_and_deny_read_networks_as_nginx_and_are_inherited_only_by_levels_withou
             "invalid parameter \"nope\" in /etc/imbang/t.conf:1:32",
             "invalid parameter \"10.0.0.0/x\" in /etc/imbang/t.conf:1:43",
         ]
+    );
+}
+
+#[test]
+fn map_reads_keys_as_nginx_and_says_what_is_wrong() {
+    let c = ok(
+        r#"http { map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+      map $host $h { hostnames; volatile; .a.example x; *.b.example y; www.c.* z; ~*^API w; \default v; } }"#,
+    );
+    let maps = &c.http.as_ref().unwrap().maps;
+    assert_eq!(
+        (maps[0].source.as_str(), maps[0].name.as_str()),
+        ("$http_upgrade", "connection_upgrade")
+    );
+    assert_eq!(maps[0].default, "upgrade");
+    assert!(
+        matches!(&maps[0].entries[..], [(MapKey::Exact(k), v)] if k.is_empty() && v == "close")
+    );
+    let keys: Vec<String> = (maps[1].entries.iter())
+        .map(|(k, _)| match k {
+            MapKey::Exact(s) => format!("={s}"),
+            MapKey::Suffix { suffix, dot_too } => {
+                format!("{suffix}{}", if *dot_too { "+" } else { "" })
+            }
+            MapKey::Prefix(p) => format!("{p}*"),
+            MapKey::Regex(re) => format!("~{}", re.as_str()),
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ".a.example+",
+            ".b.example",
+            "www.c.*",
+            "~(?i)^API",
+            "=default"
+        ]
+    );
+    let wrap = |body: &str| format!("http {{\nmap $host $m {{\n{body}\n}}\n}}\n");
+    let cases = [
+        (
+            "a b c;",
+            "invalid number of the map parameters in /etc/imbang/t.conf:3:1",
+        ),
+        (
+            "default a; default b;",
+            "duplicate default map parameter in /etc/imbang/t.conf:3:12",
+        ),
+        (
+            "x a; X b;",
+            "conflicting parameter \"X\" in /etc/imbang/t.conf:3:6",
+        ),
+        (
+            "~^(x $1;",
+            "captures of a \"map\" regex are not supported by imbang yet in /etc/imbang/t.conf:3:6",
+        ),
+        (
+            "x { }",
+            "unexpected \"{\" after map key \"x\" in /etc/imbang/t.conf:3:1",
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(errors(&wrap(body)), [want], "{body}");
+    }
+    let got = errors(&wrap("~(x a;"));
+    assert!(
+        got[0].starts_with("invalid regular expression \"~(x\": ")
+            && got[0].ends_with("t.conf:3:1"),
+        "{got:?}"
+    );
+    assert_eq!(
+        errors("http { map $host m { } }"),
+        ["invalid variable name \"m\" in /etc/imbang/t.conf:1:18"]
     );
 }

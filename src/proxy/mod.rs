@@ -315,6 +315,7 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(v);
                 }
             }
+            Var::Map(map) => map.0.append(self, out),
             done_var => {
                 if let Some(done) = self.done {
                     done.append(done_var, out);

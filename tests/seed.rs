@@ -313,3 +313,106 @@ async fn the_lesson_runs_unchanged_and_the_site_survives_each_app_stopping() {
     // The apps' guards kill and reap app2 (and the already reaped app1) here.
     drop((app1, app2));
 }
+
+/// The lesson's upstream as the API shows it: each app's `state`.
+async fn states(site: SocketAddr) -> Vec<String> {
+    let (status, body) = try_request(site, "GET", "/api/9/http/upstreams/domain", HOST, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let peers = value["peers"].as_array().unwrap();
+    peers
+        .iter()
+        .map(|p| p["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn until_states(site: SocketAddr, want: [&str; 2], log: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = states(site).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "states {got:?}, not {want:?}; error log:\n{}",
+            read(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_lesson_with_nginx_plus_s_health_check_and_api_added() {
+    require_node();
+    let root = TempDir::new("seed-hc");
+    let [p1, p2, listen] = ports::<3>();
+    let main = lay_out(&root, p1, p2, listen);
+    // Two lines more in the site file: NGINX Plus's active check, and its API.
+    let site_file = root.path().join("etc/nginx/dumbways/my.reverse-proxy.conf");
+    let text = read(&site_file);
+    let pass = "             proxy_pass http://domain;\n";
+    assert!(
+        text.contains(pass) && text.ends_with("    }\n}\n"),
+        "{text}"
+    );
+    let text = text.replace(
+        pass,
+        &format!("{pass}             health_check interval=100ms;\n"),
+    );
+    let text = format!(
+        "{}    location /api/ {{ api; }}\n}}\n",
+        &text[..text.len() - 2]
+    );
+    std::fs::write(&site_file, text).unwrap();
+    let pid_file = root.path().join("run/nginx.pid");
+    let error_log = root.path().join("var/log/nginx/error.log");
+    let site = SocketAddr::from(([127, 0, 0, 1], listen));
+
+    let app1 = start_app("app1", p1).await;
+    let mut app2 = start_app("app2", p2).await;
+    let _imbang = ImbangGuard::new(pid_file.clone());
+    let out = run_imbang(root.path(), &["-c", &main]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let pid = wait_pid_file(&pid_file, WAIT).await;
+    until_states(site, ["up", "up"], &error_log).await;
+
+    // Ctrl+C on app2: its next check fails, and the API and the error log say so, with no
+    // client request needed to find out.
+    kill(Pid::from_raw(app2.pid()), Signal::SIGINT).unwrap();
+    wait_child(&mut app2.0, WAIT).await;
+    until_states(site, ["up", "unhealthy"], &error_log).await;
+    // (The lesson's `error_log` is at `error`: the failed check, not the `[warn]` change.)
+    let refused = format!(
+        "connect() failed (111: Connection refused) while connecting to upstream, health check \
+         \"\" of peer 127.0.0.1:{p2} in upstream \"domain\""
+    );
+    let log = read(&error_log);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("[error] ") && l.ends_with(&refused)),
+        "no {refused:?} in:\n{log}"
+    );
+    let app1_body = (200, body("app1", p1));
+    for _ in 0..4 {
+        let answer = try_request(site, "GET", "/", HOST, None).await.unwrap();
+        assert_eq!(answer, app1_body);
+    }
+
+    // app2 back: its next check passes and it gets requests again at once (no fail_timeout:
+    // no request failed on it).
+    let app2 = start_app("app2", p2).await;
+    until_states(site, ["up", "up"], &error_log).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(try_request(site, "GET", "/", HOST, None).await.unwrap().1);
+    }
+    assert!(got.contains(&body("app2", p2)), "{got:?}");
+
+    let out = run_imbang(root.path(), &["-s", "quit", "-c", &main]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_exited(pid, "imbang to exit after -s quit", WAIT).await;
+    drop((app1, app2));
+}

@@ -1549,18 +1549,8 @@ impl<'a> Lower<'a> {
             );
             return None;
         }
-        match regex::Regex::new(pattern) {
-            Ok(re) => Some(MapKey::Regex(re)),
-            Err(e) => {
-                let why = e.to_string();
-                let why = why.lines().last().unwrap_or_default().trim().to_owned();
-                self.invalid(
-                    format!("invalid regular expression \"{}\": {why}", c.name),
-                    c.span,
-                );
-                None
-            }
-        }
+        self.regex(pattern, &c.name, c.span, regex::Regex::new)
+            .map(MapKey::Regex)
     }
 
     /// `allow|deny address|CIDR|unix:|all`, as nginx reads it.
@@ -1879,14 +1869,26 @@ impl<'a> Lower<'a> {
         arg: &Arg,
         compile: impl FnOnce(&str) -> Result<R, E>,
     ) -> Option<R> {
-        match compile(&arg.value) {
+        self.regex(&arg.value, &arg.value, arg.span, compile)
+    }
+
+    /// `pattern` compiled by `compile`, or an error that names it as `shown` (the text as
+    /// written) at `span`, with the regex crate's reason.
+    fn regex<R, E: std::fmt::Display>(
+        &mut self,
+        pattern: &str,
+        shown: &str,
+        span: Span,
+        compile: impl FnOnce(&str) -> Result<R, E>,
+    ) -> Option<R> {
+        match compile(pattern) {
             Ok(re) => Some(re),
             Err(e) => {
                 let why = e.to_string();
                 let why = why.lines().last().unwrap_or_default().trim().to_owned();
                 self.invalid(
-                    format!("invalid regular expression \"{}\": {why}", arg.value),
-                    arg.span,
+                    format!("invalid regular expression \"{shown}\": {why}"),
+                    span,
                 );
                 None
             }

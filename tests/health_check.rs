@@ -183,13 +183,13 @@ async fn a_match_block_tests_status_headers_and_body() {
 #[tokio::test]
 async fn mandatory_holds_a_peer_out_until_its_first_check_answers() {
     let (a, a_addr) = App::start("a").await;
-    let (b, b_addr) = App::start("b").await;
+    let (_b, b_addr) = App::start("b").await;
     a.gate.send_replace(false); // a's check waits
     let check = "health_check uri=/health interval=50ms mandatory;";
     let lb = imbang(&config(a_addr, b_addr, check, "")).await;
-    until_checked(&b, 0).await;
-    // a has not answered its check: checking, so out; b passed.
-    assert_eq!(answers(&lb, 4).await, vec!["200 b"; 4]);
+    // b passes its first check (the count rises before imbang has the answer: wait for b to
+    // serve); a has not answered its check: checking, so out.
+    until_only(&lb, "200 b", 4).await;
     assert_eq!(a.served(), 0);
     a.gate.send_replace(true);
     until_checked(&a, 0).await;
@@ -315,9 +315,10 @@ async fn persistent_lets_a_healthy_peer_through_a_reload_that_changes_a_mandator
         "",
     ))
     .await;
-    until_checked(&a, 0).await;
-    until_checked(&b, 0).await;
-    assert_eq!(answers(&lb, 2).await, ["200 a", "200 b"]);
+    // Both pass their first checks (waited for by what they serve: `mandatory` holds each out
+    // until imbang has the answer).
+    until_served(&lb, &a, 0).await;
+    until_served(&lb, &b, 0).await;
 
     // From now on a's checks never answer. A changed check is a new check; `persistent` keeps
     // a, healthy until now, in while the new check's first probe waits.

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (node for the lesson's end-to-end test), then
-# runs every test. A fresh Debian machine passes with this script alone.
+# The test command: installs what the tests need, then runs every test. A fresh Debian machine
+# passes with this script alone.
+#   node       the lesson's end-to-end test (tests/seed.rs)
+#   nginx      side-by-side comparisons with nginx 1.22 (Debian's nginx-light; those tests
+#              skip with a message when it is absent)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v node >/dev/null 2>&1; then
+# command  Debian package
+needs=(
+  "node /usr/bin/node nodejs"
+  "nginx /usr/sbin/nginx nginx-light"
+)
+missing=()
+for entry in "${needs[@]}"; do
+  read -r name path package <<<"$entry"
+  if ! command -v "$name" >/dev/null 2>&1 && [ ! -x "$path" ]; then
+    missing+=("$package")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: node is missing; installing nodejs with apt-get" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+    echo "test.sh: installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "test.sh: the lesson's end-to-end test needs node (Node.js)." >&2
-    echo "         Install it, e.g. 'sudo apt-get install nodejs', then run ./test.sh again." >&2
+    echo "test.sh: the tests need these Debian packages: ${missing[*]}." >&2
+    echo "         Install them, e.g. 'sudo apt-get install ${missing[*]}', then run ./test.sh again." >&2
     exit 1
   fi
 fi

@@ -58,7 +58,7 @@ pub struct Route {
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
     /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
-    pub regex: Option<regex::bytes::Regex>,
+    pub regex: Option<crate::route::Regex>,
     pub access_log: AccessLogs,
     /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
     pub sets: Vec<(Arc<str>, Template)>,
@@ -447,7 +447,7 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
 fn compile_route(
     conf: &Arc<LocationConf>,
     prefix: Option<String>,
-    regex: Option<regex::bytes::Regex>,
+    regex: Option<crate::route::Regex>,
     at: &str,
     cx: &mut Cx<'_>,
 ) -> Route {

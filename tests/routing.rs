@@ -125,3 +125,35 @@ async fn server_level_return_answers_before_locations() {
     assert_eq!(status, 301);
     assert!(body.contains("301 Moved Permanently"), "{body}");
 }
+
+/// The patterns real configurations write that need PCRE's backtracking: hidden files but
+/// `.well-known` (look-ahead), a repeated path segment (backreference) with its capture in `$1`.
+#[tokio::test]
+async fn look_around_and_backreferences_route_as_in_nginx() {
+    let lb = imbang(
+        r#"daemon off; error_log stderr crit;
+         http {
+           server {
+             listen 127.0.0.1:0;
+             location ~ /\.(?!well-known) { return 403; }
+             location ~* ^/(\w+)/\1/ { return 200 "twice $1"; }
+             location / { return 200 open; }
+           }
+         }"#,
+    )
+    .await;
+    let cases = [
+        ("/.git/config", 403, ""),
+        ("/app/.env", 403, ""),
+        ("/.well-known/acme-challenge/token", 200, "open"),
+        ("/Shop/shop/item", 200, "twice Shop"),
+        ("/shop/cart/item", 200, "open"),
+    ];
+    for (path, status, body) in cases {
+        let (got, text) = lb.get(path).await;
+        assert_eq!(got, status, "{path}");
+        if status == 200 {
+            assert_eq!(text, body, "{path}");
+        }
+    }
+}

@@ -75,7 +75,7 @@ pub struct RequestCtx<'a> {
 /// regex runs a second time only for a request that reads one).
 #[derive(Debug)]
 pub struct Captures<'r> {
-    regex: Option<&'r regex::bytes::Regex>,
+    regex: Option<&'r crate::route::Regex>,
     spans: OnceLock<Vec<Option<(usize, usize)>>>,
 }
 
@@ -100,11 +100,9 @@ impl<'r> Captures<'r> {
     /// Group `n` of the match on `path` (the `$uri` the location was matched against).
     fn get<'p>(&self, n: u8, path: &'p str) -> Option<&'p str> {
         let regex = self.regex?;
-        let spans = self.spans.get_or_init(|| {
-            regex.captures(path.as_bytes()).map_or_else(Vec::new, |c| {
-                c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect()
-            })
-        });
+        let spans = self
+            .spans
+            .get_or_init(|| regex.captures(path.as_bytes()).unwrap_or_default());
         let (start, end) = (*spans.get(usize::from(n))?)?;
         path.get(start..end)
     }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use regex::bytes::Regex;
+use super::Regex;
 
 use super::{RouteError, RouteErrorKind, compile_regex};
 use crate::FastMap;

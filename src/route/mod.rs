@@ -26,20 +26,23 @@
 //!
 //! nginx uses PCRE without UTF mode; imbang uses Rust's `regex` crate with Unicode disabled
 //! and matches bytes, which gives the same meaning to `.`, `\d`, `\w`, `\s`, `\b` (ASCII) and to
-//! case-insensitive matching (ASCII only). What Rust's `regex` cannot express, and so rejects
-//! at build time with a [`RouteError`]: look-around (`(?=`, `(?!`, `(?<=`, `(?<!`),
-//! backreferences (`\1`), `\Q…\E`, `\Z`, `\G`, atomic groups, recursion, conditionals, and a
-//! `{` that is not a counted repetition (PCRE takes it literally). Accepted with a different
-//! meaning: `$` matches only at the very end (PCRE also matches before a final `\n`),
-//! `\<` / `\>` are word boundaries (PCRE: literal `<` / `>`), and possessive quantifiers
-//! (`a++`) backtrack. Matching time is linear in the input, so no pattern can be slow.
+//! case-insensitive matching (ASCII only), in time linear in the input. A pattern that engine
+//! cannot express — look-around (`(?=`, `(?!`, `(?<=`, `(?<!`), backreferences (`\1`), atomic
+//! groups — runs on `fancy-regex`, a backtracking engine as PCRE is ([`Regex`], `pcre.rs`).
+//! Rejected at build time with a [`RouteError`]: `\Q…\E`, `\Z`, `\G`, recursion, conditionals,
+//! and a `{` that is not a counted repetition (PCRE takes it literally). Accepted with a
+//! different meaning: `$` matches only at the very end (PCRE also matches before a final `\n`),
+//! `\<` / `\>` are word boundaries (PCRE: literal `<` / `>`), and possessive quantifiers (`a++`)
+//! backtrack.
 
 mod host;
 mod location;
+mod pcre;
 mod uri;
 
 pub use host::{NameConflict, VirtualHost, VirtualHosts, normalize_host};
 pub use location::{LocationEntry, LocationTree};
+pub use pcre::Regex;
 pub use uri::{UriError, normalize_path};
 
 use std::fmt;
@@ -129,15 +132,11 @@ impl fmt::Display for InLocation<'_> {
 pub(crate) fn compile_regex(
     pattern: &str,
     case_insensitive: bool,
-) -> Result<regex::bytes::Regex, RouteErrorKind> {
-    regex::bytes::RegexBuilder::new(pattern)
-        .unicode(false)
-        .case_insensitive(case_insensitive)
-        .build()
-        .map_err(|error| RouteErrorKind::Regex {
-            pattern: pattern.to_owned(),
-            error,
-        })
+) -> Result<Regex, RouteErrorKind> {
+    Regex::new(pattern, case_insensitive).map_err(|error| RouteErrorKind::Regex {
+        pattern: pattern.to_owned(),
+        error,
+    })
 }
 
 #[cfg(test)]
@@ -157,10 +156,6 @@ mod tests {
             (
                 RouteError::new(compile_regex("a(", false).unwrap_err(), Some("a.conf:1:2")),
                 r#"pcre2_compile() failed: unclosed group in "a(" in a.conf:1:2"#,
-            ),
-            (
-                RouteError::new(compile_regex("(?=x)", false).unwrap_err(), None),
-                r#"pcre2_compile() failed: look-around, including look-ahead and look-behind, is not supported in "(?=x)""#,
             ),
             (
                 RouteError::new(RouteErrorKind::DuplicateDefaultServer { entry: 1 }, None),

@@ -63,7 +63,11 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(pending) = self.log.take() {
+        if let Some(mut pending) = self.log.take() {
+            pending.done.complete = match &self.kind {
+                Kind::Full(bytes) => bytes.is_none(),
+                Kind::Upstream(s) => s.ended,
+            };
             pending.finish(self.sent);
         }
     }
@@ -89,6 +93,8 @@ pub struct Streamed {
     checkin: Option<Checkin>,
     read_timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The peer's body came to its end.
+    ended: bool,
 }
 
 impl Streamed {
@@ -99,6 +105,7 @@ impl Streamed {
             checkin: Some(checkin),
             read_timeout,
             timer: None,
+            ended: false,
         };
         if streamed.body.is_end_stream() {
             streamed.finish();
@@ -107,6 +114,7 @@ impl Streamed {
     }
 
     fn finish(&mut self) {
+        self.ended = true;
         let now = Instant::now();
         if let Some(c) = self.checkin.take() {
             if let Some(conn) = self.body.take_idle() {

@@ -248,6 +248,20 @@ impl Scope {
 }
 
 impl Var {
+    /// Whether nginx's value is "found" even when empty, so that a log line shows it empty
+    /// rather than as `-` (`$https` over plain HTTP, `$is_args` without arguments, an
+    /// incomplete `$request_completion`, `$remote_port` of an address realip gave no port).
+    pub fn found_when_empty(&self) -> bool {
+        matches!(
+            self,
+            Self::Https
+                | Self::IsArgs
+                | Self::RequestCompletion
+                | Self::RemotePort
+                | Self::RealipRemotePort
+        )
+    }
+
     /// The variable named `name` (without `$`), or `None` if imbang does not know it.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
@@ -483,7 +497,9 @@ impl Template {
                 Part::Var(var) => {
                     value.clear();
                     vars.append(var, &mut value);
-                    escape.append(&value, out);
+                    if !(value.is_empty() && var.found_when_empty()) {
+                        escape.append(&value, out);
+                    }
                 }
             }
         }

@@ -55,6 +55,13 @@ impl ResponseBody {
         self.log = Some(pending);
     }
 
+    /// The head went out in `len` bytes: `$bytes_sent` counts them exactly.
+    pub fn head_written(&mut self, len: usize) {
+        if let Some(pending) = &mut self.log {
+            pending.done.header_bytes = len as u64;
+        }
+    }
+
     /// The access-log lines waiting for this body, taken back (for an answer never sent).
     pub fn take_log(&mut self) -> Option<Box<Pending>> {
         self.log.take()

@@ -188,6 +188,7 @@ fn variables(c: &mut Criterion) {
         remote,
         local,
         key: local,
+        accepted: tokio::time::Instant::now(),
     };
     let ctx = RequestCtx {
         conn: &conn,
@@ -199,6 +200,7 @@ fn variables(c: &mut Criterion) {
         done: None,
         sets: &[],
         captures: imbang::proxy::Captures::NONE,
+        state: imbang::proxy::RequestState::none(),
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

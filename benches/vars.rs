@@ -58,6 +58,7 @@ fn access_log(c: &mut Criterion) {
         response_headers: None,
         upstream_headers: None,
         tries: Vec::new(),
+        complete: true,
     };
     let ctx = RequestCtx {
         done: Some(&done),

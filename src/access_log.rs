@@ -340,7 +340,8 @@ pub fn compile(
         };
         for t in std::iter::once(&template).chain(&condition) {
             out.needs.response_headers |= t.uses(|v| matches!(v, Var::SentHttp(_)));
-            out.needs.upstream_headers |= t.uses(|v| matches!(v, Var::UpstreamHttp(_)));
+            out.needs.upstream_headers |=
+                t.uses(|v| matches!(v, Var::UpstreamHttp(_) | Var::UpstreamCookie(_)));
         }
         let escape = match format.escape {
             LogEscape::Default => Escape::Default,
@@ -366,6 +367,12 @@ pub struct UpstreamTry {
     pub connect: Option<Duration>,
     pub header: Option<Duration>,
     pub started: Instant,
+    /// The request's bytes written to the peer (head and body; 0 when it never connected).
+    pub sent: u64,
+    /// The bytes of the peer's response head (0 without one).
+    pub head_len: u64,
+    /// The first try after an internal redirect (`error_page`): nginx separates it with ` : `.
+    pub redirected: bool,
 }
 
 /// What forwarding records for the access log (nothing when the location does not log).
@@ -375,6 +382,8 @@ pub struct Record {
     pub want_upstream_headers: bool,
     pub tries: Vec<UpstreamTry>,
     pub upstream_headers: Option<HeaderMap>,
+    /// An internal redirect happened since the last try.
+    pub redirected: bool,
 }
 
 impl Record {
@@ -386,7 +395,31 @@ impl Record {
                 connect: None,
                 header: None,
                 started: Instant::now(),
+                sent: 0,
+                head_len: 0,
+                redirected: std::mem::take(&mut self.redirected),
             });
+        }
+    }
+
+    /// The request went to the peer: `bytes` of head and body.
+    pub fn sent(&mut self, bytes: u64) {
+        if let Some(t) = self.last() {
+            t.sent = bytes;
+        }
+    }
+
+    /// The peer's response head was `len` bytes.
+    pub fn head_received(&mut self, len: usize) {
+        if let Some(t) = self.last() {
+            t.head_len = len as u64;
+        }
+    }
+
+    /// An internal redirect (`error_page`): later tries are another group of `$upstream_addr`.
+    pub fn internal_redirect(&mut self) {
+        if !self.tries.is_empty() {
+            self.redirected = true;
         }
     }
 
@@ -421,6 +454,8 @@ pub struct Done {
     pub response_headers: Option<HeaderMap>,
     pub upstream_headers: Option<HeaderMap>,
     pub tries: Vec<UpstreamTry>,
+    /// The whole response went out (`$request_completion`).
+    pub complete: bool,
 }
 
 impl Done {
@@ -428,12 +463,31 @@ impl Done {
     pub fn append(&self, var: &Var, out: &mut String) {
         use std::fmt::Write;
         let secs = |d: Duration| format!("{}.{:03}", d.as_secs(), d.subsec_millis());
+        // nginx's lists: `, ` between tries, ` : ` where an internal redirect came between.
+        let sep = |out: &mut String, i: usize, t: &UpstreamTry| {
+            if i > 0 {
+                out.push_str(if t.redirected { " : " } else { ", " });
+            }
+        };
         let list = |out: &mut String, f: &dyn Fn(&UpstreamTry) -> String| {
             for (i, t) in self.tries.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
+                sep(out, i, t);
                 out.push_str(&f(t));
+            }
+        };
+        // The body bytes read from a try's peer: the last try's body is what the client got.
+        let last = self.tries.len().saturating_sub(1);
+        let body = |i: usize, t: &UpstreamTry| {
+            if i == last && t.header.is_some() {
+                self.body_bytes
+            } else {
+                0
+            }
+        };
+        let counts = |out: &mut String, f: &dyn Fn(usize, &UpstreamTry) -> u64| {
+            for (i, t) in self.tries.iter().enumerate() {
+                sep(out, i, t);
+                let _ = write!(out, "{}", f(i, t));
             }
         };
         match var {
@@ -451,12 +505,25 @@ impl Done {
             Var::UpstreamStatus => list(out, &|t| t.status.to_string()),
             Var::UpstreamConnectTime => list(out, &|t| t.connect.map_or("-".into(), secs)),
             Var::UpstreamHeaderTime => list(out, &|t| t.header.map_or("-".into(), secs)),
+            Var::UpstreamResponseLength => counts(out, &body),
+            Var::UpstreamBytesReceived => counts(out, &|i, t| t.head_len + body(i, t)),
+            Var::UpstreamBytesSent => counts(out, &|_, t| t.sent),
+            Var::RequestCompletion if self.complete => out.push_str("OK"),
+            Var::UpstreamCookie(name) => {
+                let cookie = self.upstream_headers.as_ref().and_then(|h| {
+                    h.get_all(http::header::SET_COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .filter_map(|v| v.split(';').next()?.split_once('='))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                });
+                if let Some((_, value)) = cookie {
+                    out.push_str(value.trim());
+                }
+            }
             Var::UpstreamResponseTime => {
-                let last = self.tries.len().saturating_sub(1);
                 for (i, t) in self.tries.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
+                    sep(out, i, t);
                     let d = if i == last {
                         self.end.duration_since(t.started)
                     } else {
@@ -488,6 +555,7 @@ pub struct Pending {
     pub proxy_host: String,
     pub path: String,
     pub sets: Vec<(Arc<str>, String)>,
+    pub state: crate::proxy::RequestState,
     pub done: Done,
 }
 
@@ -507,6 +575,7 @@ impl Pending {
             path: &self.path,
             done: Some(&self.done),
             sets: &self.sets,
+            state: &self.state,
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

@@ -40,6 +40,7 @@ pub mod listen;
 pub mod pool;
 pub mod process;
 pub mod proxy;
+pub mod realip;
 pub mod reload;
 pub mod route;
 pub mod scratch;

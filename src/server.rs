@@ -279,6 +279,7 @@ impl Server {
             remote,
             local,
             key,
+            accepted: tokio::time::Instant::now(),
         });
         let listener = listening.get(&self.snapshot(), &self.shared, stop);
         let serving = http1::serve(stream, listener, info, counted);

@@ -63,6 +63,44 @@ pub enum Var {
     /// `$1`..`$9`: a numbered group of the regex location that matched (empty when none did
     /// or the group took no part in the match).
     Capture(u8),
+    // --- More of nginx's variables (docs/variables.md).
+    /// The port of `proxy_pass`'s address (`80` when it names none).
+    ProxyPort,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    ServerProtocol,
+    /// `on` over TLS, empty otherwise.
+    Https,
+    /// 32 hex digits, random, the same for every use within one request.
+    RequestId,
+    /// The request body when it was kept in memory (`client_body_buffer_size`).
+    RequestBody,
+    /// Always empty: imbang never writes request bodies to files.
+    RequestBodyFile,
+    /// `0`: imbang has no rate limiting of responses.
+    LimitRate,
+    /// `p` for a pipelined request, `.` otherwise (imbang: always `.`).
+    Pipe,
+    /// The connection's age in seconds with milliseconds.
+    ConnectionTime,
+    /// imbang's version.
+    NginxVersion,
+    /// The client address and port before the realip module changed them.
+    RealipRemoteAddr,
+    RealipRemotePort,
+    /// `$proxy_protocol_addr` and friends: always empty (no PROXY protocol yet).
+    ProxyProtocol,
+    /// Known once the response is sent.
+    RequestCompletion,
+    UpstreamResponseLength,
+    UpstreamBytesReceived,
+    UpstreamBytesSent,
+    /// Always empty: imbang has no cache.
+    UpstreamCacheStatus,
+    /// `$upstream_trailer_name` and `$sent_trailer_name`: trailer fields (empty: not kept).
+    UpstreamTrailer(String),
+    SentTrailer(String),
+    /// `$upstream_cookie_name`: a cookie the peer's `Set-Cookie` fields set.
+    UpstreamCookie(String),
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -210,6 +248,20 @@ impl Scope {
 }
 
 impl Var {
+    /// Whether nginx's value is "found" even when empty, so that a log line shows it empty
+    /// rather than as `-` (`$https` over plain HTTP, `$is_args` without arguments, an
+    /// incomplete `$request_completion`, `$remote_port` of an address realip gave no port).
+    pub fn found_when_empty(&self) -> bool {
+        matches!(
+            self,
+            Self::Https
+                | Self::IsArgs
+                | Self::RequestCompletion
+                | Self::RemotePort
+                | Self::RealipRemotePort
+        )
+    }
+
     /// The variable named `name` (without `$`), or `None` if imbang does not know it.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
@@ -248,6 +300,30 @@ impl Var {
             "upstream_response_time" => Self::UpstreamResponseTime,
             "upstream_connect_time" => Self::UpstreamConnectTime,
             "upstream_header_time" => Self::UpstreamHeaderTime,
+            "proxy_port" => Self::ProxyPort,
+            "server_protocol" => Self::ServerProtocol,
+            "https" => Self::Https,
+            "request_id" => Self::RequestId,
+            "request_body" => Self::RequestBody,
+            "request_body_file" => Self::RequestBodyFile,
+            "limit_rate" => Self::LimitRate,
+            "pipe" => Self::Pipe,
+            "connection_time" => Self::ConnectionTime,
+            "nginx_version" => Self::NginxVersion,
+            "realip_remote_addr" => Self::RealipRemoteAddr,
+            "realip_remote_port" => Self::RealipRemotePort,
+            "proxy_protocol_addr"
+            | "proxy_protocol_port"
+            | "proxy_protocol_server_addr"
+            | "proxy_protocol_server_port" => Self::ProxyProtocol,
+            "request_completion" => Self::RequestCompletion,
+            "upstream_response_length" => Self::UpstreamResponseLength,
+            "upstream_bytes_received" => Self::UpstreamBytesReceived,
+            "upstream_bytes_sent" => Self::UpstreamBytesSent,
+            "upstream_cache_status" => Self::UpstreamCacheStatus,
+            // nginx reads these two from the request's headers.
+            "content_type" => Self::Header("content-type".to_owned()),
+            "content_length" => Self::Header("content-length".to_owned()),
             _ => {
                 let header = |s: &str| {
                     Some(s)
@@ -260,6 +336,14 @@ impl Var {
                     Self::SentHttp(header(h)?)
                 } else if let Some(h) = name.strip_prefix("upstream_http_") {
                     Self::UpstreamHttp(header(h)?)
+                } else if let Some(h) = name.strip_prefix("upstream_trailer_") {
+                    Self::UpstreamTrailer(header(h)?)
+                } else if let Some(h) = name.strip_prefix("sent_trailer_") {
+                    Self::SentTrailer(header(h)?)
+                } else if let Some(c) = name.strip_prefix("upstream_cookie_") {
+                    Some(c)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Self::UpstreamCookie(c.to_owned()))?
                 } else if let Some(a) = name.strip_prefix("arg_") {
                     Some(a)
                         .filter(|a| !a.is_empty())
@@ -404,10 +488,18 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
+                // Raw address bytes, escaped byte by byte (nginx: `\x7F\x00\x00\x01`).
+                Part::Var(var @ Var::BinaryRemoteAddr) => {
+                    let mut bytes = Vec::new();
+                    vars.append_bytes(var, &mut bytes);
+                    escape.append_bytes(&bytes, out);
+                }
                 Part::Var(var) => {
                     value.clear();
                     vars.append(var, &mut value);
-                    escape.append(&value, out);
+                    if !(value.is_empty() && var.found_when_empty()) {
+                        escape.append(&value, out);
+                    }
                 }
             }
         }
@@ -439,6 +531,32 @@ pub enum Escape {
 }
 
 impl Escape {
+    /// Appends a value that is not text: bytes outside printable ASCII as `\xHH` (`\u00HH` in
+    /// JSON, where nginx writes bytes over 0x7f as they are, which a text line cannot hold).
+    pub fn append_bytes(self, value: &[u8], out: &mut String) {
+        if value.is_empty() {
+            if self != Self::Json {
+                out.push('-');
+            }
+            return;
+        }
+        for &b in value {
+            match self {
+                Self::Json if b == b'"' || b == b'\\' => {
+                    out.push('\\');
+                    out.push(b as char);
+                }
+                Self::Json if !(0x20..=0x7e).contains(&b) => {
+                    let _ = write!(out, "\\u{b:04x}");
+                }
+                Self::Default if b == b'"' || b == b'\\' || !(0x20..=0x7e).contains(&b) => {
+                    let _ = write!(out, "\\x{b:02X}");
+                }
+                _ => out.push(b as char),
+            }
+        }
+    }
+
     pub fn append(self, value: &str, out: &mut String) {
         if value.is_empty() {
             if self != Self::Json {

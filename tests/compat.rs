@@ -15,13 +15,11 @@ use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
 const PENDING: &[(&str, &str)] = &[
-    ("cloudflare", "the realip module"),
     ("docker", "temp path directives"),
     (
         "hardened",
         "charset_types, proxy_cookie_path, expires and http core directives",
     ),
-    ("json-logs", "$request_id and the upstream length variables"),
     ("legacy-rewrites", "the rewrite module"),
     ("loadbalancer", "the proxy cache and temp file directives"),
     (

@@ -49,6 +49,7 @@ pub fn conn() -> ConnInfo {
         remote: "198.51.100.23:54321".parse().expect("an address"),
         local,
         key: local,
+        accepted: tokio::time::Instant::now(),
     }
 }
 
@@ -69,5 +70,6 @@ pub fn ctx<'a>(
         done: None,
         sets: &[],
         captures: Captures::NONE,
+        state: imbang::proxy::RequestState::none(),
     }
 }

@@ -351,6 +351,10 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- access by client address (ngx_http_access_module)
     d("allow", HSL, ONE),
     d("deny", HSL, ONE),
+    // --- realip (vars helper): the client address from a trusted proxy's field (ngx_http_realip_module)
+    d("set_real_ip_from", HSL, ONE),
+    d("real_ip_header", HSL, ONE),
+    d("real_ip_recursive", HSL, Flag),
     // --- variables from other variables (ngx_http_map_module); the block's lines are pairs
     block("map", C::HTTP, Range(2, 2)),
     // --- NGINX Plus's API

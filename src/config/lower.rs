@@ -15,6 +15,8 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod realip;
+
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -106,6 +108,9 @@ struct Frame {
     client_keepalive_timeout: Option<Duration>,
     client_send_timeout: Option<Duration>,
     access: Option<Vec<AccessRule>>,
+    realip_from: Option<Vec<(std::net::IpAddr, u8)>>,
+    realip_header: Option<RealIpHeader>,
+    realip_recursive: Option<bool>,
 }
 
 impl Frame {
@@ -145,6 +150,9 @@ impl Frame {
             client_keepalive_timeout,
             client_send_timeout,
             access,
+            realip_from,
+            realip_header,
+            realip_recursive,
         )
     }
 
@@ -188,6 +196,7 @@ impl Frame {
                 .unwrap_or(Duration::from_secs(75)),
             client_send_timeout: self.client_send_timeout.unwrap_or(Duration::from_secs(60)),
             access: self.access.clone().unwrap_or_default(),
+            realip: self.realip(),
         })
     }
 }
@@ -592,6 +601,10 @@ impl<'a> Lower<'a> {
                     .get_or_insert_with(Vec::new)
                     .push((args[0].value.clone(), args[1].value.clone()));
             }
+            "set_real_ip_from" => {
+                let from = self.real_ip_from(d);
+                f.realip_from.get_or_insert_with(Vec::new).extend(from);
+            }
             "allow" | "deny" => {
                 if let Some(rule) = self.access_rule(d) {
                     f.access.get_or_insert_with(Vec::new).push(rule);
@@ -678,6 +691,8 @@ impl<'a> Lower<'a> {
                 _ => self.invalid_value(d, &args[0]),
             },
             "default_type" => f.default_type = Some(args[0].value.clone()),
+            "real_ip_header" => f.realip_header = Some(self.real_ip_header(d)),
+            "real_ip_recursive" => f.realip_recursive = values::flag(&args[0].value),
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),

@@ -278,6 +278,8 @@ pub struct LocationConf {
     /// `allow` / `deny` rules in force here, in order (inherited only if this level has none,
     /// as nginx).
     pub access: Vec<AccessRule>,
+    /// The realip module's settings; `None` where no `set_real_ip_from` applies (it does nothing).
+    pub realip: Option<Arc<RealIp>>,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.
@@ -859,5 +861,44 @@ impl PeerSpec {
             max_conns: 0,
             slow_start: Duration::ZERO,
         }
+    }
+}
+
+// --- realip (ngx_http_realip_module; docs/realip.md)
+
+/// `set_real_ip_from`, `real_ip_header` and `real_ip_recursive` of one level, merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealIp {
+    /// The trusted addresses: networks (address, prefix length). A `unix:` entry trusts
+    /// clients on Unix sockets, which imbang does not listen on, so it is kept as nothing.
+    pub from: Vec<(std::net::IpAddr, u8)>,
+    pub header: RealIpHeader,
+    pub recursive: bool,
+}
+
+/// Where `real_ip_header` takes the client address from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RealIpHeader {
+    /// `X-Real-IP` (the default).
+    XRealIp,
+    /// `X-Forwarded-For`: every such field, the last address first.
+    XForwardedFor,
+    /// `proxy_protocol`: imbang has no PROXY protocol yet, so it never changes the address.
+    ProxyProtocol,
+    /// Any other field, by its lower-case name.
+    Other(String),
+}
+
+impl RealIp {
+    /// Whether `ip` is one of the trusted addresses (an IPv4 address mapped into IPv6 is
+    /// tested as IPv4, as `allow`/`deny` do).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.from.iter().any(|&(net, prefix)| {
+            AccessRule {
+                allow: true,
+                net: Some((net, prefix)),
+            }
+            .covers(ip)
+        })
     }
 }

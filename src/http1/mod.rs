@@ -793,6 +793,7 @@ mod tests {
             remote: addr,
             local: addr,
             key: addr,
+            accepted: tokio::time::Instant::now(),
         });
         let settings = Settings {
             limits: HeadLimits::default(),

@@ -312,6 +312,7 @@ pub async fn response(
     encode_head(&mut head, &response, framing, keep_alive, shape);
     crate::scratch::return_header_map(std::mem::take(response.headers_mut()));
     let body = response.body_mut();
+    body.head_written(head.len());
     let close = !keep_alive;
     if framing == BodyFraming::None {
         return send(

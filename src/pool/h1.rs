@@ -88,6 +88,8 @@ pub struct Answer {
     /// The connection may carry another request once this body is read to its end (not
     /// when the peer answered before the whole request body was sent).
     pub keep_alive: bool,
+    /// The bytes of the final response head on the wire (`$upstream_bytes_received`).
+    pub head_len: usize,
 }
 
 /// How an exchange failed.
@@ -767,6 +769,7 @@ fn parse_response(
         head: parts,
         body,
         keep_alive,
+        head_len: len,
     }))
 }
 

@@ -55,6 +55,13 @@ impl ResponseBody {
         self.log = Some(pending);
     }
 
+    /// The head went out in `len` bytes: `$bytes_sent` counts them exactly.
+    pub fn head_written(&mut self, len: usize) {
+        if let Some(pending) = &mut self.log {
+            pending.done.header_bytes = len as u64;
+        }
+    }
+
     /// The access-log lines waiting for this body, taken back (for an answer never sent).
     pub fn take_log(&mut self) -> Option<Box<Pending>> {
         self.log.take()
@@ -63,7 +70,11 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(pending) = self.log.take() {
+        if let Some(mut pending) = self.log.take() {
+            pending.done.complete = match &self.kind {
+                Kind::Full(bytes) => bytes.is_none(),
+                Kind::Upstream(s) => s.ended,
+            };
             pending.finish(self.sent);
         }
     }
@@ -89,6 +100,8 @@ pub struct Streamed {
     checkin: Option<Checkin>,
     read_timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The peer's body came to its end.
+    ended: bool,
 }
 
 impl Streamed {
@@ -99,6 +112,7 @@ impl Streamed {
             checkin: Some(checkin),
             read_timeout,
             timer: None,
+            ended: false,
         };
         if streamed.body.is_end_stream() {
             streamed.finish();
@@ -107,6 +121,7 @@ impl Streamed {
     }
 
     fn finish(&mut self) {
+        self.ended = true;
         let now = Instant::now();
         if let Some(c) = self.checkin.take() {
             if let Some(conn) = self.body.take_idle() {

@@ -76,7 +76,13 @@ pub async fn forward(
     let buffer_size = route.conf.client_body_buffer_size;
     let body_timeout = route.conf.client_body_timeout;
     let body = match keep_body(body, buffer_size, body_timeout).await {
-        Ok(Ok(bytes)) => kept_body(kept.insert(bytes)),
+        Ok(Ok(bytes)) => {
+            if !bytes.is_empty() {
+                // `$request_body`: nginx's value when the body is in memory.
+                let _ = ctx.state.body.set(bytes.clone());
+            }
+            kept_body(kept.insert(bytes))
+        }
         Ok(Err(body)) => UpstreamBody::Client(ClientBody {
             body,
             left: (limit > 0 && length.is_none()).then_some(limit),
@@ -123,6 +129,13 @@ pub async fn forward(
     };
     // The head sent upstream: the same for every attempt, so encoded once.
     let head = upstream_head(ctx, route, proxy, &uri, &protocol, chunked, shape);
+    // `$upstream_bytes_sent` of a try that wrote the request (a chunked body's size is not
+    // known here: only its head counts).
+    let request_bytes = head.len() as u64
+        + match framing {
+            RequestFraming::Length(n) => n,
+            _ => 0,
+        };
     let mut unsent = Some(body);
     // The kept body again: for the next peer, and for the keep-alive race.
     let resend = kept.as_ref().map(|kept| move || kept_body(kept));
@@ -130,7 +143,7 @@ pub async fn forward(
     // What ip_hash and hash choose by (the same for every attempt of this request).
     let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
     let affinity = Affinity {
-        client_ip: Some(ctx.conn.remote.ip()),
+        client_ip: Some(ctx.remote().ip()),
         key: hash_key.as_deref(),
     };
     let mut attempts = 0;
@@ -178,6 +191,8 @@ pub async fn forward(
                 let status = answer.head.status.as_u16();
                 guard.count_response(status);
                 record.answered(status, true);
+                record.sent(request_bytes);
+                record.head_received(answer.head_len);
                 if record.want_upstream_headers {
                     record.upstream_headers = Some(answer.head.headers.clone());
                 }
@@ -254,6 +269,9 @@ pub async fn forward(
             }
             Err(failed) => {
                 record.answered(failed.error.status().as_u16(), false);
+                if failed.reached != Reached::Nothing {
+                    record.sent(request_bytes);
+                }
                 log!(
                     Error,
                     "*{} {}{}",

@@ -12,6 +12,7 @@ pub mod target;
 pub mod upgrade;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -51,6 +52,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The configured listen address of the listener that accepted it.
     pub key: SocketAddr,
+    /// When it was accepted (`$connection_time`).
+    pub accepted: Instant,
 }
 
 /// One request as the variables and the error log see it.
@@ -69,6 +72,34 @@ pub struct RequestCtx<'a> {
     pub sets: &'a [(Arc<str>, String)],
     /// `$1`..`$9`.
     pub captures: &'a Captures<'a>,
+    /// What the request learned on its way (realip's address, `$request_id`, a kept body).
+    pub state: &'a RequestState,
+}
+
+/// What one request finds out as it goes that its variables read: set at most once each, and
+/// only when needed (a request that no variable asks about pays for none of it).
+#[derive(Clone, Debug, Default)]
+pub struct RequestState {
+    /// The client address the realip module found (unset: the connection's).
+    pub realip: OnceLock<SocketAddr>,
+    /// `$request_id`: made on first use, the same for every later one.
+    request_id: OnceLock<u128>,
+    /// The request body, when it was kept in memory (`$request_body`).
+    pub body: OnceLock<Bytes>,
+}
+
+/// An empty state, for lines logged before a request was routed.
+static NO_STATE: OnceLock<RequestState> = OnceLock::new();
+
+impl RequestState {
+    pub fn none() -> &'static Self {
+        NO_STATE.get_or_init(Self::default)
+    }
+
+    /// `$request_id`: 128 random bits.
+    fn request_id(&self) -> u128 {
+        *self.request_id.get_or_init(|| fastrand::u128(..))
+    }
 }
 
 /// `$1`..`$9`: the groups of the regex location that matched `$uri`, found on first use (the
@@ -127,12 +158,23 @@ impl<'a> RequestCtx<'a> {
 }
 
 impl RequestCtx<'_> {
+    /// The client: the connection's peer, or the address the realip module found.
+    pub fn remote(&self) -> SocketAddr {
+        self.state.realip.get().copied().unwrap_or(self.conn.remote)
+    }
+
+    /// Whether the request came over TLS (`$https`, `$scheme`): the hook for TLS, which
+    /// imbang's listeners do not speak yet.
+    pub fn is_https(&self) -> bool {
+        false
+    }
+
     /// `, client: 127.0.0.1, server: example.com, request: "GET / HTTP/1.1", host: "example.com"`
     /// for an error-log line, as nginx appends it.
     pub fn log_context(&self, upstream: Option<&str>) -> String {
         let mut s = format!(
             ", client: {}, server: {}, request: \"{} {} {:?}\"",
-            self.conn.remote.ip(),
+            self.remote().ip(),
             self.server_name,
             self.parts.method,
             self.parts.uri,
@@ -197,12 +239,47 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(h);
                 }
             }
-            Var::RemoteAddr | Var::BinaryRemoteAddr => append_display(out, self.conn.remote.ip()),
-            Var::RemotePort => append_display(out, self.conn.remote.port()),
+            Var::RemoteAddr | Var::BinaryRemoteAddr => append_display(out, self.remote().ip()),
+            // Port 0: realip took an address without one (nginx's value is then empty too).
+            Var::RemotePort => match self.remote().port() {
+                0 => {}
+                port => append_display(out, port),
+            },
+            Var::RealipRemoteAddr => append_display(out, self.conn.remote.ip()),
+            Var::RealipRemotePort => append_display(out, self.conn.remote.port()),
             Var::ServerAddr => append_display(out, self.conn.local.ip()),
             Var::ServerPort => append_display(out, self.conn.local.port()),
             Var::ServerName => out.push_str(self.server_name),
-            Var::Scheme => out.push_str("http"),
+            Var::Scheme => out.push_str(if self.is_https() { "https" } else { "http" }),
+            Var::Https => {
+                if self.is_https() {
+                    out.push_str("on");
+                }
+            }
+            Var::ServerProtocol => out.push_str(match self.parts.version {
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            }),
+            Var::RequestId => {
+                let _ = write!(out, "{:032x}", self.state.request_id());
+            }
+            Var::RequestBody => {
+                if let Some(body) = self.state.body.get() {
+                    out.push_str(&String::from_utf8_lossy(body));
+                }
+            }
+            Var::LimitRate => out.push('0'),
+            Var::Pipe => out.push('.'),
+            Var::NginxVersion => out.push_str(env!("CARGO_PKG_VERSION")),
+            Var::ConnectionTime => {
+                let age = self.conn.accepted.elapsed();
+                let _ = write!(out, "{}.{:03}", age.as_secs(), age.subsec_millis());
+            }
+            Var::ProxyPort => out.push_str(proxy_port(self.proxy_host)),
+            Var::RequestBodyFile | Var::ProxyProtocol | Var::UpstreamCacheStatus => {}
             // An HTTP/2 request has no request line: nginx logs its method, path and version
             // (`GET /x HTTP/2.0`), not the authority its URI carries.
             Var::Request if self.parts.version == http::Version::HTTP_2 => append_display(
@@ -239,7 +316,7 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(p);
                     out.push_str(", ");
                 }
-                append_display(out, self.conn.remote.ip());
+                append_display(out, self.remote().ip());
             }
             Var::Header(name) => {
                 let values = self.parts.headers.get_all(name.as_str());
@@ -323,7 +400,7 @@ impl Vars for RequestCtx<'_> {
     }
 
     fn append_bytes(&self, var: &Var, out: &mut Vec<u8>) {
-        match (var, self.conn.remote.ip()) {
+        match (var, self.remote().ip()) {
             (Var::BinaryRemoteAddr, IpAddr::V4(ip)) => out.extend_from_slice(&ip.octets()),
             (Var::BinaryRemoteAddr, IpAddr::V6(ip)) => out.extend_from_slice(&ip.octets()),
             _ => {
@@ -364,6 +441,7 @@ pub fn handle<'a>(
         let start = Instant::now();
         conn.requests.fetch_add(1, Ordering::Relaxed);
         let snap = shared.live.snapshot();
+        let state = RequestState::default();
         let client_upgrade =
             on_upgrade.and_then(|on| Some((upgrade::requested(&parts.headers)?, on)));
         // Logged as 499 if the client goes away before the answer (this future is then dropped).
@@ -371,6 +449,7 @@ pub fn handle<'a>(
             conn,
             start,
             parts: &parts,
+            state: &state,
             out: Outcome::default(),
             answered: false,
         };
@@ -381,6 +460,7 @@ pub fn handle<'a>(
             &snap,
             conn,
             &parts,
+            &state,
             body,
             client_upgrade,
             &mut unanswered.out,
@@ -395,7 +475,7 @@ pub fn handle<'a>(
         };
         let out = std::mem::take(&mut unanswered.out);
         drop(unanswered);
-        log_when_sent(&mut response, route, conn, parts, out, start);
+        log_when_sent(&mut response, route, conn, parts, state, out, start);
         (response, timeouts)
     }
 }
@@ -407,6 +487,7 @@ fn log_when_sent(
     route: Arc<Route>,
     conn: &Arc<ConnInfo>,
     parts: http::request::Parts,
+    state: RequestState,
     mut out: Outcome,
     start: Instant,
 ) {
@@ -423,6 +504,7 @@ fn log_when_sent(
             .then(|| response.headers().clone()),
         upstream_headers: out.record.upstream_headers.take(),
         tries: std::mem::take(&mut out.record.tries),
+        complete: false,
     };
     response.body_mut().log_when_done(Box::new(Pending {
         logs: route,
@@ -433,6 +515,7 @@ fn log_when_sent(
         proxy_host: out.proxy_host,
         path: out.path,
         sets: out.sets,
+        state,
         done,
     }));
 }
@@ -444,6 +527,7 @@ struct Unanswered<'a> {
     conn: &'a Arc<ConnInfo>,
     start: Instant,
     parts: &'a http::request::Parts,
+    state: &'a RequestState,
     out: Outcome,
     answered: bool,
 }
@@ -466,6 +550,7 @@ impl Drop for Unanswered<'_> {
             proxy_host: std::mem::take(&mut out.proxy_host),
             path: std::mem::take(&mut out.path),
             sets: std::mem::take(&mut out.sets),
+            state: self.state.clone(),
             done: Done {
                 status: 499,
                 body_bytes: 0,
@@ -475,6 +560,7 @@ impl Drop for Unanswered<'_> {
                 response_headers: None,
                 upstream_headers: out.record.upstream_headers.take(),
                 tries: std::mem::take(&mut out.record.tries),
+                complete: false,
             },
         }
         .finish(0);
@@ -497,11 +583,13 @@ struct Outcome {
     rendered_proxy_host: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     shared: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
     parts: &http::request::Parts,
+    state: &RequestState,
     body: RequestBody,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
@@ -542,6 +630,8 @@ async fn respond(
         return response;
     };
     let server: &ServerRoute = vhosts.find(&host);
+    // The realip module with the server level's settings (nginx's post-read phase).
+    realip(&server.fallback, conn, parts, state);
     let Ok(path) = normalize_path(parts.uri.path()) else {
         out.log(&server.fallback, &host, &server.name);
         let mut response = error_response(&ProxyError::BadRequest("invalid URI"));
@@ -563,6 +653,7 @@ async fn respond(
         done: None,
         sets: &[],
         captures: Captures::NONE,
+        state,
     };
     // `set`: the server level's, then the location's (nginx's two rewrite phases); only the
     // second runs after the location's regex matched.
@@ -653,9 +744,14 @@ async fn dispatch<'a>(
 ) -> (Response<ResponseBody>, bool) {
     // nginx's access phase: after `return` (the rewrite phase), before anything else.
     let answers = server_return.is_some() || matches!(route.action, RouteAction::Return(_));
+    if !answers {
+        // The realip module with the location's settings (nginx's preaccess phase), unless
+        // the server level's already found the address.
+        realip(route, ctx.conn, ctx.parts, ctx.state);
+    }
     if !route.conf.access.is_empty()
         && !answers
-        && !access_allowed(&route.conf.access, ctx.conn.remote.ip())
+        && !access_allowed(&route.conf.access, ctx.remote().ip())
     {
         log!(
             Error,
@@ -810,12 +906,26 @@ async fn error_page(
         } else {
             &captures
         },
+        state: ctx.state,
     };
+    out.record.internal_redirect();
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);
     }
     response
+}
+
+/// Runs the realip module with `route`'s settings, unless an earlier phase found the address.
+fn realip(route: &Route, conn: &ConnInfo, parts: &http::request::Parts, state: &RequestState) {
+    let Some(spec) = &route.conf.realip else {
+        return;
+    };
+    if state.realip.get().is_none() {
+        if let Some(addr) = crate::realip::find(spec, conn.remote, &parts.headers) {
+            let _ = state.realip.set(addr);
+        }
+    }
 }
 
 fn status_code(code: u16) -> StatusCode {
@@ -921,7 +1031,15 @@ fn log_refused(
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    log_when_sent(response, route, conn, parts, out, start);
+    log_when_sent(
+        response,
+        route,
+        conn,
+        parts,
+        RequestState::default(),
+        out,
+        start,
+    );
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
@@ -977,6 +1095,24 @@ fn answer_response(answer: &Answer, vars: &dyn Vars, default_type: &str) -> Resp
     };
     *response.status_mut() = status;
     response
+}
+
+/// `$proxy_port`: the port `$proxy_host` names, else the scheme's (imbang's peers speak
+/// `http`); empty before `proxy_pass`.
+fn proxy_port(proxy_host: &str) -> &str {
+    if proxy_host.is_empty() {
+        return "";
+    }
+    match proxy_host.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            port
+        }
+        _ => "80",
+    }
 }
 
 /// `$hostname`, read once.

@@ -15,6 +15,9 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod compat;
+pub use compat::only_value;
+
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -268,6 +271,8 @@ impl<'a> Lower<'a> {
                     format!("\"{}\" directive is not supported by imbang yet", d.name),
                     d.span,
                 );
+            } else if let Some(module) = super::nginx::module_of(&d.name, ctx) {
+                self.error(ErrorKind::NotInImbang(d.name.clone(), module), d.span);
             } else {
                 self.error(ErrorKind::UnknownDirective(d.name.clone()), d.span);
             }
@@ -297,6 +302,20 @@ impl<'a> Lower<'a> {
                 ),
                 d.args[0].span,
             );
+            return None;
+        }
+        if let Effect::NotYet(why) = spec.effect {
+            self.invalid(
+                format!(
+                    "\"{}\" directive is not supported by imbang yet ({why})",
+                    d.name
+                ),
+                d.span,
+            );
+            return None;
+        }
+        if let Some(message) = compat::unsupported_value(d) {
+            self.invalid(message, d.span);
             return None;
         }
         if let Effect::NoEffect(why) = spec.effect {
@@ -428,16 +447,26 @@ impl<'a> Lower<'a> {
             }
             v => LogTarget::File(self.path(v)),
         };
-        let level = match d.args.get(1) {
-            None => LogLevel::Error,
-            Some(arg) => match LogLevel::parse(&arg.value) {
-                Some(level) => level,
-                None => {
-                    self.invalid(format!("invalid log level \"{}\"", arg.value), arg.span);
-                    return None;
-                }
-            },
-        };
+        // nginx: one level, or debug masks (`debug_http debug_event`), which mean `debug`.
+        let mut level = None;
+        for arg in &d.args[1..] {
+            let this = match arg.value.as_str() {
+                v if DEBUG_MASKS.contains(&v) => LogLevel::Debug,
+                v => match LogLevel::parse(v) {
+                    Some(l) if level.is_none() => l,
+                    Some(_) => {
+                        self.invalid(format!("duplicate log level \"{v}\""), arg.span);
+                        return None;
+                    }
+                    None => {
+                        self.invalid(format!("invalid log level \"{v}\""), arg.span);
+                        return None;
+                    }
+                },
+            };
+            level = Some(level.map_or(this, |l: LogLevel| l.max(this)));
+        }
+        let level = level.unwrap_or(LogLevel::Error);
         Some(ErrorLogSpec { target, level })
     }
 
@@ -1935,6 +1964,9 @@ impl<'a> Lower<'a> {
                     self.balance_method(c, &mut up.method, &mut method);
                 }
                 _ if !self.once(&mut seen, spec, c) => {}
+                "keepalive" if c.args.get(1).is_some_and(|a| a.value != "local") => {
+                    self.invalid_value(c, &c.args[1]);
+                }
                 "keepalive" => match values::number(&c.args[0].value) {
                     Some(n) if n > 0 => up.keepalive = n as usize,
                     _ => self.invalid_value(c, &c.args[0]),
@@ -2171,6 +2203,17 @@ impl<'a> Lower<'a> {
         }
     }
 }
+
+/// nginx's debug masks of `error_log` (a build with `--with-debug` logs by them).
+const DEBUG_MASKS: &[&str] = &[
+    "debug_core",
+    "debug_alloc",
+    "debug_mutex",
+    "debug_event",
+    "debug_http",
+    "debug_mail",
+    "debug_stream",
+];
 
 const HTTPS_NOT_YET: &str = "proxy_pass to https:// upstreams is not supported by imbang yet";
 

@@ -254,3 +254,172 @@ fn dash_big_v_lists_the_modules_the_table_has() {
         assert!(got.contains(&flag.as_str()), "no {flag} in {got:?}");
     }
 }
+
+// === docs/directives.md: generated from the table, checked here ===
+
+/// How nginx's documentation names a context.
+fn context_words(contexts: &str) -> String {
+    contexts
+        .split('|')
+        .map(|c| match c {
+            "MAIN" => "main",
+            "EVENT" => "events",
+            "HTTP_MAIN" => "http",
+            "HTTP_SRV" => "server",
+            "HTTP_LOC" => "location",
+            "HTTP_UPS" => "upstream",
+            "HTTP_SIF" => "if in server",
+            "HTTP_LIF" => "if in location",
+            "HTTP_LMT" => "limit_except",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn arity_words(arity: Arity, block: bool) -> String {
+    let args = match arity {
+        Arity::Flag => "`on` \\| `off`".to_owned(),
+        Arity::Range(0, 0) => "no arguments".to_owned(),
+        Arity::Range(1, 1) => "1 argument".to_owned(),
+        Arity::Range(a, b) if a == b => format!("{a} arguments"),
+        Arity::Range(a, b) => format!("{a}–{b} arguments"),
+        Arity::AtLeast(0) => "any arguments".to_owned(),
+        Arity::AtLeast(n) => format!("{n} or more arguments"),
+    };
+    if block {
+        format!("{args}, then `{{ }}`")
+    } else {
+        args
+    }
+}
+
+/// What imbang does with one directive, in the page's words.
+fn effect_words(d: &NginxDirective) -> String {
+    if PENDING_MODULES.contains(&d.module) {
+        return match d.in_imbang() {
+            Some(_) => "acts (being completed)".to_owned(),
+            None => "being added (not supported yet)".to_owned(),
+        };
+    }
+    if d.imbang_contexts().is_none() {
+        return "not supported (imbang has none of its contexts yet)".to_owned();
+    }
+    let Some(spec) = d.in_imbang() else {
+        return "not supported".to_owned();
+    };
+    match spec.effect {
+        Effect::Acts => match imbang::config::lower::only_value(d.name) {
+            Some((value, instead)) => {
+                format!("acts for `{value}` only; other values are refused: {instead}")
+            }
+            None => "acts".to_owned(),
+        },
+        Effect::NoEffect(why) => format!("accepted without effect: {why}"),
+        Effect::NotYet(why) => format!("refused, not supported yet: {why}"),
+    }
+}
+
+fn directives_page() -> String {
+    let mut page = String::from(
+        "# Directives: what imbang does with each of nginx's\n\n\
+         <!-- Generated from imbang's directive table (src/config/directives.rs) and nginx's \
+         (src/config/nginx-directives.tsv) by tests/directive_coverage.rs; \
+         `IMBANG_BLESS=1 cargo test --test directive_coverage` rewrites it. -->\n\n\
+         imbang reads nginx's configuration files unchanged. For every directive of the nginx \
+         modules it implements, this page says what happens to it:\n\n\
+         - **acts**: imbang does what nginx does with it.\n\
+         - **acts for `x` only**: imbang's fixed behaviour is that value (nginx's default, \
+         mostly); any other value is refused with `-t`, so no configuration runs with a meaning \
+         it was not written for.\n\
+         - **accepted without effect**: the directive's job is done differently, or not needed, \
+         in imbang; `imbang -t` prints `the \"x\" directive has no effect in imbang: why`.\n\
+         - **refused, not supported yet**: the configuration is rejected with `\"x\" directive is \
+         not supported by imbang yet (why)` at its `file:line:col`.\n\n\
+         Contexts and numbers of arguments are nginx's (release 1.22.1 and the newest release; a \
+         directive only one of them has says so). A directive of a module imbang does not have \
+         (fastcgi, uwsgi, grpc, ssi, geo, ...) is an `unknown directive`, and the message names \
+         the module: `unknown directive \"fastcgi_pass\" (ngx_http_fastcgi_module is not part \
+         of imbang)`. `imbang -V` lists the modules the same table says imbang has, as nginx's \
+         `configure arguments:` would.\n",
+    );
+    let mut module = "";
+    for d in nginx::newest().filter(|d| COVERED_MODULES.contains(&d.module)) {
+        if d.module != module {
+            module = d.module;
+            page.push_str(&format!(
+                "\n## {module}\n\n| directive | context | arguments | imbang |\n|---|---|---|---|\n"
+            ));
+        }
+        let since = match d.versions {
+            "both" => String::new(),
+            v => format!(" (nginx {v} only)"),
+        };
+        page.push_str(&format!(
+            "| `{}`{since} | {} | {} | {} |\n",
+            d.name,
+            context_words(d.contexts),
+            arity_words(d.imbang_arity(), d.block),
+            effect_words(&d)
+        ));
+    }
+    // The rest of nginx: what "unknown directive (… is not part of imbang)" names.
+    let mut absent: Vec<&str> = Vec::new();
+    for d in nginx::all() {
+        // `include` (ngx_conf_module) is expanded by imbang's parser.
+        let skip = COVERED_MODULES.contains(&d.module) || d.module == "ngx_conf_module";
+        if !skip && !absent.contains(&d.module) {
+            absent.push(d.module);
+        }
+    }
+    page.push_str(
+        "\n## nginx modules imbang does not have\n\n\
+         Their directives are unknown to imbang (a few are accepted without effect where \
+         nginx's stock configuration carries them, such as `fastcgi_temp_path`, `gzip` and \
+         `ssl_protocols`; see `imbang -t`):\n\n",
+    );
+    page.push_str(
+        &absent
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    page.push('\n');
+    // imbang's own: NGINX Plus directives it implements, which nginx's open source lacks.
+    page.push_str(
+        "\n## NGINX Plus directives imbang has\n\n\
+         Not in nginx's open-source modules; imbang implements them as NGINX Plus documents \
+         them.\n\n| directive | imbang |\n|---|---|\n",
+    );
+    let mut seen = Vec::new();
+    for spec in directives::DIRECTIVES {
+        let in_nginx = nginx::all().any(|d| d.name == spec.name);
+        if in_nginx || seen.contains(&spec.name) {
+            continue;
+        }
+        seen.push(spec.name);
+        let effect = match spec.effect {
+            Effect::Acts => "acts".to_owned(),
+            Effect::NoEffect(why) => format!("accepted without effect: {why}"),
+            Effect::NotYet(why) => format!("refused, not supported yet: {why}"),
+        };
+        page.push_str(&format!("| `{}` | {effect} |\n", spec.name));
+    }
+    page
+}
+
+#[test]
+fn docs_page_matches_the_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/directives.md");
+    let want = directives_page();
+    if std::env::var_os("IMBANG_BLESS").is_some() {
+        std::fs::write(path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/directives.md is not what the table says; rewrite it with \
+         IMBANG_BLESS=1 cargo test --test directive_coverage"
+    );
+}

@@ -138,6 +138,7 @@ const STATIC_FILES: &str =
     "imbang does not serve files; a location without proxy_pass or return answers 404";
 const NO_GZIP: &str = "imbang does not compress responses (upstream compression passes through)";
 const KERNEL: &str = "imbang chooses its own socket options";
+const SCHEDULING: &str = "imbang leaves scheduling to the kernel";
 const EPOLL: &str = "imbang uses epoll through tokio";
 const TABLES: &str = "imbang sizes its tables itself";
 const MEMORY: &str = "imbang allocates per connection and request itself";
@@ -177,8 +178,8 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "set the limit with ulimit or LimitNOFILE=",
     ),
-    no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), KERNEL),
-    no_effect("worker_priority", C::MAIN, ONE, KERNEL),
+    no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), SCHEDULING),
+    no_effect("worker_priority", C::MAIN, ONE, SCHEDULING),
     no_effect("pcre_jit", C::MAIN, Flag, "regexes are always compiled"),
     no_effect(
         "timer_resolution",

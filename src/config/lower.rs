@@ -16,6 +16,7 @@ use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
 mod compat;
+mod proxy_cookie;
 pub use compat::only_value;
 
 /// What lowering needs to know beyond the text.
@@ -109,6 +110,10 @@ struct Frame {
     client_keepalive_timeout: Option<Duration>,
     client_send_timeout: Option<Duration>,
     access: Option<Vec<AccessRule>>,
+    cookie_domains: Option<Vec<CookieRule>>,
+    cookie_paths: Option<Vec<CookieRule>>,
+    cookie_flags: Option<Vec<CookieFlags>>,
+    socket_keepalive: Option<bool>,
 }
 
 impl Frame {
@@ -148,6 +153,10 @@ impl Frame {
             client_keepalive_timeout,
             client_send_timeout,
             access,
+            cookie_domains,
+            cookie_paths,
+            cookie_flags,
+            socket_keepalive,
         )
     }
 
@@ -169,6 +178,8 @@ impl Frame {
                 pass_request_headers: self.pass_request_headers.unwrap_or(true),
                 pass_request_body: self.pass_request_body.unwrap_or(true),
                 redirect: self.redirect.clone().unwrap_or(Redirect::Default),
+                cookies: self.cookies(),
+                socket_keepalive: self.socket_keepalive.unwrap_or(false),
             },
             default_type: self
                 .default_type
@@ -646,6 +657,9 @@ impl<'a> Lower<'a> {
                     f.error_pages.get_or_insert_with(Vec::new).push(page);
                 }
             }
+            "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
+                self.proxy_cookie(d, f);
+            }
             "proxy_hide_header" => f
                 .hide_headers
                 .get_or_insert_with(Vec::new)
@@ -708,6 +722,7 @@ impl<'a> Lower<'a> {
             },
             "default_type" => f.default_type = Some(args[0].value.clone()),
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
+            "proxy_socket_keepalive" => f.socket_keepalive = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),

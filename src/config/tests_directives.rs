@@ -100,7 +100,6 @@ fn values_imbang_does_not_implement_are_refused() {
             "\"chunked_transfer_encoding off\" is not supported by imbang yet (only \"chunked_transfer_encoding on\": a response of unknown length is always sent chunked to an HTTP/1.1 client) in /etc/imbang/t.conf:1:25",
             "\"expires 1h\" is not supported by imbang yet (only \"expires off\": imbang adds no Expires or Cache-Control header) in /etc/imbang/t.conf:1:56",
             "\"merge_slashes off\" is not supported by imbang yet (only \"merge_slashes on\": slashes in a URI are always merged for location matching) in /etc/imbang/t.conf:1:68",
-            "\"proxy_cookie_path /app/ /\" is not supported by imbang yet (only \"proxy_cookie_path off\": Set-Cookie headers from the upstream are passed unchanged) in /etc/imbang/t.conf:2:1",
             "\"recursive_error_pages on\" is not supported by imbang yet (only \"recursive_error_pages off\": the target of an error_page never applies error_page again) in /etc/imbang/t.conf:2:28",
             "\"limit_rate\" directive is not supported by imbang yet (responses are not rate-limited) in /etc/imbang/t.conf:2:54",
             "\"sub_filter\" directive is not supported by imbang yet (responses are passed unchanged) in /etc/imbang/t.conf:2:70",

@@ -27,26 +27,6 @@ const ONLY: &[(&str, &str, &str)] = &[
         "imbang adds no Expires or Cache-Control header",
     ),
     (
-        "proxy_cookie_domain",
-        "off",
-        "Set-Cookie headers from the upstream are passed unchanged",
-    ),
-    (
-        "proxy_cookie_path",
-        "off",
-        "Set-Cookie headers from the upstream are passed unchanged",
-    ),
-    (
-        "proxy_cookie_flags",
-        "off",
-        "Set-Cookie headers from the upstream are passed unchanged",
-    ),
-    (
-        "proxy_socket_keepalive",
-        "off",
-        "connections to upstreams have no TCP keepalive",
-    ),
-    (
         "charset",
         "off",
         "the Content-Type of a response is passed unchanged",

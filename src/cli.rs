@@ -117,42 +117,16 @@ pub fn version_line() -> String {
 }
 
 /// `-V`: the version, the build, and a `configure arguments:` line in nginx's spelling, so tools
-/// that read `nginx -V` learn what this binary supports. Keep it true as features land.
+/// that read `nginx -V` learn what this binary supports: the modules come from imbang's directive
+/// table ([`crate::config::nginx::configure_options`]).
 pub fn configure_lines() -> String {
-    let with: &[&str] = &[
-        "--with-http_upstream_keepalive_module",
-        "--with-http_upstream_zone_module",
-    ];
-    let without: &[&str] = &[
-        "--without-http_gzip_module",
-        "--without-http_ssi_module",
-        "--without-http_charset_module",
-        "--without-http_userid_module",
-        "--without-http_access_module",
-        "--without-http_auth_basic_module",
-        "--without-http_mirror_module",
-        "--without-http_autoindex_module",
-        "--without-http_geo_module",
-        "--without-http_map_module",
-        "--without-http_split_clients_module",
-        "--without-http_referer_module",
-        "--without-http_rewrite_module",
-        "--without-http_fastcgi_module",
-        "--without-http_uwsgi_module",
-        "--without-http_scgi_module",
-        "--without-http_grpc_module",
-        "--without-http_memcached_module",
-        "--without-http_limit_conn_module",
-        "--without-http_limit_req_module",
-        "--without-http_empty_gif_module",
-        "--without-http_browser_module",
-    ];
+    // Derived from the directive table against nginx's (config::nginx), so it cannot go stale.
+    let modules = crate::config::nginx::configure_options();
     format!(
-        "{}\nbuilt by {} for {}\nconfigure arguments: --prefix={DEFAULT_PREFIX} --conf-path={DEFAULT_CONF} --error-log-path={DEFAULT_ERROR_LOG} --pid-path=logs/imbang.pid {} {}",
+        "{}\nbuilt by {} for {}\nconfigure arguments: --prefix={DEFAULT_PREFIX} --conf-path={DEFAULT_CONF} --error-log-path={DEFAULT_ERROR_LOG} --pid-path=logs/imbang.pid {}",
         version_line(),
         env!("IMBANG_RUSTC"),
         env!("IMBANG_TARGET"),
-        with.join(" "),
-        without.join(" ")
+        modules.join(" ")
     )
 }

@@ -15,17 +15,11 @@ use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
 const PENDING: &[(&str, &str)] = &[
-    ("docker", "temp path directives"),
     (
         "hardened",
         "charset_types, proxy_cookie_path, expires and http core directives",
     ),
     ("legacy-rewrites", "the rewrite module"),
-    ("loadbalancer", "the proxy cache and temp file directives"),
-    (
-        "node-websocket",
-        "keepalive_disable, proxy_cache_bypass, proxy_socket_keepalive",
-    ),
     ("redirects", "the rewrite module"),
     ("subpath-app", "proxy_cookie_* and the sub module"),
     ("tls-site", "TLS"),

@@ -16,8 +16,13 @@ impl Contexts {
     /// Inside `match name { }` (NGINX Plus's tests for health-check responses).
     pub const MATCH: Self = Self(1 << 6);
 
-    const fn or(self, other: Self) -> Self {
+    pub const fn or(self, other: Self) -> Self {
         Self(self.0 | other.0)
+    }
+
+    /// The set with these bits (one bit per context above).
+    pub const fn from_bits(bits: u16) -> Self {
+        Self(bits)
     }
 
     pub fn contains(self, other: Self) -> bool {
@@ -57,6 +62,9 @@ pub enum Effect {
     Acts,
     /// Parsed and checked, but it changes nothing in imbang; `-t` warns with this reason.
     NoEffect(&'static str),
+    /// Parsed and checked, then refused: imbang cannot keep nginx's meaning yet. The error says
+    /// "not implemented yet" with this reason.
+    NotYet(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -104,6 +112,22 @@ const fn no_effect(
     }
 }
 
+const fn not_yet(
+    name: &'static str,
+    contexts: Contexts,
+    arity: Arity,
+    block: bool,
+    why: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        contexts,
+        arity,
+        block,
+        effect: Effect::NotYet(why),
+    }
+}
+
 use Arity::{AtLeast, Flag, Range};
 use Contexts as C;
 
@@ -114,6 +138,19 @@ const STATIC_FILES: &str =
     "imbang does not serve files; a location without proxy_pass or return answers 404";
 const NO_GZIP: &str = "imbang does not compress responses (upstream compression passes through)";
 const KERNEL: &str = "imbang chooses its own socket options";
+const SCHEDULING: &str = "imbang leaves scheduling to the kernel";
+const EPOLL: &str = "imbang uses epoll through tokio";
+const TABLES: &str = "imbang sizes its tables itself";
+const MEMORY: &str = "imbang allocates per connection and request itself";
+const RELATIVE_LOCATION: &str =
+    "imbang sends a Location it makes as written (relative, as with absolute_redirect off)";
+const BODY_STREAMED: &str = "request bodies are streamed to the peer, never written to files";
+const STREAMED: &str = "responses are streamed, never written to temporary files";
+const LINGERING: &str = "imbang closes a connection once the response is sent";
+const NO_CACHE: &str =
+    "caching is not implemented yet (without proxy_cache, nginx ignores this as well)";
+const UPSTREAM_TLS: &str = "it applies to proxy_pass https://, which imbang does not support yet";
+const NO_SUB_FILTER: &str = "it applies to sub_filter, which imbang does not support yet";
 
 /// Every directive imbang accepts. `include` is not here: the parser expands it.
 pub static DIRECTIVES: &[Spec] = &[
@@ -127,7 +164,7 @@ pub static DIRECTIVES: &[Spec] = &[
     ),
     d("worker_processes", C::MAIN, ONE),
     d("pid", C::MAIN, ONE),
-    d("error_log", MAIN_HSL, Range(1, 2)),
+    d("error_log", MAIN_HSL, AtLeast(1)),
     no_effect(
         "user",
         C::MAIN,
@@ -141,8 +178,8 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "set the limit with ulimit or LimitNOFILE=",
     ),
-    no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), KERNEL),
-    no_effect("worker_priority", C::MAIN, ONE, KERNEL),
+    no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), SCHEDULING),
+    no_effect("worker_priority", C::MAIN, ONE, SCHEDULING),
     no_effect("pcre_jit", C::MAIN, Flag, "regexes are always compiled"),
     no_effect(
         "timer_resolution",
@@ -258,7 +295,7 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("root", HSL, ONE, STATIC_FILES),
     no_effect("index", HSL, AtLeast(1), STATIC_FILES),
     no_effect("autoindex", HSL, Flag, STATIC_FILES),
-    no_effect("charset", HSL, ONE, "imbang does not rewrite charsets"),
+    d("charset", HSL, ONE),
     no_effect(
         "http2",
         HS,
@@ -342,9 +379,10 @@ pub static DIRECTIVES: &[Spec] = &[
     d("least_conn", C::UPSTREAM, NONE),
     d("least_time", C::UPSTREAM, Range(1, 2)),
     d("ip_hash", C::UPSTREAM, NONE),
+    // nginx: 1 or 2; imbang's `bounded=factor` may follow `consistent`.
     d("hash", C::UPSTREAM, Range(1, 3)),
     d("random", C::UPSTREAM, Range(0, 2)),
-    d("keepalive", C::UPSTREAM, ONE),
+    d("keepalive", C::UPSTREAM, Range(1, 2)),
     d("queue", C::UPSTREAM, Range(1, 2)),
     d("keepalive_requests", C::UPSTREAM, ONE),
     d("keepalive_time", C::UPSTREAM, ONE),
@@ -372,6 +410,390 @@ pub static DIRECTIVES: &[Spec] = &[
         Range(1, 2),
         "imbang's peer state is always shared by all threads",
     ),
+    // --- the rest of nginx's core, events, http core, proxy, upstream, log, headers, map,
+    // index, charset and sub modules (directives): every directive of theirs is in this table
+    // (tests/directive_coverage.rs checks it against nginx's own, src/config/nginx-directives.tsv).
+    no_effect("debug_points", C::MAIN, ONE, "imbang has no debug points"),
+    no_effect(
+        "load_module",
+        C::MAIN,
+        ONE,
+        "imbang loads no dynamic modules; a directive of a module it lacks is still an error",
+    ),
+    no_effect("lock_file", C::MAIN, ONE, "imbang needs no lock file"),
+    no_effect(
+        "worker_rlimit_core",
+        C::MAIN,
+        ONE,
+        "set the limit with ulimit -c or LimitCORE=",
+    ),
+    no_effect(
+        "working_directory",
+        C::MAIN,
+        ONE,
+        "imbang keeps the directory it was started in",
+    ),
+    no_effect("epoll_events", C::EVENTS, ONE, EPOLL),
+    no_effect("worker_aio_requests", C::EVENTS, ONE, EPOLL),
+    no_effect(
+        "debug_connection",
+        C::EVENTS,
+        ONE,
+        "imbang has no debug log per client address",
+    ),
+    no_effect("absolute_redirect", HSL, Flag, RELATIVE_LOCATION),
+    no_effect("port_in_redirect", HSL, Flag, RELATIVE_LOCATION),
+    no_effect("server_name_in_redirect", HSL, Flag, RELATIVE_LOCATION),
+    no_effect("aio", HSL, ONE, STATIC_FILES),
+    no_effect("aio_write", HSL, Flag, STATIC_FILES),
+    no_effect("directio", HSL, ONE, STATIC_FILES),
+    no_effect("directio_alignment", HSL, ONE, STATIC_FILES),
+    no_effect("read_ahead", HSL, ONE, STATIC_FILES),
+    no_effect("sendfile_max_chunk", HSL, ONE, STATIC_FILES),
+    no_effect("disable_symlinks", HSL, Range(1, 2), STATIC_FILES),
+    no_effect("log_not_found", HSL, Flag, STATIC_FILES),
+    no_effect("etag", HSL, Flag, STATIC_FILES),
+    no_effect("open_file_cache", HSL, Range(1, 2), STATIC_FILES),
+    no_effect("open_file_cache_errors", HSL, Flag, STATIC_FILES),
+    no_effect("open_file_cache_events", HSL, Flag, STATIC_FILES),
+    no_effect("open_file_cache_min_uses", HSL, ONE, STATIC_FILES),
+    no_effect("open_file_cache_valid", HSL, ONE, STATIC_FILES),
+    no_effect(
+        "if_modified_since",
+        HSL,
+        ONE,
+        "imbang answers no conditional requests itself (nginx does not for uncached proxied responses either)",
+    ),
+    no_effect(
+        "max_ranges",
+        HSL,
+        ONE,
+        "imbang serves no byte ranges itself (nginx does not for uncached proxied responses either)",
+    ),
+    no_effect("alias", C::LOCATION, ONE, STATIC_FILES),
+    no_effect(
+        "auth_delay",
+        HSL,
+        ONE,
+        "imbang has no auth_basic or auth_request",
+    ),
+    d("chunked_transfer_encoding", HSL, Flag),
+    no_effect("client_body_in_file_only", HSL, ONE, BODY_STREAMED),
+    no_effect("client_body_in_single_buffer", HSL, Flag, BODY_STREAMED),
+    no_effect("client_body_temp_path", HSL, Range(1, 4), BODY_STREAMED),
+    no_effect("connection_pool_size", HS, ONE, MEMORY),
+    no_effect("request_pool_size", HS, ONE, MEMORY),
+    no_effect(
+        "early_hints",
+        HSL,
+        AtLeast(1),
+        "imbang sends no 103 Early Hints",
+    ),
+    no_effect(
+        "ignore_invalid_headers",
+        HS,
+        Flag,
+        "imbang refuses a request with an invalid header line (400)",
+    ),
+    no_effect(
+        "underscores_in_headers",
+        HS,
+        Flag,
+        "imbang passes header names with underscores (as underscores_in_headers on)",
+    ),
+    d("merge_slashes", HS, Flag),
+    no_effect(
+        "keepalive_disable",
+        HSL,
+        Range(1, 2),
+        "imbang keeps connections alive for every browser",
+    ),
+    no_effect(
+        "keepalive_min_timeout",
+        HSL,
+        ONE,
+        "a client connection is closed by keepalive_timeout and keepalive_requests only",
+    ),
+    no_effect(
+        "keepalive_time",
+        HSL,
+        ONE,
+        "a client connection is closed by keepalive_timeout and keepalive_requests only",
+    ),
+    not_yet(
+        "limit_except",
+        C::LOCATION,
+        AtLeast(1),
+        true,
+        "methods are not limited by location",
+    ),
+    not_yet(
+        "limit_rate",
+        HSL,
+        ONE,
+        false,
+        "responses are not rate-limited",
+    ),
+    not_yet(
+        "limit_rate_after",
+        HSL,
+        ONE,
+        false,
+        "responses are not rate-limited",
+    ),
+    no_effect("lingering_close", HSL, ONE, LINGERING),
+    no_effect("lingering_time", HSL, ONE, LINGERING),
+    no_effect("lingering_timeout", HSL, ONE, LINGERING),
+    no_effect("log_subrequest", HSL, Flag, "imbang makes no subrequests"),
+    no_effect(
+        "subrequest_output_buffer_size",
+        HSL,
+        ONE,
+        "imbang makes no subrequests",
+    ),
+    no_effect(
+        "max_headers",
+        HS,
+        ONE,
+        "the header lines of a request are bounded by large_client_header_buffers",
+    ),
+    no_effect(
+        "msie_padding",
+        HSL,
+        Flag,
+        "imbang does not pad error pages for old MSIE",
+    ),
+    no_effect(
+        "msie_refresh",
+        HSL,
+        Flag,
+        "imbang does not answer old MSIE with a refresh",
+    ),
+    not_yet(
+        "post_action",
+        HSL,
+        ONE,
+        false,
+        "imbang makes no subrequests",
+    ),
+    no_effect("postpone_output", HSL, ONE, "responses are streamed"),
+    d("recursive_error_pages", HSL, Flag),
+    not_yet(
+        "resolver",
+        HSL.or(C::UPSTREAM),
+        AtLeast(1),
+        false,
+        "names in proxy_pass and upstream are resolved once, when the configuration is read",
+    ),
+    not_yet(
+        "resolver_timeout",
+        HSL.or(C::UPSTREAM),
+        ONE,
+        false,
+        "names in proxy_pass and upstream are resolved once, when the configuration is read",
+    ),
+    no_effect(
+        "satisfy",
+        HSL,
+        ONE,
+        "allow and deny are imbang's only access checks, where any and all agree",
+    ),
+    no_effect("send_lowat", HSL, ONE, KERNEL),
+    // headers
+    not_yet(
+        "add_header_inherit",
+        HSL,
+        ONE,
+        false,
+        "add_header is inherited as in nginx 1.22",
+    ),
+    not_yet(
+        "add_trailer",
+        HSL,
+        Range(2, 3),
+        false,
+        "imbang adds no trailers",
+    ),
+    not_yet(
+        "add_trailer_inherit",
+        HSL,
+        ONE,
+        false,
+        "imbang adds no trailers",
+    ),
+    d("expires", HSL, Range(1, 2)),
+    // log
+    no_effect(
+        "open_log_file_cache",
+        HSL,
+        Range(1, 4),
+        "imbang keeps its log files open",
+    ),
+    // map
+    no_effect("map_hash_bucket_size", C::HTTP, ONE, TABLES),
+    no_effect("map_hash_max_size", C::HTTP, ONE, TABLES),
+    // proxy
+    not_yet(
+        "proxy_bind",
+        HSL,
+        Range(1, 2),
+        false,
+        "connections to upstreams use the address the kernel picks",
+    ),
+    not_yet(
+        "proxy_cache",
+        HSL,
+        ONE,
+        false,
+        "caching is not implemented yet",
+    ),
+    no_effect("proxy_cache_background_update", HSL, Flag, NO_CACHE),
+    no_effect("proxy_cache_bypass", HSL, AtLeast(1), NO_CACHE),
+    no_effect("proxy_cache_convert_head", HSL, Flag, NO_CACHE),
+    no_effect("proxy_cache_key", HSL, ONE, NO_CACHE),
+    no_effect("proxy_cache_lock", HSL, Flag, NO_CACHE),
+    no_effect("proxy_cache_lock_age", HSL, ONE, NO_CACHE),
+    no_effect("proxy_cache_lock_timeout", HSL, ONE, NO_CACHE),
+    no_effect("proxy_cache_max_range_offset", HSL, ONE, NO_CACHE),
+    no_effect("proxy_cache_methods", HSL, AtLeast(1), NO_CACHE),
+    no_effect("proxy_cache_min_uses", HSL, ONE, NO_CACHE),
+    no_effect(
+        "proxy_cache_path",
+        C::HTTP,
+        AtLeast(2),
+        "a cache zone that no proxy_cache uses changes nothing (caching is not implemented yet)",
+    ),
+    no_effect("proxy_cache_revalidate", HSL, Flag, NO_CACHE),
+    no_effect("proxy_cache_use_stale", HSL, AtLeast(1), NO_CACHE),
+    no_effect("proxy_cache_valid", HSL, AtLeast(1), NO_CACHE),
+    no_effect("proxy_no_cache", HSL, AtLeast(1), NO_CACHE),
+    d("proxy_cookie_domain", HSL, Range(1, 2)),
+    d("proxy_cookie_flags", HSL, Range(1, 4)),
+    d("proxy_cookie_path", HSL, Range(1, 2)),
+    not_yet(
+        "proxy_force_ranges",
+        HSL,
+        Flag,
+        false,
+        "imbang serves no byte ranges itself",
+    ),
+    no_effect("proxy_headers_hash_bucket_size", HSL, ONE, TABLES),
+    no_effect("proxy_headers_hash_max_size", HSL, ONE, TABLES),
+    no_effect(
+        "proxy_ignore_headers",
+        HSL,
+        AtLeast(1),
+        "imbang acts on no X-Accel-* or caching header from the upstream",
+    ),
+    not_yet(
+        "proxy_limit_rate",
+        HSL,
+        ONE,
+        false,
+        "reading from upstreams is not rate-limited",
+    ),
+    no_effect("proxy_max_temp_file_size", HSL, ONE, STREAMED),
+    not_yet(
+        "proxy_method",
+        HSL,
+        ONE,
+        false,
+        "the client's method is always passed",
+    ),
+    not_yet(
+        "proxy_pass_trailers",
+        HSL,
+        Flag,
+        false,
+        "trailers are not passed",
+    ),
+    no_effect("proxy_send_lowat", HSL, ONE, KERNEL),
+    not_yet(
+        "proxy_set_body",
+        HSL,
+        ONE,
+        false,
+        "the client's body is always passed",
+    ),
+    d("proxy_socket_keepalive", HSL, Flag),
+    no_effect("proxy_socket_rcvbuf", HSL, ONE, KERNEL),
+    no_effect("proxy_socket_sndbuf", HSL, ONE, KERNEL),
+    no_effect("proxy_ssl_certificate", HSL, ONE, UPSTREAM_TLS),
+    no_effect(
+        "proxy_ssl_certificate_cache",
+        HSL,
+        Range(1, 3),
+        UPSTREAM_TLS,
+    ),
+    no_effect("proxy_ssl_certificate_key", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_ciphers", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_conf_command", HSL, Range(2, 2), UPSTREAM_TLS),
+    no_effect("proxy_ssl_crl", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_name", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_password_file", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_protocols", HSL, AtLeast(1), UPSTREAM_TLS),
+    no_effect("proxy_ssl_server_name", HSL, Flag, UPSTREAM_TLS),
+    no_effect("proxy_ssl_session_reuse", HSL, Flag, UPSTREAM_TLS),
+    no_effect("proxy_ssl_trusted_certificate", HSL, ONE, UPSTREAM_TLS),
+    no_effect("proxy_ssl_verify", HSL, Flag, UPSTREAM_TLS),
+    no_effect("proxy_ssl_verify_depth", HSL, ONE, UPSTREAM_TLS),
+    not_yet(
+        "proxy_store",
+        HSL,
+        ONE,
+        false,
+        "imbang writes no responses to files",
+    ),
+    not_yet(
+        "proxy_store_access",
+        HSL,
+        Range(1, 3),
+        false,
+        "imbang writes no responses to files",
+    ),
+    no_effect("proxy_temp_file_write_size", HSL, ONE, STREAMED),
+    no_effect("proxy_temp_path", HSL, Range(1, 4), STREAMED),
+    // The temp paths of modules imbang lacks, in the stock nginx.conf of nginx's packages.
+    no_effect(
+        "fastcgi_temp_path",
+        HSL,
+        Range(1, 4),
+        "imbang has no FastCGI (ngx_http_fastcgi_module)",
+    ),
+    no_effect(
+        "uwsgi_temp_path",
+        HSL,
+        Range(1, 4),
+        "imbang has no uwsgi (ngx_http_uwsgi_module)",
+    ),
+    no_effect(
+        "scgi_temp_path",
+        HSL,
+        Range(1, 4),
+        "imbang has no SCGI (ngx_http_scgi_module)",
+    ),
+    // charset: `charset` and `charset_types` act; recoding between charsets does not exist
+    d("charset_types", HSL, AtLeast(1)),
+    d("override_charset", HSL, Flag),
+    d("source_charset", HSL, ONE),
+    Spec {
+        name: "charset_map",
+        contexts: C::HTTP,
+        arity: Range(2, 2),
+        block: true,
+        effect: Effect::NoEffect("imbang does not recode between charsets"),
+    },
+    // sub: substitution in proxied bodies is not there yet; the companions do nothing alone
+    not_yet(
+        "sub_filter",
+        HSL,
+        Range(2, 2),
+        false,
+        "responses are passed unchanged",
+    ),
+    no_effect("sub_filter_last_modified", HSL, Flag, NO_SUB_FILTER),
+    no_effect("sub_filter_once", HSL, Flag, NO_SUB_FILTER),
+    no_effect("sub_filter_types", HSL, AtLeast(1), NO_SUB_FILTER),
 ];
 
 /// The `keepalive_timeout` of an `upstream` block (idle upstream connections), which differs
@@ -385,7 +807,6 @@ pub static NOT_YET: &[&str] = &[
     "rewrite",
     "if",
     "try_files",
-    "alias",
     "ssl_certificate",
     "ssl_certificate_key",
     "stream",
@@ -394,12 +815,6 @@ pub static NOT_YET: &[&str] = &[
     "auth_basic",
     "geo",
     "split_clients",
-    "fastcgi_pass",
-    "uwsgi_pass",
-    "grpc_pass",
-    "load_module",
-    "resolver",
-    "resolver_timeout",
 ];
 
 /// The entry for `name` used in context `ctx` (a few names mean different things by context).

@@ -31,6 +31,9 @@ pub enum ErrorKind {
     TooDeep(usize),
     #[error("unknown directive \"{0}\"")]
     UnknownDirective(String),
+    /// A directive of an nginx module imbang does not have (named from nginx's own table).
+    #[error("unknown directive \"{0}\" ({1} is not part of imbang)")]
+    NotInImbang(String, &'static str),
     #[error("\"{0}\" directive is not allowed here")]
     NotAllowedHere(String),
     #[error("\"{0}\" directive is duplicate")]

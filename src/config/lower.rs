@@ -15,7 +15,10 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod compat;
+mod proxy_cookie;
 mod realip;
+pub use compat::only_value;
 
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
@@ -111,6 +114,10 @@ struct Frame {
     realip_from: Option<Vec<(std::net::IpAddr, u8)>>,
     realip_header: Option<RealIpHeader>,
     realip_recursive: Option<bool>,
+    cookie_domains: Option<Vec<CookieRule>>,
+    cookie_paths: Option<Vec<CookieRule>>,
+    cookie_flags: Option<Vec<CookieFlags>>,
+    socket_keepalive: Option<bool>,
 }
 
 impl Frame {
@@ -153,6 +160,10 @@ impl Frame {
             realip_from,
             realip_header,
             realip_recursive,
+            cookie_domains,
+            cookie_paths,
+            cookie_flags,
+            socket_keepalive,
         )
     }
 
@@ -174,6 +185,8 @@ impl Frame {
                 pass_request_headers: self.pass_request_headers.unwrap_or(true),
                 pass_request_body: self.pass_request_body.unwrap_or(true),
                 redirect: self.redirect.clone().unwrap_or(Redirect::Default),
+                cookies: self.cookies(),
+                socket_keepalive: self.socket_keepalive.unwrap_or(false),
             },
             default_type: self
                 .default_type
@@ -277,6 +290,8 @@ impl<'a> Lower<'a> {
                     format!("\"{}\" directive is not supported by imbang yet", d.name),
                     d.span,
                 );
+            } else if let Some(module) = super::nginx::module_of(&d.name, ctx) {
+                self.error(ErrorKind::NotInImbang(d.name.clone(), module), d.span);
             } else {
                 self.error(ErrorKind::UnknownDirective(d.name.clone()), d.span);
             }
@@ -306,6 +321,20 @@ impl<'a> Lower<'a> {
                 ),
                 d.args[0].span,
             );
+            return None;
+        }
+        if let Effect::NotYet(why) = spec.effect {
+            self.invalid(
+                format!(
+                    "\"{}\" directive is not supported by imbang yet ({why})",
+                    d.name
+                ),
+                d.span,
+            );
+            return None;
+        }
+        if let Some(message) = compat::unsupported_value(d) {
+            self.invalid(message, d.span);
             return None;
         }
         if let Effect::NoEffect(why) = spec.effect {
@@ -437,16 +466,26 @@ impl<'a> Lower<'a> {
             }
             v => LogTarget::File(self.path(v)),
         };
-        let level = match d.args.get(1) {
-            None => LogLevel::Error,
-            Some(arg) => match LogLevel::parse(&arg.value) {
-                Some(level) => level,
-                None => {
-                    self.invalid(format!("invalid log level \"{}\"", arg.value), arg.span);
-                    return None;
-                }
-            },
-        };
+        // nginx: one level, or debug masks (`debug_http debug_event`), which mean `debug`.
+        let mut level = None;
+        for arg in &d.args[1..] {
+            let this = match arg.value.as_str() {
+                v if DEBUG_MASKS.contains(&v) => LogLevel::Debug,
+                v => match LogLevel::parse(v) {
+                    Some(l) if level.is_none() => l,
+                    Some(_) => {
+                        self.invalid(format!("duplicate log level \"{v}\""), arg.span);
+                        return None;
+                    }
+                    None => {
+                        self.invalid(format!("invalid log level \"{v}\""), arg.span);
+                        return None;
+                    }
+                },
+            };
+            level = Some(level.map_or(this, |l: LogLevel| l.max(this)));
+        }
+        let level = level.unwrap_or(LogLevel::Error);
         Some(ErrorLogSpec { target, level })
     }
 
@@ -630,6 +669,9 @@ impl<'a> Lower<'a> {
                     f.error_pages.get_or_insert_with(Vec::new).push(page);
                 }
             }
+            "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
+                self.proxy_cookie(d, f);
+            }
             "proxy_hide_header" => f
                 .hide_headers
                 .get_or_insert_with(Vec::new)
@@ -694,6 +736,7 @@ impl<'a> Lower<'a> {
             "real_ip_header" => f.realip_header = Some(self.real_ip_header(d)),
             "real_ip_recursive" => f.realip_recursive = values::flag(&args[0].value),
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
+            "proxy_socket_keepalive" => f.socket_keepalive = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
@@ -1950,6 +1993,9 @@ impl<'a> Lower<'a> {
                     self.balance_method(c, &mut up.method, &mut method);
                 }
                 _ if !self.once(&mut seen, spec, c) => {}
+                "keepalive" if c.args.get(1).is_some_and(|a| a.value != "local") => {
+                    self.invalid_value(c, &c.args[1]);
+                }
                 "keepalive" => match values::number(&c.args[0].value) {
                     Some(n) if n > 0 => up.keepalive = n as usize,
                     _ => self.invalid_value(c, &c.args[0]),
@@ -2186,6 +2232,17 @@ impl<'a> Lower<'a> {
         }
     }
 }
+
+/// nginx's debug masks of `error_log` (a build with `--with-debug` logs by them).
+const DEBUG_MASKS: &[&str] = &[
+    "debug_core",
+    "debug_alloc",
+    "debug_mutex",
+    "debug_event",
+    "debug_http",
+    "debug_mail",
+    "debug_stream",
+];
 
 const HTTPS_NOT_YET: &str = "proxy_pass to https:// upstreams is not supported by imbang yet";
 

@@ -16,6 +16,7 @@ mod glob;
 pub mod lexer;
 pub mod lower;
 pub mod model;
+pub mod nginx;
 pub mod parse;
 pub mod source;
 pub mod values;
@@ -79,3 +80,5 @@ pub fn parse_str(name: &str, text: &str, options: &LoadOptions) -> Result<Config
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_directives;

@@ -479,6 +479,78 @@ pub struct ProxySettings {
     pub pass_request_body: bool,
     /// `proxy_redirect`.
     pub redirect: Redirect,
+    /// `proxy_cookie_domain`, `proxy_cookie_path`, `proxy_cookie_flags`; `None` when all are off.
+    pub cookies: Option<Arc<CookieRewrite>>,
+    /// `proxy_socket_keepalive`: SO_KEEPALIVE on new connections to peers.
+    pub socket_keepalive: bool,
+}
+
+// --- proxy_cookie_* (directives)
+
+/// How `Set-Cookie` headers from the peer are rewritten (nginx's `proxy_cookie_*`), each list
+/// tried in order, the first match winning.
+#[derive(Clone, Debug, Default)]
+pub struct CookieRewrite {
+    /// `proxy_cookie_domain`: on the `Domain` attribute.
+    pub domains: Vec<CookieRule>,
+    /// `proxy_cookie_path`: on the `Path` attribute.
+    pub paths: Vec<CookieRule>,
+    /// `proxy_cookie_flags`: by cookie name.
+    pub flags: Vec<CookieFlags>,
+}
+
+/// One `proxy_cookie_domain`/`proxy_cookie_path` rule.
+#[derive(Clone, Debug)]
+pub struct CookieRule {
+    pub pattern: CookieMatch,
+    /// With `$1`..`$9` for a regex's captures.
+    pub replacement: String,
+}
+
+/// What a cookie rule matches.
+#[derive(Clone, Debug)]
+pub enum CookieMatch {
+    /// Domains: the whole domain, without regard to case (a leading `.` aside). Paths: a prefix.
+    /// Cookie names (`proxy_cookie_flags`): the whole name, without regard to case.
+    Text(String),
+    /// `~` (`~*` without regard to case): anywhere in the value, which is then replaced whole.
+    Regex(regex::Regex),
+}
+
+/// One `proxy_cookie_flags cookie flag...` rule.
+#[derive(Clone, Debug)]
+pub struct CookieFlags {
+    pub cookie: CookieMatch,
+    pub flags: Vec<CookieFlag>,
+}
+
+/// A flag of `proxy_cookie_flags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieFlag {
+    Secure,
+    NoSecure,
+    HttpOnly,
+    NoHttpOnly,
+    SameSiteStrict,
+    SameSiteLax,
+    SameSiteNone,
+    NoSameSite,
+}
+
+impl CookieFlag {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "secure" => Self::Secure,
+            "nosecure" => Self::NoSecure,
+            "httponly" => Self::HttpOnly,
+            "nohttponly" => Self::NoHttpOnly,
+            "samesite=strict" => Self::SameSiteStrict,
+            "samesite=lax" => Self::SameSiteLax,
+            "samesite=none" => Self::SameSiteNone,
+            "nosamesite" => Self::NoSameSite,
+            _ => return None,
+        })
+    }
 }
 
 /// `proxy_redirect`: how `Location` and `Refresh` headers from the peer are rewritten.
@@ -517,6 +589,8 @@ impl Default for ProxySettings {
             pass_request_headers: true,
             pass_request_body: true,
             redirect: Redirect::Default,
+            cookies: None,
+            socket_keepalive: false,
         }
     }
 }

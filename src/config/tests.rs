@@ -278,8 +278,8 @@ fn resolver_says_it_is_not_there_yet() {
     assert_eq!(
         got,
         [
-            "\"resolver\" directive is not supported by imbang yet in /etc/imbang/t.conf:1:8",
-            "\"resolver_timeout\" directive is not supported by imbang yet in /etc/imbang/t.conf:1:39",
+            "\"resolver\" directive is not supported by imbang yet (names in proxy_pass and upstream are resolved once, when the configuration is read) in /etc/imbang/t.conf:1:8",
+            "\"resolver_timeout\" directive is not supported by imbang yet (names in proxy_pass and upstream are resolved once, when the configuration is read) in /etc/imbang/t.conf:1:39",
         ]
     );
 }

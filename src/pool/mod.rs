@@ -162,13 +162,15 @@ impl Pool {
     }
 
     /// An idle connection to `addr` that is still open and not idle past its
-    /// `keepalive_timeout` at `now` (the caller's recent clock read), or a new one.
+    /// `keepalive_timeout` at `now` (the caller's recent clock read), or a new one (with
+    /// SO_KEEPALIVE when `socket_keepalive`: `proxy_socket_keepalive on`).
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         now: Instant,
         connect_timeout: Duration,
         send_timeout: Duration,
+        socket_keepalive: bool,
     ) -> Result<Conn, ConnectError> {
         let me = std::thread::current().id();
         if let Some((io, age)) = self.take_idle(addr, now, me) {
@@ -186,6 +188,10 @@ impl Pool {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
+        if socket_keepalive {
+            // The kernel's keepalive timings, as nginx's `proxy_socket_keepalive on`.
+            let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+        }
         Ok(Conn {
             io: h1::Conn::new(stream, send_timeout),
             reused: false,
@@ -362,7 +368,9 @@ mod tests {
         let (a, opened) = std::thread::scope(|s| {
             s.spawn(|| {
                 runtime().block_on(async {
-                    let conn = pool.checkout(addr, Instant::now(), timeout, timeout).await;
+                    let conn = pool
+                        .checkout(addr, Instant::now(), timeout, timeout, false)
+                        .await;
                     let conn = conn.unwrap();
                     let opened = port(&conn.io);
                     pool.checkin(addr, conn.io, conn.age, 8, REUSE, Instant::now());
@@ -374,7 +382,9 @@ mod tests {
         });
         // Thread B takes it: now on B's event loop, it still carries bytes both ways.
         runtime().block_on(async {
-            let conn = pool.checkout(addr, Instant::now(), timeout, timeout).await;
+            let conn = pool
+                .checkout(addr, Instant::now(), timeout, timeout, false)
+                .await;
             let mut conn = conn.unwrap();
             assert!(conn.reused && port(&conn.io) == opened, "the parked one");
             assert_ne!(conn.io.home, a);

@@ -176,6 +176,7 @@ pub async fn forward(
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
             send_timeout: settings.send_timeout,
+            socket_keepalive: settings.socket_keepalive,
             resend: resend
                 .as_ref()
                 .map(|r| r as &(dyn Fn() -> UpstreamBody + Sync)),
@@ -317,6 +318,8 @@ struct Target<'a> {
     read_timeout: Duration,
     /// `proxy_send_timeout`, for a connection this attempt opens.
     send_timeout: Duration,
+    /// `proxy_socket_keepalive`, for a connection this attempt opens.
+    socket_keepalive: bool,
     /// The kept body again (`None`: the body is streamed, it cannot be sent twice).
     resend: Option<&'a (dyn Fn() -> UpstreamBody + Sync)>,
     /// What decides whether sending it again is safe.
@@ -347,7 +350,13 @@ impl Target<'_> {
             let checkout = self
                 .shared
                 .pool
-                .checkout(addr, self.picked, self.connect_timeout, self.send_timeout)
+                .checkout(
+                    addr,
+                    self.picked,
+                    self.connect_timeout,
+                    self.send_timeout,
+                    self.socket_keepalive,
+                )
                 .await;
             let mut conn = match checkout {
                 Ok(conn) => {

@@ -177,8 +177,11 @@ pub fn to_client(headers: &mut HeaderMap, route: &Route) {
     redirects(headers, route);
 }
 
-/// `proxy_redirect` on `Location` and `Refresh`.
+/// `proxy_redirect` on `Location` and `Refresh`, and `proxy_cookie_*` on `Set-Cookie`.
 pub fn redirects(headers: &mut HeaderMap, route: &Route) {
+    if let Some(cookies) = &route.conf.proxy.cookies {
+        super::cookie::rewrite(headers, cookies);
+    }
     if !route.redirects.is_empty() {
         for name in [header::LOCATION, header::REFRESH] {
             let rewritten = headers

@@ -4,6 +4,7 @@
 //! status chosen by [`ProxyError::status`].
 
 pub mod body;
+pub mod cookie;
 pub mod error;
 pub mod forward;
 pub mod headers;

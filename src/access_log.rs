@@ -576,6 +576,7 @@ impl Pending {
             done: Some(&self.done),
             sets: &self.sets,
             state: &self.state,
+            root: &self.logs.conf.root,
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

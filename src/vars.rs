@@ -101,6 +101,10 @@ pub enum Var {
     SentTrailer(String),
     /// `$upstream_cookie_name`: a cookie the peer's `Set-Cookie` fields set.
     UpstreamCookie(String),
+    /// The location's `root`; its real path (symbolic links resolved); `root` + `$uri`.
+    DocumentRoot,
+    RealpathRoot,
+    RequestFilename,
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -321,6 +325,9 @@ impl Var {
             "upstream_bytes_received" => Self::UpstreamBytesReceived,
             "upstream_bytes_sent" => Self::UpstreamBytesSent,
             "upstream_cache_status" => Self::UpstreamCacheStatus,
+            "document_root" => Self::DocumentRoot,
+            "realpath_root" => Self::RealpathRoot,
+            "request_filename" => Self::RequestFilename,
             // nginx reads these two from the request's headers.
             "content_type" => Self::Header("content-type".to_owned()),
             "content_length" => Self::Header("content-length".to_owned()),

@@ -61,7 +61,7 @@ async fn values_and_formats() {
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit;
          http {{
-           log_format v '$proxy_port|$proxy_host|$upstream_response_length|$upstream_bytes_sent|$upstream_cache_status|$request_completion|$nginx_version|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_cookie_sid|$sent_trailer_x|$request_body|$upstream_status|$pipe|$request_id|$connection_time|$upstream_bytes_received';
+           log_format v '$proxy_port|$proxy_host|$upstream_response_length|$upstream_bytes_sent|$upstream_cache_status|$request_completion|$nginx_version|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_cookie_sid|$sent_trailer_x|$request_body|$upstream_status|$pipe|$request_id|$connection_time|$upstream_bytes_received|$document_root|$realpath_root';
            log_format t '$uri $upstream_addr|$upstream_status|$upstream_response_length|$upstream_connect_time';
            upstream app {{ server {up}; }}
            upstream flaky {{ server {dead}; server {up}; }}
@@ -125,6 +125,9 @@ async fn values_and_formats() {
     // The head hyper wrote (status line, four fields, blank line) and the 5 body bytes.
     let received: u64 = f[19].parse().unwrap();
     assert!(received > 80 && received < 200, "{line}");
+    // nginx's default `root html` under the prefix; no such directory: no real path.
+    let html = support::options().prefix.join("html");
+    assert_eq!(&f[20..], [html.to_str().unwrap(), "-"], "{line}");
 
     // Tries across an internal redirect: `, ` within a location's tries, ` : ` between them.
     let r = send_from(
@@ -163,11 +166,15 @@ async fn a_log_line_is_nginx_s() {
         return;
     }
     let up = app().await;
-    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$upstream_header_time'";
+    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$document_root|$request_filename|$realpath_root|$upstream_header_time'";
+    let dir = TempDir::new("nginx-cmp");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
     let http = |log: &Path, listen: u16| {
         format!(
             "log_format cmp {format};
              access_log {log} cmp;
+             root {www}/;
              upstream app {{ server {up}; }}
              set_real_ip_from 127.0.0.1;
              set_real_ip_from 10.0.0.0/8;
@@ -177,10 +184,10 @@ async fn a_log_line_is_nginx_s() {
                proxy_set_header X-Request-ID fixed;
                location / {{ real_ip_recursive on; proxy_pass http://app; }}
              }}",
-            log = log.display()
+            log = log.display(),
+            www = www.display()
         )
     };
-    let dir = TempDir::new("nginx-cmp");
     let ours = dir.path().join("imbang.log");
     let theirs = dir.path().join("nginx.log");
     let lb = imbang(&format!(

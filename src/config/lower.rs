@@ -16,6 +16,7 @@ use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
 mod realip;
+mod root;
 
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
@@ -111,6 +112,7 @@ struct Frame {
     realip_from: Option<Vec<(std::net::IpAddr, u8)>>,
     realip_header: Option<RealIpHeader>,
     realip_recursive: Option<bool>,
+    root: Option<String>,
 }
 
 impl Frame {
@@ -153,6 +155,7 @@ impl Frame {
             realip_from,
             realip_header,
             realip_recursive,
+            root,
         )
     }
 
@@ -197,6 +200,7 @@ impl Frame {
             client_send_timeout: self.client_send_timeout.unwrap_or(Duration::from_secs(60)),
             access: self.access.clone().unwrap_or_default(),
             realip: self.realip(),
+            root: self.root.clone().unwrap_or_default(),
         })
     }
 }
@@ -476,6 +480,8 @@ impl<'a> Lower<'a> {
                 self.log_format(d);
             }
         }
+        // nginx's default `root html`, under the prefix.
+        frame.root = Some(self.opts.prefix.join("html").to_string_lossy().into_owned());
         // nginx's default: `access_log logs/access.log combined;` under the prefix.
         frame.access_log = Some(vec![AccessLogSpec {
             path: self.opts.prefix.join("logs/access.log"),
@@ -668,6 +674,11 @@ impl<'a> Lower<'a> {
                     logs.clear();
                 } else if let Some(spec) = self.access_log(d) {
                     logs.push(spec);
+                }
+            }
+            "root" => {
+                if self.once(seen, spec, d) {
+                    f.root = self.root(d);
                 }
             }
             _ if spec.effect != Effect::Acts => {}

@@ -74,6 +74,8 @@ pub struct RequestCtx<'a> {
     pub captures: &'a Captures<'a>,
     /// What the request learned on its way (realip's address, `$request_id`, a kept body).
     pub state: &'a RequestState,
+    /// The location's `root` (`$document_root`).
+    pub root: &'a str,
 }
 
 /// What one request finds out as it goes that its variables read: set at most once each, and
@@ -282,6 +284,17 @@ impl Vars for RequestCtx<'_> {
             }
             Var::ProxyPort => out.push_str(proxy_port(self.proxy_host)),
             Var::RequestBodyFile | Var::ProxyProtocol | Var::UpstreamCacheStatus => {}
+            Var::DocumentRoot => out.push_str(self.root),
+            Var::RequestFilename => {
+                out.push_str(self.root);
+                out.push_str(self.path);
+            }
+            // Resolved when used, as nginx; a root that does not exist gives nothing.
+            Var::RealpathRoot => {
+                if let Ok(real) = std::fs::canonicalize(self.root) {
+                    out.push_str(&real.to_string_lossy());
+                }
+            }
             // An HTTP/2 request has no request line: nginx logs its method, path and version
             // (`GET /x HTTP/2.0`), not the authority its URI carries.
             Var::Request if self.parts.version == http::Version::HTTP_2 => append_display(
@@ -656,6 +669,7 @@ async fn respond(
         sets: &[],
         captures: Captures::NONE,
         state,
+        root: &server.fallback.conf.root,
     };
     // `set`: the server level's, then the location's (nginx's two rewrite phases); only the
     // second runs after the location's regex matched.
@@ -663,6 +677,7 @@ async fn respond(
     let captures = Captures::of(route);
     let located = RequestCtx {
         captures: &captures,
+        root: &route.conf.root,
         ..base
     };
     let set_values = if Arc::ptr_eq(route, &server.fallback) {
@@ -909,6 +924,7 @@ async fn error_page(
             &captures
         },
         state: ctx.state,
+        root: &route.conf.root,
     };
     out.record.internal_redirect();
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;

@@ -68,7 +68,7 @@ async fn values_and_formats() {
            server {{
              listen 127.0.0.1:0;
              proxy_set_header X-Request-ID $request_id;
-             location / {{ access_log {log} v; proxy_pass http://app; }}
+             location / {{ set $limit_rate 1k; access_log {log} v; proxy_pass http://app; }}
              location /fail {{ access_log {log} t; proxy_pass http://{dead}; error_page 502 = /after; }}
              location /after {{ internal; access_log {log} t; proxy_pass http://flaky; }}
            }}

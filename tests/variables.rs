@@ -140,7 +140,7 @@ async fn values_and_formats() {
     support::eventually("the second line", WAIT, || lines(&log).len() == 2).await;
     let line = lines(&log).remove(1);
     let (head, tail) = line.split_once(' ').unwrap();
-    assert_eq!(head, "/fail");
+    assert_eq!(head, "/after", "nginx logs the redirected request's $uri");
     let d = dead.addr;
     let f: Vec<&str> = tail.split('|').collect();
     assert_eq!(
@@ -242,4 +242,82 @@ async fn a_log_line_is_nginx_s() {
         f
     };
     assert_eq!(split(&ours[0], a.len()), split(&theirs[0], b.len()));
+}
+
+/// Starts the machine's nginx (one process, stopped on drop) with `http` as its http block, on a
+/// free port of 127.0.0.1 (`{listen}` in the text). `None` when nginx is not installed.
+async fn start_nginx(dir: &TempDir, http: &str) -> Option<(ChildGuard, SocketAddr)> {
+    let nginx = Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        eprintln!("skipped: /usr/sbin/nginx is not installed");
+        return None;
+    }
+    let port = support::free_port();
+    let conf = dir.write(
+        "nginx.conf",
+        &format!(
+            "error_log {dir}/error.log; pid {dir}/nginx.pid; events {{}}
+             http {{ client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; {} }}",
+            http.replace("{listen}", &port.to_string()),
+            dir = dir.path().display()
+        ),
+    );
+    let child = std::process::Command::new(nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off; master_process off;"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let guard = ChildGuard(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_accepting(addr, WAIT).await;
+    Some((guard, addr))
+}
+
+/// `$upstream_*` lists over failed tries and an `error_page` redirect, and `$uri` after it, as
+/// nginx writes them.
+#[tokio::test]
+async fn upstream_lists_across_a_redirect_are_nginx_s() {
+    let up = app().await;
+    let dead = support::backend("dead").await;
+    dead.stop();
+    let dir = TempDir::new("nginx-redirect");
+    let http = |log: &Path| {
+        format!(
+            "log_format t '$uri|$request_uri|$status|$upstream_addr|$upstream_status|$upstream_response_length|$upstream_cookie_sid';
+             upstream flaky {{ server {dead}; server {up}; }}
+             server {{
+               listen 127.0.0.1:{{listen}};
+               location /fail {{ access_log {log} t; proxy_pass http://{dead}; error_page 502 = /after; }}
+               location /after {{ internal; access_log {log} t; proxy_pass http://flaky; }}
+             }}",
+            dead = dead.addr,
+            log = log.display(),
+        )
+    };
+    let ours = dir.path().join("imbang.log");
+    let theirs = dir.path().join("nginx.log");
+    let Some((_nginx, addr)) = start_nginx(&dir, &http(&theirs)).await else {
+        return;
+    };
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; http {{ {} }}",
+        http(&ours).replace("{listen}", "0")
+    ))
+    .await;
+    let request = "GET /fail?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let a = send_from("127.0.0.1", lb.addr, request).await;
+    let b = send_from("127.0.0.1", addr, request).await;
+    assert!(
+        a.starts_with("HTTP/1.1 200") && b.starts_with("HTTP/1.1 200"),
+        "{a}\n{b}"
+    );
+    support::eventually("both lines", WAIT, || {
+        lines(&ours).len() == 1 && lines(&theirs).len() == 1
+    })
+    .await;
+    assert_eq!(lines(&ours), lines(&theirs));
 }

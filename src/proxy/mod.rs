@@ -927,6 +927,13 @@ async fn error_page(
         root: &route.conf.root,
     };
     out.record.internal_redirect();
+    // nginx logs the redirected request: the target location's `access_log`, its `$uri`.
+    if route.access_log.is_empty() {
+        out.log_route = None;
+    } else {
+        out.log(route, ctx.host, ctx.server_name);
+        out.path.clone_from(&path);
+    }
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);

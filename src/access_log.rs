@@ -456,6 +456,8 @@ pub struct Done {
     pub tries: Vec<UpstreamTry>,
     /// The whole response went out (`$request_completion`).
     pub complete: bool,
+    /// The trailer fields that went out with the body (the peer's, passed on as they came).
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Done {
@@ -534,6 +536,9 @@ impl Done {
             }
             Var::SentHttp(name) => append_header(self.response_headers.as_ref(), name, out),
             Var::UpstreamHttp(name) => append_header(self.upstream_headers.as_ref(), name, out),
+            Var::SentTrailer(name) | Var::UpstreamTrailer(name) => {
+                append_header(self.trailers.as_ref(), name, out)
+            }
             _ => {}
         }
     }

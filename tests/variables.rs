@@ -321,3 +321,44 @@ async fn upstream_lists_across_a_redirect_are_nginx_s() {
     .await;
     assert_eq!(lines(&ours), lines(&theirs));
 }
+
+/// `$sent_trailer_*` and `$upstream_trailer_*`: the trailer fields the peer sent after its
+/// chunked body, passed on to a client that accepts them.
+#[tokio::test]
+async fn trailers_are_in_the_log() {
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = origin.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Digest: 99\r\n\r\n";
+        s.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let dir = TempDir::new("trailers");
+    let log = dir.path().join("t.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           log_format t '$sent_trailer_x_digest|$upstream_trailer_x_digest|$sent_trailer_none|$request_completion|$upstream_response_length';
+           server {{ listen 127.0.0.1:0; location / {{ access_log {log} t; proxy_pass http://{origin_addr}; }} }}
+         }}",
+        log = log.display(),
+    ))
+    .await;
+    let r = send_from(
+        "127.0.0.1",
+        lb.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.contains("3\r\nabc\r\n0\r\nx-digest: 99\r\n\r\n"), "{r}");
+    support::eventually("the line", WAIT, || lines(&log).len() == 1).await;
+    assert_eq!(lines(&log), ["99|99|-|OK|3"]);
+}

@@ -520,6 +520,7 @@ fn log_when_sent(
         upstream_headers: out.record.upstream_headers.take(),
         tries: std::mem::take(&mut out.record.tries),
         complete: false,
+        trailers: None,
     };
     response.body_mut().log_when_done(Box::new(Pending {
         logs: route,
@@ -576,6 +577,7 @@ impl Drop for Unanswered<'_> {
                 upstream_headers: out.record.upstream_headers.take(),
                 tries: std::mem::take(&mut out.record.tries),
                 complete: false,
+                trailers: None,
             },
         }
         .finish(0);

@@ -122,6 +122,7 @@ pub fn configure_lines() -> String {
     let with: &[&str] = &[
         "--with-http_upstream_keepalive_module",
         "--with-http_upstream_zone_module",
+        "--with-http_realip_module",
     ];
     let without: &[&str] = &[
         "--without-http_gzip_module",

@@ -362,3 +362,36 @@ async fn trailers_are_in_the_log() {
     support::eventually("the line", WAIT, || lines(&log).len() == 1).await;
     assert_eq!(lines(&log), ["99|99|-|OK|3"]);
 }
+
+/// `$http2`, `$server_protocol` and `$request` over HTTP/2 with prior knowledge and HTTP/1.1.
+#[tokio::test]
+async fn protocol_variables_over_h2c_and_http_1_1() {
+    use http_body_util::BodyExt as _;
+    let lb = imbang(
+        "daemon off; error_log stderr crit;
+         http { access_log off;
+           server { listen 127.0.0.1:0; location / { return 200 '[$http2] $server_protocol $request'; } } }",
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://a.test/x?y=1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "[h2c] HTTP/2.0 GET /x?y=1 HTTP/2.0");
+    let r = send_from(
+        "127.0.0.1",
+        lb.addr,
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.ends_with("\r\n\r\n[] HTTP/1.1 GET /x HTTP/1.1"), "{r}");
+}

@@ -284,6 +284,11 @@ impl Vars for RequestCtx<'_> {
             }
             Var::ProxyPort => out.push_str(proxy_port(self.proxy_host)),
             Var::RequestBodyFile | Var::ProxyProtocol | Var::UpstreamCacheStatus => {}
+            Var::Http2 => {
+                if self.parts.version == http::Version::HTTP_2 {
+                    out.push_str(if self.is_https() { "h2" } else { "h2c" });
+                }
+            }
             Var::DocumentRoot => out.push_str(self.root),
             Var::RequestFilename => {
                 out.push_str(self.root);

@@ -373,6 +373,9 @@ pub struct UpstreamTry {
     pub head_len: u64,
     /// The first try after an internal redirect (`error_page`): nginx separates it with ` : `.
     pub redirected: bool,
+    /// No peer was available: `$upstream_addr` names the group instead (nginx's "no live
+    /// upstreams").
+    pub group: Option<Box<str>>,
 }
 
 /// What forwarding records for the access log (nothing when the location does not log).
@@ -398,7 +401,19 @@ impl Record {
                 sent: 0,
                 head_len: 0,
                 redirected: std::mem::take(&mut self.redirected),
+                group: None,
             });
+        }
+    }
+
+    /// No peer of `group` could be picked: a try with the group's name and a 502, as nginx.
+    pub fn no_live_peer(&mut self, group: &str) {
+        if self.enabled {
+            self.try_started(SocketAddr::from(([0, 0, 0, 0], 0)));
+            if let Some(t) = self.last() {
+                t.group = Some(group.into());
+                t.status = 502;
+            }
         }
     }
 
@@ -503,7 +518,10 @@ impl Done {
                 let _ = write!(out, "{}", self.body_bytes + self.header_bytes);
             }
             Var::RequestTime => out.push_str(&secs(self.end.duration_since(self.start))),
-            Var::UpstreamAddr => list(out, &|t| t.addr.to_string()),
+            Var::UpstreamAddr => list(out, &|t| match &t.group {
+                Some(group) => group.to_string(),
+                None => t.addr.to_string(),
+            }),
             Var::UpstreamStatus => list(out, &|t| t.status.to_string()),
             Var::UpstreamConnectTime => list(out, &|t| t.connect.map_or("-".into(), secs)),
             Var::UpstreamHeaderTime => list(out, &|t| t.header.map_or("-".into(), secs)),

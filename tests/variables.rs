@@ -284,17 +284,22 @@ async fn upstream_lists_across_a_redirect_are_nginx_s() {
     let up = app().await;
     let dead = support::backend("dead").await;
     dead.stop();
+    let dead2 = support::backend("dead2").await;
+    dead2.stop();
     let dir = TempDir::new("nginx-redirect");
     let http = |log: &Path| {
         format!(
             "log_format t '$uri|$request_uri|$status|$upstream_addr|$upstream_status|$upstream_response_length|$upstream_cookie_sid';
              upstream flaky {{ server {dead}; server {up}; }}
+             upstream gone {{ server {dead} max_fails=1 fail_timeout=60s; server {dead2} max_fails=1 fail_timeout=60s; }}
              server {{
                listen 127.0.0.1:{{listen}};
+               location /gone {{ access_log {log} t; proxy_pass http://gone; }}
                location /fail {{ access_log {log} t; proxy_pass http://{dead}; error_page 502 = /after; }}
                location /after {{ internal; access_log {log} t; proxy_pass http://flaky; }}
              }}",
             dead = dead.addr,
+            dead2 = dead2.addr,
             log = log.display(),
         )
     };
@@ -315,11 +320,20 @@ async fn upstream_lists_across_a_redirect_are_nginx_s() {
         a.starts_with("HTTP/1.1 200") && b.starts_with("HTTP/1.1 200"),
         "{a}\n{b}"
     );
-    support::eventually("both lines", WAIT, || {
-        lines(&ours).len() == 1 && lines(&theirs).len() == 1
+    // Both peers fail, then are out for `fail_timeout`: "no live upstreams", named by the group.
+    let gone = "GET /gone HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    for _ in 0..2 {
+        for to in [lb.addr, addr] {
+            let r = send_from("127.0.0.1", to, gone).await;
+            assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+        }
+    }
+    support::eventually("both logs", WAIT, || {
+        lines(&ours).len() == 3 && lines(&theirs).len() == 3
     })
     .await;
     assert_eq!(lines(&ours), lines(&theirs));
+    assert!(lines(&ours)[2].contains("|gone|502|"), "{:?}", lines(&ours));
 }
 
 /// `$sent_trailer_*` and `$upstream_trailer_*`: the trailer fields the peer sent after its

@@ -244,39 +244,6 @@ async fn a_log_line_is_nginx_s() {
     assert_eq!(split(&ours[0], a.len()), split(&theirs[0], b.len()));
 }
 
-/// Starts the machine's nginx (one process, stopped on drop) with `http` as its http block, on a
-/// free port of 127.0.0.1 (`{listen}` in the text). `None` when nginx is not installed.
-async fn start_nginx(dir: &TempDir, http: &str) -> Option<(ChildGuard, SocketAddr)> {
-    let nginx = Path::new("/usr/sbin/nginx");
-    if !nginx.exists() {
-        eprintln!("skipped: /usr/sbin/nginx is not installed");
-        return None;
-    }
-    let port = support::free_port();
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
-            "error_log {dir}/error.log; pid {dir}/nginx.pid; events {{}}
-             http {{ client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; {} }}",
-            http.replace("{listen}", &port.to_string()),
-            dir = dir.path().display()
-        ),
-    );
-    let child = std::process::Command::new(nginx)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off; master_process off;"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let guard = ChildGuard(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_accepting(addr, WAIT).await;
-    Some((guard, addr))
-}
-
 /// `$upstream_*` lists over failed tries and an `error_page` redirect, and `$uri` after it, as
 /// nginx writes them.
 #[tokio::test]
@@ -305,7 +272,7 @@ async fn upstream_lists_across_a_redirect_are_nginx_s() {
     };
     let ours = dir.path().join("imbang.log");
     let theirs = dir.path().join("nginx.log");
-    let Some((_nginx, addr)) = start_nginx(&dir, &http(&theirs)).await else {
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &http(&theirs)).await else {
         return;
     };
     let lb = imbang(&format!(

@@ -201,6 +201,7 @@ fn variables(c: &mut Criterion) {
         sets: &[],
         captures: imbang::proxy::Captures::NONE,
         state: imbang::proxy::RequestState::none(),
+        root: "/usr/share/nginx/html",
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

@@ -59,6 +59,7 @@ fn access_log(c: &mut Criterion) {
         upstream_headers: None,
         tries: Vec::new(),
         complete: true,
+        trailers: None,
     };
     let ctx = RequestCtx {
         done: Some(&done),

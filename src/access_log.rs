@@ -373,6 +373,9 @@ pub struct UpstreamTry {
     pub head_len: u64,
     /// The first try after an internal redirect (`error_page`): nginx separates it with ` : `.
     pub redirected: bool,
+    /// No peer was available: `$upstream_addr` names the group instead (nginx's "no live
+    /// upstreams").
+    pub group: Option<Box<str>>,
 }
 
 /// What forwarding records for the access log (nothing when the location does not log).
@@ -398,7 +401,19 @@ impl Record {
                 sent: 0,
                 head_len: 0,
                 redirected: std::mem::take(&mut self.redirected),
+                group: None,
             });
+        }
+    }
+
+    /// No peer of `group` could be picked: a try with the group's name and a 502, as nginx.
+    pub fn no_live_peer(&mut self, group: &str) {
+        if self.enabled {
+            self.try_started(SocketAddr::from(([0, 0, 0, 0], 0)));
+            if let Some(t) = self.last() {
+                t.group = Some(group.into());
+                t.status = 502;
+            }
         }
     }
 
@@ -456,6 +471,8 @@ pub struct Done {
     pub tries: Vec<UpstreamTry>,
     /// The whole response went out (`$request_completion`).
     pub complete: bool,
+    /// The trailer fields that went out with the body (the peer's, passed on as they came).
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Done {
@@ -501,7 +518,10 @@ impl Done {
                 let _ = write!(out, "{}", self.body_bytes + self.header_bytes);
             }
             Var::RequestTime => out.push_str(&secs(self.end.duration_since(self.start))),
-            Var::UpstreamAddr => list(out, &|t| t.addr.to_string()),
+            Var::UpstreamAddr => list(out, &|t| match &t.group {
+                Some(group) => group.to_string(),
+                None => t.addr.to_string(),
+            }),
             Var::UpstreamStatus => list(out, &|t| t.status.to_string()),
             Var::UpstreamConnectTime => list(out, &|t| t.connect.map_or("-".into(), secs)),
             Var::UpstreamHeaderTime => list(out, &|t| t.header.map_or("-".into(), secs)),
@@ -534,6 +554,9 @@ impl Done {
             }
             Var::SentHttp(name) => append_header(self.response_headers.as_ref(), name, out),
             Var::UpstreamHttp(name) => append_header(self.upstream_headers.as_ref(), name, out),
+            Var::SentTrailer(name) | Var::UpstreamTrailer(name) => {
+                append_header(self.trailers.as_ref(), name, out)
+            }
             _ => {}
         }
     }
@@ -576,6 +599,7 @@ impl Pending {
             done: Some(&self.done),
             sets: &self.sets,
             state: &self.state,
+            root: &self.logs.conf.root,
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

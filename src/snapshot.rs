@@ -344,6 +344,11 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     }
     fn declare(sets: &[SetVar], scope: &mut Scope, errors: &mut ConfigErrors) {
         for set in sets {
+            // nginx lets `set $limit_rate` change the response's rate: accepted, no effect
+            // (imbang has no rate limits; docs/variables.md).
+            if set.name == "limit_rate" {
+                continue;
+            }
             if crate::vars::Var::parse(&set.name).is_some() {
                 errors.push(ConfigError::new(
                     ErrorKind::Invalid(format!("the duplicate \"{}\" variable", set.name)),

@@ -101,6 +101,12 @@ pub enum Var {
     SentTrailer(String),
     /// `$upstream_cookie_name`: a cookie the peer's `Set-Cookie` fields set.
     UpstreamCookie(String),
+    /// `h2c` for HTTP/2 over plain TCP (`h2` over TLS), empty otherwise (ngx_http_v2_module).
+    Http2,
+    /// The location's `root`; its real path (symbolic links resolved); `root` + `$uri`.
+    DocumentRoot,
+    RealpathRoot,
+    RequestFilename,
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -255,6 +261,7 @@ impl Var {
         matches!(
             self,
             Self::Https
+                | Self::Http2
                 | Self::IsArgs
                 | Self::RequestCompletion
                 | Self::RemotePort
@@ -321,6 +328,10 @@ impl Var {
             "upstream_bytes_received" => Self::UpstreamBytesReceived,
             "upstream_bytes_sent" => Self::UpstreamBytesSent,
             "upstream_cache_status" => Self::UpstreamCacheStatus,
+            "http2" => Self::Http2,
+            "document_root" => Self::DocumentRoot,
+            "realpath_root" => Self::RealpathRoot,
+            "request_filename" => Self::RequestFilename,
             // nginx reads these two from the request's headers.
             "content_type" => Self::Header("content-type".to_owned()),
             "content_length" => Self::Header("content-length".to_owned()),

@@ -267,3 +267,84 @@ fn directives_are_checked_as_nginx_checks_them() {
         "{e}"
     );
 }
+
+/// The same requests through imbang and the machine's nginx 1.22 give the same addresses
+/// (skipped when nginx is not installed): lists, ports, IPv6, several fields, bad values.
+#[tokio::test]
+async fn addresses_are_nginx_s() {
+    let echo = header_echo().await;
+    let dir = TempDir::new("realip-nginx");
+    let http = |log: &std::path::Path| {
+        format!(
+            "log_format r '$uri|$remote_addr|$remote_port|$realip_remote_port|$binary_remote_addr|$proxy_add_x_forwarded_for';
+             access_log {log} r;
+             server {{
+               listen 127.0.0.1:{{listen}};
+               set_real_ip_from 127.0.0.1;
+               set_real_ip_from 10.0.0.0/8;
+               set_real_ip_from 2001:db8::/32;
+               location /once {{ real_ip_header X-Forwarded-For; proxy_pass http://{echo}; }}
+               location /rec {{ real_ip_header X-Forwarded-For; real_ip_recursive on; proxy_pass http://{echo}; }}
+               location /real {{ real_ip_recursive on; proxy_pass http://{echo}; }}
+               location /cf {{ real_ip_header cf-connecting-ip; proxy_pass http://{echo}; }}
+             }}",
+            log = log.display(),
+        )
+    };
+    let theirs = dir.path().join("nginx.log");
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &http(&theirs)).await else {
+        return;
+    };
+    let ours = dir.path().join("imbang.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; http {{ {} }}",
+        http(&ours).replace("{listen}", "0")
+    ))
+    .await;
+    let cases = [
+        ("/once", "X-Forwarded-For: 203.0.113.9, 10.1.1.1\r\n"),
+        ("/rec", "X-Forwarded-For: 203.0.113.9, 10.1.1.1\r\n"),
+        ("/rec", "X-Forwarded-For: 10.0.0.1, 10.1.1.1\r\n"),
+        (
+            "/rec",
+            "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 10.2.2.2, 10.1.1.1\r\n",
+        ),
+        (
+            "/once",
+            "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 10.2.2.2\r\n",
+        ),
+        ("/rec", "X-Forwarded-For: 198.51.100.4:8080\r\n"),
+        ("/rec", "X-Forwarded-For: 2001:db8::5, [2001:db8::6]:99\r\n"),
+        ("/rec", "X-Forwarded-For: unknown, 10.1.1.1\r\n"),
+        ("/rec", "X-Forwarded-For: 10.1.1.1,, 203.0.113.1 ,\r\n"),
+        ("/once", "X-Forwarded-For: garbage\r\n"),
+        // The server level's settings (X-Real-IP, not recursive) act first and find 10.3.3.3:
+        // the location's `real_ip_recursive on` never runs.
+        ("/real", "X-Real-IP: 203.0.113.7, 10.3.3.3\r\n"),
+        ("/cf", "CF-Connecting-IP: 192.0.2.200\r\n"),
+    ];
+    for (path, fields) in cases {
+        for to in [lb.addr, addr] {
+            send_from("127.0.0.1", to, path, fields).await;
+        }
+    }
+    support::eventually("both logs", WAIT, || {
+        lines(&ours).len() == cases.len() && lines(&theirs).len() == cases.len()
+    })
+    .await;
+    // The connection's own port differs from run to run: written `P` where it appears.
+    let tidy = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|l| {
+                let mut f: Vec<String> = l.split('|').map(str::to_owned).collect();
+                if f[2] == f[3] {
+                    f[2] = "P".into();
+                }
+                f[3] = "P".into();
+                f.join("|")
+            })
+            .collect()
+    };
+    assert_eq!(tidy(lines(&ours)), tidy(lines(&theirs)));
+}

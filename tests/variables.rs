@@ -61,14 +61,14 @@ async fn values_and_formats() {
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit;
          http {{
-           log_format v '$proxy_port|$proxy_host|$upstream_response_length|$upstream_bytes_sent|$upstream_cache_status|$request_completion|$nginx_version|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_cookie_sid|$sent_trailer_x|$request_body|$upstream_status|$pipe|$request_id|$connection_time|$upstream_bytes_received';
+           log_format v '$proxy_port|$proxy_host|$upstream_response_length|$upstream_bytes_sent|$upstream_cache_status|$request_completion|$nginx_version|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_cookie_sid|$sent_trailer_x|$request_body|$upstream_status|$pipe|$request_id|$connection_time|$upstream_bytes_received|$document_root|$realpath_root';
            log_format t '$uri $upstream_addr|$upstream_status|$upstream_response_length|$upstream_connect_time';
            upstream app {{ server {up}; }}
            upstream flaky {{ server {dead}; server {up}; }}
            server {{
              listen 127.0.0.1:0;
              proxy_set_header X-Request-ID $request_id;
-             location / {{ access_log {log} v; proxy_pass http://app; }}
+             location / {{ set $limit_rate 1k; access_log {log} v; proxy_pass http://app; }}
              location /fail {{ access_log {log} t; proxy_pass http://{dead}; error_page 502 = /after; }}
              location /after {{ internal; access_log {log} t; proxy_pass http://flaky; }}
            }}
@@ -125,6 +125,9 @@ async fn values_and_formats() {
     // The head hyper wrote (status line, four fields, blank line) and the 5 body bytes.
     let received: u64 = f[19].parse().unwrap();
     assert!(received > 80 && received < 200, "{line}");
+    // nginx's default `root html` under the prefix; no such directory: no real path.
+    let html = support::options().prefix.join("html");
+    assert_eq!(&f[20..], [html.to_str().unwrap(), "-"], "{line}");
 
     // Tries across an internal redirect: `, ` within a location's tries, ` : ` between them.
     let r = send_from(
@@ -137,7 +140,7 @@ async fn values_and_formats() {
     support::eventually("the second line", WAIT, || lines(&log).len() == 2).await;
     let line = lines(&log).remove(1);
     let (head, tail) = line.split_once(' ').unwrap();
-    assert_eq!(head, "/fail");
+    assert_eq!(head, "/after", "nginx logs the redirected request's $uri");
     let d = dead.addr;
     let f: Vec<&str> = tail.split('|').collect();
     assert_eq!(
@@ -163,11 +166,15 @@ async fn a_log_line_is_nginx_s() {
         return;
     }
     let up = app().await;
-    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$upstream_header_time'";
+    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$document_root|$request_filename|$realpath_root|$upstream_header_time'";
+    let dir = TempDir::new("nginx-cmp");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
     let http = |log: &Path, listen: u16| {
         format!(
             "log_format cmp {format};
              access_log {log} cmp;
+             root {www}/;
              upstream app {{ server {up}; }}
              set_real_ip_from 127.0.0.1;
              set_real_ip_from 10.0.0.0/8;
@@ -177,10 +184,10 @@ async fn a_log_line_is_nginx_s() {
                proxy_set_header X-Request-ID fixed;
                location / {{ real_ip_recursive on; proxy_pass http://app; }}
              }}",
-            log = log.display()
+            log = log.display(),
+            www = www.display()
         )
     };
-    let dir = TempDir::new("nginx-cmp");
     let ours = dir.path().join("imbang.log");
     let theirs = dir.path().join("nginx.log");
     let lb = imbang(&format!(
@@ -235,4 +242,137 @@ async fn a_log_line_is_nginx_s() {
         f
     };
     assert_eq!(split(&ours[0], a.len()), split(&theirs[0], b.len()));
+}
+
+/// `$upstream_*` lists over failed tries and an `error_page` redirect, and `$uri` after it, as
+/// nginx writes them.
+#[tokio::test]
+async fn upstream_lists_across_a_redirect_are_nginx_s() {
+    let up = app().await;
+    let dead = support::backend("dead").await;
+    dead.stop();
+    let dead2 = support::backend("dead2").await;
+    dead2.stop();
+    let dir = TempDir::new("nginx-redirect");
+    let http = |log: &Path| {
+        format!(
+            "log_format t '$uri|$request_uri|$status|$upstream_addr|$upstream_status|$upstream_response_length|$upstream_cookie_sid';
+             upstream flaky {{ server {dead}; server {up}; }}
+             upstream gone {{ server {dead} max_fails=1 fail_timeout=60s; server {dead2} max_fails=1 fail_timeout=60s; }}
+             server {{
+               listen 127.0.0.1:{{listen}};
+               location /gone {{ access_log {log} t; proxy_pass http://gone; }}
+               location /fail {{ access_log {log} t; proxy_pass http://{dead}; error_page 502 = /after; }}
+               location /after {{ internal; access_log {log} t; proxy_pass http://flaky; }}
+             }}",
+            dead = dead.addr,
+            dead2 = dead2.addr,
+            log = log.display(),
+        )
+    };
+    let ours = dir.path().join("imbang.log");
+    let theirs = dir.path().join("nginx.log");
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &http(&theirs)).await else {
+        return;
+    };
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; http {{ {} }}",
+        http(&ours).replace("{listen}", "0")
+    ))
+    .await;
+    let request = "GET /fail?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let a = send_from("127.0.0.1", lb.addr, request).await;
+    let b = send_from("127.0.0.1", addr, request).await;
+    assert!(
+        a.starts_with("HTTP/1.1 200") && b.starts_with("HTTP/1.1 200"),
+        "{a}\n{b}"
+    );
+    // Both peers fail, then are out for `fail_timeout`: "no live upstreams", named by the group.
+    let gone = "GET /gone HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    for _ in 0..2 {
+        for to in [lb.addr, addr] {
+            let r = send_from("127.0.0.1", to, gone).await;
+            assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+        }
+    }
+    support::eventually("both logs", WAIT, || {
+        lines(&ours).len() == 3 && lines(&theirs).len() == 3
+    })
+    .await;
+    assert_eq!(lines(&ours), lines(&theirs));
+    assert!(lines(&ours)[2].contains("|gone|502|"), "{:?}", lines(&ours));
+}
+
+/// `$sent_trailer_*` and `$upstream_trailer_*`: the trailer fields the peer sent after its
+/// chunked body, passed on to a client that accepts them.
+#[tokio::test]
+async fn trailers_are_in_the_log() {
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = origin.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Digest: 99\r\n\r\n";
+        s.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let dir = TempDir::new("trailers");
+    let log = dir.path().join("t.log");
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           log_format t '$sent_trailer_x_digest|$upstream_trailer_x_digest|$sent_trailer_none|$request_completion|$upstream_response_length';
+           server {{ listen 127.0.0.1:0; location / {{ access_log {log} t; proxy_pass http://{origin_addr}; }} }}
+         }}",
+        log = log.display(),
+    ))
+    .await;
+    let r = send_from(
+        "127.0.0.1",
+        lb.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.contains("3\r\nabc\r\n0\r\nx-digest: 99\r\n\r\n"), "{r}");
+    support::eventually("the line", WAIT, || lines(&log).len() == 1).await;
+    assert_eq!(lines(&log), ["99|99|-|OK|3"]);
+}
+
+/// `$http2`, `$server_protocol` and `$request` over HTTP/2 with prior knowledge and HTTP/1.1.
+#[tokio::test]
+async fn protocol_variables_over_h2c_and_http_1_1() {
+    use http_body_util::BodyExt as _;
+    let lb = imbang(
+        "daemon off; error_log stderr crit;
+         http { access_log off;
+           server { listen 127.0.0.1:0; location / { return 200 '[$http2] $server_protocol $request'; } } }",
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://a.test/x?y=1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "[h2c] HTTP/2.0 GET /x?y=1 HTTP/2.0");
+    let r = send_from(
+        "127.0.0.1",
+        lb.addr,
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.ends_with("\r\n\r\n[] HTTP/1.1 GET /x HTTP/1.1"), "{r}");
 }

@@ -71,5 +71,6 @@ pub fn ctx<'a>(
         sets: &[],
         captures: Captures::NONE,
         state: imbang::proxy::RequestState::none(),
+        root: "/usr/share/nginx/html",
     }
 }

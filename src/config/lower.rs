@@ -19,6 +19,7 @@ mod compat;
 mod proxy_cookie;
 mod realip;
 pub use compat::only_value;
+mod root;
 
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
@@ -118,6 +119,7 @@ struct Frame {
     cookie_paths: Option<Vec<CookieRule>>,
     cookie_flags: Option<Vec<CookieFlags>>,
     socket_keepalive: Option<bool>,
+    root: Option<String>,
 }
 
 impl Frame {
@@ -164,6 +166,7 @@ impl Frame {
             cookie_paths,
             cookie_flags,
             socket_keepalive,
+            root,
         )
     }
 
@@ -210,6 +213,7 @@ impl Frame {
             client_send_timeout: self.client_send_timeout.unwrap_or(Duration::from_secs(60)),
             access: self.access.clone().unwrap_or_default(),
             realip: self.realip(),
+            root: self.root.clone().unwrap_or_default(),
         })
     }
 }
@@ -515,6 +519,8 @@ impl<'a> Lower<'a> {
                 self.log_format(d);
             }
         }
+        // nginx's default `root html`, under the prefix.
+        frame.root = Some(self.opts.prefix.join("html").to_string_lossy().into_owned());
         // nginx's default: `access_log logs/access.log combined;` under the prefix.
         frame.access_log = Some(vec![AccessLogSpec {
             path: self.opts.prefix.join("logs/access.log"),
@@ -710,6 +716,11 @@ impl<'a> Lower<'a> {
                     logs.clear();
                 } else if let Some(spec) = self.access_log(d) {
                     logs.push(spec);
+                }
+            }
+            "root" => {
+                if self.once(seen, spec, d) {
+                    f.root = self.root(d);
                 }
             }
             _ if spec.effect != Effect::Acts => {}

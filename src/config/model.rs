@@ -280,6 +280,9 @@ pub struct LocationConf {
     pub access: Vec<AccessRule>,
     /// The realip module's settings; `None` where no `set_real_ip_from` applies (it does nothing).
     pub realip: Option<Arc<RealIp>>,
+    /// `root`, under the prefix when relative (`<prefix>/html` by default): imbang serves no
+    /// files, but `$document_root`, `$realpath_root` and `$request_filename` say what nginx's do.
+    pub root: String,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.

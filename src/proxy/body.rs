@@ -152,6 +152,9 @@ impl Body for ResponseBody {
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
+            } else if let (Some(trailers), Some(log)) = (frame.trailers_ref(), &mut this.log) {
+                // `$sent_trailer_*`, `$upstream_trailer_*`.
+                log.done.trailers = Some(trailers.clone());
             }
         }
         poll

@@ -158,6 +158,7 @@ pub async fn forward(
                     ctx.conn.id,
                     ctx.log_context(Some(&format!("http://{}{uri}", group.balancer.name())))
                 );
+                record.no_live_peer(group.balancer.name());
                 return Err(ProxyError::NoLivePeer);
             }
         };

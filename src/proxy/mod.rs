@@ -75,6 +75,8 @@ pub struct RequestCtx<'a> {
     pub captures: &'a Captures<'a>,
     /// What the request learned on its way (realip's address, `$request_id`, a kept body).
     pub state: &'a RequestState,
+    /// The location's `root` (`$document_root`).
+    pub root: &'a str,
 }
 
 /// What one request finds out as it goes that its variables read: set at most once each, and
@@ -281,6 +283,22 @@ impl Vars for RequestCtx<'_> {
             }
             Var::ProxyPort => out.push_str(proxy_port(self.proxy_host)),
             Var::RequestBodyFile | Var::ProxyProtocol | Var::UpstreamCacheStatus => {}
+            Var::Http2 => {
+                if self.parts.version == http::Version::HTTP_2 {
+                    out.push_str(if self.is_https() { "h2" } else { "h2c" });
+                }
+            }
+            Var::DocumentRoot => out.push_str(self.root),
+            Var::RequestFilename => {
+                out.push_str(self.root);
+                out.push_str(self.path);
+            }
+            // Resolved when used, as nginx; a root that does not exist gives nothing.
+            Var::RealpathRoot => {
+                if let Ok(real) = std::fs::canonicalize(self.root) {
+                    out.push_str(&real.to_string_lossy());
+                }
+            }
             // An HTTP/2 request has no request line: nginx logs its method, path and version
             // (`GET /x HTTP/2.0`), not the authority its URI carries.
             Var::Request if self.parts.version == http::Version::HTTP_2 => append_display(
@@ -506,6 +524,7 @@ fn log_when_sent(
         upstream_headers: out.record.upstream_headers.take(),
         tries: std::mem::take(&mut out.record.tries),
         complete: false,
+        trailers: None,
     };
     response.body_mut().log_when_done(Box::new(Pending {
         logs: route,
@@ -562,6 +581,7 @@ impl Drop for Unanswered<'_> {
                 upstream_headers: out.record.upstream_headers.take(),
                 tries: std::mem::take(&mut out.record.tries),
                 complete: false,
+                trailers: None,
             },
         }
         .finish(0);
@@ -655,6 +675,7 @@ async fn respond(
         sets: &[],
         captures: Captures::NONE,
         state,
+        root: &server.fallback.conf.root,
     };
     // `set`: the server level's, then the location's (nginx's two rewrite phases); only the
     // second runs after the location's regex matched.
@@ -662,6 +683,7 @@ async fn respond(
     let captures = Captures::of(route);
     let located = RequestCtx {
         captures: &captures,
+        root: &route.conf.root,
         ..base
     };
     let set_values = if Arc::ptr_eq(route, &server.fallback) {
@@ -908,8 +930,16 @@ async fn error_page(
             &captures
         },
         state: ctx.state,
+        root: &route.conf.root,
     };
     out.record.internal_redirect();
+    // nginx logs the redirected request: the target location's `access_log`, its `$uri`.
+    if route.access_log.is_empty() {
+        out.log_route = None;
+    } else {
+        out.log(route, ctx.host, ctx.server_name);
+        out.path.clone_from(&path);
+    }
     let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);

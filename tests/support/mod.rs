@@ -862,3 +862,38 @@ pub fn status(answer: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+// === the machine's nginx, for side-by-side comparisons ===
+
+/// Starts the machine's nginx (one process, stopped on drop) with `http` as its http block, on a
+/// free port of 127.0.0.1 (`{listen}` in the text). `None` when nginx is not installed.
+pub async fn start_nginx(dir: &TempDir, http: &str) -> Option<(ChildGuard, SocketAddr)> {
+    let nginx = Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        eprintln!("skipped: /usr/sbin/nginx is not installed");
+        return None;
+    }
+    let port = free_port();
+    let conf = dir.write(
+        "nginx.conf",
+        &format!(
+            "error_log {dir}/error.log; pid {dir}/nginx.pid; events {{}}
+             http {{ client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; {} }}",
+            http.replace("{listen}", &port.to_string()),
+            dir = dir.path().display()
+        ),
+    );
+    let child = std::process::Command::new(nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off; master_process off;"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let guard = ChildGuard(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_accepting(addr, Duration::from_secs(5)).await;
+    Some((guard, addr))
+}

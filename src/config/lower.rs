@@ -15,6 +15,7 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod charset;
 mod compat;
 mod proxy_cookie;
 pub use compat::only_value;
@@ -114,6 +115,11 @@ struct Frame {
     cookie_paths: Option<Vec<CookieRule>>,
     cookie_flags: Option<Vec<CookieFlags>>,
     socket_keepalive: Option<bool>,
+    /// `charset`: `Some(None)` is `off`.
+    charset: Option<Option<String>>,
+    charset_types: Option<Vec<String>>,
+    /// `source_charset`, with where it was set: `Some(None)` is `off`.
+    source_charset: Option<Option<(String, Span)>>,
 }
 
 impl Frame {
@@ -157,6 +163,9 @@ impl Frame {
             cookie_paths,
             cookie_flags,
             socket_keepalive,
+            charset,
+            charset_types,
+            source_charset,
         )
     }
 
@@ -164,6 +173,7 @@ impl Frame {
         let d = ProxySettings::default();
         Arc::new(LocationConf {
             action,
+            charset: self.charset(),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -657,6 +667,7 @@ impl<'a> Lower<'a> {
                     f.error_pages.get_or_insert_with(Vec::new).push(page);
                 }
             }
+            "charset" | "charset_types" | "source_charset" => self.charset(d, f),
             "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
                 self.proxy_cookie(d, f);
             }
@@ -1068,6 +1079,7 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|l| self.location(l, &frame, None, ups))
             .collect();
+        self.check_charset(&frame);
         let mut conf = frame.conf(ret.map(Action::Return));
         Arc::make_mut(&mut conf).sets = sets;
         Some(Server {
@@ -1337,6 +1349,7 @@ impl<'a> Lower<'a> {
                 d.span,
             );
         }
+        self.check_charset(&frame);
         let mut conf = frame.conf(action);
         if internal || !sets.is_empty() {
             let conf = Arc::make_mut(&mut conf);

@@ -242,6 +242,8 @@ pub struct Location {
 #[derive(Clone, Debug)]
 pub struct LocationConf {
     pub action: Option<Action>,
+    /// `charset` (with `charset_types`, `source_charset`); `None` with `charset off`.
+    pub charset: Option<Arc<Charset>>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -482,6 +484,30 @@ pub struct ProxySettings {
     /// `proxy_socket_keepalive`: SO_KEEPALIVE on new connections to peers.
     pub socket_keepalive: bool,
 }
+
+// --- charset (directives)
+
+/// nginx's `charset name`: responses of `types` whose `Content-Type` has no parameters get
+/// `; charset=name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charset {
+    pub name: String,
+    /// `charset_types`, lower case (`*`: any type).
+    pub types: Vec<String>,
+    /// `source_charset`: the charset responses without one are in. Another than `name` would
+    /// need recoding: nginx logs "no charset_map" and leaves the response alone, as imbang.
+    pub source: Option<String>,
+}
+
+/// nginx's default `charset_types`.
+pub const DEFAULT_CHARSET_TYPES: &[&str] = &[
+    "text/html",
+    "text/xml",
+    "text/plain",
+    "text/vnd.wap.wml",
+    "application/javascript",
+    "application/rss+xml",
+];
 
 // --- proxy_cookie_* (directives)
 

@@ -4,6 +4,7 @@
 //! status chosen by [`ProxyError::status`].
 
 pub mod body;
+pub mod charset;
 pub mod cookie;
 pub mod error;
 pub mod forward;
@@ -630,6 +631,9 @@ async fn respond(
         // Boxed: an `error_page` holds a whole second request's state, which every request
         // would otherwise carry (and move) for the rare one that needs it.
         response = pin_box!(error_page(shared, &ctx, server, page, status, out)).await;
+    }
+    if let Some(charset) = &route.conf.charset {
+        charset::apply(&mut response, charset);
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

@@ -27,11 +27,6 @@ const ONLY: &[(&str, &str, &str)] = &[
         "imbang adds no Expires or Cache-Control header",
     ),
     (
-        "charset",
-        "off",
-        "the Content-Type of a response is passed unchanged",
-    ),
-    (
         "override_charset",
         "off",
         "imbang does not recode between charsets",

@@ -17,6 +17,7 @@ use super::values::{self, AddrError};
 
 mod charset;
 mod compat;
+mod expires;
 mod proxy_cookie;
 pub use compat::only_value;
 
@@ -118,6 +119,8 @@ struct Frame {
     /// `charset`: `Some(None)` is `off`.
     charset: Option<Option<String>>,
     charset_types: Option<Vec<String>>,
+    /// `expires`: `Some(None)` is `off`.
+    expires: Option<Option<Expires>>,
     /// `source_charset`, with where it was set: `Some(None)` is `off`.
     source_charset: Option<Option<(String, Span)>>,
 }
@@ -166,6 +169,7 @@ impl Frame {
             charset,
             charset_types,
             source_charset,
+            expires,
         )
     }
 
@@ -174,6 +178,7 @@ impl Frame {
         Arc::new(LocationConf {
             action,
             charset: self.charset(),
+            expires: self.expires.flatten(),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -668,6 +673,7 @@ impl<'a> Lower<'a> {
                 }
             }
             "charset" | "charset_types" | "source_charset" => self.charset(d, f),
+            "expires" => self.expires(d, f),
             "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
                 self.proxy_cookie(d, f);
             }
@@ -1995,10 +2001,21 @@ impl<'a> Lower<'a> {
                 "keepalive" if c.args.get(1).is_some_and(|a| a.value != "local") => {
                     self.invalid_value(c, &c.args[1]);
                 }
-                "keepalive" => match values::number(&c.args[0].value) {
-                    Some(n) if n > 0 => up.keepalive = n as usize,
-                    _ => self.invalid_value(c, &c.args[0]),
-                },
+                "keepalive" => {
+                    match values::number(&c.args[0].value) {
+                        Some(n) if n > 0 => up.keepalive = n as usize,
+                        _ => self.invalid_value(c, &c.args[0]),
+                    }
+                    if let Some(local) = c.args.get(1) {
+                        // nginx (1.29+): cached connections are not shared with other
+                        // upstream blocks; imbang's idle connections are kept per peer address.
+                        self.warn(
+                            "the \"local\" parameter of \"keepalive\" has no effect in imbang"
+                                .to_owned(),
+                            local.span,
+                        );
+                    }
+                }
                 "keepalive_timeout" => {
                     if let Some(t) = self.duration_arg(c, &c.args[0]) {
                         up.keepalive_timeout = t;

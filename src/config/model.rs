@@ -244,6 +244,8 @@ pub struct LocationConf {
     pub action: Option<Action>,
     /// `charset` (with `charset_types`, `source_charset`); `None` with `charset off`.
     pub charset: Option<Arc<Charset>>,
+    /// `expires`; `None` with `expires off`.
+    pub expires: Option<Expires>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -483,6 +485,20 @@ pub struct ProxySettings {
     pub cookies: Option<Arc<CookieRewrite>>,
     /// `proxy_socket_keepalive`: SO_KEEPALIVE on new connections to peers.
     pub socket_keepalive: bool,
+}
+
+// --- expires (directives)
+
+/// nginx's `expires`: the `Expires` and `Cache-Control` headers of successful and redirect
+/// responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expires {
+    /// `epoch`: `Expires` in 1970, `Cache-Control: no-cache`.
+    Epoch,
+    /// `max`: `Expires` in 2037, `Cache-Control: max-age=315360000`.
+    Max,
+    /// `time`: seconds from the response's time (negative: in the past, `no-cache`).
+    Access(i64),
 }
 
 // --- charset (directives)

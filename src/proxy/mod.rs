@@ -7,6 +7,7 @@ pub mod body;
 pub mod charset;
 pub mod cookie;
 pub mod error;
+pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
@@ -634,6 +635,9 @@ async fn respond(
     }
     if let Some(charset) = &route.conf.charset {
         charset::apply(&mut response, charset);
+    }
+    if let Some(e) = route.conf.expires {
+        expires::apply(&mut response, e, std::time::SystemTime::now());
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

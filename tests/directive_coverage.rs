@@ -29,6 +29,7 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_upstream_hash_module",
     "ngx_http_upstream_ip_hash_module",
     "ngx_http_upstream_least_conn_module",
+    "ngx_http_upstream_least_time_module",
     "ngx_http_upstream_random_module",
     "ngx_http_log_module",
     "ngx_http_headers_filter_module",
@@ -351,8 +352,13 @@ fn directives_page() -> String {
                 "\n## {module}\n\n| directive | context | arguments | imbang |\n|---|---|---|---|\n"
             ));
         }
+        let changed = nginx::all()
+            .filter(|o| o.module == d.module && o.name == d.name)
+            .count()
+            > 1;
         let since = match d.versions {
             "both" => String::new(),
+            v if changed => format!(" (as in nginx {v})"),
             v => format!(" (nginx {v} only)"),
         };
         page.push_str(&format!(

@@ -425,6 +425,8 @@ impl<'a> Lower<'a> {
                         main.error_log.push(log);
                     }
                 }
+                // nginx takes these once per module, an environment variable, or a pool.
+                "load_module" | "env" | "thread_pool" => {}
                 _ if !self.once(&mut seen, spec, d) => {}
                 "daemon" => main.daemon = values::flag(&args[0].value).unwrap_or(true),
                 "worker_processes" => match args[0].value.as_str() {

@@ -34,6 +34,7 @@ fn errors(text: &str) -> Vec<String> {
 fn distribution_configs_read() {
     let w = warnings(
         "user www-data;\nworker_processes auto;\npid /run/nginx.pid;\nload_module modules/ngx_http_image_filter_module.so;\n\
+         load_module modules/ngx_stream_module.so; env TZ; env LANG;\n\
          events { worker_connections 768; multi_accept on; }\n\
          http {\n sendfile on; tcp_nopush on; types_hash_max_size 2048; server_tokens off;\n\
          default_type application/octet-stream;\n\

@@ -15,13 +15,9 @@ use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
 const PENDING: &[(&str, &str)] = &[
-    (
-        "hardened",
-        "charset_types, proxy_cookie_path, expires and http core directives",
-    ),
     ("legacy-rewrites", "the rewrite module"),
     ("redirects", "the rewrite module"),
-    ("subpath-app", "proxy_cookie_* and the sub module"),
+    ("subpath-app", "the sub module (sub_filter)"),
     ("tls-site", "TLS"),
 ];
 

@@ -29,6 +29,7 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_upstream_hash_module",
     "ngx_http_upstream_ip_hash_module",
     "ngx_http_upstream_least_conn_module",
+    "ngx_http_upstream_least_time_module",
     "ngx_http_upstream_random_module",
     "ngx_http_log_module",
     "ngx_http_headers_filter_module",
@@ -341,7 +342,25 @@ fn directives_page() -> String {
          (fastcgi, uwsgi, grpc, ssi, geo, ...) is an `unknown directive`, and the message names \
          the module: `unknown directive \"fastcgi_pass\" (ngx_http_fastcgi_module is not part \
          of imbang)`. `imbang -V` lists the modules the same table says imbang has, as nginx's \
-         `configure arguments:` would.\n",
+         `configure arguments:` would.\n\n\
+         ## Where imbang differs from nginx\n\n\
+         - `proxy_cookie_domain`, `proxy_cookie_path`, `proxy_cookie_flags`: rewritten as nginx \
+         rewrites them (same `Set-Cookie` bytes, checked against nginx 1.22), but the patterns, \
+         replacements and flags take no variables (a regex's `$1`..`$9` aside), and an unknown \
+         flag is an error at `-t` (nginx ignores it at run time).\n\
+         - `charset`: `; charset=X` is added as nginx adds it; imbang does not recode, so \
+         `charset_map`, `override_charset on` and a `source_charset` other than `charset` are \
+         refused (nginx refuses the last one too when it has no `charset_map`). No variables.\n\
+         - `expires`: `off`, `epoch`, `max` and times act; `modified`, `@time` and variables are \
+         refused.\n\
+         - `hash` in `upstream` takes imbang's `bounded=factor` after `consistent`.\n\
+         - `keepalive_time` at http, server and location level (the longest a client connection \
+         lives) is accepted without effect; in `upstream` it acts.\n\
+         - `if`, `limit_except` and their contexts are not there yet: a directive nginx allows \
+         only inside them is refused.\n\
+         - Example: an `nginx.conf` like those of nginx's packages and Docker images (temp paths of every \
+         module, `load_module`, `sendfile`, `tcp_nopush`, `types_hash_max_size`, `gzip`) passes \
+         `imbang -t` with a warning for each directive that has no effect.\n",
     );
     let mut module = "";
     for d in nginx::newest().filter(|d| COVERED_MODULES.contains(&d.module)) {
@@ -351,8 +370,13 @@ fn directives_page() -> String {
                 "\n## {module}\n\n| directive | context | arguments | imbang |\n|---|---|---|---|\n"
             ));
         }
+        let changed = nginx::all()
+            .filter(|o| o.module == d.module && o.name == d.name)
+            .count()
+            > 1;
         let since = match d.versions {
             "both" => String::new(),
+            v if changed => format!(" (as in nginx {v})"),
             v => format!(" (nginx {v} only)"),
         };
         page.push_str(&format!(

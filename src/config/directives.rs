@@ -772,17 +772,18 @@ pub static DIRECTIVES: &[Spec] = &[
         Range(1, 4),
         "imbang has no SCGI (ngx_http_scgi_module)",
     ),
-    // charset: `charset` and `charset_types` act; recoding between charsets does not exist
+    // charset: `charset`, `charset_types`, `source_charset` act; recoding between charsets is
+    // refused (charset_map, override_charset on)
     d("charset_types", HSL, AtLeast(1)),
     d("override_charset", HSL, Flag),
     d("source_charset", HSL, ONE),
-    Spec {
-        name: "charset_map",
-        contexts: C::HTTP,
-        arity: Range(2, 2),
-        block: true,
-        effect: Effect::NoEffect("imbang does not recode between charsets"),
-    },
+    not_yet(
+        "charset_map",
+        C::HTTP,
+        Range(2, 2),
+        true,
+        "imbang does not recode between charsets",
+    ),
     // sub: substitution in proxied bodies is not there yet; the companions do nothing alone
     not_yet(
         "sub_filter",

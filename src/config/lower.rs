@@ -15,7 +15,9 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod charset;
 mod compat;
+mod expires;
 mod proxy_cookie;
 mod realip;
 pub use compat::only_value;
@@ -120,6 +122,13 @@ struct Frame {
     cookie_flags: Option<Vec<CookieFlags>>,
     socket_keepalive: Option<bool>,
     root: Option<String>,
+    /// `charset`: `Some(None)` is `off`.
+    charset: Option<Option<String>>,
+    charset_types: Option<Vec<String>>,
+    /// `expires`: `Some(None)` is `off`.
+    expires: Option<Option<Expires>>,
+    /// `source_charset`, with where it was set: `Some(None)` is `off`.
+    source_charset: Option<Option<(String, Span)>>,
 }
 
 impl Frame {
@@ -167,6 +176,10 @@ impl Frame {
             cookie_flags,
             socket_keepalive,
             root,
+            charset,
+            charset_types,
+            source_charset,
+            expires,
         )
     }
 
@@ -174,6 +187,8 @@ impl Frame {
         let d = ProxySettings::default();
         Arc::new(LocationConf {
             action,
+            charset: self.charset(),
+            expires: self.expires.flatten(),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -422,6 +437,8 @@ impl<'a> Lower<'a> {
                         main.error_log.push(log);
                     }
                 }
+                // nginx takes these once per module, an environment variable, or a pool.
+                "load_module" | "env" | "thread_pool" => {}
                 _ if !self.once(&mut seen, spec, d) => {}
                 "daemon" => main.daemon = values::flag(&args[0].value).unwrap_or(true),
                 "worker_processes" => match args[0].value.as_str() {
@@ -675,6 +692,8 @@ impl<'a> Lower<'a> {
                     f.error_pages.get_or_insert_with(Vec::new).push(page);
                 }
             }
+            "charset" | "charset_types" | "source_charset" => self.charset(d, f),
+            "expires" => self.expires(d, f),
             "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
                 self.proxy_cookie(d, f);
             }
@@ -1093,6 +1112,7 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|l| self.location(l, &frame, None, ups))
             .collect();
+        self.check_charset(&frame);
         let mut conf = frame.conf(ret.map(Action::Return));
         Arc::make_mut(&mut conf).sets = sets;
         Some(Server {
@@ -1362,6 +1382,7 @@ impl<'a> Lower<'a> {
                 d.span,
             );
         }
+        self.check_charset(&frame);
         let mut conf = frame.conf(action);
         if internal || !sets.is_empty() {
             let conf = Arc::make_mut(&mut conf);
@@ -2007,10 +2028,21 @@ impl<'a> Lower<'a> {
                 "keepalive" if c.args.get(1).is_some_and(|a| a.value != "local") => {
                     self.invalid_value(c, &c.args[1]);
                 }
-                "keepalive" => match values::number(&c.args[0].value) {
-                    Some(n) if n > 0 => up.keepalive = n as usize,
-                    _ => self.invalid_value(c, &c.args[0]),
-                },
+                "keepalive" => {
+                    match values::number(&c.args[0].value) {
+                        Some(n) if n > 0 => up.keepalive = n as usize,
+                        _ => self.invalid_value(c, &c.args[0]),
+                    }
+                    if let Some(local) = c.args.get(1) {
+                        // nginx (1.29+): cached connections are not shared with other
+                        // upstream blocks; imbang's idle connections are kept per peer address.
+                        self.warn(
+                            "the \"local\" parameter of \"keepalive\" has no effect in imbang"
+                                .to_owned(),
+                            local.span,
+                        );
+                    }
+                }
                 "keepalive_timeout" => {
                     if let Some(t) = self.duration_arg(c, &c.args[0]) {
                         up.keepalive_timeout = t;

@@ -242,6 +242,10 @@ pub struct Location {
 #[derive(Clone, Debug)]
 pub struct LocationConf {
     pub action: Option<Action>,
+    /// `charset` (with `charset_types`, `source_charset`); `None` with `charset off`.
+    pub charset: Option<Arc<Charset>>,
+    /// `expires`; `None` with `expires off`.
+    pub expires: Option<Expires>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -487,6 +491,44 @@ pub struct ProxySettings {
     /// `proxy_socket_keepalive`: SO_KEEPALIVE on new connections to peers.
     pub socket_keepalive: bool,
 }
+
+// --- expires (directives)
+
+/// nginx's `expires`: the `Expires` and `Cache-Control` headers of successful and redirect
+/// responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expires {
+    /// `epoch`: `Expires` in 1970, `Cache-Control: no-cache`.
+    Epoch,
+    /// `max`: `Expires` in 2037, `Cache-Control: max-age=315360000`.
+    Max,
+    /// `time`: seconds from the response's time (negative: in the past, `no-cache`).
+    Access(i64),
+}
+
+// --- charset (directives)
+
+/// nginx's `charset name`: responses of `types` whose `Content-Type` has no parameters get
+/// `; charset=name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charset {
+    pub name: String,
+    /// `charset_types`, lower case (`*`: any type).
+    pub types: Vec<String>,
+    /// `source_charset`: the charset responses without one are in. Another than `name` would
+    /// need recoding: nginx logs "no charset_map" and leaves the response alone, as imbang.
+    pub source: Option<String>,
+}
+
+/// nginx's default `charset_types`.
+pub const DEFAULT_CHARSET_TYPES: &[&str] = &[
+    "text/html",
+    "text/xml",
+    "text/plain",
+    "text/vnd.wap.wml",
+    "application/javascript",
+    "application/rss+xml",
+];
 
 // --- proxy_cookie_* (directives)
 

@@ -34,6 +34,7 @@ fn errors(text: &str) -> Vec<String> {
 fn distribution_configs_read() {
     let w = warnings(
         "user www-data;\nworker_processes auto;\npid /run/nginx.pid;\nload_module modules/ngx_http_image_filter_module.so;\n\
+         load_module modules/ngx_stream_module.so; env TZ; env LANG;\n\
          events { worker_connections 768; multi_accept on; }\n\
          http {\n sendfile on; tcp_nopush on; types_hash_max_size 2048; server_tokens off;\n\
          default_type application/octet-stream;\n\
@@ -98,7 +99,6 @@ fn values_imbang_does_not_implement_are_refused() {
         [
             "\"proxy_cache\" directive is not supported by imbang yet (caching is not implemented yet) in /etc/imbang/t.conf:1:8",
             "\"chunked_transfer_encoding off\" is not supported by imbang yet (only \"chunked_transfer_encoding on\": a response of unknown length is always sent chunked to an HTTP/1.1 client) in /etc/imbang/t.conf:1:25",
-            "\"expires 1h\" is not supported by imbang yet (only \"expires off\": imbang adds no Expires or Cache-Control header) in /etc/imbang/t.conf:1:56",
             "\"merge_slashes off\" is not supported by imbang yet (only \"merge_slashes on\": slashes in a URI are always merged for location matching) in /etc/imbang/t.conf:1:68",
             "\"recursive_error_pages on\" is not supported by imbang yet (only \"recursive_error_pages off\": the target of an error_page never applies error_page again) in /etc/imbang/t.conf:2:28",
             "\"limit_rate\" directive is not supported by imbang yet (responses are not rate-limited) in /etc/imbang/t.conf:2:54",
@@ -138,6 +138,10 @@ fn error_log_takes_nginx_s_debug_masks() {
 #[test]
 fn upstream_keepalive_takes_local() {
     let c = parse("http { upstream u { server 127.0.0.1:1; keepalive 8 local; } }\n").unwrap();
+    assert_eq!(
+        c.warnings.last().map(|w| w.message.as_str()),
+        Some("the \"local\" parameter of \"keepalive\" has no effect in imbang")
+    );
     assert_eq!(c.http.unwrap().upstreams[0].keepalive, 8);
     assert_eq!(
         errors("http { upstream u { server 127.0.0.1:1; keepalive 8 global; } }\n"),

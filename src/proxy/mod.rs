@@ -4,8 +4,10 @@
 //! status chosen by [`ProxyError::status`].
 
 pub mod body;
+pub mod charset;
 pub mod cookie;
 pub mod error;
+pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
@@ -741,6 +743,12 @@ async fn respond(
         // Boxed: an `error_page` holds a whole second request's state, which every request
         // would otherwise carry (and move) for the rare one that needs it.
         response = pin_box!(error_page(shared, &ctx, server, page, status, out)).await;
+    }
+    if let Some(charset) = &route.conf.charset {
+        charset::apply(&mut response, charset);
+    }
+    if let Some(e) = route.conf.expires {
+        expires::apply(&mut response, e, std::time::SystemTime::now());
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

@@ -22,16 +22,6 @@ const ONLY: &[(&str, &str, &str)] = &[
         "the target of an error_page never applies error_page again",
     ),
     (
-        "expires",
-        "off",
-        "imbang adds no Expires or Cache-Control header",
-    ),
-    (
-        "charset",
-        "off",
-        "the Content-Type of a response is passed unchanged",
-    ),
-    (
         "override_charset",
         "off",
         "imbang does not recode between charsets",

@@ -166,7 +166,7 @@ async fn a_log_line_is_nginx_s() {
         return;
     }
     let up = app().await;
-    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$document_root|$request_filename|$realpath_root|$upstream_header_time'";
+    let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$document_root|$request_filename|$realpath_root|$cookie_sid|$cookie_x|$cookie_other|$cookie_none|$arg_A|$upstream_header_time'";
     let dir = TempDir::new("nginx-cmp");
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -218,7 +218,7 @@ async fn a_log_line_is_nginx_s() {
     let _nginx = ChildGuard(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_accepting(addr, WAIT).await;
-    let request = "POST /p?a=1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nX-Forwarded-For: 203.0.113.9, 10.1.1.1\r\nConnection: close\r\n\r\nk=v";
+    let request = "POST /p?a=1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nX-Forwarded-For: 203.0.113.9, 10.1.1.1\r\nCookie: SID=abc, x=1; other = 2\r\nConnection: close\r\n\r\nk=v";
     let a = send_from("127.0.0.1", lb.addr, request).await;
     let b = send_from("127.0.0.1", addr, request).await;
     assert!(

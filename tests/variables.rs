@@ -307,7 +307,7 @@ async fn upstream_lists_across_a_redirect_are_nginx_s() {
                 let f: Vec<&str> = l.split('|').collect();
                 let t = f[7..].join("|");
                 let t: String = t
-                    .split_inclusive(|c: char| c == ' ' || c == ',' || c == '|')
+                    .split_inclusive([' ', ',', '|'])
                     .map(|w| {
                         let end = w.trim_end_matches([' ', ',', '|']);
                         if end.contains('.') && end.bytes().all(|b| b.is_ascii_digit() || b == b'.')

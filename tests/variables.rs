@@ -350,7 +350,7 @@ async fn trailers_are_in_the_log() {
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit;
          http {{
-           log_format t '$sent_trailer_x_digest|$upstream_trailer_x_digest|$sent_trailer_none|$request_completion|$upstream_response_length';
+           log_format t '$sent_trailer_x_digest|$upstream_trailer_x_digest|$sent_trailer_none|$request_completion|$upstream_response_length|$bytes_sent';
            server {{ listen 127.0.0.1:0; location / {{ access_log {log} t; proxy_pass http://{origin_addr}; }} }}
          }}",
         log = log.display(),
@@ -364,7 +364,8 @@ async fn trailers_are_in_the_log() {
     .await;
     assert!(r.contains("3\r\nabc\r\n0\r\nx-digest: 99\r\n\r\n"), "{r}");
     support::eventually("the line", WAIT, || lines(&log).len() == 1).await;
-    assert_eq!(lines(&log), ["99|99|-|OK|3"]);
+    // `$bytes_sent`: every byte, the chunked framing and the trailer section included.
+    assert_eq!(lines(&log), [format!("99|99|-|OK|3|{}", r.len())]);
 }
 
 /// `$http2`, `$server_protocol` and `$request` over HTTP/2 with prior knowledge and HTTP/1.1.

@@ -6,6 +6,7 @@
 //! |---------|--------------|-----------------------------------------------------------|
 //! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
+//! | client  | [`realip`]   | the client behind trusted proxies (`set_real_ip_from`)     |
 //! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
 //! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |
 //! | record  | [`error_log`]| nginx-format error log lines                              |

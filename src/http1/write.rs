@@ -349,6 +349,8 @@ pub async fn response(
             }
         };
     let mut trailers = None;
+    // Chunk sizes and line ends written (`$bytes_sent` counts them as nginx does).
+    let mut framing = 0;
     // Set when the last byte of a sized body went out with the FIN.
     let mut shut = false;
     loop {
@@ -370,6 +372,11 @@ pub async fn response(
                     // A sized body's last bytes end the response: on a closing connection the
                     // FIN goes with them (the body's own end is still read, below).
                     let last = close && left == Some(0) && !shut;
+                    if chunked && !data.is_empty() {
+                        // `{len:x}\r\n` before the data, `\r\n` after it.
+                        framing +=
+                            (usize::BITS - data.len().leading_zeros()).div_ceil(4) as usize + 4;
+                    }
                     write_data(stream, &head, data, chunked, send_timeout, nagle, last).await?;
                     shut |= last;
                     head.clear();
@@ -391,6 +398,7 @@ pub async fn response(
         return Err(WriteError::Length);
     }
     let mut end = head;
+    let unsent_head = end.len();
     if chunked {
         end.extend_from_slice(b"0\r\n");
         if let Some(trailers) = trailers {
@@ -402,6 +410,7 @@ pub async fn response(
             }
         }
         end.extend_from_slice(b"\r\n");
+        body.framing_written(framing + end.len() - unsent_head);
     }
     send(
         stream,

@@ -62,6 +62,14 @@ impl ResponseBody {
         }
     }
 
+    /// A chunked body's framing (sizes, line ends, the last chunk and trailers) went out in
+    /// `len` bytes, which `$bytes_sent` counts as well.
+    pub fn framing_written(&mut self, len: usize) {
+        if let Some(pending) = &mut self.log {
+            pending.done.header_bytes += len as u64;
+        }
+    }
+
     /// The access-log lines waiting for this body, taken back (for an answer never sent).
     pub fn take_log(&mut self) -> Option<Box<Pending>> {
         self.log.take()

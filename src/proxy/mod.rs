@@ -367,10 +367,8 @@ impl Vars for RequestCtx<'_> {
                     .get_all(header::COOKIE)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(';'))
-                    .filter_map(|c| c.trim().split_once('='))
-                    .find(|(k, _)| k == name);
-                if let Some((_, v)) = found {
+                    .find_map(|v| cookie(v, name));
+                if let Some(v) = found {
                     out.push_str(v);
                 }
             }
@@ -1165,6 +1163,43 @@ fn hostname() -> &'static str {
     })
 }
 
+/// The value of cookie `name` in one `Cookie` field, as nginx's
+/// `ngx_http_parse_multi_header_lines` finds it: the name without regard to case at the start of
+/// the field or after `;` or `,` (and spaces), spaces around `=`, the value up to `;`.
+fn cookie<'v>(value: &'v str, name: &str) -> Option<&'v str> {
+    let (b, n) = (value.as_bytes(), name.as_bytes());
+    let mut i = 0;
+    while i < b.len() {
+        if b.len() - i >= n.len() && b[i..i + n.len()].eq_ignore_ascii_case(n) {
+            i += n.len();
+            while b.get(i) == Some(&b' ') {
+                i += 1;
+            }
+            if b.get(i) == Some(&b'=') {
+                i += 1;
+                while b.get(i) == Some(&b' ') {
+                    i += 1;
+                }
+                let end = b[i..]
+                    .iter()
+                    .position(|&c| c == b';')
+                    .map_or(b.len(), |p| i + p);
+                return value.get(i..end);
+            }
+        }
+        while i < b.len() {
+            i += 1;
+            if matches!(b[i - 1], b';' | b',') {
+                break;
+            }
+        }
+        while b.get(i) == Some(&b' ') {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// The raw value of query argument `name` (`$arg_name`), as nginx: not decoded.
 fn query_arg<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|pair| {
@@ -1175,7 +1210,18 @@ fn query_arg<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 #[cfg(test)]
 mod tests {
-    use super::append_local_time;
+    use super::{append_local_time, cookie};
+
+    #[test]
+    fn cookies_are_found_as_nginx_finds_them() {
+        let v = "SID=abc, x=1; other = 2;sidx=9";
+        assert_eq!(cookie(v, "sid"), Some("abc, x=1"));
+        assert_eq!(cookie(v, "x"), Some("1"));
+        assert_eq!(cookie(v, "other"), Some("2"));
+        assert_eq!(cookie(v, "sidx"), Some("9"));
+        assert_eq!(cookie(v, "id"), None);
+        assert_eq!(cookie("a", "a"), None);
+    }
 
     #[test]
     fn time_variables_are_nginx_s_formats_of_the_current_second() {

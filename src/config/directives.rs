@@ -128,19 +128,10 @@ pub static DIRECTIVES: &[Spec] = &[
     d("worker_processes", C::MAIN, ONE),
     d("pid", C::MAIN, ONE),
     d("error_log", MAIN_HSL, Range(1, 2)),
-    no_effect(
-        "user",
-        C::MAIN,
-        Range(1, 2),
-        "imbang keeps the user it was started as",
-    ),
     d("worker_shutdown_timeout", C::MAIN, ONE),
-    no_effect(
-        "worker_rlimit_nofile",
-        C::MAIN,
-        ONE,
-        "set the limit with ulimit or LimitNOFILE=",
-    ),
+    // --- privileges (user)
+    d("user", C::MAIN, Range(1, 2)),
+    d("worker_rlimit_nofile", C::MAIN, ONE),
     no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), KERNEL),
     no_effect("worker_priority", C::MAIN, ONE, KERNEL),
     no_effect("pcre_jit", C::MAIN, Flag, "regexes are always compiled"),

@@ -15,6 +15,8 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod user;
+
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -356,6 +358,8 @@ impl<'a> Lower<'a> {
             error_log: Vec::new(),
             shutdown_timeout: None,
             worker_connections: 512,
+            user: None,
+            rlimit_nofile: None,
         };
         let mut http = None;
         let mut seen = Seen::default();
@@ -390,6 +394,8 @@ impl<'a> Lower<'a> {
                     },
                 },
                 "pid" => main.pid = self.path(&args[0].value),
+                "user" => main.user = Some(self.user(d)),
+                "worker_rlimit_nofile" => main.rlimit_nofile = self.rlimit_nofile(d),
                 "worker_shutdown_timeout" => {
                     main.shutdown_timeout = self.duration_arg(d, &args[0]);
                 }

@@ -6,7 +6,6 @@
 //! /proc/<pid>/task/<tid>/status. These tests need root (CI runs as root) and say so otherwise.
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -17,13 +16,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Group, Pid, User};
 use support::{
-    ImbangGuard, TempDir, free_port, imbang_bin, process_alive, read_pid_file, request,
-    wait_exited, wait_pid_file,
+    ImbangGuard, TempDir, assert_unprivileged, free_port, imbang_bin, process_alive, read_pid_file,
+    request, wait_exited, wait_pid_file,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-/// CAP_DAC_READ_SEARCH (2) and CAP_NET_BIND_SERVICE (10).
-const KEPT: u64 = (1 << 2) | (1 << 10);
 
 fn root() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -48,65 +45,6 @@ fn free_low_port(taken: &[u16]) -> u16 {
         .filter(|p| !taken.contains(p))
         .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("a free port below 1024")
-}
-
-/// Each thread of `pid`: its name, and the fields of its status (whitespace collapsed).
-fn threads(pid: i32) -> Vec<(String, HashMap<String, String>)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
-            continue; // The thread ended meanwhile.
-        };
-        let fields: HashMap<String, String> = status
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| {
-                let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
-                (k.to_owned(), v)
-            })
-            .collect();
-        out.push((fields["Name"].clone(), fields));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn caps(fields: &HashMap<String, String>, set: &str) -> u64 {
-    u64::from_str_radix(&fields[set], 16).unwrap()
-}
-
-/// Every thread of `pid` runs as `(uid, gid)` (real, effective, saved and file-system ids, so
-/// there is no way back to root and no file root could write is writable), with only that
-/// group; the `workers` worker threads hold no capability; the main thread holds [`KEPT`]
-/// permitted, none effective.
-fn assert_dropped(pid: i32, (uid, gid): (u32, u32), workers: usize) {
-    let threads = threads(pid);
-    let ids = |id: u32| format!("{id} {id} {id} {id}");
-    for (name, status) in &threads {
-        assert_eq!(status["Uid"], ids(uid), "{name}: {status:?}");
-        assert_eq!(status["Gid"], ids(gid), "{name}: {status:?}");
-        assert_eq!(status["Groups"], gid.to_string(), "{name}: {status:?}");
-        assert_eq!(status["NoNewPrivs"], "1", "{name}");
-        assert_eq!(
-            caps(status, "CapEff"),
-            0,
-            "{name} has effective capabilities"
-        );
-        assert_eq!(caps(status, "CapAmb"), 0, "{name} has ambient capabilities");
-        if name.starts_with("imbang-worker-") {
-            assert_eq!(caps(status, "CapPrm"), 0, "{name} may raise capabilities");
-            assert_eq!(caps(status, "CapInh"), 0, "{name}");
-        } else {
-            assert_eq!(name, "imbang", "a thread imbang did not name: {status:?}");
-            assert_eq!(caps(status, "CapPrm"), KEPT, "the main thread keeps");
-        }
-    }
-    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
-    let want: Vec<String> = std::iter::once("imbang".to_owned())
-        .chain((0..workers).map(|i| format!("imbang-worker-{i}")))
-        .collect();
-    assert_eq!(names, want, "the threads of {pid}");
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -151,7 +89,7 @@ async fn as_root_with_user_it_serves_as_that_user_and_reload_reopen_and_upgrade_
     let pid = wait_pid_file(&guard.pid_file, WAIT).await;
     assert_eq!(request(addr(port), "GET", "/first", "x", None).await.0, 200);
 
-    assert_dropped(pid, (uid, gid), 2);
+    assert_unprivileged(pid, (uid, gid), 2);
     let limits = read(Path::new(&format!("/proc/{pid}/limits")));
     let nofile = limits
         .lines()
@@ -188,7 +126,7 @@ async fn as_root_with_user_it_serves_as_that_user_and_reload_reopen_and_upgrade_
         read(&logs.join("error.log"))
     );
     // The reload's capabilities were lowered again.
-    assert_dropped(pid, (uid, gid), 2);
+    assert_unprivileged(pid, (uid, gid), 2);
 
     // USR1 after logrotate: access.log was made again for the user (`create 0640 nobody`), so it
     // is reopened; error.log was not, and the user cannot create it in root's directory: that
@@ -220,7 +158,7 @@ async fn as_root_with_user_it_serves_as_that_user_and_reload_reopen_and_upgrade_
         "GET /first 200\nGET / 200\n"
     );
     assert!(!logs.join("error.log").exists());
-    assert_dropped(pid, (uid, gid), 2);
+    assert_unprivileged(pid, (uid, gid), 2);
 
     // USR2 while error.log is missing: the new binary, not root, cannot create it and exits;
     // this process keeps serving and the pid file names it again.
@@ -248,7 +186,7 @@ async fn as_root_with_user_it_serves_as_that_user_and_reload_reopen_and_upgrade_
     let old = guard.child.as_mut().unwrap();
     let status = support::wait_child(old, WAIT).await;
     assert!(status.success(), "the old process: {status:?}");
-    assert_dropped(new, (uid, gid), 2);
+    assert_unprivileged(new, (uid, gid), 2);
     for p in [port, low] {
         assert_eq!(request(addr(p), "GET", "/", "x", None).await.0, 200);
     }

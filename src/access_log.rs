@@ -184,6 +184,10 @@ impl LogFile {
         }
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Writes what the buffers hold, then opens the file again (after logrotate moved it).
     pub fn reopen(&self) -> Result<(), String> {
         self.flush_all();

@@ -66,15 +66,32 @@ impl ErrorLog {
         Ok(Self { sinks })
     }
 
-    /// Opens the same files again (after logrotate moved them away).
+    /// Opens the same files again (after logrotate moved them away). A file that cannot be
+    /// opened (the directory is root's and the process no longer is) keeps its old descriptor;
+    /// the others are reopened all the same.
     pub fn reopen(&self) -> Result<(), String> {
+        let mut failed = Vec::new();
         for sink in &self.sinks {
             if let Out::File { path, file } = &sink.out {
-                let fresh = open_append(path).map_err(|e| open_failed(path, &e))?;
-                *file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                match open_append(path) {
+                    Ok(fresh) => *file.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+                    Err(e) => failed.push(open_failed(path, &e)),
+                }
             }
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("\n"))
+        }
+    }
+
+    /// The files this log writes to.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.sinks.iter().filter_map(|s| match &s.out {
+            Out::File { path, .. } => Some(path.as_path()),
+            Out::Stderr => None,
+        })
     }
 
     fn enabled(&self, level: LogLevel) -> bool {

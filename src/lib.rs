@@ -13,7 +13,8 @@
 //!
 //! Configuration takes its own path: [`config`] turns text into a validated [`Config`],
 //! [`snapshot`] compiles it into tables, and [`reload`] holds the one in force.
-//! [`process`] is the nginx-compatible command line around it all. Beside the request path,
+//! [`process`] is the nginx-compatible command line around it all; [`privileges`] is how it
+//! stops being root before it serves (`user`). Beside the request path,
 //! [`checks`] probes peers for `health_check` (their verdicts feed the picks), and [`api`]
 //! answers NGINX Plus's API from the same state.
 
@@ -39,6 +40,7 @@ pub mod error_log;
 pub mod http1;
 pub mod listen;
 pub mod pool;
+pub mod privileges;
 pub mod process;
 pub mod proxy;
 pub mod realip;

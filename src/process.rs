@@ -12,8 +12,9 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{self, Cli};
-use crate::config::model::{ErrorLogSpec, LogLevel, LogTarget};
+use crate::config::model::{ErrorLogSpec, LogLevel, LogTarget, UserSpec, Warning};
 use crate::config::{self, Config, ConfigErrors, LoadOptions, Source};
+use crate::privileges::{self, Plan};
 use crate::server::{self, Server};
 use crate::snapshot::Snapshot;
 use crate::upstream::PeerRegistry;
@@ -77,10 +78,14 @@ fn emerg(errors: &ConfigErrors) -> ExitCode {
 /// `-t` / `-T`: parse, validate and compile (certificates, regexes) without binding anything.
 fn test_config(source: &Source, quiet: bool, dump: bool) -> ExitCode {
     let path = source.conf_file.display();
-    let checked = config::load(source).and_then(|c| Snapshot::compile(c, &PeerRegistry::new()));
+    let checked = config::load(source).and_then(|c| {
+        let (_, warning) = privileges::plan(c.main.user.as_ref())?;
+        Ok((Snapshot::compile(c, &PeerRegistry::new())?, warning))
+    });
     match checked {
-        Ok(snapshot) => {
+        Ok((snapshot, warning)) => {
             print_warnings(&snapshot);
+            print_warning(warning.as_ref());
             if !quiet {
                 eprintln!("imbang: the configuration file {path} syntax is ok");
                 eprintln!("imbang: configuration file {path} test is successful");
@@ -102,6 +107,12 @@ fn test_config(source: &Source, quiet: bool, dump: bool) -> ExitCode {
             eprintln!("imbang: configuration file {path} test failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn print_warning(warning: Option<&Warning>) {
+    if let Some(w) = warning {
+        eprintln!("imbang: [warn] {} in {}", w.message, w.location);
     }
 }
 
@@ -152,7 +163,18 @@ fn send_signal(pid_file: &Path, name: &str) -> ExitCode {
 }
 
 /// Starts serving `config` and blocks until the process is told to stop.
+///
+/// As root with `user`, everything that needs root happens first (binding, opening the log
+/// files, reading the configuration, daemonizing, writing the pid file's inode), then the
+/// process becomes that user, and only then do the worker threads start: no request is ever
+/// served as root.
 fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
+    let (plan, user_warning) = match privileges::plan(config.main.user.as_ref()) {
+        Ok(planned) => planned,
+        Err(e) => return emerg(&e.into()),
+    };
+    let user = config.main.user.clone();
+    let rlimit_nofile = config.main.rlimit_nofile;
     let daemon = config.main.daemon;
     let workers = config.main.worker_processes.count();
     let log = match server::open_error_log(&config, Some(&default_log)) {
@@ -185,6 +207,7 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
         Err(errors) => return emerg(&errors),
     };
     print_warnings(&server.snapshot());
+    print_warning(user_warning.as_ref());
     let inherited = inherited_sockets();
     let upgraded = !inherited.is_empty();
     let bound = match server.bind_with(inherited) {
@@ -194,6 +217,11 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let log_paths: Vec<PathBuf> = log
+        .paths()
+        .chain(server.snapshot().log_paths())
+        .map(Path::to_path_buf)
+        .collect();
     error_log::install(log);
     // A new binary started by USR2 stays a child of the old process, as nginx's does.
     if daemon && !upgraded {
@@ -208,6 +236,32 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(n) = rlimit_nofile {
+        privileges::set_nofile(n);
+    }
+    if let Plan::DropTo(account) = &plan {
+        // The pid file is written once every listener accepts, by then as the user: its inode
+        // is made now, as root, in a directory the user may not write to (nginx's /run).
+        let made = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&pid_file);
+        if let Err(e) = made {
+            log!(Emerg, "{}", error_log::open_failed(&pid_file, &e));
+            return ExitCode::FAILURE;
+        }
+        let paths = log_paths.iter().chain([&pid_file]);
+        privileges::hand_over(paths.map(PathBuf::as_path), account);
+        if let Err(e) = privileges::drop_to(account) {
+            log!(Emerg, "{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = privileges::keep_for_control() {
+        log!(Emerg, "{e}");
+        return ExitCode::FAILURE;
+    }
     let (runtime, worker_threads) = match start_workers(workers.max(1)) {
         Ok(started) => started,
         Err(e) => {
@@ -218,13 +272,24 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
     server.set_workers(worker_threads.handles());
     let mut pid = PidFile {
         path: pid_file.clone(),
-        current: pid_file,
+        current: Some(pid_file),
     };
-    let code = runtime.block_on(serve(server, bound, &mut pid, shutdown_timeout));
+    let running = Running {
+        shutdown_timeout,
+        user,
+    };
+    let code = runtime.block_on(serve(server, bound, &mut pid, running));
     // Graceful or fast, the lines in access-log buffers reach their files.
     crate::access_log::flush_at_exit();
-    let _ = fs::remove_file(&pid.current);
+    pid.remove();
     code
+}
+
+/// What the signal loop needs from the start.
+struct Running {
+    shutdown_timeout: Option<std::time::Duration>,
+    /// `user` as the process started: a reload cannot change it.
+    user: Option<UserSpec>,
 }
 
 /// Tells systemd (when it started us with `Type=notify`; a no-op otherwise).
@@ -255,39 +320,98 @@ impl WorkerThreads {
     }
 }
 
-/// nginx's worker model on threads: `n` current-thread runtimes, the main thread's first (it
-/// also runs signals and reloads), each accepting on the shared listening sockets and serving the
-/// connections it accepted. Chosen over tokio's work-stealing runtime by measurement
+/// nginx's worker model on threads: `n` current-thread runtimes on threads of their own, each
+/// accepting on the shared listening sockets and serving the connections it accepted, beside
+/// the main thread's runtime, which serves no request: it runs signals, reloads, binary
+/// upgrades and health checks, and is the only thread that keeps capabilities after the drop
+/// (crate::privileges). Chosen over tokio's work-stealing runtime by measurement
 /// (bench/PROFILE.md, session 10: 2.7% fewer instructions per request, level in time): no
 /// cross-thread wake-ups on the request path.
-fn start_workers(n: usize) -> std::io::Result<(tokio::runtime::Runtime, WorkerThreads)> {
-    let main = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn start_workers(n: usize) -> Result<(tokio::runtime::Runtime, WorkerThreads), String> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // tokio's blocking-pool threads, should any start: no capabilities either.
+            .on_thread_start(|| {
+                if let Err(e) = privileges::clear_thread() {
+                    log!(Emerg, "{e}");
+                    std::process::exit(2);
+                }
+            })
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let main = runtime()?;
     let mut workers = WorkerThreads {
-        handles: vec![main.handle().clone()],
+        handles: Vec::with_capacity(n),
         _stop: Vec::new(),
     };
-    for i in 1..n {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    let (started_tx, started) = std::sync::mpsc::channel();
+    for i in 0..n {
+        let runtime = runtime()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         workers.handles.push(runtime.handle().clone());
         workers._stop.push(stop);
+        let started = started_tx.clone();
         std::thread::Builder::new()
             .name(format!("imbang-worker-{i}"))
             .spawn(move || {
-                let _ = runtime.block_on(stopped);
-            })?;
+                // A thread inherits its creator's capabilities: a worker gives up all of them
+                // before it can accept a connection, or does not run.
+                let cleared = privileges::clear_thread();
+                let ok = cleared.is_ok();
+                let _ = started.send(cleared);
+                if ok {
+                    let _ = runtime.block_on(stopped);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    for _ in 0..n {
+        started
+            .recv()
+            .map_err(|e| e.to_string())
+            .and_then(|cleared| cleared)?;
     }
     Ok((main, workers))
 }
 
-/// The pid file, and where it is now: `<path>.oldbin` while a new binary takes over.
+/// The pid file, and where this process's pid is now: `<path>.oldbin` while a new binary takes
+/// over; `None` once a new binary has written its own over it (a directory this process may
+/// not write to: see `upgrade_binary`).
 struct PidFile {
     path: PathBuf,
-    current: PathBuf,
+    current: Option<PathBuf>,
+}
+
+impl PidFile {
+    /// At exit: the file that holds this process's pid goes; where the directory is not the
+    /// process's to write (root's /run after the drop), it is emptied instead, so that no stale
+    /// pid is left for `-s` to signal.
+    fn remove(&self) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let ours =
+            fs::read_to_string(current).is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if !ours {
+            return;
+        }
+        if let Err(e) = fs::remove_file(current) {
+            let emptied = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(current);
+            if emptied.is_err() {
+                log!(
+                    Alert,
+                    "unlink() \"{}\" failed ({})",
+                    current.display(),
+                    error_log::errno_text(&e)
+                );
+            }
+        }
+    }
 }
 
 /// Environment naming the configured address of each inherited socket, in fd order.
@@ -330,17 +454,30 @@ async fn upgrade_binary(server: &Server, pid: &mut PidFile) -> bool {
             return false;
         }
     };
-    if let Err(e) = fs::rename(&pid.path, &oldbin) {
-        log!(
-            Alert,
-            "rename() \"{}\" to \"{}\" failed ({})",
-            pid.path.display(),
-            oldbin.display(),
-            error_log::errno_text(&e)
-        );
-        return false;
+    match fs::rename(&pid.path, &oldbin) {
+        Ok(()) => pid.current = Some(oldbin.clone()),
+        // The directory is root's and this process no longer is: the new binary writes its pid
+        // over this one's, in the file that was handed to the user at the drop.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            log!(
+                Notice,
+                "rename() \"{}\" to \"{}\" failed ({}): the new binary writes its pid in place",
+                pid.path.display(),
+                oldbin.display(),
+                error_log::errno_text(&e)
+            );
+        }
+        Err(e) => {
+            log!(
+                Alert,
+                "rename() \"{}\" to \"{}\" failed ({})",
+                pid.path.display(),
+                oldbin.display(),
+                error_log::errno_text(&e)
+            );
+            return false;
+        }
     }
-    pid.current = oldbin.clone();
     let mut args = std::env::args_os();
     let program = args.next().unwrap_or_else(|| "imbang".into());
     let keys: Vec<String> = sockets.iter().map(|(k, _)| k.to_string()).collect();
@@ -360,9 +497,13 @@ async fn upgrade_binary(server: &Server, pid: &mut PidFile) -> bool {
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES");
     let spawned = match command_fds::CommandFdExt::fd_mappings(&mut command, mappings) {
-        Ok(_) => tokio::process::Command::from(command)
-            .spawn()
-            .map_err(|e| e.to_string()),
+        Ok(_) => {
+            // After the drop, the new binary starts with what this thread kept, as ambient.
+            let _ambient = privileges::for_new_binary();
+            tokio::process::Command::from(command)
+                .spawn()
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     let mut child = match spawned {
@@ -390,6 +531,9 @@ async fn upgrade_binary(server: &Server, pid: &mut PidFile) -> bool {
                 Notice,
                 "new binary process {child_pid} is serving; this one stops gracefully"
             );
+            if pid.current.as_ref() == Some(&pid.path) {
+                pid.current = None; // Written in place: the file is the new process's now.
+            }
             return true;
         }
         tokio::select! {
@@ -412,9 +556,19 @@ async fn upgrade_binary(server: &Server, pid: &mut PidFile) -> bool {
     }
 }
 
+/// The upgrade failed: the pid file names this process again.
 fn restore_pid_file(pid: &mut PidFile) {
-    if fs::rename(&pid.current, &pid.path).is_ok() {
-        pid.current = pid.path.clone();
+    match &pid.current {
+        Some(current) if *current != pid.path => {
+            if fs::rename(current, &pid.path).is_ok() {
+                pid.current = Some(pid.path.clone());
+            }
+        }
+        // In place: the new process may have written its pid before it failed.
+        _ => {
+            let _ = fs::write(&pid.path, format!("{}\n", std::process::id()));
+            pid.current = Some(pid.path.clone());
+        }
     }
 }
 
@@ -422,8 +576,9 @@ async fn serve(
     server: Arc<Server>,
     bound: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
     pid: &mut PidFile,
-    shutdown_timeout: Option<std::time::Duration>,
+    running: Running,
 ) -> ExitCode {
+    let shutdown_timeout = running.shutdown_timeout;
     let pid_file = pid.path.clone();
     let signals = (
         signal(SignalKind::hangup()),
@@ -460,10 +615,25 @@ async fn serve(
             _ = hup.recv() => {
                 log!(Notice, "signal 1 (SIGHUP) received, reconfiguring");
                 reloading();
-                let result = server.reload().await;
+                let result = {
+                    // Reading root-only files and binding ports below 1024, as the user.
+                    let _raised = privileges::for_reload();
+                    server.reload().await
+                };
                 notify(&[sd_notify::NotifyState::Ready]);
                 match result {
-                    Ok(()) => log!(Notice, "reconfiguring done"),
+                    Ok(()) => {
+                        let main = &server.snapshot().config.main;
+                        if let Some(n) = main.rlimit_nofile {
+                            privileges::set_nofile(n);
+                        }
+                        let changed =
+                            privileges::reload_warning(running.user.as_ref(), main.user.as_ref());
+                        if let Some(w) = changed {
+                            log!(Warn, "{} in {}", w.message, w.location);
+                        }
+                        log!(Notice, "reconfiguring done");
+                    }
                     Err(e) => {
                         for line in e.to_string().lines() {
                             log!(Emerg, "{line}");
@@ -474,10 +644,16 @@ async fn serve(
             }
             _ = usr1.recv() => {
                 log!(Notice, "signal 10 (SIGUSR1) received, reopening logs");
-                let reopened = error_log::reopen().and_then(|()| server.snapshot().reopen_logs());
-                match reopened {
-                    Ok(()) => log!(Notice, "logs reopened"),
-                    Err(e) => log!(Alert, "{e}"),
+                // A file that cannot be opened keeps its old descriptor (and is said here).
+                let failed: Vec<String> = [error_log::reopen(), server.snapshot().reopen_logs()]
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .collect();
+                for line in failed.iter().flat_map(|e| e.lines()) {
+                    log!(Alert, "{line}");
+                }
+                if failed.is_empty() {
+                    log!(Notice, "logs reopened");
                 }
             }
             _ = usr2.recv() => {

@@ -266,9 +266,24 @@ impl Snapshot {
         self.groups.get(name)
     }
 
-    /// Opens every access-log file again (USR1, after logrotate moved them).
+    /// Opens every access-log file again (USR1, after logrotate moved them). One that cannot
+    /// be opened keeps its old descriptor; every failure is in the error, one per line.
     pub fn reopen_logs(&self) -> Result<(), String> {
-        self.log_files.iter().try_for_each(|f| f.reopen())
+        let failed: Vec<String> = self
+            .log_files
+            .iter()
+            .filter_map(|f| f.reopen().err())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("\n"))
+        }
+    }
+
+    /// The access-log files this configuration writes to.
+    pub fn log_paths(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.log_files.iter().map(|f| f.path())
     }
 }
 

@@ -165,19 +165,10 @@ pub static DIRECTIVES: &[Spec] = &[
     d("worker_processes", C::MAIN, ONE),
     d("pid", C::MAIN, ONE),
     d("error_log", MAIN_HSL, AtLeast(1)),
-    no_effect(
-        "user",
-        C::MAIN,
-        Range(1, 2),
-        "imbang keeps the user it was started as",
-    ),
     d("worker_shutdown_timeout", C::MAIN, ONE),
-    no_effect(
-        "worker_rlimit_nofile",
-        C::MAIN,
-        ONE,
-        "set the limit with ulimit or LimitNOFILE=",
-    ),
+    // --- privileges (user)
+    d("user", C::MAIN, Range(1, 2)),
+    d("worker_rlimit_nofile", C::MAIN, ONE),
     no_effect("worker_cpu_affinity", C::MAIN, AtLeast(1), SCHEDULING),
     no_effect("worker_priority", C::MAIN, ONE, SCHEDULING),
     no_effect("pcre_jit", C::MAIN, Flag, "regexes are always compiled"),

@@ -22,6 +22,7 @@ mod proxy_cookie;
 mod realip;
 pub use compat::only_value;
 mod root;
+mod user;
 
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
@@ -413,6 +414,8 @@ impl<'a> Lower<'a> {
             error_log: Vec::new(),
             shutdown_timeout: None,
             worker_connections: 512,
+            user: None,
+            rlimit_nofile: None,
         };
         let mut http = None;
         let mut seen = Seen::default();
@@ -449,6 +452,8 @@ impl<'a> Lower<'a> {
                     },
                 },
                 "pid" => main.pid = self.path(&args[0].value),
+                "user" => main.user = Some(self.user(d)),
+                "worker_rlimit_nofile" => main.rlimit_nofile = self.rlimit_nofile(d),
                 "worker_shutdown_timeout" => {
                     main.shutdown_timeout = self.duration_arg(d, &args[0]);
                 }

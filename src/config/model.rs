@@ -43,6 +43,22 @@ pub struct Main {
     pub shutdown_timeout: Option<Duration>,
     /// `events { worker_connections N; }`: a cap on open client connections per worker.
     pub worker_connections: usize,
+    /// `user USER [GROUP]`: whom a process started as root runs as once it has bound.
+    pub user: Option<UserSpec>,
+    /// `worker_rlimit_nofile N`: the open-file limit (RLIMIT_NOFILE) to set.
+    pub rlimit_nofile: Option<u64>,
+}
+
+/// `user USER [GROUP]`, as written: the names are looked up by the process (`getpwnam`), not
+/// here, so the configuration stays pure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSpec {
+    pub user: String,
+    /// The group; nginx's default is the group named like the user (not the user's primary
+    /// group): `user www-data;` means group `www-data`.
+    pub group: String,
+    /// `path:line:col` of the directive, for the errors and warnings of the lookup.
+    pub location: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -92,8 +92,38 @@ fn unknown_upstream_host_is_nginx_s_message() {
 }
 
 #[test]
+fn user_and_worker_rlimit_nofile_are_read_as_nginx() {
+    let c = ok("user www-data;\nworker_rlimit_nofile 4096;\n");
+    assert!(c.warnings.iter().all(|w| !w.message.contains("user")));
+    let user = c.main.user.expect("user");
+    // The group defaults to the user's name, as nginx's.
+    assert_eq!(
+        (
+            user.user.as_str(),
+            user.group.as_str(),
+            user.location.as_str()
+        ),
+        ("www-data", "www-data", "/etc/imbang/t.conf:1:1")
+    );
+    assert_eq!(c.main.rlimit_nofile, Some(4096));
+    let user = ok("  user nobody nogroup;").main.user.expect("user");
+    assert_eq!(
+        (user.user.as_str(), user.group.as_str()),
+        ("nobody", "nogroup")
+    );
+    assert_eq!(
+        errors("user a;\nuser b;\nworker_rlimit_nofile 1k;\nuser;\n"),
+        [
+            "\"user\" directive is duplicate in /etc/imbang/t.conf:2:1",
+            "\"worker_rlimit_nofile\" directive invalid number in /etc/imbang/t.conf:3:1",
+            "invalid number of arguments in \"user\" directive in /etc/imbang/t.conf:4:1",
+        ]
+    );
+}
+
+#[test]
 fn no_effect_directives_warn() {
-    let c = ok("user www-data;\nhttp { gzip on; }\n");
+    let c = ok("pcre_jit on;\nhttp { gzip on; }\n");
     let w: Vec<String> = c
         .warnings
         .iter()
@@ -103,7 +133,7 @@ fn no_effect_directives_warn() {
         w,
         [
             "no \"events\" section in configuration (nginx requires one; imbang does not) in /etc/imbang/t.conf:1:1",
-            "the \"user\" directive has no effect in imbang: imbang keeps the user it was started as in /etc/imbang/t.conf:1:1",
+            "the \"pcre_jit\" directive has no effect in imbang: regexes are always compiled in /etc/imbang/t.conf:1:1",
             "the \"gzip\" directive has no effect in imbang: imbang does not compress responses (upstream compression passes through) in /etc/imbang/t.conf:2:8",
         ]
     );

@@ -897,3 +897,71 @@ pub async fn start_nginx(dir: &TempDir, http: &str) -> Option<(ChildGuard, Socke
     wait_accepting(addr, Duration::from_secs(5)).await;
     Some((guard, addr))
 }
+
+/// Each thread of process `pid` (Linux `/proc/<pid>/task`): its name, and the fields of its
+/// `status` (`Uid`, `CapEff`, ...) with runs of whitespace made one space. Sorted by name.
+pub fn threads(pid: i32) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // The thread ended meanwhile.
+        };
+        let fields: std::collections::HashMap<String, String> = status
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.split_whitespace().collect::<Vec<_>>().join(" "),
+                )
+            })
+            .collect();
+        out.push((fields.get("Name").cloned().unwrap_or_default(), fields));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn caps(fields: &std::collections::HashMap<String, String>, set: &str) -> u64 {
+    u64::from_str_radix(&fields[set], 16).unwrap()
+}
+
+/// Every thread of `pid` runs as `(uid, gid)` (real, effective, saved and file-system ids, so
+/// there is no way back to root and no file root could write is writable), with only that
+/// group; the `workers` worker threads hold no capability; the main thread holds `CAP_DAC_READ_SEARCH` and `CAP_NET_BIND_SERVICE`
+/// permitted, none effective.
+pub fn assert_unprivileged(pid: i32, (uid, gid): (u32, u32), workers: usize) {
+    let threads = threads(pid);
+    let ids = |id: u32| format!("{id} {id} {id} {id}");
+    for (name, status) in &threads {
+        assert_eq!(status["Uid"], ids(uid), "{name}: {status:?}");
+        assert_eq!(status["Gid"], ids(gid), "{name}: {status:?}");
+        assert_eq!(status["Groups"], gid.to_string(), "{name}: {status:?}");
+        assert_eq!(status["NoNewPrivs"], "1", "{name}");
+        assert_eq!(
+            caps(status, "CapEff"),
+            0,
+            "{name} has effective capabilities"
+        );
+        assert_eq!(caps(status, "CapAmb"), 0, "{name} has ambient capabilities");
+        if name.starts_with("imbang-worker-") {
+            assert_eq!(caps(status, "CapPrm"), 0, "{name} may raise capabilities");
+            assert_eq!(caps(status, "CapInh"), 0, "{name}");
+        } else {
+            assert_eq!(name, "imbang", "a thread imbang did not name: {status:?}");
+            assert_eq!(
+                caps(status, "CapPrm"),
+                (1 << 2) | (1 << 10),
+                "the main thread keeps"
+            );
+        }
+    }
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<String> = std::iter::once("imbang".to_owned())
+        .chain((0..workers).map(|i| format!("imbang-worker-{i}")))
+        .collect();
+    assert_eq!(names, want, "the threads of {pid}");
+}

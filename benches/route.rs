@@ -199,6 +199,7 @@ fn variables(c: &mut Criterion) {
         done: None,
         sets: &[],
         captures: imbang::proxy::Captures::NONE,
+        rewritten: None,
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

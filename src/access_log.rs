@@ -488,6 +488,8 @@ pub struct Pending {
     pub proxy_host: String,
     pub path: String,
     pub sets: Vec<(Arc<str>, String)>,
+    /// `$args` after a `rewrite` (`$uri` is `path`).
+    pub rewritten: Option<crate::rewrite::Rewritten>,
     pub done: Done,
 }
 
@@ -507,6 +509,7 @@ impl Pending {
             path: &self.path,
             done: Some(&self.done),
             sets: &self.sets,
+            rewritten: self.rewritten.as_ref(),
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

@@ -6,6 +6,7 @@
 //! |---------|--------------|-----------------------------------------------------------|
 //! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
+//! | rewrite | [`rewrite`]  | `set`/`rewrite`/`if`/`return`, the location search again on `last` |
 //! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
 //! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |
 //! | record  | [`error_log`]| nginx-format error log lines                              |
@@ -41,6 +42,7 @@ pub mod pool;
 pub mod process;
 pub mod proxy;
 pub mod reload;
+pub mod rewrite;
 pub mod route;
 pub mod scratch;
 pub mod server;

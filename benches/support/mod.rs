@@ -69,5 +69,6 @@ pub fn ctx<'a>(
         done: None,
         sets: &[],
         captures: Captures::NONE,
+        rewritten: None,
     }
 }

@@ -26,9 +26,7 @@ impl Lower<'_> {
             self.invalid("empty replacement".to_owned(), replacement.span);
             return None;
         }
-        let regex = self.regex(&pattern.value, &pattern.value, pattern.span, |p| {
-            crate::route::compile_regex(p, false).map_err(|e| e.to_string())
-        })?;
+        let regex = self.script_regex(&pattern.value, false, pattern.span)?;
         let (text, drop_args) = match replacement.value.strip_suffix('?') {
             Some(text) => (text.to_owned(), true),
             None => (replacement.value.clone(), false),
@@ -128,6 +126,22 @@ impl Lower<'_> {
         })))
     }
 
+    /// A `rewrite` or `if` regex (PCRE's meaning, as locations'), or nginx's error for it.
+    fn script_regex(
+        &mut self,
+        pattern: &str,
+        caseless: bool,
+        span: Span,
+    ) -> Option<regex::bytes::Regex> {
+        match crate::route::compile_regex(pattern, caseless) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.invalid(e.to_string(), span);
+                None
+            }
+        }
+    }
+
     /// The condition of an `if`, from the words nginx's lexer made of it (`($a`, `=`, `b)`).
     fn condition(&mut self, d: &Directive) -> Option<Condition> {
         let args = &d.args;
@@ -152,13 +166,11 @@ impl Lower<'_> {
         let Some(inner_last) = closed.strip_suffix(')') else {
             return invalid(self, &args[last], closed);
         };
-        match words.last_mut() {
-            Some(w) if inner_last.is_empty() && last > 0 => {
-                let _ = w;
-                words.pop();
-            }
-            Some(w) => w.0 = inner_last.to_owned(),
-            None => {}
+        // A `)` of its own is no word; one at the end of a word is cut off it.
+        if inner_last.is_empty() && last > 0 {
+            words.pop();
+        } else if let Some(w) = words.last_mut() {
+            w.0 = inner_last.to_owned();
         }
         let Some((word, arg)) = words.first().cloned() else {
             return invalid(self, first, "");
@@ -180,10 +192,8 @@ impl Lower<'_> {
                     negate: op == "!=",
                 }),
                 "~" | "~*" | "!~" | "!~*" => {
-                    let value_arg = words[2].1;
-                    let regex = self.regex(&value, &value, value_arg.span, |p| {
-                        crate::route::compile_regex(p, op.ends_with('*')).map_err(|e| e.to_string())
-                    })?;
+                    let span = words[2].1.span;
+                    let regex = self.script_regex(&value, op.ends_with('*'), span)?;
                     Some(Condition::Matches {
                         var,
                         regex,
@@ -217,5 +227,198 @@ impl Lower<'_> {
             test,
             negate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::model::{Condition, FileTest, RewriteFlag, Stmt};
+    use crate::config::{LoadOptions, parse_str};
+
+    fn parse(server: &str) -> Result<crate::config::Config, Vec<String>> {
+        let text = format!("events {{}} http {{ server {{ listen 127.0.0.1:1;\n{server}\n}} }}");
+        let opts = LoadOptions {
+            prefix: "/prefix/".into(),
+            default_listen_port: 8000,
+        };
+        parse_str("/t/rw.conf", &text, &opts).map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn error(server: &str) -> String {
+        match parse(server) {
+            Ok(_) => panic!("{server}: no error"),
+            Err(e) => e.join("\n"),
+        }
+    }
+
+    fn server_script(server: &str) -> Vec<Stmt> {
+        let config = parse(server).unwrap_or_else(|e| panic!("{server}: {e:?}"));
+        config.http.unwrap().servers[0].conf.script.clone()
+    }
+
+    #[test]
+    fn conditions_read_as_nginx_reads_them() {
+        let cases = [
+            ("if ($a) { }", "var $a"),
+            ("if ( $a ) { }", "var $a"),
+            ("if ($a = b) { }", "= $a b"),
+            ("if ( $a = \"b c\" ) { }", "= $a b c"),
+            ("if ($a != '') { }", "!= $a "),
+            (r"if ($host ~* ^www\.(.*)$) { }", r"~* $host ^www\.(.*)$"),
+            ("if ($a !~ x) { }", "!~ $a x"),
+            ("if (-f /x/$a) { }", "-f /x/$a"),
+            ("if (!-d /x) { }", "!-d /x"),
+            ("if (-e /x) { }", "-e /x"),
+            ("if (!-x /x) { }", "!-x /x"),
+        ];
+        for (text, want) in cases {
+            let script = server_script(&format!("set $a 1; {text}"));
+            let Stmt::If(i) = &script[1] else {
+                panic!("{text}: no if");
+            };
+            let got = match &i.condition {
+                Condition::Var(v) => format!("var {v}"),
+                Condition::Equals { var, value, negate } => {
+                    format!("{} {var} {value}", if *negate { "!=" } else { "=" })
+                }
+                Condition::Matches {
+                    var,
+                    regex,
+                    pattern,
+                    negate,
+                } => {
+                    let caseless = regex.is_match(b"WWW.X") && pattern.contains("www");
+                    let op = match (negate, caseless) {
+                        (false, false) => "~",
+                        (false, true) => "~*",
+                        (true, _) => "!~",
+                    };
+                    format!("{op} {var} {pattern}")
+                }
+                Condition::File { path, test, negate } => {
+                    let t = match test {
+                        FileTest::File => 'f',
+                        FileTest::Dir => 'd',
+                        FileTest::Exists => 'e',
+                        FileTest::Exec => 'x',
+                    };
+                    format!("{}-{t} {path}", if *negate { "!" } else { "" })
+                }
+            };
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_conditions_and_rewrites_get_nginx_s_messages() {
+        // (server block text, nginx 1.22's message, the column it is reported at)
+        let cases = [
+            ("if $a { }", r#"invalid condition "$a""#, 4),
+            ("if ($a ~~ b) { }", r#"unexpected "~~" in condition"#, 8),
+            ("if (-z /x) { }", r#"invalid condition "-z""#, 4),
+            ("if ($a b c d) { }", r#"invalid condition "$a""#, 4),
+            ("if (-f) { }", r#"invalid condition "-f""#, 4),
+            ("if ($a = b { }", r#"invalid condition "b""#, 10),
+            ("rewrite ^ /x lst;", r#"invalid parameter "lst""#, 14),
+            ("rewrite ^ \"\";", "empty replacement", 11),
+            (
+                "break 1;",
+                r#"invalid number of arguments in "break" directive"#,
+                1,
+            ),
+            (
+                "rewrite ( /x;",
+                r#"pcre2_compile() failed: unclosed group in "(""#,
+                9,
+            ),
+            (
+                "if ($uri ~ \"(\") { }",
+                r#"pcre2_compile() failed: unclosed group in "(""#,
+                12,
+            ),
+            (
+                "location / { if ($uri) { if ($uri) { } } }",
+                r#""if" directive is not allowed here"#,
+                26,
+            ),
+            (
+                "location / { if ($uri) { proxy_set_header A b; } }",
+                r#""proxy_set_header" directive is not allowed here"#,
+                26,
+            ),
+            (
+                "if ($uri) { proxy_pass http://127.0.0.1:1; }",
+                r#""proxy_pass" directive is not allowed here"#,
+                13,
+            ),
+            (
+                "if ($uri) { fastcgi_pass x; }",
+                r#""fastcgi_pass" directive is not allowed here"#,
+                13,
+            ),
+            (
+                "if ($uri) { foo_bar x; }",
+                r#"unknown directive "foo_bar""#,
+                13,
+            ),
+            (
+                "location / { if ($uri) { proxy_pass http://127.0.0.1:1/x; } }",
+                r#""proxy_pass" cannot have URI part in location given by regular expression, or inside named location, or inside "if" statement, or inside "limit_except" block"#,
+                26,
+            ),
+        ];
+        for (text, message, col) in cases {
+            assert_eq!(
+                error(text),
+                format!("{message} in /t/rw.conf:2:{col}"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_nginx_allows_inside_if_is_accepted() {
+        parse(
+            "location / { proxy_pass http://127.0.0.1:1;
+               if ($uri) { add_header A b; access_log off; error_page 404 /x; proxy_pass http://127.0.0.1:2;
+                           rewrite_log on; uninitialized_variable_warn off; set $b 1; rewrite ^ /y; return 204; break; } }
+             if ($uri) { rewrite_log on; set $c 1; rewrite ^ /z last; return 301 /w; break; }",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn rewrite_flags_and_replacements() {
+        let script = server_script(
+            "rewrite ^/a /b;
+             rewrite ^/a /b?x=1? last;
+             rewrite ^/a /b break;
+             rewrite ^/a /b redirect;
+             rewrite ^/a /b permanent;
+             rewrite ^/a http://x/ last;
+             rewrite ^/a $scheme://x/;
+             rewrite ^/a https://x/ permanent;",
+        );
+        let got: Vec<(RewriteFlag, String, bool)> = script
+            .iter()
+            .map(|s| match s {
+                Stmt::Rewrite(r) => (r.flag, r.replacement.clone(), r.drop_args),
+                _ => panic!("not a rewrite"),
+            })
+            .collect();
+        use RewriteFlag::*;
+        assert_eq!(
+            got,
+            [
+                (None, "/b".into(), false),
+                (Last, "/b?x=1".into(), true),
+                (Break, "/b".into(), false),
+                (Redirect, "/b".into(), false),
+                (Permanent, "/b".into(), false),
+                (Redirect, "http://x/".into(), false),
+                (Redirect, "$scheme://x/".into(), false),
+                (Permanent, "https://x/".into(), false),
+            ]
+        );
     }
 }

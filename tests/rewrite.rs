@@ -347,3 +347,84 @@ async fn nginx_answers_the_same_configuration_as_the_table_says() {
         "{log}"
     );
 }
+
+/// `rewrite_log on` writes nginx's notice lines for each regex and rewrite, and a cycle of
+/// rewrites nginx's error line, in the real binary's error log.
+#[tokio::test]
+async fn rewrite_log_and_the_cycle_line_read_as_nginx_s() {
+    let dir = TempDir::new("rewrite-log");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let port = free_port();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            r"daemon off; pid logs/imbang.pid; error_log logs/error.log notice;
+             events {{}}
+             http {{ access_log off;
+               server {{ listen 127.0.0.1:{port}; rewrite_log on;
+                 rewrite ^/legacy/(\d+)$ /items?id=$1 last;
+                 location /items {{ if ($arg_id ~ ^4) {{ return 200 ok; }} return 404; }}
+                 location /r {{ rewrite ^/r/(.*) http://x/$1 permanent; }}
+                 location /loop {{ rewrite_log off; rewrite ^ /loop; }}
+               }}
+             }}"
+        ),
+    );
+    let prefix = format!("{}/", dir.path().display());
+    let _guard = support::ImbangGuard::start(&prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let host = format!("127.0.0.1:{port}");
+    assert_eq!(fetch(addr, &host, "/legacy/42?z=3").await.body, "ok");
+    assert_eq!(fetch(addr, &host, "/r/a?b=1").await.status, 301);
+    assert_eq!(fetch(addr, &host, "/loop").await.status, 500);
+    let log_path = dir.path().join("logs/error.log");
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    support::eventually("the cycle line", Duration::from_secs(10), || {
+        read().contains("cycle")
+    })
+    .await;
+    // What nginx 1.22 wrote for the same requests, after the connection number (`wait_accepting`
+    // took imbang's first).
+    let context = |request: &str| {
+        format!(
+            ", client: 127.0.0.1, server: , request: \"GET {request} HTTP/1.1\", host: \"{host}\""
+        )
+    };
+    let want = [
+        format!(
+            r#""^/legacy/(\d+)$" matches "/legacy/42"{}"#,
+            context("/legacy/42?z=3")
+        ),
+        format!(
+            r#"rewritten data: "/items", args: "id=42&z=3"{}"#,
+            context("/legacy/42?z=3")
+        ),
+        format!(r#""^4" matches "42"{}"#, context("/legacy/42?z=3")),
+        format!(
+            r#""^/legacy/(\d+)$" does not match "/r/a"{}"#,
+            context("/r/a?b=1")
+        ),
+        format!(r#""^/r/(.*)" matches "/r/a"{}"#, context("/r/a?b=1")),
+        format!(
+            r#"rewritten redirect: "http://x/a?b=1"{}"#,
+            context("/r/a?b=1")
+        ),
+        format!(
+            r#""^/legacy/(\d+)$" does not match "/loop"{}"#,
+            context("/loop")
+        ),
+        format!(
+            r#"rewrite or internal redirection cycle while processing "/loop"{}"#,
+            context("/loop")
+        ),
+    ];
+    let log = read();
+    let got: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("[notice]") || l.contains("[error]"))
+        .filter_map(|l| l.find(" *").map(|i| &l[i + 1..]))
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+        .collect();
+    assert_eq!(got, want, "{log}");
+}

@@ -136,7 +136,6 @@ pub fn configure_lines() -> String {
         "--without-http_map_module",
         "--without-http_split_clients_module",
         "--without-http_referer_module",
-        "--without-http_rewrite_module",
         "--without-http_fastcgi_module",
         "--without-http_uwsgi_module",
         "--without-http_scgi_module",

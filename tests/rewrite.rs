@@ -94,6 +94,15 @@ const SITE: &str = r#"
     location /locif/ { proxy_pass http://app/base/; if ($arg_a) { add_header X-If 1; } }
     location /ifrewrite { if ($arg_a) { rewrite ^ /items/z break; } proxy_pass http://app; }
     location ~ ^/re/(\w+)/(\w+)$ { rewrite ^ /items/$2/$1 last; }
+    location /persist { set $p kept; rewrite ^ /show?a=1 last; }
+    location = /show { return 200 "p=$p uri=$uri args=$args is_args=$is_args arg_a=$arg_a"; }
+    location /brk { set $a 1; break; set $a 2; return 200 $a; }
+    location ~ ^/cap/(\d+) { return 200 "cap=$1"; }
+    location /capif { if ($arg_v ~ ^(\w)) { return 200 "first=$1"; } return 200 "none=$1"; }
+    location /method { if ($request_method = POST) { return 405; } return 200 $request_method; }
+    location /slash { rewrite ^([^.]*[^/])$ $1/ permanent; return 200 slash; }
+    location /host { return 301 $scheme://$host$request_uri; }
+    location /esc/ { rewrite ^/esc/(.*)$ /items/$1 last; }
     location = /internal { internal; return 200 internal; }
     location /tointernal { rewrite ^ /internal last; }
   }
@@ -207,6 +216,43 @@ const EXPECTED: &[(&str, &str, u16, &str, &str)] = &[
         200,
         "",
         "app GET /items//?t=1",
+    ),
+    // Variables set before `last` live on; `$uri`, `$args` and `$arg_*` are the rewritten ones.
+    (
+        "rw.test",
+        "/persist?b=2",
+        200,
+        "",
+        "p=kept uri=/show args=a=1&b=2 is_args=? arg_a=1",
+    ),
+    (
+        "rw.test",
+        "/show",
+        200,
+        "",
+        "p= uri=/show args= is_args= arg_a=",
+    ),
+    // `break` ends the script: no `return`, no `proxy_pass`, so 404.
+    ("rw.test", "/brk", 404, "", ""),
+    ("rw.test", "/cap/12", 200, "", "cap=12"),
+    ("rw.test", "/capif?v=xy", 200, "", "first=x"),
+    ("rw.test", "/capif", 200, "", "none="),
+    ("rw.test", "/method", 200, "", "GET"),
+    (
+        "rw.test",
+        "/slash/a",
+        301,
+        "http://rw.test:PORT/slash/a/",
+        "",
+    ),
+    ("rw.test", "/slash/a.html", 200, "", "slash"),
+    ("rw.test", "/host?x=1", 301, "http://rw.test/host?x=1", ""),
+    (
+        "rw.test",
+        "/esc/a%20b?q=%20",
+        200,
+        "",
+        "app GET /items/a%20b?q=%20",
     ),
     // An `internal` location: not from outside, but after a rewrite.
     ("rw.test", "/internal", 404, "", ""),

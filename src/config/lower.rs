@@ -1296,7 +1296,8 @@ impl<'a> Lower<'a> {
                 inserted += 1;
             }
         }
-        let answers = script.iter().any(|s| matches!(s, Stmt::Return(_)));
+        // A `rewrite` sends the request on (or away): no warning for a location of rewrites.
+        let answers = (script.iter()).any(|s| matches!(s, Stmt::Return(_) | Stmt::Rewrite(_)));
         if action.is_none() && !answers && locations.is_empty() {
             self.warn(
                 format!(

@@ -526,8 +526,16 @@ fn rewrite<'s>(
         Some(r) => r.args.as_str(),
         None => ctx.parts.uri.query().unwrap_or(""),
     };
-    let mut target = rw.uri.render(&ctx);
-    if let RewriteFlag::Redirect | RewriteFlag::Permanent = rw.flag {
+    // nginx escapes captures that go into a redirect or into arguments when the request's
+    // URI had escapes (`quoted_uri`) or a `+` (`plus_in_uri`): they come from the decoded URI.
+    let raw = ctx.parts.uri.path();
+    let quoted = raw.contains('%') || raw.contains('+');
+    let redirect = matches!(rw.flag, RewriteFlag::Redirect | RewriteFlag::Permanent);
+    let mut target = match (quoted, redirect) {
+        (true, true) => rw.uri.render(&Quoting(&ctx, in_redirect)),
+        _ => rw.uri.render(&ctx),
+    };
+    if redirect {
         if rw.add_args && !current_args.is_empty() {
             target.push(if target.contains('?') { '&' } else { '?' });
             target.push_str(current_args);
@@ -549,7 +557,10 @@ fn rewrite<'s>(
     }
     let args = match &rw.args {
         Some(t) => {
-            let mut a = t.render(&ctx);
+            let mut a = match quoted {
+                true => t.render(&Quoting(&ctx, in_args)),
+                false => t.render(&ctx),
+            };
             if rw.add_args && !current_args.is_empty() {
                 a.push('&');
                 a.push_str(current_args);
@@ -589,4 +600,36 @@ fn rewrite<'s>(
         RewriteFlag::Last | RewriteFlag::Break => Control::Stop,
         _ => Control::Continue,
     }
+}
+
+/// Captures rendered escaped (`ngx_http_script_copy_capture_code` with `quote` or `is_args`),
+/// every other variable as it is. The function says which bytes are escaped.
+struct Quoting<'c, 'a>(&'c RequestCtx<'a>, fn(u8) -> bool);
+
+impl crate::vars::Vars for Quoting<'_, '_> {
+    fn append(&self, var: &crate::vars::Var, out: &mut String) {
+        if !matches!(var, crate::vars::Var::Capture(_)) {
+            return self.0.append(var, out);
+        }
+        let mut value = String::new();
+        self.0.append(var, &mut value);
+        for b in value.bytes() {
+            if self.1(b) {
+                out.push_str(&format!("%{b:02X}"));
+            } else {
+                out.push(b as char);
+            }
+        }
+    }
+}
+
+/// nginx's `NGX_ESCAPE_ARGS` set.
+fn in_args(b: u8) -> bool {
+    b <= 0x20 || b >= 0x7f || b"\"#%&+;<>?\\^`{|}".contains(&b)
+}
+
+/// What stays escaped in a redirect: `NGX_ESCAPE_ARGS`, less what `NGX_UNESCAPE_REDIRECT`
+/// decodes again (the printable bytes above `%`).
+fn in_redirect(b: u8) -> bool {
+    in_args(b) && !(b > b'%' && b < 0x7f)
 }

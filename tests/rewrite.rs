@@ -103,6 +103,7 @@ const SITE: &str = r#"
     location /slash { rewrite ^([^.]*[^/])$ $1/ permanent; return 200 slash; }
     location /host { return 301 $scheme://$host$request_uri; }
     location /esc/ { rewrite ^/esc/(.*)$ /items/$1 last; }
+    location /qa/ { rewrite ^/qa/(.*)$ /items?v=$1 last; }
     location = /internal { internal; return 200 internal; }
     location /tointernal { rewrite ^ /internal last; }
   }
@@ -254,6 +255,23 @@ const EXPECTED: &[(&str, &str, u16, &str, &str)] = &[
         "",
         "app GET /items/a%20b?q=%20",
     ),
+    // Captures from an escaped URI are escaped again in arguments and redirects.
+    (
+        "rw.test",
+        "/redir/a%20b%26c",
+        302,
+        "http://rw.test:PORT/items/a%20b&c",
+        "",
+    ),
+    (
+        "rw.test",
+        "/qa/a%26b%20c",
+        200,
+        "",
+        "app GET /items?v=a%26b%20c",
+    ),
+    ("rw.test", "/qa/a+b", 200, "", "app GET /items?v=a%2Bb"),
+    ("rw.test", "/qa/plain", 200, "", "app GET /items?v=plain"),
     // An `internal` location: not from outside, but after a rewrite.
     ("rw.test", "/internal", 404, "", ""),
     ("rw.test", "/tointernal", 200, "", "internal"),

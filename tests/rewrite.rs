@@ -56,10 +56,11 @@ async fn fetch(addr: SocketAddr, host: &str, path: &str) -> Seen {
 const SITE: &str = r#"
   access_log off;
   upstream app { server APP; }
+  upstream other { server OTHER; }
   server {
     listen LISTEN;
     server_name rw.test www.rw.test;
-    if ($host ~* ^www\.(.*)$) { return 301 http://$1$request_uri; }
+    if ($host ~* ^www\.(.*)$) { return 301 https://$1$request_uri; }
     rewrite ^/old/(.*)$ /new/$1 permanent;
     rewrite ^/legacy/(\d+)$ /items?id=$1 last;
     rewrite ^/srv/(.*)$ /items/$1;
@@ -103,6 +104,7 @@ const SITE: &str = r#"
     location /slash { rewrite ^([^.]*[^/])$ $1/ permanent; return 200 slash; }
     location /host { return 301 $scheme://$host$request_uri; }
     location /esc/ { rewrite ^/esc/(.*)$ /items/$1 last; }
+    location /twoups { proxy_pass http://app; if ($arg_b) { proxy_pass http://other; } }
     location /qa/ { rewrite ^/qa/(.*)$ /items?v=$1 last; }
     location = /internal { internal; return 200 internal; }
     location /tointernal { rewrite ^ /internal last; }
@@ -113,6 +115,11 @@ const SITE: &str = r#"
     if ($scheme = http) { return 301 https://$host$request_uri; }
     return 200 secure;
   }
+  server {
+    listen LISTEN;
+    server_name plain.test;
+    return 301 https://$host$request_uri;
+  }
 "#;
 
 /// Requests and what nginx 1.22 answers them with the configuration above: (Host, path,
@@ -120,7 +127,13 @@ const SITE: &str = r#"
 /// or "" for a server's own error page). `PORT` stands for the port the request came to.
 const EXPECTED: &[(&str, &str, u16, &str, &str)] = &[
     // The www redirect of a server-level `if`, with the regex's capture.
-    ("www.rw.test", "/a/b?c=1", 301, "http://rw.test/a/b?c=1", ""),
+    (
+        "www.rw.test",
+        "/a/b?c=1",
+        301,
+        "https://rw.test/a/b?c=1",
+        "",
+    ),
     // Server-level rewrites: a permanent redirect (made absolute, arguments kept), a legacy
     // URL to new arguments (the request's appended), a flagless one the search then follows.
     (
@@ -306,9 +319,10 @@ fn expected(path: &str, status: u16, location: &str, body: &str) -> Seen {
     }
 }
 
-fn site(listen: &str, app: SocketAddr, dir: &Path) -> String {
+fn site(listen: &str, app: SocketAddr, other: SocketAddr, dir: &Path) -> String {
     SITE.replace("LISTEN", listen)
         .replace("APP", &app.to_string())
+        .replace("OTHER", &other.to_string())
         .replace("FILE", &dir.join("file.txt").display().to_string())
         .replace("DIR", &dir.display().to_string())
 }
@@ -379,11 +393,12 @@ async fn differences(addr: SocketAddr, who: &str) -> Vec<String> {
 #[tokio::test]
 async fn redirects_rewrites_and_ifs_answer_as_nginx_does() {
     let app = backend("app").await;
+    let other = backend("other").await;
     let files = TempDir::new("rewrite-files");
     files.write("file.txt", "x");
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}} http {{ {} }}",
-        site("127.0.0.1:0", app.addr, files.path())
+        site("127.0.0.1:0", app.addr, other.addr, files.path())
     ))
     .await;
     let wrong = differences(lb.addr, "imbang").await;
@@ -394,12 +409,19 @@ async fn redirects_rewrites_and_ifs_answer_as_nginx_does() {
 #[tokio::test]
 async fn nginx_answers_the_same_configuration_as_the_table_says() {
     let app = backend("app").await;
+    let other = backend("other").await;
     let files = TempDir::new("rewrite-files");
     files.write("file.txt", "x");
     let prefix = TempDir::new("rewrite-nginx");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let Some(_nginx) = nginx(&prefix, &site(&listen, app.addr, files.path()), port).await else {
+    let Some(_nginx) = nginx(
+        &prefix,
+        &site(&listen, app.addr, other.addr, files.path()),
+        port,
+    )
+    .await
+    else {
         eprintln!("skipped: /usr/sbin/nginx is not installed");
         return;
     };
@@ -491,4 +513,37 @@ async fn rewrite_log_and_the_cycle_line_read_as_nginx_s() {
         .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
         .collect();
     assert_eq!(got, want, "{log}");
+}
+
+/// `$uri` and `$args` in the access log are the rewritten ones; `$request_uri` is the
+/// client's.
+#[tokio::test]
+async fn the_access_log_sees_the_rewritten_uri() {
+    let app = backend("app").await;
+    let dir = TempDir::new("rewrite-access");
+    let log = dir.path().join("access.log");
+    let lb = imbang(&format!(
+        r"daemon off; error_log stderr crit; events {{}}
+          http {{ log_format u '$uri|$args|$request_uri|$is_args';
+            server {{ listen 127.0.0.1:0; access_log {} u;
+              rewrite ^/legacy/(\d+)$ /items?id=$1 last;
+              location /items {{ proxy_pass http://{}; }}
+            }}
+          }}",
+        log.display(),
+        app.addr
+    ))
+    .await;
+    assert_eq!(
+        lb.get("/legacy/42?z=3").await,
+        (200, "app GET /items?id=42&z=3".to_owned())
+    );
+    support::eventually("the log line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "/items|id=42&z=3|/legacy/42?z=3|?\n"
+    );
 }

@@ -309,7 +309,7 @@ impl<'s> State<'s> {
 /// The server's rewrite phase, the location search, the location's rewrite phase and the
 /// search again while the URI changed. Returns the route whose settings answer (a true
 /// `if`'s implicit location, else the location found) and how the phases ended. `base` is
-/// the request before any rewrite; `located` gives the location's `$1`..`$9`.
+/// the request before any rewrite.
 pub fn phases<'s>(
     server: &'s ServerRoute,
     base: &RequestCtx<'_>,
@@ -357,9 +357,15 @@ pub fn locations<'s>(
             // nginx skips the location phase for the server's own settings (its script ran).
             return (route, Flow::Next);
         }
+        // A regex location's groups are `$1`..; elsewhere those of `base` stay (a named
+        // location keeps the request's, as nginx).
         let captures = Captures::of(route);
         let located = RequestCtx {
-            captures: &captures,
+            captures: if route.regex.is_some() {
+                &captures
+            } else {
+                base.captures
+            },
             ..*base
         };
         let control = run(&route.script, &route.script.stmts, &located, state, true);

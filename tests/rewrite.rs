@@ -105,6 +105,10 @@ const SITE: &str = r#"
     location /host { return 301 $scheme://$host$request_uri; }
     location /esc/ { rewrite ^/esc/(.*)$ /items/$1 last; }
     location /twoups { proxy_pass http://app; if ($arg_b) { proxy_pass http://other; } }
+    location /ep { error_page 418 = /epfix; return 418; }
+    location = /epfix { rewrite ^ /items/fixed?from=ep last; }
+    location /epnamed { error_page 418 = @ep; set $why teapot; return 418; }
+    location @ep { rewrite ^ /items/named?why=$why last; }
     location /qa/ { rewrite ^/qa/(.*)$ /items?v=$1 last; }
     location = /internal { internal; return 200 internal; }
     location /tointernal { rewrite ^ /internal last; }
@@ -285,6 +289,21 @@ const EXPECTED: &[(&str, &str, u16, &str, &str)] = &[
     ),
     ("rw.test", "/qa/a+b", 200, "", "app GET /items?v=a%2Bb"),
     ("rw.test", "/qa/plain", 200, "", "app GET /items?v=plain"),
+    // `error_page` targets run their rewrite phases (a named location its own only).
+    (
+        "rw.test",
+        "/ep?q=1",
+        200,
+        "",
+        "app GET /items/fixed?from=ep",
+    ),
+    (
+        "rw.test",
+        "/epnamed?q=1",
+        200,
+        "",
+        "app GET /items/named?why=teapot&q=1",
+    ),
     // An `internal` location: not from outside, but after a rewrite.
     ("rw.test", "/internal", 404, "", ""),
     ("rw.test", "/tointernal", 200, "", "internal"),

@@ -639,3 +639,28 @@ fn in_args(b: u8) -> bool {
 fn in_redirect(b: u8) -> bool {
     in_args(b) && !(b > b'%' && b < 0x7f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{in_args, in_redirect};
+
+    #[test]
+    fn the_args_escape_set_is_nginx_s() {
+        // nginx's `NGX_ESCAPE_ARGS` bitmap (ngx_string.c), one bit per byte.
+        let table: [u32; 8] = [
+            0xffffffff, 0xd800086d, 0x50000000, 0xb8000001, 0xffffffff, 0xffffffff, 0xffffffff,
+            0xffffffff,
+        ];
+        for b in 0..=255u8 {
+            let nginx = table[usize::from(b >> 5)] & (1 << (b & 0x1f)) != 0;
+            assert_eq!(in_args(b), nginx, "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn a_redirect_keeps_only_what_nginx_does_not_decode_again() {
+        let kept: Vec<u8> = (0x20..0x7f).filter(|&b| in_redirect(b)).collect();
+        assert_eq!(kept, b" \"#%");
+        assert!(in_redirect(0x0a) && in_redirect(0x80) && !in_redirect(b'&'));
+    }
+}

@@ -1297,7 +1297,11 @@ impl<'a> Lower<'a> {
             }
         }
         // A `rewrite` sends the request on (or away): no warning for a location of rewrites.
-        let answers = (script.iter()).any(|s| matches!(s, Stmt::Return(_) | Stmt::Rewrite(_)));
+        let answers = script.iter().any(|s| match s {
+            Stmt::Return(_) | Stmt::Rewrite(_) => true,
+            Stmt::If(i) => i.conf.as_ref().is_some_and(|c| c.action.is_some()),
+            _ => false,
+        });
         if action.is_none() && !answers && locations.is_empty() {
             self.warn(
                 format!(

@@ -316,7 +316,9 @@ pub fn phases<'s>(
     state: &mut State<'s>,
 ) -> (&'s Arc<Route>, Flow<'s>) {
     let script = &server.fallback.script;
-    if let Control::Done(flow) = run(script, &script.stmts, base, state, false) {
+    if !script.is_empty()
+        && let Control::Done(flow) = run(script, &script.stmts, base, state, false)
+    {
         return (&server.fallback, flow);
     }
     locations(server, None, base, state)
@@ -353,7 +355,7 @@ pub fn locations<'s>(
         if route.conf.internal && !internal {
             return (route, Flow::Status(404));
         }
-        if Arc::ptr_eq(route, &server.fallback) {
+        if Arc::ptr_eq(route, &server.fallback) || route.script.is_empty() {
             // nginx skips the location phase for the server's own settings (its script ran).
             return (route, Flow::Next);
         }

@@ -202,6 +202,7 @@ fn variables(c: &mut Criterion) {
         captures: imbang::proxy::Captures::NONE,
         state: imbang::proxy::RequestState::none(),
         root: "/usr/share/nginx/html",
+        rewritten: None,
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

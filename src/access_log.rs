@@ -583,6 +583,8 @@ pub struct Pending {
     pub path: String,
     pub sets: Vec<(Arc<str>, String)>,
     pub state: crate::proxy::RequestState,
+    /// `$args` after a `rewrite` (`$uri` is `path`).
+    pub rewritten: Option<crate::rewrite::Rewritten>,
     pub done: Done,
 }
 
@@ -604,6 +606,7 @@ impl Pending {
             sets: &self.sets,
             state: &self.state,
             root: &self.logs.conf.root,
+            rewritten: self.rewritten.as_ref(),
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

@@ -7,6 +7,7 @@
 //! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
 //! | client  | [`realip`]   | the client behind trusted proxies (`set_real_ip_from`)     |
+//! | rewrite | [`rewrite`]  | `set`/`rewrite`/`if`/`return`, the location search again on `last` |
 //! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
 //! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |
 //! | record  | [`error_log`]| nginx-format error log lines                              |
@@ -45,6 +46,7 @@ pub mod process;
 pub mod proxy;
 pub mod realip;
 pub mod reload;
+pub mod rewrite;
 pub mod route;
 pub mod scratch;
 pub mod server;

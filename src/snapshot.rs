@@ -11,11 +11,11 @@ use http::{HeaderName, HeaderValue};
 use crate::FastMap;
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
-    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, SetVar,
-    Upstream,
+    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, Stmt, Upstream,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::proxy::target::{ProxyVars, Targets};
+use crate::rewrite::Script;
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
 use crate::vars::{Scope, Template};
@@ -40,10 +40,8 @@ pub struct Snapshot {
 pub struct ServerRoute {
     /// The first `server_name`: what `$server_name` and the error log show.
     pub name: String,
-    /// A server-level `return`: it answers before any location is looked at.
-    pub ret: Option<Answer>,
     pub locations: LocationTree<Arc<Route>>,
-    /// For requests no location matches.
+    /// For requests no location matches; its script is the server's rewrite phase.
     pub fallback: Arc<Route>,
 }
 
@@ -60,8 +58,9 @@ pub struct Route {
     /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
     pub regex: Option<crate::route::Regex>,
     pub access_log: AccessLogs,
-    /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
-    pub sets: Vec<(Arc<str>, Template)>,
+    /// The rewrite module's statements of this level (`set`, `rewrite`, `if`, `return`,
+    /// `break`), run by [`crate::rewrite::phases`].
+    pub script: Script,
     /// `add_header`: name, value, `always`.
     pub add_headers: Vec<(HeaderName, Template, bool)>,
     /// Peer response headers the client never sees.
@@ -73,9 +72,8 @@ pub struct Route {
 }
 
 pub enum RouteAction {
-    /// No `proxy_pass` or `return`: imbang serves no files, so 404.
+    /// No `proxy_pass` (or `api`): imbang serves no files, so 404.
     NotFound,
-    Return(Answer),
     Proxy(Proxy),
     /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
     ProxyVars(ProxyVars),
@@ -90,7 +88,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn compile(r: &Return, at: &str, scope: &Scope, errors: &mut ConfigErrors) -> Option<Self> {
+    pub fn compile(r: &Return, at: &str, scope: &Scope, errors: &mut ConfigErrors) -> Option<Self> {
         let text = match r.text.as_deref().map(|t| Template::compile_in(t, scope)) {
             None => None,
             Some(Ok(t)) => Some(t),
@@ -352,13 +350,14 @@ struct Cx<'a> {
 /// (nginx: `the duplicate "host" variable`).
 fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     fn walk(loc: &Location, scope: &mut Scope, errors: &mut ConfigErrors) {
-        declare(&loc.conf.sets, scope, errors);
+        declare(&loc.conf.script, scope, errors);
         for l in &loc.locations {
             walk(l, scope, errors);
         }
     }
-    fn declare(sets: &[SetVar], scope: &mut Scope, errors: &mut ConfigErrors) {
-        for set in sets {
+    fn declare(script: &[Stmt], scope: &mut Scope, errors: &mut ConfigErrors) {
+        crate::rewrite::declare_names(script, scope);
+        for set in crate::rewrite::sets(script) {
             // nginx lets `set $limit_rate` change the response's rate: accepted, no effect
             // (imbang has no rate limits; docs/variables.md).
             if set.name == "limit_rate" {
@@ -376,7 +375,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     }
     let mut scope = Scope::default();
     for server in config.http.iter().flat_map(|h| &h.servers) {
-        declare(&server.conf.sets, &mut scope, errors);
+        declare(&server.conf.script, &mut scope, errors);
         for l in &server.locations {
             walk(l, &mut scope, errors);
         }
@@ -425,17 +424,12 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
             return None;
         }
     };
-    let ret = match &server.conf.action {
-        Some(Action::Return(r)) => Answer::compile(r, &server.location, cx.scope, cx.errors),
-        _ => None,
-    };
     let name = match server.names.first() {
         Some(crate::config::model::ServerName::Exact(n)) => n.clone(),
         _ => String::new(),
     };
     Some(ServerRoute {
         name,
-        ret,
         locations,
         fallback,
     })
@@ -501,10 +495,6 @@ fn compile_route(
     }
     let action = match &conf.action {
         None => RouteAction::NotFound,
-        Some(Action::Return(r)) => match Answer::compile(r, at, cx.scope, errors) {
-            Some(answer) => RouteAction::Return(answer),
-            None => RouteAction::NotFound,
-        },
         Some(Action::Proxy(pass)) => match groups.get(&pass.upstream) {
             Some(group) => RouteAction::Proxy(Proxy {
                 group: group.clone(),
@@ -567,20 +557,14 @@ fn compile_route(
         },
         (Redirect::Default, _) => Vec::new(),
     };
-    let mut sets = Vec::new();
-    for set in &conf.sets {
-        // A name that is not in the scope was refused by `declared_variables` already.
-        let Some(name) = cx.scope.get(&set.name) else {
-            continue;
+    let script = {
+        let mut script_cx = ScriptCx {
+            cx,
+            prefix: &prefix,
+            regex: &regex,
         };
-        match Template::compile_in(&set.value, cx.scope) {
-            Ok(t) => sets.push((name, t)),
-            Err(message) => cx.errors.push(ConfigError::new(
-                ErrorKind::Invalid(message),
-                Some(set.location.clone()),
-            )),
-        }
-    }
+        Script::compile(&conf.script, conf.rewrite_log, &mut script_cx)
+    };
     let (access_log, log_errors) = access_log::compile(&conf.access_log, cx.logs, cx.scope);
     for (message, location) in log_errors {
         cx.errors
@@ -594,7 +578,7 @@ fn compile_route(
         prefix,
         regex,
         access_log,
-        sets,
+        script,
         add_headers,
         hidden: hidden_headers(&conf.proxy),
         redirects,
@@ -603,6 +587,29 @@ fn compile_route(
         } else {
             "imbang"
         }),
+    }
+}
+
+/// What a level's script compiles with: the snapshot's scope and errors, and what the implicit
+/// locations of its `if` blocks share with the location (the prefix and regex `proxy_pass`
+/// and `$1`.. go by).
+struct ScriptCx<'c, 'a> {
+    cx: &'c mut Cx<'a>,
+    prefix: &'c Option<String>,
+    regex: &'c Option<crate::route::Regex>,
+}
+
+impl crate::rewrite::CompileCx for ScriptCx<'_, '_> {
+    fn scope(&self) -> &Scope {
+        self.cx.scope
+    }
+
+    fn parts(&mut self) -> (&Scope, &mut ConfigErrors) {
+        (self.cx.scope, self.cx.errors)
+    }
+
+    fn if_route(&mut self, conf: &Arc<LocationConf>, at: &str) -> Route {
+        compile_route(conf, self.prefix.clone(), self.regex.clone(), at, self.cx)
     }
 }
 

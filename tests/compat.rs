@@ -15,8 +15,10 @@ use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
 const PENDING: &[(&str, &str)] = &[
-    ("legacy-rewrites", "the rewrite module"),
-    ("redirects", "the rewrite module"),
+    (
+        "redirects",
+        "named captures of a server_name regex as variables",
+    ),
     ("subpath-app", "the sub module (sub_filter)"),
     ("tls-site", "TLS"),
 ];

@@ -44,7 +44,7 @@ const COVERED_MODULES: &[&str] = &[
 
 /// Modules other work is adding right now: not checked until it lands (the integrator empties
 /// this list when it does).
-const PENDING_MODULES: &[&str] = &["ngx_http_rewrite_module"];
+const PENDING_MODULES: &[&str] = &[];
 
 /// Where imbang takes more arguments than nginx, on purpose: (directive, imbang's arity, why).
 const IMBANG_EXTENSIONS: &[(&str, Arity, &str)] = &[(

@@ -72,5 +72,6 @@ pub fn ctx<'a>(
         captures: Captures::NONE,
         state: imbang::proxy::RequestState::none(),
         root: "/usr/share/nginx/html",
+        rewritten: None,
     }
 }

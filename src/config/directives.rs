@@ -786,7 +786,62 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("sub_filter_last_modified", HSL, Flag, NO_SUB_FILTER),
     no_effect("sub_filter_once", HSL, Flag, NO_SUB_FILTER),
     no_effect("sub_filter_types", HSL, AtLeast(1), NO_SUB_FILTER),
+    // --- rewrite (ngx_http_rewrite_module; `return` and `set` are above). What may stand
+    // inside an `if` block is in IF_DIRECTIVES.
+    d("rewrite", C::SERVER.or(C::LOCATION), Range(2, 3)),
+    d("break", C::SERVER.or(C::LOCATION), NONE),
+    block("if", C::SERVER.or(C::LOCATION), AtLeast(1)),
+    d("rewrite_log", HSL, Flag),
+    no_effect(
+        "uninitialized_variable_warn",
+        HSL,
+        Flag,
+        "imbang refuses unknown variables when it loads the configuration and does not log a variable that a request left unset (its value is empty, as in nginx)",
+    ),
 ];
+
+/// The directives nginx allows inside `if`: (name, also in a server's `if`). nginx marks them
+/// `NGX_HTTP_SIF_CONF` (server `if`) and `NGX_HTTP_LIF_CONF` (location `if`); only those imbang
+/// knows are listed, any other directive there is "not allowed here". `if` itself is not:
+/// nginx does not nest them.
+pub static IF_DIRECTIVES: &[(&str, bool)] = &[
+    ("rewrite", true),
+    ("return", true),
+    ("break", true),
+    ("set", true),
+    ("rewrite_log", true),
+    ("uninitialized_variable_warn", true),
+    ("proxy_pass", false),
+    ("add_header", false),
+    ("add_trailer", false),
+    ("expires", false),
+    ("access_log", false),
+    ("error_page", false),
+    ("limit_rate", false),
+    ("limit_rate_after", false),
+    ("post_action", false),
+    ("root", false),
+    ("sendfile", false),
+    ("gzip", false),
+    ("charset", false),
+    ("source_charset", false),
+    ("override_charset", false),
+    ("ssi", false),
+];
+
+/// The entry for `name` inside an `if` block of a server (`in_server`) or a location, when
+/// nginx allows it there.
+pub fn lookup_in_if(name: &str, in_server: bool) -> Option<&'static Spec> {
+    let allowed = IF_DIRECTIVES
+        .iter()
+        .any(|&(n, server_too)| n == name && (server_too || !in_server));
+    let ctx = if in_server {
+        Contexts::SERVER
+    } else {
+        Contexts::LOCATION
+    };
+    allowed.then(|| lookup(name, ctx)).flatten()
+}
 
 /// The `keepalive_timeout` of an `upstream` block (idle upstream connections), which differs
 /// from the http-level one (idle client connections) in arity and meaning.
@@ -796,8 +851,6 @@ pub static UPSTREAM_SERVER: Spec = d("server", C::UPSTREAM, AtLeast(1));
 
 /// Directive names of nginx that imbang does not implement yet: a clearer error than "unknown".
 pub static NOT_YET: &[&str] = &[
-    "rewrite",
-    "if",
     "try_files",
     "ssl_certificate",
     "ssl_certificate_key",

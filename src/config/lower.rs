@@ -21,6 +21,7 @@ mod expires;
 mod proxy_cookie;
 mod realip;
 pub use compat::only_value;
+mod rewrite;
 mod root;
 mod user;
 
@@ -130,6 +131,7 @@ struct Frame {
     expires: Option<Option<Expires>>,
     /// `source_charset`, with where it was set: `Some(None)` is `off`.
     source_charset: Option<Option<(String, Span)>>,
+    rewrite_log: Option<bool>,
 }
 
 impl Frame {
@@ -181,6 +183,7 @@ impl Frame {
             charset_types,
             source_charset,
             expires,
+            rewrite_log,
         )
     }
 
@@ -218,7 +221,8 @@ impl Frame {
             error_pages: self.error_pages.clone().unwrap_or_default(),
             intercept_errors: self.intercept_errors.unwrap_or(false),
             internal: false,
-            sets: Vec::new(),
+            script: Vec::new(),
+            rewrite_log: self.rewrite_log.unwrap_or(false),
             keepalive_requests: self.keepalive_requests.unwrap_or(1000),
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
             client_body_buffer_size: (self.client_body_buffer_size)
@@ -773,6 +777,7 @@ impl<'a> Lower<'a> {
             "proxy_pass_request_headers" => f.pass_request_headers = values::flag(&args[0].value),
             "proxy_socket_keepalive" => f.socket_keepalive = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
+            "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
             "keepalive_timeout" => {
@@ -1074,23 +1079,20 @@ impl<'a> Lower<'a> {
         let mut seen = Seen::default();
         let mut listens: Vec<ListenSpec> = Vec::new();
         let mut names: Vec<ServerName> = Vec::new();
-        let mut ret = None;
-        let mut sets = Vec::new();
+        let mut script = Vec::new();
         let mut locations = Vec::new();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
             };
+            if self.script_directive(c, &mut script) {
+                continue;
+            }
             match c.name.as_str() {
                 "listen" => self.listen(c, &mut listens),
-                "set" => sets.extend(self.set(c)),
                 "server_name" => self.server_names(c, &mut names),
                 "location" => locations.push(c),
-                "return" => {
-                    if self.once(&mut seen, spec, c) {
-                        ret = self.ret(c);
-                    }
-                }
+                "if" => script.extend(self.if_block(c, None, ups)),
                 "error_log" => {
                     if let Some(log) = self.error_log(c) {
                         self.inner_error_logs.push(log);
@@ -1118,8 +1120,8 @@ impl<'a> Lower<'a> {
             .filter_map(|l| self.location(l, &frame, None, ups))
             .collect();
         self.check_charset(&frame);
-        let mut conf = frame.conf(ret.map(Action::Return));
-        Arc::make_mut(&mut conf).sets = sets;
+        let mut conf = frame.conf(None);
+        Arc::make_mut(&mut conf).script = script;
         Some(Server {
             listens,
             names,
@@ -1246,6 +1248,7 @@ impl<'a> Lower<'a> {
             return Some(Return {
                 status: 302,
                 text: Some(first.value.clone()),
+                location: self.at(d.span),
             });
         }
         match values::number(&first.value) {
@@ -1253,6 +1256,7 @@ impl<'a> Lower<'a> {
             Some(code) if code <= 999 => Some(Return {
                 status: code as u16,
                 text: d.args.get(1).map(|a| a.value.clone()),
+                location: self.at(d.span),
             }),
             _ => {
                 self.invalid(
@@ -1309,9 +1313,11 @@ impl<'a> Lower<'a> {
         let mut proxy = None;
         // Whether this location's `proxy_pass` (so far) has variables; `None`: none yet.
         let mut pass_has_vars = None;
-        let mut ret = None;
         let mut internal = false;
-        let mut sets = Vec::new();
+        let mut script = Vec::new();
+        // `if` blocks and where they stand in `script`: lowered once the location's own
+        // settings (which their implicit locations inherit) are all known.
+        let mut ifs = Vec::new();
         let mut children = Vec::new();
         let mut checks = Vec::new();
         let mut api = None;
@@ -1319,8 +1325,12 @@ impl<'a> Lower<'a> {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
             };
+            if self.script_directive(c, &mut script) {
+                continue;
+            }
             match c.name.as_str() {
                 "location" => children.push(c),
+                "if" => ifs.push((script.len(), c)),
                 "health_check" => checks.push(c),
                 "api" => {
                     if self.once(&mut seen, spec, c) {
@@ -1328,7 +1338,6 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "internal" => internal = true,
-                "set" => sets.extend(self.set(c)),
                 "proxy_pass" => {
                     if self.once(&mut seen, spec, c) {
                         pass_has_vars = Some(c.args[0].value.contains('$'));
@@ -1347,11 +1356,6 @@ impl<'a> Lower<'a> {
                         "\"proxy_redirect default\" should be placed after the \"proxy_pass\" directive"
                     };
                     self.invalid(message.to_owned(), c.span);
-                }
-                "return" => {
-                    if self.once(&mut seen, spec, c) {
-                        ret = self.ret(c);
-                    }
                 }
                 "error_log" => {
                     if let Some(log) = self.error_log(c) {
@@ -1377,9 +1381,21 @@ impl<'a> Lower<'a> {
                 d.span,
             );
         }
-        // `return` runs in nginx's rewrite phase, before the content handler.
-        let action = ret.map(Action::Return).or(api).or(proxy);
-        if action.is_none() && locations.is_empty() {
+        let action = api.or(proxy);
+        let mut inserted = 0;
+        for (at, c) in ifs {
+            if let Some(stmt) = self.if_block(c, Some((&frame, action.as_ref())), ups) {
+                script.insert(at + inserted, stmt);
+                inserted += 1;
+            }
+        }
+        // A `rewrite` sends the request on (or away): no warning for a location of rewrites.
+        let answers = script.iter().any(|s| match s {
+            Stmt::Return(_) | Stmt::Rewrite(_) => true,
+            Stmt::If(i) => i.conf.as_ref().is_some_and(|c| c.action.is_some()),
+            _ => false,
+        });
+        if action.is_none() && !answers && locations.is_empty() {
             self.warn(
                 format!(
                     "location \"{pattern}\" has neither \"proxy_pass\" nor \"return\": imbang does not serve files, so requests here get 404"
@@ -1389,10 +1405,10 @@ impl<'a> Lower<'a> {
         }
         self.check_charset(&frame);
         let mut conf = frame.conf(action);
-        if internal || !sets.is_empty() {
+        if internal || !script.is_empty() {
             let conf = Arc::make_mut(&mut conf);
             conf.internal = internal;
-            conf.sets = sets;
+            conf.script = script;
         }
         Some(Location {
             kind,

@@ -279,9 +279,12 @@ pub struct LocationConf {
     pub intercept_errors: bool,
     /// `internal`: only internal redirects (`error_page`) may reach this location.
     pub internal: bool,
-    /// `set $name value` of this level only, in order (not inherited: nginx runs a level's
-    /// rewrite directives for requests that end up at that level).
-    pub sets: Vec<SetVar>,
+    /// The rewrite module's statements of this level only (`set`, `rewrite`, `if`, `return`,
+    /// `break`), in order: not inherited, as nginx runs a level's script only for requests
+    /// that end up at that level.
+    pub script: Vec<Stmt>,
+    /// `rewrite_log on|off` (inherited).
+    pub rewrite_log: bool,
     /// `keepalive_requests`: after this many requests a client connection is closed (1000).
     pub keepalive_requests: u64,
     /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
@@ -434,7 +437,6 @@ pub enum Action {
     Proxy(ProxyPass),
     /// `proxy_pass` whose URL has variables: where it goes is decided per request.
     ProxyVars(ProxyPassVars),
-    Return(Return),
     /// `api [write=on|off]` (NGINX Plus's live API): JSON about the running imbang.
     Api(Api),
 }
@@ -452,6 +454,8 @@ pub struct Return {
     pub status: u16,
     /// A body for non-redirect codes, a `Location` for 301/302/303/307/308.
     pub text: Option<String>,
+    /// `path:line:col` of the directive.
+    pub location: String,
 }
 
 /// `proxy_pass http://target[/uri]`.
@@ -1036,4 +1040,94 @@ impl RealIp {
             .covers(ip)
         })
     }
+}
+
+// --- rewrite module (ngx_http_rewrite_module)
+
+/// One statement of a level's rewrite script, as nginx compiles `set`, `rewrite`, `if`,
+/// `return` and `break` into one code array per level.
+#[derive(Clone, Debug)]
+pub enum Stmt {
+    Set(SetVar),
+    Rewrite(RewriteSpec),
+    Return(Return),
+    Break,
+    If(Box<IfSpec>),
+}
+
+/// `rewrite regex replacement [flag];`
+#[derive(Clone, Debug)]
+pub struct RewriteSpec {
+    pub regex: crate::route::Regex,
+    /// The regex as written (rewrite_log lines name it).
+    pub pattern: String,
+    /// Without a trailing `?` (which `drop_args` records).
+    pub replacement: String,
+    /// A trailing `?`: the request's arguments are not appended.
+    pub drop_args: bool,
+    pub flag: RewriteFlag,
+    /// `path:line:col` of the directive.
+    pub location: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewriteFlag {
+    /// No flag: the script goes on with the new URI (a location's changed URI is searched
+    /// again once its script ends).
+    None,
+    Last,
+    Break,
+    /// 302 (also a replacement starting with `http://`, `https://` or `$scheme`).
+    Redirect,
+    /// 301.
+    Permanent,
+}
+
+/// `if (condition) { ... }`.
+#[derive(Clone, Debug)]
+pub struct IfSpec {
+    pub condition: Condition,
+    pub body: Vec<Stmt>,
+    /// In a location: the implicit location nginx makes of the block (the location's settings
+    /// with the block's own on top), which becomes the request's when the condition is true.
+    /// `None` in a server.
+    pub conf: Option<Arc<LocationConf>>,
+    pub location: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// `($var)`: false when empty or `0`.
+    Var(String),
+    /// `($var = value)` / `!=`: the value may have variables.
+    Equals {
+        var: String,
+        value: String,
+        negate: bool,
+    },
+    /// `($var ~ regex)`, `~*`, `!~`, `!~*`.
+    Matches {
+        var: String,
+        regex: crate::route::Regex,
+        pattern: String,
+        negate: bool,
+    },
+    /// `(-f path)` and its kin; the path may have variables.
+    File {
+        path: String,
+        test: FileTest,
+        negate: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileTest {
+    /// `-f`: a regular file.
+    File,
+    /// `-d`: a directory.
+    Dir,
+    /// `-e`: anything.
+    Exists,
+    /// `-x`: executable.
+    Exec,
 }

@@ -47,7 +47,10 @@ pub async fn forward(
     let hide_early = !record.want_upstream_headers;
     let hide =
         |name: &HeaderName, named: &Named<'_>| headers::hidden_from_client(name, named, route);
-    let uri = upstream_uri(ctx.parts, route, proxy, ctx.path);
+    let uri = match ctx.rewritten {
+        Some(rewritten) => rewritten_uri(rewritten, route, proxy),
+        None => upstream_uri(ctx.parts, route, proxy, ctx.path),
+    };
     let mut client_upgrade = client_upgrade;
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
     let client = &ctx.parts.headers;
@@ -644,6 +647,27 @@ fn upstream_uri(parts: &http::request::Parts, route: &Route, proxy: &Proxy, path
         (Some(base), _) => base.clone(),
         (None, _) => original.to_owned(),
     };
+    target.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// The target sent for a URI a `rewrite` changed, as nginx's proxy builds it: the new `$uri`
+/// escaped, with the location's prefix replaced by a `proxy_pass` URI part unless a
+/// `rewrite ... break` (or `break`) kept the URI as it is, then `?$args`.
+fn rewritten_uri(rewritten: &crate::rewrite::Rewritten, route: &Route, proxy: &Proxy) -> Uri {
+    let path = rewritten.path.as_str();
+    let mut target = match (&proxy.uri, &route.prefix) {
+        (PassUri::Whole(uri), _) => return uri.clone(),
+        (PassUri::ReplacePrefix(base), Some(prefix))
+            if rewritten.valid_location && path.starts_with(prefix.as_str()) =>
+        {
+            format!("{base}{}", escape_path(&path[prefix.len()..]))
+        }
+        _ => escape_path(path),
+    };
+    if !rewritten.args.is_empty() {
+        target.push('?');
+        target.push_str(&rewritten.args);
+    }
     target.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 

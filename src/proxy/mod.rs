@@ -34,9 +34,10 @@ use crate::config::model::{ErrorPage, ErrorPageStatus, access_allowed};
 use crate::log;
 use crate::pool::Pool;
 use crate::reload::Live;
+use crate::rewrite::Flow;
 use crate::route::{normalize_host, normalize_path};
 use crate::snapshot::{Answer, Proxy, Route, RouteAction, ServerRoute, Snapshot};
-use crate::vars::{Template, Var, Vars, append_display};
+use crate::vars::{Var, Vars, append_display};
 
 /// What every request of the process shares.
 pub struct Shared {
@@ -79,6 +80,8 @@ pub struct RequestCtx<'a> {
     pub state: &'a RequestState,
     /// The location's `root` (`$document_root`).
     pub root: &'a str,
+    /// `$uri` (in `path`) and `$args` as a `rewrite` left them; `None`: the request's.
+    pub rewritten: Option<&'a crate::rewrite::Rewritten>,
 }
 
 /// What one request finds out as it goes that its variables read: set at most once each, and
@@ -108,17 +111,21 @@ impl RequestState {
 }
 
 /// `$1`..`$9`: the groups of the regex location that matched `$uri`, found on first use (the
-/// regex runs a second time only for a request that reads one).
+/// regex runs a second time only for a request that reads one), or those of the last regex
+/// of a `rewrite` or `if` (see [`crate::rewrite`]).
 #[derive(Debug)]
 pub struct Captures<'r> {
     regex: Option<&'r crate::route::Regex>,
     spans: OnceLock<Vec<Option<(usize, usize)>>>,
+    /// What a `rewrite`/`if` regex matched (`spans` index it); `None`: the location's `$uri`.
+    subject: Option<String>,
 }
 
 /// No captures, for requests that matched no regex location.
 static NO_CAPTURES: Captures<'static> = Captures {
     regex: None,
     spans: OnceLock::new(),
+    subject: None,
 };
 
 impl<'r> Captures<'r> {
@@ -130,35 +137,43 @@ impl<'r> Captures<'r> {
         Self {
             regex: route.regex.as_ref(),
             spans: OnceLock::new(),
+            subject: None,
+        }
+    }
+
+    /// The groups (`spans`) a `rewrite` or `if` regex found in `subject`.
+    pub fn matched(subject: String, spans: Vec<Option<(usize, usize)>>) -> Captures<'static> {
+        Captures {
+            regex: None,
+            spans: OnceLock::from(spans),
+            subject: Some(subject),
         }
     }
 
     /// Group `n` of the match on `path` (the `$uri` the location was matched against).
-    fn get<'p>(&self, n: u8, path: &'p str) -> Option<&'p str> {
-        let regex = self.regex?;
-        let spans = self
-            .spans
-            .get_or_init(|| regex.captures(path.as_bytes()).unwrap_or_default());
+    fn get<'p>(&'p self, n: u8, path: &'p str) -> Option<&'p str> {
+        let (subject, spans) = match &self.subject {
+            Some(subject) => (subject.as_str(), self.spans.get()?),
+            None => {
+                let regex = self.regex?;
+                let spans = self
+                    .spans
+                    .get_or_init(|| regex.captures(path.as_bytes()).unwrap_or_default());
+                (path, spans)
+            }
+        };
         let (start, end) = (*spans.get(usize::from(n))?)?;
-        path.get(start..end)
+        subject.get(start..end)
     }
 }
 
-impl<'a> RequestCtx<'a> {
-    /// Runs a `set` list in order after `values`, each value seeing the ones before it.
-    fn eval_sets(
-        &self,
-        mut values: Vec<(Arc<str>, String)>,
-        list: &[(Arc<str>, Template)],
-    ) -> Vec<(Arc<str>, String)> {
-        for (name, template) in list {
-            let value = template.render(&RequestCtx {
-                sets: &values,
-                ..*self
-            });
-            values.push((name.clone(), value));
+impl RequestCtx<'_> {
+    /// `$args`: as a `rewrite` left them, or the request's.
+    pub fn args(&self) -> Option<&str> {
+        match self.rewritten {
+            Some(r) => Some(r.args.as_str()),
+            None => self.parts.uri.query(),
         }
-        values
     }
 }
 
@@ -318,9 +333,9 @@ impl Vars for RequestCtx<'_> {
             Var::RequestMethod => out.push_str(self.parts.method.as_str()),
             Var::RequestUri => out.push_str(uri.path_and_query().map_or("/", |p| p.as_str())),
             Var::Uri => out.push_str(self.path),
-            Var::Args => out.push_str(uri.query().unwrap_or("")),
+            Var::Args => out.push_str(self.args().unwrap_or("")),
             Var::IsArgs => {
-                if uri.query().is_some_and(|q| !q.is_empty()) {
+                if self.args().is_some_and(|q| !q.is_empty()) {
                     out.push('?');
                 }
             }
@@ -356,7 +371,7 @@ impl Vars for RequestCtx<'_> {
             Var::Hostname => out.push_str(hostname()),
             Var::RemoteUser => {}
             Var::Arg(name) => {
-                if let Some(v) = uri.query().and_then(|q| query_arg(q, name)) {
+                if let Some(v) = self.args().and_then(|q| query_arg(q, name)) {
                     out.push_str(v);
                 }
             }
@@ -536,6 +551,7 @@ fn log_when_sent(
         path: out.path,
         sets: out.sets,
         state,
+        rewritten: out.rewritten,
         done,
     }));
 }
@@ -571,6 +587,7 @@ impl Drop for Unanswered<'_> {
             path: std::mem::take(&mut out.path),
             sets: std::mem::take(&mut out.sets),
             state: self.state.clone(),
+            rewritten: out.rewritten.take(),
             done: Done {
                 status: 499,
                 body_bytes: 0,
@@ -598,6 +615,7 @@ struct Outcome {
     proxy_host: String,
     path: String,
     sets: Vec<(Arc<str>, String)>,
+    rewritten: Option<crate::rewrite::Rewritten>,
     record: Record,
     timeouts: ClientTimeouts,
     /// The host a `proxy_pass` with variables rendered to (its `$proxy_host`).
@@ -659,11 +677,6 @@ async fn respond(
         headers::set_server(&mut response, &server.fallback);
         return response;
     };
-    // A server-level `return` answers before any location is looked at.
-    let route = match &server.ret {
-        Some(_) => &server.fallback,
-        None => server.locations.find(&path).unwrap_or(&server.fallback),
-    };
     let base = RequestCtx {
         conn,
         parts,
@@ -676,25 +689,19 @@ async fn respond(
         captures: Captures::NONE,
         state,
         root: &server.fallback.conf.root,
+        rewritten: None,
     };
-    // `set`: the server level's, then the location's (nginx's two rewrite phases); only the
-    // second runs after the location's regex matched.
-    let server_values = base.eval_sets(Vec::new(), &server.fallback.sets);
+    // nginx's server and location rewrite phases (`set`, `rewrite`, `if`, `return`), with the
+    // location search between them and again after a `rewrite ... last`.
+    let mut state = crate::rewrite::State::default();
+    let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
     let captures = Captures::of(route);
     let located = RequestCtx {
         captures: &captures,
         root: &route.conf.root,
         ..base
     };
-    let set_values = if Arc::ptr_eq(route, &server.fallback) {
-        server_values
-    } else {
-        located.eval_sets(server_values, &route.sets)
-    };
-    let mut ctx = RequestCtx {
-        sets: &set_values,
-        ..located
-    };
+    let mut ctx = state.ctx(&located);
     out.log(route, &host, &server.name);
     out.timeouts = ClientTimeouts {
         keepalive: Some(route.conf.keepalive_timeout),
@@ -702,27 +709,34 @@ async fn respond(
         last: false,
     };
     if out.log_route.is_some() {
-        out.path = path.clone().into_owned();
-        if !set_values.is_empty() {
-            out.sets = set_values.clone();
+        out.path = ctx.path.to_owned();
+        if !state.sets.is_empty() {
+            out.sets = state.sets.clone();
         }
+        out.rewritten = state.rewritten.clone();
     }
-    let (mut response, from_peer) = if route.conf.internal {
-        // Only internal redirects reach an `internal` location.
-        (error_response(&ProxyError::NoRoute), false)
-    } else {
-        let answer = server.ret.as_ref();
-        dispatch(
-            shared,
-            &mut ctx,
-            route,
-            answer,
-            Some(body),
-            client_upgrade,
-            out,
-        )
-        .await
+    let (mut response, from_peer) = match flow {
+        Flow::Next => {
+            dispatch(
+                shared,
+                &mut ctx,
+                route,
+                None,
+                Some(body),
+                client_upgrade,
+                out,
+            )
+            .await
+        }
+        Flow::Return(answer) => {
+            dispatch(shared, &mut ctx, route, Some(answer), None, None, out).await
+        }
+        Flow::Redirect(status, location) => (redirect(status, &location), false),
+        Flow::Status(status) => (error::error_page(status_code(status)), false),
     };
+    if !from_peer {
+        absolute_location(&mut response, &ctx);
+    }
     let rendered_proxy_host = std::mem::take(&mut out.rendered_proxy_host);
     let ctx = match rendered_proxy_host.as_str() {
         "" => ctx,
@@ -766,13 +780,13 @@ async fn dispatch<'a>(
     shared: &Shared,
     ctx: &mut RequestCtx<'a>,
     route: &'a Route,
-    server_return: Option<&Answer>,
+    answer: Option<&Answer>,
     body: Option<RequestBody>,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
 ) -> (Response<ResponseBody>, bool) {
     // nginx's access phase: after `return` (the rewrite phase), before anything else.
-    let answers = server_return.is_some() || matches!(route.action, RouteAction::Return(_));
+    let answers = answer.is_some();
     if !answers {
         // The realip module with the location's settings (nginx's preaccess phase), unless
         // the server level's already found the address.
@@ -790,8 +804,8 @@ async fn dispatch<'a>(
         );
         return (error::error_page(StatusCode::FORBIDDEN), false);
     }
-    match (server_return, &route.action) {
-        (Some(answer), _) | (None, RouteAction::Return(answer)) => (
+    match (answer, &route.action) {
+        (Some(answer), _) => (
             answer_response(answer, ctx, &route.conf.default_type),
             false,
         ),
@@ -883,15 +897,15 @@ async fn error_page(
         }
         return response;
     }
-    // A named location keeps the request's captures (nginx matches no regex on the way there).
-    let (route, method, uri, path, keeps_captures) = match page.target.strip_prefix('@') {
+    // A named location keeps the request's captures (nginx matches no regex on the way there)
+    // and starts at its location's rewrite phase; a URI goes through both phases again.
+    let (named, method, uri, path) = match page.target.strip_prefix('@') {
         Some(_) => match server.locations.named(&page.target) {
             Some(route) => (
-                route,
+                Some(route),
                 ctx.parts.method.clone(),
                 ctx.parts.uri.clone(),
                 ctx.path.to_owned(),
-                true,
             ),
             None => return error::error_page(status_code(status)),
         },
@@ -900,7 +914,6 @@ async fn error_page(
             let Ok(path) = normalize_path(target_path) else {
                 return error::error_page(status_code(status));
             };
-            let route = server.locations.find(&path).unwrap_or(&server.fallback);
             let method = if ctx.parts.method == http::Method::HEAD {
                 http::Method::HEAD
             } else {
@@ -910,7 +923,7 @@ async fn error_page(
                 .target
                 .parse()
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
-            (route, method, uri, path.into_owned(), false)
+            (None, method, uri, path.into_owned())
         }
     };
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -920,8 +933,7 @@ async fn error_page(
     parts.headers = ctx.parts.headers.clone();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
-    let captures = Captures::of(route);
-    let mut inner = RequestCtx {
+    let base = RequestCtx {
         conn: ctx.conn,
         parts: &parts,
         host: ctx.host,
@@ -929,14 +941,30 @@ async fn error_page(
         proxy_host: "",
         path: &path,
         done: None,
-        sets: ctx.sets,
-        captures: if keeps_captures {
+        sets: &[],
+        captures: if named.is_some() {
             ctx.captures
+        } else {
+            Captures::NONE
+        },
+        rewritten: if named.is_some() { ctx.rewritten } else { None },
+        state: ctx.state,
+        root: ctx.root,
+    };
+    let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
+    let (route, flow) = match named {
+        Some(route) => crate::rewrite::locations(server, Some(route), &base, &mut state),
+        None => crate::rewrite::phases(server, &base, &mut state),
+    };
+    let captures = Captures::of(route);
+    let located = RequestCtx {
+        captures: if named.is_some() {
+            base.captures
         } else {
             &captures
         },
-        state: ctx.state,
         root: &route.conf.root,
+        ..base
     };
     out.record.internal_redirect();
     // nginx logs the redirected request: the target location's `access_log`, its `$uri`.
@@ -946,7 +974,21 @@ async fn error_page(
         out.log(route, ctx.host, ctx.server_name);
         out.path.clone_from(&path);
     }
-    let (mut response, _) = dispatch(shared, &mut inner, route, None, None, None, out).await;
+    let mut inner = state.ctx(&located);
+    let mut response = match flow {
+        Flow::Next => {
+            dispatch(shared, &mut inner, route, None, None, None, out)
+                .await
+                .0
+        }
+        Flow::Return(answer) => {
+            dispatch(shared, &mut inner, route, Some(answer), None, None, out)
+                .await
+                .0
+        }
+        Flow::Redirect(code, location) => redirect(code, &location),
+        Flow::Status(code) => error::error_page(status_code(code)),
+    };
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);
     }
@@ -963,6 +1005,15 @@ fn realip(route: &Route, conn: &ConnInfo, parts: &http::request::Parts, state: &
             let _ = state.realip.set(addr);
         }
     }
+}
+
+/// A `rewrite`'s redirect: nginx's page for the status, with the `Location`.
+fn redirect(code: u16, location: &str) -> Response<ResponseBody> {
+    let mut response = error::error_page(status_code(code));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
 }
 
 fn status_code(code: u16) -> StatusCode {
@@ -1105,6 +1156,31 @@ fn check_head(parts: &http::request::Parts) -> Result<(), ProxyError> {
         return Err(ProxyError::HeaderTooLarge);
     }
     Ok(())
+}
+
+/// A `Location` imbang made that starts with `/` made absolute with the request's host and
+/// the port it came to, as nginx's `absolute_redirect on` (its default) does.
+fn absolute_location(response: &mut Response<ResponseBody>, ctx: &RequestCtx<'_>) {
+    let Some(location) = response.headers().get(header::LOCATION) else {
+        return;
+    };
+    if !location.as_bytes().starts_with(b"/") {
+        return;
+    }
+    let host = if ctx.host.is_empty() {
+        ctx.server_name
+    } else {
+        ctx.host
+    };
+    let port = ctx.conn.local.port();
+    let mut absolute = format!("http://{host}");
+    if port != 80 {
+        absolute.push_str(&format!(":{port}"));
+    }
+    absolute.push_str(&String::from_utf8_lossy(location.as_bytes()));
+    if let Ok(v) = HeaderValue::from_str(&absolute) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
 }
 
 /// `return code [text|URL]`, as nginx answers it.

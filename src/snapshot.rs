@@ -51,8 +51,9 @@ pub struct ServerRoute {
 pub struct Route {
     pub conf: Arc<LocationConf>,
     pub action: RouteAction,
-    /// `proxy_set_header` with variables found once; an empty value removes the header.
-    pub set_headers: Vec<(HeaderName, Template)>,
+    /// `proxy_set_header` with variables found once; an empty value removes the header. Each
+    /// with its name as the config spells it (what is sent, as nginx sends it).
+    pub set_headers: Vec<(HeaderName, Template, Box<str>)>,
     /// Whether `Host` is among `set_headers` (otherwise `Host: $proxy_host` is sent).
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
@@ -62,10 +63,10 @@ pub struct Route {
     pub access_log: AccessLogs,
     /// `set $name value` of this level, in order (see [`Route::sets`] evaluation in `proxy`).
     pub sets: Vec<(Arc<str>, Template)>,
-    /// `add_header`: name, value, `always`.
-    pub add_headers: Vec<(HeaderName, Template, bool)>,
-    /// Peer response headers the client never sees.
-    pub hidden: Vec<HeaderName>,
+    /// `add_header`: name, value, `always`, the name as the config spells it.
+    pub add_headers: Vec<(HeaderName, Template, bool, Box<str>)>,
+    /// Peer response headers the client never sees (names in lowercase).
+    pub hidden: Vec<Box<str>>,
     /// `proxy_redirect` rules in force: (from prefix, replacement).
     pub redirects: Vec<(String, String)>,
     /// The `Server` header (`server_tokens`).
@@ -471,7 +472,7 @@ fn compile_route(
         match Template::compile_in(value, cx.scope) {
             Ok(t) => {
                 sets_host |= header == http::header::HOST;
-                set_headers.push((header, t));
+                set_headers.push((header, t, name.as_str().into()));
             }
             Err(message) => errors.push(ConfigError::new(
                 ErrorKind::Invalid(message),
@@ -521,7 +522,7 @@ fn compile_route(
     for h in &conf.add_headers {
         let name = HeaderName::from_bytes(h.name.as_bytes());
         match (name, Template::compile_in(&h.value, cx.scope)) {
-            (Ok(name), Ok(t)) => add_headers.push((name, t, h.always)),
+            (Ok(name), Ok(t)) => add_headers.push((name, t, h.always, h.name.as_str().into())),
             (Err(_), _) => errors.push(ConfigError::new(
                 ErrorKind::Invalid(format!(
                     "invalid header name \"{}\" in \"add_header\"",
@@ -588,7 +589,7 @@ fn compile_route(
 
 /// nginx's `proxy_hide_header` defaults (`Date`, `Server`, `X-Pad`, `X-Accel-*`) less the
 /// `proxy_pass_header` ones, plus the `proxy_hide_header` ones.
-fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<HeaderName> {
+fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<Box<str>> {
     const DEFAULT: [&str; 8] = [
         "date",
         "server",
@@ -604,6 +605,6 @@ fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<HeaderName
         .filter(|h| !proxy.pass_headers.iter().any(|p| p == *h))
         .map(|h| h.to_string())
         .chain(proxy.hide_headers.iter().cloned())
-        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .map(|h| h.to_ascii_lowercase().into())
         .collect()
 }

@@ -67,6 +67,9 @@ pub struct Route {
     pub add_headers: Vec<(HeaderName, Template, bool, Box<str>)>,
     /// Peer response headers the client never sees (names in lowercase).
     pub hidden: Vec<Box<str>>,
+    /// Bit `n` (at most 63) set when a name in `hidden` is `n` bytes long: most of a
+    /// response's fields are then passed without a compare.
+    pub hidden_lengths: u64,
     /// `proxy_redirect` rules in force: (from prefix, replacement).
     pub redirects: Vec<(String, String)>,
     /// The `Server` header (`server_tokens`).
@@ -577,6 +580,9 @@ fn compile_route(
         access_log,
         sets,
         add_headers,
+        hidden_lengths: hidden_headers(&conf.proxy)
+            .iter()
+            .fold(0, |m, h| m | 1 << h.len().min(63)),
         hidden: hidden_headers(&conf.proxy),
         redirects,
         server_header: HeaderValue::from_static(if conf.server_tokens {

@@ -205,8 +205,9 @@ pub fn for_upstream(
 /// being the response's `Connection` tokens) or hidden (`proxy_hide_header` and its defaults).
 /// `name` as the peer spelled it.
 pub fn hidden_from_client(name: &[u8], connection: &Named<'_>, route: &Route) -> bool {
+    let hidden = || (route.hidden.iter()).any(|h| h.as_bytes().eq_ignore_ascii_case(name));
     is_hop_by_hop_raw(name)
-        || (route.hidden.iter()).any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        || (route.hidden_lengths & 1 << name.len().min(63) != 0 && hidden())
         || connection.has(name)
 }
 

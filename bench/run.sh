@@ -158,6 +158,14 @@ cpu_ticks() {
   done
   echo "$total"
 }
+user_ticks() { # utime alone (user space), as cpu_ticks
+  local total=0 t
+  for p in $(proc_set "$1"); do
+    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12}') || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
 rss_kib() {
   local total=0 r
   for p in $(proc_set "$1"); do
@@ -399,14 +407,14 @@ load_once() { # load_once SCEN PROXY REP ATTEMPT
   local sb st so
   read -r sb st < <(sys_ticks)
   so=$(( $(cpu_ticks "${ORIGIN_PID[1]}") + $(cpu_ticks "${ORIGIN_PID[2]}") ))
-  c0=$(cpu_ticks "$PROXY_PID")
+  c0=$(cpu_ticks "$PROXY_PID") u0=$(user_ticks "$PROXY_PID")
   json=$(run_wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "http://127.0.0.1:$PORT_PROXY$path")
-  c1=$(cpu_ticks "$PROXY_PID")
+  c1=$(cpu_ticks "$PROXY_PID") u1=$(user_ticks "$PROXY_PID")
   OTHERS=$(others_during "$sb" "$st" $((c1 - c0)) "$so")
   [ -z "$perf_pid" ] || wait "$perf_pid" || true
   stop_proxy
   [ -n "$json" ] || { say "($scen) $proxy: wrk gave no result"; OTHERS=0; return 0; }
-  record "{\"scenario\":\"$scen\",\"proxy\":\"$proxy\",\"rep\":$rep,\"attempt\":$attempt,\"others_during_pct\":$OTHERS,\"conns\":$conns,\"cpu_ticks\":$((c1 - c0)),\"clk_tck\":$CLK_TCK,\"wrk\":$json}"
+  record "{\"scenario\":\"$scen\",\"proxy\":\"$proxy\",\"rep\":$rep,\"attempt\":$attempt,\"others_during_pct\":$OTHERS,\"conns\":$conns,\"cpu_ticks\":$((c1 - c0)),\"user_ticks\":$((u1 - u0)),\"clk_tck\":$CLK_TCK,\"wrk\":$json}"
   say "($scen) $proxy rep $rep: $(python3 "$BENCH_DIR/report.py" --one "$(tail -1 "$RAW")")"
 }
 

@@ -10,10 +10,13 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, Response};
+use http::Response;
 use imbang::config::{LoadOptions, parse_str};
+use imbang::http1::RawFields;
 use imbang::pool::h1::{RequestFraming, put_field, request_head};
+use imbang::proxy::ResponseBody;
 use imbang::proxy::headers::{Replaced, add_headers, for_upstream, set_server, to_client};
 use imbang::snapshot::{Route, RouteAction, Snapshot};
 use imbang::upstream::PeerRegistry;
@@ -83,6 +86,7 @@ fn upstream(c: &mut Criterion) {
             request_head(&parts.method, target, false, RequestFraming::None, |out| {
                 for_upstream(
                     &parts.headers,
+                    None,
                     &route,
                     ctx.proxy_host,
                     &ctx,
@@ -93,7 +97,8 @@ fn upstream(c: &mut Criterion) {
         };
         let sent = String::from_utf8(encode().to_vec()).expect("a text head");
         assert!(
-            sent.contains(&format!("\r\nhost: {host}\r\n")),
+            sent.to_ascii_lowercase()
+                .contains(&format!("\r\nhost: {host}\r\n")),
             "{name}: {sent}"
         );
         assert!(!sent.contains("\r\nconnection:"), "{name}: {sent}");
@@ -103,26 +108,19 @@ fn upstream(c: &mut Criterion) {
 }
 
 /// A Node (Express) app's answer, as the peer sends it: 8 headers.
-fn peer_response() -> HeaderMap {
-    let response = Response::builder()
-        .header("x-powered-by", "Express")
-        .header("content-type", "text/html; charset=utf-8")
-        .header("content-length", "5120")
-        .header("etag", "W/\"1400-Yx3kZ0m5sVJmE7yCq1nQ\"")
-        .header("cache-control", "private, max-age=0")
-        .header("date", "Wed, 25 Nov 2026 10:00:00 GMT")
-        .header("connection", "keep-alive")
-        .header("keep-alive", "timeout=5")
-        .body(())
-        .expect("a valid response");
-    response.into_parts().0.headers
-}
+const PEER_RESPONSE: &[u8] = b"X-Powered-By: Express\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+Content-Length: 5120\r\n\
+ETag: W/\"1400-Yx3kZ0m5sVJmE7yCq1nQ\"\r\n\
+Cache-Control: private, max-age=0\r\n\
+Date: Wed, 25 Nov 2026 10:00:00 GMT\r\n\
+Connection: keep-alive\r\n\
+Keep-Alive: timeout=5\r\n\r\n";
 
 /// Coming back: `to_client` in `forward()`, then `add_header` and `Server` in `respond()`.
 fn client(c: &mut Criterion) {
     let parts = support::request();
     let conn = support::conn();
-    let peer = peer_response();
     // (name, location body, how many headers the client gets: the peer's end-to-end ones
     // not hidden, the added ones, and `Server`)
     let cases = [
@@ -142,17 +140,24 @@ fn client(c: &mut Criterion) {
         let ctx = support::ctx(&conn, &parts, proxy_host(&route));
         // The peer's headers are parsed, not cloned, on the real path: setup, not measured.
         let fresh = || {
-            let mut response = Response::new(());
-            *response.headers_mut() = peer.clone();
+            let mut response = Response::new(ResponseBody::empty());
+            let fields = RawFields::parse(Bytes::from_static(PEER_RESPONSE)).expect("fields");
+            response.body_mut().set_fields(fields);
             response
         };
         let mut sent = fresh();
-        to_client(sent.headers_mut(), &route);
+        let mut fields = RawFields::parse(Bytes::from_static(PEER_RESPONSE)).expect("fields");
+        to_client(&mut fields, &route);
+        sent.body_mut().set_fields(fields);
         add_headers(&mut sent, &route, &ctx);
         set_server(&mut sent, &route);
-        let names: Vec<&str> = sent.headers().keys().map(|n| n.as_str()).collect();
+        let names: Vec<String> = (sent.body().fields().into_iter())
+            .flat_map(|f| f.iter())
+            .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
+            .chain(sent.headers().keys().map(|n| n.as_str().to_owned()))
+            .collect();
         assert!(
-            !names.contains(&"keep-alive") && !names.contains(&"date"),
+            !names.iter().any(|n| n == "keep-alive" || n == "date"),
             "{name}"
         );
         assert_eq!(names.len(), count, "{name}: {names:?}");
@@ -160,7 +165,7 @@ fn client(c: &mut Criterion) {
             b.iter_batched_ref(
                 fresh,
                 |response| {
-                    to_client(response.headers_mut(), &route);
+                    to_client(response.body_mut().fields_mut(), &route);
                     add_headers(response, &route, &ctx);
                     set_server(response, &route);
                 },

@@ -193,6 +193,7 @@ fn variables(c: &mut Criterion) {
     let ctx = RequestCtx {
         conn: &conn,
         parts: &parts,
+        fields: None,
         host: "site42.example.com",
         server_name: "site42.example.com",
         proxy_host: "origins",

@@ -598,6 +598,7 @@ impl Pending {
             captures: &captures,
             conn: &self.conn,
             parts: &self.parts,
+            fields: None,
             host: &self.host,
             server_name: &self.server_name,
             proxy_host: &self.proxy_host,

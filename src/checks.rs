@@ -272,9 +272,9 @@ async fn probe(spec: &HealthCheck, to: SocketAddr) -> Result<Test, Failure> {
         spec.http10,
         RequestFraming::None,
         |out| {
-            h1::put_field(out, b"host", spec.host.as_bytes());
-            h1::put_field(out, b"user-agent", USER_AGENT.as_bytes());
-            h1::put_field(out, b"connection", b"close");
+            h1::put_field(out, b"Host", spec.host.as_bytes());
+            h1::put_field(out, b"User-Agent", USER_AGENT.as_bytes());
+            h1::put_field(out, b"Connection", b"close");
         },
     );
     let shape = Shape {
@@ -282,6 +282,7 @@ async fn probe(spec: &HealthCheck, to: SocketAddr) -> Result<Test, Failure> {
         head_only: false,
         http10: spec.http10,
         upgrade: false,
+        upstream_headers: false,
     };
     let answer =
         match (conn.exchange(&head, UpstreamBody::Empty, shape, spec.read_timeout, None)).await {
@@ -312,7 +313,8 @@ async fn probe(spec: &HealthCheck, to: SocketAddr) -> Result<Test, Failure> {
     }
     let matcher = spec.matcher.as_deref();
     let status = answer.head.status.as_u16();
-    active::judge(matcher, status, &answer.head.headers, &body).map_err(Failure::Test)?;
+    let headers = answer.fields.to_map();
+    active::judge(matcher, status, &headers, &body).map_err(Failure::Test)?;
     Ok(if active::needs_body(matcher) {
         Test::Body
     } else {

@@ -4,7 +4,7 @@
 //! where a parsed head's fields lie ([`Fields`]), client connections' read buffers
 //! ([`read_buffer`]) and parsed heads' header maps ([`header_map`]), reused the same way.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
@@ -18,7 +18,7 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static FIELDS: Cell<Vec<FieldAt>> = const { Cell::new(Vec::new()) };
+    static FIELDS: RefCell<Vec<Vec<FieldAt>>> = const { RefCell::new(Vec::new()) };
     static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
@@ -95,23 +95,33 @@ pub fn return_read_buffer(mut buf: BytesMut) {
 /// Where one header field lies in a head's bytes: the name's offset and length, the value's.
 pub type FieldAt = [u32; 4];
 
-/// An empty list of field positions, this thread's when it is not in use. A parser notes where
-/// httparse found each field, takes the head out of its read buffer, then makes the fields'
-/// values from those positions; the list is what a fixed array of the most fields a head may
+/// Field lists kept per thread: a parsed head's list lives as long as its fields are passed
+/// on (a request's until its head went upstream, a response's until its head was written), so
+/// two per request in flight (see [`KEEP_MAPS`]).
+const KEEP_FIELDS: usize = 128;
+
+/// An empty list of field positions, one an earlier head on this thread finished with when
+/// there is one. A parser notes where httparse found each field, takes the head out of its
+/// read buffer, then reads the fields from those positions (and passes them on as they came,
+/// [`crate::http1::RawFields`]); the list is what a fixed array of the most fields a head may
 /// have would be, without writing that array (4 KiB) for every message.
+#[derive(Debug, Default)]
 pub struct Fields(Vec<FieldAt>);
 
 impl Fields {
     pub fn take() -> Self {
-        Self(FIELDS.try_with(Cell::take).unwrap_or_default())
+        Self(take(&FIELDS))
     }
 }
 
 impl Drop for Fields {
     fn drop(&mut self) {
         let mut v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 || v.capacity() > 4 * KEEP_MAP_CAPACITY {
+            return;
+        }
         v.clear();
-        let _ = FIELDS.try_with(|slot| slot.set(v));
+        keep(&FIELDS, v, KEEP_FIELDS);
     }
 }
 

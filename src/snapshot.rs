@@ -49,8 +49,9 @@ pub struct ServerRoute {
 pub struct Route {
     pub conf: Arc<LocationConf>,
     pub action: RouteAction,
-    /// `proxy_set_header` with variables found once; an empty value removes the header.
-    pub set_headers: Vec<(HeaderName, Template)>,
+    /// `proxy_set_header` with variables found once; an empty value removes the header. Each
+    /// with its name as the config spells it (what is sent, as nginx sends it).
+    pub set_headers: Vec<(HeaderName, Template, Box<str>)>,
     /// Whether `Host` is among `set_headers` (otherwise `Host: $proxy_host` is sent).
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
@@ -61,10 +62,13 @@ pub struct Route {
     /// The rewrite module's statements of this level (`set`, `rewrite`, `if`, `return`,
     /// `break`), run by [`crate::rewrite::phases`].
     pub script: Script,
-    /// `add_header`: name, value, `always`.
-    pub add_headers: Vec<(HeaderName, Template, bool)>,
-    /// Peer response headers the client never sees.
-    pub hidden: Vec<HeaderName>,
+    /// `add_header`: name, value, `always`, the name as the config spells it.
+    pub add_headers: Vec<(HeaderName, Template, bool, Box<str>)>,
+    /// Peer response headers the client never sees (names in lowercase).
+    pub hidden: Vec<Box<str>>,
+    /// Bit `n` (at most 63) set when a name in `hidden` is `n` bytes long: most of a
+    /// response's fields are then passed without a compare.
+    pub hidden_lengths: u64,
     /// `proxy_redirect` rules in force: (from prefix, replacement).
     pub redirects: Vec<(String, String)>,
     /// The `Server` header (`server_tokens`).
@@ -485,7 +489,7 @@ fn compile_route(
         match Template::compile_in(value, cx.scope) {
             Ok(t) => {
                 sets_host |= header == http::header::HOST;
-                set_headers.push((header, t));
+                set_headers.push((header, t, name.as_str().into()));
             }
             Err(message) => errors.push(ConfigError::new(
                 ErrorKind::Invalid(message),
@@ -531,7 +535,7 @@ fn compile_route(
     for h in &conf.add_headers {
         let name = HeaderName::from_bytes(h.name.as_bytes());
         match (name, Template::compile_in(&h.value, cx.scope)) {
-            (Ok(name), Ok(t)) => add_headers.push((name, t, h.always)),
+            (Ok(name), Ok(t)) => add_headers.push((name, t, h.always, h.name.as_str().into())),
             (Err(_), _) => errors.push(ConfigError::new(
                 ErrorKind::Invalid(format!(
                     "invalid header name \"{}\" in \"add_header\"",
@@ -580,6 +584,9 @@ fn compile_route(
         access_log,
         script,
         add_headers,
+        hidden_lengths: hidden_headers(&conf.proxy)
+            .iter()
+            .fold(0, |m, h| m | 1 << h.len().min(63)),
         hidden: hidden_headers(&conf.proxy),
         redirects,
         server_header: HeaderValue::from_static(if conf.server_tokens {
@@ -615,7 +622,7 @@ impl crate::rewrite::CompileCx for ScriptCx<'_, '_> {
 
 /// nginx's `proxy_hide_header` defaults (`Date`, `Server`, `X-Pad`, `X-Accel-*`) less the
 /// `proxy_pass_header` ones, plus the `proxy_hide_header` ones.
-fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<HeaderName> {
+fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<Box<str>> {
     const DEFAULT: [&str; 8] = [
         "date",
         "server",
@@ -631,6 +638,6 @@ fn hidden_headers(proxy: &crate::config::model::ProxySettings) -> Vec<HeaderName
         .filter(|h| !proxy.pass_headers.iter().any(|p| p == *h))
         .map(|h| h.to_string())
         .chain(proxy.hide_headers.iter().cloned())
-        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .map(|h| h.to_ascii_lowercase().into())
         .collect()
 }

@@ -175,7 +175,7 @@ async fn trailers_pass_both_ways() {
     .await
     .unwrap();
     let answer = read_until(&mut s, "x-digest: 99\r\n\r\n").await;
-    assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+    assert!(answer.contains("Transfer-Encoding: chunked"), "{answer}");
     assert!(answer.contains("3\r\nabc\r\n0\r\n"), "{answer}");
     let received = seen.lock().unwrap().concat();
     assert!(received.contains("5\r\nhello\r\n0\r\n"), "{received}");
@@ -190,7 +190,7 @@ async fn http_1_0_gets_a_close_delimited_or_keep_alive_answer_as_it_asked() {
     s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
     let (answer, closed) = read_all(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.contains("Connection: close\r\n"), "{answer}");
     assert!(answer.ends_with("app GET /old"), "{answer}");
     assert!(closed);
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
@@ -198,7 +198,7 @@ async fn http_1_0_gets_a_close_delimited_or_keep_alive_answer_as_it_asked() {
         .await
         .unwrap();
     let first = read_until(&mut s, "app GET /a").await;
-    assert!(first.contains("connection: keep-alive\r\n"), "{first}");
+    assert!(first.contains("Connection: keep-alive\r\n"), "{first}");
     s.write_all(b"GET /b HTTP/1.0\r\n\r\n").await.unwrap();
     let (second, closed) = read_all(&mut s).await;
     assert!(second.ends_with("app GET /b"), "{second}");

@@ -68,10 +68,10 @@ async fn ask(lb: SocketAddr, raw: &[u8]) -> (String, bool) {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len = head
                         .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
                         .and_then(|n| n.trim().parse::<usize>().ok());
                     let chunked_end =
-                        head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n");
+                        head.contains("Transfer-Encoding: chunked") && body.ends_with("0\r\n\r\n");
                     if len == Some(body.len()) || chunked_end {
                         break false;
                     }
@@ -134,7 +134,7 @@ async fn a_body_delimited_by_the_peer_s_close_arrives_whole_and_chunked() {
     let (got, closed) = ask(lb.addr, GET).await;
     assert_eq!(status(&got), 200, "{got}");
     assert!(
-        got.contains("transfer-encoding: chunked"),
+        got.contains("Transfer-Encoding: chunked"),
         "re-framed for the client: {got}"
     );
     assert!(
@@ -150,7 +150,7 @@ async fn a_length_body_cut_short_closes_the_client_connection_unfinished() {
     let lb = imbang(&conf(peer)).await;
     let (got, closed) = ask(lb.addr, GET).await;
     assert_eq!(status(&got), 200);
-    assert!(got.contains("content-length: 100"), "{got}");
+    assert!(got.contains("Content-Length: 100"), "{got}");
     assert!(got.ends_with("only this"), "{got}");
     assert!(
         closed,

@@ -63,6 +63,7 @@ pub fn ctx<'a>(
     RequestCtx {
         conn,
         parts,
+        fields: None,
         host: "shop.example.com",
         server_name: "shop.example.com",
         proxy_host,

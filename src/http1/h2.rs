@@ -175,7 +175,7 @@ async fn stream(
     let (parts, recv) = request.into_parts();
     let body = RequestBody::h2(recv, &parts.headers);
     // Pinned where it is built rather than awaited as a value (a copy of kilobytes).
-    let mut handling = pin!(proxy::handle(shared, info, parts, body, None));
+    let mut handling = pin!(proxy::handle(shared, info, parts, None, body, None));
     let answer = poll_fn(|cx| {
         if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(answer));
@@ -189,7 +189,12 @@ async fn stream(
     let Some((response, timeouts)) = answer else {
         return false;
     };
-    let (mut head, body) = response.into_parts();
+    let (mut head, mut body) = response.into_parts();
+    // The fields as spelled join the map, lowercased (RFC 9113 §8.2.1).
+    if let Some(fields) = body.fields() {
+        fields.append_to(&mut head.headers);
+        body.drop_fields();
+    }
     // RFC 9113 §8.2.2: no connection-specific fields (the `Connection: close` an HTTP/1
     // answer may carry among them).
     proxy::headers::strip_for_http2(&mut head.headers);

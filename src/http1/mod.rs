@@ -12,6 +12,7 @@
 //! peer): the read side moves into the [`RequestBody`] and comes back when the body ends.
 
 mod body;
+mod fields;
 mod h2;
 mod parse;
 mod write;
@@ -32,6 +33,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 pub use body::{BodyError, RequestBody};
+pub use fields::{RawFields, append_name};
 pub use parse::HeadLimits;
 // The upstream client (`pool::h1`) decodes response bodies and reads `Connection` the same way.
 pub(crate) use body::{Decoded, Decoder, drained};
@@ -492,6 +494,7 @@ impl Conn {
             keep_alive,
             expect_continue,
             upgrade,
+            fields,
         } = head;
         let shape = Shape {
             head_request: parts.method == Method::HEAD,
@@ -524,6 +527,7 @@ impl Conn {
                 &listener.shared,
                 &info,
                 parts,
+                Some(fields),
                 body,
                 on_upgrade
             ));

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::http1::RawFields;
 use crate::scratch::FieldAt;
 
 /// Most header fields one request may carry (hyper's limit; nginx has none, only a size limit).
@@ -51,6 +52,9 @@ pub struct Head {
     pub expect_continue: bool,
     /// `Connection: upgrade` with an `Upgrade` header.
     pub upgrade: bool,
+    /// The fields as they came (spelling, order, duplicates), sharing the head's bytes: what
+    /// goes upstream.
+    pub fields: RawFields,
 }
 
 /// A head that cannot be served: answered with `status`, then the connection closes.
@@ -238,6 +242,7 @@ fn parse_head(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<Head>, R
         keep_alive,
         expect_continue,
         upgrade,
+        fields: RawFields::new(head, fields),
     }))
 }
 

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body;
 use socket2::SockRef;
@@ -45,15 +45,23 @@ pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming,
     let mut keep_alive = shape.keep_alive;
     let mut declared = None;
     let mut lengths = 0;
-    for (name, value) in response.headers() {
-        if name == header::CONNECTION {
-            keep_alive &= !super::parse::value_tokens(value.as_bytes()).0;
-        } else if name == header::CONTENT_LENGTH {
+    let mut field = |name: &[u8], value: &[u8]| {
+        if name.eq_ignore_ascii_case(b"connection") {
+            keep_alive &= !super::parse::value_tokens(value).0;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
             if lengths == 1 {
-                declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+                declared = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
             }
         }
+    };
+    // The fields imbang set. A peer's own fields (the body's) need no look: its `Connection`
+    // never reaches the client (hop-by-hop), and its `Content-Length` is the body's exact size
+    // (`size_hint`, below), the length the head was parsed with.
+    for (name, value) in response.headers() {
+        field(name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -74,7 +82,10 @@ pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming,
     (framing, keep_alive)
 }
 
-/// Encodes the status line and the fields, adding `Date`, the framing field and `Connection`.
+/// Encodes the status line and the fields, in nginx's order: `Server`, `Date`, the other
+/// fields imbang set (a response of its own: `Content-Type`, `Location`), the fields as spelled
+/// (the peer's as it sent them, then `add_header`'s), the framing field and `Connection`. The
+/// names imbang writes are spelled as nginx spells them.
 pub fn encode_head(
     out: &mut Vec<u8>,
     response: &Response<ResponseBody>,
@@ -89,39 +100,56 @@ pub fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
     let headers = response.headers();
-    let mut has_date = false;
+    let spelled = response.body().fields();
     let mut has_connection = false;
     let mut has_length = false;
-    for (name, value) in headers {
-        has_length |= name == header::CONTENT_LENGTH;
-        if name == header::TRANSFER_ENCODING
+    // A chunked body's length is not said (a field imbang set said it; a peer's Content-Length
+    // beside its Transfer-Encoding was dropped as its head was read).
+    let skip = |name: &HeaderName| {
+        name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && framing == BodyFraming::Chunked)
-        {
-            continue;
+    };
+    // A walk over the few fields imbang set, not lookups (which hash the name).
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == header::SERVER {
+            out.extend_from_slice(b"Server: ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         has_date |= name == header::DATE;
+    }
+    // A peer's `Date` only comes through with `proxy_pass_header Date`.
+    if !has_date && !spelled.is_some_and(|f| f.has(b"date")) {
+        out.extend_from_slice(b"Date: ");
+        append_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        has_length |= name == header::CONTENT_LENGTH;
+        if skip(name) || name == header::SERVER {
+            continue;
+        }
         has_connection |= name == header::CONNECTION;
-        out.extend_from_slice(name.as_str().as_bytes());
+        super::append_name(out, name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !has_date {
-        out.extend_from_slice(b"date: ");
-        append_date(out);
-        out.extend_from_slice(b"\r\n");
+    if let Some(fields) = spelled {
+        has_length |= fields.encode(out);
     }
     match framing {
         BodyFraming::Length(n) if !has_length => {
-            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(b"Content-Length: ");
             out.extend_from_slice(itoa(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
-        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         // HEAD: the length the GET would have, when imbang made the body itself.
         BodyFraming::None if shape.head_request && !has_length => {
             if let Some(n) = response.body().size_hint().exact().filter(|&n| n > 0) {
-                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(b"Content-Length: ");
                 out.extend_from_slice(itoa(n, &mut [0; 20]));
                 out.extend_from_slice(b"\r\n");
             }
@@ -130,9 +158,9 @@ pub fn encode_head(
     }
     if status != StatusCode::SWITCHING_PROTOCOLS && !has_connection {
         if !keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
+            out.extend_from_slice(b"Connection: close\r\n");
         } else if shape.http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -308,9 +336,11 @@ pub async fn response(
     send_timeout: Duration,
     nagle: &mut Nagle,
 ) -> Result<(), WriteError> {
-    let mut head = crate::scratch::Scratch::new(256 + response.headers().len() * 48);
+    let fields = response.headers().len() + response.body().fields().map_or(0, |f| f.len());
+    let mut head = crate::scratch::Scratch::new(256 + fields * 48);
     encode_head(&mut head, &response, framing, keep_alive, shape);
     crate::scratch::return_header_map(std::mem::take(response.headers_mut()));
+    response.body_mut().drop_fields();
     let body = response.body_mut();
     body.head_written(head.len());
     let close = !keep_alive;
@@ -503,16 +533,16 @@ mod tests {
     fn known_lengths_get_content_length_and_unknown_ones_chunked() {
         let text = head_of(Response::new(ResponseBody::full("hello")), GET11);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("content-length: 5\r\n"), "{text}");
-        assert!(text.contains("date: "), "{text}");
-        assert!(!text.contains("connection"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
+        assert!(text.contains("\r\nDate: "), "{text}");
+        assert!(!text.contains("Connection"), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
         let http10 = Shape {
             http10: true,
             ..GET11
         };
         let text = head_of(Response::new(ResponseBody::full("hello")), http10);
-        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+        assert!(text.contains("Connection: keep-alive\r\n"), "{text}");
     }
 
     #[test]
@@ -526,7 +556,7 @@ mod tests {
             ..GET11
         };
         let text = head_of(Response::new(ResponseBody::full("hello")), head);
-        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
     }
 
     #[test]

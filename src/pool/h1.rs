@@ -25,14 +25,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::UpstreamBody;
-use crate::http1::{Decoded, Decoder, Framing, Named, chunk_header, itoa};
+use crate::http1::{Decoded, Decoder, Framing, Named, RawFields, chunk_header, itoa};
 use crate::scratch::Scratch;
 
 /// The first read of a response asks for this much; a read that fills its space doubles the
@@ -65,9 +65,9 @@ pub struct Conn {
 }
 
 /// The response fields the caller would drop anyway (hop-by-hop, hidden), left out as the head
-/// is parsed rather than put in the map and taken out again; given a field's name and the
-/// head's `Connection` tokens. Not applied to a `101` (its `Upgrade` is read).
-pub type Hide<'a> = Option<&'a (dyn Fn(&HeaderName, &Named<'_>) -> bool + Sync)>;
+/// is parsed; given a field's name (as the peer spelled it) and the head's `Connection`
+/// tokens. Not applied to a `101` (its `Upgrade` is read).
+pub type Hide<'a> = Option<&'a (dyn Fn(&[u8], &Named<'_>) -> bool + Sync)>;
 
 /// How a response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,13 @@ pub enum BodyKind {
 /// A response head, and what it says about the body and the connection.
 #[derive(Debug)]
 pub struct Answer {
+    /// The status and version; its map is empty (room for what imbang adds).
     pub head: http::response::Parts,
+    /// The fields that go on to the client, as the peer sent them.
+    pub fields: RawFields,
+    /// All of the peer's fields, hidden ones too, when [`Shape::upstream_headers`] asked for
+    /// them (`$upstream_http_*`).
+    pub upstream_headers: Option<Box<http::HeaderMap>>,
     pub body: BodyKind,
     /// The connection may carry another request once this body is read to its end (not
     /// when the peer answered before the whole request body was sent).
@@ -151,7 +157,8 @@ fn is_reset(kind: io::ErrorKind) -> bool {
     )
 }
 
-/// Where an exchange stopped.
+/// Where an exchange stopped (made where it is matched: its size is not moved around).
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Read(Result<Answer, ReadFail>),
     /// The first write failed: nothing went out.
@@ -236,10 +243,7 @@ impl Conn {
         hide: Hide<'_>,
     ) -> Result<Answer, Failed> {
         let Shape {
-            framing,
-            head_only,
-            http10,
-            upgrade,
+            framing, http10, ..
         } = shape;
         self.read_size = FIRST_READ;
         // Another thread's runtime may not hold a timer of this one's wheel past the request.
@@ -272,8 +276,7 @@ impl Conn {
                 buf,
                 read_size,
                 &mut received,
-                head_only,
-                upgrade,
+                shape,
                 hide,
             ));
             let mut deadline = None;
@@ -405,6 +408,8 @@ pub struct Shape {
     pub http10: bool,
     /// The request asks to switch protocols: a `101` answer is expected.
     pub upgrade: bool,
+    /// Keep all of the response's fields in a map too ([`Answer::upstream_headers`]).
+    pub upstream_headers: bool,
 }
 
 /// Encodes a request head: the request line, the fields `fields` writes (with [`put_field`]),
@@ -433,9 +438,9 @@ pub fn request_head(
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            put_field(&mut out, b"content-length", itoa(n, &mut [0; 20]));
+            put_field(&mut out, b"Content-Length", itoa(n, &mut [0; 20]));
         }
-        RequestFraming::Chunked => put_field(&mut out, b"transfer-encoding", b"chunked"),
+        RequestFraming::Chunked => put_field(&mut out, b"Transfer-Encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -560,13 +565,13 @@ async fn read_head(
     buf: &mut BytesMut,
     read_size: &mut usize,
     received: &mut u64,
-    head_only: bool,
-    upgrade: bool,
+    shape: Shape,
     hide: Hide<'_>,
 ) -> Result<Answer, ReadFail> {
+    let (head_only, upgrade, all) = (shape.head_only, shape.upgrade, shape.upstream_headers);
     loop {
         if !buf.is_empty() {
-            match parse_response(buf, head_only, upgrade, hide) {
+            match parse_response(buf, head_only, upgrade, all, hide) {
                 Ok(Parsed::Answer(answer)) => return Ok(answer),
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) if buf.len() > MAX_HEAD => {
@@ -638,6 +643,7 @@ impl Length {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Answer(Answer),
     /// A 1xx head was taken out of the buffer; read on.
@@ -645,12 +651,15 @@ enum Parsed {
     Partial,
 }
 
-/// Parses the response head at the start of `buf`; its bytes are taken out of `buf` and the
-/// header values share them.
+/// Parses the response head at the start of `buf`; its bytes are taken out of `buf`, and the
+/// fields kept for the client point into them (no map is made of them: they are copied to the
+/// client's head as they came). With `all`, every field also goes into a map
+/// ([`Answer::upstream_headers`]).
 fn parse_response(
     buf: &mut BytesMut,
     head_only: bool,
     upgrade: bool,
+    all: bool,
     hide: Hide<'_>,
 ) -> Result<Parsed, &'static str> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
@@ -696,44 +705,47 @@ fn parse_response(
         ]
     }));
     let head = buf.split_to(len).freeze();
-    // Room for the fields as they came: the hidden ones (usually `Server`, `Date`, `Connection`)
-    // leave room for what imbang adds (`Server`). No more: a map that must grow costs two new
-    // allocations, and over HTTP/2 the map reused here is the request's, made by the h2
-    // decoder with room for six fields, which a reserve of two more would always outgrow.
-    let mut headers = crate::scratch::header_map(at.len());
+    let field = |&[name_at, name_len, value_at, value_len]: &[u32; 4]| {
+        let name = &head[name_at as usize..(name_at + name_len) as usize];
+        let value = &head[value_at as usize..(value_at + value_len) as usize];
+        (name, value)
+    };
+    let upstream_headers = all.then(|| {
+        let mut map = Box::new(http::HeaderMap::with_capacity(at.len()));
+        for f in at.iter() {
+            let (name, value) = field(f);
+            let value = head.slice_ref(value);
+            if let (Ok(name), Ok(value)) = (
+                crate::http1::field_name(name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    });
     // The `Connection` tokens, split once: the connection's reuse and the fields they name.
-    let named = Named::new(
-        at.iter()
-            .filter_map(|&[name_at, name_len, value_at, value_len]| {
-                let name = &head[name_at as usize..(name_at + name_len) as usize];
-                let value = &head[value_at as usize..(value_at + value_len) as usize];
-                name.eq_ignore_ascii_case(b"connection").then_some(value)
-            }),
-    );
-    // What the framing depends on, noted as the map is built (no lookups after).
+    let named = Named::new(at.iter().filter_map(|f| {
+        let (name, value) = field(f);
+        name.eq_ignore_ascii_case(b"connection").then_some(value)
+    }));
+    // What the framing depends on, noted as the fields are sorted (no lookups after).
     // The last Transfer-Encoding value (where it lies in `head`).
     let mut last_te = None;
     let mut length = Length::Absent;
     let hide = hide.filter(|_| code != 101);
-    for &[name_at, name_len, value_at, value_len] in at.iter() {
-        let (name_at, name_len) = (name_at as usize, name_len as usize);
-        let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = crate::http1::field_name(&head[name_at..name_at + name_len])
-            .map_err(|_| "a malformed header line")?;
-        if name == header::TRANSFER_ENCODING {
-            last_te = Some(value_at..value_at + value_len);
-        } else if name == header::CONTENT_LENGTH {
-            length = length.and(&head[value_at..value_at + value_len]);
+    at.retain(|f| {
+        let (name, value) = field(f);
+        if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
+            last_te = Some(value);
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+            length = length.and(value);
         }
-        if hide.is_some_and(|hide| hide(&name, &named)) {
-            continue;
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| "a malformed header line")?;
-        headers.append(name, value);
-    }
+        !hide.is_some_and(|hide| hide(name, &named))
+    });
     let mut keep_alive =
         !named.has(b"close") && (version == Version::HTTP_11 || named.has(b"keep-alive"));
+    let mut drop_length = false;
     let body = if code == 101 {
         keep_alive = false;
         BodyKind::None
@@ -741,10 +753,8 @@ fn parse_response(
         BodyKind::None
     } else if let Some(te) = last_te {
         // Transfer-Encoding wins over a Content-Length, which then must not reach the client.
-        if length != Length::Absent {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        let last = head[te].rsplit(|&b| b == b',').next().unwrap_or_default();
+        drop_length = length != Length::Absent;
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
         if last.trim_ascii().eq_ignore_ascii_case(b"chunked") && version == Version::HTTP_11 {
             BodyKind::Chunked
         } else {
@@ -761,12 +771,18 @@ fn parse_response(
         keep_alive = false;
         BodyKind::Close
     };
+    if drop_length {
+        at.retain(|f| !field(f).0.eq_ignore_ascii_case(b"content-length"));
+    }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
+    // Room for what imbang adds (`Server`; `Connection: close` at `keepalive_requests`).
+    parts.headers = crate::scratch::header_map(2);
     Ok(Parsed::Answer(Answer {
         head: parts,
+        fields: RawFields::new(head, at),
+        upstream_headers,
         body,
         keep_alive,
         head_len: len,
@@ -884,6 +900,7 @@ mod tests {
         head_only: false,
         http10: false,
         upgrade: false,
+        upstream_headers: false,
     };
 
     fn post() -> (Scratch, UpstreamBody) {
@@ -893,7 +910,7 @@ mod tests {
         (head, UpstreamBody::Full(Some(Bytes::from_static(BODY))))
     }
 
-    const WIRE: &[u8] = b"POST /x?y=1 HTTP/1.1\r\nhost: peer\r\ncontent-length: 3\r\n\r\nabc";
+    const WIRE: &[u8] = b"POST /x?y=1 HTTP/1.1\r\nhost: peer\r\nContent-Length: 3\r\n\r\nabc";
 
     async fn exchange(
         conn: &mut Conn,
@@ -918,7 +935,7 @@ mod tests {
         assert_eq!(got, WIRE);
         let answer = answer.unwrap();
         assert_eq!(answer.head.status, 201);
-        assert_eq!(answer.head.headers["x-a"], "1");
+        assert_eq!(answer.fields.get(b"x-a"), Some(&b"1"[..]));
         assert_eq!(answer.body, BodyKind::Chunked);
         assert!(answer.keep_alive);
         let mut body = conn.body(answer.body, answer.keep_alive);
@@ -1085,7 +1102,7 @@ mod tests {
         for &(raw, head_only, body, keep_alive) in cases {
             let mut buf = BytesMut::from(raw);
             let Ok(Parsed::Answer(answer)) =
-                parse_response(&mut buf, head_only, false, Option::None)
+                parse_response(&mut buf, head_only, false, false, Option::None)
             else {
                 panic!("{}: not parsed", String::from_utf8_lossy(raw));
             };
@@ -1097,10 +1114,7 @@ mod tests {
             );
             // A Content-Length beside Transfer-Encoding never reaches the client.
             if body == Chunked {
-                assert!(
-                    !answer.head.headers.contains_key(header::CONTENT_LENGTH),
-                    "{what}"
-                );
+                assert!(!answer.fields.has(b"content-length"), "{what}");
             }
         }
     }
@@ -1109,29 +1123,31 @@ mod tests {
     /// connection's reuse; a `101`'s fields are all kept.
     #[test]
     fn hidden_fields_are_left_out_after_framing_is_read() {
-        let hide = |name: &HeaderName, named: &Named<'_>| {
-            name == header::SERVER
-                || name == header::CONNECTION
-                || name == header::TRANSFER_ENCODING
-                || named.names(name)
+        let hide = |name: &[u8], named: &Named<'_>| {
+            name.eq_ignore_ascii_case(b"server")
+                || name.eq_ignore_ascii_case(b"connection")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || named.has(name)
         };
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nServer: peer\r\nX-Gone: 1\r\nTransfer-Encoding: chunked\r\n\
                Connection: close, X-Gone\r\nX-Kept: 2\r\n\r\n"[..],
         );
-        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, false, Some(&hide)) else {
+        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, false, false, Some(&hide))
+        else {
             panic!("not parsed");
         };
         assert_eq!((answer.body, answer.keep_alive), (BodyKind::Chunked, false));
-        let names: Vec<&str> = answer.head.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+        let names: Vec<&[u8]> = answer.fields.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"X-Kept"[..]]);
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
         );
-        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, true, Some(&hide)) else {
+        let Ok(Parsed::Answer(answer)) = parse_response(&mut buf, false, true, false, Some(&hide))
+        else {
             panic!("101 not parsed");
         };
-        assert_eq!(answer.head.headers.len(), 2);
+        assert_eq!(answer.fields.len(), 2);
     }
 
     #[tokio::test]

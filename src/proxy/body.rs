@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Pending;
+use crate::http1::RawFields;
 use crate::pool::{PeerBody, Pool};
 use crate::upstream::PeerGuard;
 
@@ -22,6 +23,9 @@ pub struct ResponseBody {
     kind: Kind,
     sent: u64,
     log: Option<Box<Pending>>,
+    /// Fields of a response imbang made itself that `add_header` adds in the config's spelling
+    /// (a peer's response keeps its fields in its [`Streamed`]).
+    fields: Option<Box<RawFields>>,
 }
 
 enum Kind {
@@ -47,6 +51,41 @@ impl ResponseBody {
             kind,
             sent: 0,
             log: None,
+            fields: None,
+        }
+    }
+
+    /// The response's fields as spelled (the peer's as it sent them, then `add_header`'s),
+    /// which go out before or beside the ones in its `HeaderMap`; `None` when it has none.
+    pub fn fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Upstream(s) => Some(&s.fields),
+            Kind::Full(_) => self.fields.as_deref(),
+        }
+    }
+
+    /// The response's spelled fields, to add to.
+    pub fn fields_mut(&mut self) -> &mut RawFields {
+        match &mut self.kind {
+            Kind::Upstream(s) => &mut s.fields,
+            Kind::Full(_) => self.fields.get_or_insert_with(Box::default),
+        }
+    }
+
+    /// Lets the spelled fields go once the head is written (the peer's head bytes they share
+    /// and their list are then free for the next message).
+    pub fn drop_fields(&mut self) {
+        match &mut self.kind {
+            Kind::Upstream(s) => s.fields = RawFields::default(),
+            Kind::Full(_) => self.fields = None,
+        }
+    }
+
+    /// Gives the response `fields` (a peer's 101, whose body is imbang's).
+    pub fn set_fields(&mut self, fields: RawFields) {
+        match &mut self.kind {
+            Kind::Upstream(s) => s.fields = fields,
+            Kind::Full(_) => self.fields = Some(Box::new(fields)),
         }
     }
 
@@ -104,6 +143,8 @@ pub struct Checkin {
 /// looks complete).
 pub struct Streamed {
     body: PeerBody,
+    /// The peer's fields that go to the client, as it sent them.
+    fields: RawFields,
     guard: Option<PeerGuard>,
     checkin: Option<Checkin>,
     read_timeout: Duration,
@@ -113,9 +154,16 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    pub fn new(body: PeerBody, guard: PeerGuard, checkin: Checkin, read_timeout: Duration) -> Self {
+    pub fn new(
+        body: PeerBody,
+        fields: RawFields,
+        guard: PeerGuard,
+        checkin: Checkin,
+        read_timeout: Duration,
+    ) -> Self {
         let mut streamed = Self {
             body,
+            fields,
             guard: Some(guard),
             checkin: Some(checkin),
             read_timeout,

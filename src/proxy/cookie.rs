@@ -9,40 +9,19 @@
 //! rewrites `Path`, the first rule whose cookie name matches sets or removes flags. A header no
 //! rule changes is passed byte for byte; a changed one is written back as `a=b; c; d=e`.
 
-use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+use http::header::HeaderValue;
+
+use crate::http1::RawFields;
 
 use crate::config::model::{CookieFlag, CookieFlags, CookieMatch, CookieRewrite, CookieRule};
 
 /// Rewrites every `Set-Cookie` of `headers` by `rules` (in place, order kept).
-pub fn rewrite(headers: &mut HeaderMap, rules: &CookieRewrite) {
-    if !headers.contains_key(SET_COOKIE) {
-        return;
-    }
-    let values: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
-    let mut changed = false;
-    let rewritten: Vec<HeaderValue> = values
-        .into_iter()
-        .map(|v| {
-            match v
-                .to_str()
-                .ok()
-                .and_then(|s| rewrite_one(s, rules))
-                .and_then(|s| HeaderValue::from_str(&s).ok())
-            {
-                Some(new) => {
-                    changed = true;
-                    new
-                }
-                None => v,
-            }
-        })
-        .collect();
-    if changed {
-        headers.remove(SET_COOKIE);
-        for v in rewritten {
-            headers.append(SET_COOKIE, v);
-        }
-    }
+pub fn rewrite(fields: &mut RawFields, rules: &CookieRewrite) {
+    fields.rewrite_each(b"set-cookie", |value| {
+        let rewritten = rewrite_one(std::str::from_utf8(value).ok()?, rules)?;
+        HeaderValue::from_str(&rewritten).ok()?;
+        Some(rewritten.into_bytes())
+    });
 }
 
 /// One attribute: name and, after `=`, a value.
@@ -305,18 +284,22 @@ mod tests {
     }
 
     #[test]
-    fn headers_keep_their_order() {
+    fn headers_keep_their_order_and_spelling() {
         let r = rules(&[], &[("/two/", "/one/")]);
-        let mut h = HeaderMap::new();
-        h.append(SET_COOKIE, HeaderValue::from_static("a=1; Path=/two/"));
-        h.append(SET_COOKIE, HeaderValue::from_static("b=2; Path=/"));
-        h.append(SET_COOKIE, HeaderValue::from_static("c=3; Path=/two/c"));
-        rewrite(&mut h, &r);
-        let got: Vec<&str> = h
-            .get_all(SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        assert_eq!(got, ["a=1; Path=/one/", "b=2; Path=/", "c=3; Path=/one/c"]);
+        let head = bytes::Bytes::from_static(
+            b"Set-Cookie: a=1; Path=/two/\r\nX-Other: 1\r\nset-cookie: b=2; Path=/\r\nSET-COOKIE: c=3; Path=/two/c\r\n\r\n",
+        );
+        let mut fields = RawFields::parse(head).unwrap();
+        rewrite(&mut fields, &r);
+        let got: Vec<(&[u8], &[u8])> = fields.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (&b"Set-Cookie"[..], &b"a=1; Path=/one/"[..]),
+                (b"X-Other", b"1"),
+                (b"set-cookie", b"b=2; Path=/"),
+                (b"SET-COOKIE", b"c=3; Path=/one/c"),
+            ]
+        );
     }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderValue};
 
 use crate::config::model::Expires;
+use crate::proxy::ResponseBody;
 
-pub fn apply<B>(response: &mut http::Response<B>, expires: Expires, now: SystemTime) {
+pub fn apply(response: &mut http::Response<ResponseBody>, expires: Expires, now: SystemTime) {
     if !matches!(
         response.status().as_u16(),
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
@@ -44,6 +45,14 @@ pub fn apply<B>(response: &mut http::Response<B>, expires: Expires, now: SystemT
             (at, cc)
         }
     };
+    // A peer's own fields of these names give way to imbang's, as nginx replaces them.
+    if let Some(fields) = response.body().fields()
+        && (fields.has(b"expires") || fields.has(b"cache-control"))
+    {
+        response.body_mut().fields_mut().retain(|name, _| {
+            !name.eq_ignore_ascii_case(b"expires") && !name.eq_ignore_ascii_case(b"cache-control")
+        });
+    }
     let headers = response.headers_mut();
     headers.insert(header::EXPIRES, at);
     headers.insert(header::CACHE_CONTROL, cache_control);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Response, Uri, header};
+use http::{HeaderValue, Method, Response, Uri, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
@@ -42,11 +42,9 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &route.conf.proxy;
     let group = &proxy.group;
-    // Hop-by-hop and hidden response fields are left out as the peer's head is parsed, unless
-    // the access log reads the peer's own fields (`$upstream_http_*`): then they go after.
-    let hide_early = !record.want_upstream_headers;
-    let hide =
-        |name: &HeaderName, named: &Named<'_>| headers::hidden_from_client(name, named, route);
+    // Hop-by-hop and hidden response fields are left out as the peer's head is parsed (the
+    // access log's `$upstream_http_*` read a map of all of them, made only when it needs it).
+    let hide = |name: &[u8], named: &Named<'_>| headers::hidden_from_client(name, named, route);
     let uri = match ctx.rewritten {
         Some(rewritten) => rewritten_uri(rewritten, route, proxy),
         None => upstream_uri(ctx.parts, route, proxy, ctx.path),
@@ -129,6 +127,7 @@ pub async fn forward(
         head_only: *method == Method::HEAD,
         http10: settings.http_version_1_0,
         upgrade: protocol.is_some(),
+        upstream_headers: record.want_upstream_headers,
     };
     // The head sent upstream: the same for every attempt, so encoded once.
     let head = upstream_head(ctx, route, proxy, &uri, &protocol, chunked, shape);
@@ -189,17 +188,17 @@ pub async fn forward(
             uri: &uri,
             head: &head,
             shape,
-            hide: hide_early.then_some(&hide),
+            hide: Some(&hide),
         };
         match target.attempt(record, body).await {
-            Ok((answer, conn)) => {
+            Ok((mut answer, conn)) => {
                 let status = answer.head.status.as_u16();
                 guard.count_response(status);
                 record.answered(status, true);
                 record.sent(request_bytes);
                 record.head_received(answer.head_len);
                 if record.want_upstream_headers {
-                    record.upstream_headers = Some(answer.head.headers.clone());
+                    record.upstream_headers = answer.upstream_headers.take().map(|m| *m);
                 }
                 let policy = &settings.next_upstream;
                 if retry::status_is_failure(status, policy) {
@@ -229,12 +228,7 @@ pub async fn forward(
                         ctx.conn.id,
                     );
                 }
-                let mut answer = answer;
-                if hide_early {
-                    headers::redirects(&mut answer.head.headers, route);
-                } else {
-                    headers::to_client(&mut answer.head.headers, route);
-                }
+                headers::redirects(&mut answer.fields, route);
                 return Ok(client_response(
                     answer,
                     guard,
@@ -495,15 +489,23 @@ fn switch_protocols(
             "101 to a request that asked for no upgrade",
         ));
     };
-    let mut parts = answer.head;
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
-    headers::to_client(&mut parts.headers, route);
+    let Answer {
+        head: mut parts,
+        mut fields,
+        ..
+    } = answer;
+    let protocol = fields
+        .get(b"upgrade")
+        .and_then(|p| HeaderValue::from_bytes(p).ok());
+    headers::to_client(&mut fields, route);
     if let Some(protocol) = protocol {
         upgrade::set_upgrade_headers(&mut parts.headers, protocol);
     }
     let (prefix, stream) = conn.io.into_upgraded();
     upgrade::tunnel(client, Upgraded::new(prefix, stream), idle_timeout, conn_id);
-    Ok(Response::from_parts(parts, ResponseBody::empty()))
+    let mut body = ResponseBody::empty();
+    body.set_fields(fields);
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Reads the client's body into memory when it can be kept for another attempt: it is empty,
@@ -578,18 +580,19 @@ fn upstream_head(
         shape.http10,
         shape.framing,
         |out| {
-            headers::for_upstream(client, route, &proxy.proxy_host, ctx, replaced, |n, v| {
+            let (host, fields) = (&proxy.proxy_host, ctx.fields);
+            headers::for_upstream(client, fields, route, host, ctx, replaced, |n, v| {
                 put_field(out, n, v)
             });
             if let Some(protocol) = protocol {
-                put_field(out, b"upgrade", protocol.as_bytes());
-                put_field(out, b"connection", b"upgrade");
+                put_field(out, b"Upgrade", protocol.as_bytes());
+                put_field(out, b"Connection", b"upgrade");
             }
             if let Some(trailer) = trailer {
-                put_field(out, b"trailer", trailer.as_bytes());
+                put_field(out, b"Trailer", trailer.as_bytes());
             }
             if te_trailers {
-                put_field(out, b"te", b"trailers");
+                put_field(out, b"TE", b"trailers");
             }
         },
     )
@@ -612,8 +615,8 @@ fn client_response(
         reuse: group.reuse,
     };
     let body = conn.io.body(answer.body, answer.keep_alive);
-    let body = ResponseBody::streamed(Streamed::new(body, guard, checkin, read_timeout));
-    Response::from_parts(answer.head, body)
+    let streamed = Streamed::new(body, answer.fields, guard, checkin, read_timeout);
+    Response::from_parts(answer.head, ResponseBody::streamed(streamed))
 }
 
 /// The request target sent upstream (origin form). Without a URI part in `proxy_pass` the

@@ -4,7 +4,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::http1::{KEEP_ALIVE, Named, PROXY_CONNECTION};
+use super::ResponseBody;
+use crate::http1::{KEEP_ALIVE, Named, PROXY_CONNECTION, RawFields};
 use crate::snapshot::Route;
 use crate::vars::Vars;
 
@@ -21,6 +22,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == header::PROXY_AUTHORIZATION
         || *name == KEEP_ALIVE
         || *name == PROXY_CONNECTION
+}
+
+/// [`is_hop_by_hop`] for a name as it came (any case).
+#[inline]
+fn is_hop_by_hop_raw(name: &[u8]) -> bool {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Whether `headers` has a field named `name`, by a walk over its names: for the few fields of
@@ -113,9 +130,13 @@ impl Replaced {
 /// names, `Host` and the ones `proxy_set_header` sets; then `Host: $proxy_host` (unless
 /// `proxy_set_header Host` is set); then each `proxy_set_header` whose value is not empty (the
 /// last one for a name wins). The framing fields (`Content-Length`, `Transfer-Encoding`) are
-/// the encoder's; `replaced` names the ones the caller writes.
+/// the encoder's; `replaced` names the ones the caller writes. An HTTP/1 client's fields
+/// (`raw`) go as they came: their spelling, order and duplicates; an HTTP/2 client's from the
+/// map (lowercase, as it sent them). Names imbang sends itself are spelled as nginx spells
+/// them: `Host`, and `proxy_set_header`'s as the config writes them.
 pub fn for_upstream(
     client: &HeaderMap,
+    raw: Option<&RawFields>,
     route: &Route,
     proxy_host: &str,
     vars: &dyn Vars,
@@ -123,24 +144,42 @@ pub fn for_upstream(
     mut field: impl FnMut(&[u8], &[u8]),
 ) {
     if route.conf.proxy.pass_request_headers {
-        let connection = connection(client);
-        for (name, value) in client {
-            let skip = is_hop_by_hop(name)
-                || name == header::HOST
-                || name == header::CONTENT_LENGTH
-                || route.set_headers.iter().any(|(set, _)| set == name)
-                || connection.names(name);
-            if !skip {
-                field(name.as_str().as_bytes(), value.as_bytes());
+        match raw {
+            Some(raw) => {
+                let connection = Named::new(raw.get_all(b"connection"));
+                for (name, value) in raw.iter() {
+                    let skip = is_hop_by_hop_raw(name)
+                        || name.eq_ignore_ascii_case(b"host")
+                        || name.eq_ignore_ascii_case(b"content-length")
+                        || (route.set_headers.iter())
+                            .any(|(.., spelled)| spelled.as_bytes().eq_ignore_ascii_case(name))
+                        || connection.has(name);
+                    if !skip {
+                        field(name, value);
+                    }
+                }
+            }
+            None => {
+                let connection = connection(client);
+                for (name, value) in client {
+                    let skip = is_hop_by_hop(name)
+                        || name == header::HOST
+                        || name == header::CONTENT_LENGTH
+                        || route.set_headers.iter().any(|(set, ..)| set == name)
+                        || connection.names(name);
+                    if !skip {
+                        field(name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
             }
         }
     }
     if !route.sets_host {
-        field(b"host", proxy_host.as_bytes());
+        field(b"Host", proxy_host.as_bytes());
     }
     let mut value = String::new();
-    for (i, (name, template)) in route.set_headers.iter().enumerate() {
-        let later = route.set_headers[i + 1..].iter().any(|(n, _)| n == name);
+    for (i, (name, template, spelled)) in route.set_headers.iter().enumerate() {
+        let later = route.set_headers[i + 1..].iter().any(|(n, ..)| n == name);
         if later
             || replaced.covers(name)
             || name == header::CONTENT_LENGTH
@@ -157,39 +196,46 @@ pub fn for_upstream(
                 .bytes()
                 .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
         {
-            field(name.as_str().as_bytes(), value.as_bytes());
+            field(spelled.as_bytes(), value.as_bytes());
         }
     }
 }
 
 /// Whether a field of the peer's response stays away from the client: hop-by-hop (`connection`
 /// being the response's `Connection` tokens) or hidden (`proxy_hide_header` and its defaults).
-pub fn hidden_from_client(name: &HeaderName, connection: &Named<'_>, route: &Route) -> bool {
-    is_hop_by_hop(name) || route.hidden.contains(name) || connection.names(name)
+/// `name` as the peer spelled it.
+pub fn hidden_from_client(name: &[u8], connection: &Named<'_>, route: &Route) -> bool {
+    let hidden = || (route.hidden.iter()).any(|h| h.as_bytes().eq_ignore_ascii_case(name));
+    is_hop_by_hop_raw(name)
+        || (route.hidden_lengths & 1 << name.len().min(63) != 0 && hidden())
+        || connection.has(name)
 }
 
-/// Turns the peer's response headers into the ones the client gets (in place): hop-by-hop and
-/// hidden headers removed, `Location`/`Refresh` rewritten by `proxy_redirect`.
-pub fn to_client(headers: &mut HeaderMap, route: &Route) {
-    remove_where(headers, |name, connection| {
-        hidden_from_client(name, connection, route)
-    });
-    redirects(headers, route);
+/// Turns the peer's response fields into the ones the client gets (in place): hop-by-hop and
+/// hidden ones removed, `Location`/`Refresh` rewritten by `proxy_redirect`.
+pub fn to_client(fields: &mut RawFields, route: &Route) {
+    // The `Connection` tokens are read before anything is removed (they name what goes).
+    let connection: Vec<Vec<u8>> = fields.get_all(b"connection").map(<[u8]>::to_vec).collect();
+    let connection = Named::new(connection.iter().map(Vec::as_slice));
+    fields.retain(|name, _| !hidden_from_client(name, &connection, route));
+    redirects(fields, route);
 }
 
-/// `proxy_redirect` on `Location` and `Refresh`, and `proxy_cookie_*` on `Set-Cookie`.
-pub fn redirects(headers: &mut HeaderMap, route: &Route) {
+/// `proxy_redirect` on `Location` and `Refresh`, and `proxy_cookie_*` on `Set-Cookie` (each
+/// field keeps its spelling and place).
+pub fn redirects(fields: &mut RawFields, route: &Route) {
     if let Some(cookies) = &route.conf.proxy.cookies {
-        super::cookie::rewrite(headers, cookies);
+        super::cookie::rewrite(fields, cookies);
     }
     if !route.redirects.is_empty() {
-        for name in [header::LOCATION, header::REFRESH] {
-            let rewritten = headers
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| redirect(v, &route.redirects, name == header::REFRESH));
-            if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                headers.insert(name, v);
+        for name in [&b"location"[..], b"refresh"] {
+            let rewritten = fields
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| redirect(v, &route.redirects, name == b"refresh"))
+                .filter(|v| HeaderValue::from_str(v).is_ok());
+            if let Some(v) = rewritten {
+                fields.set_first(name, v.as_bytes());
             }
         }
     }
@@ -211,8 +257,9 @@ fn redirect(value: &str, rules: &[(String, String)], refresh: bool) -> Option<St
 }
 
 /// nginx's `add_header`: on 200, 201, 204, 206, 301, 302, 303, 304, 307 and 308 responses, or on
-/// every response with `always`. An empty value adds nothing.
-pub fn add_headers<B>(response: &mut http::Response<B>, route: &Route, vars: &dyn Vars) {
+/// every response with `always`. An empty value adds nothing. The name as the config spells
+/// it, after the peer's fields.
+pub fn add_headers(response: &mut http::Response<ResponseBody>, route: &Route, vars: &dyn Vars) {
     if route.add_headers.is_empty() {
         return;
     }
@@ -220,23 +267,27 @@ pub fn add_headers<B>(response: &mut http::Response<B>, route: &Route, vars: &dy
         response.status().as_u16(),
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
     );
-    for (name, template, always) in &route.add_headers {
+    for (_, template, always, spelled) in &route.add_headers {
         if !(ok || *always) {
             continue;
         }
         let value = template.render(vars);
-        if value.is_empty() {
+        if value.is_empty() || HeaderValue::from_str(&value).is_err() {
             continue;
         }
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            response.headers_mut().append(name.clone(), v);
-        }
+        response
+            .body_mut()
+            .fields_mut()
+            .push(spelled.as_bytes(), value.as_bytes());
     }
 }
 
 /// `Server: imbang/<version>` (or `imbang` with `server_tokens off`), unless the peer's own
 /// `Server` was let through by `proxy_pass_header Server`.
-pub fn set_server<B>(response: &mut http::Response<B>, route: &Route) {
+pub fn set_server(response: &mut http::Response<ResponseBody>, route: &Route) {
+    if response.body().fields().is_some_and(|f| f.has(b"server")) {
+        return;
+    }
     response
         .headers_mut()
         .entry(header::SERVER)

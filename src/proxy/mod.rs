@@ -65,6 +65,9 @@ pub struct ConnInfo {
 pub struct RequestCtx<'a> {
     pub conn: &'a ConnInfo,
     pub parts: &'a http::request::Parts,
+    /// An HTTP/1 request's fields as they came (what goes upstream, in their spelling and
+    /// order); `None` over HTTP/2, whose fields are `parts`' own.
+    pub fields: Option<&'a crate::http1::RawFields>,
     pub host: &'a str,
     pub server_name: &'a str,
     pub proxy_host: &'a str,
@@ -468,6 +471,7 @@ pub fn handle<'a>(
     shared: &'a Shared,
     conn: &'a Arc<ConnInfo>,
     parts: http::request::Parts,
+    fields: Option<crate::http1::RawFields>,
     body: RequestBody,
     on_upgrade: Option<OnUpgrade>,
 ) -> impl Future<Output = (Response<ResponseBody>, ClientTimeouts)> + Send + 'a {
@@ -495,6 +499,7 @@ pub fn handle<'a>(
             conn,
             &parts,
             &state,
+            fields.as_ref(),
             body,
             client_upgrade,
             &mut unanswered.out,
@@ -531,11 +536,13 @@ fn log_when_sent(
         header_bytes: header_bytes(response),
         start,
         end: start,
-        response_headers: route
-            .access_log
-            .needs
-            .response_headers
-            .then(|| response.headers().clone()),
+        response_headers: route.access_log.needs.response_headers.then(|| {
+            let mut map = response.headers().clone();
+            if let Some(fields) = response.body().fields() {
+                fields.append_to(&mut map);
+            }
+            map
+        }),
         upstream_headers: out.record.upstream_headers.take(),
         tries: std::mem::take(&mut out.record.tries),
         complete: false,
@@ -629,6 +636,7 @@ async fn respond(
     conn: &ConnInfo,
     parts: &http::request::Parts,
     state: &RequestState,
+    fields: Option<&crate::http1::RawFields>,
     body: RequestBody,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
@@ -680,6 +688,7 @@ async fn respond(
     let base = RequestCtx {
         conn,
         parts,
+        fields,
         host: &host,
         server_name: &server.name,
         proxy_host: "",
@@ -936,6 +945,7 @@ async fn error_page(
     let base = RequestCtx {
         conn: ctx.conn,
         parts: &parts,
+        fields: ctx.fields,
         host: ctx.host,
         server_name: ctx.server_name,
         proxy_host: "",
@@ -1040,7 +1050,8 @@ fn header_bytes(response: &Response<ResponseBody>) -> u64 {
         .headers()
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + response.body().fields().map_or(0, |f| f.encoded_len());
     (17 + fields + 2 + 37) as u64 // status line, fields, blank line, Date
 }
 

@@ -188,6 +188,7 @@ fn variables(c: &mut Criterion) {
         remote,
         local,
         key: local,
+        tls: None,
     };
     let ctx = RequestCtx {
         conn: &conn,

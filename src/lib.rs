@@ -45,6 +45,7 @@ pub mod route;
 pub mod scratch;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 pub mod vars;
 

@@ -18,6 +18,10 @@ pub enum Var {
     ServerPort,
     ServerName,
     Scheme,
+    /// `$https`: `on` on a TLS connection, else empty.
+    Https,
+    /// `$ssl_*`: what the connection's TLS handshake agreed on (empty without TLS).
+    Ssl(SslVar),
     Request,
     RequestMethod,
     RequestUri,
@@ -222,6 +226,13 @@ impl Var {
             "server_port" => Self::ServerPort,
             "server_name" => Self::ServerName,
             "scheme" => Self::Scheme,
+            "https" => Self::Https,
+            "ssl_protocol" => Self::Ssl(SslVar::Protocol),
+            "ssl_cipher" => Self::Ssl(SslVar::Cipher),
+            "ssl_server_name" => Self::Ssl(SslVar::ServerName),
+            "ssl_session_reused" => Self::Ssl(SslVar::SessionReused),
+            "ssl_alpn_protocol" => Self::Ssl(SslVar::AlpnProtocol),
+            "ssl_curve" => Self::Ssl(SslVar::Curve),
             "request" => Self::Request,
             "request_method" => Self::RequestMethod,
             "request_uri" => Self::RequestUri,
@@ -274,6 +285,17 @@ impl Var {
             }
         })
     }
+}
+
+/// The `$ssl_*` variables (nginx's `ngx_http_ssl_module`), read by [`crate::tls::append_var`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslVar {
+    Protocol,
+    Cipher,
+    ServerName,
+    SessionReused,
+    AlpnProtocol,
+    Curve,
 }
 
 /// What a template reads variables from (one request).

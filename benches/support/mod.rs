@@ -49,6 +49,7 @@ pub fn conn() -> ConnInfo {
         remote: "198.51.100.23:54321".parse().expect("an address"),
         local,
         key: local,
+        tls: None,
     }
 }
 

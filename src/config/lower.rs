@@ -15,6 +15,8 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+pub mod ssl;
+
 /// What lowering needs to know beyond the text.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -41,6 +43,7 @@ pub fn lower(
         matches: HashMap::new(),
         health_checks: Vec::new(),
         maps: Vec::new(),
+        ssl_http: ssl::SslFrame::default(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -73,6 +76,8 @@ struct Lower<'a> {
     health_checks: Vec<HealthCheck>,
     /// `map` blocks so far.
     maps: Vec<MapSpec>,
+    /// The http level's `ssl_*` settings, which servers inherit.
+    ssl_http: ssl::SslFrame,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -495,6 +500,11 @@ impl<'a> Lower<'a> {
             match d.name.as_str() {
                 "server" => servers.push(d),
                 "map" => self.map_block(d),
+                name if ssl::is_ssl(name) => {
+                    let mut f = std::mem::take(&mut self.ssl_http);
+                    self.ssl_directive(d, spec, &mut f, &mut seen);
+                    self.ssl_http = f;
+                }
                 "error_log" => error_log.extend(self.error_log(d)),
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
@@ -984,12 +994,14 @@ impl<'a> Lower<'a> {
         let mut ret = None;
         let mut sets = Vec::new();
         let mut locations = Vec::new();
+        let mut own_ssl = ssl::SslFrame::default();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
             };
             match c.name.as_str() {
                 "listen" => self.listen(c, &mut listens),
+                name if ssl::is_ssl(name) => self.ssl_directive(c, spec, &mut own_ssl, &mut seen),
                 "set" => sets.extend(self.set(c)),
                 "server_name" => self.server_names(c, &mut names),
                 "location" => locations.push(c),
@@ -1013,6 +1025,8 @@ impl<'a> Lower<'a> {
                 addr: SocketAddr::from(([0, 0, 0, 0], self.opts.default_listen_port)),
                 default_server: false,
                 reuseport: false,
+                ssl: false,
+                http2: false,
                 location: self.at(d.span),
             });
         }
@@ -1032,6 +1046,7 @@ impl<'a> Lower<'a> {
             locations,
             conf,
             location: self.at(d.span),
+            ssl: Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http)),
         })
     }
 
@@ -1054,12 +1069,14 @@ impl<'a> Lower<'a> {
         };
         let mut default_server = false;
         let mut reuseport = false;
+        let (mut ssl, mut http2) = (false, false);
         for p in &d.args[1..] {
             let name = p.value.split('=').next().unwrap_or_default();
             match name {
                 "default_server" | "default" => default_server = true,
                 "reuseport" => reuseport = true,
-                "ssl" | "quic" | "proxy_protocol" => self.invalid(
+                "ssl" => ssl = true,
+                "quic" | "proxy_protocol" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
                         p.value
@@ -1067,8 +1084,15 @@ impl<'a> Lower<'a> {
                     p.span,
                 ),
                 // h2c with prior knowledge is served on every listener (the preface is
-                // recognised), so the parameter asks for nothing more.
-                "http2" => {}
+                // recognised); over TLS the parameter offers HTTP/2 by ALPN. nginx 1.25.1 made
+                // it the `http2` directive and warns.
+                "http2" => {
+                    http2 = true;
+                    self.warn(
+                        "the \"listen ... http2\" directive is deprecated, use the \"http2\" directive instead".to_owned(),
+                        p.span,
+                    );
+                }
                 "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind" | "ipv6only"
                 | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self.warn(
                     format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),
@@ -1086,6 +1110,8 @@ impl<'a> Lower<'a> {
                 addr,
                 default_server,
                 reuseport,
+                ssl,
+                http2,
                 location: self.at(d.span),
             });
         }

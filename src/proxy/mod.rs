@@ -51,6 +51,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The configured listen address of the listener that accepted it.
     pub key: SocketAddr,
+    /// What the TLS handshake agreed on, on a `listen ... ssl` address.
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
 }
 
 /// One request as the variables and the error log see it.
@@ -204,7 +206,16 @@ impl Vars for RequestCtx<'_> {
             Var::ServerAddr => append_display(out, self.conn.local.ip()),
             Var::ServerPort => append_display(out, self.conn.local.port()),
             Var::ServerName => out.push_str(self.server_name),
-            Var::Scheme => out.push_str("http"),
+            Var::Scheme => match self.conn.tls {
+                Some(_) => out.push_str("https"),
+                None => out.push_str("http"),
+            },
+            Var::Https => {
+                if self.conn.tls.is_some() {
+                    out.push_str("on");
+                }
+            }
+            Var::Ssl(var) => crate::tls::append_var(self.conn.tls.as_deref(), *var, out),
             // An HTTP/2 request has no request line: nginx logs its method, path and version
             // (`GET /x HTTP/2.0`), not the authority its URI carries.
             Var::Request if self.parts.version == http::Version::HTTP_2 => append_display(

@@ -555,6 +555,24 @@ async fn respond(
         return response;
     };
     let server: &ServerRoute = vhosts.find(&host);
+    if let Some(why) = crate::tls::refuse(conn.tls.as_deref(), server.tls.as_ref()) {
+        log!(
+            Info,
+            "*{} {}, client: {}",
+            conn.id,
+            match why {
+                crate::tls::Refusal::NoCertificate => "client sent no required SSL certificate",
+                crate::tls::Refusal::BadCertificate => "client SSL certificate verify error",
+                crate::tls::Refusal::Misdirected =>
+                    "client attempted to request the server name different from the one that was negotiated",
+            },
+            conn.remote.ip()
+        );
+        out.log(&server.fallback, &host, &server.name);
+        let mut response = error_response(&ProxyError::ClientCertificate(why));
+        headers::set_server(&mut response, &server.fallback);
+        return response;
+    }
     let Ok(path) = normalize_path(parts.uri.path()) else {
         out.log(&server.fallback, &host, &server.name);
         let mut response = error_response(&ProxyError::BadRequest("invalid URI"));
@@ -938,7 +956,10 @@ fn log_refused(
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    let mut response = error::error_page(e.status());
+    let mut response = match e {
+        ProxyError::ClientCertificate(why) => error::client_certificate_page(*why),
+        _ => error::error_page(e.status()),
+    };
     if e.closes_connection() {
         response
             .headers_mut()

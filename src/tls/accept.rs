@@ -17,6 +17,9 @@ use crate::log;
 use crate::proxy::ConnInfo;
 use crate::route::normalize_host;
 
+use super::ServerTls;
+use super::client_cert::{ClientCert, Verified};
+
 /// What a connection's handshake agreed on: the `$ssl_*` variables.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
@@ -32,10 +35,15 @@ pub struct TlsInfo {
     pub alpn: &'static str,
     /// `$ssl_curve`, in OpenSSL's words (`X25519`, `prime256v1`).
     pub curve: &'static str,
+    /// The server whose certificate the handshake used.
+    pub server: Option<Arc<ServerTls>>,
+    /// `$ssl_client_verify`, and the client's certificate.
+    pub verified: Verified,
+    pub client: Option<Box<ClientCert>>,
 }
 
 impl TlsInfo {
-    fn of(conn: &ServerConnection) -> Self {
+    fn of(conn: &ServerConnection, server: Arc<ServerTls>) -> Self {
         let protocol = match conn.protocol_version() {
             Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -68,6 +76,18 @@ impl TlsInfo {
             session_reused: conn.handshake_kind() == Some(HandshakeKind::Resumed),
             alpn,
             curve,
+            verified: match &server.client {
+                Some(auth) => auth.verify(conn.peer_certificates()),
+                None => Verified::None,
+            },
+            client: match &server.client {
+                Some(_) => conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Box::new(ClientCert::of(c))),
+                None => None,
+            },
+            server: Some(server),
         }
     }
 }
@@ -104,7 +124,7 @@ pub async fn serve(
         },
     };
     let hello = start.client_hello();
-    let config = {
+    let (server_tls, config) = {
         let snapshot = listener.shared.live.snapshot();
         let Some(vhosts) = snapshot.vhosts(info.key, info.local) else {
             return;
@@ -113,8 +133,12 @@ pub async fn serve(
             Some(name) => vhosts.find(&name),
             None => vhosts.default_server(),
         };
-        match server.tls.as_ref().and_then(|t| t.config.clone()) {
-            Some(config) => config,
+        match server
+            .tls
+            .as_ref()
+            .and_then(|t| Some((t.clone(), t.config.clone()?)))
+        {
+            Some(found) => found,
             None => {
                 // `ssl_reject_handshake on` (or a server without TLS on this address).
                 log!(
@@ -143,7 +167,7 @@ pub async fn serve(
     };
     let (tcp, conn) = tls.get_ref();
     let _ = tcp.set_nodelay(true);
-    let tls_info = TlsInfo::of(conn);
+    let tls_info = TlsInfo::of(conn, server_tls);
     let h2 = tls_info.alpn == "h2";
     info.tls = Some(Box::new(tls_info));
     let info = Arc::new(info);

@@ -8,6 +8,7 @@
 //! name the client asks for (SNI) with nginx's `server_name` rules.
 
 pub mod accept;
+pub mod client_cert;
 mod h1;
 
 use std::fmt::Debug;
@@ -43,7 +44,76 @@ pub fn append_var(tls: Option<&TlsInfo>, var: crate::vars::SslVar, out: &mut Str
         },
         SslVar::AlpnProtocol => tls.alpn,
         SslVar::Curve => tls.curve,
+        SslVar::ClientVerify => {
+            match &tls.verified {
+                client_cert::Verified::None => out.push_str("NONE"),
+                client_cert::Verified::Success => out.push_str("SUCCESS"),
+                client_cert::Verified::Failed(why, _) => {
+                    out.push_str("FAILED:");
+                    out.push_str(why);
+                }
+            }
+            return;
+        }
+        client => {
+            if let Some(cert) = &tls.client {
+                append_client(cert, client, out);
+            }
+            return;
+        }
     });
+}
+
+fn append_client(cert: &client_cert::ClientCert, var: crate::vars::SslVar, out: &mut String) {
+    use crate::vars::SslVar;
+    match var {
+        SslVar::ClientSDn => out.push_str(&cert.subject),
+        SslVar::ClientIDn => out.push_str(&cert.issuer),
+        SslVar::ClientSerial => out.push_str(&cert.serial),
+        SslVar::ClientFingerprint => out.push_str(&cert.fingerprint),
+        SslVar::ClientRawCert => out.push_str(&cert.pem),
+        // Deprecated in nginx: every line but the first starts with a tab.
+        SslVar::ClientCert => out.push_str(cert.pem.trim_end().replace('\n', "\n\t").as_str()),
+        SslVar::ClientEscapedCert => {
+            for b in cert.pem.bytes() {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    let _ = std::fmt::Write::write_fmt(out, format_args!("%{b:02X}"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a request on `server` (chosen by its Host) must be refused for its connection's
+/// client certificate: nginx's 421 for a Host whose server verifies clients but is not the one
+/// the handshake was for, its 496 (no certificate with `on`) and 495 (a bad one).
+pub fn refuse(tls: Option<&TlsInfo>, server: Option<&Arc<ServerTls>>) -> Option<Refusal> {
+    use crate::config::model::VerifyClient;
+    let (tls, server) = (tls?, server?);
+    let auth = server.client.as_ref()?;
+    if !tls.server.as_ref().is_some_and(|s| Arc::ptr_eq(s, server)) {
+        return Some(Refusal::Misdirected);
+    }
+    match (&tls.verified, auth.mode) {
+        (client_cert::Verified::None, VerifyClient::On) => Some(Refusal::NoCertificate),
+        (client_cert::Verified::Failed(_, true), VerifyClient::OptionalNoCa) => None,
+        (client_cert::Verified::Failed(..), _) => Some(Refusal::BadCertificate),
+        _ => None,
+    }
+}
+
+/// Why a request is refused for its client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 496: `ssl_verify_client on` and no certificate.
+    NoCertificate,
+    /// 495: the certificate did not verify.
+    BadCertificate,
+    /// 421: the Host's server verifies clients, the handshake was another server's.
+    Misdirected,
 }
 
 /// ring's provider with everything it offers: TLS 1.3 and TLS 1.2 ECDHE suites with AES-GCM and
@@ -62,6 +132,8 @@ fn ring() -> &'static Arc<CryptoProvider> {
 #[derive(Debug)]
 pub struct ServerTls {
     pub config: Option<Arc<ServerConfig>>,
+    /// `ssl_verify_client` other than `off`.
+    pub client: Option<Arc<client_cert::ClientAuth>>,
 }
 
 /// Why a server's TLS could not be compiled: nginx's words, and where.
@@ -75,7 +147,10 @@ pub struct TlsError {
 /// offered by ALPN (`http2 on`, or `listen ... http2`).
 pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls, TlsError> {
     if spec.reject_handshake {
-        return Ok(ServerTls { config: None });
+        return Ok(ServerTls {
+            config: None,
+            client: None,
+        });
     }
     if let Some((cert, at)) = &spec.unpaired {
         return Err(TlsError {
@@ -132,9 +207,15 @@ pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls
             message: format!("the TLS settings cannot be used together: {e}"),
             location: listen_at.to_owned(),
         })?;
-    let mut config = builder
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Certificates(keys)));
+    let client = client_auth(spec, &provider, listen_at)?;
+    let builder = match &client {
+        Some(auth) => builder.with_client_cert_verifier(Arc::new(client_cert::Ask {
+            auth: auth.clone(),
+            hints: auth.hints(),
+        })),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Certificates(keys)));
     config.alpn_protocols = match http2 {
         true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         false => vec![b"http/1.1".to_vec()],
@@ -159,7 +240,92 @@ pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls
     }
     Ok(ServerTls {
         config: Some(Arc::new(config)),
+        client,
     })
+}
+
+/// `ssl_verify_client` with its CA files (`ssl_client_certificate`, `ssl_trusted_certificate`)
+/// and `ssl_crl`, read now.
+fn client_auth(
+    spec: &SslSpec,
+    provider: &Arc<CryptoProvider>,
+    listen_at: &str,
+) -> Result<Option<Arc<client_cert::ClientAuth>>, TlsError> {
+    use crate::config::model::VerifyClient;
+    if spec.verify_client == VerifyClient::Off {
+        return Ok(None);
+    }
+    if spec.client_certificate.is_none() && spec.verify_client != VerifyClient::OptionalNoCa {
+        return Err(TlsError {
+            message: "no ssl_client_certificate for ssl_verify_client".to_owned(),
+            location: listen_at.to_owned(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (path, at) in [&spec.client_certificate, &spec.trusted_certificate]
+        .into_iter()
+        .flatten()
+    {
+        let error = |why: String| TlsError {
+            message: format!("cannot load certificates \"{}\": {why}", path.display()),
+            location: at.clone(),
+        };
+        let text = std::fs::read(path).map_err(|e| {
+            error(format!(
+                "open() failed ({})",
+                crate::error_log::errno_text(&e)
+            ))
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(format!("bad PEM ({e})")))?;
+        if certs.is_empty() {
+            return Err(error("no \"CERTIFICATE\" found in the file".to_owned()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| error(format!("not a usable CA certificate ({e})")))?;
+        }
+    }
+    let mut crls = Vec::new();
+    if let Some((path, at)) = &spec.crl {
+        let error = |why: String| TlsError {
+            message: format!("cannot load CRL \"{}\": {why}", path.display()),
+            location: at.clone(),
+        };
+        let text = std::fs::read(path).map_err(|e| {
+            error(format!(
+                "open() failed ({})",
+                crate::error_log::errno_text(&e)
+            ))
+        })?;
+        crls = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(format!("bad PEM ({e})")))?;
+    }
+    let check = match roots.is_empty() {
+        true => None,
+        false => Some(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .with_crls(crls)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError {
+                message: format!("cannot use the client CA certificates: {e}"),
+                location: listen_at.to_owned(),
+            })?,
+        ),
+    };
+    Ok(Some(Arc::new(client_cert::ClientAuth::new(
+        spec.verify_client,
+        check,
+        spec.verify_depth,
+        provider.signature_verification_algorithms,
+    ))))
 }
 
 /// ring's provider narrowed to `ssl_ciphers` and `ssl_ecdh_curve`. TLS 1.3's suites are always

@@ -207,3 +207,20 @@ pub async fn get(stream: TlsStream<TcpStream>, host: &str, path: &str) -> (u16, 
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, body.to_owned())
 }
+
+/// A client that trusts `ca` and presents `cert` (signed by whichever CA made it).
+pub fn client_with_cert(ca: &Ca, cert: &Pem) -> ClientConfig {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![cert.der.clone()],
+            PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap(),
+        )
+        .unwrap()
+}

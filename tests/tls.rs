@@ -539,3 +539,54 @@ return 200; }} }}
         );
     }
 }
+
+#[tokio::test]
+async fn a_plain_http_request_on_the_tls_port_gets_nginx_s_400_page() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("tls-plain");
+    let pair = write_pair(&dir, "p", &ca.leaf(&["p.test"], false));
+    let conf = format!(
+        "events {{}} http {{ access_log off; server {{ listen 127.0.0.1:0 ssl; {} return 200; }} }}",
+        cert_lines(&pair)
+    );
+    let lb = imbang(&conf).await;
+    let (status, body) = support::request(lb.addr, "GET", "/", "p.test", None).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n<hr><center>imbang</center>\r\n</body>\r\n</html>\r\n"
+    );
+}
+
+#[tokio::test]
+async fn ssl_stapling_file_staples_the_response_and_a_missing_one_fails_t() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("tls-stapling");
+    let pair = write_pair(&dir, "s", &ca.leaf(&["s.test"], false));
+    // The server sends the file as it is; the client here does not check it.
+    let staple = dir.write("ocsp.der", "not really DER, but sent as it is");
+    let conf = format!(
+        "events {{}} http {{ access_log off; server {{ listen 127.0.0.1:0 ssl; {} ssl_stapling on; ssl_stapling_file {}; return 200; }} }}",
+        cert_lines(&pair),
+        staple.display()
+    );
+    let lb = imbang(&conf).await;
+    let (config, seen) = any_cert_client(&[], &[]);
+    let stream = connect(Arc::new(config), lb.addr, "s.test").await.unwrap();
+    assert_eq!(get(stream, "s.test", "/").await.0, 200);
+    assert_eq!(
+        seen.ocsp().as_deref(),
+        Some(&b"not really DER, but sent as it is"[..])
+    );
+
+    std::fs::remove_file(&staple).unwrap();
+    let (code, stderr) = test_config(&dir, &conf).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "[emerg] cannot load OCSP response \"{}\": open() failed (2: No such file or directory)",
+            staple.display()
+        )),
+        "{stderr}"
+    );
+}

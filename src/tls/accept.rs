@@ -110,6 +110,31 @@ pub async fn serve(
             remote.ip()
         )
     };
+    // A plain HTTP request on a TLS port (the first byte of a handshake is 22): nginx answers
+    // it with a 400 page of its own rather than a TLS alert the client cannot read.
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        biased;
+        () = listener.stop.stopped() => return,
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
+    };
+    match peeked {
+        Ok(Ok(1..)) if first[0] != 22 => {
+            if first[0].is_ascii_uppercase() {
+                log!(
+                    Info,
+                    "*{} client sent plain HTTP request to HTTPS port while reading client request headers, client: {}",
+                    info.id,
+                    remote.ip()
+                );
+                plain_http_answer(stream).await;
+            }
+            return;
+        }
+        Ok(Ok(1..)) => {}
+        Ok(_) => return,
+        Err(_) => return timed_out(info.id),
+    }
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
     let start = tokio::select! {
         biased;
@@ -185,4 +210,29 @@ pub async fn serve(
     } else {
         Box::pin(super::h1::serve(tls, listener, info)).await;
     }
+}
+
+/// nginx's page for a plain HTTP request on a TLS port (`ngx_http_error_497_page`), then a
+/// lingering close: what the client still sends is read for a moment, so the close does not
+/// reset the connection before the answer is read.
+async fn plain_http_answer(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let detail = "The plain HTTP request was sent to HTTPS port";
+    let page = format!(
+        "<html>\r\n<head><title>400 {detail}</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>{detail}</center>\r\n<hr><center>imbang</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nServer: imbang\r\nDate: {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        page.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(page.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
 }

@@ -172,7 +172,7 @@ pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls
     let ocsp = match &spec.stapling_file {
         Some((path, at)) => Some(std::fs::read(path).map_err(|e| TlsError {
             message: format!(
-                "cannot load OCSP response \"{}\": {}",
+                "cannot load OCSP response \"{}\": open() failed ({})",
                 path.display(),
                 crate::error_log::errno_text(&e)
             ),

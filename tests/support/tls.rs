@@ -112,13 +112,20 @@ pub fn any_cert_client(schemes: &[SignatureScheme], alpn: &[&str]) -> (ClientCon
     (config, seen)
 }
 
-/// The last certificate a client was shown.
+/// The last certificate a client was shown, and the OCSP response stapled to it.
 #[derive(Clone, Default, Debug)]
-pub struct Seen(Arc<Mutex<Option<CertificateDer<'static>>>>);
+pub struct Seen(
+    Arc<Mutex<Option<CertificateDer<'static>>>>,
+    Arc<Mutex<Option<Vec<u8>>>>,
+);
 
 impl Seen {
     pub fn get(&self) -> Option<CertificateDer<'static>> {
         self.0.lock().unwrap().clone()
+    }
+
+    pub fn ocsp(&self) -> Option<Vec<u8>> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -134,10 +141,11 @@ impl ServerCertVerifier for AnyCert {
         end_entity: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
-        _: &[u8],
+        ocsp: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         *self.seen.0.lock().unwrap() = Some(end_entity.clone().into_owned());
+        *self.seen.1.lock().unwrap() = Some(ocsp.to_vec()).filter(|o| !o.is_empty());
         Ok(ServerCertVerified::assertion())
     }
 

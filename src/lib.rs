@@ -5,6 +5,7 @@
 //! | step    | module       | what happens                                              |
 //! |---------|--------------|-----------------------------------------------------------|
 //! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
+//! | TLS     | [`tls`]      | on `listen ... ssl`: SNI → server's certificate, handshake, ALPN h2 or HTTP/1.1 |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
 //! | pick    | [`upstream`] | balancer + passive health give a peer and an in-flight guard |
 //! | forward | [`proxy`]    | rewrite headers, send over [`pool`], retry if safe        |

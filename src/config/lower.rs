@@ -1040,13 +1040,20 @@ impl<'a> Lower<'a> {
             .collect();
         let mut conf = frame.conf(ret.map(Action::Return));
         Arc::make_mut(&mut conf).sets = sets;
+        let ssl = Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http));
+        if ssl.enable {
+            // `ssl on`: the server's addresses are TLS, as if each `listen` said `ssl`.
+            for l in &mut listens {
+                l.ssl = true;
+            }
+        }
         Some(Server {
             listens,
             names,
             locations,
             conf,
             location: self.at(d.span),
-            ssl: Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http)),
+            ssl,
         })
     }
 

@@ -881,6 +881,8 @@ pub struct SslSpec {
     /// An `ssl_certificate` without an `ssl_certificate_key` at its position (an error once a
     /// `listen ... ssl` uses this server): its file and `path:line:col`.
     pub unpaired: Option<(PathBuf, String)>,
+    /// `ssl on` (deprecated form of `listen ... ssl`): every address of the server is TLS.
+    pub enable: bool,
     /// `ssl_reject_handshake on`: handshakes for this server are refused.
     pub reject_handshake: bool,
     /// `http2 on`: HTTP/2 offered by ALPN.

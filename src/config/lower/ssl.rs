@@ -18,6 +18,7 @@ pub(super) struct SslFrame {
     /// `ssl_certificate` values with their places (inherited as a whole, as nginx's arrays).
     certificates: Option<Vec<(PathBuf, String)>>,
     keys: Option<Vec<(PathBuf, String)>>,
+    enable: Option<bool>,
     reject_handshake: Option<bool>,
     http2: Option<bool>,
     protocols: Option<(bool, bool)>,
@@ -38,7 +39,7 @@ pub(super) struct SslFrame {
 
 /// Whether `name` is read by [`Lower::ssl_directive`].
 pub(super) fn is_ssl(name: &str) -> bool {
-    name == "http2" || (name.starts_with("ssl_") && !IGNORED.contains(&name))
+    name == "http2" || name == "ssl" || (name.starts_with("ssl_") && !IGNORED.contains(&name))
 }
 
 /// `ssl_*` directives that only warn (their table entry says why): nothing to read.
@@ -111,6 +112,7 @@ impl SslFrame {
         inherit!(
             certificates,
             keys,
+            enable,
             reject_handshake,
             http2,
             protocols,
@@ -148,6 +150,7 @@ impl SslFrame {
         SslSpec {
             certificates,
             unpaired: None,
+            enable: self.enable.unwrap_or(false),
             reject_handshake: self.reject_handshake.unwrap_or(false),
             http2: self.http2.unwrap_or(false),
             tls12,
@@ -204,6 +207,13 @@ impl Lower<'_> {
                 f.keys.get_or_insert_with(Vec::new).push((path, at));
             }
             "http2" => f.http2 = Some(flag()),
+            "ssl" => {
+                f.enable = Some(flag());
+                self.warn(
+                    "the \"ssl\" directive is deprecated, use the \"listen ... ssl\" directive instead".to_owned(),
+                    d.span,
+                );
+            }
             "ssl_reject_handshake" => f.reject_handshake = Some(flag()),
             "ssl_prefer_server_ciphers" => f.prefer_server_ciphers = Some(flag()),
             "ssl_session_tickets" => f.session_tickets = Some(flag()),

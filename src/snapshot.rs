@@ -411,7 +411,7 @@ fn compile_tls(
     }
     let http2 = server.ssl.http2 || server.listens.iter().any(|l| h2.contains(&l.addr));
     let at = listen.map_or(server.location.as_str(), |l| l.location.as_str());
-    match crate::tls::compile(&server.ssl, http2, at) {
+    match crate::tls::compile(&server.ssl, http2, at, &server.location) {
         Ok(t) => Some(Arc::new(t)),
         Err(e) => {
             // One error per place: servers inheriting a bad http-level certificate share it.

@@ -630,3 +630,44 @@ async fn proxy_ssl_directives_are_refused_as_not_supported_yet() {
         Some(format!("imbang: [emerg] \"proxy_ssl_verify\" directive is not supported by imbang yet in {c}:4:14").as_str())
     );
 }
+
+#[tokio::test]
+async fn a_reload_with_a_renewed_certificate_under_load_fails_no_request() {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("tls-renew-load");
+    let pair = write_pair(&dir, "site", &ca.leaf(&["l.test"], false));
+    let conf = format!(
+        "events {{}} http {{ access_log off; server {{ listen 127.0.0.1:0 ssl; http2 on; {} return 200 ok; }} }}",
+        cert_lines(&pair)
+    );
+    let lb = Arc::new(imbang(&conf).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (lb, stop, ca_config) = (lb.clone(), stop.clone(), client_config(&ca, &[]));
+        clients.push(tokio::spawn(async move {
+            let config = Arc::new(ca_config);
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || ok < 5 {
+                match connect(config.clone(), lb.addr, "l.test").await {
+                    Ok(stream) => match get(stream, "l.test", "/").await {
+                        (200, body) if body == "ok" => ok += 1,
+                        other => failed.push(format!("client {i}: {other:?}")),
+                    },
+                    Err(e) => failed.push(format!("client {i}: {e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for _ in 0..5 {
+        write_pair(&dir, "site", &ca.leaf(&["l.test"], false));
+        lb.reload(&conf).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(ok >= 5);
+        assert_eq!(failed, Vec::<String>::new());
+    }
+}

@@ -149,3 +149,54 @@ async fn verify_without_a_client_ca_fails_t() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn a_host_of_another_verifying_server_is_421_and_a_reload_keeps_connections_valid() {
+    let ca = Ca::new("Server CA");
+    let clients = Ca::new("Client CA");
+    let dir = TempDir::new("tls-client-421");
+    let v = ca.leaf(&["v.test"], false);
+    let o = ca.leaf(&["open.test"], false);
+    let (vc, vk) = (dir.write("v.crt", &v.cert), dir.write("v.key", &v.key));
+    let (oc, ok) = (dir.write("o.crt", &o.cert), dir.write("o.key", &o.key));
+    let cas = dir.write("clients.pem", &clients.pem);
+    let conf = format!(
+        "events {{}} http {{ access_log off;
+           server {{ listen 127.0.0.1:0 ssl; server_name v.test; ssl_certificate {}; ssl_certificate_key {};
+                     ssl_verify_client on; ssl_client_certificate {}; return 200 verified; }}
+           server {{ listen 127.0.0.1:0 ssl; server_name open.test; ssl_certificate {}; ssl_certificate_key {}; return 200 open; }}
+        }}",
+        vc.display(),
+        vk.display(),
+        cas.display(),
+        oc.display(),
+        ok.display()
+    );
+    let lb = imbang(&conf).await;
+    let good = clients.leaf(&["client.test"], false);
+
+    // Handshake for open.test, request for v.test: nginx's 421.
+    let stream = connect(Arc::new(client_with_cert(&ca, &good)), lb.addr, "open.test")
+        .await
+        .unwrap();
+    assert_eq!(get(stream, "v.test", "/").await.0, 421);
+
+    // A keep-alive connection to the verifying server, across a reload of the same file.
+    let stream = connect(Arc::new(client_with_cert(&ca, &good)), lb.addr, "v.test")
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let ask = || {
+        http::Request::get("/")
+            .header("host", "v.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(ask()).await.unwrap().status(), 200);
+    lb.reload(&conf).await;
+    assert_eq!(sender.send_request(ask()).await.unwrap().status(), 200);
+}

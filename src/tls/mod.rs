@@ -94,7 +94,7 @@ pub fn refuse(tls: Option<&TlsInfo>, server: Option<&Arc<ServerTls>>) -> Option<
     use crate::config::model::VerifyClient;
     let (tls, server) = (tls?, server?);
     let auth = server.client.as_ref()?;
-    if !tls.server.as_ref().is_some_and(|s| Arc::ptr_eq(s, server)) {
+    if tls.server.as_ref().is_none_or(|s| s.id != server.id) {
         return Some(Refusal::Misdirected);
     }
     match (&tls.verified, auth.mode) {
@@ -134,6 +134,9 @@ pub struct ServerTls {
     pub config: Option<Arc<ServerConfig>>,
     /// `ssl_verify_client` other than `off`.
     pub client: Option<Arc<client_cert::ClientAuth>>,
+    /// Which `server {}` this is (its `path:line:col`): the same across reloads of an unchanged
+    /// file, so a connection made before a reload still matches its server after it.
+    pub id: String,
 }
 
 /// Why a server's TLS could not be compiled: nginx's words, and where.
@@ -145,11 +148,17 @@ pub struct TlsError {
 
 /// Compiles `spec` for a server whose `listen ... ssl` is at `listen_at`; `http2`: HTTP/2 is
 /// offered by ALPN (`http2 on`, or `listen ... http2`).
-pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls, TlsError> {
+pub fn compile(
+    spec: &SslSpec,
+    http2: bool,
+    listen_at: &str,
+    id: &str,
+) -> Result<ServerTls, TlsError> {
     if spec.reject_handshake {
         return Ok(ServerTls {
             config: None,
             client: None,
+            id: id.to_owned(),
         });
     }
     if let Some((cert, at)) = &spec.unpaired {
@@ -241,6 +250,7 @@ pub fn compile(spec: &SslSpec, http2: bool, listen_at: &str) -> Result<ServerTls
     Ok(ServerTls {
         config: Some(Arc::new(config)),
         client,
+        id: id.to_owned(),
     })
 }
 

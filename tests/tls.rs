@@ -525,7 +525,7 @@ return 200; }} }}
             "imbang: [warn] ciphers \"DHE-RSA-AES128-SHA\" in \"ssl_ciphers\" are not offered: rustls has no such suites (it offers ECDHE with AES-GCM or ChaCha20-Poly1305 only) in {c}:5:13"
         ),
         format!(
-            "imbang: [warn] curve \"secp521r1\" in \"ssl_ecdh_curve\" is not offered: rustls (ring) has X25519, prime256v1 and secp384r1 in {c}:6:16"
+            "imbang: [warn] curve \"secp521r1\" in \"ssl_ecdh_curve\" is not offered: rustls has X25519MLKEM768, X25519, prime256v1 and secp384r1 in {c}:6:16"
         ),
         format!(
             "imbang: [warn] the \"ssl_dhparam\" directive has no effect in imbang: rustls offers no DHE cipher suites (ECDHE only) in {c}:7:1"

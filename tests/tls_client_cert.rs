@@ -31,7 +31,7 @@ fn page(detail: &str) -> String {
 }
 
 fn fingerprint(pem: &Pem) -> String {
-    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &pem.der)
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &pem.der)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))

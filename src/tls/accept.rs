@@ -62,7 +62,6 @@ impl TlsInfo {
                 let name = format!("{:?}", g.name());
                 GROUPS.iter().find(|(_, r)| *r == name).map(|(o, _)| *o)
             })
-            .map(|o| if o == "x25519" { "X25519" } else { o })
             .unwrap_or("");
         let alpn = match conn.alpn_protocol() {
             Some(b"h2") => "h2",

@@ -169,7 +169,8 @@ impl ClientCert {
     pub fn of(der: &CertificateDer<'_>) -> Self {
         let mut cert = Self {
             fingerprint: hex(
-                ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+                    .as_ref(),
                 false,
             ),
             pem: pem(der),

@@ -89,9 +89,8 @@ pub fn client_config(ca: &Ca, alpn: &[&str]) -> ClientConfig {
     config
 }
 
-#[allow(deprecated)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A client that accepts any certificate, offers only `schemes` (all of ring's when empty) for

@@ -91,9 +91,11 @@ pub const SUITES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Key-exchange groups by OpenSSL's names, as rustls (ring) has them.
+/// Key-exchange groups by OpenSSL's names (the first of a group is what `$ssl_curve` shows), as
+/// rustls (aws-lc-rs) has them.
 pub const GROUPS: &[(&str, &str)] = &[
-    ("x25519", "X25519"),
+    ("X25519MLKEM768", "X25519MLKEM768"),
+    ("X25519", "X25519"),
     ("prime256v1", "secp256r1"),
     ("secp256r1", "secp256r1"),
     ("p-256", "secp256r1"),
@@ -377,7 +379,7 @@ impl Lower<'_> {
                 Some((_, rustls)) => groups.push((*rustls).to_owned()),
                 None => self.warn(
                     format!(
-                        "curve \"{item}\" in \"{}\" is not offered: rustls (ring) has X25519, prime256v1 and secp384r1",
+                        "curve \"{item}\" in \"{}\" is not offered: rustls has X25519MLKEM768, X25519, prime256v1 and secp384r1",
                         d.name
                     ),
                     arg.span,

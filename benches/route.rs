@@ -189,6 +189,7 @@ fn variables(c: &mut Criterion) {
         local,
         key: local,
         accepted: tokio::time::Instant::now(),
+        tls: None,
     };
     let ctx = RequestCtx {
         conn: &conn,

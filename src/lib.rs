@@ -5,6 +5,7 @@
 //! | step    | module       | what happens                                              |
 //! |---------|--------------|-----------------------------------------------------------|
 //! | accept  | [`server`]   | accept TCP, one task per connection ([`http1`])           |
+//! | TLS     | [`tls`]      | on `listen ... ssl`: SNI → server's certificate, handshake, ALPN h2 or HTTP/1.1 |
 //! | route   | [`route`]    | `server_name`, then `location`, on the [`snapshot`] in force |
 //! | client  | [`realip`]   | the client behind trusted proxies (`set_real_ip_from`)     |
 //! | rewrite | [`rewrite`]  | `set`/`rewrite`/`if`/`return`, the location search again on `last` |
@@ -51,6 +52,7 @@ pub mod route;
 pub mod scratch;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 pub mod vars;
 

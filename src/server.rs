@@ -273,16 +273,22 @@ impl Server {
         };
         // Counted before the task starts, so a stop that begins now waits for it.
         let counted = self.connections.enter();
-        let info = Arc::new(ConnInfo {
+        let info = ConnInfo {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             requests: AtomicU64::new(0),
             remote,
             local,
             key,
             accepted: tokio::time::Instant::now(),
-        });
-        let listener = listening.get(&self.snapshot(), &self.shared, stop);
-        let serving = http1::serve(stream, listener, info, counted);
+            tls: None,
+        };
+        let listener = listening.get(&self.snapshot(), &self.shared, stop, key);
+        if listener.tls {
+            // The handshake first; the connection info is complete once it is done.
+            tokio::spawn(crate::tls::accept::serve(stream, listener, info, counted));
+            return;
+        }
+        let serving = http1::serve(stream, listener, Arc::new(info), counted);
         tokio::spawn(serving);
     }
 
@@ -393,6 +399,7 @@ impl ListenerCache {
         snapshot: &Arc<Snapshot>,
         shared: &Arc<Shared>,
         stop: &Arc<http1::Stop>,
+        key: SocketAddr,
     ) -> Arc<http1::Listener> {
         if let Some((of, listener)) = &self.0 {
             // The `Weak` keeps the address from being reused by a later snapshot.
@@ -404,6 +411,7 @@ impl ListenerCache {
             shared: shared.clone(),
             settings: client_settings(&snapshot.config),
             stop: stop.clone(),
+            tls: snapshot.tls.contains(&key),
         });
         self.0 = Some((Arc::downgrade(snapshot), listener.clone()));
         listener

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub bind: Vec<SocketAddr>,
     /// The addresses of `bind` whose `listen` says `reuseport`: a socket for each worker.
     pub reuseport: Vec<SocketAddr>,
+    /// Configured listen addresses whose connections speak TLS (`listen ... ssl`).
+    pub tls: Vec<SocketAddr>,
     /// `[warn]` lines found while compiling (beside the config's own warnings).
     pub warnings: Vec<String>,
     /// Every access-log file this configuration writes (for USR1).
@@ -43,6 +45,8 @@ pub struct ServerRoute {
     pub locations: LocationTree<Arc<Route>>,
     /// For requests no location matches; its script is the server's rewrite phase.
     pub fallback: Arc<Route>,
+    /// Its TLS, when it listens on a `listen ... ssl` address (or names certificates).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// One `location {}` compiled: what to do with a request that ends here.
@@ -161,6 +165,7 @@ impl Snapshot {
         let mut warnings = Vec::new();
         let mut groups = FastMap::default();
         let mut vhosts = FastMap::default();
+        let (mut tls, mut h2) = (Vec::new(), Vec::new());
         let buffers = config.http.as_ref().map(|h| h.log_buffers.clone());
         let workers = config.main.worker_processes.count();
         let mut logs = LogCache::new(buffers.unwrap_or_default(), workers);
@@ -191,6 +196,18 @@ impl Snapshot {
             let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
                 HashMap::new();
             let mut order = Vec::new();
+            // An address is TLS (and offers HTTP/2) if any of its `listen`s says so, as nginx
+            // merges the options of one address.
+            for server in &http.servers {
+                for l in &server.listens {
+                    if l.ssl && !tls.contains(&l.addr) {
+                        tls.push(l.addr);
+                    }
+                    if l.http2 && !h2.contains(&l.addr) {
+                        h2.push(l.addr);
+                    }
+                }
+            }
             for server in &http.servers {
                 let mut cx = Cx {
                     groups: &groups,
@@ -200,9 +217,10 @@ impl Snapshot {
                     logs: &mut logs,
                     scope: &scope,
                 };
-                let Some(route) = compile_server(server, &mut cx) else {
+                let Some(mut route) = compile_server(server, &mut cx) else {
                     continue;
                 };
+                route.tls = compile_tls(server, &tls, &h2, &mut errors);
                 let route = Arc::new(route);
                 for listen in &server.listens {
                     if !by_addr.contains_key(&listen.addr) {
@@ -238,6 +256,7 @@ impl Snapshot {
             groups,
             bind,
             reuseport,
+            tls,
             warnings,
             log_files: logs.into_files(),
         })
@@ -401,6 +420,33 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     scope
 }
 
+/// A server's TLS, if one of its addresses is `listen ... ssl` (or it names certificates,
+/// which nginx reads either way).
+fn compile_tls(
+    server: &Server,
+    tls: &[SocketAddr],
+    h2: &[SocketAddr],
+    errors: &mut ConfigErrors,
+) -> Option<Arc<crate::tls::ServerTls>> {
+    let listen = server.listens.iter().find(|l| tls.contains(&l.addr));
+    if listen.is_none() && server.ssl.certificates.is_empty() {
+        return None;
+    }
+    let http2 = server.ssl.http2 || server.listens.iter().any(|l| h2.contains(&l.addr));
+    let at = listen.map_or(server.location.as_str(), |l| l.location.as_str());
+    match crate::tls::compile(&server.ssl, http2, at, &server.location) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            // One error per place: servers inheriting a bad http-level certificate share it.
+            let error = ConfigError::new(ErrorKind::Invalid(e.message), Some(e.location));
+            if !errors.0.contains(&error) {
+                errors.push(error);
+            }
+            None
+        }
+    }
+}
+
 fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
     let entries = server
         .locations
@@ -436,6 +482,7 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         name,
         locations,
         fallback,
+        tls: None,
     })
 }
 

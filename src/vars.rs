@@ -18,6 +18,10 @@ pub enum Var {
     ServerPort,
     ServerName,
     Scheme,
+    /// `$https`: `on` on a TLS connection, else empty.
+    Https,
+    /// `$ssl_*`: what the connection's TLS handshake agreed on (empty without TLS).
+    Ssl(SslVar),
     Request,
     RequestMethod,
     RequestUri,
@@ -68,8 +72,6 @@ pub enum Var {
     ProxyPort,
     /// `HTTP/1.1`, `HTTP/2.0`.
     ServerProtocol,
-    /// `on` over TLS, empty otherwise.
-    Https,
     /// 32 hex digits, random, the same for every use within one request.
     RequestId,
     /// The request body when it was kept in memory (`client_body_buffer_size`).
@@ -281,6 +283,21 @@ impl Var {
             "server_port" => Self::ServerPort,
             "server_name" => Self::ServerName,
             "scheme" => Self::Scheme,
+            "https" => Self::Https,
+            "ssl_protocol" => Self::Ssl(SslVar::Protocol),
+            "ssl_cipher" => Self::Ssl(SslVar::Cipher),
+            "ssl_server_name" => Self::Ssl(SslVar::ServerName),
+            "ssl_session_reused" => Self::Ssl(SslVar::SessionReused),
+            "ssl_alpn_protocol" => Self::Ssl(SslVar::AlpnProtocol),
+            "ssl_curve" => Self::Ssl(SslVar::Curve),
+            "ssl_client_verify" => Self::Ssl(SslVar::ClientVerify),
+            "ssl_client_s_dn" => Self::Ssl(SslVar::ClientSDn),
+            "ssl_client_i_dn" => Self::Ssl(SslVar::ClientIDn),
+            "ssl_client_serial" => Self::Ssl(SslVar::ClientSerial),
+            "ssl_client_fingerprint" => Self::Ssl(SslVar::ClientFingerprint),
+            "ssl_client_cert" => Self::Ssl(SslVar::ClientCert),
+            "ssl_client_raw_cert" => Self::Ssl(SslVar::ClientRawCert),
+            "ssl_client_escaped_cert" => Self::Ssl(SslVar::ClientEscapedCert),
             "request" => Self::Request,
             "request_method" => Self::RequestMethod,
             "request_uri" => Self::RequestUri,
@@ -309,7 +326,6 @@ impl Var {
             "upstream_header_time" => Self::UpstreamHeaderTime,
             "proxy_port" => Self::ProxyPort,
             "server_protocol" => Self::ServerProtocol,
-            "https" => Self::Https,
             "request_id" => Self::RequestId,
             "request_body" => Self::RequestBody,
             "request_body_file" => Self::RequestBodyFile,
@@ -369,6 +385,25 @@ impl Var {
             }
         })
     }
+}
+
+/// The `$ssl_*` variables (nginx's `ngx_http_ssl_module`), read by [`crate::tls::append_var`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslVar {
+    Protocol,
+    Cipher,
+    ServerName,
+    SessionReused,
+    AlpnProtocol,
+    Curve,
+    ClientVerify,
+    ClientSDn,
+    ClientIDn,
+    ClientSerial,
+    ClientFingerprint,
+    ClientCert,
+    ClientRawCert,
+    ClientEscapedCert,
 }
 
 /// What a template reads variables from (one request).

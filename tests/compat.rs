@@ -20,7 +20,6 @@ const PENDING: &[(&str, &str)] = &[
         "named captures of a server_name regex as variables",
     ),
     ("subpath-app", "the sub module (sub_filter)"),
-    ("tls-site", "TLS"),
 ];
 
 fn corpus() -> PathBuf {

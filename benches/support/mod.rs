@@ -50,6 +50,7 @@ pub fn conn() -> ConnInfo {
         local,
         key: local,
         accepted: tokio::time::Instant::now(),
+        tls: None,
     }
 }
 

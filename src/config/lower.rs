@@ -23,6 +23,7 @@ mod realip;
 pub use compat::only_value;
 mod rewrite;
 mod root;
+pub mod ssl;
 mod user;
 
 /// What lowering needs to know beyond the text.
@@ -51,6 +52,7 @@ pub fn lower(
         matches: HashMap::new(),
         health_checks: Vec::new(),
         maps: Vec::new(),
+        ssl_http: ssl::SslFrame::default(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -83,6 +85,8 @@ struct Lower<'a> {
     health_checks: Vec<HealthCheck>,
     /// `map` blocks so far.
     maps: Vec<MapSpec>,
+    /// The http level's `ssl_*` settings, which servers inherit.
+    ssl_http: ssl::SslFrame,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -575,6 +579,11 @@ impl<'a> Lower<'a> {
             match d.name.as_str() {
                 "server" => servers.push(d),
                 "map" => self.map_block(d),
+                name if ssl::is_ssl(name) => {
+                    let mut f = std::mem::take(&mut self.ssl_http);
+                    self.ssl_directive(d, spec, &mut f, &mut seen);
+                    self.ssl_http = f;
+                }
                 "error_log" => error_log.extend(self.error_log(d)),
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
@@ -1081,6 +1090,7 @@ impl<'a> Lower<'a> {
         let mut names: Vec<ServerName> = Vec::new();
         let mut script = Vec::new();
         let mut locations = Vec::new();
+        let mut own_ssl = ssl::SslFrame::default();
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
@@ -1090,6 +1100,7 @@ impl<'a> Lower<'a> {
             }
             match c.name.as_str() {
                 "listen" => self.listen(c, &mut listens),
+                name if ssl::is_ssl(name) => self.ssl_directive(c, spec, &mut own_ssl, &mut seen),
                 "server_name" => self.server_names(c, &mut names),
                 "location" => locations.push(c),
                 "if" => script.extend(self.if_block(c, None, ups)),
@@ -1108,6 +1119,8 @@ impl<'a> Lower<'a> {
                 addr: SocketAddr::from(([0, 0, 0, 0], self.opts.default_listen_port)),
                 default_server: false,
                 reuseport: false,
+                ssl: false,
+                http2: false,
                 location: self.at(d.span),
             });
         }
@@ -1122,12 +1135,20 @@ impl<'a> Lower<'a> {
         self.check_charset(&frame);
         let mut conf = frame.conf(None);
         Arc::make_mut(&mut conf).script = script;
+        let ssl = Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http));
+        if ssl.enable {
+            // `ssl on`: the server's addresses are TLS, as if each `listen` said `ssl`.
+            for l in &mut listens {
+                l.ssl = true;
+            }
+        }
         Some(Server {
             listens,
             names,
             locations,
             conf,
             location: self.at(d.span),
+            ssl,
         })
     }
 
@@ -1150,12 +1171,14 @@ impl<'a> Lower<'a> {
         };
         let mut default_server = false;
         let mut reuseport = false;
+        let (mut ssl, mut http2) = (false, false);
         for p in &d.args[1..] {
             let name = p.value.split('=').next().unwrap_or_default();
             match name {
                 "default_server" | "default" => default_server = true,
                 "reuseport" => reuseport = true,
-                "ssl" | "quic" | "proxy_protocol" => self.invalid(
+                "ssl" => ssl = true,
+                "quic" | "proxy_protocol" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
                         p.value
@@ -1163,8 +1186,15 @@ impl<'a> Lower<'a> {
                     p.span,
                 ),
                 // h2c with prior knowledge is served on every listener (the preface is
-                // recognised), so the parameter asks for nothing more.
-                "http2" => {}
+                // recognised); over TLS the parameter offers HTTP/2 by ALPN. nginx 1.25.1 made
+                // it the `http2` directive and warns.
+                "http2" => {
+                    http2 = true;
+                    self.warn(
+                        "the \"listen ... http2\" directive is deprecated, use the \"http2\" directive instead".to_owned(),
+                        p.span,
+                    );
+                }
                 "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "bind" | "ipv6only"
                 | "so_keepalive" | "fastopen" | "accept_filter" | "setfib" => self.warn(
                     format!("the \"{name}\" parameter of \"listen\" has no effect in imbang"),
@@ -1182,6 +1212,8 @@ impl<'a> Lower<'a> {
                 addr,
                 default_server,
                 reuseport,
+                ssl,
+                http2,
                 location: self.at(d.span),
             });
         }

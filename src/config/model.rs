@@ -200,6 +200,8 @@ pub struct Server {
     pub conf: Arc<LocationConf>,
     /// `path:line:col` of the `server` directive, for messages.
     pub location: String,
+    /// The `ssl_*` settings in force for this server (its own, else the http level's).
+    pub ssl: Arc<SslSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +212,11 @@ pub struct ListenSpec {
     /// `reuseport`: a listening socket of its own for each worker (`SO_REUSEPORT`), the kernel
     /// spreading new connections over them, instead of one socket all workers accept on.
     pub reuseport: bool,
+    /// `listen ... ssl`: connections to this address speak TLS (one `ssl` makes the whole
+    /// address TLS, as in nginx).
+    pub ssl: bool,
+    /// `listen ... http2` (nginx before 1.25.1): HTTP/2 offered by ALPN on this address.
+    pub http2: bool,
     /// `path:line:col` of the `listen` directive (for bind errors).
     pub location: String,
 }
@@ -1130,4 +1137,71 @@ pub enum FileTest {
     Exists,
     /// `-x`: executable.
     Exec,
+}
+
+// --- ssl (tls helper)
+
+/// A server's TLS settings (nginx's `ngx_http_ssl_module`), inherited http → server. File
+/// paths are absolute (relative ones are taken from the main file's directory, as nginx's).
+/// Certificates are read when the configuration is compiled ([`crate::tls`]).
+#[derive(Clone, Debug, Default)]
+pub struct SslSpec {
+    /// `ssl_certificate` / `ssl_certificate_key` pairs, in order (nginx pairs them by position).
+    pub certificates: Vec<CertSpec>,
+    /// An `ssl_certificate` without an `ssl_certificate_key` at its position (an error once a
+    /// `listen ... ssl` uses this server): its file and `path:line:col`.
+    pub unpaired: Option<(PathBuf, String)>,
+    /// `ssl on` (deprecated form of `listen ... ssl`): every address of the server is TLS.
+    pub enable: bool,
+    /// `ssl_reject_handshake on`: handshakes for this server are refused.
+    pub reject_handshake: bool,
+    /// `http2 on`: HTTP/2 offered by ALPN.
+    pub http2: bool,
+    /// `ssl_protocols`: TLS 1.2 and TLS 1.3 offered (older versions are never offered).
+    pub tls12: bool,
+    pub tls13: bool,
+    /// `ssl_ciphers`, mapped to rustls's suites (names); `None`: rustls's defaults.
+    pub ciphers: Option<Vec<String>>,
+    /// `ssl_ecdh_curve`, mapped to rustls's groups; `None`: rustls's defaults (`auto`).
+    pub curves: Option<Vec<String>>,
+    /// `ssl_prefer_server_ciphers on`: the server's order of suites wins.
+    pub prefer_server_ciphers: bool,
+    /// `ssl_session_cache`: how many sessions the server-side cache keeps (0: none).
+    pub session_cache: usize,
+    /// `ssl_session_timeout` (5m).
+    pub session_timeout: std::time::Duration,
+    /// `ssl_session_tickets` (on).
+    pub session_tickets: bool,
+    /// `ssl_verify_client`.
+    pub verify_client: VerifyClient,
+    /// `ssl_client_certificate`: CA certificates client certificates are checked against.
+    pub client_certificate: Option<(PathBuf, String)>,
+    /// `ssl_trusted_certificate`: more CA certificates, not sent in the request for one.
+    pub trusted_certificate: Option<(PathBuf, String)>,
+    /// `ssl_verify_depth` (1).
+    pub verify_depth: u32,
+    /// `ssl_crl`.
+    pub crl: Option<(PathBuf, String)>,
+    /// `ssl_stapling_file`: an OCSP response sent with the certificate.
+    pub stapling_file: Option<(PathBuf, String)>,
+}
+
+/// One `ssl_certificate` with the `ssl_certificate_key` at the same position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `path:line:col` of the `ssl_certificate` and `ssl_certificate_key` directives.
+    pub cert_at: String,
+    pub key_at: String,
+}
+
+/// `ssl_verify_client`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyClient {
+    #[default]
+    Off,
+    On,
+    Optional,
+    OptionalNoCa,
 }

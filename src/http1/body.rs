@@ -282,6 +282,8 @@ pub struct RequestBody {
     inner: Option<Box<Streaming>>,
     /// The body of a request that came over HTTP/2.
     h2: Option<Box<H2Body>>,
+    /// The body of an HTTP/1.1 request over TLS (read by hyper: `crate::tls`).
+    hyper: Option<Box<hyper::body::Incoming>>,
 }
 
 /// An HTTP/2 request's DATA frames, then its trailers. The window is given back as each chunk
@@ -314,6 +316,8 @@ pub enum BodyError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Http2(#[from] h2::Error),
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
 }
 
 impl RequestBody {
@@ -321,6 +325,19 @@ impl RequestBody {
         Self {
             inner: None,
             h2: None,
+            hyper: None,
+        }
+    }
+
+    /// The body of a request read by hyper's HTTP/1 server (TLS connections).
+    pub(crate) fn hyper(body: hyper::body::Incoming) -> Self {
+        if body.is_end_stream() {
+            return Self::empty();
+        }
+        Self {
+            inner: None,
+            h2: None,
+            hyper: Some(Box::new(body)),
         }
     }
 
@@ -343,6 +360,7 @@ impl RequestBody {
                 left,
                 data_done: false,
             })),
+            hyper: None,
         }
     }
 
@@ -361,6 +379,7 @@ impl RequestBody {
                 framing,
             })),
             h2: None,
+            hyper: None,
         }
     }
 }
@@ -444,6 +463,11 @@ impl Body for RequestBody {
         if let Some(body) = self.h2.as_mut() {
             return body.poll_frame(cx);
         }
+        if let Some(body) = self.hyper.as_mut() {
+            return Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::from)));
+        }
         let Some(s) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -481,6 +505,9 @@ impl Body for RequestBody {
         if let Some(body) = &self.h2 {
             return body.recv.is_end_stream();
         }
+        if let Some(body) = &self.hyper {
+            return body.is_end_stream();
+        }
         self.inner
             .as_ref()
             .is_none_or(|s| s.reader.is_none() || s.decoder.is_done())
@@ -491,6 +518,9 @@ impl Body for RequestBody {
             return body
                 .left
                 .map_or_else(SizeHint::default, SizeHint::with_exact);
+        }
+        if let Some(body) = &self.hyper {
+            return body.size_hint();
         }
         match self.inner.as_ref().map(|s| (s.framing, s.decoder)) {
             None => SizeHint::with_exact(0),

@@ -13,7 +13,7 @@
 
 mod body;
 mod fields;
-mod h2;
+pub(crate) mod h2;
 mod parse;
 mod write;
 
@@ -78,6 +78,8 @@ pub struct Listener {
     pub shared: Arc<Shared>,
     pub settings: Settings,
     pub stop: Arc<Stop>,
+    /// `listen ... ssl`: connections start with a TLS handshake ([`crate::tls::accept`]).
+    pub tls: bool,
 }
 
 /// A listener's stop switch: thrown when the process stops or a reload removes the address.
@@ -113,6 +115,14 @@ impl Stop {
 /// The client's side of a connection switched to another protocol (after a 101).
 pub struct OnUpgrade(oneshot::Receiver<Upgraded>);
 
+impl OnUpgrade {
+    /// A wait for an upgraded connection, and where to send it.
+    pub(crate) fn channel() -> (oneshot::Sender<Upgraded>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(rx))
+    }
+}
+
 impl Future for OnUpgrade {
     type Output = io::Result<Upgraded>;
 
@@ -127,18 +137,56 @@ impl Future for OnUpgrade {
 }
 
 /// An upgraded client connection: bytes it sent after its request head come first.
-#[derive(Debug)]
 pub struct Upgraded {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: UpgradedIo,
+}
+
+/// What an upgraded connection reads and writes: a socket, or a stream over one (TLS).
+enum UpgradedIo {
+    Tcp(TcpStream),
+    Other(Box<dyn Io>),
+}
+
+/// A byte stream an [`Upgraded`] may carry besides a plain socket.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("prefix", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upgraded {
     /// A connection switched to another protocol, whose first bytes (read with the head that
     /// switched it) are `prefix`: a client's, or a peer's after its `101`.
     pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
-        Self { prefix, stream }
+        Self {
+            prefix,
+            stream: UpgradedIo::Tcp(stream),
+        }
     }
+
+    /// The same over a stream that is not a plain socket (a TLS connection).
+    pub fn other(prefix: Bytes, io: impl Io) -> Self {
+        Self {
+            prefix,
+            stream: UpgradedIo::Other(Box::new(io)),
+        }
+    }
+}
+
+/// `Pin::new(&mut stream).$method(args)` on whichever stream an [`Upgraded`] has.
+macro_rules! on_io {
+    ($self:ident, $method:ident($($arg:expr),*)) => {
+        match &mut $self.stream {
+            UpgradedIo::Tcp(s) => Pin::new(s).$method($($arg),*),
+            UpgradedIo::Other(s) => Pin::new(s).$method($($arg),*),
+        }
+    };
 }
 
 impl AsyncRead for Upgraded {
@@ -153,7 +201,7 @@ impl AsyncRead for Upgraded {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_io!(self, poll_read(cx, buf))
     }
 }
 
@@ -163,15 +211,15 @@ impl AsyncWrite for Upgraded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_io!(self, poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_io!(self, poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_io!(self, poll_shutdown(cx))
     }
 }
 
@@ -220,25 +268,20 @@ pub fn serve(
                 Next::Upgrade(stream, prefix, upgraded) => {
                     // A tunnel writes whatever arrives, when it arrives.
                     let _ = stream.set_nodelay(true);
-                    let _ = upgraded.send(Upgraded {
-                        prefix: prefix.freeze(),
-                        stream,
-                    });
+                    let _ = upgraded.send(Upgraded::new(prefix.freeze(), stream));
                     return;
                 }
                 Next::Http2(stream, prefix) => {
-                    break Upgraded {
-                        prefix: prefix.freeze(),
-                        stream,
-                    };
+                    let _ = stream.set_nodelay(true);
+                    break Upgraded::new(prefix.freeze(), stream);
                 }
             }
         };
-        let _ = h2.stream.set_nodelay(true);
         let Listener {
             shared,
             stop,
             settings,
+            ..
         } = &*listener;
         let timeouts = h2::Timeouts {
             handshake: settings.header_timeout,
@@ -798,6 +841,7 @@ mod tests {
             local: addr,
             key: addr,
             accepted: tokio::time::Instant::now(),
+            tls: None,
         });
         let settings = Settings {
             limits: HeadLimits::default(),
@@ -810,6 +854,7 @@ mod tests {
             shared,
             settings,
             stop: Arc::default(),
+            tls: false,
         });
         // The server's guard (a connection count) is one pointer, as this one.
         let serving = serve(stream, listener, info, Arc::new(()));

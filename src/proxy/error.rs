@@ -13,6 +13,9 @@ pub enum ProxyError {
     /// The request itself is malformed (bad Host, bad URI).
     #[error("client sent invalid request: {0}")]
     BadRequest(&'static str),
+    /// nginx's 495 / 496 / 421 for a connection's client certificate (answered `400` / `421`).
+    #[error("client SSL certificate: {0:?}")]
+    ClientCertificate(crate::tls::Refusal),
     /// The request line is longer than nginx's `large_client_header_buffers` (8k).
     #[error("client sent too long URI")]
     UriTooLong,
@@ -66,6 +69,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::ClientCertificate(crate::tls::Refusal::Misdirected) => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
+            Self::ClientCertificate(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -90,9 +97,32 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::BadRequest(_) | Self::UriTooLong | Self::HeaderTooLarge | Self::BodyTooLarge
+            Self::BadRequest(_)
+                | Self::UriTooLong
+                | Self::HeaderTooLarge
+                | Self::BodyTooLarge
+                | Self::ClientCertificate(_)
         )
     }
+}
+
+/// nginx's page for a client certificate refused (`ngx_http_error_495_page`, `_496_`): a `400`
+/// with the reason under the heading.
+pub fn client_certificate_page(why: crate::tls::Refusal) -> Response<ResponseBody> {
+    let detail = match why {
+        crate::tls::Refusal::NoCertificate => "No required SSL certificate was sent",
+        crate::tls::Refusal::BadCertificate => "The SSL certificate error",
+        crate::tls::Refusal::Misdirected => return error_page(StatusCode::MISDIRECTED_REQUEST),
+    };
+    let html = format!(
+        "<html>\r\n<head><title>400 {detail}</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>{detail}</center>\r\n<hr><center>imbang</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(ResponseBody::full(Bytes::from(html)));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    headers.insert(header::SERVER, HeaderValue::from_static("imbang"));
+    response
 }
 
 /// nginx's small HTML error page for `status`.

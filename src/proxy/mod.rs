@@ -58,6 +58,8 @@ pub struct ConnInfo {
     pub key: SocketAddr,
     /// When it was accepted (`$connection_time`).
     pub accepted: Instant,
+    /// What the TLS handshake agreed on, on a `listen ... ssl` address.
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
 }
 
 /// One request as the variables and the error log see it.
@@ -186,10 +188,9 @@ impl RequestCtx<'_> {
         self.state.realip.get().copied().unwrap_or(self.conn.remote)
     }
 
-    /// Whether the request came over TLS (`$https`, `$scheme`): the hook for TLS, which
-    /// imbang's listeners do not speak yet.
+    /// Whether the request came over TLS (`$https`, `$scheme`).
     pub fn is_https(&self) -> bool {
-        false
+        self.conn.tls.is_some()
     }
 
     /// `, client: 127.0.0.1, server: example.com, request: "GET / HTTP/1.1", host: "example.com"`
@@ -273,6 +274,7 @@ impl Vars for RequestCtx<'_> {
             Var::ServerAddr => append_display(out, self.conn.local.ip()),
             Var::ServerPort => append_display(out, self.conn.local.port()),
             Var::ServerName => out.push_str(self.server_name),
+            Var::Ssl(var) => crate::tls::append_var(self.conn.tls.as_deref(), *var, out),
             Var::Scheme => out.push_str(if self.is_https() { "https" } else { "http" }),
             Var::Https => {
                 if self.is_https() {
@@ -677,6 +679,24 @@ async fn respond(
         return response;
     };
     let server: &ServerRoute = vhosts.find(&host);
+    if let Some(why) = crate::tls::refuse(conn.tls.as_deref(), server.tls.as_ref()) {
+        log!(
+            Info,
+            "*{} {}, client: {}",
+            conn.id,
+            match why {
+                crate::tls::Refusal::NoCertificate => "client sent no required SSL certificate",
+                crate::tls::Refusal::BadCertificate => "client SSL certificate verify error",
+                crate::tls::Refusal::Misdirected =>
+                    "client attempted to request the server name different from the one that was negotiated",
+            },
+            conn.remote.ip()
+        );
+        out.log(&server.fallback, &host, &server.name);
+        let mut response = error_response(&ProxyError::ClientCertificate(why));
+        headers::set_server(&mut response, &server.fallback);
+        return response;
+    }
     // The realip module with the server level's settings (nginx's post-read phase).
     realip(&server.fallback, conn, parts, state);
     let Ok(path) = normalize_path(parts.uri.path()) else {
@@ -1142,7 +1162,10 @@ fn log_refused(
 }
 
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    let mut response = error::error_page(e.status());
+    let mut response = match e {
+        ProxyError::ClientCertificate(why) => error::client_certificate_page(*why),
+        _ => error::error_page(e.status()),
+    };
     if e.closes_connection() {
         response
             .headers_mut()

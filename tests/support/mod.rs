@@ -2,6 +2,8 @@
 //! small HTTP client. No mocks of the network, no sleeps as synchronisation.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

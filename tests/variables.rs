@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{ChildGuard, TempDir, imbang, serve_hyper, wait_accepting};
+use support::{TempDir, imbang, serve_hyper};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -160,17 +160,12 @@ async fn values_and_formats() {
 /// realip precedence imbang follows (the server level's result stands).
 #[tokio::test]
 async fn a_log_line_is_nginx_s() {
-    let nginx = Path::new("/usr/sbin/nginx");
-    if !nginx.exists() {
-        eprintln!("skipped: /usr/sbin/nginx is not installed");
-        return;
-    }
     let up = app().await;
     let format = "'$remote_addr|$realip_remote_addr|$binary_remote_addr|$request|$status|$body_bytes_sent|$server_protocol|$content_type|$content_length|$https|$limit_rate|$upstream_response_length|$upstream_cache_status|$proxy_port|$proxy_host|$request_completion|$is_args|$args|$arg_a|$upstream_cookie_sid|$upstream_status|$upstream_http_x_got_id|$pipe|$request_body|$remote_user|$http_x_forwarded_for|$sent_http_content_length|$bytes_sent|$request_length|$upstream_bytes_sent|$upstream_bytes_received|$uri|$document_uri|$request_uri|$host|$http_host|$scheme|$connection_requests|$sent_http_content_type|$document_root|$request_filename|$realpath_root|$cookie_sid|$cookie_x|$cookie_other|$cookie_none|$arg_A|$upstream_header_time'";
     let dir = TempDir::new("nginx-cmp");
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let http = |log: &Path, listen: u16| {
+    let http = |log: &Path, listen: &str| {
         format!(
             "log_format cmp {format};
              access_log {log} cmp;
@@ -192,32 +187,12 @@ async fn a_log_line_is_nginx_s() {
     let theirs = dir.path().join("nginx.log");
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; http {{ {} }}",
-        http(&ours, 0)
+        http(&ours, "0")
     ))
     .await;
-    let port = support::free_port();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
-            "error_log {dir}/error.log; pid {dir}/nginx.pid; events {{}}
-             http {{ client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; {} }}",
-            http(&theirs, port),
-            dir = dir.path().display()
-        ),
-    );
-    let child = std::process::Command::new(nginx)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off; master_process off;"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let _nginx = ChildGuard(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_accepting(addr, WAIT).await;
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &http(&theirs, "{listen}")).await else {
+        return;
+    };
     let request = "POST /p?a=1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nX-Forwarded-For: 203.0.113.9, 10.1.1.1\r\nCookie: SID=abc, x=1; other = 2\r\nConnection: close\r\n\r\nk=v";
     let a = send_from("127.0.0.1", lb.addr, request).await;
     let b = send_from("127.0.0.1", addr, request).await;

@@ -179,12 +179,8 @@ pub fn compile(
     }
     let provider = provider(spec);
     let ocsp = match &spec.stapling_file {
-        Some((path, at)) => Some(std::fs::read(path).map_err(|e| TlsError {
-            message: format!(
-                "cannot load OCSP response \"{}\": open() failed ({})",
-                path.display(),
-                crate::error_log::errno_text(&e)
-            ),
+        Some((path, at)) => Some(read_file(path).map_err(|why| TlsError {
+            message: format!("cannot load OCSP response \"{}\": {why}", path.display()),
             location: at.clone(),
         })?),
         None => None,
@@ -280,12 +276,7 @@ fn client_auth(
             message: format!("cannot load certificates \"{}\": {why}", path.display()),
             location: at.clone(),
         };
-        let text = std::fs::read(path).map_err(|e| {
-            error(format!(
-                "open() failed ({})",
-                crate::error_log::errno_text(&e)
-            ))
-        })?;
+        let text = read_file(path).map_err(error)?;
         let certs = CertificateDer::pem_slice_iter(&text)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| error(format!("bad PEM ({e})")))?;
@@ -304,12 +295,7 @@ fn client_auth(
             message: format!("cannot load CRL \"{}\": {why}", path.display()),
             location: at.clone(),
         };
-        let text = std::fs::read(path).map_err(|e| {
-            error(format!(
-                "open() failed ({})",
-                crate::error_log::errno_text(&e)
-            ))
-        })?;
+        let text = read_file(path).map_err(error)?;
         crls = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&text)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| error(format!("bad PEM ({e})")))?;
@@ -397,12 +383,7 @@ fn load_pair(
             true,
         )
     };
-    let text = std::fs::read(cert).map_err(|e| {
-        cert_error(format!(
-            "open() failed ({})",
-            crate::error_log::errno_text(&e)
-        ))
-    })?;
+    let text = read_file(cert).map_err(cert_error)?;
     let chain = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_error(format!("bad PEM ({e})")))?;
@@ -411,12 +392,7 @@ fn load_pair(
             "no \"CERTIFICATE\" found in the file".to_owned(),
         ));
     }
-    let text = std::fs::read(key).map_err(|e| {
-        key_error(format!(
-            "open() failed ({})",
-            crate::error_log::errno_text(&e)
-        ))
-    })?;
+    let text = read_file(key).map_err(key_error)?;
     let der = PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             key_error("no \"PRIVATE KEY\" found in the file".to_owned())
@@ -477,4 +453,10 @@ impl rustls::server::ProducesTickets for Lifetime {
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         self.inner.decrypt(cipher)
     }
+}
+
+/// A file's bytes, or nginx's words for why it could not be read (`open() failed (2: No such
+/// file or directory)`).
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("open() failed ({})", crate::error_log::errno_text(&e)))
 }

@@ -4,6 +4,9 @@
 #   node       the lesson's end-to-end test (tests/seed.rs)
 #   nginx      side-by-side comparisons with nginx 1.22 (Debian's nginx-light; those tests
 #              skip with a message when it is absent)
+#   openssl    the compatibility corpus's TLS certificate (tests/compat.rs)
+#   curl       one HTTP/2-over-TLS check with a real client (tests/tls.rs)
+#   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +14,10 @@ cd "$(dirname "$0")"
 needs=(
   "node /usr/bin/node nodejs"
   "nginx /usr/sbin/nginx nginx-light"
+  "openssl /usr/bin/openssl openssl"
+  "curl /usr/bin/curl curl"
+  "systemd-analyze /usr/bin/systemd-analyze systemd"
+  "setpriv /usr/bin/setpriv util-linux"
 )
 missing=()
 for entry in "${needs[@]}"; do

@@ -1,4 +1,4 @@
-//! Client-side limits: keepalive_timeout, keepalive_requests, client_body_timeout.
+//! Client-side limits: keepalive_timeout, keepalive_requests, keepalive_time, client_body_timeout.
 mod support;
 
 use std::time::Duration;
@@ -74,6 +74,46 @@ async fn keepalive_requests_and_keepalive_timeout_close_connections_as_nginx() {
         closed_within(&mut idle, Duration::from_secs(5)).await,
         "idle connection closed"
     );
+}
+
+/// keepalive_time (nginx 1.19.10): a connection older than it is closed after the request being
+/// answered, whatever keepalive_requests and keepalive_timeout allow; a location's own value
+/// applies to its requests.
+#[tokio::test]
+async fn keepalive_time_closes_a_connection_that_lived_long_enough() {
+    let lb = imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off; keepalive_time 150ms;
+           server { listen 127.0.0.1:0;
+             location / { return 200 ok; }
+             location /long { keepalive_time 1h; return 200 ok; } } }",
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_head(&mut s).await;
+    assert!(!first.contains("connection: close"), "young: {first}");
+    let mut body = [0u8; 2];
+    s.read_exact(&mut body).await.unwrap();
+    // The connection's age is the input here: it must pass keepalive_time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET /long HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let long = read_head(&mut s).await;
+    assert!(
+        !long.contains("connection: close"),
+        "the location's 1h: {long}"
+    );
+    s.read_exact(&mut body).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let old = read_head(&mut s).await;
+    assert!(old.contains("connection: close"), "older than 150ms: {old}");
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
 }
 
 /// keepalive_timeout counts from the end of the last request: a connection used more often

@@ -529,12 +529,7 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "a client connection is closed by keepalive_timeout and keepalive_requests only",
     ),
-    no_effect(
-        "keepalive_time",
-        HSL,
-        ONE,
-        "a client connection is closed by keepalive_timeout and keepalive_requests only",
-    ),
+    d("keepalive_time", HSL, ONE),
     not_yet(
         "limit_except",
         C::LOCATION,

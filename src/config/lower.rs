@@ -114,6 +114,7 @@ struct Frame {
     error_pages: Option<Vec<ErrorPage>>,
     intercept_errors: Option<bool>,
     keepalive_requests: Option<u64>,
+    keepalive_time: Option<Duration>,
     client_body_timeout: Option<Duration>,
     client_body_buffer_size: Option<u64>,
     /// `keepalive_timeout` and `send_timeout` (towards the client).
@@ -170,6 +171,7 @@ impl Frame {
             error_pages,
             intercept_errors,
             keepalive_requests,
+            keepalive_time,
             client_body_timeout,
             client_body_buffer_size,
             client_keepalive_timeout,
@@ -228,6 +230,7 @@ impl Frame {
             script: Vec::new(),
             rewrite_log: self.rewrite_log.unwrap_or(false),
             keepalive_requests: self.keepalive_requests.unwrap_or(1000),
+            keepalive_time: self.keepalive_time.unwrap_or(Duration::from_secs(3600)),
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
             client_body_buffer_size: (self.client_body_buffer_size)
                 .unwrap_or(DEFAULT_CLIENT_BODY_BUFFER_SIZE),
@@ -788,6 +791,7 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
+            "keepalive_time" => f.keepalive_time = self.duration_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
             "keepalive_timeout" => {
                 f.client_keepalive_timeout = self.duration_arg(d, &args[0]);

@@ -294,6 +294,9 @@ pub struct LocationConf {
     pub rewrite_log: bool,
     /// `keepalive_requests`: after this many requests a client connection is closed (1000).
     pub keepalive_requests: u64,
+    /// `keepalive_time`: a client connection older than this is closed after the request
+    /// being answered (1h).
+    pub keepalive_time: Duration,
     /// `client_body_timeout`: the longest pause between two reads of a request body (60s).
     pub client_body_timeout: Duration,
     /// `keepalive_timeout` of the level that answered: how long the client connection may

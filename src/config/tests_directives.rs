@@ -55,7 +55,6 @@ fn distribution_configs_read() {
         "uwsgi_temp_path",
         "scgi_temp_path",
         "keepalive_disable",
-        "keepalive_time",
         "proxy_max_temp_file_size",
         "proxy_cache_path",
         "proxy_cache_bypass",

@@ -793,8 +793,10 @@ async fn respond(
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);
-    if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests {
-        // keepalive_requests: this connection has served its share.
+    if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests
+        || conn.accepted.elapsed() > route.conf.keepalive_time
+    {
+        // keepalive_requests / keepalive_time: this connection has served its share.
         out.timeouts.last = true;
         response
             .headers_mut()

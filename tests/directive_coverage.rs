@@ -447,3 +447,33 @@ fn docs_page_matches_the_table() {
          IMBANG_BLESS=1 cargo test --test directive_coverage"
     );
 }
+
+/// What may stand inside `if`: every directive of a covered module that nginx allows in a
+/// location's `if` (`NGX_HTTP_LIF_CONF`) is in imbang's `IF_DIRECTIVES`, marked for a server's
+/// `if` exactly when nginx allows it there too (`NGX_HTTP_SIF_CONF`), and nothing more.
+#[test]
+fn if_blocks_allow_what_nginx_allows() {
+    let mut want: BTreeMap<&str, bool> = BTreeMap::new();
+    for d in covered() {
+        let flags: Vec<&str> = d.contexts.split('|').collect();
+        if flags.contains(&"HTTP_LIF") || flags.contains(&"HTTP_SIF") {
+            want.insert(d.name, flags.contains(&"HTTP_SIF"));
+        }
+    }
+    assert!(want.len() >= 15, "nginx's list is read: {want:?}");
+    let ours: BTreeMap<&str, bool> = directives::IF_DIRECTIVES
+        .iter()
+        .copied()
+        .filter(|(name, _)| want.contains_key(name))
+        .collect();
+    assert_eq!(ours, want, "IF_DIRECTIVES against nginx's SIF/LIF flags");
+    // Entries beyond the covered modules must still be nginx's (a module imbang lacks, whose
+    // directive then fails as unknown inside `if` as anywhere).
+    for (name, _) in directives::IF_DIRECTIVES {
+        let theirs = nginx::newest().find(|d| d.name == *name);
+        assert!(
+            theirs.is_some_and(|d| d.contexts.contains("HTTP_LIF")),
+            "{name} is in IF_DIRECTIVES but nginx does not allow it in if"
+        );
+    }
+}

@@ -11,7 +11,8 @@ use http::{HeaderName, HeaderValue};
 use crate::FastMap;
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
-    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, Stmt, Upstream,
+    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, ServerName,
+    Stmt, Upstream,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::proxy::target::{ProxyVars, Targets};
@@ -60,7 +61,8 @@ pub struct Route {
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
-    /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
+    /// A regex location's regex: `$1`..`$9` are its captures (empty when it has no groups, as
+    /// in nginx: its match replaces those of the `server_name` regex or a `rewrite`).
     pub regex: Option<crate::route::Regex>,
     pub access_log: AccessLogs,
     /// The rewrite module's statements of this level (`set`, `rewrite`, `if`, `return`,
@@ -398,6 +400,17 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     }
     let mut scope = Scope::default();
     for server in config.http.iter().flat_map(|h| &h.servers) {
+        // The named groups of a `server_name` regex are variables too (set when that name
+        // chooses the server); a bad pattern is reported where the names are indexed.
+        for name in &server.names {
+            if let ServerName::Regex(pattern) = name
+                && let Ok(regex) = crate::route::Regex::new(pattern, false)
+            {
+                for group in regex.capture_names().into_iter().flatten() {
+                    scope.declare(group);
+                }
+            }
+        }
         declare(&server.conf.script, &mut scope, errors);
         for l in &server.locations {
             walk(l, &mut scope, errors);
@@ -491,9 +504,9 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
     let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
     // A regex that does not compile is reported by the location tree.
     let regex = match loc.kind {
-        Regex { case_insensitive } => crate::route::compile_regex(&loc.pattern, case_insensitive)
-            .ok()
-            .filter(|r| r.captures_len() > 1),
+        Regex { case_insensitive } => {
+            crate::route::compile_regex(&loc.pattern, case_insensitive).ok()
+        }
         _ => None,
     };
     LocationEntry {

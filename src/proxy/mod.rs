@@ -678,7 +678,8 @@ async fn respond(
         headers::set_server(&mut response, &server.fallback);
         return response;
     };
-    let server: &ServerRoute = vhosts.find(&host);
+    let (server, name_captures) = vhosts.find_captures(&host);
+    let server: &ServerRoute = server;
     if let Some(why) = crate::tls::refuse(conn.tls.as_deref(), server.tls.as_ref()) {
         log!(
             Info,
@@ -723,10 +724,29 @@ async fn respond(
     // nginx's server and location rewrite phases (`set`, `rewrite`, `if`, `return`), with the
     // location search between them and again after a `rewrite ... last`.
     let mut state = crate::rewrite::State::default();
+    // The groups of the `server_name` regex that chose the server: `$1`.. until another regex
+    // matches, and its named groups as variables.
+    let server_captures = name_captures.map(|found| {
+        for (i, name) in found.names {
+            let value = found.spans.get(*i).copied().flatten();
+            let value = value.map_or("", |(start, end)| host.get(start..end).unwrap_or(""));
+            state.sets.push((name.clone(), value.to_owned()));
+        }
+        Captures::matched(host.clone().into_owned(), found.spans)
+    });
+    let base = RequestCtx {
+        captures: server_captures.as_ref().unwrap_or(Captures::NONE),
+        ..base
+    };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
     let captures = Captures::of(route);
     let located = RequestCtx {
-        captures: &captures,
+        // A regex location's groups; any other keeps the server name's.
+        captures: if route.regex.is_some() {
+            &captures
+        } else {
+            base.captures
+        },
         root: &route.conf.root,
         ..base
     };

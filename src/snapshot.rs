@@ -64,6 +64,9 @@ pub struct Route {
     /// A regex location's regex: `$1`..`$9` are its captures (empty when it has no groups, as
     /// in nginx: its match replaces those of the `server_name` regex or a `rewrite`).
     pub regex: Option<crate::route::Regex>,
+    /// The named groups of `regex` (group index, variable name): nginx sets each variable when
+    /// the location matches.
+    pub regex_names: Box<[(usize, Arc<str>)]>,
     pub access_log: AccessLogs,
     /// The rewrite module's statements of this level (`set`, `rewrite`, `if`, `return`,
     /// `break`), run by [`crate::rewrite::phases`].
@@ -375,6 +378,14 @@ struct Cx<'a> {
 /// (nginx: `the duplicate "host" variable`).
 fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     fn walk(loc: &Location, scope: &mut Scope, errors: &mut ConfigErrors) {
+        // The named groups of a location regex (a bad one is reported by the location tree).
+        if let crate::config::model::LocationMatch::Regex { case_insensitive } = loc.kind
+            && let Ok(regex) = crate::route::Regex::new(&loc.pattern, case_insensitive)
+        {
+            for group in regex.capture_names().into_iter().flatten() {
+                scope.declare(group);
+            }
+        }
         declare(&loc.conf.script, scope, errors);
         for l in &loc.locations {
             walk(l, scope, errors);
@@ -634,6 +645,14 @@ fn compile_route(
         cx.errors
             .push(ConfigError::new(ErrorKind::Invalid(message), location));
     }
+    let regex_names = regex.as_ref().map_or_else(Default::default, |regex| {
+        regex
+            .capture_names()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, name)| Some((i, Arc::from(name?))))
+            .collect()
+    });
     Route {
         conf: conf.clone(),
         action,
@@ -641,6 +660,7 @@ fn compile_route(
         sets_host,
         prefix,
         regex,
+        regex_names,
         access_log,
         script,
         add_headers,

@@ -16,7 +16,7 @@ const SITE: &str = r#"
   server {
     listen 127.0.0.1:{A};
     server_name exact.test;
-    return 200 "exact one=[$1] sub=[$sub] domain=[$domain]\n";
+    return 200 "exact one=[$1] sub=[$sub] domain=[$domain] item=[$item]\n";
   }
   server {
     listen 127.0.0.1:{A};
@@ -24,6 +24,8 @@ const SITE: &str = r#"
     location / { return 200 "sub=$sub one=$1\n"; }
     location ~ ^/re/(\w+) { return 200 "loc=$1 sub=$sub\n"; }
     location ~ \.txt$ { return 200 "txt=[$1] sub=$sub\n"; }
+    location ~ ^/named/(?<item>[a-z]+)$ { return 200 "item=$item one=$1 sub=$sub\n"; }
+    location ~ ^/over/(?<sub>[a-z]+)$ { return 200 "sub=$sub one=$1\n"; }
     location /proxy { proxy_pass http://$sub.backend; }
     location /if {
       if ($uri ~ ^/if/(.+)$) { return 200 "if=$1 sub=$sub\n"; }
@@ -61,7 +63,7 @@ const EXPECTED: &[(char, &str, &str, u16, &str, &str)] = &[
         "/",
         200,
         "",
-        "exact one=[] sub=[] domain=[]\n",
+        "exact one=[] sub=[] domain=[] item=[]\n",
     ),
     // No name matches: the default server (the first), nothing captured.
     (
@@ -70,7 +72,7 @@ const EXPECTED: &[(char, &str, &str, u16, &str, &str)] = &[
         "/",
         200,
         "",
-        "exact one=[] sub=[] domain=[]\n",
+        "exact one=[] sub=[] domain=[] item=[]\n",
     ),
     // The regex name's groups, named and numbered, in a prefix location.
     ('A', "api.example.com", "/", 200, "", "sub=api one=api\n"),
@@ -91,6 +93,23 @@ const EXPECTED: &[(char, &str, &str, u16, &str, &str)] = &[
         200,
         "",
         "txt=[] sub=api\n",
+    ),
+    // A location regex's named groups are variables too; the last match sets a name.
+    (
+        'A',
+        "api.example.com",
+        "/named/abc",
+        200,
+        "",
+        "item=abc one=abc sub=api\n",
+    ),
+    (
+        'A',
+        "api.example.com",
+        "/over/xyz",
+        200,
+        "",
+        "sub=xyz one=xyz\n",
     ),
     // `proxy_pass` with the captured name.
     (
@@ -226,19 +245,23 @@ async fn nginx_answers_the_same_configuration_as_the_table_says() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// Named groups of a `server_name` regex are variables anywhere in the configuration, as in
-/// nginx; a name nothing declares is still an error.
+/// Named groups of a `server_name` or location regex are variables anywhere in the
+/// configuration, as in nginx; a name nothing declares is still an error.
 #[test]
 fn named_groups_are_declared_for_the_whole_configuration() {
     let conf = |name: &str| {
         format!(
             "events {{}} http {{
-               server {{ listen 127.0.0.1:1; server_name ~^www\\.(?<domain>.+)$; }}
+               server {{
+                 listen 127.0.0.1:1; server_name ~^www\\.(?<domain>.+)$;
+                 location ~ ^/(?<rest>.*)$ {{ }}
+               }}
                server {{ listen 127.0.0.1:2; return 200 ${name}; }}
              }}"
         )
     };
     assert_eq!(support::compile(&conf("domain")), Ok(()));
+    assert_eq!(support::compile(&conf("rest")), Ok(()));
     let error = support::compile(&conf("dommain")).unwrap_err();
     assert!(error.contains("unknown \"dommain\" variable"), "{error}");
 }

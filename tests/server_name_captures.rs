@@ -26,6 +26,9 @@ const SITE: &str = r#"
     location ~ \.txt$ { return 200 "txt=[$1] sub=$sub\n"; }
     location ~ ^/named/(?<item>[a-z]+)$ { return 200 "item=$item one=$1 sub=$sub\n"; }
     location ~ ^/over/(?<sub>[a-z]+)$ { return 200 "sub=$sub one=$1\n"; }
+    location /err { error_page 418 = /target; return 418; }
+    location ~ ^/rerr/(\w+) { error_page 418 = /target; return 418; }
+    location /target { return 200 "target one=[$1] sub=[$sub]\n"; }
     location /proxy { proxy_pass http://$sub.backend; }
     location /if {
       if ($uri ~ ^/if/(.+)$) { return 200 "if=$1 sub=$sub\n"; }
@@ -110,6 +113,23 @@ const EXPECTED: &[(char, &str, &str, u16, &str, &str)] = &[
         200,
         "",
         "sub=xyz one=xyz\n",
+    ),
+    // An `error_page` redirect keeps the captures of the last regex that matched.
+    (
+        'A',
+        "api.example.com",
+        "/err",
+        200,
+        "",
+        "target one=[api] sub=[api]\n",
+    ),
+    (
+        'A',
+        "api.example.com",
+        "/rerr/abc",
+        200,
+        "",
+        "target one=[abc] sub=[api]\n",
     ),
     // `proxy_pass` with the captured name.
     (

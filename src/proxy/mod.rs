@@ -155,6 +155,23 @@ impl<'r> Captures<'r> {
         }
     }
 
+    /// These captures on their own, for a request whose `$uri` changes: an internal redirect
+    /// keeps them (nginx leaves `r->captures` as they are). `path` is the `$uri` a location's
+    /// captures are of.
+    pub fn detached(&self, path: &str) -> Option<Captures<'static>> {
+        let (subject, spans) = match &self.subject {
+            Some(subject) => (subject.clone(), self.spans.get()?.clone()),
+            None => {
+                let regex = self.regex?;
+                let spans = self
+                    .spans
+                    .get_or_init(|| regex.captures(path.as_bytes()).unwrap_or_default());
+                (path.to_owned(), spans.clone())
+            }
+        };
+        Some(Captures::matched(subject, spans))
+    }
+
     /// Group `n` of the match on `path` (the `$uri` the location was matched against).
     fn get<'p>(&'p self, n: u8, path: &'p str) -> Option<&'p str> {
         let (subject, spans) = match &self.subject {
@@ -982,6 +999,11 @@ async fn error_page(
     parts.headers = ctx.parts.headers.clone();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
+    // A URI target keeps the captures too (the last regex's, on the `$uri` it matched).
+    let kept = match named {
+        Some(_) => None,
+        None => ctx.captures.detached(ctx.path),
+    };
     let base = RequestCtx {
         conn: ctx.conn,
         parts: &parts,
@@ -992,10 +1014,10 @@ async fn error_page(
         path: &path,
         done: None,
         sets: &[],
-        captures: if named.is_some() {
-            ctx.captures
-        } else {
-            Captures::NONE
+        captures: match &kept {
+            Some(kept) => kept,
+            None if named.is_some() => ctx.captures,
+            None => Captures::NONE,
         },
         rewritten: if named.is_some() { ctx.rewritten } else { None },
         state: ctx.state,
@@ -1008,10 +1030,10 @@ async fn error_page(
     };
     let captures = Captures::of(route);
     let located = RequestCtx {
-        captures: if named.is_some() {
-            base.captures
-        } else {
+        captures: if named.is_none() && route.regex.is_some() {
             &captures
+        } else {
+            base.captures
         },
         root: &route.conf.root,
         ..base

@@ -343,6 +343,17 @@ pub fn locations<'s>(
             Some(route) => route,
             None => server.locations.find(path).unwrap_or(&server.fallback),
         };
+        // A regex location's named groups are variables (nginx sets them as it matches).
+        if let Some(regex) = &route.regex
+            && !route.regex_names.is_empty()
+            && let Some(spans) = regex.captures(path.as_bytes())
+        {
+            for (i, name) in &route.regex_names {
+                let value = spans.get(*i).copied().flatten();
+                let value = value.map_or("", |(start, end)| path.get(start..end).unwrap_or(""));
+                state.sets.push((name.clone(), value.to_owned()));
+            }
+        }
         state.uri_changed = false;
         state.if_route = None;
         if let Some(r) = &mut state.rewritten {

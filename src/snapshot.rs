@@ -11,7 +11,8 @@ use http::{HeaderName, HeaderValue};
 use crate::FastMap;
 use crate::access_log::{self, AccessLogs, LogCache, LogFile};
 use crate::config::model::{
-    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, Stmt, Upstream,
+    Action, BalanceMethod, Config, Location, LocationConf, Redirect, Return, Server, ServerName,
+    Stmt, Upstream,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::proxy::target::{ProxyVars, Targets};
@@ -60,8 +61,12 @@ pub struct Route {
     pub sets_host: bool,
     /// The location's prefix, for `proxy_pass` with a URI (the matched part is replaced).
     pub prefix: Option<String>,
-    /// A regex location's regex, when it has groups: `$1`..`$9` are its captures.
+    /// A regex location's regex: `$1`..`$9` are its captures (empty when it has no groups, as
+    /// in nginx: its match replaces those of the `server_name` regex or a `rewrite`).
     pub regex: Option<crate::route::Regex>,
+    /// The named groups of `regex` (group index, variable name): nginx sets each variable when
+    /// the location matches.
+    pub regex_names: Box<[(usize, Arc<str>)]>,
     pub access_log: AccessLogs,
     /// The rewrite module's statements of this level (`set`, `rewrite`, `if`, `return`,
     /// `break`), run by [`crate::rewrite::phases`].
@@ -373,6 +378,14 @@ struct Cx<'a> {
 /// (nginx: `the duplicate "host" variable`).
 fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     fn walk(loc: &Location, scope: &mut Scope, errors: &mut ConfigErrors) {
+        // The named groups of a location regex (a bad one is reported by the location tree).
+        if let crate::config::model::LocationMatch::Regex { case_insensitive } = loc.kind
+            && let Ok(regex) = crate::route::Regex::new(&loc.pattern, case_insensitive)
+        {
+            for group in regex.capture_names().into_iter().flatten() {
+                scope.declare(group);
+            }
+        }
         declare(&loc.conf.script, scope, errors);
         for l in &loc.locations {
             walk(l, scope, errors);
@@ -398,6 +411,17 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     }
     let mut scope = Scope::default();
     for server in config.http.iter().flat_map(|h| &h.servers) {
+        // The named groups of a `server_name` regex are variables too (set when that name
+        // chooses the server); a bad pattern is reported where the names are indexed.
+        for name in &server.names {
+            if let ServerName::Regex(pattern) = name
+                && let Ok(regex) = crate::route::Regex::new(pattern, false)
+            {
+                for group in regex.capture_names().into_iter().flatten() {
+                    scope.declare(group);
+                }
+            }
+        }
         declare(&server.conf.script, &mut scope, errors);
         for l in &server.locations {
             walk(l, &mut scope, errors);
@@ -491,9 +515,9 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
     let prefix = matches!(loc.kind, Prefix | PrefixNoRegex | Exact).then(|| loc.pattern.clone());
     // A regex that does not compile is reported by the location tree.
     let regex = match loc.kind {
-        Regex { case_insensitive } => crate::route::compile_regex(&loc.pattern, case_insensitive)
-            .ok()
-            .filter(|r| r.captures_len() > 1),
+        Regex { case_insensitive } => {
+            crate::route::compile_regex(&loc.pattern, case_insensitive).ok()
+        }
         _ => None,
     };
     LocationEntry {
@@ -621,6 +645,14 @@ fn compile_route(
         cx.errors
             .push(ConfigError::new(ErrorKind::Invalid(message), location));
     }
+    let regex_names = regex.as_ref().map_or_else(Default::default, |regex| {
+        regex
+            .capture_names()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, name)| Some((i, Arc::from(name?))))
+            .collect()
+    });
     Route {
         conf: conf.clone(),
         action,
@@ -628,6 +660,7 @@ fn compile_route(
         sets_host,
         prefix,
         regex,
+        regex_names,
         access_log,
         script,
         add_headers,

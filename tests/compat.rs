@@ -14,13 +14,7 @@ use std::process::Command;
 use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
-const PENDING: &[(&str, &str)] = &[
-    (
-        "redirects",
-        "named captures of a server_name regex as variables",
-    ),
-    ("subpath-app", "the sub module (sub_filter)"),
-];
+const PENDING: &[(&str, &str)] = &[("subpath-app", "the sub module (sub_filter)")];
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")

@@ -155,6 +155,23 @@ impl<'r> Captures<'r> {
         }
     }
 
+    /// These captures on their own, for a request whose `$uri` changes: an internal redirect
+    /// keeps them (nginx leaves `r->captures` as they are). `path` is the `$uri` a location's
+    /// captures are of.
+    pub fn detached(&self, path: &str) -> Option<Captures<'static>> {
+        let (subject, spans) = match &self.subject {
+            Some(subject) => (subject.clone(), self.spans.get()?.clone()),
+            None => {
+                let regex = self.regex?;
+                let spans = self
+                    .spans
+                    .get_or_init(|| regex.captures(path.as_bytes()).unwrap_or_default());
+                (path.to_owned(), spans.clone())
+            }
+        };
+        Some(Captures::matched(subject, spans))
+    }
+
     /// Group `n` of the match on `path` (the `$uri` the location was matched against).
     fn get<'p>(&'p self, n: u8, path: &'p str) -> Option<&'p str> {
         let (subject, spans) = match &self.subject {
@@ -678,7 +695,8 @@ async fn respond(
         headers::set_server(&mut response, &server.fallback);
         return response;
     };
-    let server: &ServerRoute = vhosts.find(&host);
+    let (server, name_captures) = vhosts.find_captures(&host);
+    let server: &ServerRoute = server;
     if let Some(why) = crate::tls::refuse(conn.tls.as_deref(), server.tls.as_ref()) {
         log!(
             Info,
@@ -723,10 +741,29 @@ async fn respond(
     // nginx's server and location rewrite phases (`set`, `rewrite`, `if`, `return`), with the
     // location search between them and again after a `rewrite ... last`.
     let mut state = crate::rewrite::State::default();
+    // The groups of the `server_name` regex that chose the server: `$1`.. until another regex
+    // matches, and its named groups as variables.
+    let server_captures = name_captures.map(|found| {
+        for (i, name) in found.names {
+            let value = found.spans.get(*i).copied().flatten();
+            let value = value.map_or("", |(start, end)| host.get(start..end).unwrap_or(""));
+            state.sets.push((name.clone(), value.to_owned()));
+        }
+        Captures::matched(host.clone().into_owned(), found.spans)
+    });
+    let base = RequestCtx {
+        captures: server_captures.as_ref().unwrap_or(Captures::NONE),
+        ..base
+    };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
     let captures = Captures::of(route);
     let located = RequestCtx {
-        captures: &captures,
+        // A regex location's groups; any other keeps the server name's.
+        captures: if route.regex.is_some() {
+            &captures
+        } else {
+            base.captures
+        },
         root: &route.conf.root,
         ..base
     };
@@ -964,6 +1001,11 @@ async fn error_page(
     parts.headers = ctx.parts.headers.clone();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
+    // A URI target keeps the captures too (the last regex's, on the `$uri` it matched).
+    let kept = match named {
+        Some(_) => None,
+        None => ctx.captures.detached(ctx.path),
+    };
     let base = RequestCtx {
         conn: ctx.conn,
         parts: &parts,
@@ -974,10 +1016,10 @@ async fn error_page(
         path: &path,
         done: None,
         sets: &[],
-        captures: if named.is_some() {
-            ctx.captures
-        } else {
-            Captures::NONE
+        captures: match &kept {
+            Some(kept) => kept,
+            None if named.is_some() => ctx.captures,
+            None => Captures::NONE,
         },
         rewritten: if named.is_some() { ctx.rewritten } else { None },
         state: ctx.state,
@@ -990,10 +1032,10 @@ async fn error_page(
     };
     let captures = Captures::of(route);
     let located = RequestCtx {
-        captures: if named.is_some() {
-            base.captures
-        } else {
+        captures: if named.is_none() && route.regex.is_some() {
             &captures
+        } else {
+            base.captures
         },
         root: &route.conf.root,
         ..base

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use super::Regex;
 
@@ -160,9 +161,34 @@ pub struct VirtualHosts<T> {
     leading: FastMap<Box<str>, usize>,
     /// `www.*`, keyed by `www.`.
     trailing: FastMap<Box<str>, usize>,
-    regexes: Vec<(Regex, usize)>,
+    regexes: Vec<RegexName>,
     default: usize,
+    /// With one server on the address, whether its names are searched at all: only when they
+    /// can give captures (nginx's `cscf->captures`, see [`Self::build`]).
+    search_single: bool,
     conflicts: Vec<NameConflict>,
+}
+
+/// A `server_name ~regex` of one server.
+#[derive(Debug)]
+struct RegexName {
+    regex: Regex,
+    entry: usize,
+    /// Whether it has groups (then it is run for them, not only tested).
+    groups: bool,
+    /// Its named groups: (group index, variable name).
+    names: Box<[(usize, Arc<str>)]>,
+}
+
+/// What the `server_name` regex that chose a server captured, when it has groups: `$1`..`$9`
+/// until a location or `rewrite`/`if` regex matches, and its named groups as variables
+/// (nginx's `ngx_http_regex_exec` on the host).
+#[derive(Debug)]
+pub struct NameCaptures<'a> {
+    /// Group spans in the host; index 0 is the whole match.
+    pub spans: super::pcre::Spans,
+    /// The named groups: (group index, variable name).
+    pub names: &'a [(usize, Arc<str>)],
 }
 
 impl<T> VirtualHosts<T> {
@@ -180,6 +206,9 @@ impl<T> VirtualHosts<T> {
         }
         let mut default = None;
         let mut regexes = Vec::new();
+        // nginx searches the names of a lone server only if its last regex name has groups
+        // (`cscf->captures` is overwritten by each regex name of the server).
+        let mut search_single = false;
         for (entry, server) in entries.iter().enumerate() {
             if server.default_server {
                 if default.is_some() {
@@ -197,7 +226,20 @@ impl<T> VirtualHosts<T> {
                     let case_insensitive = pattern.bytes().any(|b| b.is_ascii_uppercase());
                     let regex = compile_regex(pattern, case_insensitive)
                         .map_err(|kind| RouteError::new(kind, None))?;
-                    regexes.push((regex, entry));
+                    let groups = regex.captures_len() > 1;
+                    search_single = groups;
+                    let names = regex
+                        .capture_names()
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, name)| Some((i, Arc::from(name?))))
+                        .collect();
+                    regexes.push(RegexName {
+                        regex,
+                        entry,
+                        groups,
+                        names,
+                    });
                 }
             }
         }
@@ -209,6 +251,7 @@ impl<T> VirtualHosts<T> {
             }
         }
 
+        let entries_len = entries.len();
         Ok(Self {
             values: entries.into_iter().map(|server| server.value).collect(),
             exact: names.exact,
@@ -216,6 +259,7 @@ impl<T> VirtualHosts<T> {
             trailing: names.trailing,
             regexes,
             default: default.unwrap_or(0),
+            search_single: search_single && entries_len == 1,
             conflicts: names.conflicts,
         })
     }
@@ -224,7 +268,14 @@ impl<T> VirtualHosts<T> {
     /// an unknown host gets the default server. `""` (no host) matches only an exact `""`
     /// name, as in nginx (regexes are not tried).
     pub fn find(&self, host: &str) -> &T {
-        &self.values[self.find_index(host)]
+        self.find_captures(host).0
+    }
+
+    /// [`Self::find`], with what the regex name that chose the server captured, when it has
+    /// groups (nothing is allocated otherwise).
+    pub fn find_captures(&self, host: &str) -> (&T, Option<NameCaptures<'_>>) {
+        let (entry, captures) = self.find_index(host);
+        (&self.values[entry], captures)
     }
 
     /// The `default_server` entry, or the first one.
@@ -237,19 +288,19 @@ impl<T> VirtualHosts<T> {
         &self.conflicts
     }
 
-    fn find_index(&self, host: &str) -> usize {
+    fn find_index(&self, host: &str) -> (usize, Option<NameCaptures<'_>>) {
         // One server on the address: every name leads to it.
-        if self.values.len() == 1 {
-            return 0;
+        if self.values.len() == 1 && !self.search_single {
+            return (0, None);
         }
         if let Some(&entry) = self.exact.get(host) {
-            return entry;
+            return (entry, None);
         }
         if !self.leading.is_empty() {
             // Longest suffix first: `.a.example.com` before `.example.com`.
             for (i, _) in host.match_indices('.') {
                 if let Some(&entry) = self.leading.get(&host[i..]) {
-                    return entry;
+                    return (entry, None);
                 }
             }
         }
@@ -257,18 +308,26 @@ impl<T> VirtualHosts<T> {
             // Longest prefix first: `www.example.` before `www.`.
             for (i, _) in host.rmatch_indices('.') {
                 if let Some(&entry) = self.trailing.get(&host[..=i]) {
-                    return entry;
+                    return (entry, None);
                 }
             }
         }
         if !host.is_empty() {
-            for (regex, entry) in &self.regexes {
-                if regex.is_match(host.as_bytes()) {
-                    return *entry;
+            for name in &self.regexes {
+                if !name.groups {
+                    if name.regex.is_match(host.as_bytes()) {
+                        return (name.entry, None);
+                    }
+                } else if let Some(spans) = name.regex.captures(host.as_bytes()) {
+                    let captures = NameCaptures {
+                        spans,
+                        names: &name.names,
+                    };
+                    return (name.entry, Some(captures));
                 }
             }
         }
-        self.default
+        (self.default, None)
     }
 }
 
@@ -525,6 +584,78 @@ mod tests {
         for (host, want) in cases {
             assert_eq!(*hosts.find(host), want, "host {host:?}");
         }
+    }
+
+    /// The server, each group (`None`: not captured) and the named groups.
+    type Captured = (
+        &'static str,
+        Option<Vec<Option<String>>>,
+        Vec<(usize, String)>,
+    );
+
+    /// What `find_captures` gives for `host`.
+    fn captured(hosts: &VirtualHosts<&'static str>, host: &str) -> Captured {
+        let (value, captures) = hosts.find_captures(host);
+        let Some(captures) = captures else {
+            return (value, None, Vec::new());
+        };
+        let groups = captures
+            .spans
+            .iter()
+            .map(|s| s.map(|(a, b)| host[a..b].to_owned()))
+            .collect();
+        let names = captures
+            .names
+            .iter()
+            .map(|(i, n)| (*i, n.to_string()))
+            .collect();
+        (value, Some(groups), names)
+    }
+
+    #[test]
+    fn a_regex_name_with_groups_gives_its_captures() {
+        let hosts = VirtualHosts::build(vec![
+            server("exact", vec![exact("www.example.com")]),
+            server("named", vec![re(r"^www\.(?<domain>.+)$")]),
+            server("plain", vec![re(r"^api\.")]),
+            server("numbered", vec![re(r"^(\d+)\.(x)?test$")]),
+        ])
+        .unwrap();
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(captured(&hosts, "www.example.com"), ("exact", None, vec![]));
+        assert_eq!(
+            captured(&hosts, "www.foo.org"),
+            (
+                "named",
+                Some(vec![s("www.foo.org"), s("foo.org")]),
+                vec![(1, "domain".to_owned())]
+            )
+        );
+        assert_eq!(captured(&hosts, "api.test"), ("plain", None, vec![]));
+        assert_eq!(
+            captured(&hosts, "12.test"),
+            ("numbered", Some(vec![s("12.test"), s("12"), None]), vec![])
+        );
+        assert_eq!(captured(&hosts, "other"), ("exact", None, vec![]));
+        assert_eq!(captured(&hosts, ""), ("exact", None, vec![]));
+    }
+
+    #[test]
+    fn a_lone_server_is_searched_only_when_its_last_regex_has_groups() {
+        let searched = VirtualHosts::build(vec![server(
+            "lone",
+            vec![exact("a.test"), re(r"^x"), re(r"^(?<sub>[a-z]+)\.lone$")],
+        )])
+        .unwrap();
+        assert!(captured(&searched, "abc.lone").1.is_some());
+        assert_eq!(captured(&searched, "a.test"), ("lone", None, vec![]));
+        assert_eq!(captured(&searched, "9.lone"), ("lone", None, vec![]));
+        let not_searched = VirtualHosts::build(vec![server(
+            "lone",
+            vec![re(r"^(?<sub>[a-z]+)\.lone$"), re(r"^x")],
+        )])
+        .unwrap();
+        assert_eq!(captured(&not_searched, "abc.lone"), ("lone", None, vec![]));
     }
 
     #[test]

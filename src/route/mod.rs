@@ -40,7 +40,7 @@ mod location;
 mod pcre;
 mod uri;
 
-pub use host::{NameConflict, VirtualHost, VirtualHosts, normalize_host};
+pub use host::{NameCaptures, NameConflict, VirtualHost, VirtualHosts, normalize_host};
 pub use location::{LocationEntry, LocationTree};
 pub use pcre::Regex;
 pub use uri::{UriError, normalize_path};

@@ -287,7 +287,7 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("index", HSL, AtLeast(1), STATIC_FILES),
     no_effect("autoindex", HSL, Flag, STATIC_FILES),
     d("charset", HSL, ONE),
-    // --- ssl (tls helper): nginx's ngx_http_ssl_module and `http2`; read in lower/ssl.rs
+    // --- ssl: nginx's ngx_http_ssl_module and `http2`; read in lower/ssl.rs
     d("http2", HS, Flag),
     d("ssl", HS, Flag),
     d("ssl_certificate", HS, ONE),
@@ -404,7 +404,7 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- access by client address (ngx_http_access_module)
     d("allow", HSL, ONE),
     d("deny", HSL, ONE),
-    // --- realip (vars helper): the client address from a trusted proxy's field (ngx_http_realip_module)
+    // --- realip: the client address from a trusted proxy's field (ngx_http_realip_module)
     d("set_real_ip_from", HSL, ONE),
     d("real_ip_header", HSL, ONE),
     d("real_ip_recursive", HSL, Flag),

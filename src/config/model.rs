@@ -1142,7 +1142,7 @@ pub enum FileTest {
     Exec,
 }
 
-// --- ssl (tls helper)
+// --- ssl (ngx_http_ssl_module; docs/tls.md)
 
 /// A server's TLS settings (nginx's `ngx_http_ssl_module`), inherited http → server. File
 /// paths are absolute (relative ones are taken from the main file's directory, as nginx's).

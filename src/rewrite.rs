@@ -375,11 +375,7 @@ pub fn locations<'s>(
         // location keeps the request's, as nginx).
         let captures = Captures::of(route);
         let located = RequestCtx {
-            captures: if route.regex.is_some() {
-                &captures
-            } else {
-                base.captures
-            },
+            captures: captures.or(base.captures),
             ..*base
         };
         let control = run(&route.script, &route.script.stmts, &located, state, true);

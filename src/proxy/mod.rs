@@ -146,6 +146,16 @@ impl<'r> Captures<'r> {
         }
     }
 
+    /// What `$1`.. are once a location is chosen: these (made by [`Captures::of`] the location)
+    /// when it is a regex location, else `inherited` (a prefix location keeps the ones before).
+    pub fn or<'s>(&'s self, inherited: &'s Captures<'s>) -> &'s Captures<'s> {
+        if self.regex.is_some() {
+            self
+        } else {
+            inherited
+        }
+    }
+
     /// The groups (`spans`) a `rewrite` or `if` regex found in `subject`.
     pub fn matched(subject: String, spans: Vec<Option<(usize, usize)>>) -> Captures<'static> {
         Captures {
@@ -759,11 +769,7 @@ async fn respond(
     let captures = Captures::of(route);
     let located = RequestCtx {
         // A regex location's groups; any other keeps the server name's.
-        captures: if route.regex.is_some() {
-            &captures
-        } else {
-            base.captures
-        },
+        captures: captures.or(base.captures),
         root: &route.conf.root,
         ..base
     };

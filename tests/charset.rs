@@ -7,8 +7,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Answers with the Content-Type named by the last path segment.
 async fn app() -> std::net::SocketAddr {
@@ -33,14 +31,9 @@ async fn app() -> std::net::SocketAddr {
 
 /// The Content-Type the client gets for `GET path` ("" when none).
 async fn content_type(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap();
-    head.lines()
+    support::response_head(addr, path)
+        .await
+        .lines()
         .filter_map(|l| l.split_once(": "))
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
         .map(|(_, v)| v.to_owned())

@@ -8,8 +8,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Sets its own caching headers; `/missing` answers 404.
 async fn app() -> std::net::SocketAddr {
@@ -29,13 +27,7 @@ async fn app() -> std::net::SocketAddr {
 
 /// (Date, Expires, the Cache-Control fields) of `GET path`, as sent.
 async fn caching(addr: std::net::SocketAddr, path: &str) -> (String, String, Vec<String>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap().to_owned();
+    let head = support::response_head(addr, path).await;
     let fields: Vec<(String, String)> = head
         .lines()
         .filter_map(|l| l.split_once(": "))

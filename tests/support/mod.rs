@@ -967,3 +967,16 @@ pub fn assert_unprivileged(pid: i32, (uid, gid): (u32, u32), workers: usize) {
         .collect();
     assert_eq!(names, want, "the threads of {pid}");
 }
+
+/// The head of the response to `GET path` (Host `t`, `Connection: close`) on a new connection to
+/// `addr`, as the bytes came: status line and fields, without the blank line.
+pub async fn response_head(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.split("\r\n\r\n").next().unwrap().to_owned()
+}

@@ -47,6 +47,7 @@ pub mod process;
 pub mod proxy;
 pub mod realip;
 pub mod reload;
+pub mod resolve;
 pub mod rewrite;
 pub mod route;
 pub mod scratch;

@@ -42,6 +42,7 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         queue: None,
         implicit: false,
         location: "test.conf:1:1".to_owned(),
+        resolve: None,
     }
 }
 

@@ -449,3 +449,58 @@ fn config_errors_say_what_nginx_says() {
     // An address with `resolve` is never looked up: no resolver needed.
     with("", "server 127.0.0.1:8080 resolve;").unwrap();
 }
+
+#[tokio::test]
+async fn health_checks_probe_the_peers_dns_adds() {
+    let (port, _bs) = same_port_backends(&answering(&["a", "b"])).await;
+    let dns = DnsServer::start(1).await;
+    dns.set("app.test", &["127.0.0.2"]);
+    let lb = imbang(&format!(
+        "events {{}}
+         http {{
+           resolver {};
+           upstream app {{ zone app 64k; server app.test:{port} resolve; }}
+           server {{
+             listen 127.0.0.1:0;
+             location / {{ proxy_pass http://app; health_check interval=1s; }}
+           }}
+         }}",
+        dns.addr
+    ))
+    .await;
+    assert_eq!(lb.server.health_checks(), (1, 1));
+    dns.set("app.test", &["127.0.0.2", "127.0.0.3"]);
+    eventually("a probe for the added peer", WAIT, || {
+        lb.server.health_checks() == (1, 2)
+    })
+    .await;
+    dns.set("app.test", &["127.0.0.3"]);
+    eventually("the removed peer's probe stops", WAIT, || {
+        lb.server.health_checks() == (1, 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_that_adds_a_name_resolves_it_before_it_goes_in_force() {
+    let (port, _bs) = same_port_backends(&answering(&["a", "b"])).await;
+    let dns = DnsServer::start(30).await;
+    dns.set("app.test", &["127.0.0.3"]);
+    let resolver = format!("resolver {};", dns.addr);
+    let lb = imbang(&conf(&resolver, &format!("server 127.0.0.2:{port};"))).await;
+    assert_eq!(bodies(&lb, "/", 2).await, ["a", "a"]);
+    lb.reload(&conf(
+        &resolver,
+        &format!("server 127.0.0.2:{port}; server app.test:{port} resolve;"),
+    ))
+    .await;
+    // In force with the name's address already: no request sees a half-built group.
+    assert_eq!(
+        peer_addrs(&lb),
+        [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")]
+    );
+    let mut got = bodies(&lb, "/", 4).await;
+    got.sort();
+    assert_eq!(got, ["a", "a", "b", "b"]);
+    assert_eq!(lb.server.resolving(), 1);
+}

@@ -289,6 +289,34 @@ async fn srv_targets_ports_and_priorities() {
     ))
     .await;
     assert_eq!(get(&lb2, "/").await, (200, "c".to_owned()));
+    // Re-weighted: the record's weight is the peer's (the line sets none).
+    dns.set_srv(
+        "_http._tcp.app.test",
+        &[(10, 7, c.addr.port(), "c.app.test")],
+    );
+    let weights = |api: &str| {
+        let v: serde_json::Value = serde_json::from_str(api).unwrap();
+        let peers = v["peers"].as_array().unwrap().clone();
+        (peers.iter())
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["weight"].as_u64().unwrap(),
+                    p["backup"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = vec![(format!("c.app.test:{}", c.addr.port()), 7, false)];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, api) = lb.get("/api/9/http/upstreams/app").await;
+        if weights(&api) == want {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{api}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -503,4 +531,60 @@ async fn a_reload_that_adds_a_name_resolves_it_before_it_goes_in_force() {
     got.sort();
     assert_eq!(got, ["a", "a", "b", "b"]);
     assert_eq!(lb.server.resolving(), 1);
+}
+
+/// The real binary with two workers: the groups follow DNS from the main thread's tasks, and
+/// per-request lookups run on the workers; `-t` refuses `resolve` without a `resolver`.
+#[tokio::test]
+async fn the_binary_follows_dns_with_two_workers() {
+    let (port, bs) = same_port_backends(&answering(&["a", "b"])).await;
+    let dns = DnsServer::start(1).await;
+    dns.set("app.test", &["127.0.0.2"]);
+    dns.set("b.test", &["127.0.0.3"]);
+    let dir = support::TempDir::new("dns-bin");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let listen = support::free_port();
+    let text = |resolver: &str| {
+        format!(
+            "daemon off; pid logs/imbang.pid; error_log logs/error.log; worker_processes 2;
+             events {{}}
+             http {{ access_log off; {resolver}
+               upstream app {{ zone app 64k; server app.test:{port} resolve; }}
+               server {{ listen 127.0.0.1:{listen};
+                 location / {{ proxy_pass http://app; }}
+                 location /var {{ proxy_pass http://$arg_h:{port}; }}
+               }}
+             }}"
+        )
+    };
+    dir.write("imbang.conf", &text(""));
+    let prefix = format!("{}/", dir.path().display());
+    let out = support::run_imbang(dir.path(), &["-t", "-p", &prefix, "-c", "imbang.conf"]).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("no resolver defined to resolve names at run time in upstream \"app\" in "),
+        "{}",
+        out.stderr
+    );
+    dir.write("imbang.conf", &text(&format!("resolver {};", dns.addr)));
+    let _guard = support::ImbangGuard::start(&prefix);
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    support::wait_accepting(addr, Duration::from_secs(10)).await;
+    let get = |path: &'static str| async move {
+        let (status, body) = support::request(addr, "GET", path, "localhost", None).await;
+        (status, first_word(&body))
+    };
+    // Several requests: each worker answers some.
+    for _ in 0..4 {
+        assert_eq!(get("/").await, (200, "a".to_owned()));
+        assert_eq!(get("/var?h=b.test").await, (200, "b".to_owned()));
+    }
+    dns.set("app.test", &["127.0.0.3"]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get("/").await != (200, "b".to_owned()) {
+        assert!(tokio::time::Instant::now() < deadline, "never followed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = bs;
 }

@@ -116,12 +116,14 @@ impl Following {
     /// the previous snapshot's stop.
     pub fn start(self: &Arc<Self>, snapshot: &Snapshot) {
         let mut tasks = Vec::new();
+        let mut lines = std::collections::HashSet::new();
         for group in snapshot.groups() {
             let Some(followed) = group.followed() else {
                 continue;
             };
             let dns = dns_of(followed);
             for i in 0..followed.names().len() {
+                lines.insert(key(followed.name(), &followed.names()[i]));
                 let next = self
                     .known(&key(followed.name(), &followed.names()[i]))
                     .map_or_else(Instant::now, |k| k.valid_until);
@@ -129,6 +131,9 @@ impl Following {
                 tasks.push(tokio::spawn(task));
             }
         }
+        // Answers of lines no longer configured are forgotten.
+        (self.known.lock().unwrap_or_else(PoisonError::into_inner))
+            .retain(|k, _| lines.contains(k));
         let old = std::mem::replace(
             &mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner),
             tasks,

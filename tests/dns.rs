@@ -588,3 +588,24 @@ async fn the_binary_follows_dns_with_two_workers() {
     }
     let _ = bs;
 }
+
+/// As in nginx, a name that no longer exists empties its line (502 "no live upstreams"), and
+/// the peers come back with the name; `valid=` bounds how long either answer is kept.
+#[tokio::test]
+async fn a_name_that_disappears_empties_its_line_until_it_returns() {
+    let (port, _bs) = same_port_backends(&answering(&["a"])).await;
+    let dns = DnsServer::start(300).await;
+    dns.set("app.test", &["127.0.0.2"]);
+    let lb = imbang(&conf(
+        &format!("resolver {} valid=1s;", dns.addr),
+        &format!("server app.test:{port} resolve;"),
+    ))
+    .await;
+    assert_eq!(get(&lb, "/").await, (200, "a".to_owned()));
+    dns.set("app.test", &[]);
+    eventually("the line is emptied", WAIT, || peer_addrs(&lb).is_empty()).await;
+    assert_eq!(lb.get("/").await.0, 502);
+    dns.set("app.test", &["127.0.0.2"]);
+    eventually("the peer is back", WAIT, || !peer_addrs(&lb).is_empty()).await;
+    assert_eq!(get(&lb, "/").await, (200, "a".to_owned()));
+}

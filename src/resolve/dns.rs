@@ -207,12 +207,19 @@ impl Dns {
             .map_err(|_| (DnsError::TIMED_OUT, Vec::new()))?
             .map_err(|e| (DnsError::from_hickory(&e), Vec::new()))?;
         let mut valid_until = Instant::from_std(lookup.as_lookup().valid_until());
-        let mut targets = Vec::new();
-        let mut failed = Vec::new();
-        for srv in lookup.iter() {
+        // The targets are looked up at once.
+        let records: Vec<_> = lookup.iter().collect();
+        let answers = futures_util::future::join_all(records.iter().map(|srv| async move {
             let target = srv.target().to_ascii();
             let target = target.trim_end_matches('.').to_owned();
-            match self.addrs(&target).await {
+            let answer = self.addrs(&target).await;
+            (target, answer)
+        }))
+        .await;
+        let mut targets = Vec::new();
+        let mut failed = Vec::new();
+        for (srv, (target, answer)) in records.iter().zip(answers) {
+            match answer {
                 Ok(answer) => {
                     valid_until = valid_until.min(answer.valid_until);
                     targets.push(SrvTarget {

@@ -77,9 +77,9 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
         ["http"] => Ok(json!(["upstreams"])),
         ["http", "upstreams"] => {
             let mut groups: Vec<_> = snapshot.groups().collect();
-            groups.sort_by(|a, b| a.balancer.name().cmp(b.balancer.name()));
+            groups.sort_by(|a, b| a.balancer().name().cmp(b.balancer().name()));
             let map: Map<String, Value> = (groups.into_iter())
-                .map(|g| (g.balancer.name().to_owned(), upstream(shared, g)))
+                .map(|g| (g.balancer().name().to_owned(), upstream(shared, g)))
                 .collect();
             Ok(Value::Object(map))
         }
@@ -89,7 +89,8 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
                 "upstream not found",
                 "UpstreamNotFound",
             ))?;
-            let peers = group.balancer.peers();
+            let members = group.balancer();
+            let peers = members.peers();
             match rest {
                 [] => Ok(upstream(shared, group)),
                 ["servers"] => Ok(Value::Array(peers.iter().map(server).collect())),
@@ -123,7 +124,7 @@ fn nginx(shared: &Shared, ctx: &RequestCtx<'_>) -> Value {
 /// One upstream group.
 fn upstream(shared: &Shared, group: &Group) -> Value {
     let now = Instant::now();
-    let balancer = &group.balancer;
+    let balancer = &group.balancer();
     let peers: Vec<Value> = balancer.peers().iter().map(|p| peer(p, now)).collect();
     let mut addrs: Vec<_> = balancer.peers().iter().map(Peer::addr).collect();
     addrs.sort();

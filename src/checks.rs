@@ -75,7 +75,7 @@ impl HealthChecks {
             let Some(group) = snapshot.group(&check.upstream) else {
                 continue;
             };
-            let targets = (group.balancer.peers().iter())
+            let targets = (group.balancer().peers().iter())
                 .filter(|peer| !peer.is_down())
                 .map(|peer| Target {
                     state: peer.shared_state().clone(),

@@ -17,8 +17,9 @@
 //! [`snapshot`] compiles it into tables, and [`reload`] holds the one in force.
 //! [`process`] is the nginx-compatible command line around it all; [`privileges`] is how it
 //! stops being root before it serves (`user`). Beside the request path,
-//! [`checks`] probes peers for `health_check` (their verdicts feed the picks), and [`api`]
-//! answers NGINX Plus's API from the same state.
+//! [`checks`] probes peers for `health_check` (their verdicts feed the picks), [`resolve`]
+//! looks names up through `resolver` (groups whose `server ... resolve` peers follow DNS, and
+//! `proxy_pass` hosts in variables), and [`api`] answers NGINX Plus's API from the same state.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`
@@ -47,6 +48,7 @@ pub mod process;
 pub mod proxy;
 pub mod realip;
 pub mod reload;
+pub mod resolve;
 pub mod rewrite;
 pub mod route;
 pub mod scratch;

@@ -17,6 +17,7 @@ use crate::log;
 use crate::pool::Pool;
 use crate::proxy::{ConnInfo, Shared};
 use crate::reload::Live;
+use crate::resolve::Following;
 use crate::snapshot::Snapshot;
 use crate::upstream::PeerRegistry;
 use crate::{error_log, listen};
@@ -36,7 +37,7 @@ pub enum ReloadError {
 
 pub struct Server {
     shared: Arc<Shared>,
-    registry: PeerRegistry,
+    registry: Arc<PeerRegistry>,
     source: Option<config::Source>,
     /// Accepting listeners by configured address, with their stop switches and bound addresses.
     listeners: Mutex<HashMap<SocketAddr, Listening>>,
@@ -48,6 +49,8 @@ pub struct Server {
     workers: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
     /// The `health_check`s of the configuration in force, running from `serve` on.
     checks: HealthChecks,
+    /// Upstream groups that follow DNS (`server name resolve`), from `serve` on.
+    following: Arc<Following>,
 }
 
 struct Listening {
@@ -64,14 +67,14 @@ impl Server {
         source: Option<config::Source>,
         default_log: Option<config::model::ErrorLogSpec>,
     ) -> Result<Arc<Self>, ConfigErrors> {
-        let registry = PeerRegistry::new();
+        let registry = Arc::new(PeerRegistry::new());
         let snapshot = Snapshot::compile(config, &registry)?;
         Ok(Arc::new(Self {
             shared: Arc::new(Shared {
                 live: Arc::new(Live::new(snapshot)),
                 pool: Arc::new(Pool::new()),
             }),
-            registry,
+            registry: registry.clone(),
             source,
             listeners: Mutex::new(HashMap::new()),
             connections: Arc::default(),
@@ -79,6 +82,7 @@ impl Server {
             default_log,
             workers: std::sync::Mutex::new(Vec::new()),
             checks: HealthChecks::new(),
+            following: Following::new(registry),
         }))
     }
 
@@ -127,8 +131,17 @@ impl Server {
         self: &Arc<Self>,
         bound: Vec<(SocketAddr, std::net::TcpListener)>,
     ) -> std::io::Result<()> {
-        let mut listeners = self.listeners.lock().await;
         let snapshot = self.snapshot();
+        // Names of `server ... resolve` lines are looked up before the first request.
+        let weak = Arc::downgrade(self);
+        self.following.on_change(Arc::new(move || {
+            if let Some(server) = weak.upgrade() {
+                server.checks.reconcile(&server.snapshot());
+            }
+        }));
+        self.following.prepare(&snapshot).await;
+        self.following.start(&snapshot);
+        let mut listeners = self.listeners.lock().await;
         for (key, socket) in bound {
             let listening = self.accept_on(key, socket, snapshot.reuseport.contains(&key))?;
             listeners.insert(key, listening);
@@ -303,6 +316,8 @@ impl Server {
     /// worked, swap the snapshot and stop listeners that are gone. Nothing changes on error.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
         let snapshot = Snapshot::compile(config, &self.registry)?;
+        // New `resolve` names are looked up before the snapshot goes in force.
+        self.following.prepare(&snapshot).await;
         let log = open_error_log(&snapshot.config, self.default_log.as_ref())
             .map_err(ReloadError::Log)?;
         let mut listeners = self.listeners.lock().await;
@@ -321,6 +336,7 @@ impl Server {
         error_log::install(log);
         let reuseport = snapshot.reuseport.clone();
         self.shared.live.swap(snapshot);
+        self.following.start(&self.snapshot());
         self.checks.reconcile(&self.snapshot());
         for (key, socket) in bound {
             match self.accept_on(key, socket, reuseport.contains(&key)) {
@@ -345,6 +361,7 @@ impl Server {
             l.stop.stop();
         }
         self.checks.stop();
+        self.following.stop();
         if !graceful {
             return;
         }
@@ -360,6 +377,11 @@ impl Server {
     /// `(checks, probes)` running: `health_check`s in force, and peers they probe.
     pub fn health_checks(&self) -> (usize, usize) {
         self.checks.count()
+    }
+
+    /// `server ... resolve` lines followed now.
+    pub fn resolving(&self) -> usize {
+        self.following.count()
     }
 
     /// Client connections open now.

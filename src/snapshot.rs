@@ -16,6 +16,7 @@ use crate::config::model::{
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
 use crate::proxy::target::{ProxyVars, Targets};
+use crate::resolve::{Followed, Members};
 use crate::rewrite::Script;
 use crate::route::{LocationEntry, LocationTree, VirtualHost, VirtualHosts};
 use crate::upstream::{PeerRegistry, UpstreamGroup};
@@ -139,7 +140,8 @@ pub enum PassUri {
 
 /// An upstream group with the connection settings of its `upstream {}` block.
 pub struct Group {
-    pub balancer: UpstreamGroup,
+    /// Its peers: fixed, or following DNS (`server name resolve`).
+    members: GroupMembers,
     /// The `hash` key, rendered for each request that this group balances.
     pub hash_key: Option<Template>,
     pub keepalive: usize,
@@ -150,8 +152,12 @@ pub struct Group {
 impl Group {
     /// The group of `up`, its peers' state taken from `registry`.
     pub fn new(up: &Upstream, registry: &PeerRegistry, hash_key: Option<Template>) -> Self {
+        let members = match up.resolve {
+            None => GroupMembers::Fixed(UpstreamGroup::new(up, registry)),
+            Some(_) => GroupMembers::Followed(Arc::new(Followed::new(up, registry))),
+        };
         Self {
-            balancer: UpstreamGroup::new(up, registry),
+            members,
             hash_key,
             keepalive: up.keepalive,
             reuse: crate::pool::Reuse {
@@ -159,6 +165,30 @@ impl Group {
                 max_age: up.keepalive_time,
                 idle_timeout: up.keepalive_timeout,
             },
+        }
+    }
+}
+
+enum GroupMembers {
+    Fixed(UpstreamGroup),
+    Followed(Arc<Followed>),
+}
+
+impl Group {
+    /// The peers and balancer a request uses (read once per request: a group that follows
+    /// DNS may change meanwhile).
+    pub fn balancer(&self) -> Members<'_> {
+        match &self.members {
+            GroupMembers::Fixed(group) => Members::Fixed(group),
+            GroupMembers::Followed(f) => Members::Followed(f.current()),
+        }
+    }
+
+    /// The DNS-following part, for a group with `server name resolve` lines.
+    pub fn followed(&self) -> Option<&Arc<Followed>> {
+        match &self.members {
+            GroupMembers::Fixed(_) => None,
+            GroupMembers::Followed(f) => Some(f),
         }
     }
 }
@@ -589,10 +619,11 @@ fn compile_route(
         },
         Some(Action::Api(_)) => RouteAction::Api,
         Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {
-            Ok(url) => RouteAction::ProxyVars(ProxyVars {
+            Ok(url) => RouteAction::ProxyVars(ProxyVars::new(
                 url,
-                targets: cx.targets.clone(),
-            }),
+                cx.targets.clone(),
+                conf.resolver.clone(),
+            )),
             Err(message) => {
                 errors.push(ConfigError::new(
                     ErrorKind::Invalid(message),

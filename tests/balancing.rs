@@ -53,8 +53,12 @@ async fn names(lb: &Lb, paths: &[&str]) -> String {
 fn in_flight(lb: &Lb) -> Vec<u32> {
     let snapshot = lb.server.snapshot();
     let group = snapshot.group("app").expect("upstream app");
-    let peers = group.balancer.peers();
-    peers.iter().map(|p| p.state().in_flight()).collect()
+    let members = group.balancer();
+    members
+        .peers()
+        .iter()
+        .map(|p| p.state().in_flight())
+        .collect()
 }
 
 /// Waits until no attempt is in flight: a response's last byte can reach the client just
@@ -397,7 +401,7 @@ async fn queue_holds_requests_for_a_max_conns_slot_then_502s_on_overflow_and_tim
             .snapshot()
             .group("app")
             .unwrap()
-            .balancer
+            .balancer()
             .waiting()
     };
     eventually("the second request queued", Duration::from_secs(5), || {

@@ -419,6 +419,9 @@ pub static DIRECTIVES: &[Spec] = &[
     d("header", C::MATCH, Range(1, 3)),
     d("body", C::MATCH, Range(2, 2)),
     d("require", C::MATCH, AtLeast(1)),
+    // --- resolver: DNS for `proxy_pass` with variables and `server ... resolve` (resolver)
+    d("resolver", HSL.or(C::UPSTREAM), AtLeast(1)),
+    d("resolver_timeout", HSL.or(C::UPSTREAM), ONE),
     no_effect(
         "zone",
         C::UPSTREAM,
@@ -588,20 +591,6 @@ pub static DIRECTIVES: &[Spec] = &[
     ),
     no_effect("postpone_output", HSL, ONE, "responses are streamed"),
     d("recursive_error_pages", HSL, Flag),
-    not_yet(
-        "resolver",
-        HSL.or(C::UPSTREAM),
-        AtLeast(1),
-        false,
-        "names in proxy_pass and upstream are resolved once, when the configuration is read",
-    ),
-    not_yet(
-        "resolver_timeout",
-        HSL.or(C::UPSTREAM),
-        ONE,
-        false,
-        "names in proxy_pass and upstream are resolved once, when the configuration is read",
-    ),
     no_effect(
         "satisfy",
         HSL,

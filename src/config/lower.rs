@@ -20,6 +20,7 @@ mod compat;
 mod expires;
 mod proxy_cookie;
 mod realip;
+mod resolver;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -53,6 +54,7 @@ pub fn lower(
         health_checks: Vec::new(),
         maps: Vec::new(),
         ssl_http: ssl::SslFrame::default(),
+        resolve_pending: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -87,6 +89,8 @@ struct Lower<'a> {
     maps: Vec<MapSpec>,
     /// The http level's `ssl_*` settings, which servers inherit.
     ssl_http: ssl::SslFrame,
+    /// Upstreams with `resolve` lines, until the http level's `resolver` is known.
+    resolve_pending: Vec<resolver::Pending>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -137,6 +141,8 @@ struct Frame {
     /// `source_charset`, with where it was set: `Some(None)` is `off`.
     source_charset: Option<Option<(String, Span)>>,
     rewrite_log: Option<bool>,
+    resolver: Option<Arc<ResolverSpec>>,
+    resolver_timeout: Option<Duration>,
 }
 
 impl Frame {
@@ -190,6 +196,8 @@ impl Frame {
             source_charset,
             expires,
             rewrite_log,
+            resolver,
+            resolver_timeout,
         )
     }
 
@@ -241,6 +249,7 @@ impl Frame {
             access: self.access.clone().unwrap_or_default(),
             realip: self.realip(),
             root: self.root.clone().unwrap_or_default(),
+            resolver: self.resolver(),
         })
     }
 }
@@ -647,6 +656,8 @@ impl<'a> Lower<'a> {
             }
         }
         let frame = frame_own.inherit(&frame);
+        let pending = std::mem::take(&mut self.resolve_pending);
+        self.finish_upstream_resolvers(&mut upstreams.groups, &frame, pending);
         let servers: Vec<Server> = servers
             .into_iter()
             .filter_map(|d| self.server(d, &frame, &mut upstreams))
@@ -766,6 +777,7 @@ impl<'a> Lower<'a> {
             _ if spec.effect != Effect::Acts => {}
             "types" => {} // MIME type tables: accepted, checked by the parser only.
             _ if !self.once(seen, spec, d) => {}
+            "resolver" | "resolver_timeout" => self.resolver_setting(d, f),
             "proxy_connect_timeout" => f.connect_timeout = self.duration_arg(d, &args[0]),
             "proxy_read_timeout" => f.read_timeout = self.duration_arg(d, &args[0]),
             "proxy_send_timeout" => f.send_timeout = self.duration_arg(d, &args[0]),
@@ -2061,7 +2073,9 @@ impl<'a> Lower<'a> {
             queue: None,
             implicit: false,
             location: self.at(d.span),
+            resolve: None,
         };
+        let mut pending = resolver::Pending::new(ups.groups.len(), d.span);
         let mut seen = Seen::default();
         let mut method = MethodState::default();
         // Where `queue` was, until a method directive follows it (NGINX Plus wants it after).
@@ -2071,7 +2085,7 @@ impl<'a> Lower<'a> {
                 continue;
             };
             match c.name.as_str() {
-                "server" => self.peer(c, &mut up.peers, &method),
+                "server" => self.peer(c, &mut up.peers, &method, &mut pending),
                 "least_conn" | "least_time" | "ip_hash" | "hash" | "random" => {
                     if let Some(queue) = queue_at.take() {
                         self.warn(
@@ -2119,6 +2133,9 @@ impl<'a> Lower<'a> {
                     up.queue = self.queue(c);
                     queue_at = Some(c.span);
                 }
+                "resolver" | "resolver_timeout" | "zone" => {
+                    self.upstream_resolver_setting(c, &mut pending);
+                }
                 _ => {}
             }
         }
@@ -2133,6 +2150,7 @@ impl<'a> Lower<'a> {
         }
         ups.by_name.insert(name, ups.groups.len());
         ups.groups.push(up);
+        self.resolve_pending.push(pending);
     }
 
     /// `queue number [timeout=time]` (NGINX Plus; timeout 60s by default).
@@ -2248,13 +2266,28 @@ impl<'a> Lower<'a> {
     /// One `server` line of an `upstream` block. After a method directive that has no use for
     /// `backup` or `slow_start` (hash, ip_hash, random), those parameters are errors: nginx
     /// checks each `server` line against the method seen so far.
-    fn peer(&mut self, d: &Directive, peers: &mut Vec<PeerSpec>, method: &MethodState) {
+    fn peer(
+        &mut self,
+        d: &Directive,
+        peers: &mut Vec<PeerSpec>,
+        method: &MethodState,
+        pending: &mut resolver::Pending,
+    ) {
         let addr_arg = &d.args[0];
         let mut spec = PeerSpec::new(SocketAddr::from(([0, 0, 0, 0], 0)), &addr_arg.value);
         let mut ok = true;
+        let (mut resolve, mut service) = (false, None);
         for p in &d.args[1..] {
             let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
             let good = match key {
+                "resolve" if value.is_empty() && !p.value.contains('=') => {
+                    resolve = true;
+                    true
+                }
+                "service" => {
+                    service = Some(p);
+                    true
+                }
                 "weight" => values::number(value)
                     .filter(|&n| n > 0)
                     .map(|n| spec.weight = n as u32)
@@ -2307,6 +2340,11 @@ impl<'a> Lower<'a> {
                 self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
                 ok = false;
             }
+        }
+        match self.resolve_peer(d, &spec, resolve, service) {
+            Ok(Some(name)) if ok => return pending.push(name),
+            Ok(_) if ok => {}
+            _ => return,
         }
         match values::socket_addrs(&addr_arg.value, 80, false) {
             Ok(addrs) if ok => {

@@ -316,6 +316,8 @@ pub struct LocationConf {
     /// `root`, under the prefix when relative (`<prefix>/html` by default): imbang serves no
     /// files, but `$document_root`, `$realpath_root` and `$request_filename` say what nginx's do.
     pub root: String,
+    /// `resolver` and `resolver_timeout` in force here: names in a `proxy_pass` with variables.
+    pub resolver: Option<Resolver>,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.
@@ -727,6 +729,8 @@ pub struct Upstream {
     /// True when made from a `proxy_pass http://host:port` with no `upstream` block.
     pub implicit: bool,
     pub location: String,
+    /// `server name resolve` lines: peers that follow DNS (beside the fixed `peers`).
+    pub resolve: Option<UpstreamResolve>,
 }
 
 impl Upstream {
@@ -748,6 +752,7 @@ impl Upstream {
             queue: None,
             implicit: true,
             location,
+            resolve: None,
         }
     }
 }
@@ -979,7 +984,7 @@ impl BalanceMethod {
 
 /// One `server` line of an `upstream` block, after its name is resolved
 /// (a name that resolves to several addresses gives several peers, as in nginx).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerSpec {
     pub addr: SocketAddr,
     /// The text as written (`app1.internal:3000`), for `$upstream_addr` and logs use `addr`.
@@ -1207,4 +1212,61 @@ pub enum VerifyClient {
     On,
     Optional,
     OptionalNoCa,
+}
+
+// --- resolver (ngx_http_core_module's `resolver`, ngx_http_upstream_module's `server ...
+// resolve`; docs/dns.md)
+
+/// `resolver address ... [valid=time] [ipv4=on|off] [ipv6=on|off] [status_zone=zone]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResolverSpec {
+    /// The name servers, in the order written (port 53 unless given).
+    pub servers: Vec<SocketAddr>,
+    /// `valid=`: how long an answer is used, instead of the TTLs it came with.
+    pub valid: Option<Duration>,
+    /// Look up A records (`ipv4=`, on by default).
+    pub ipv4: bool,
+    /// Look up AAAA records (`ipv6=`, on by default).
+    pub ipv6: bool,
+}
+
+/// The resolver in force at one level: the `resolver` line and the `resolver_timeout` (30s).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Resolver {
+    pub spec: Arc<ResolverSpec>,
+    pub timeout: Duration,
+}
+
+/// An upstream's `server name resolve` lines and the resolver that follows them.
+#[derive(Clone, Debug)]
+pub struct UpstreamResolve {
+    pub resolver: Resolver,
+    pub names: Vec<ResolveSpec>,
+}
+
+/// One `server name[:port] resolve [service=name] ...` line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResolveSpec {
+    /// The name as written, lower-cased (`app.internal`).
+    pub host: String,
+    /// `service=` as written (`http`, `_http._tcp`): SRV records are followed (targets,
+    /// ports, weights, priorities).
+    pub service: Option<String>,
+    /// The port of the peers (from the line, 80 by default; unused with `service=`).
+    pub port: u16,
+    /// The line's parameters, copied to every peer the name yields (its `addr` unused).
+    pub template: PeerSpec,
+}
+
+impl ResolveSpec {
+    /// The name asked for: `host`, or with `service=` the SRV name as nginx builds it
+    /// (`service=http` → `_http._tcp.host`; a service with a dot is used as written:
+    /// `service=_x._udp` → `_x._udp.host`).
+    pub fn query_name(&self) -> String {
+        match &self.service {
+            None => self.host.clone(),
+            Some(s) if s.contains('.') => format!("{s}.{}", self.host),
+            Some(s) => format!("_{s}._tcp.{}", self.host),
+        }
+    }
 }

@@ -303,15 +303,52 @@ fn proxy_pass_with_variables_refuses_a_scheme_that_cannot_work() {
 }
 
 #[test]
-fn resolver_says_it_is_not_there_yet() {
-    let got = errors("http { resolver 127.0.0.53 valid=10s; resolver_timeout 5s; }");
+fn resolver_is_inherited_and_followed_by_upstreams() {
+    let c = ok("http {
+        resolver 127.0.0.53 [::1]:5353 valid=10s ipv6=off;
+        resolver_timeout 5s;
+        upstream app { zone app 64k; server app.internal:8080 resolve weight=3; server api.internal service=http resolve; server 10.0.0.1:80; }
+        upstream own { zone own 64k; resolver 10.0.0.2; server own.internal resolve; }
+        server {
+            location / { proxy_pass http://$host; }
+            location /b { resolver 10.0.0.9; proxy_pass http://$host; }
+        }
+    }");
+    let http = c.http.unwrap();
+    let server = &http.servers[0];
+    let at = |i: usize| server.locations[i].conf.resolver.clone().unwrap();
+    let inherited = at(0);
     assert_eq!(
-        got,
+        inherited.spec.servers,
         [
-            "\"resolver\" directive is not supported by imbang yet (names in proxy_pass and upstream are resolved once, when the configuration is read) in /etc/imbang/t.conf:1:8",
-            "\"resolver_timeout\" directive is not supported by imbang yet (names in proxy_pass and upstream are resolved once, when the configuration is read) in /etc/imbang/t.conf:1:39",
+            "127.0.0.53:53".parse().unwrap(),
+            "[::1]:5353".parse().unwrap()
         ]
     );
+    assert_eq!(inherited.spec.valid, Some(Duration::from_secs(10)));
+    assert!(inherited.spec.ipv4 && !inherited.spec.ipv6);
+    assert_eq!(inherited.timeout, Duration::from_secs(5));
+    assert_eq!(at(1).spec.servers, ["10.0.0.9:53".parse().unwrap()]);
+    assert_eq!(at(1).timeout, Duration::from_secs(5));
+    let app = &http.upstreams[0];
+    // The address line is a fixed peer; the names follow DNS with their line's parameters.
+    assert_eq!(app.peers.len(), 1);
+    let resolve = app.resolve.as_ref().unwrap();
+    assert_eq!(resolve.resolver, inherited);
+    let names: Vec<(String, u16, u32)> = (resolve.names.iter())
+        .map(|n| (n.query_name(), n.port, n.template.weight))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("app.internal".to_owned(), 8080, 3),
+            ("_http._tcp.api.internal".to_owned(), 0, 1)
+        ]
+    );
+    let own = http.upstreams[1].resolve.as_ref().unwrap();
+    assert_eq!(own.resolver.spec.servers, ["10.0.0.2:53".parse().unwrap()]);
+    // The upstream's own `resolver_timeout`, or else the http level's.
+    assert_eq!(own.resolver.timeout, Duration::from_secs(5));
 }
 
 #[test]

@@ -34,10 +34,14 @@ pub enum ProxyError {
     /// A `proxy_pass` with variables rendered a URL that is not `http://authority[/uri]`.
     #[error("{0}")]
     ProxyUrl(String),
-    /// A `proxy_pass` with variables named a host that is neither an address nor a group
-    /// (nginx would ask its `resolver`; imbang has none).
+    /// A `proxy_pass` with variables named a host that is neither an address nor a group,
+    /// and no `resolver` is in force.
     #[error("no resolver defined to resolve {0}")]
     NoResolver(String),
+    /// The `resolver` could not resolve the host of a `proxy_pass` with variables (nginx's
+    /// words: `app.internal could not be resolved (3: Host not found)`).
+    #[error("{0} could not be resolved {1}")]
+    Unresolved(String, crate::resolve::DnsError),
     /// Every peer of the upstream is down or was tried.
     #[error("no live upstreams")]
     NoLivePeer,
@@ -85,6 +89,7 @@ impl ProxyError {
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResolver(_)
+            | Self::Unresolved(..)
             | Self::NoLivePeer
             | Self::Connect { .. }
             | Self::Upstream { .. }

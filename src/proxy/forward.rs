@@ -105,8 +105,11 @@ pub async fn forward(
         idempotent: retry::is_idempotent(method),
         body_replayable: kept.is_some(),
     };
+    // The group's peers as they are now: one view for every attempt of this request (a group
+    // that follows DNS may change meanwhile).
+    let members = group.balancer();
     // nginx's budget: one try per peer not marked `down`, capped by proxy_next_upstream_tries.
-    let peers = group.balancer.tries().max(1);
+    let peers = members.tries().max(1);
     let max_tries = match settings.next_upstream_tries {
         0 => peers,
         n => (n as usize).min(peers),
@@ -151,16 +154,16 @@ pub async fn forward(
     let mut attempts = 0;
     loop {
         // With `queue`, waits for a `max_conns` slot; without, fails at once.
-        let mut guard = match group.balancer.pick_waiting(&mut tried, affinity).await {
+        let mut guard = match members.pick_waiting(&mut tried, affinity).await {
             Ok(guard) => guard,
             Err(unavailable) => {
                 log!(
                     Error,
                     "*{} {unavailable} while connecting to upstream{}",
                     ctx.conn.id,
-                    ctx.log_context(Some(&format!("http://{}{uri}", group.balancer.name())))
+                    ctx.log_context(Some(&format!("http://{}{uri}", members.name())))
                 );
-                record.no_live_peer(group.balancer.name());
+                record.no_live_peer(members.name());
                 return Err(ProxyError::NoLivePeer);
             }
         };

@@ -890,7 +890,7 @@ async fn dispatch<'a>(
             proxied(shared, ctx, route, proxy, body, client_upgrade, out).await
         }
         (None, RouteAction::ProxyVars(pass)) => {
-            let proxy = match pass.resolve(ctx) {
+            let proxy = match pass.resolve(ctx).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
                     log!(Error, "*{} {e}{}", ctx.conn.id, ctx.log_context(None));

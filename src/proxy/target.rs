@@ -8,21 +8,24 @@
 //! | an IP address, optional port (`10.0.0.1:8080`, `[::1]`) | that address (port 80 by default), no resolver needed |
 //! | a name with no port that an `upstream {}` block has | that group, as a literal `proxy_pass http://name` |
 //! | `host[:port]` that a literal `proxy_pass http://host[:port]` elsewhere made a group of | that group (port 80 by default) |
-//! | any other name | 502: nginx would ask its `resolver`, and imbang has none |
+//! | any other name | the addresses the location's `resolver` gives (cached for their TTL or `valid=`); 502 "no resolver defined to resolve" without one, 502 "could not be resolved" when the lookup fails |
 //!
 //! A URL that cannot be read this way is a 500, as in nginx. Groups for IP addresses are made
 //! on first use and kept for the snapshot's life (up to [`MAX_ADDRESS_GROUPS`]), so their
 //! balancer and in-flight counts are shared by every request to that address; pooled
-//! connections are the process's, keyed by address, as for any peer.
+//! connections are the process's, keyed by address, as for any peer. A resolved name gets a
+//! group of all its addresses (round robin, the next one tried on failure, as nginx's
+//! per-request peers), kept while the answer stays the same.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use http::Uri;
 
 use super::ProxyError;
 use crate::FastMap;
-use crate::config::model::Upstream;
+use crate::config::model::{Resolver, Upstream};
+use crate::resolve::Dns;
 use crate::snapshot::{Group, PassUri, Proxy};
 use crate::upstream::PeerRegistry;
 use crate::vars::{Template, Vars};
@@ -35,23 +38,35 @@ pub const MAX_ADDRESS_GROUPS: usize = 1024;
 pub struct ProxyVars {
     pub url: Template,
     pub targets: Arc<Targets>,
+    /// The location's `resolver`, and its client once first used.
+    resolver: Option<Resolver>,
+    dns: OnceLock<Arc<Dns>>,
 }
 
 impl ProxyVars {
+    pub fn new(url: Template, targets: Arc<Targets>, resolver: Option<Resolver>) -> Self {
+        Self {
+            url,
+            targets,
+            resolver,
+            dns: OnceLock::new(),
+        }
+    }
+
     /// Renders the URL for one request and finds its group. `Err`: the answer to give
-    /// (500 for a URL that is not `http://authority[/uri]`, 502 for a name imbang cannot
-    /// resolve), to be logged by the caller.
-    pub fn resolve(&self, vars: &dyn Vars) -> Result<Proxy, ProxyError> {
+    /// (500 for a URL that is not `http://authority[/uri]`, 502 for a name that cannot be
+    /// resolved), to be logged by the caller.
+    pub async fn resolve(&self, vars: &(dyn Vars + Sync)) -> Result<Proxy, ProxyError> {
         let url = self.url.render(vars);
         let target = Target::parse(&url).map_err(ProxyError::ProxyUrl)?;
         let group = match target.ip {
             Some(ip) => self
                 .targets
                 .address(SocketAddr::new(ip, target.port.unwrap_or(80))),
-            None => self
-                .targets
-                .named(target.host, target.port)
-                .ok_or_else(|| ProxyError::NoResolver(target.host.to_owned()))?,
+            None => match self.targets.named(target.host, target.port) {
+                Some(group) => group,
+                None => self.lookup(target.host, target.port.unwrap_or(80)).await?,
+            },
         };
         let uri = match target.uri {
             Some(uri) => PassUri::Whole(request_target(&uri)?),
@@ -65,12 +80,30 @@ impl ProxyVars {
     }
 }
 
+impl ProxyVars {
+    /// The group of the addresses `host` has now, through the location's `resolver`.
+    async fn lookup(&self, host: &str, port: u16) -> Result<Arc<Group>, ProxyError> {
+        let Some(resolver) = &self.resolver else {
+            return Err(ProxyError::NoResolver(host.to_owned()));
+        };
+        let dns = self.dns.get_or_init(|| Dns::shared(resolver));
+        let answer =
+            (dns.addrs(host).await).map_err(|e| ProxyError::Unresolved(host.to_owned(), e))?;
+        let addrs: Vec<SocketAddr> = (answer.records.iter())
+            .map(|&ip| SocketAddr::new(ip, port))
+            .collect();
+        Ok(self.targets.resolved(host, port, addrs))
+    }
+}
+
 /// The groups a rendered authority can name, and the groups made for IP addresses.
 pub struct Targets {
     /// `upstream {}` blocks by lower-case name (no port), and the groups of literal
     /// `proxy_pass http://host[:port]` by lower-case host and port (80 when not written).
     named: FastMap<(String, Option<u16>), Arc<Group>>,
     by_address: RwLock<FastMap<SocketAddr, Arc<Group>>>,
+    /// Groups of resolved names (lower-case name, port), with the addresses they were made of.
+    by_name: RwLock<FastMap<(String, u16), Arc<Group>>>,
     /// Peer state of the address groups (one peer each: no passive health, nothing worth
     /// carrying across a reload).
     registry: PeerRegistry,
@@ -101,6 +134,7 @@ impl Targets {
         Self {
             named,
             by_address: RwLock::default(),
+            by_name: RwLock::default(),
             registry: PeerRegistry::new(),
         }
     }
@@ -114,6 +148,34 @@ impl Targets {
             Some(port) => self.named.get(&(host, Some(port))),
         };
         found.cloned()
+    }
+
+    /// The group of `addrs`, the addresses `host` resolved to: the one made before while the
+    /// answer is the same, a new one when it changed.
+    fn resolved(&self, host: &str, port: u16, addrs: Vec<SocketAddr>) -> Arc<Group> {
+        let key = (host.to_ascii_lowercase(), port);
+        let same = |group: &Group| {
+            let members = group.balancer();
+            members.len() == addrs.len()
+                && members
+                    .peers()
+                    .iter()
+                    .zip(&addrs)
+                    .all(|(p, a)| p.addr() == *a)
+        };
+        let read = self.by_name.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(group) = read.get(&key).filter(|g| same(g)) {
+            return group.clone();
+        }
+        drop(read);
+        let name = format!("{host}:{port}");
+        let spec = Upstream::implicit(&name, addrs, String::new());
+        let group = Arc::new(Group::new(&spec, &self.registry, None));
+        let mut groups = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+        if groups.len() < MAX_ADDRESS_GROUPS || groups.contains_key(&key) {
+            groups.insert(key, group.clone());
+        }
+        group
     }
 
     /// The one-peer group for `addr`, made on first use.

@@ -182,7 +182,8 @@ impl UpstreamGroup {
         self.peers.len()
     }
 
-    /// Always false for a group from a valid config (nginx requires a server).
+    /// False for a group from a valid config, except one whose `resolve` names have no
+    /// address (yet).
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
@@ -238,6 +239,8 @@ impl UpstreamGroup {
         if !tried.on_backups() {
             let chosen = if self.single {
                 self.pick_single(tried)
+            } else if self.primaries == 0 {
+                None // a group that follows DNS while its names have no address
             } else {
                 let mut ctx = affinity.context(tried, now);
                 selection.primary.pick(primaries, &mut ctx)

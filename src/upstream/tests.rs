@@ -42,6 +42,7 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         queue: None,
         implicit: false,
         location: "test.conf:1:1".to_owned(),
+        resolve: None,
     }
 }
 
@@ -996,5 +997,41 @@ fn only_latency_balancers_time_their_attempts() {
         assert_eq!(timing.header.known().is_some(), timed, "{name}");
         assert_eq!(timing.last_byte.known().is_some(), timed, "{name}");
         assert_eq!(state(&group, 'a').in_flight_age_us(t0 + SEC), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn a_group_whose_names_have_no_address_has_no_live_peer() {
+    // A group that follows DNS before its names resolve (or after NXDOMAIN): no primary, maybe
+    // a fixed backup. Every method answers "no live upstreams" or reaches the backup.
+    let methods = [
+        BalanceMethod::RoundRobin,
+        BalanceMethod::LeastConn,
+        BalanceMethod::IpHash,
+        hash(false),
+        hash(true),
+        BalanceMethod::Random {
+            two: true,
+            least_time: None,
+        },
+        BalanceMethod::LeastTime {
+            mode: crate::config::model::TimeMode::Header,
+            inflight: false,
+        },
+    ];
+    let affinity = Affinity {
+        client_ip: Some([10, 0, 0, 1].into()),
+        key: Some(b"/x"),
+    };
+    for method in methods {
+        let empty = group_by(method.clone(), &[], |_, _| {});
+        assert!(empty.is_empty());
+        let mut tried = Tried::new();
+        let picked = empty.pick_with(&mut tried, Instant::now(), affinity);
+        assert_eq!(picked.err(), Some(NoLivePeer), "{method:?}");
+        let backup_only = group_by(method.clone(), &[1], |_, spec| spec.backup = true);
+        let mut tried = Tried::new();
+        let picked = backup_only.pick_with(&mut tried, Instant::now(), affinity);
+        assert_eq!(picked.map(|g| g.addr()).ok(), Some(addr(0)), "{method:?}");
     }
 }

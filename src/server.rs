@@ -134,6 +134,7 @@ impl Server {
             listeners.insert(key, listening);
         }
         self.checks.reconcile(&snapshot);
+        crate::acme::reconcile(&snapshot.config);
         Ok(())
     }
 
@@ -322,6 +323,7 @@ impl Server {
         let reuseport = snapshot.reuseport.clone();
         self.shared.live.swap(snapshot);
         self.checks.reconcile(&self.snapshot());
+        crate::acme::reconcile(&self.snapshot().config);
         for (key, socket) in bound {
             match self.accept_on(key, socket, reuseport.contains(&key)) {
                 Ok(l) => {

@@ -1,0 +1,200 @@
+//! Automatic certificates (nginx's `ngx_http_acme_module`): for each server's
+//! `acme_certificate`, a task obtains a certificate from the issuer's ACME server (RFC 8555) with
+//! the HTTP-01 or TLS-ALPN-01 challenge, keeps it in the issuer's `state_path`, serves it through
+//! `ssl_certificate $acme_certificate`, and renews it at two thirds of its lifetime.
+//!
+//! The certificates live in a process-wide [`Registry`] of [`Managed`] entries, one per issuer,
+//! identifiers and key type, outside the configuration snapshot: a reload keeps them (and their
+//! tasks), and a new certificate is swapped into the entry the TLS resolver reads
+//! ([`Managed::current`]), so it is served from the next handshake on, with no reload and no
+//! connection closed.
+//!
+//! Until an entry has a certificate (the first issuance after a start with an empty
+//! `state_path`), a handshake for the server is refused, as nginx does when `$acme_certificate`
+//! has no value: a self-signed placeholder would only trade the client's "handshake failure"
+//! for a certificate warning that users learn to click through.
+
+mod account;
+mod challenge;
+mod issue;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use rustls::sign::CertifiedKey;
+
+use crate::config::Config;
+use crate::config::model::AcmeCert;
+use crate::log;
+
+pub use challenge::{ACME_TLS_ALPN, http01, tls_alpn01};
+
+/// A certificate in force: what the TLS resolver serves, and when it was issued and expires.
+#[derive(Debug)]
+pub struct Issued {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Issued {
+    /// When to renew: two thirds into the certificate's lifetime (Let's Encrypt's advice for
+    /// clients without ARI; 60 days into a 90-day certificate).
+    pub fn renew_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life * 2 / 3
+    }
+}
+
+/// One certificate imbang obtains: an `acme_certificate` (servers asking for the same
+/// identifiers from the same issuer share it).
+#[derive(Debug)]
+pub struct Managed {
+    pub spec: Arc<AcmeCert>,
+    /// The certificate served now, if any.
+    current: ArcSwapOption<Issued>,
+    /// Its files in `state_path`: `<stem>.crt` and `<stem>.key`.
+    stem: String,
+    /// Whether its task runs.
+    started: AtomicBool,
+}
+
+impl Managed {
+    /// The certificate to serve now (`None` before the first issuance).
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|i| i.key.clone())
+    }
+
+    /// The certificate with its validity (`None` before the first issuance).
+    pub fn issued(&self) -> Option<Arc<Issued>> {
+        self.current.load_full()
+    }
+
+    /// The certificate's name in logs: `issuer/stem`.
+    fn name(&self) -> String {
+        format!("{}/{}", self.spec.issuer.name, self.stem)
+    }
+}
+
+/// Every certificate known to this process, by [`key`].
+type Registry = HashMap<String, Arc<Managed>>;
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+
+/// What makes two `acme_certificate`s the same certificate: the issuer (its name, server and
+/// state), the identifiers and the key type.
+fn key(spec: &AcmeCert) -> String {
+    format!(
+        "{}\n{}\n{:?}\n{}\n{}",
+        spec.issuer.name,
+        spec.issuer.uri,
+        spec.issuer.state_path,
+        spec.identifiers.join(","),
+        spec.key
+    )
+}
+
+/// The entry of `spec`, made on first use (then a certificate kept in `state_path` is loaded,
+/// so a restart serves it at once). Called when a configuration is compiled.
+pub fn certificate(spec: &Arc<AcmeCert>) -> Arc<Managed> {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    registry
+        .entry(key(spec))
+        .or_insert_with(|| {
+            let stem = store::stem(spec);
+            let current = spec
+                .issuer
+                .state_path
+                .as_deref()
+                .and_then(|dir| store::load_certificate(dir, &stem))
+                .map(Arc::new);
+            Arc::new(Managed {
+                spec: spec.clone(),
+                current: ArcSwapOption::new(current),
+                stem,
+                started: AtomicBool::new(false),
+            })
+        })
+        .clone()
+}
+
+/// Starts the task of every certificate `config` asks for that has none yet (after the start
+/// and each reload; must run inside the tokio runtime). A certificate no configuration asks for
+/// any more keeps its task: it is renewed until the process ends, harmlessly.
+pub fn reconcile(config: &Config) {
+    let Some(http) = &config.http else { return };
+    for server in &http.servers {
+        let Some(spec) = &server.ssl.acme else {
+            continue;
+        };
+        let managed = certificate(spec);
+        if !managed.started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(run(managed));
+        }
+    }
+}
+
+/// The first wait after a failure; doubled after each one, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// One certificate's life: obtain it when there is none (or it is due), sleep until two thirds
+/// of its lifetime, renew; a failure is logged and retried after a growing pause, while the
+/// certificate in force (if any) is still served.
+async fn run(managed: Arc<Managed>) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if let Some(issued) = managed.issued() {
+            let wait = issued
+                .renew_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                log!(
+                    Info,
+                    "acme certificate \"{}\" is valid, renewal in {}s",
+                    managed.name(),
+                    wait.as_secs()
+                );
+                sleep_long(wait).await;
+                continue;
+            }
+        }
+        match issue::issue(&managed).await {
+            Ok(issued) => {
+                log!(
+                    Notice,
+                    "acme certificate \"{}\" issued for {}, valid until {}",
+                    managed.name(),
+                    managed.spec.identifiers.join(" "),
+                    httpdate::fmt_http_date(issued.not_after)
+                );
+                managed.current.store(Some(Arc::new(issued)));
+                backoff = FIRST_BACKOFF;
+            }
+            Err(why) => {
+                log!(
+                    Error,
+                    "acme certificate \"{}\" request failed: {why}, next attempt in {}s",
+                    managed.name(),
+                    backoff.as_secs()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Sleeps `wait`, in steps of at most a day (a suspended machine's clock jumps; the loop
+/// looks at the wall clock again after each step).
+async fn sleep_long(wait: Duration) {
+    tokio::time::sleep(wait.min(Duration::from_secs(86_400))).await;
+}

@@ -1,0 +1,460 @@
+//! Automatic certificates (nginx's ACME module): bad configurations fail `-t` with nginx's words
+//! and their place; an unreachable CA is logged and the server refuses handshakes until a
+//! certificate exists; and against a real ACME server (Debian's `pebble`, Let's Encrypt's test
+//! CA, on loopback with a DNS server of the test's resolving every name to 127.0.0.1): first
+//! issuance over HTTP-01 (behind a `return 301`) and TLS-ALPN-01, the served certificate chains
+//! to pebble's root and names the server's names, and the state kept across a restart (the same
+//! certificate served at once, no new order).
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use support::tls::{Ca, client_config, connect, get};
+use support::{ImbangGuard, TempDir, free_port, run_imbang, wait_accepting};
+
+/// `imbang -t` on `conf` in `dir`: (exit code, stderr).
+async fn test_config(dir: &TempDir, conf: &str) -> (Option<i32>, String) {
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let c = dir.write("imbang.conf", conf);
+    let p = format!("{}/", dir.path().display());
+    let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c.to_str().unwrap()]).await;
+    (out.code, out.stderr)
+}
+
+const ISSUER: &str =
+    "acme_issuer le {\n    uri https://127.0.0.1:1/dir;\n    accept_terms_of_service;\n}\n";
+const CERT_LINES: &str =
+    "ssl_certificate $acme_certificate; ssl_certificate_key $acme_certificate_key;";
+
+#[tokio::test]
+async fn bad_acme_configurations_fail_t_with_nginx_s_words_and_their_place() {
+    let dir = TempDir::new("acme-bad");
+    let c = format!("{}/imbang.conf", dir.path().display());
+    let server = |body: &str| {
+        format!("http {{\n{ISSUER}server {{\n    listen 127.0.0.1:0 ssl;\n{body}\n}}\n}}\n")
+    };
+    let cases: Vec<(String, String)> = vec![
+        (
+            server(&format!(
+                "server_name a.test;\nacme_certificate nope;\n{CERT_LINES}"
+            )),
+            format!("issuer \"nope\" is missing in {c}:9:18"),
+        ),
+        (
+            server(&format!(
+                "server_name *.a.test;\nacme_certificate le;\n{CERT_LINES}"
+            )),
+            format!(
+                "\"acme_certificate\": invalid server name: \"*.a.test\": a wildcard name needs the dns-01 challenge, which imbang does not have in {c}:9:1"
+            ),
+        ),
+        (
+            server(&format!(
+                "server_name www.a.*;\nacme_certificate le;\n{CERT_LINES}"
+            )),
+            format!(
+                "\"acme_certificate\": invalid server name: unexpected character '*' at position 6 in {c}:9:1"
+            ),
+        ),
+        (
+            server(&format!("acme_certificate le;\n{CERT_LINES}")),
+            format!("\"acme_certificate\": no identifiers found in \"server_name\" in {c}:8:1"),
+        ),
+        (
+            server(&format!(
+                "server_name ~^a\\d+$;\nacme_certificate le;\n{CERT_LINES}"
+            )),
+            format!("\"acme_certificate\": no identifiers found in \"server_name\" in {c}:9:1"),
+        ),
+        (
+            server(&format!(
+                "server_name a.test;\nacme_certificate le x..test;\n{CERT_LINES}"
+            )),
+            format!(
+                "acme_certificate: invalid server name: unexpected character '.' at position 2 in {c}:9:21"
+            ),
+        ),
+        (
+            server(&format!(
+                "server_name a.test;\nacme_certificate le key=dsa:1024;\n{CERT_LINES}"
+            )),
+            format!("invalid \"key\" value in {c}:9:21"),
+        ),
+        (
+            server(&format!("server_name a.test;\n{CERT_LINES}")),
+            format!(
+                "\"$acme_certificate\" has no value: no \"acme_certificate\" is defined for the server in {c}:9:1"
+            ),
+        ),
+        (
+            "http {\nacme_issuer x { accept_terms_of_service; }\n}\n".to_owned(),
+            format!("acme_issuer: \"uri\" is missing in {c}:2:1"),
+        ),
+        (
+            "http {\nacme_issuer x { uri https://a.test/; challenge dns-01; }\n}\n".to_owned(),
+            format!("unsupported challenge: dns-01 in {c}:2:48"),
+        ),
+        (
+            "http {\nacme_issuer x { uri https://a.test/; account_key rsa:2048; }\n}\n".to_owned(),
+            "\"account_key rsa:2048\" is not supported by imbang yet".to_owned(),
+        ),
+        (
+            "http {\nacme_shared_zone ngx_acme_shared:1M;\n}\n".to_owned(),
+            format!("\"acme_shared_zone\" must have \"zone\" parameter in {c}:2:18"),
+        ),
+        (
+            "http {\nuri https://a.test/;\n}\n".to_owned(),
+            format!("\"uri\" directive is not allowed here in {c}:2:1"),
+        ),
+        (
+            "http {\nserver { acme_issuer x { uri https://a.test/; } }\n}\n".to_owned(),
+            format!("\"acme_issuer\" directive is not allowed here in {c}:2:10"),
+        ),
+    ];
+    for (conf, want) in cases {
+        let (code, stderr) = test_config(&dir, &conf).await;
+        assert_eq!(code, Some(1), "{conf}\n{stderr}");
+        assert!(
+            stderr.contains(&want),
+            "{conf}\nwant: {want}\ngot: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_good_acme_configuration_passes_t_and_names_what_has_no_effect() {
+    let dir = TempDir::new("acme-good");
+    let conf = format!(
+        "http {{\n{ISSUER}acme_shared_zone zone=ngx_acme_shared:1M;\n\
+         acme_issuer other {{ uri https://a.test/dir; contact admin@a.test; contact mailto:b@a.test;\n\
+         state_path off; challenge tls-alpn; ssl_verify off; preferred_chain \"ISRG Root X1\"; profile shortlived; }}\n\
+         server {{\n    listen 127.0.0.1:0 ssl;\n    server_name .a.test b.test ~^c\\d$;\n    acme_certificate le key=rsa:2048;\n    {CERT_LINES}\n}}\n\
+         server {{\n    listen 127.0.0.1:0 ssl;\n    acme_certificate other d.test 127.0.0.1;\n    {CERT_LINES}\n}}\n}}\n"
+    );
+    let (code, stderr) = test_config(&dir, &conf).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the \"acme_shared_zone\" directive has no effect in imbang"));
+    assert!(stderr.contains("the \"preferred_chain\" directive has no effect in imbang"));
+    assert!(
+        stderr.contains(
+            "\"acme_certificate\": unsupported regular expression in server_name: ~^c\\d$"
+        )
+    );
+}
+
+/// Writes the lesson's configuration (a TLS site with `acme_certificate`, and a plain server
+/// that sends everything to HTTPS) for `issuers`, and starts imbang on it.
+fn start(dir: &TempDir, http: &str) -> ImbangGuard {
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "error_log logs/error.log info;\npid logs/imbang.pid;\nhttp {{\naccess_log off;\n{http}\n}}\n"
+        ),
+    );
+    ImbangGuard::start(&format!("{}/", dir.path().display()))
+}
+
+fn error_log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("logs/error.log")).unwrap_or_default()
+}
+
+/// Waits (bounded) until the error log has `what`; the log.
+async fn wait_log(dir: &TempDir, what: &str, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let log = error_log(dir);
+        if log.contains(what) {
+            return log;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("no {what:?} in the error log after {timeout:?}:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certificate_exists() {
+    let dir = TempDir::new("acme-unreachable");
+    let (plain, tls) = (free_port(), free_port());
+    let _imbang = start(
+        &dir,
+        &format!(
+            "{ISSUER}server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate le; {CERT_LINES} return 200 ok; }}\n\
+             server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}"
+        ),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let log = wait_log(&dir, "request failed", Duration::from_secs(20)).await;
+    assert!(
+        log.contains("[error]")
+            && log.contains("acme certificate \"le/site.test-")
+            && log.contains("next attempt in 10s"),
+        "{log}"
+    );
+    // No certificate yet: the handshake is refused, whatever the client trusts.
+    let (config, _) = support::tls::any_cert_client(&[], &[]);
+    let refused = connect(Arc::new(config), addr, "site.test").await;
+    assert!(refused.is_err(), "a handshake without a certificate");
+    // The plain server still works.
+    let (status, _) = support::request(
+        format!("127.0.0.1:{plain}").parse().unwrap(),
+        "GET",
+        "/x",
+        "site.test",
+        None,
+    )
+    .await;
+    assert_eq!(status, 301);
+}
+
+// === against pebble ===
+
+const PEBBLE: &str = "/usr/bin/pebble";
+
+/// A DNS server on loopback answering every A question with 127.0.0.1 (and every other
+/// question with no answer): how pebble finds the test's names.
+async fn dns_server() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(answer) = dns_answer(&buf[..n]) {
+                let _ = socket.send_to(&answer, from).await;
+            }
+        }
+    });
+    addr
+}
+
+/// The answer to one DNS query (RFC 1035 §4.1): its question repeated, and `A 127.0.0.1`
+/// when it asks for A.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question's name: labels up to a zero byte, then type and class.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += 1 + usize::from(query[i]);
+    }
+    let end = i + 5;
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let a = qtype == 1;
+    let mut out = Vec::with_capacity(end + 16);
+    out.extend_from_slice(&query[..2]); // id
+    out.extend_from_slice(&[0x84 | (query[2] & 1), 0x80]); // QR, AA, RD as asked; RA
+    out.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..end)?);
+    if a {
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(out)
+}
+
+/// pebble running on loopback: its directory URL, the CA file that checks its HTTPS, and its
+/// root (from the management port) that the certificates it issues chain to.
+struct Pebble {
+    _child: support::ChildGuard,
+    directory: String,
+    ca_file: String,
+    root: CertificateDer<'static>,
+}
+
+/// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, or `None`
+/// (the test then skips) when pebble is not installed.
+async fn pebble(dir: &TempDir, http_port: u16, tls_port: u16) -> Option<Pebble> {
+    if !Path::new(PEBBLE).exists() {
+        eprintln!(
+            "SKIPPED: {PEBBLE} is missing (Debian's package `pebble`, which ./test.sh installs): the ACME tests against a real CA did not run"
+        );
+        return None;
+    }
+    let ca = Ca::new("pebble's HTTPS test CA");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let cert = dir.write("pebble/cert.pem", &leaf.cert);
+    let key = dir.write("pebble/key.pem", &leaf.key);
+    let ca_file = dir.write("pebble/ca.pem", &ca.pem);
+    let (api, management) = (free_port(), free_port());
+    let config = dir.write(
+        "pebble/config.json",
+        &serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{api}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": cert,
+                "privateKey": key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }
+        })
+        .to_string(),
+    );
+    let dns = dns_server().await;
+    let child = std::process::Command::new(PEBBLE)
+        .args(["-config", config.to_str().unwrap(), "-dnsserver"])
+        .arg(dns.to_string())
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .stdout(std::fs::File::create(dir.path().join("pebble/out.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("pebble/err.log")).unwrap())
+        .spawn()
+        .expect("spawn pebble");
+    let child = support::ChildGuard(child);
+    let api_addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let management_addr: SocketAddr = format!("127.0.0.1:{management}").parse().unwrap();
+    wait_accepting(api_addr, Duration::from_secs(20)).await;
+    wait_accepting(management_addr, Duration::from_secs(20)).await;
+    let https = Arc::new(client_config(&ca, &[]));
+    let stream = connect(https, management_addr, "127.0.0.1").await.unwrap();
+    let (status, pem) = get(stream, "127.0.0.1", "/roots/0").await;
+    assert_eq!(status, 200, "pebble's root: {pem}");
+    let root = {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("pebble's root PEM")
+    };
+    Some(Pebble {
+        _child: child,
+        directory: format!("https://127.0.0.1:{api}/dir"),
+        ca_file: ca_file.display().to_string(),
+        root,
+    })
+}
+
+/// A client that trusts only pebble's root.
+fn trusting(root: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(support::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The leaf certificate `addr` serves for `name`, once it verifies against `root` for that
+/// name (waiting, bounded, for the issuance); and what `GET /` answers.
+async fn served(
+    root: &CertificateDer<'static>,
+    addr: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> (CertificateDer<'static>, u16, String) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match connect(trusting(root), addr, name).await {
+            Ok(stream) => {
+                let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+                let (status, body) = get(stream, name, "/").await;
+                return (leaf, status, body);
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!(
+                    "no certificate for {name} that chains to pebble's root after {timeout:?}: {e}"
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_kept_across_a_restart()
+ {
+    let dir = TempDir::new("acme-pebble");
+    let (plain, tls) = (free_port(), free_port());
+    let Some(pebble) = pebble(&dir, plain, tls).await else {
+        return;
+    };
+    let http = format!(
+        "acme_issuer pebble {{\n    uri {};\n    contact admin@site.test;\n    state_path state;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
+         acme_issuer pebble-alpn {{\n    uri {};\n    state_path state-alpn;\n    challenge tls-alpn-01;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
+         server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name site.test www.site.test;\n    acme_certificate pebble;\n    {CERT_LINES}\n    return 200 \"site $ssl_server_name\\n\";\n}}\n\
+         server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name alpn.test;\n    acme_certificate pebble-alpn key=ecdsa:384;\n    {CERT_LINES}\n    return 200 \"alpn $ssl_server_name\\n\";\n}}\n\
+         server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n}}",
+        pebble.directory, pebble.ca_file, pebble.directory, pebble.ca_file
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let imbang = start(&dir, &http);
+    wait_accepting(addr, Duration::from_secs(10)).await;
+
+    // HTTP-01, answered on the plain server whose every location redirects.
+    let (site, status, body) =
+        served(&pebble.root, addr, "site.test", Duration::from_secs(60)).await;
+    assert_eq!((status, body.as_str()), (200, "site site.test\n"));
+    // The certificate names both names of the server.
+    let (www, _, body) = served(&pebble.root, addr, "www.site.test", Duration::from_secs(1)).await;
+    assert_eq!(www, site);
+    assert_eq!(body, "site www.site.test\n");
+    // TLS-ALPN-01, answered on the TLS listener.
+    let (alpn, status, body) =
+        served(&pebble.root, addr, "alpn.test", Duration::from_secs(60)).await;
+    assert_eq!((status, body.as_str()), (200, "alpn alpn.test\n"));
+    assert_ne!(alpn, site);
+    let log = error_log(&dir);
+    assert_eq!(log.matches("acme account").count(), 2, "{log}");
+    assert!(
+        log.contains("acme certificate \"pebble/site.test-"),
+        "{log}"
+    );
+    assert!(log.contains("issued for site.test www.site.test"), "{log}");
+    assert!(log.contains("issued for alpn.test"), "{log}");
+    // The state: the account, the chain and its key, readable by imbang's user alone.
+    for state in ["state", "state-alpn"] {
+        let state = dir.path().join(state);
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[0], "account.json");
+        for name in &names {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(state.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    // A restart: the kept certificates are served at once, and nothing is ordered.
+    drop(imbang);
+    std::fs::remove_file(dir.path().join("logs/error.log")).unwrap();
+    let _imbang = start(&dir, &http);
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let (again, _, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(1)).await;
+    assert_eq!(again, site);
+    let (again, _, _) = served(&pebble.root, addr, "alpn.test", Duration::from_secs(1)).await;
+    assert_eq!(again, alpn);
+    let log = wait_log(
+        &dir,
+        "acme certificate \"pebble-alpn/",
+        Duration::from_secs(10),
+    )
+    .await;
+    let log = if log.contains("\"pebble/") {
+        log
+    } else {
+        wait_log(&dir, "acme certificate \"pebble/", Duration::from_secs(10)).await
+    };
+    assert!(!log.contains("issued"), "{log}");
+    assert!(!log.contains("acme account"), "{log}");
+    assert!(log.contains("is valid, renewal in"), "{log}");
+}

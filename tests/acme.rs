@@ -274,6 +274,16 @@ struct Pebble {
 /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, or `None`
 /// (the test then skips) when pebble is not installed.
 async fn pebble(dir: &TempDir, http_port: u16, tls_port: u16) -> Option<Pebble> {
+    pebble_with(dir, http_port, tls_port, None).await
+}
+
+/// [`pebble`] issuing certificates valid for `validity` (its default: five years).
+async fn pebble_with(
+    dir: &TempDir,
+    http_port: u16,
+    tls_port: u16,
+    validity: Option<Duration>,
+) -> Option<Pebble> {
     if !Path::new(PEBBLE).exists() {
         eprintln!(
             "SKIPPED: {PEBBLE} is missing (Debian's package `pebble`, which ./test.sh installs): the ACME tests against a real CA did not run"
@@ -286,9 +296,7 @@ async fn pebble(dir: &TempDir, http_port: u16, tls_port: u16) -> Option<Pebble> 
     let key = dir.write("pebble/key.pem", &leaf.key);
     let ca_file = dir.write("pebble/ca.pem", &ca.pem);
     let (api, management) = (free_port(), free_port());
-    let config = dir.write(
-        "pebble/config.json",
-        &serde_json::json!({
+    let mut json = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{api}"),
                 "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -299,9 +307,11 @@ async fn pebble(dir: &TempDir, http_port: u16, tls_port: u16) -> Option<Pebble> 
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
             }
-        })
-        .to_string(),
-    );
+    });
+    if let Some(validity) = validity {
+        json["pebble"]["certificateValidityPeriod"] = validity.as_secs().into();
+    }
+    let config = dir.write("pebble/config.json", &json.to_string());
     let dns = dns_server().await;
     let child = std::process::Command::new(PEBBLE)
         .args(["-config", config.to_str().unwrap(), "-dnsserver"])
@@ -457,4 +467,134 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_ke
     assert!(!log.contains("issued"), "{log}");
     assert!(!log.contains("acme account"), "{log}");
     assert!(log.contains("is valid, renewal in"), "{log}");
+}
+
+/// One request on an open connection (HTTP/1.1 keep-alive): the status, or `None` when the
+/// connection failed.
+async fn keepalive_get(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    host: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.split(' ').nth(1)?.parse().ok();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_swapped_in_under_load_and_an_unreachable_ca_keeps_the_old_one() {
+    let dir = TempDir::new("acme-renew");
+    let (plain, tls) = (free_port(), free_port());
+    // Certificates of 20 s: renewed 13 s after they are issued.
+    let Some(pebble) = pebble_with(&dir, plain, tls, Some(Duration::from_secs(20))).await else {
+        return;
+    };
+    let root = pebble.root.clone();
+    let http = format!(
+        "acme_issuer pebble {{ uri {}; state_path state; accept_terms_of_service; ssl_trusted_certificate {}; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate pebble; {CERT_LINES}\n\
+             keepalive_timeout 120s; return 200 \"ok\\n\"; }}\n\
+         server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}",
+        pebble.directory, pebble.ca_file
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let _imbang = start(&dir, &http);
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let (first, status, _) = served(&root, addr, "site.test", Duration::from_secs(60)).await;
+    assert_eq!(status, 200);
+    // A connection made with the first certificate, used again after the renewal.
+    let mut kept = connect(trusting(&root), addr, "site.test").await.unwrap();
+    assert_eq!(keepalive_get(&mut kept, "site.test").await, Some(200));
+
+    // Load until a handshake shows the renewed certificate: new connections all the time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let renewed = Arc::new(std::sync::Mutex::new(None));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, requests, renewed) = (
+            stop.clone(),
+            failures.clone(),
+            requests.clone(),
+            renewed.clone(),
+        );
+        let (root, first) = (root.clone(), first.clone());
+        clients.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            while !stop.load(Ordering::SeqCst) {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let Ok(stream) = connect(trusting(&root), addr, "site.test").await else {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                };
+                let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+                let (status, _) = get(stream, "site.test", "/").await;
+                if status != 200 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                if leaf != first {
+                    *renewed.lock().unwrap() = Some(leaf);
+                }
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while renewed.lock().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal in 40 s:\n{}",
+            error_log(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A moment more of load on the renewed certificate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (failures, requests) = (
+        failures.load(std::sync::atomic::Ordering::SeqCst),
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert_eq!(failures, 0, "{failures} of {requests} requests failed");
+    assert!(requests > 20, "{requests}");
+    assert_eq!(keepalive_get(&mut kept, "site.test").await, Some(200));
+    let log = error_log(&dir);
+    assert_eq!(log.matches("issued for site.test").count(), 2, "{log}");
+    let renewed = renewed.lock().unwrap().clone().unwrap();
+
+    // The CA goes away: the next renewal fails, is logged, and the renewed certificate is
+    // still served.
+    drop(pebble);
+    let log = wait_log(&dir, "request failed", Duration::from_secs(30)).await;
+    assert!(
+        log.contains("[error]") && log.contains("next attempt in 10s"),
+        "{log}"
+    );
+    let (still, status, _) = served(&root, addr, "site.test", Duration::from_secs(1)).await;
+    assert_eq!((still, status), (renewed, 200));
 }

@@ -186,12 +186,32 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
         &dir,
         &format!(
             "{ISSUER}server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate le; {CERT_LINES} return 200 ok; }}\n\
-             server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}"
+             server {{ listen 127.0.0.1:{plain}; location / {{ return 301 https://$host$request_uri; }} location /api/ {{ api; }} }}"
         ),
     );
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
     wait_accepting(addr, Duration::from_secs(10)).await;
     let log = wait_log(&dir, "request failed", Duration::from_secs(20)).await;
+    // The API shows the certificate waiting, and why.
+    let plain_addr: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
+    let (status, body) = support::request(plain_addr, "GET", "/api/9/", "x", None).await;
+    assert_eq!((status, body.trim_end()), (200, r#"["nginx","http","acme"]"#));
+    let (status, body) = support::request(plain_addr, "GET", "/api/9/acme", "x", None).await;
+    assert_eq!(status, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (name, cert) = api.as_object().unwrap().iter().next().unwrap();
+    assert!(name.starts_with("le/site.test-"), "{api}");
+    assert_eq!(cert["state"], "pending", "{api}");
+    assert_eq!(cert["identifiers"], serde_json::json!(["site.test"]));
+    assert_eq!(cert["not_after"], serde_json::Value::Null);
+    assert!(cert["failures"].as_u64().unwrap() >= 1, "{api}");
+    assert!(
+        cert["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("account request failed"),
+        "{api}"
+    );
     assert!(
         log.contains("[error]")
             && log.contains("acme certificate \"le/site.test-")
@@ -396,7 +416,7 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_ke
          acme_issuer pebble-alpn {{\n    uri {};\n    state_path state-alpn;\n    challenge tls-alpn-01;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name site.test www.site.test;\n    acme_certificate pebble;\n    {CERT_LINES}\n    return 200 \"site $ssl_server_name\\n\";\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name alpn.test;\n    acme_certificate pebble-alpn key=ecdsa:384;\n    {CERT_LINES}\n    return 200 \"alpn $ssl_server_name\\n\";\n}}\n\
-         server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n}}",
+         server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n    location /api/ {{ api; }}\n}}",
         pebble.directory, pebble.ca_file, pebble.directory, pebble.ca_file
     );
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
@@ -416,6 +436,26 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_ke
         served(&pebble.root, addr, "alpn.test", Duration::from_secs(60)).await;
     assert_eq!((status, body.as_str()), (200, "alpn alpn.test\n"));
     assert_ne!(alpn, site);
+    // The API: both certificates valid, expiring in pebble's five years.
+    let plain_addr: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
+    let (status, body) = support::request(plain_addr, "GET", "/api/9/acme", "x", None).await;
+    assert_eq!(status, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api.as_object().unwrap().len(), 2, "{api}");
+    for (name, cert) in api.as_object().unwrap() {
+        assert_eq!(cert["state"], "valid", "{name}: {api}");
+        assert!(cert["expires_in"].as_i64().unwrap() > 86_400 * 365, "{api}");
+        assert!(cert["renew_in"].as_i64().unwrap() > 0, "{api}");
+        assert_eq!(cert["last_error"], serde_json::Value::Null);
+    }
+    let alpn_api = api
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(n, _)| n.starts_with("pebble-alpn/alpn.test-"))
+        .unwrap()
+        .1;
+    assert_eq!(alpn_api["key"], "ecdsa:384");
     let log = error_log(&dir);
     assert_eq!(log.matches("acme account").count(), 2, "{log}");
     assert!(

@@ -25,7 +25,7 @@ const VALIDATION: RetryPolicy = RetryPolicy::new()
 
 /// Obtains a new certificate for `managed` and keeps it in `state_path`.
 pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
-    let spec = &managed.spec;
+    let spec = managed.spec.load_full();
     let issuer = &spec.issuer;
     let account = account::account(issuer).await?;
     let identifiers: Vec<Identifier> = spec

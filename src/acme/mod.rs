@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
@@ -57,9 +57,13 @@ impl Issued {
 /// identifiers from the same issuer share it).
 #[derive(Debug)]
 pub struct Managed {
-    pub spec: Arc<AcmeCert>,
+    /// The `acme_certificate` of the configuration in force (a reload may change the issuer's
+    /// settings, such as its challenge, while the certificate stays the same).
+    spec: ArcSwap<AcmeCert>,
     /// The certificate served now, if any.
     current: ArcSwapOption<Issued>,
+    /// The last failure since the last success, and how many in a row.
+    failure: Mutex<Option<(String, u32)>>,
     /// Its files in `state_path`: `<stem>.crt` and `<stem>.key`.
     stem: String,
     /// Whether its task runs.
@@ -77,9 +81,9 @@ impl Managed {
         self.current.load_full()
     }
 
-    /// The certificate's name in logs: `issuer/stem`.
+    /// The certificate's name in logs and the API: `issuer/stem`.
     fn name(&self) -> String {
-        format!("{}/{}", self.spec.issuer.name, self.stem)
+        format!("{}/{}", self.spec.load().issuer.name, self.stem)
     }
 }
 
@@ -105,7 +109,7 @@ fn key(spec: &AcmeCert) -> String {
 /// so a restart serves it at once). Called when a configuration is compiled.
 pub fn certificate(spec: &Arc<AcmeCert>) -> Arc<Managed> {
     let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    registry
+    let managed = registry
         .entry(key(spec))
         .or_insert_with(|| {
             let stem = store::stem(spec);
@@ -116,13 +120,18 @@ pub fn certificate(spec: &Arc<AcmeCert>) -> Arc<Managed> {
                 .and_then(|dir| store::load_certificate(dir, &stem))
                 .map(Arc::new);
             Arc::new(Managed {
-                spec: spec.clone(),
+                spec: ArcSwap::new(spec.clone()),
                 current: ArcSwapOption::new(current),
+                failure: Mutex::new(None),
                 stem,
                 started: AtomicBool::new(false),
             })
         })
-        .clone()
+        .clone();
+    if **managed.spec.load() != **spec {
+        managed.spec.store(spec.clone());
+    }
+    managed
 }
 
 /// Starts the task of every certificate `config` asks for that has none yet (after the start
@@ -173,13 +182,19 @@ async fn run(managed: Arc<Managed>) {
                     Notice,
                     "acme certificate \"{}\" issued for {}, valid until {}",
                     managed.name(),
-                    managed.spec.identifiers.join(" "),
+                    managed.spec.load().identifiers.join(" "),
                     httpdate::fmt_http_date(issued.not_after)
                 );
                 managed.current.store(Some(Arc::new(issued)));
+                *managed.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 backoff = FIRST_BACKOFF;
             }
             Err(why) => {
+                {
+                    let mut failure = managed.failure.lock().unwrap_or_else(|p| p.into_inner());
+                    let count = failure.as_ref().map_or(0, |f| f.1) + 1;
+                    *failure = Some((why.clone(), count));
+                }
                 log!(
                     Error,
                     "acme certificate \"{}\" request failed: {why}, next attempt in {}s",
@@ -197,4 +212,52 @@ async fn run(managed: Arc<Managed>) {
 /// looks at the wall clock again after each step).
 async fn sleep_long(wait: Duration) {
     tokio::time::sleep(wait.min(Duration::from_secs(86_400))).await;
+}
+
+/// The API's `acme` section: every certificate the configuration in force asks for, by
+/// `issuer/stem`, with its names, its validity and the last failure.
+pub fn api(config: &Config) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let Some(http) = &config.http else {
+        return out.into();
+    };
+    let registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let now = SystemTime::now();
+    let time = |t: SystemTime| serde_json::Value::from(httpdate::fmt_http_date(t));
+    for spec in http.servers.iter().filter_map(|s| s.ssl.acme.as_ref()) {
+        let Some(managed) = registry.get(&key(spec)) else {
+            continue;
+        };
+        let issued = managed.issued();
+        let failure = managed
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let state = match &issued {
+            None => "pending",
+            Some(i) if i.not_after <= now => "expired",
+            Some(_) => "valid",
+        };
+        let secs = |t: SystemTime| match t.duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        out.insert(
+            managed.name(),
+            serde_json::json!({
+                "issuer": spec.issuer.name,
+                "identifiers": spec.identifiers,
+                "key": spec.key.to_string(),
+                "state": state,
+                "not_before": issued.as_ref().map(|i| time(i.not_before)),
+                "not_after": issued.as_ref().map(|i| time(i.not_after)),
+                "expires_in": issued.as_ref().map(|i| secs(i.not_after)),
+                "renew_in": issued.as_ref().map(|i| secs(i.renew_at())),
+                "last_error": failure.as_ref().map(|f| f.0.clone()),
+                "failures": failure.as_ref().map_or(0, |f| f.1),
+            }),
+        );
+    }
+    out.into()
 }

@@ -149,11 +149,16 @@ async fn a_good_acme_configuration_passes_t_and_names_what_has_no_effect() {
 /// Writes the lesson's configuration (a TLS site with `acme_certificate`, and a plain server
 /// that sends everything to HTTPS) for `issuers`, and starts imbang on it.
 fn start(dir: &TempDir, http: &str) -> ImbangGuard {
+    start_with(dir, "", http)
+}
+
+/// [`start`] with `main` at the top of the file.
+fn start_with(dir: &TempDir, main: &str, http: &str) -> ImbangGuard {
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
     dir.write(
         "imbang.conf",
         &format!(
-            "error_log logs/error.log info;\npid logs/imbang.pid;\nhttp {{\naccess_log off;\n{http}\n}}\n"
+            "{main}\nerror_log logs/error.log info;\npid logs/imbang.pid;\nhttp {{\naccess_log off;\n{http}\n}}\n"
         ),
     );
     ImbangGuard::start(&format!("{}/", dir.path().display()))
@@ -195,7 +200,10 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
     // The API shows the certificate waiting, and why.
     let plain_addr: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
     let (status, body) = support::request(plain_addr, "GET", "/api/9/", "x", None).await;
-    assert_eq!((status, body.trim_end()), (200, r#"["nginx","http","acme"]"#));
+    assert_eq!(
+        (status, body.trim_end()),
+        (200, r#"["nginx","http","acme"]"#)
+    );
     let (status, body) = support::request(plain_addr, "GET", "/api/9/acme", "x", None).await;
     assert_eq!(status, 200, "{body}");
     let api: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -637,4 +645,54 @@ async fn a_renewed_certificate_is_swapped_in_under_load_and_an_unreachable_ca_ke
     );
     let (still, status, _) = served(&root, addr, "site.test", Duration::from_secs(1)).await;
     assert_eq!((still, status), (renewed, 200));
+}
+
+#[tokio::test]
+async fn started_as_root_with_user_the_state_belongs_to_that_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: dropping privileges needs the test to run as root (CI does)");
+        return;
+    }
+    let dir = TempDir::new("acme-user");
+    let (plain, tls) = (free_port(), free_port());
+    let Some(pebble) = pebble(&dir, plain, tls).await else {
+        return;
+    };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let http = format!(
+        "acme_issuer pebble {{ uri {}; state_path state; accept_terms_of_service; ssl_trusted_certificate {}; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate pebble; {CERT_LINES} return 200 ok; }}\n\
+         server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}",
+        pebble.directory, pebble.ca_file
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let _imbang = start_with(&dir, "user nobody nogroup;", &http);
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let (_, status, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(60)).await;
+    assert_eq!(status, 200);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let state = dir.path().join("state");
+    let meta = std::fs::metadata(&state).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (nobody, 0o700)
+    );
+    let files: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for file in files {
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o777),
+            (nobody, 0o600),
+            "{}",
+            file.display()
+        );
+    }
 }

@@ -261,3 +261,30 @@ pub fn api(config: &Config) -> serde_json::Value {
     }
     out.into()
 }
+
+/// Every issuer's `state_path` the configuration's certificates use, made now (mode 0700) if
+/// missing, followed by the files in them: what the process hands to the `user` it becomes
+/// when it starts as root, so the account and certificates can be read and renewed as that
+/// user. A directory that cannot be made is left out (its issuance logs why).
+pub fn state_paths(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Some(http) = &config.http else {
+        return out;
+    };
+    for spec in http.servers.iter().filter_map(|s| s.ssl.acme.as_ref()) {
+        let Some(dir) = &spec.issuer.state_path else {
+            continue;
+        };
+        if out.contains(dir) {
+            continue;
+        }
+        if store::make_dir(dir).is_err() {
+            continue;
+        }
+        out.push(dir.clone());
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            out.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    out
+}

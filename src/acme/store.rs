@@ -82,11 +82,7 @@ pub(super) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), 
             crate::error_log::errno_text(&e)
         )
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| fail("mkdir()", dir, e))?;
+    make_dir(dir).map_err(|e| fail("mkdir()", dir, e))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::OpenOptions::new()
@@ -100,4 +96,12 @@ pub(super) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), 
         .and_then(|()| file.sync_all())
         .map_err(|e| fail("write()", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| fail("rename()", &path, e))
+}
+
+/// Makes `dir` (and its parents) with mode 0700 if it is missing.
+pub(super) fn make_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -3,8 +3,9 @@
 //! certificate exists; and against a real ACME server (Debian's `pebble`, Let's Encrypt's test
 //! CA, on loopback with a DNS server of the test's resolving every name to 127.0.0.1): first
 //! issuance over HTTP-01 (behind a `return 301`) and TLS-ALPN-01, the served certificate chains
-//! to pebble's root and names the server's names, and the state kept across a restart (the same
-//! certificate served at once, no new order).
+//! to pebble's root and names the server's names, the state kept across a restart (the same
+//! certificate served at once, no new order), a reload adding a name, a renewal under load, and
+//! a CA gone away while a certificate is in force.
 mod support;
 
 use std::net::SocketAddr;
@@ -412,7 +413,7 @@ async fn served(
 }
 
 #[tokio::test]
-async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_kept_across_a_restart()
+async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_across_a_restart_and_ordered_after_a_reload()
  {
     let dir = TempDir::new("acme-pebble");
     let (plain, tls) = (free_port(), free_port());
@@ -515,6 +516,30 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_and_ke
     assert!(!log.contains("issued"), "{log}");
     assert!(!log.contains("acme account"), "{log}");
     assert!(log.contains("is valid, renewal in"), "{log}");
+
+    // A reload that adds a server: its certificate is ordered at once, the others are kept.
+    let more = format!(
+        "{http}\nserver {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name new.test;\n    acme_certificate pebble;\n    {CERT_LINES}\n    return 200 \"new\\n\";\n}}"
+    );
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "\nerror_log logs/error.log info;\npid logs/imbang.pid;\nhttp {{\naccess_log off;\n{more}\n}}\n"
+        ),
+    );
+    let pid = support::read_pid_file(&dir.path().join("logs/imbang.pid")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let (new, status, body) = served(&pebble.root, addr, "new.test", Duration::from_secs(60)).await;
+    assert_eq!((status, body.as_str()), (200, "new\n"));
+    assert_ne!(new, site);
+    let (again, _, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(1)).await;
+    assert_eq!(again, site);
+    let log = error_log(&dir);
+    assert_eq!(log.matches("issued for").count(), 1, "{log}");
 }
 
 /// One request on an open connection (HTTP/1.1 keep-alive): the status, or `None` when the

@@ -197,7 +197,7 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
     );
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
     wait_accepting(addr, Duration::from_secs(10)).await;
-    let log = wait_log(&dir, "request failed", Duration::from_secs(20)).await;
+    let log = wait_log(&dir, "while updating certificate", Duration::from_secs(20)).await;
     // The API shows the certificate waiting, and why.
     let plain_addr: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
     let (status, body) = support::request(plain_addr, "GET", "/api/9/", "x", None).await;
@@ -222,9 +222,11 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
         "{api}"
     );
     assert!(
-        log.contains("[error]")
-            && log.contains("acme certificate \"le/site.test-")
-            && log.contains("next attempt in 10s"),
+        log.contains("[error] ")
+            && log.contains(": account request failed (")
+            && log
+                .contains(") while updating certificate, acme issuer: \"le\", order: \"site.test-")
+            && log.contains("\", next attempt in 10s"),
         "{log}"
     );
     // No certificate yet: the handshake is refused, whatever the client trusts.
@@ -466,9 +468,13 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_a
         .1;
     assert_eq!(alpn_api["key"], "ecdsa:384");
     let log = error_log(&dir);
-    assert_eq!(log.matches("acme account").count(), 2, "{log}");
+    assert_eq!(log.matches(": account \"").count(), 2, "{log}");
     assert!(
-        log.contains("acme certificate \"pebble/site.test-"),
+        log.contains("created, acme issuer: \"pebble-alpn\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("acme issuer: \"pebble\", order: \"site.test-"),
         "{log}"
     );
     assert!(log.contains("issued for site.test www.site.test"), "{log}");
@@ -504,18 +510,21 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_a
     assert_eq!(again, alpn);
     let log = wait_log(
         &dir,
-        "acme certificate \"pebble-alpn/",
+        "acme issuer: \"pebble-alpn\"",
         Duration::from_secs(10),
     )
     .await;
-    let log = if log.contains("\"pebble/") {
+    let log = if log.contains("acme issuer: \"pebble\"") {
         log
     } else {
-        wait_log(&dir, "acme certificate \"pebble/", Duration::from_secs(10)).await
+        wait_log(&dir, "acme issuer: \"pebble\"", Duration::from_secs(10)).await
     };
     assert!(!log.contains("issued"), "{log}");
-    assert!(!log.contains("acme account"), "{log}");
-    assert!(log.contains("is valid, renewal in"), "{log}");
+    assert!(!log.contains(": account \""), "{log}");
+    assert!(
+        log.contains("certificate is valid, renewal scheduled at "),
+        "{log}"
+    );
 
     // A reload that adds a server: its certificate is ordered at once, the others are kept.
     let more = format!(
@@ -663,7 +672,7 @@ async fn a_renewed_certificate_is_swapped_in_under_load_and_an_unreachable_ca_ke
     // The CA goes away: the next renewal fails, is logged, and the renewed certificate is
     // still served.
     drop(pebble);
-    let log = wait_log(&dir, "request failed", Duration::from_secs(30)).await;
+    let log = wait_log(&dir, "while updating certificate", Duration::from_secs(30)).await;
     assert!(
         log.contains("[error]") && log.contains("next attempt in 10s"),
         "{log}"

@@ -41,7 +41,7 @@ pub(super) async fn account(issuer: &AcmeIssuer) -> Result<Account, String> {
         Some(credentials) => builder(issuer)?
             .from_credentials(credentials)
             .await
-            .map_err(|e| format!("account request failed ({e})"))?,
+            .map_err(|e| format!("account request failed ({})", super::why(&e)))?,
         None => register(issuer).await?,
     };
     accounts.insert(key, account.clone());
@@ -75,12 +75,12 @@ async fn register(issuer: &AcmeIssuer) -> Result<Account, String> {
             let (account, credentials) = builder(issuer)?
                 .create_from_key((key, PrivateKeyDer::Pkcs8(pkcs8)), issuer.uri.clone())
                 .await
-                .map_err(|e| format!("account request failed ({e})"))?;
+                .map_err(|e| format!("account request failed ({})", super::why(&e)))?;
             if !contacts.is_empty() {
                 account
                     .update_contacts(&contacts)
                     .await
-                    .map_err(|e| format!("account update failed ({e})"))?;
+                    .map_err(|e| format!("account update failed ({})", super::why(&e)))?;
             }
             (account, credentials)
         }
@@ -100,12 +100,12 @@ async fn register(issuer: &AcmeIssuer) -> Result<Account, String> {
                     eab.as_ref(),
                 )
                 .await
-                .map_err(|e| format!("account request failed ({e})"))?
+                .map_err(|e| format!("account request failed ({})", super::why(&e)))?
         }
     };
     log!(
         Notice,
-        "acme account \"{}\" created for issuer \"{}\"",
+        "account \"{}\" created, acme issuer: \"{}\"",
         account.id(),
         issuer.name
     );
@@ -115,7 +115,7 @@ async fn register(issuer: &AcmeIssuer) -> Result<Account, String> {
             // The account works; only the next start registers another.
             log!(
                 Warn,
-                "acme account of issuer \"{}\" not saved: {why}",
+                "writing account to state directory failed ({why}), acme issuer: \"{}\"",
                 issuer.name
             );
         }

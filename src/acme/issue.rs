@@ -47,7 +47,7 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
         } else {
             log!(
                 Warn,
-                "acme issuer \"{}\": profile \"{profile}\" is not offered by the ACME server, the default is used",
+                "profile \"{profile}\" is not offered by the ACME server, the default is used, acme issuer: \"{}\"",
                 issuer.name
             );
         }
@@ -55,7 +55,7 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
     let mut order = account
         .new_order(&new_order)
         .await
-        .map_err(|e| format!("new order failed ({e})"))?;
+        .map_err(|e| format!("new order failed ({})", super::why(&e)))?;
     let kind = match issuer.challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
@@ -64,7 +64,8 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
     let mut answers = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.map_err(|e| format!("authorization request failed ({e})"))?;
+        let mut authz =
+            authz.map_err(|e| format!("authorization request failed ({})", super::why(&e)))?;
         let name = authz.identifier().to_string();
         match authz.status {
             AuthorizationStatus::Pending => {}
@@ -90,12 +91,12 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
         challenge
             .set_ready()
             .await
-            .map_err(|e| format!("challenge for \"{name}\" failed ({e})"))?;
+            .map_err(|e| format!("challenge for \"{name}\" failed ({})", super::why(&e)))?;
     }
     let status = order
         .poll_ready(&VALIDATION)
         .await
-        .map_err(|e| format!("order validation failed ({e})"))?;
+        .map_err(|e| format!("order validation failed ({})", super::why(&e)))?;
     drop(answers);
     if status != OrderStatus::Ready {
         let why = order
@@ -123,11 +124,11 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
     order
         .finalize_csr(csr.der())
         .await
-        .map_err(|e| format!("finalize failed ({e})"))?;
+        .map_err(|e| format!("finalize failed ({})", super::why(&e)))?;
     let chain = order
         .poll_certificate(&VALIDATION)
         .await
-        .map_err(|e| format!("certificate download failed ({e})"))?;
+        .map_err(|e| format!("certificate download failed ({})", super::why(&e)))?;
     let key_pem = key.serialize_pem();
     let issued = store::parse(chain.as_bytes(), key_pem.as_bytes())?;
     if let Some(dir) = &issuer.state_path {
@@ -139,8 +140,8 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
             // Served all the same; the next start orders again.
             log!(
                 Warn,
-                "acme certificate \"{}\" not saved: {why}",
-                managed.name()
+                "writing certificate to state directory failed ({why}), {}",
+                managed.context()
             );
         }
     }

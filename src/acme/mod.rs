@@ -81,9 +81,18 @@ impl Managed {
         self.current.load_full()
     }
 
-    /// The certificate's name in logs and the API: `issuer/stem`.
+    /// The certificate's name in the API: `issuer/stem`.
     fn name(&self) -> String {
         format!("{}/{}", self.spec.load().issuer.name, self.stem)
+    }
+
+    /// What nginx's module ends its log lines with: `acme issuer: "NAME", order: "STEM"`.
+    fn context(&self) -> String {
+        format!(
+            "acme issuer: \"{}\", order: \"{}\"",
+            self.spec.load().issuer.name,
+            self.stem
+        )
     }
 }
 
@@ -150,6 +159,22 @@ pub fn reconcile(config: &Config) {
     }
 }
 
+/// An error with its causes, `: `-separated (hyper's "client error (Connect)" alone does not
+/// say that the connection was refused).
+fn why(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The first wait after a failure; doubled after each one, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
@@ -168,9 +193,10 @@ async fn run(managed: Arc<Managed>) {
             if !wait.is_zero() {
                 log!(
                     Info,
-                    "acme certificate \"{}\" is valid, renewal in {}s",
-                    managed.name(),
-                    wait.as_secs()
+                    "certificate is valid, renewal scheduled at {} (in {}s), {}",
+                    httpdate::fmt_http_date(issued.renew_at()),
+                    wait.as_secs(),
+                    managed.context()
                 );
                 sleep_long(wait).await;
                 continue;
@@ -180,10 +206,11 @@ async fn run(managed: Arc<Managed>) {
             Ok(issued) => {
                 log!(
                     Notice,
-                    "acme certificate \"{}\" issued for {}, valid until {}",
-                    managed.name(),
+                    "certificate issued for {}, valid until {}, renewal scheduled at {}, {}",
                     managed.spec.load().identifiers.join(" "),
-                    httpdate::fmt_http_date(issued.not_after)
+                    httpdate::fmt_http_date(issued.not_after),
+                    httpdate::fmt_http_date(issued.renew_at()),
+                    managed.context()
                 );
                 managed.current.store(Some(Arc::new(issued)));
                 *managed.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -197,8 +224,8 @@ async fn run(managed: Arc<Managed>) {
                 }
                 log!(
                     Error,
-                    "acme certificate \"{}\" request failed: {why}, next attempt in {}s",
-                    managed.name(),
+                    "{why} while updating certificate, {}, next attempt in {}s",
+                    managed.context(),
                     backoff.as_secs()
                 );
                 tokio::time::sleep(backoff).await;

@@ -144,11 +144,18 @@ async fn a_good_acme_configuration_passes_t_and_names_what_has_no_effect() {
         stderr.contains(
             "\"acme_certificate\": unsupported regular expression in server_name: ~^c\\d$"
         )
+    ); // The lines at the http level, inherited by a plain server too (where nginx never
+    // evaluates the variable).
+    let conf = format!(
+        "http {{\n{CERT_LINES}\n{ISSUER}server {{ listen 127.0.0.1:0 ssl; server_name e.test; acme_certificate le; }}\n\
+         server {{ listen 127.0.0.1:0; server_name f.test; }}\n}}\n"
     );
+    let (code, stderr) = test_config(&dir, &conf).await;
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// Writes the lesson's configuration (a TLS site with `acme_certificate`, and a plain server
-/// that sends everything to HTTPS) for `issuers`, and starts imbang on it.
+/// Writes `http` (the http block's inside) into a configuration logging at `info` to
+/// `logs/error.log`, and starts imbang on it.
 fn start(dir: &TempDir, http: &str) -> ImbangGuard {
     start_with(dir, "", http)
 }

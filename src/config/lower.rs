@@ -1170,6 +1170,7 @@ impl<'a> Lower<'a> {
                 l.ssl = true;
             }
         }
+        self.check_acme_variables(&ssl, &listens);
         Some(Server {
             listens,
             names,

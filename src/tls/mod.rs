@@ -189,7 +189,9 @@ pub fn compile(
     let mut keys = Vec::new();
     for c in &spec.certificates {
         if c.cert.as_os_str() == ACME_CERT || c.key.as_os_str() == ACME_KEY {
-            keys.push(Source::Acme(acme_source(spec, c)?));
+            // Without `acme_certificate` (a server inheriting the http level's lines, with no
+            // TLS address: lowering refuses it on one), the variable has no value: nothing.
+            keys.extend(acme_source(spec, c)?.map(Source::Acme));
             continue;
         }
         let mut key =
@@ -426,7 +428,7 @@ fn load_pair(
 fn acme_source(
     spec: &SslSpec,
     c: &crate::config::model::CertSpec,
-) -> Result<Arc<crate::acme::Managed>, TlsError> {
+) -> Result<Option<Arc<crate::acme::Managed>>, TlsError> {
     if c.cert.as_os_str() != ACME_CERT || c.key.as_os_str() != ACME_KEY {
         return Err(TlsError {
             message: format!(
@@ -435,15 +437,7 @@ fn acme_source(
             location: c.cert_at.clone(),
         });
     }
-    match &spec.acme {
-        Some(acme) => Ok(crate::acme::certificate(acme)),
-        None => Err(TlsError {
-            message: format!(
-                "\"{ACME_CERT}\" has no value: no \"acme_certificate\" is defined for the server"
-            ),
-            location: c.cert_at.clone(),
-        }),
-    }
+    Ok(spec.acme.as_ref().map(crate::acme::certificate))
 }
 
 /// Where one `ssl_certificate` comes from.

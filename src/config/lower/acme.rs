@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use super::super::ast::Directive;
 use super::super::directives::Contexts;
-use super::super::error::ErrorKind;
-use super::super::model::{AcmeCert, AcmeChallenge, AcmeIssuer, AcmeKeyAlg, ServerName};
+use super::super::error::{ConfigError, ErrorKind};
+use super::super::model::{
+    AcmeCert, AcmeChallenge, AcmeIssuer, AcmeKeyAlg, ListenSpec, ServerName, SslSpec,
+};
 use super::super::values;
+use super::ssl::ACME_CERT;
 use super::{Lower, Seen};
 
 impl Lower<'_> {
@@ -252,6 +255,29 @@ impl Lower<'_> {
             key,
             location: self.at(d.span),
         }))
+    }
+}
+
+impl Lower<'_> {
+    /// `ssl_certificate $acme_certificate` in a server with a TLS address and no
+    /// `acme_certificate`: refused now (nginx would fail each handshake, the variable having no
+    /// value there).
+    pub(super) fn check_acme_variables(&mut self, ssl: &SslSpec, listens: &[ListenSpec]) {
+        if ssl.acme.is_some() || !listens.iter().any(|l| l.ssl) {
+            return;
+        }
+        if let Some(c) = ssl
+            .certificates
+            .iter()
+            .find(|c| c.cert.as_os_str() == ACME_CERT)
+        {
+            self.errors.push(ConfigError::new(
+                ErrorKind::Invalid(format!(
+                    "\"{ACME_CERT}\" has no value: no \"acme_certificate\" is defined for the server"
+                )),
+                Some(c.cert_at.clone()),
+            ));
+        }
     }
 }
 

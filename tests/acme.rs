@@ -104,6 +104,10 @@ async fn bad_acme_configurations_fail_t_with_nginx_s_words_and_their_place() {
             "\"account_key rsa:2048\" is not supported by imbang yet".to_owned(),
         ),
         (
+            "http {\nacme_issuer x { uri https://a.test/; account_key a.key;\nexternal_account_key kid data:aGVsbG8; }\n}\n".to_owned(),
+            format!("\"account_key\" with a file and \"external_account_key\" together are not supported by imbang yet in {c}:2:38"),
+        ),
+        (
             "http {\nacme_shared_zone ngx_acme_shared:1M;\n}\n".to_owned(),
             format!("\"acme_shared_zone\" must have \"zone\" parameter in {c}:2:18"),
         ),
@@ -312,15 +316,16 @@ struct Pebble {
 /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, or `None`
 /// (the test then skips) when pebble is not installed.
 async fn pebble(dir: &TempDir, http_port: u16, tls_port: u16) -> Option<Pebble> {
-    pebble_with(dir, http_port, tls_port, None).await
+    pebble_with(dir, http_port, tls_port, serde_json::json!({})).await
 }
 
-/// [`pebble`] issuing certificates valid for `validity` (its default: five years).
+/// [`pebble`] with more settings in its configuration (`certificateValidityPeriod`: seconds,
+/// five years by default; `externalAccountBindingRequired`, ...).
 async fn pebble_with(
     dir: &TempDir,
     http_port: u16,
     tls_port: u16,
-    validity: Option<Duration>,
+    extra: serde_json::Value,
 ) -> Option<Pebble> {
     if !Path::new(PEBBLE).exists() {
         eprintln!(
@@ -346,8 +351,8 @@ async fn pebble_with(
                 "externalAccountBindingRequired": false,
             }
     });
-    if let Some(validity) = validity {
-        json["pebble"]["certificateValidityPeriod"] = validity.as_secs().into();
+    for (key, value) in extra.as_object().unwrap() {
+        json["pebble"][key] = value.clone();
     }
     let config = dir.write("pebble/config.json", &json.to_string());
     let dns = dns_server().await;
@@ -431,12 +436,15 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_a
     };
     let http = format!(
         "acme_issuer pebble {{\n    uri {};\n    contact admin@site.test;\n    state_path state;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
-         acme_issuer pebble-alpn {{\n    uri {};\n    state_path state-alpn;\n    challenge tls-alpn-01;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
+         acme_issuer pebble-alpn {{\n    uri {};\n    state_path state-alpn;\n    challenge tls-alpn-01;\n    account_key account.key;\n    contact ops@alpn.test;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name site.test www.site.test;\n    acme_certificate pebble;\n    {CERT_LINES}\n    return 200 \"site $ssl_server_name\\n\";\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name alpn.test;\n    acme_certificate pebble-alpn key=ecdsa:384;\n    {CERT_LINES}\n    return 200 \"alpn $ssl_server_name\\n\";\n}}\n\
          server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n    location /api/ {{ api; }}\n}}",
         pebble.directory, pebble.ca_file, pebble.directory, pebble.ca_file
     );
+    // The TLS-ALPN-01 issuer's account key is the test's (PKCS#8 P-256, relative to the prefix).
+    let account_key = rcgen::KeyPair::generate().unwrap();
+    dir.write("account.key", &account_key.serialize_pem());
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
     let imbang = start(&dir, &http);
     wait_accepting(addr, Duration::from_secs(10)).await;
@@ -597,7 +605,8 @@ async fn a_renewed_certificate_is_swapped_in_under_load_and_an_unreachable_ca_ke
     let dir = TempDir::new("acme-renew");
     let (plain, tls) = (free_port(), free_port());
     // Certificates of 20 s: renewed 13 s after they are issued.
-    let Some(pebble) = pebble_with(&dir, plain, tls, Some(Duration::from_secs(20))).await else {
+    let validity = serde_json::json!({ "certificateValidityPeriod": 20 });
+    let Some(pebble) = pebble_with(&dir, plain, tls, validity).await else {
         return;
     };
     let root = pebble.root.clone();
@@ -736,4 +745,43 @@ async fn started_as_root_with_user_the_state_belongs_to_that_user() {
             file.display()
         );
     }
+}
+
+#[tokio::test]
+async fn external_account_binding_is_what_the_ca_asks_for() {
+    let dir = TempDir::new("acme-eab");
+    let (plain, tls) = (free_port(), free_port());
+    let mac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let eab = serde_json::json!({
+        "externalAccountBindingRequired": true,
+        "externalAccountMACKeys": { "kid-1": mac },
+    });
+    let Some(pebble) = pebble_with(&dir, plain, tls, eab).await else {
+        return;
+    };
+    // The MAC key in a file.
+    dir.write("eab.key", &format!("{mac}\n"));
+    let http = format!(
+        "acme_issuer bound {{ uri {dir}; state_path bound; accept_terms_of_service; ssl_trusted_certificate {ca};\n\
+             external_account_key kid-1 eab.key; contact ops@site.test; }}\n\
+         acme_issuer unbound {{ uri {dir}; state_path unbound; accept_terms_of_service; ssl_trusted_certificate {ca}; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate bound; {CERT_LINES} return 200 ok; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name other.test; acme_certificate unbound; {CERT_LINES} return 200 ok; }}\n\
+         server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}",
+        dir = pebble.directory,
+        ca = pebble.ca_file
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let _imbang = start(&dir, &http);
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    let (_, status, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(60)).await;
+    assert_eq!(status, 200);
+    // Without the binding, pebble refuses the account.
+    let log = wait_log(&dir, "acme issuer: \"unbound\"", Duration::from_secs(20)).await;
+    assert!(
+        log.contains("externalAccountRequired") || log.contains("external account"),
+        "{log}"
+    );
+    let refused = connect(trusting(&pebble.root), addr, "other.test").await;
+    assert!(refused.is_err());
 }

@@ -43,6 +43,7 @@ impl Lower<'_> {
             location: self.at(d.span),
         };
         let mut seen = Seen::default();
+        let mut key_file_at = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::ACME_ISSUER) else {
                 continue;
@@ -94,7 +95,10 @@ impl Lower<'_> {
                     v if v.starts_with("ecdsa:") || v.starts_with("rsa:") => {
                         self.invalid_value(c, &c.args[0])
                     }
-                    path => issuer.account_key = Some(self.path(path)),
+                    path => {
+                        issuer.account_key = Some(self.path(path));
+                        key_file_at = Some(c.span);
+                    }
                 },
                 "challenge" => match value {
                     "http" | "http-01" => issuer.challenge = AcmeChallenge::Http01,
@@ -138,6 +142,13 @@ impl Lower<'_> {
                 }
                 _ => {}
             }
+        }
+        if let (Some(at), Some(_)) = (key_file_at, &issuer.external_account) {
+            // instant-acme registers an account of a given key without a binding.
+            self.invalid(
+                "\"account_key\" with a file and \"external_account_key\" together are not supported by imbang yet".to_owned(),
+                at,
+            );
         }
         if issuer.uri.is_empty() {
             self.invalid("acme_issuer: \"uri\" is missing".to_owned(), d.span);

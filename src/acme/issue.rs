@@ -3,7 +3,7 @@
 //! request, and the chain the server signs, kept in `state_path`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use instant_acme::{
     AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
@@ -146,6 +146,29 @@ pub(super) async fn issue(managed: &Managed) -> Result<Issued, String> {
         }
     }
     Ok(issued)
+}
+
+/// The CA's suggested renewal window for `issued` (ACME Renewal Information, RFC 9773), and
+/// how long until it may be asked again; an error when the CA offers no ARI or cannot be asked.
+pub(super) async fn renewal_window(
+    managed: &Managed,
+    issued: &Issued,
+) -> Result<(SystemTime, SystemTime, Duration), String> {
+    let spec = managed.spec.load_full();
+    let account = account::account(&spec.issuer).await?;
+    let leaf = issued.key.cert.first().ok_or("no certificate")?;
+    let id = instant_acme::CertificateIdentifier::try_from(leaf)?;
+    let (info, retry_after) = account
+        .renewal_info(&id)
+        .await
+        .map_err(|e| super::why(&e))?;
+    let time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let window = info.suggested_window;
+    Ok((
+        time(window.start.unix_timestamp()),
+        time(window.end.unix_timestamp()),
+        retry_after,
+    ))
 }
 
 /// A new private key of the `key=` type, made with aws-lc-rs.

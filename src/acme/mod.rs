@@ -1,7 +1,8 @@
 //! Automatic certificates (nginx's `ngx_http_acme_module`): for each server's
 //! `acme_certificate`, a task obtains a certificate from the issuer's ACME server (RFC 8555) with
 //! the HTTP-01 or TLS-ALPN-01 challenge, keeps it in the issuer's `state_path`, serves it through
-//! `ssl_certificate $acme_certificate`, and renews it at two thirds of its lifetime.
+//! `ssl_certificate $acme_certificate`, and renews it in the window the CA suggests (ACME
+//! Renewal Information, RFC 9773) or, when the CA offers none, at two thirds of its lifetime.
 //!
 //! The certificates live in a process-wide [`Registry`] of [`Managed`] entries, one per issuer,
 //! identifiers and key type, outside the configuration snapshot: a reload keeps them (and their
@@ -64,6 +65,8 @@ pub struct Managed {
     current: ArcSwapOption<Issued>,
     /// The last failure since the last success, and how many in a row.
     failure: Mutex<Option<(String, u32)>>,
+    /// When the certificate in force is to be renewed (by the CA's window or two thirds).
+    scheduled: Mutex<Option<SystemTime>>,
     /// Its files in `state_path`: `<stem>.crt` and `<stem>.key`.
     stem: String,
     /// Whether its task runs.
@@ -132,6 +135,7 @@ pub fn certificate(spec: &Arc<AcmeCert>) -> Arc<Managed> {
                 spec: ArcSwap::new(spec.clone()),
                 current: ArcSwapOption::new(current),
                 failure: Mutex::new(None),
+                scheduled: Mutex::new(None),
                 stem,
                 started: AtomicBool::new(false),
             })
@@ -186,19 +190,18 @@ async fn run(managed: Arc<Managed>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         if let Some(issued) = managed.issued() {
-            let wait = issued
-                .renew_at()
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let (at, ask_again) = schedule(&managed, &issued).await;
+            *managed.scheduled.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
             if !wait.is_zero() {
                 log!(
                     Info,
                     "certificate is valid, renewal scheduled at {} (in {}s), {}",
-                    httpdate::fmt_http_date(issued.renew_at()),
+                    httpdate::fmt_http_date(at),
                     wait.as_secs(),
                     managed.context()
                 );
-                sleep_long(wait).await;
+                sleep_long(ask_again.map_or(wait, |again| wait.min(again))).await;
                 continue;
             }
         }
@@ -214,6 +217,7 @@ async fn run(managed: Arc<Managed>) {
                 );
                 managed.current.store(Some(Arc::new(issued)));
                 *managed.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *managed.scheduled.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 backoff = FIRST_BACKOFF;
             }
             Err(why) => {
@@ -232,6 +236,28 @@ async fn run(managed: Arc<Managed>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// When to renew `issued`, and when to ask the CA again: a random moment of the window the CA
+/// suggests when it offers ACME Renewal Information (RFC 9773; asked again after its
+/// `Retry-After`, at least a minute), else two thirds into the certificate's lifetime.
+async fn schedule(managed: &Managed, issued: &Issued) -> (SystemTime, Option<Duration>) {
+    match issue::renewal_window(managed, issued).await {
+        Ok((start, end, retry_after)) => {
+            let span = end.duration_since(start).unwrap_or_default();
+            let at = start + span.mul_f64(fastrand::f64());
+            let again = retry_after.max(Duration::from_secs(60));
+            log!(
+                Info,
+                "CA suggested renewal window: {} - {}, {}",
+                httpdate::fmt_http_date(start),
+                httpdate::fmt_http_date(end),
+                managed.context()
+            );
+            (at, Some(again))
+        }
+        Err(_) => (issued.renew_at(), None),
     }
 }
 
@@ -280,7 +306,10 @@ pub fn api(config: &Config) -> serde_json::Value {
                 "not_before": issued.as_ref().map(|i| time(i.not_before)),
                 "not_after": issued.as_ref().map(|i| time(i.not_after)),
                 "expires_in": issued.as_ref().map(|i| secs(i.not_after)),
-                "renew_in": issued.as_ref().map(|i| secs(i.renew_at())),
+                "renew_in": issued.as_ref().map(|i| {
+                    let scheduled = *managed.scheduled.lock().unwrap_or_else(|p| p.into_inner());
+                    secs(scheduled.unwrap_or_else(|| i.renew_at()))
+                }),
                 "last_error": failure.as_ref().map(|f| f.0.clone()),
                 "failures": failure.as_ref().map_or(0, |f| f.1),
             }),

@@ -748,13 +748,14 @@ async fn started_as_root_with_user_the_state_belongs_to_that_user() {
 }
 
 #[tokio::test]
-async fn external_account_binding_is_what_the_ca_asks_for() {
+async fn external_account_binding_and_profiles_are_what_the_ca_asks_for_and_offers() {
     let dir = TempDir::new("acme-eab");
     let (plain, tls) = (free_port(), free_port());
     let mac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let mac2 = "b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH";
     let eab = serde_json::json!({
         "externalAccountBindingRequired": true,
-        "externalAccountMACKeys": { "kid-1": mac },
+        "externalAccountMACKeys": { "kid-1": mac, "kid-2": mac2 },
     });
     let Some(pebble) = pebble_with(&dir, plain, tls, eab).await else {
         return;
@@ -763,10 +764,13 @@ async fn external_account_binding_is_what_the_ca_asks_for() {
     dir.write("eab.key", &format!("{mac}\n"));
     let http = format!(
         "acme_issuer bound {{ uri {dir}; state_path bound; accept_terms_of_service; ssl_trusted_certificate {ca};\n\
-             external_account_key kid-1 eab.key; contact ops@site.test; }}\n\
+             external_account_key kid-1 eab.key; contact ops@site.test; profile shortlived; }}\n\
+         acme_issuer required {{ uri {dir}; state_path required; accept_terms_of_service; ssl_trusted_certificate {ca};\n\
+             external_account_key kid-2 data:{mac2}; profile shortlived require; }}\n\
          acme_issuer unbound {{ uri {dir}; state_path unbound; accept_terms_of_service; ssl_trusted_certificate {ca}; }}\n\
          server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate bound; {CERT_LINES} return 200 ok; }}\n\
          server {{ listen 127.0.0.1:{tls} ssl; server_name other.test; acme_certificate unbound; {CERT_LINES} return 200 ok; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name short.test; acme_certificate required; {CERT_LINES} return 200 ok; }}\n\
          server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}",
         dir = pebble.directory,
         ca = pebble.ca_file
@@ -783,5 +787,24 @@ async fn external_account_binding_is_what_the_ca_asks_for() {
         "{log}"
     );
     let refused = connect(trusting(&pebble.root), addr, "other.test").await;
+    assert!(refused.is_err());
+    // pebble 2.4 offers no profiles: without `require` the default is used (and said so),
+    // with it the order fails.
+    let log = wait_log(&dir, "acme issuer: \"required\"", Duration::from_secs(20)).await;
+    assert!(
+        log.contains("[warn]")
+            && log.contains(
+                "profile \"shortlived\" is not offered by the ACME server, the default is used, acme issuer: \"bound\""
+            ),
+        "{log}"
+    );
+    assert!(
+        log.contains("[error]")
+            && log.contains(
+                "profile \"shortlived\" is not offered by the ACME server while updating certificate, acme issuer: \"required\""
+            ),
+        "{log}"
+    );
+    let refused = connect(trusting(&pebble.root), addr, "short.test").await;
     assert!(refused.is_err());
 }

@@ -768,7 +768,7 @@ async fn external_account_binding_and_profiles_are_what_the_ca_asks_for_and_offe
          acme_issuer required {{ uri {dir}; state_path required; accept_terms_of_service; ssl_trusted_certificate {ca};\n\
              external_account_key kid-2 data:{mac2}; profile shortlived require; }}\n\
          acme_issuer unbound {{ uri {dir}; state_path unbound; accept_terms_of_service; ssl_trusted_certificate {ca}; }}\n\
-         server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate bound; {CERT_LINES} return 200 ok; }}\n\
+         server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate bound key=rsa:2048; {CERT_LINES} return 200 ok; }}\n\
          server {{ listen 127.0.0.1:{tls} ssl; server_name other.test; acme_certificate unbound; {CERT_LINES} return 200 ok; }}\n\
          server {{ listen 127.0.0.1:{tls} ssl; server_name short.test; acme_certificate required; {CERT_LINES} return 200 ok; }}\n\
          server {{ listen 127.0.0.1:{plain}; return 301 https://$host$request_uri; }}",
@@ -778,8 +778,19 @@ async fn external_account_binding_and_profiles_are_what_the_ca_asks_for_and_offe
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
     let _imbang = start(&dir, &http);
     wait_accepting(addr, Duration::from_secs(10)).await;
-    let (_, status, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(60)).await;
+    let (leaf, status, _) = served(&pebble.root, addr, "site.test", Duration::from_secs(60)).await;
     assert_eq!(status, 200);
+    // `key=rsa:2048`: the certificate's key is RSA, 2048 bits.
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let key = x509.public_key();
+    assert_eq!(
+        key.algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.1"
+    );
+    match key.parsed().unwrap() {
+        x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
+        other => panic!("{other:?}"),
+    }
     // Without the binding, pebble refuses the account.
     let log = wait_log(&dir, "acme issuer: \"unbound\"", Duration::from_secs(20)).await;
     assert!(

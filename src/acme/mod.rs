@@ -183,9 +183,9 @@ fn why(e: &dyn std::error::Error) -> String {
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
-/// One certificate's life: obtain it when there is none (or it is due), sleep until two thirds
-/// of its lifetime, renew; a failure is logged and retried after a growing pause, while the
-/// certificate in force (if any) is still served.
+/// One certificate's life: obtain it when there is none (or it is due), sleep until its
+/// renewal ([`schedule`]), renew; a failure is logged and retried after a growing pause, while
+/// the certificate in force (if any) is still served.
 async fn run(managed: Arc<Managed>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -209,10 +209,9 @@ async fn run(managed: Arc<Managed>) {
             Ok(issued) => {
                 log!(
                     Notice,
-                    "certificate issued for {}, valid until {}, renewal scheduled at {}, {}",
+                    "certificate issued for {}, valid until {}, {}",
                     managed.spec.load().identifiers.join(" "),
                     httpdate::fmt_http_date(issued.not_after),
-                    httpdate::fmt_http_date(issued.renew_at()),
                     managed.context()
                 );
                 managed.current.store(Some(Arc::new(issued)));

@@ -6,6 +6,8 @@
 #              skip with a message when it is absent)
 #   openssl    the compatibility corpus's TLS certificate (tests/compat.rs)
 #   curl       one HTTP/2-over-TLS check with a real client (tests/tls.rs)
+#   pebble     Let's Encrypt's test ACME server, the CA of the ACME tests (tests/acme.rs; they
+#              skip with a message when it is absent)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,6 +18,7 @@ needs=(
   "nginx /usr/sbin/nginx nginx-light"
   "openssl /usr/bin/openssl openssl"
   "curl /usr/bin/curl curl"
+  "pebble /usr/bin/pebble pebble"
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
 )

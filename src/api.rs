@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `/` | the API versions: `[1,...,9]` (every version gets the same shapes) |
 //! | `/9/` | the endpoints imbang has: `["nginx","http"]` |
+//! | `/9/acme` | imbang's own: each ACME certificate (`acme_certificate`) by `issuer/stem`: `issuer`, `identifiers`, `key`, `state` (`pending`, `valid`, `expired`), `not_before`, `not_after`, `expires_in` and `renew_in` (seconds), `last_error`, `failures` (in a row) |
 //! | `/9/nginx` | version, build, address, generation (reloads), load_timestamp, timestamp, pid, ppid |
 //! | `/9/http/` | `["upstreams"]` |
 //! | `/9/http/upstreams` | every group by name |
@@ -72,7 +73,15 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
     }
     let snapshot = shared.live.snapshot();
     match rest {
-        [] => Ok(json!(["nginx", "http"])),
+        // `acme` (not in NGINX Plus): listed when the configuration has `acme_certificate`.
+        [] => match crate::acme::api(&snapshot.config)
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+        {
+            true => Ok(json!(["nginx", "http", "acme"])),
+            false => Ok(json!(["nginx", "http"])),
+        },
+        ["acme"] => Ok(crate::acme::api(&snapshot.config)),
         ["nginx"] => Ok(nginx(shared, ctx)),
         ["http"] => Ok(json!(["upstreams"])),
         ["http", "upstreams"] => {

@@ -19,7 +19,9 @@
 //! stops being root before it serves (`user`). Beside the request path,
 //! [`checks`] probes peers for `health_check` (their verdicts feed the picks), [`resolve`]
 //! looks names up through `resolver` (groups whose `server ... resolve` peers follow DNS, and
-//! `proxy_pass` hosts in variables), and [`api`] answers NGINX Plus's API from the same state.
+//! `proxy_pass` hosts in variables), [`api`] answers NGINX Plus's API from the same state, and
+//! [`acme`] obtains and renews the certificates of `acme_certificate` (nginx's ACME module) and
+//! answers the CA's challenges.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`
@@ -34,6 +36,7 @@ macro_rules! pin_box {
 }
 
 pub mod access_log;
+pub mod acme;
 pub mod api;
 pub mod checks;
 pub mod cli;

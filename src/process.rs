@@ -251,7 +251,10 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
             log!(Emerg, "{}", error_log::open_failed(&pid_file, &e));
             return ExitCode::FAILURE;
         }
-        let paths = log_paths.iter().chain([&pid_file]);
+        // The ACME state directories too (made now if needed, as nginx's master makes its
+        // paths for its workers' user), with what earlier runs kept in them.
+        let state = crate::acme::state_paths(&server.snapshot().config);
+        let paths = log_paths.iter().chain([&pid_file]).chain(&state);
         privileges::hand_over(paths.map(PathBuf::as_path), account);
         if let Err(e) = privileges::drop_to(account) {
             log!(Emerg, "{e}");

@@ -147,6 +147,7 @@ impl Server {
             listeners.insert(key, listening);
         }
         self.checks.reconcile(&snapshot);
+        crate::acme::reconcile(&snapshot.config);
         Ok(())
     }
 
@@ -338,6 +339,7 @@ impl Server {
         self.shared.live.swap(snapshot);
         self.following.start(&self.snapshot());
         self.checks.reconcile(&self.snapshot());
+        crate::acme::reconcile(&self.snapshot().config);
         for (key, socket) in bound {
             match self.accept_on(key, socket, reuseport.contains(&key)) {
                 Ok(l) => {

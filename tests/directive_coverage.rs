@@ -40,6 +40,8 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_sub_filter_module",
     "ngx_http_rewrite_module",
     "ngx_http_realip_module",
+    // nginx's ACME module (its own repository; its lines are listed by tools/nginx-directives.py)
+    "ngx_http_acme_module",
 ];
 
 /// Modules other work is adding right now: not checked until it lands (the integrator empties
@@ -107,8 +109,15 @@ fn every_directive_of_covered_modules_is_in_imbang() {
     }
     // Contexts: for each name, the union of imbang's entries' contexts is nginx's union over the
     // covered modules (a name such as `keepalive_requests` is in two modules, with two entries).
+    // A name also in an http module not covered here (`ssl_trusted_certificate` of the ACME
+    // module's issuer block and of the SSL module) has that module's contexts too.
+    let names: Vec<&str> = covered().map(|d| d.name).collect();
     let mut by_name: BTreeMap<&str, Contexts> = BTreeMap::new();
-    for d in covered() {
+    for d in nginx::newest()
+        .filter(|d| !PENDING_MODULES.contains(&d.module))
+        .filter(|d| COVERED_MODULES.contains(&d.module) || d.module.starts_with("ngx_http_"))
+        .filter(|d| names.contains(&d.name))
+    {
         if let Some(c) = d.imbang_contexts() {
             by_name
                 .entry(d.name)
@@ -272,6 +281,7 @@ fn context_words(contexts: &str) -> String {
             "HTTP_SIF" => "if in server",
             "HTTP_LIF" => "if in location",
             "HTTP_LMT" => "limit_except",
+            "ACME_ISSUER" => "acme_issuer",
             other => other,
         })
         .collect::<Vec<_>>()

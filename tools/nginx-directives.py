@@ -125,6 +125,30 @@ def options(repo, tag):
     return set(OPTION.findall(git(repo, "show", f"{tag}:auto/options")))
 
 
+# nginx's ACME module (ngx_http_acme_module) is not in nginx's tree but in its own repository
+# (github nginx/nginx-acme), written in Rust: its table is listed here from that source's
+# src/conf.rs. The directives of an `acme_issuer { }` block take no context flags there (the
+# block's handler reads them); they are given the context ACME_ISSUER.
+ACME_MODULE = "ngx_http_acme_module"
+ACME = [
+    ("acme_issuer", "HTTP_MAIN", "TAKE1", True),
+    ("acme_shared_zone", "HTTP_MAIN", "TAKE1", False),
+    ("acme_certificate", "HTTP_SRV", "1MORE", False),
+    ("uri", "ACME_ISSUER", "TAKE1", False),
+    ("account_key", "ACME_ISSUER", "TAKE1", False),
+    ("challenge", "ACME_ISSUER", "TAKE1", False),
+    ("common_name_in_csr", "ACME_ISSUER", "FLAG", False),
+    ("contact", "ACME_ISSUER", "TAKE1", False),
+    ("external_account_key", "ACME_ISSUER", "TAKE2", False),
+    ("preferred_chain", "ACME_ISSUER", "TAKE1", False),
+    ("profile", "ACME_ISSUER", "TAKE12", False),
+    ("ssl_trusted_certificate", "ACME_ISSUER", "TAKE1", False),
+    ("ssl_verify", "ACME_ISSUER", "FLAG", False),
+    ("state_path", "ACME_ISSUER", "TAKE1", False),
+    ("accept_terms_of_service", "ACME_ISSUER", "NOARGS", False),
+]
+
+
 def main():
     repo = sys.argv[1] if len(sys.argv) > 1 else "/work/.mirror/nginx+nginx/repo"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +164,8 @@ def main():
             rows.append((*key, *a[key], old_v))
         if key in b:
             rows.append((*key, *b[key], new_v))
+    rows += [(ACME_MODULE, name, ctx, arity, block, "both") for name, ctx, arity, block in ACME]
+    rows.sort(key=lambda r: (r[0], r[1]))  # stable: a directive's old line stays first
     with open(os.path.join(root, "src/config/nginx-directives.tsv"), "w") as out:
         out.write(f"# nginx directives: {OLD} and {new}, derived by tools/nginx-directives.py\n")
         out.write("# module\tdirective\tcontexts\tarity\tblock\tversions\n")

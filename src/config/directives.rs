@@ -15,6 +15,8 @@ impl Contexts {
     pub const UPSTREAM: Self = Self(1 << 5);
     /// Inside `match name { }` (NGINX Plus's tests for health-check responses).
     pub const MATCH: Self = Self(1 << 6);
+    /// Inside `acme_issuer name { }` (nginx's ACME module).
+    pub const ACME_ISSUER: Self = Self(1 << 7);
 
     pub const fn or(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -428,6 +430,33 @@ pub static DIRECTIVES: &[Spec] = &[
         Range(1, 2),
         "imbang's peer state is always shared by all threads",
     ),
+    // --- acme (acme): nginx's ngx_http_acme_module; read in lower/acme.rs, acted on by
+    // crate::acme
+    block("acme_issuer", C::HTTP, ONE),
+    no_effect(
+        "acme_shared_zone",
+        C::HTTP,
+        ONE,
+        "imbang keeps certificates and challenges in its own memory, which has no fixed size",
+    ),
+    d("acme_certificate", C::SERVER, AtLeast(1)),
+    d("uri", C::ACME_ISSUER, ONE),
+    d("account_key", C::ACME_ISSUER, ONE),
+    d("challenge", C::ACME_ISSUER, ONE),
+    d("common_name_in_csr", C::ACME_ISSUER, Flag),
+    d("contact", C::ACME_ISSUER, ONE),
+    d("external_account_key", C::ACME_ISSUER, Range(2, 2)),
+    no_effect(
+        "preferred_chain",
+        C::ACME_ISSUER,
+        ONE,
+        "imbang serves the chain the ACME server offers first (its ACME client fetches no alternates)",
+    ),
+    d("profile", C::ACME_ISSUER, Range(1, 2)),
+    d("ssl_trusted_certificate", C::ACME_ISSUER, ONE),
+    d("ssl_verify", C::ACME_ISSUER, Flag),
+    d("state_path", C::ACME_ISSUER, ONE),
+    d("accept_terms_of_service", C::ACME_ISSUER, NONE),
     // --- the rest of nginx's core, events, http core, proxy, upstream, log, headers, map,
     // index, charset and sub modules (directives): every directive of theirs is in this table
     // (tests/directive_coverage.rs checks it against nginx's own, src/config/nginx-directives.tsv).

@@ -15,6 +15,7 @@ use super::model::*;
 use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
+mod acme;
 mod charset;
 mod compat;
 mod expires;
@@ -55,6 +56,7 @@ pub fn lower(
         maps: Vec::new(),
         ssl_http: ssl::SslFrame::default(),
         resolve_pending: Vec::new(),
+        acme_issuers: HashMap::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -91,6 +93,8 @@ struct Lower<'a> {
     ssl_http: ssl::SslFrame,
     /// Upstreams with `resolve` lines, until the http level's `resolver` is known.
     resolve_pending: Vec<resolver::Pending>,
+    /// `acme_issuer` blocks by name (read before the servers, which name them).
+    acme_issuers: HashMap<String, Arc<AcmeIssuer>>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -581,16 +585,28 @@ impl<'a> Lower<'a> {
                 self.match_block(d);
             }
         }
-        for d in ds
-            .iter()
-            .filter(|d| !matches!(d.name.as_str(), "upstream" | "log_format" | "match"))
-        {
+        for d in ds.iter().filter(|d| d.name == "acme_issuer") {
+            if self.check(d, Contexts::HTTP).is_some() {
+                self.acme_issuer(d);
+            }
+        }
+        for d in ds.iter().filter(|d| {
+            !matches!(
+                d.name.as_str(),
+                "upstream" | "log_format" | "match" | "acme_issuer"
+            )
+        }) {
             let Some(spec) = self.check(d, Contexts::HTTP) else {
                 continue;
             };
             match d.name.as_str() {
                 "server" => servers.push(d),
                 "map" => self.map_block(d),
+                "acme_shared_zone" => {
+                    if self.once(&mut seen, spec, d) {
+                        self.acme_shared_zone(d);
+                    }
+                }
                 name if ssl::is_ssl(name) => {
                     let mut f = std::mem::take(&mut self.ssl_http);
                     self.ssl_directive(d, spec, &mut f, &mut seen);
@@ -1107,6 +1123,7 @@ impl<'a> Lower<'a> {
         let mut script = Vec::new();
         let mut locations = Vec::new();
         let mut own_ssl = ssl::SslFrame::default();
+        let mut acme = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
@@ -1118,6 +1135,11 @@ impl<'a> Lower<'a> {
                 "listen" => self.listen(c, &mut listens),
                 name if ssl::is_ssl(name) => self.ssl_directive(c, spec, &mut own_ssl, &mut seen),
                 "server_name" => self.server_names(c, &mut names),
+                "acme_certificate" => {
+                    if self.once(&mut seen, spec, c) {
+                        acme = Some(c);
+                    }
+                }
                 "location" => locations.push(c),
                 "if" => script.extend(self.if_block(c, None, ups)),
                 "error_log" => {
@@ -1151,13 +1173,16 @@ impl<'a> Lower<'a> {
         self.check_charset(&frame);
         let mut conf = frame.conf(None);
         Arc::make_mut(&mut conf).script = script;
-        let ssl = Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http));
+        let mut ssl = self.ssl_spec(&own_ssl, &self.ssl_http);
+        ssl.acme = acme.and_then(|a| self.acme_certificate(a, &names));
+        let ssl = Arc::new(ssl);
         if ssl.enable {
             // `ssl on`: the server's addresses are TLS, as if each `listen` said `ssl`.
             for l in &mut listens {
                 l.ssl = true;
             }
         }
+        self.check_acme_variables(&ssl, &listens);
         Some(Server {
             listens,
             names,

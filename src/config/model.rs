@@ -1192,6 +1192,9 @@ pub struct SslSpec {
     pub crl: Option<(PathBuf, String)>,
     /// `ssl_stapling_file`: an OCSP response sent with the certificate.
     pub stapling_file: Option<(PathBuf, String)>,
+    /// `acme_certificate`: the certificate [`crate::acme`] obtains for this server, which
+    /// `ssl_certificate $acme_certificate` serves.
+    pub acme: Option<Arc<AcmeCert>>,
 }
 
 /// One `ssl_certificate` with the `ssl_certificate_key` at the same position.
@@ -1269,4 +1272,73 @@ impl ResolveSpec {
             Some(s) => format!("_{s}._tcp.{}", self.host),
         }
     }
+}
+// === ACME (ngx_http_acme_module; lowered in lower/acme.rs, acted on by crate::acme) ===
+
+/// `acme_issuer NAME { ... }`: an ACME server and the account imbang keeps with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeIssuer {
+    pub name: String,
+    /// `uri`: the server's directory URL.
+    pub uri: String,
+    /// `contact`: URLs (`mailto:` added when no scheme is given).
+    pub contacts: Vec<String>,
+    /// `state_path` (`acme_NAME` under the prefix by default); `None`: `state_path off`.
+    pub state_path: Option<PathBuf>,
+    /// `accept_terms_of_service`.
+    pub accept_tos: bool,
+    /// `account_key`: generated (`ecdsa:256`, the default) or read from a file.
+    pub account_key: Option<PathBuf>,
+    /// `challenge`.
+    pub challenge: AcmeChallenge,
+    /// `common_name_in_csr`: the first identifier as the request's subject common name.
+    pub common_name_in_csr: bool,
+    /// `ssl_trusted_certificate`: CA certificates the ACME server's is checked against instead
+    /// of the system's.
+    pub trusted_certificate: Option<PathBuf>,
+    /// `ssl_verify` (on).
+    pub verify: bool,
+    /// `preferred_chain`: the issuer name of the chain to prefer.
+    pub preferred_chain: Option<String>,
+    /// `profile NAME [require]`.
+    pub profile: Option<(String, bool)>,
+    /// `external_account_key KID FILE|data:KEY`: the key id and the MAC key (decoded).
+    pub external_account: Option<(String, Vec<u8>)>,
+    /// `path:line:col` of the `acme_issuer` directive.
+    pub location: String,
+}
+
+/// `challenge http-01 | tls-alpn-01`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    #[default]
+    Http01,
+    TlsAlpn01,
+}
+
+/// The key of a certificate `acme_certificate` asks for (`key=ecdsa:256` by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AcmeKeyAlg {
+    Ecdsa(u16),
+    Rsa(u16),
+}
+
+impl std::fmt::Display for AcmeKeyAlg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ecdsa(bits) => write!(f, "ecdsa:{bits}"),
+            Self::Rsa(bits) => write!(f, "rsa:{bits}"),
+        }
+    }
+}
+
+/// `acme_certificate ISSUER [identifier...] [key=alg:size]` of one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeCert {
+    pub issuer: Arc<AcmeIssuer>,
+    /// DNS names (lowercase) or IP addresses, in order.
+    pub identifiers: Vec<String>,
+    pub key: AcmeKeyAlg,
+    /// `path:line:col` of the `acme_certificate` directive.
+    pub location: String,
 }

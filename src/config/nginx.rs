@@ -77,6 +77,7 @@ impl NginxDirective {
                 "HTTP_SRV" => Contexts::SERVER,
                 "HTTP_LOC" => Contexts::LOCATION,
                 "HTTP_UPS" => Contexts::UPSTREAM,
+                "ACME_ISSUER" => Contexts::ACME_ISSUER,
                 _ => continue,
             };
             all = Some(all.map_or(c, |a| a.or(c)));

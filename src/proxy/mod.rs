@@ -725,6 +725,20 @@ async fn respond(
         headers::set_server(&mut response, &server.fallback);
         return response;
     }
+    // An ACME HTTP-01 challenge being validated (crate::acme): answered before the server's
+    // rewrite phase and locations, so a `return 301 https://...` does not hide it.
+    if conn.tls.is_none() {
+        if let Some(answer) = crate::acme::http01(parts.uri.path(), &host) {
+            out.log(&server.fallback, &host, &server.name);
+            let mut response = Response::new(ResponseBody::full(answer));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers::set_server(&mut response, &server.fallback);
+            return response;
+        }
+    }
     // The realip module with the server level's settings (nginx's post-read phase).
     realip(&server.fallback, conn, parts, state);
     let Ok(path) = normalize_path(parts.uri.path()) else {

@@ -148,6 +148,13 @@ pub async fn serve(
         },
     };
     let hello = start.client_hello();
+    if hello
+        .alpn()
+        .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN))
+    {
+        let challenge = hello.server_name().and_then(crate::acme::tls_alpn01);
+        return super::acme_tls_alpn(start, challenge, deadline).await;
+    }
     let (server_tls, config) = {
         let snapshot = listener.shared.live.snapshot();
         let Some(vhosts) = snapshot.vhosts(info.key, info.local) else {

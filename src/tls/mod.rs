@@ -24,6 +24,7 @@ use rustls::{ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::lower::ssl::{ACME_CERT, ACME_KEY};
 use crate::config::model::SslSpec;
 
 pub use accept::TlsInfo;
@@ -187,6 +188,12 @@ pub fn compile(
     };
     let mut keys = Vec::new();
     for c in &spec.certificates {
+        if c.cert.as_os_str() == ACME_CERT || c.key.as_os_str() == ACME_KEY {
+            // Without `acme_certificate` (a server inheriting the http level's lines, with no
+            // TLS address: lowering refuses it on one), the variable has no value: nothing.
+            keys.extend(acme_source(spec, c)?.map(Source::Acme));
+            continue;
+        }
         let mut key =
             load_pair(&c.cert, &c.key, &provider).map_err(|(message, on_key)| TlsError {
                 message,
@@ -197,7 +204,7 @@ pub fn compile(
                 },
             })?;
         key.ocsp.clone_from(&ocsp);
-        keys.push(Arc::new(key));
+        keys.push(Source::File(Arc::new(key)));
     }
     let versions: Vec<&'static SupportedProtocolVersion> = [
         (spec.tls13, &rustls::version::TLS13),
@@ -416,20 +423,60 @@ fn load_pair(
     }
 }
 
+/// `ssl_certificate $acme_certificate; ssl_certificate_key $acme_certificate_key;`: the
+/// server's `acme_certificate`, whose entry [`crate::acme`] fills and renews.
+fn acme_source(
+    spec: &SslSpec,
+    c: &crate::config::model::CertSpec,
+) -> Result<Option<Arc<crate::acme::Managed>>, TlsError> {
+    if c.cert.as_os_str() != ACME_CERT || c.key.as_os_str() != ACME_KEY {
+        return Err(TlsError {
+            message: format!(
+                "\"{ACME_CERT}\" and \"{ACME_KEY}\" are used together: imbang serves an ACME certificate with its own key only"
+            ),
+            location: c.cert_at.clone(),
+        });
+    }
+    Ok(spec.acme.as_ref().map(crate::acme::certificate))
+}
+
+/// Where one `ssl_certificate` comes from.
+#[derive(Debug)]
+enum Source {
+    /// Files, read when the configuration was compiled.
+    File(Arc<CertifiedKey>),
+    /// `$acme_certificate`: whatever certificate is in force now (none before the first).
+    Acme(Arc<crate::acme::Managed>),
+}
+
+impl Source {
+    fn key(&self) -> Option<Arc<CertifiedKey>> {
+        match self {
+            Self::File(key) => Some(key.clone()),
+            Self::Acme(managed) => managed.current(),
+        }
+    }
+}
+
 /// A server's certificates (`ssl_certificate`, several allowed): the first, in the
 /// configuration's order, whose key can sign with a scheme the client offers (an ECDSA
-/// certificate for a client that verifies ECDSA, else RSA).
+/// certificate for a client that verifies ECDSA, else RSA). `None` (an ACME certificate not
+/// issued yet) refuses the handshake.
 #[derive(Debug)]
-struct Certificates(Vec<Arc<CertifiedKey>>);
+struct Certificates(Vec<Source>);
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let offered = hello.signature_schemes();
-        self.0
-            .iter()
-            .find(|k| k.key.choose_scheme(offered).is_some())
-            .or_else(|| self.0.first())
-            .cloned()
+        let mut first = None;
+        for source in &self.0 {
+            let Some(key) = source.key() else { continue };
+            if key.key.choose_scheme(offered).is_some() {
+                return Some(key);
+            }
+            first.get_or_insert(key);
+        }
+        first
     }
 }
 
@@ -459,4 +506,40 @@ impl rustls::server::ProducesTickets for Lifetime {
 /// file or directory)`).
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("open() failed ({})", crate::error_log::errno_text(&e)))
+}
+
+/// A handshake offering ALPN `acme-tls/1` (RFC 8737): the ACME server validating a
+/// TLS-ALPN-01 challenge. With a challenge pending for its name, the handshake completes with
+/// the challenge certificate and the connection closes (nothing else is spoken under that
+/// protocol); without one it is refused.
+pub(crate) async fn acme_tls_alpn(
+    start: tokio_rustls::StartHandshake<tokio::net::TcpStream>,
+    challenge: Option<Arc<CertifiedKey>>,
+    deadline: tokio::time::Instant,
+) {
+    let Some(cert) = challenge else {
+        return;
+    };
+    let mut config = ServerConfig::builder_with_provider(provider_all().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("rustls's defaults")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Challenge(cert)));
+    config.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    if let Ok(Ok(mut tls)) =
+        tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config))).await
+    {
+        let _ =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+    }
+}
+
+/// The one certificate of a TLS-ALPN-01 answer.
+#[derive(Debug)]
+struct Challenge(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Challenge {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }

@@ -51,6 +51,11 @@ const IGNORED: &[&str] = &[
     "ssl_stapling_responder",
 ];
 
+/// `ssl_certificate $acme_certificate; ssl_certificate_key $acme_certificate_key;`: the
+/// certificate of the server's `acme_certificate`.
+pub const ACME_CERT: &str = "$acme_certificate";
+pub const ACME_KEY: &str = "$acme_certificate_key";
+
 /// Sessions per megabyte of `ssl_session_cache shared:NAME:SIZE` (nginx: "about 4000").
 const SESSIONS_PER_MB: usize = 4000;
 /// OpenSSL's builtin cache size (`ssl_session_cache builtin` without a size).
@@ -169,6 +174,7 @@ impl SslFrame {
             verify_depth: self.verify_depth.unwrap_or(1),
             crl: self.crl.clone(),
             stapling_file: self.stapling_file.clone(),
+            acme: None,
         }
     }
 
@@ -275,7 +281,8 @@ impl Lower<'_> {
     /// (nginx's conf prefix).
     fn conf_path(&self, arg: &Arg) -> PathBuf {
         let path = PathBuf::from(&arg.value);
-        if path.is_absolute() {
+        // The ACME module's variables stay as they are: crate::tls serves its certificate.
+        if path.is_absolute() || matches!(arg.value.as_str(), ACME_CERT | ACME_KEY) {
             return path;
         }
         let main = self

@@ -82,6 +82,8 @@ pub struct Route {
     pub redirects: Vec<(String, String)>,
     /// The `Server` header (`server_tokens`).
     pub server_header: HeaderValue,
+    /// `sub_filter` with its variables found once.
+    pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
 }
 
 pub enum RouteAction {
@@ -620,6 +622,17 @@ fn compile_route(
             )),
         }
     }
+    let sub_filter = conf.sub_filter.as_ref().and_then(|sub| {
+        crate::proxy::sub_filter::Rules::compile(sub, cx.scope)
+            .map_err(|message| {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+            })
+            .ok()
+            .map(Box::new)
+    });
     let redirects = match (&conf.proxy.redirect, &action) {
         (Redirect::Off, _) => Vec::new(),
         (Redirect::Rules(rules), _) => rules.clone(),
@@ -674,6 +687,7 @@ fn compile_route(
         } else {
             "imbang"
         }),
+        sub_filter,
     }
 }
 

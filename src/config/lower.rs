@@ -20,6 +20,7 @@ mod compat;
 mod expires;
 mod proxy_cookie;
 mod realip;
+mod sub_filter;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -137,6 +138,11 @@ struct Frame {
     /// `source_charset`, with where it was set: `Some(None)` is `off`.
     source_charset: Option<Option<(String, Span)>>,
     rewrite_log: Option<bool>,
+    /// `sub_filter` lines of one level (inherited as a whole, as nginx) and the companions.
+    sub_filters: Option<Vec<(String, String)>>,
+    sub_filter_once: Option<bool>,
+    sub_filter_types: Option<Vec<String>>,
+    sub_filter_last_modified: Option<bool>,
 }
 
 impl Frame {
@@ -190,6 +196,10 @@ impl Frame {
             source_charset,
             expires,
             rewrite_log,
+            sub_filters,
+            sub_filter_once,
+            sub_filter_types,
+            sub_filter_last_modified,
         )
     }
 
@@ -199,6 +209,7 @@ impl Frame {
             action,
             charset: self.charset(),
             expires: self.expires.flatten(),
+            sub_filter: self.sub_filter(),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -714,6 +725,7 @@ impl<'a> Lower<'a> {
                 }
             }
             "charset" | "charset_types" | "source_charset" => self.charset(d, f),
+            "sub_filter" | "sub_filter_types" => self.sub_filter(d, f),
             "expires" => self.expires(d, f),
             "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
                 self.proxy_cookie(d, f);
@@ -790,6 +802,10 @@ impl<'a> Lower<'a> {
             "proxy_socket_keepalive" => f.socket_keepalive = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
+            "sub_filter_once" => f.sub_filter_once = values::flag(&args[0].value),
+            "sub_filter_last_modified" => {
+                f.sub_filter_last_modified = values::flag(&args[0].value);
+            }
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "keepalive_time" => f.keepalive_time = self.duration_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),

@@ -269,6 +269,8 @@ pub struct LocationConf {
     pub charset: Option<Arc<Charset>>,
     /// `expires`; `None` with `expires off`.
     pub expires: Option<Expires>,
+    /// `sub_filter` (with `sub_filter_once`, `_types`, `_last_modified`); `None` without one.
+    pub sub_filter: Option<Arc<SubFilter>>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -1207,4 +1209,19 @@ pub enum VerifyClient {
     On,
     Optional,
     OptionalNoCa,
+}
+
+// --- sub (ngx_http_sub_filter_module)
+
+/// The `sub_filter` lines in force at a level, with their companions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubFilter {
+    /// (search string, replacement) as written, in order; both may hold variables.
+    pub pairs: Vec<(String, String)>,
+    /// `sub_filter_once` (on).
+    pub once: bool,
+    /// `sub_filter_types`, lower case, `text/html` among them; `*`: any type.
+    pub types: Vec<String>,
+    /// `sub_filter_last_modified` (off).
+    pub last_modified: bool,
 }

@@ -11,6 +11,7 @@ pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod sub_filter;
 pub mod target;
 pub mod upgrade;
 
@@ -833,6 +834,9 @@ async fn respond(
     }
     if let Some(e) = route.conf.expires {
         expires::apply(&mut response, e, std::time::SystemTime::now());
+    }
+    if let Some(rules) = &route.sub_filter {
+        sub_filter::apply(&mut response, rules, &ctx);
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

@@ -143,6 +143,7 @@ struct Frame {
     sub_filter_once: Option<bool>,
     sub_filter_types: Option<Vec<String>>,
     sub_filter_last_modified: Option<bool>,
+    chunked_transfer_encoding: Option<bool>,
 }
 
 impl Frame {
@@ -200,6 +201,7 @@ impl Frame {
             sub_filter_once,
             sub_filter_types,
             sub_filter_last_modified,
+            chunked_transfer_encoding,
         )
     }
 
@@ -210,6 +212,7 @@ impl Frame {
             charset: self.charset(),
             expires: self.expires.flatten(),
             sub_filter: self.sub_filter(),
+            chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -803,6 +806,9 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
             "sub_filter_once" => f.sub_filter_once = values::flag(&args[0].value),
+            "chunked_transfer_encoding" => {
+                f.chunked_transfer_encoding = values::flag(&args[0].value);
+            }
             "sub_filter_last_modified" => {
                 f.sub_filter_last_modified = values::flag(&args[0].value);
             }

@@ -271,6 +271,9 @@ pub struct LocationConf {
     pub expires: Option<Expires>,
     /// `sub_filter` (with `sub_filter_once`, `_types`, `_last_modified`); `None` without one.
     pub sub_filter: Option<Arc<SubFilter>>,
+    /// `chunked_transfer_encoding` (on); off: a response of unknown length to an HTTP/1.1
+    /// client is delimited by closing the connection.
+    pub chunked_transfer_encoding: bool,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,

@@ -29,6 +29,8 @@ pub struct ResponseBody {
     fields: Option<Box<RawFields>>,
     /// `sub_filter`: the body's bytes go through it on their way out.
     filter: Option<Box<SubFilter>>,
+    /// `chunked_transfer_encoding off`: an unknown length is delimited by the close instead.
+    no_chunked: bool,
 }
 
 enum Kind {
@@ -56,7 +58,19 @@ impl ResponseBody {
             log: None,
             fields: None,
             filter: None,
+            no_chunked: false,
         }
+    }
+
+    /// `chunked_transfer_encoding off`: sent to an HTTP/1.1 client with no length known, the
+    /// body ends with the connection instead of in chunks.
+    pub fn forbid_chunked(&mut self) {
+        self.no_chunked = true;
+    }
+
+    /// Whether the body may be sent chunked (`chunked_transfer_encoding`).
+    pub fn may_chunk(&self) -> bool {
+        !self.no_chunked
     }
 
     /// Sends the body through `filter` (`sub_filter`); its length is then unknown.

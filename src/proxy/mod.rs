@@ -838,6 +838,9 @@ async fn respond(
     if let Some(rules) = &route.sub_filter {
         sub_filter::apply(&mut response, rules, &ctx);
     }
+    if !route.conf.chunked_transfer_encoding {
+        response.body_mut().forbid_chunked();
+    }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);
     if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests

@@ -367,6 +367,12 @@ pub fn locations<'s>(
         if route.conf.internal && !internal {
             return (route, Flow::Status(404));
         }
+        // `limit_except`: another method gets the block's settings, without the location's
+        // rewrite statements (nginx's find-config phase switches the whole configuration).
+        let route = match &route.limit_except {
+            Some(le) if le.spec.limits(base.parts.method.as_str()) => &le.route,
+            _ => route,
+        };
         if Arc::ptr_eq(route, &server.fallback) || route.script.is_empty() {
             // nginx skips the location phase for the server's own settings (its script ran).
             return (route, Flow::Next);

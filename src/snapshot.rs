@@ -84,6 +84,14 @@ pub struct Route {
     pub server_header: HeaderValue,
     /// `sub_filter` with its variables found once.
     pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
+    /// `limit_except`: the route requests with a method it does not list take instead.
+    pub limit_except: Option<Box<LimitExceptRoute>>,
+}
+
+/// A location's `limit_except` block compiled.
+pub struct LimitExceptRoute {
+    pub spec: Arc<crate::config::model::LimitExcept>,
+    pub route: Arc<Route>,
 }
 
 pub enum RouteAction {
@@ -666,6 +674,18 @@ fn compile_route(
             .filter_map(|(i, name)| Some((i, Arc::from(name?))))
             .collect()
     });
+    let limit_except = conf.limit_except.as_ref().map(|le| {
+        Box::new(LimitExceptRoute {
+            spec: le.clone(),
+            route: Arc::new(compile_route(
+                &le.conf,
+                prefix.clone(),
+                regex.clone(),
+                at,
+                cx,
+            )),
+        })
+    });
     Route {
         conf: conf.clone(),
         action,
@@ -688,6 +708,7 @@ fn compile_route(
             "imbang"
         }),
         sub_filter,
+        limit_except,
     }
 }
 

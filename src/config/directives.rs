@@ -529,13 +529,8 @@ pub static DIRECTIVES: &[Spec] = &[
         "a client connection is closed by keepalive_timeout and keepalive_requests only",
     ),
     d("keepalive_time", HSL, ONE),
-    not_yet(
-        "limit_except",
-        C::LOCATION,
-        AtLeast(1),
-        true,
-        "methods are not limited by location",
-    ),
+    // limit_except: its block's allow/deny (and access_log) for the methods not listed.
+    block("limit_except", C::LOCATION, AtLeast(1)),
     not_yet(
         "limit_rate",
         HSL,

@@ -18,6 +18,7 @@ use super::values::{self, AddrError};
 mod charset;
 mod compat;
 mod expires;
+mod limit_except;
 mod proxy_cookie;
 mod realip;
 mod sub_filter;
@@ -213,6 +214,7 @@ impl Frame {
             expires: self.expires.flatten(),
             sub_filter: self.sub_filter(),
             chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
+            limit_except: None,
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -1379,6 +1381,7 @@ impl<'a> Lower<'a> {
         let mut children = Vec::new();
         let mut checks = Vec::new();
         let mut api = None;
+        let mut limit_except = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
@@ -1390,6 +1393,11 @@ impl<'a> Lower<'a> {
                 "location" => children.push(c),
                 "if" => ifs.push((script.len(), c)),
                 "health_check" => checks.push(c),
+                "limit_except" => {
+                    if self.once(&mut seen, spec, c) {
+                        limit_except = Some(c);
+                    }
+                }
                 "api" => {
                     if self.once(&mut seen, spec, c) {
                         api = self.api(c);
@@ -1462,11 +1470,13 @@ impl<'a> Lower<'a> {
             );
         }
         self.check_charset(&frame);
+        let limited = limit_except.and_then(|c| self.limit_except(c, &frame, &action, internal));
         let mut conf = frame.conf(action);
-        if internal || !script.is_empty() {
+        if internal || !script.is_empty() || limited.is_some() {
             let conf = Arc::make_mut(&mut conf);
             conf.internal = internal;
             conf.script = script;
+            conf.limit_except = limited;
         }
         Some(Location {
             kind,

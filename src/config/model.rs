@@ -274,6 +274,8 @@ pub struct LocationConf {
     /// `chunked_transfer_encoding` (on); off: a response of unknown length to an HTTP/1.1
     /// client is delimited by closing the connection.
     pub chunked_transfer_encoding: bool,
+    /// `limit_except`: what requests with other methods get instead of this.
+    pub limit_except: Option<Arc<LimitExcept>>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -1228,3 +1230,40 @@ pub struct SubFilter {
     /// `sub_filter_last_modified` (off).
     pub last_modified: bool,
 }
+
+// --- limit_except (ngx_http_core_module)
+
+/// `limit_except METHOD ... { ... }`: requests with a method not listed (HEAD comes with GET)
+/// get `conf`, the location's settings with the block's `allow`/`deny` (and `access_log`) and,
+/// as in nginx, without the location's rewrite statements.
+#[derive(Clone, Debug)]
+pub struct LimitExcept {
+    /// The methods the block does not apply to, upper case as requests spell them.
+    pub methods: Vec<String>,
+    pub conf: Arc<LocationConf>,
+}
+
+impl LimitExcept {
+    /// Whether a request with `method` gets the block's settings.
+    pub fn limits(&self, method: &str) -> bool {
+        !self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// The methods `limit_except` may name (nginx's list).
+pub const LIMIT_EXCEPT_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "OPTIONS",
+    "PROPFIND",
+    "PROPPATCH",
+    "LOCK",
+    "UNLOCK",
+    "PATCH",
+];

@@ -437,6 +437,17 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             walk(l, &mut scope, errors);
         }
     }
+    // The named groups of a `map` regex are variables everywhere (nginx declares them as it
+    // reads the regex); a value that regex chose sees them (vars.rs).
+    for map in config.http.iter().flat_map(|h| &h.maps) {
+        for (key, _) in &map.entries {
+            if let crate::config::model::MapKey::Regex(re) = key {
+                for group in re.capture_names().flatten() {
+                    scope.declare(group);
+                }
+            }
+        }
+    }
     // `map`s in file order: a map's source and values may use the maps written before it.
     for map in config.http.iter().flat_map(|h| &h.maps) {
         let error = |message: String| {

@@ -1717,17 +1717,6 @@ impl<'a> Lower<'a> {
     }
 
     fn map_regex(&mut self, pattern: &str, c: &Directive) -> Option<MapKey> {
-        let value = c.args[0].value.as_bytes();
-        if value
-            .windows(2)
-            .any(|w| w[0] == b'$' && (b'1'..=b'9').contains(&w[1]))
-        {
-            self.invalid(
-                "captures of a \"map\" regex are not supported by imbang yet".to_owned(),
-                c.args[0].span,
-            );
-            return None;
-        }
         self.regex(pattern, &c.name, c.span, regex::Regex::new)
             .map(MapKey::Regex)
     }

@@ -393,7 +393,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             && let Ok(regex) = crate::route::Regex::new(&loc.pattern, case_insensitive)
         {
             for group in regex.capture_names().into_iter().flatten() {
-                scope.declare(group);
+                scope.declare_group(group);
             }
         }
         declare(&loc.conf.script, scope, errors);
@@ -428,7 +428,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
                 && let Ok(regex) = crate::route::Regex::new(pattern, false)
             {
                 for group in regex.capture_names().into_iter().flatten() {
-                    scope.declare(group);
+                    scope.declare_group(group);
                 }
             }
         }
@@ -443,7 +443,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
         for (key, _) in &map.entries {
             if let crate::config::model::MapKey::Regex(re) = key {
                 for group in re.capture_names().flatten() {
-                    scope.declare(group);
+                    scope.declare_group(group);
                 }
             }
         }

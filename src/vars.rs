@@ -60,8 +60,11 @@ pub enum Var {
     SentHttp(String),
     /// `$upstream_http_name`: a response header from the peer.
     UpstreamHttp(String),
-    /// A variable of the configuration's own, given a value by `set`.
+    /// A variable of the configuration's own, given a value by `set` or a regex's named group.
     Set(Arc<str>),
+    /// A variable only `set` declares: read where no `set` gave it a value, nginx logs
+    /// `using uninitialized "name" variable` (`uninitialized_variable_warn`).
+    Declared(Arc<str>),
     /// A variable a `map` block defines.
     Map(MapRef),
     /// `$1`..`$9`: a numbered group of the regex location that matched (empty when none did
@@ -117,6 +120,9 @@ pub enum Var {
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     names: std::collections::HashMap<String, Arc<str>>,
+    /// The names the named groups of regexes declare (nginx does not warn when they are read
+    /// unset, even where a `set` declares them too).
+    groups: std::collections::HashSet<String>,
     maps: std::collections::HashMap<String, MapRef>,
 }
 
@@ -312,6 +318,22 @@ impl Scope {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::from(name))
             .clone()
+    }
+
+    /// Declares the variable of a regex's named group.
+    pub fn declare_group(&mut self, name: &str) -> Arc<str> {
+        self.groups.insert(name.to_owned());
+        self.declare(name)
+    }
+
+    /// The variable `name` as a template reads it: `None` if nothing declares it.
+    fn var(&self, name: &str) -> Option<Var> {
+        let arc = self.get(name)?;
+        Some(if self.groups.contains(name) {
+            Var::Set(arc)
+        } else {
+            Var::Declared(arc)
+        })
     }
 
     /// The declared variable `name`, if `set` declares it somewhere.
@@ -540,8 +562,7 @@ impl Template {
                 None => match scope.maps.get(name) {
                     Some(map) => Var::Map(map.clone()),
                     None => scope
-                        .get(name)
-                        .map(Var::Set)
+                        .var(name)
                         .ok_or_else(|| format!("unknown \"{name}\" variable"))?,
                 },
             };

@@ -799,12 +799,7 @@ pub static DIRECTIVES: &[Spec] = &[
     d("break", C::SERVER.or(C::LOCATION), NONE),
     block("if", C::SERVER.or(C::LOCATION), AtLeast(1)),
     d("rewrite_log", HSL, Flag),
-    no_effect(
-        "uninitialized_variable_warn",
-        HSL,
-        Flag,
-        "imbang refuses unknown variables when it loads the configuration and does not log a variable that a request left unset (its value is empty, as in nginx)",
-    ),
+    d("uninitialized_variable_warn", HSL, Flag),
 ];
 
 /// The directives nginx allows inside `if`: (name, also in a server's `if`). nginx marks them

@@ -145,6 +145,7 @@ struct Frame {
     sub_filter_types: Option<Vec<String>>,
     sub_filter_last_modified: Option<bool>,
     chunked_transfer_encoding: Option<bool>,
+    uninitialized_variable_warn: Option<bool>,
 }
 
 impl Frame {
@@ -203,6 +204,7 @@ impl Frame {
             sub_filter_types,
             sub_filter_last_modified,
             chunked_transfer_encoding,
+            uninitialized_variable_warn,
         )
     }
 
@@ -215,6 +217,7 @@ impl Frame {
             sub_filter: self.sub_filter(),
             chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
             limit_except: None,
+            uninitialized_variable_warn: self.uninitialized_variable_warn.unwrap_or(true),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -808,6 +811,9 @@ impl<'a> Lower<'a> {
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
             "sub_filter_once" => f.sub_filter_once = values::flag(&args[0].value),
+            "uninitialized_variable_warn" => {
+                f.uninitialized_variable_warn = values::flag(&args[0].value);
+            }
             "chunked_transfer_encoding" => {
                 f.chunked_transfer_encoding = values::flag(&args[0].value);
             }

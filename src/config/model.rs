@@ -274,6 +274,8 @@ pub struct LocationConf {
     /// `chunked_transfer_encoding` (on); off: a response of unknown length to an HTTP/1.1
     /// client is delimited by closing the connection.
     pub chunked_transfer_encoding: bool,
+    /// `uninitialized_variable_warn` (on).
+    pub uninitialized_variable_warn: bool,
     /// `limit_except`: what requests with other methods get instead of this.
     pub limit_except: Option<Arc<LimitExcept>>,
     pub proxy: ProxySettings,

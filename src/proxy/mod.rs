@@ -100,6 +100,8 @@ pub struct RequestState {
     request_id: OnceLock<u128>,
     /// The request body, when it was kept in memory (`$request_body`).
     pub body: OnceLock<Bytes>,
+    /// `uninitialized_variable_warn`: in force, and the variables warned about.
+    pub uninitialized: crate::rewrite::Uninitialized,
 }
 
 /// An empty state, for lines logged before a request was routed.
@@ -452,6 +454,10 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(v);
                 }
             }
+            Var::Declared(name) => match self.sets.iter().rev().find(|(n, _)| n == name) {
+                Some((_, v)) => out.push_str(v),
+                None => self.state.uninitialized.warn(name, self),
+            },
             Var::Capture(n) => {
                 if let Some(v) = self.captures.get(*n, self.path) {
                     out.push_str(v);
@@ -767,6 +773,7 @@ async fn respond(
         ..base
     };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
+    base.state.uninitialized.set(&route.conf);
     let captures = Captures::of(route);
     let located = RequestCtx {
         // A regex location's groups; any other keeps the server name's.

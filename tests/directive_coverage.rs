@@ -356,8 +356,8 @@ fn directives_page() -> String {
          - `hash` in `upstream` takes imbang's `bounded=factor` after `consistent`.\n\
          - `keepalive_time` at http, server and location level (the longest a client connection \
          lives) is accepted without effect; in `upstream` it acts.\n\
-         - Inside `limit_except` imbang reads `allow`, `deny` and `access_log`; `proxy_pass` \
-         there is refused (not yet), and so is `auth_basic` (imbang has none).\n\
+         - Inside `limit_except` imbang reads `allow`, `deny`, `access_log` and `proxy_pass`; \
+         `auth_basic` there is refused (imbang has none).\n\
          - Example: an `nginx.conf` like those of nginx's packages and Docker images (temp paths of every \
          module, `load_module`, `sendfile`, `tcp_nopush`, `types_hash_max_size`, `gzip`) passes \
          `imbang -t` with a warning for each directive that has no effect.\n",

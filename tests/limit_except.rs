@@ -1,20 +1,28 @@
 //! `limit_except`: requests whose method the block does not list (HEAD comes with GET) get the
-//! block's `allow`/`deny` instead of the location's, and, as in nginx, not the location's rewrite
-//! statements. Expectations checked against nginx 1.22; compared side by side when installed.
+//! block's `allow`/`deny` (and `proxy_pass`) instead of the location's, and, as in nginx, not the
+//! location's rewrite statements. Expectations checked against nginx 1.22; compared side by side when installed.
 mod support;
 
 use std::net::SocketAddr;
 
-fn locations(app: SocketAddr) -> String {
+fn locations(app: SocketAddr, other: SocketAddr) -> String {
     format!(
         "location /ret {{ limit_except GET {{ allow all; }} return 200 \"ret\"; }}
          location /retdeny {{ limit_except GET {{ deny all; }} return 200 \"ret\"; }}
          location /p {{ limit_except GET POST {{ deny all; }} proxy_pass http://{app}; }}
          location /p2 {{ limit_except GET {{ allow 127.0.0.1; deny all; }} deny 127.0.0.1; proxy_pass http://{app}; }}
          location /p3 {{ limit_except GET {{ deny all; }} allow all; proxy_pass http://{app}; }}
-         location /set {{ set $a 1; limit_except GET {{ allow all; }} proxy_pass http://{app}; add_header X-A \"a=$a\"; }}"
+         location /set {{ set $a 1; limit_except GET {{ allow all; }} proxy_pass http://{app}; add_header X-A \"a=$a\"; }}
+         location /pp {{ limit_except GET {{ proxy_pass http://{other}; }} proxy_pass http://{app}; }}"
     )
 }
+
+/// (method, path, body): which upstream a `proxy_pass` inside the block sends to.
+const PROXIED: &[(&str, &str, &str)] = &[
+    ("GET", "/pp", "app GET /pp"),
+    ("POST", "/pp", "other POST /pp"),
+    ("DELETE", "/pp", "other DELETE /pp"),
+];
 
 /// (method, path, status, `X-A` field or "") as nginx 1.22 answers.
 const EXPECTED: &[(&str, &str, u16, &str)] = &[
@@ -43,8 +51,8 @@ const EXPECTED: &[(&str, &str, u16, &str)] = &[
     ("POST", "/set", 200, "a="),
 ];
 
-/// Status and `X-A` of a request with `method` on a new connection.
-async fn ask(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+/// Status, `X-A` and body of a request with `method` on a new connection.
+async fn ask(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = if method == "POST" || method == "PUT" || method == "PATCH" {
@@ -61,29 +69,42 @@ async fn ask(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let x_a = head
         .lines()
         .find_map(|l| l.strip_prefix("X-A: "))
         .unwrap_or("")
         .to_owned();
-    (support::status(&text), x_a)
+    (support::status(&text), x_a, body.to_owned())
 }
 
 async fn check(addr: SocketAddr, who: &str) {
     for &(method, path, status, x_a) in EXPECTED {
-        let got = ask(addr, method, path).await;
-        assert_eq!(got, (status, x_a.to_owned()), "{who}: {method} {path}");
+        let (got_status, got_x_a, _) = ask(addr, method, path).await;
+        assert_eq!(
+            (got_status, got_x_a),
+            (status, x_a.to_owned()),
+            "{who}: {method} {path}"
+        );
+    }
+    for &(method, path, body) in PROXIED {
+        let (status, _, got) = ask(addr, method, path).await;
+        assert_eq!(
+            (status, got.as_str()),
+            (200, body),
+            "{who}: {method} {path}"
+        );
     }
 }
 
 #[tokio::test]
 async fn other_methods_get_the_block_s_access_rules() {
     let app = support::backend("app").await;
+    let other = support::backend("other").await;
     let lb = support::imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off; server {{ listen 127.0.0.1:0; {} }} }}",
-        locations(app.addr)
+        locations(app.addr, other.addr)
     ))
     .await;
     check(lb.addr, "imbang").await;
@@ -92,10 +113,11 @@ async fn other_methods_get_the_block_s_access_rules() {
 #[tokio::test]
 async fn nginx_answers_the_same() {
     let app = support::backend("app").await;
+    let other = support::backend("other").await;
     let dir = support::TempDir::new("limit-except-nginx");
     let http = format!(
         "access_log off; server {{ listen 127.0.0.1:{{listen}}; {} }}",
-        locations(app.addr)
+        locations(app.addr, other.addr)
     );
     let Some((_nginx, addr)) = support::start_nginx(&dir, &http).await else {
         return;

@@ -1476,7 +1476,8 @@ impl<'a> Lower<'a> {
             );
         }
         self.check_charset(&frame);
-        let limited = limit_except.and_then(|c| self.limit_except(c, &frame, &action, internal));
+        let limited =
+            limit_except.and_then(|c| self.limit_except(c, &frame, &action, internal, ups));
         let mut conf = frame.conf(action);
         if internal || !script.is_empty() || limited.is_some() {
             let conf = Arc::make_mut(&mut conf);

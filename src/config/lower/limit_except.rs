@@ -2,14 +2,15 @@
 //! request whose method is not listed the block's configuration instead of the location's. That
 //! configuration inherits the location's settings and its `proxy_pass`, but not its rewrite
 //! statements (`set`, `rewrite`, `if`, `return`), which nginx runs only for the methods listed:
-//! imbang does the same. Inside the block imbang reads `allow`, `deny` and `access_log`;
-//! `auth_basic` (which imbang lacks) and `proxy_pass` are refused as not supported yet.
+//! imbang does the same. Inside the block imbang reads `allow`, `deny`, `access_log` and
+//! `proxy_pass` (without a URI part, as nginx); `auth_basic` (which imbang lacks) is refused as
+//! not supported yet.
 
 use std::sync::Arc;
 
 use super::super::ast::Directive;
-use super::super::model::{Action, LIMIT_EXCEPT_METHODS, LimitExcept};
-use super::{Contexts, Frame, Lower, Seen};
+use super::super::model::{Action, LIMIT_EXCEPT_METHODS, LimitExcept, LocationMatch};
+use super::{Contexts, Frame, Lower, Seen, Upstreams};
 
 impl Lower<'_> {
     /// The block `d` of a location whose settings are `location` and action `action`.
@@ -19,6 +20,7 @@ impl Lower<'_> {
         location: &Frame,
         action: &Option<Action>,
         internal: bool,
+        ups: &mut Upstreams,
     ) -> Option<Arc<LimitExcept>> {
         let mut methods = Vec::new();
         for arg in &d.args {
@@ -36,6 +38,7 @@ impl Lower<'_> {
         }
         let mut own = Frame::default();
         let mut seen = Seen::default();
+        let mut proxy = None;
         for c in d.block.as_deref().unwrap_or_default() {
             match c.name.as_str() {
                 "allow" | "deny" | "access_log" | "auth_basic" | "auth_basic_user_file" => {
@@ -44,11 +47,14 @@ impl Lower<'_> {
                         self.setting(c, spec, &mut own, &mut seen);
                     }
                 }
-                "proxy_pass" => self.invalid(
-                    "\"proxy_pass\" inside \"limit_except\" is not supported by imbang yet"
-                        .to_owned(),
-                    c.span,
-                ),
+                "proxy_pass" => {
+                    if let Some(spec) = self.check(c, Contexts::LOCATION)
+                        && self.once(&mut seen, spec, c)
+                    {
+                        // nginx: no URI part here (the kind says so to `proxy_pass`).
+                        proxy = self.proxy_pass(c, LocationMatch::Named, ups);
+                    }
+                }
                 _ => {
                     // A directive nginx knows is "not allowed here"; any other is unknown.
                     if self.check(c, Contexts::LOCATION).is_some() {
@@ -60,7 +66,7 @@ impl Lower<'_> {
                 }
             }
         }
-        let mut conf = own.inherit(location).conf(action.clone());
+        let mut conf = own.inherit(location).conf(proxy.or_else(|| action.clone()));
         Arc::make_mut(&mut conf).internal = internal;
         Some(Arc::new(LimitExcept { methods, conf }))
     }
@@ -123,6 +129,10 @@ mod tests {
             ),
             ["\"return\" directive is not allowed here in /etc/imbang/t.conf:1:60"]
         );
+        let got = errors(
+            "http { server { listen 80; location / { limit_except GET { proxy_pass http://a/b; } } } }\n",
+        );
+        assert!(got[0].contains("cannot have URI part"), "{got:?}");
         let got = errors(
             "http { server { listen 80; location / { limit_except GET { auth_basic x; } } } }\n",
         );

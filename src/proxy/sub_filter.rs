@@ -14,6 +14,7 @@
 //! an uncompressed body with `proxy_set_header Accept-Encoding "";` (docs/sub_filter.md).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -30,7 +31,7 @@ pub struct Rules {
     /// is kept in lower case.
     pairs: Vec<(Search, Template)>,
     /// The matcher when no search string has variables (the usual case), built once.
-    fixed: Option<Matcher>,
+    fixed: Option<Arc<Matcher>>,
     once: bool,
     /// `sub_filter_types`, lower case; empty: any type (`*`).
     types: Vec<String>,
@@ -44,7 +45,7 @@ enum Search {
 }
 
 /// The search strings of one request, with what finds their first bytes fast.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Matcher {
     /// Lower-case search strings, configuration order, none empty.
     strings: Vec<Box<[u8]>>,
@@ -83,7 +84,7 @@ impl Rules {
                 Search::Vars(_) => None,
             })
             .collect::<Option<Vec<_>>>()
-            .map(Matcher::new);
+            .map(|strings| Arc::new(Matcher::new(strings)));
         let types = if conf.types.iter().any(|t| t == "*") {
             Vec::new()
         } else {
@@ -146,7 +147,7 @@ pub fn apply(response: &mut http::Response<ResponseBody>, rules: &Rules, vars: &
         return;
     }
     let matcher = match &rules.fixed {
-        Some(m) => m.clone(),
+        Some(m) => Arc::clone(m),
         None => {
             // nginx: a search string whose variables come out empty is left out.
             let strings: Vec<Box<[u8]>> = rules
@@ -163,7 +164,7 @@ pub fn apply(response: &mut http::Response<ResponseBody>, rules: &Rules, vars: &
             if strings.is_empty() {
                 return;
             }
-            Matcher::new(strings)
+            Arc::new(Matcher::new(strings))
         }
     };
     // The replacements, rendered once per request (nginx renders each at its first match).
@@ -224,7 +225,7 @@ fn weak_etag(value: &[u8]) -> Option<Vec<u8>> {
 
 /// The replacing of one response body, fed its chunks as they come.
 pub struct Filter {
-    matcher: Matcher,
+    matcher: Arc<Matcher>,
     /// The replacement of each search string (same order).
     replacements: Vec<Bytes>,
     /// `sub_filter_once on`: each string is replaced at its first match only.
@@ -262,7 +263,7 @@ fn compare(search: &[u8], text: &[u8]) -> Cmp {
 }
 
 impl Filter {
-    fn new(matcher: Matcher, replacements: Vec<Bytes>, once: bool) -> Self {
+    fn new(matcher: Arc<Matcher>, replacements: Vec<Bytes>, once: bool) -> Self {
         let n = matcher.strings.len();
         Self {
             matcher,
@@ -395,7 +396,7 @@ mod tests {
             .iter()
             .map(|(_, r)| Bytes::from(r.to_string()))
             .collect();
-        Filter::new(Matcher::new(strings), replacements, once)
+        Filter::new(Arc::new(Matcher::new(strings)), replacements, once)
     }
 
     /// The body fed in the given pieces, read back whole.

@@ -7,6 +7,7 @@
 //! touches allocates nothing here (the [`State`] starts empty).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::route::Regex;
 
@@ -96,7 +97,7 @@ pub fn declare_names(stmts: &[model::Stmt], scope: &mut Scope) {
             _ => continue,
         };
         for name in regex.capture_names().into_iter().flatten() {
-            scope.declare(name);
+            scope.declare_group(name);
         }
     }
 }
@@ -316,6 +317,7 @@ pub fn phases<'s>(
     base: &RequestCtx<'_>,
     state: &mut State<'s>,
 ) -> (&'s Arc<Route>, Flow<'s>) {
+    base.state.uninitialized.set(&server.fallback.conf);
     let script = &server.fallback.script;
     if !script.is_empty()
         && let Control::Done(flow) = run(script, &script.stmts, base, state, false)
@@ -367,6 +369,13 @@ pub fn locations<'s>(
         if route.conf.internal && !internal {
             return (route, Flow::Status(404));
         }
+        // `limit_except`: another method gets the block's settings, without the location's
+        // rewrite statements (nginx's find-config phase switches the whole configuration).
+        let route = match &route.limit_except {
+            Some(le) if le.spec.limits(base.parts.method.as_str()) => &le.route,
+            _ => route,
+        };
+        base.state.uninitialized.set(&route.conf);
         if Arc::ptr_eq(route, &server.fallback) || route.script.is_empty() {
             // nginx skips the location phase for the server's own settings (its script ran).
             return (route, Flow::Next);
@@ -670,5 +679,57 @@ mod tests {
         let kept: Vec<u8> = (0x20..0x7f).filter(|&b| in_redirect(b)).collect();
         assert_eq!(kept, b" \"#%");
         assert!(in_redirect(0x0a) && in_redirect(0x80) && !in_redirect(b'&'));
+    }
+}
+
+/// `uninitialized_variable_warn` for one request: whether the configuration in force (the
+/// server's in its rewrite phase, then the location's) warns, and the variables warned about
+/// (nginx warns once per variable and request: the empty value is then kept).
+#[derive(Debug, Default)]
+pub struct Uninitialized {
+    off: std::sync::atomic::AtomicBool,
+    warned: std::sync::Mutex<Vec<Arc<str>>>,
+}
+
+impl Clone for Uninitialized {
+    fn clone(&self) -> Self {
+        Self {
+            off: std::sync::atomic::AtomicBool::new(self.off.load(Ordering::Relaxed)),
+            warned: std::sync::Mutex::new(
+                self.warned.lock().map(|w| w.clone()).unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+impl Uninitialized {
+    /// The configuration `conf` is in force from now on.
+    pub fn set(&self, conf: &model::LocationConf) {
+        let off = !conf.uninitialized_variable_warn;
+        if self.off.load(Ordering::Relaxed) != off {
+            self.off.store(off, Ordering::Relaxed);
+        }
+    }
+
+    /// `name`, which only `set` declares, was read where no `set` gave it a value: nginx's
+    /// warn line, once per request.
+    pub fn warn(&self, name: &Arc<str>, ctx: &RequestCtx<'_>) {
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut warned) = self.warned.lock() else {
+            return;
+        };
+        if warned.iter().any(|w| w == name) {
+            return;
+        }
+        warned.push(name.clone());
+        drop(warned);
+        log!(
+            Warn,
+            "*{} using uninitialized \"{name}\" variable{}",
+            ctx.conn.id,
+            ctx.log_context(None)
+        );
     }
 }

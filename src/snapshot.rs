@@ -83,6 +83,16 @@ pub struct Route {
     pub redirects: Vec<(String, String)>,
     /// The `Server` header (`server_tokens`).
     pub server_header: HeaderValue,
+    /// `sub_filter` with its variables found once.
+    pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
+    /// `limit_except`: the route requests with a method it does not list take instead.
+    pub limit_except: Option<Box<LimitExceptRoute>>,
+}
+
+/// A location's `limit_except` block compiled.
+pub struct LimitExceptRoute {
+    pub spec: Arc<crate::config::model::LimitExcept>,
+    pub route: Arc<Route>,
 }
 
 pub enum RouteAction {
@@ -413,7 +423,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             && let Ok(regex) = crate::route::Regex::new(&loc.pattern, case_insensitive)
         {
             for group in regex.capture_names().into_iter().flatten() {
-                scope.declare(group);
+                scope.declare_group(group);
             }
         }
         declare(&loc.conf.script, scope, errors);
@@ -448,13 +458,24 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
                 && let Ok(regex) = crate::route::Regex::new(pattern, false)
             {
                 for group in regex.capture_names().into_iter().flatten() {
-                    scope.declare(group);
+                    scope.declare_group(group);
                 }
             }
         }
         declare(&server.conf.script, &mut scope, errors);
         for l in &server.locations {
             walk(l, &mut scope, errors);
+        }
+    }
+    // The named groups of a `map` regex are variables everywhere (nginx declares them as it
+    // reads the regex); a value that regex chose sees them (vars.rs).
+    for map in config.http.iter().flat_map(|h| &h.maps) {
+        for (key, _) in &map.entries {
+            if let crate::config::model::MapKey::Regex(re) = key {
+                for group in re.capture_names().flatten() {
+                    scope.declare_group(group);
+                }
+            }
         }
     }
     // `map`s in file order: a map's source and values may use the maps written before it.
@@ -651,6 +672,17 @@ fn compile_route(
             )),
         }
     }
+    let sub_filter = conf.sub_filter.as_ref().and_then(|sub| {
+        crate::proxy::sub_filter::Rules::compile(sub, cx.scope)
+            .map_err(|message| {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+            })
+            .ok()
+            .map(Box::new)
+    });
     let redirects = match (&conf.proxy.redirect, &action) {
         (Redirect::Off, _) => Vec::new(),
         (Redirect::Rules(rules), _) => rules.clone(),
@@ -684,6 +716,18 @@ fn compile_route(
             .filter_map(|(i, name)| Some((i, Arc::from(name?))))
             .collect()
     });
+    let limit_except = conf.limit_except.as_ref().map(|le| {
+        Box::new(LimitExceptRoute {
+            spec: le.clone(),
+            route: Arc::new(compile_route(
+                &le.conf,
+                prefix.clone(),
+                regex.clone(),
+                at,
+                cx,
+            )),
+        })
+    });
     Route {
         conf: conf.clone(),
         action,
@@ -705,6 +749,8 @@ fn compile_route(
         } else {
             "imbang"
         }),
+        sub_filter,
+        limit_except,
     }
 }
 

@@ -60,8 +60,11 @@ pub enum Var {
     SentHttp(String),
     /// `$upstream_http_name`: a response header from the peer.
     UpstreamHttp(String),
-    /// A variable of the configuration's own, given a value by `set`.
+    /// A variable of the configuration's own, given a value by `set` or a regex's named group.
     Set(Arc<str>),
+    /// A variable only `set` declares: read where no `set` gave it a value, nginx logs
+    /// `using uninitialized "name" variable` (`uninitialized_variable_warn`).
+    Declared(Arc<str>),
     /// A variable a `map` block defines.
     Map(MapRef),
     /// `$1`..`$9`: a numbered group of the regex location that matched (empty when none did
@@ -117,6 +120,9 @@ pub enum Var {
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     names: std::collections::HashMap<String, Arc<str>>,
+    /// The names the named groups of regexes declare (nginx does not warn when they are read
+    /// unset, even where a `set` declares them too).
+    groups: std::collections::HashSet<String>,
     maps: std::collections::HashMap<String, MapRef>,
 }
 
@@ -132,6 +138,50 @@ pub struct MapTable {
     patterns: Vec<(MapPattern, usize)>,
     values: Vec<Template>,
     default: Template,
+}
+
+/// What a map's lookup found: a value, or one chosen by a regex whose groups it uses.
+enum Found<'t> {
+    Plain(&'t Template),
+    Regex(&'t Template, &'t regex::Regex),
+}
+
+/// The variables a map value chosen by a regex sees: the regex's groups as `$1`..`$9` and as
+/// the variables its named groups name, everything else the request's.
+struct MapGroups<'a> {
+    inner: &'a dyn Vars,
+    re: &'a regex::Regex,
+    groups: regex::Captures<'a>,
+}
+
+impl MapGroups<'_> {
+    /// The group `var` stands for here, if any: `Some("")` for one that took no part.
+    fn group(&self, var: &Var) -> Option<&str> {
+        let m = match var {
+            Var::Capture(n) => self.groups.get(usize::from(*n)),
+            Var::Set(name) if self.re.capture_names().flatten().any(|g| g == &**name) => {
+                self.groups.name(name)
+            }
+            _ => return None,
+        };
+        Some(m.map_or("", |m| m.as_str()))
+    }
+}
+
+impl Vars for MapGroups<'_> {
+    fn append(&self, var: &Var, out: &mut String) {
+        match self.group(var) {
+            Some(value) => out.push_str(value),
+            None => self.inner.append(var, out),
+        }
+    }
+
+    fn append_bytes(&self, var: &Var, out: &mut Vec<u8>) {
+        match self.group(var) {
+            Some(value) => out.extend_from_slice(value.as_bytes()),
+            None => self.inner.append_bytes(var, out),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -198,18 +248,32 @@ impl MapTable {
         })
     }
 
-    /// Appends this request's value: the source rendered and looked up.
+    /// Appends this request's value: the source rendered and looked up. A value chosen by a
+    /// regex sees that regex's groups as `$1`..`$9` and its named groups as their variables.
     pub fn append(&self, vars: &dyn Vars, out: &mut String) {
         let source = self.source.render(vars);
-        self.lookup(&source).render_into(vars, out);
+        match self.lookup(&source) {
+            Found::Plain(value) => value.render_into(vars, out),
+            Found::Regex(value, re) => match re.captures(&source) {
+                Some(groups) => value.render_into(
+                    &MapGroups {
+                        inner: vars,
+                        re,
+                        groups,
+                    },
+                    out,
+                ),
+                None => value.render_into(vars, out),
+            },
+        }
     }
 
     /// The value template for `source`: an exact key (without regard to case), then
     /// wildcards, then regexes, then `default`.
-    fn lookup(&self, source: &str) -> &Template {
+    fn lookup<'t>(&'t self, source: &str) -> Found<'t> {
         let lower = source.to_ascii_lowercase();
         if let Some(&i) = self.exact.get(&lower) {
-            return &self.values[i];
+            return Found::Plain(&self.values[i]);
         }
         let found = self.patterns.iter().find(|(p, _)| match p {
             MapPattern::Suffix { suffix, dot_too } => {
@@ -218,7 +282,14 @@ impl MapTable {
             MapPattern::Prefix(prefix) => lower.starts_with(prefix.as_str()),
             MapPattern::Regex(re) => re.is_match(source),
         });
-        found.map_or(&self.default, |&(_, i)| &self.values[i])
+        match found {
+            None => Found::Plain(&self.default),
+            // Groups are looked for only when the value uses some.
+            Some((MapPattern::Regex(re), i)) if self.values[*i].uses_groups(re) => {
+                Found::Regex(&self.values[*i], re)
+            }
+            Some((_, i)) => Found::Plain(&self.values[*i]),
+        }
     }
 
     /// Whether the source, a value or the default uses a variable satisfying `pred`.
@@ -247,6 +318,22 @@ impl Scope {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::from(name))
             .clone()
+    }
+
+    /// Declares the variable of a regex's named group.
+    pub fn declare_group(&mut self, name: &str) -> Arc<str> {
+        self.groups.insert(name.to_owned());
+        self.declare(name)
+    }
+
+    /// The variable `name` as a template reads it: `None` if nothing declares it.
+    fn var(&self, name: &str) -> Option<Var> {
+        let arc = self.get(name)?;
+        Some(if self.groups.contains(name) {
+            Var::Set(arc)
+        } else {
+            Var::Declared(arc)
+        })
     }
 
     /// The declared variable `name`, if `set` declares it somewhere.
@@ -475,8 +562,7 @@ impl Template {
                 None => match scope.maps.get(name) {
                     Some(map) => Var::Map(map.clone()),
                     None => scope
-                        .get(name)
-                        .map(Var::Set)
+                        .var(name)
                         .ok_or_else(|| format!("unknown \"{name}\" variable"))?,
                 },
             };
@@ -504,6 +590,15 @@ impl Template {
             Part::Var(Var::Map(map)) => pred(&Var::Map(map.clone())) || map.0.uses(pred),
             Part::Var(v) => pred(v),
             Part::Text(_) => false,
+        })
+    }
+
+    /// Whether the template uses a group of `re`: `$1`..`$9` or a variable a named group names.
+    fn uses_groups(&self, re: &regex::Regex) -> bool {
+        self.parts.iter().any(|p| match p {
+            Part::Var(Var::Capture(_)) => true,
+            Part::Var(Var::Set(name)) => re.capture_names().flatten().any(|g| g == &**name),
+            _ => false,
         })
     }
 

@@ -14,7 +14,7 @@ use std::process::Command;
 use support::{TempDir, imbang_bin};
 
 /// Corpus entries `imbang -t` refuses today, and why.
-const PENDING: &[(&str, &str)] = &[("subpath-app", "the sub module (sub_filter)")];
+const PENDING: &[(&str, &str)] = &[];
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")

@@ -167,7 +167,7 @@ fn pending_modules_are_still_pending() {
 
 /// Covered modules whose main work is refused as "not supported yet" (their companions are
 /// accepted): `-V` does not claim them.
-const REFUSED_MODULES: &[&str] = &["ngx_http_sub_filter_module"];
+const REFUSED_MODULES: &[&str] = &[];
 
 #[test]
 fn every_covered_module_is_present() {
@@ -366,8 +366,8 @@ fn directives_page() -> String {
          - `hash` in `upstream` takes imbang's `bounded=factor` after `consistent`.\n\
          - `keepalive_time` at http, server and location level (the longest a client connection \
          lives) is accepted without effect; in `upstream` it acts.\n\
-         - `if`, `limit_except` and their contexts are not there yet: a directive nginx allows \
-         only inside them is refused.\n\
+         - Inside `limit_except` imbang reads `allow`, `deny`, `access_log` and `proxy_pass`; \
+         `auth_basic` there is refused (imbang has none).\n\
          - Example: an `nginx.conf` like those of nginx's packages and Docker images (temp paths of every \
          module, `load_module`, `sendfile`, `tcp_nopush`, `types_hash_max_size`, `gzip`) passes \
          `imbang -t` with a warning for each directive that has no effect.\n",

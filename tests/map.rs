@@ -85,3 +85,64 @@ fn a_map_may_not_redefine_a_variable_or_use_one_defined_after_it() {
         "{got}"
     );
 }
+
+const CAPTURES_HTTP: &str = r#"
+    map $uri $x {
+        ~^/a/(?<rest>.*)$       /b/$rest;
+        ~^/c/(.*)$              $1;
+        ~*^/D/(\d+)-(\w+)$      "$2:$1";
+        ~^/e/(?<part>x)?y$      "[$part]";
+        default                 none;
+    }
+    server { listen {listen};
+        location / { return 200 "$x"; }
+        location ~ ^/loc/(.*)$ { return 200 "$1|$x|$1"; }
+    }"#;
+
+/// (path, body) as nginx 1.22 answers through `CAPTURES_HTTP`.
+const CAPTURES_EXPECTED: &[(&str, &str)] = &[
+    ("/a/foo/bar", "/b/foo/bar"),
+    ("/c/zz", "zz"),
+    ("/d/12-ab", "ab:12"),
+    ("/e/y", "[]"),
+    ("/e/xy", "[x]"),
+    ("/other", "none"),
+    // The location's `$1` stays the location's around the map's.
+    ("/loc/a/q", "a/q|none|a/q"),
+];
+
+#[tokio::test]
+async fn a_value_chosen_by_a_regex_sees_its_groups() {
+    let lb = imbang(&format!(
+        "daemon off; error_log stderr crit; events {{}} http {{ access_log off; {} }}",
+        CAPTURES_HTTP.replace("{listen}", "127.0.0.1:0")
+    ))
+    .await;
+    for (path, want) in CAPTURES_EXPECTED {
+        assert_eq!(lb.get(path).await, (200, (*want).to_owned()), "{path}");
+    }
+    // A named group is a variable everywhere (empty where no map regex set it).
+    assert_eq!(
+        support::compile(
+            "events {} http { map $uri $x { ~^/(?<seg>[a-z]+) $seg; }
+             server { listen 127.0.0.1:0; location / { return 200 \"$seg\"; } } }"
+        ),
+        Ok(())
+    );
+}
+
+#[tokio::test]
+async fn nginx_answers_captures_the_same() {
+    let dir = support::TempDir::new("map-captures-nginx");
+    let http = format!(
+        "access_log off; {}",
+        CAPTURES_HTTP.replace("{listen}", "127.0.0.1:{listen}")
+    );
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &http).await else {
+        return;
+    };
+    for (path, want) in CAPTURES_EXPECTED {
+        let got = support::request(addr, "GET", path, "t", None).await;
+        assert_eq!(got, (200, (*want).to_owned()), "nginx: {path}");
+    }
+}

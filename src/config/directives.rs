@@ -152,7 +152,6 @@ const LINGERING: &str = "imbang closes a connection once the response is sent";
 const NO_CACHE: &str =
     "caching is not implemented yet (without proxy_cache, nginx ignores this as well)";
 const UPSTREAM_TLS: &str = "it applies to proxy_pass https://, which imbang does not support yet";
-const NO_SUB_FILTER: &str = "it applies to sub_filter, which imbang does not support yet";
 
 /// Every directive imbang accepts. `include` is not here: the parser expands it.
 pub static DIRECTIVES: &[Spec] = &[
@@ -562,13 +561,8 @@ pub static DIRECTIVES: &[Spec] = &[
         "a client connection is closed by keepalive_timeout and keepalive_requests only",
     ),
     d("keepalive_time", HSL, ONE),
-    not_yet(
-        "limit_except",
-        C::LOCATION,
-        AtLeast(1),
-        true,
-        "methods are not limited by location",
-    ),
+    // limit_except: its block's allow/deny (and access_log) for the methods not listed.
+    block("limit_except", C::LOCATION, AtLeast(1)),
     not_yet(
         "limit_rate",
         HSL,
@@ -812,29 +806,18 @@ pub static DIRECTIVES: &[Spec] = &[
         true,
         "imbang does not recode between charsets",
     ),
-    // sub: substitution in proxied bodies is not there yet; the companions do nothing alone
-    not_yet(
-        "sub_filter",
-        HSL,
-        Range(2, 2),
-        false,
-        "responses are passed unchanged",
-    ),
-    no_effect("sub_filter_last_modified", HSL, Flag, NO_SUB_FILTER),
-    no_effect("sub_filter_once", HSL, Flag, NO_SUB_FILTER),
-    no_effect("sub_filter_types", HSL, AtLeast(1), NO_SUB_FILTER),
+    // --- sub (ngx_http_sub_filter_module): strings replaced in response bodies
+    d("sub_filter", HSL, Range(2, 2)),
+    d("sub_filter_last_modified", HSL, Flag),
+    d("sub_filter_once", HSL, Flag),
+    d("sub_filter_types", HSL, AtLeast(1)),
     // --- rewrite (ngx_http_rewrite_module; `return` and `set` are above). What may stand
     // inside an `if` block is in IF_DIRECTIVES.
     d("rewrite", C::SERVER.or(C::LOCATION), Range(2, 3)),
     d("break", C::SERVER.or(C::LOCATION), NONE),
     block("if", C::SERVER.or(C::LOCATION), AtLeast(1)),
     d("rewrite_log", HSL, Flag),
-    no_effect(
-        "uninitialized_variable_warn",
-        HSL,
-        Flag,
-        "imbang refuses unknown variables when it loads the configuration and does not log a variable that a request left unset (its value is empty, as in nginx)",
-    ),
+    d("uninitialized_variable_warn", HSL, Flag),
 ];
 
 /// The directives nginx allows inside `if`: (name, also in a server's `if`). nginx marks them

@@ -19,9 +19,11 @@ mod acme;
 mod charset;
 mod compat;
 mod expires;
+mod limit_except;
 mod proxy_cookie;
 mod realip;
 mod resolver;
+mod sub_filter;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -147,6 +149,13 @@ struct Frame {
     rewrite_log: Option<bool>,
     resolver: Option<Arc<ResolverSpec>>,
     resolver_timeout: Option<Duration>,
+    /// `sub_filter` lines of one level (inherited as a whole, as nginx) and the companions.
+    sub_filters: Option<Vec<(String, String)>>,
+    sub_filter_once: Option<bool>,
+    sub_filter_types: Option<Vec<String>>,
+    sub_filter_last_modified: Option<bool>,
+    chunked_transfer_encoding: Option<bool>,
+    uninitialized_variable_warn: Option<bool>,
 }
 
 impl Frame {
@@ -202,6 +211,12 @@ impl Frame {
             rewrite_log,
             resolver,
             resolver_timeout,
+            sub_filters,
+            sub_filter_once,
+            sub_filter_types,
+            sub_filter_last_modified,
+            chunked_transfer_encoding,
+            uninitialized_variable_warn,
         )
     }
 
@@ -211,6 +226,10 @@ impl Frame {
             action,
             charset: self.charset(),
             expires: self.expires.flatten(),
+            sub_filter: self.sub_filter(),
+            chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
+            limit_except: None,
+            uninitialized_variable_warn: self.uninitialized_variable_warn.unwrap_or(true),
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: self.read_timeout.unwrap_or(d.read_timeout),
@@ -741,6 +760,7 @@ impl<'a> Lower<'a> {
                 }
             }
             "charset" | "charset_types" | "source_charset" => self.charset(d, f),
+            "sub_filter" | "sub_filter_types" => self.sub_filter(d, f),
             "expires" => self.expires(d, f),
             "proxy_cookie_domain" | "proxy_cookie_path" | "proxy_cookie_flags" => {
                 self.proxy_cookie(d, f);
@@ -818,6 +838,16 @@ impl<'a> Lower<'a> {
             "proxy_socket_keepalive" => f.socket_keepalive = values::flag(&args[0].value),
             "proxy_intercept_errors" => f.intercept_errors = values::flag(&args[0].value),
             "rewrite_log" => f.rewrite_log = values::flag(&args[0].value),
+            "sub_filter_once" => f.sub_filter_once = values::flag(&args[0].value),
+            "uninitialized_variable_warn" => {
+                f.uninitialized_variable_warn = values::flag(&args[0].value);
+            }
+            "chunked_transfer_encoding" => {
+                f.chunked_transfer_encoding = values::flag(&args[0].value);
+            }
+            "sub_filter_last_modified" => {
+                f.sub_filter_last_modified = values::flag(&args[0].value);
+            }
             "keepalive_requests" => f.keepalive_requests = self.number_arg(d, &args[0]),
             "keepalive_time" => f.keepalive_time = self.duration_arg(d, &args[0]),
             "client_body_timeout" => f.client_body_timeout = self.duration_arg(d, &args[0]),
@@ -1394,6 +1424,7 @@ impl<'a> Lower<'a> {
         let mut children = Vec::new();
         let mut checks = Vec::new();
         let mut api = None;
+        let mut limit_except = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
@@ -1405,6 +1436,11 @@ impl<'a> Lower<'a> {
                 "location" => children.push(c),
                 "if" => ifs.push((script.len(), c)),
                 "health_check" => checks.push(c),
+                "limit_except" => {
+                    if self.once(&mut seen, spec, c) {
+                        limit_except = Some(c);
+                    }
+                }
                 "api" => {
                     if self.once(&mut seen, spec, c) {
                         api = self.api(c);
@@ -1477,11 +1513,14 @@ impl<'a> Lower<'a> {
             );
         }
         self.check_charset(&frame);
+        let limited =
+            limit_except.and_then(|c| self.limit_except(c, &frame, &action, internal, ups));
         let mut conf = frame.conf(action);
-        if internal || !script.is_empty() {
+        if internal || !script.is_empty() || limited.is_some() {
             let conf = Arc::make_mut(&mut conf);
             conf.internal = internal;
             conf.script = script;
+            conf.limit_except = limited;
         }
         Some(Location {
             kind,
@@ -1722,17 +1761,6 @@ impl<'a> Lower<'a> {
     }
 
     fn map_regex(&mut self, pattern: &str, c: &Directive) -> Option<MapKey> {
-        let value = c.args[0].value.as_bytes();
-        if value
-            .windows(2)
-            .any(|w| w[0] == b'$' && (b'1'..=b'9').contains(&w[1]))
-        {
-            self.invalid(
-                "captures of a \"map\" regex are not supported by imbang yet".to_owned(),
-                c.args[0].span,
-            );
-            return None;
-        }
         self.regex(pattern, &c.name, c.span, regex::Regex::new)
             .map(MapKey::Regex)
     }

@@ -269,6 +269,15 @@ pub struct LocationConf {
     pub charset: Option<Arc<Charset>>,
     /// `expires`; `None` with `expires off`.
     pub expires: Option<Expires>,
+    /// `sub_filter` (with `sub_filter_once`, `_types`, `_last_modified`); `None` without one.
+    pub sub_filter: Option<Arc<SubFilter>>,
+    /// `chunked_transfer_encoding` (on); off: a response of unknown length to an HTTP/1.1
+    /// client is delimited by closing the connection.
+    pub chunked_transfer_encoding: bool,
+    /// `uninitialized_variable_warn` (on).
+    pub uninitialized_variable_warn: bool,
+    /// `limit_except`: what requests with other methods get instead of this.
+    pub limit_except: Option<Arc<LimitExcept>>,
     pub proxy: ProxySettings,
     /// `default_type`: the Content-Type of responses imbang makes itself (`return 200 text`).
     pub default_type: String,
@@ -1342,3 +1351,54 @@ pub struct AcmeCert {
     /// `path:line:col` of the `acme_certificate` directive.
     pub location: String,
 }
+// --- sub (ngx_http_sub_filter_module)
+
+/// The `sub_filter` lines in force at a level, with their companions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubFilter {
+    /// (search string, replacement) as written, in order; both may hold variables.
+    pub pairs: Vec<(String, String)>,
+    /// `sub_filter_once` (on).
+    pub once: bool,
+    /// `sub_filter_types`, lower case, `text/html` among them; `*`: any type.
+    pub types: Vec<String>,
+    /// `sub_filter_last_modified` (off).
+    pub last_modified: bool,
+}
+
+// --- limit_except (ngx_http_core_module)
+
+/// `limit_except METHOD ... { ... }`: requests with a method not listed (HEAD comes with GET)
+/// get `conf`, the location's settings with the block's `allow`/`deny` (and `access_log`) and,
+/// as in nginx, without the location's rewrite statements.
+#[derive(Clone, Debug)]
+pub struct LimitExcept {
+    /// The methods the block does not apply to, upper case as requests spell them.
+    pub methods: Vec<String>,
+    pub conf: Arc<LocationConf>,
+}
+
+impl LimitExcept {
+    /// Whether a request with `method` gets the block's settings.
+    pub fn limits(&self, method: &str) -> bool {
+        !self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// The methods `limit_except` may name (nginx's list).
+pub const LIMIT_EXCEPT_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "OPTIONS",
+    "PROPFIND",
+    "PROPPATCH",
+    "LOCK",
+    "UNLOCK",
+    "PATCH",
+];

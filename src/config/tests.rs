@@ -1041,7 +1041,7 @@ fn map_reads_keys_as_nginx_and_says_what_is_wrong() {
         ),
         (
             "~^(x $1;",
-            "captures of a \"map\" regex are not supported by imbang yet in /etc/imbang/t.conf:3:6",
+            "invalid regular expression \"~^(x\": error: unclosed group in /etc/imbang/t.conf:3:1",
         ),
         (
             "x { }",

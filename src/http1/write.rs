@@ -25,7 +25,8 @@ pub enum BodyFraming {
     None,
     Length(u64),
     Chunked,
-    /// Until the connection closes (an HTTP/1.0 client and a body of unknown length).
+    /// Until the connection closes (a body of unknown length to an HTTP/1.0 client, or with
+    /// `chunked_transfer_encoding off`).
     Close,
 }
 
@@ -73,7 +74,7 @@ pub fn framing(response: &Response<ResponseBody>, shape: Shape) -> (BodyFraming,
         BodyFraming::Length(n)
     } else if let Some(n) = response.body().size_hint().exact() {
         BodyFraming::Length(n)
-    } else if !shape.http10 {
+    } else if !shape.http10 && response.body().may_chunk() {
         BodyFraming::Chunked
     } else {
         keep_alive = false;

@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::Pending;
 use crate::http1::RawFields;
 use crate::pool::{PeerBody, Pool};
+use crate::proxy::sub_filter::Filter as SubFilter;
 use crate::upstream::PeerGuard;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -26,6 +27,10 @@ pub struct ResponseBody {
     /// Fields of a response imbang made itself that `add_header` adds in the config's spelling
     /// (a peer's response keeps its fields in its [`Streamed`]).
     fields: Option<Box<RawFields>>,
+    /// `sub_filter`: the body's bytes go through it on their way out.
+    filter: Option<Box<SubFilter>>,
+    /// `chunked_transfer_encoding off`: an unknown length is delimited by the close instead.
+    no_chunked: bool,
 }
 
 enum Kind {
@@ -52,7 +57,25 @@ impl ResponseBody {
             sent: 0,
             log: None,
             fields: None,
+            filter: None,
+            no_chunked: false,
         }
+    }
+
+    /// `chunked_transfer_encoding off`: sent to an HTTP/1.1 client with no length known, the
+    /// body ends with the connection instead of in chunks.
+    pub fn forbid_chunked(&mut self) {
+        self.no_chunked = true;
+    }
+
+    /// Whether the body may be sent chunked (`chunked_transfer_encoding`).
+    pub fn may_chunk(&self) -> bool {
+        !self.no_chunked
+    }
+
+    /// Sends the body through `filter` (`sub_filter`); its length is then unknown.
+    pub fn set_filter(&mut self, filter: Box<SubFilter>) {
+        self.filter = Some(filter);
     }
 
     /// The response's fields as spelled (the peer's as it sent them, then `add_header`'s),
@@ -121,7 +144,7 @@ impl Drop for ResponseBody {
             pending.done.complete = match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Upstream(s) => s.ended,
-            };
+            } && self.filter.as_ref().is_none_or(|f| f.done());
             pending.finish(self.sent);
         }
     }
@@ -204,7 +227,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let poll = this.kind.poll_frame(cx);
+        let poll = match &mut this.filter {
+            None => this.kind.poll_frame(cx),
+            Some(filter) => filtered(&mut this.kind, filter, cx),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
@@ -217,6 +243,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(filter) = &self.filter {
+            return filter.done();
+        }
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(s) => s.body.is_end_stream(),
@@ -224,9 +253,37 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.filter.is_some() {
+            return SizeHint::default();
+        }
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(s) => s.body.size_hint(),
+        }
+    }
+}
+
+/// The next frame of a body that goes through `sub_filter`: chunks are fed to the filter until
+/// it has something to hand out.
+fn filtered(
+    kind: &mut Kind,
+    filter: &mut SubFilter,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    loop {
+        if let Some(frame) = filter.pop() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if filter.done() {
+            return Poll::Ready(None);
+        }
+        match kind.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => filter.push(data),
+                Err(trailers) => filter.end(Some(trailers)),
+            },
+            Poll::Ready(None) => filter.end(None),
+            other => return other,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod sub_filter;
 pub mod target;
 pub mod upgrade;
 
@@ -99,6 +100,8 @@ pub struct RequestState {
     request_id: OnceLock<u128>,
     /// The request body, when it was kept in memory (`$request_body`).
     pub body: OnceLock<Bytes>,
+    /// `uninitialized_variable_warn`: in force, and the variables warned about.
+    pub uninitialized: crate::rewrite::Uninitialized,
 }
 
 /// An empty state, for lines logged before a request was routed.
@@ -451,6 +454,10 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(v);
                 }
             }
+            Var::Declared(name) => match self.sets.iter().rev().find(|(n, _)| n == name) {
+                Some((_, v)) => out.push_str(v),
+                None => self.state.uninitialized.warn(name, self),
+            },
             Var::Capture(n) => {
                 if let Some(v) = self.captures.get(*n, self.path) {
                     out.push_str(v);
@@ -780,6 +787,7 @@ async fn respond(
         ..base
     };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
+    base.state.uninitialized.set(&route.conf);
     let captures = Captures::of(route);
     let located = RequestCtx {
         // A regex location's groups; any other keeps the server name's.
@@ -847,6 +855,12 @@ async fn respond(
     }
     if let Some(e) = route.conf.expires {
         expires::apply(&mut response, e, std::time::SystemTime::now());
+    }
+    if let Some(rules) = &route.sub_filter {
+        sub_filter::apply(&mut response, rules, &ctx);
+    }
+    if !route.conf.chunked_transfer_encoding {
+        response.body_mut().forbid_chunked();
     }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);

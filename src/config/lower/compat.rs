@@ -7,11 +7,6 @@ use super::super::ast::Directive;
 /// The values imbang honours, and what it does instead of the others.
 const ONLY: &[(&str, &str, &str)] = &[
     (
-        "chunked_transfer_encoding",
-        "on",
-        "a response of unknown length is always sent chunked to an HTTP/1.1 client",
-    ),
-    (
         "merge_slashes",
         "on",
         "slashes in a URI are always merged for location matching",

@@ -48,6 +48,13 @@ pub enum ProxyError {
         #[source]
         source: ConnectError,
     },
+    /// The last attempt connected, and its TLS handshake failed (`proxy_pass https://`).
+    #[error("{source} while SSL handshaking to upstream")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: crate::pool::tls::HandshakeError,
+    },
     /// The peer closed or broke the connection before a complete response head.
     #[error("{source} while reading response header from upstream")]
     Upstream {
@@ -82,11 +89,16 @@ impl ProxyError {
                 source: ConnectError::Timeout,
                 ..
             }
+            | Self::Handshake {
+                source: crate::pool::tls::HandshakeError::Timeout,
+                ..
+            }
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResolver(_)
             | Self::NoLivePeer
             | Self::Connect { .. }
+            | Self::Handshake { .. }
             | Self::Upstream { .. }
             | Self::InvalidHeader(_) => StatusCode::BAD_GATEWAY,
         }

@@ -24,10 +24,14 @@ use tokio::net::TcpListener;
 /// One TLS connection a backend accepted: the SNI, and whether a client certificate came.
 type Hello = (Option<String>, bool);
 
+/// Whether each accepted connection resumed a session.
+type Resumed = Arc<Mutex<Vec<bool>>>;
+
 /// What a TLS backend saw.
 #[derive(Clone, Default)]
 struct Seen {
     connections: Arc<Mutex<Vec<Hello>>>,
+    resumed: Resumed,
     requests: Arc<AtomicUsize>,
     /// Requests whose `User-Agent` says they are health checks.
     checks: Arc<AtomicUsize>,
@@ -81,6 +85,8 @@ async fn tls_backend(name: &'static str, pem: &Pem, client_ca: Option<&Ca>) -> (
                 let sni = conn.server_name().map(str::to_owned);
                 let cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
                 seen.connections.lock().unwrap().push((sni.clone(), cert));
+                let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                seen.resumed.lock().unwrap().push(resumed);
                 let handler = move |req: Request<Incoming>| {
                     let (sni, seen) = (sni.clone(), seen.clone());
                     async move {
@@ -449,4 +455,96 @@ async fn protocols_and_ciphers_narrow_what_is_offered() {
     )))
     .await;
     assert_eq!(lb.get("/").await.0, 502);
+}
+
+#[tokio::test]
+async fn sessions_are_resumed_unless_session_reuse_is_off() {
+    let ca = Ca::new("upstream CA");
+    let (addr, seen) = tls_backend("r", &ca.leaf(&["r.test"], false), None).await;
+    // HTTP/1.0 upstream: a new connection (and handshake) per request.
+    let lb = imbang(&http(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_http_version 1.0;
+           location /reuse/ {{ proxy_pass https://{addr}/; }}
+           location /fresh/ {{ proxy_ssl_session_reuse off; proxy_pass https://{addr}/; }}
+         }}"
+    )))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(lb.get("/reuse/").await.0, 200);
+    }
+    assert_eq!(*seen.resumed.lock().unwrap(), [false, true, true]);
+    seen.resumed.lock().unwrap().clear();
+    for _ in 0..3 {
+        assert_eq!(lb.get("/fresh/").await.0, 200);
+    }
+    assert_eq!(*seen.resumed.lock().unwrap(), [false, false, false]);
+}
+
+#[tokio::test]
+async fn upgraded_connections_tunnel_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("upstream CA");
+    let pem = ca.leaf(&["ws.test"], false);
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pem.der.clone()],
+            PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A peer that switches to an echo protocol and upper-cases what it is sent.
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            tls.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        tls.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout\r\nConnection: upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0; 64];
+        loop {
+            let n = tls.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            tls.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    });
+    let lb = imbang(&http(&format!(
+        "server {{ listen 127.0.0.1:0; location / {{ proxy_pass https://{addr}; }} }}"
+    )))
+    .await;
+    let mut client = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: shout\r\nConnection: upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0; 1];
+        client.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for word in ["hello", "over tls"] {
+        client.write_all(word.as_bytes()).await.unwrap();
+        let mut got = vec![0; word.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, word.to_ascii_uppercase().as_bytes());
+    }
 }

@@ -19,7 +19,7 @@
 //! cannot tell.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -459,12 +459,53 @@ async fn write_parts(
     timeout: Duration,
     written: &mut usize,
 ) -> Result<(), WriteFail> {
-    stream::write_all(stream, parts, timeout, written)
-        .await
-        .map_err(|(e, written)| match e {
-            Some(e) => WriteFail::Io(e, written),
-            None => WriteFail::Timeout,
-        })
+    let tcp = match stream {
+        Stream::Plain(tcp) => tcp,
+        Stream::Tls(_) => {
+            return (stream::write_all(stream, parts, timeout, written).await).map_err(
+                |(e, written)| match e {
+                    Some(e) => WriteFail::Io(e, written),
+                    None => WriteFail::Timeout,
+                },
+            );
+        }
+    };
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0;
+    while done < total {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut count = 0;
+        let mut skip = done;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[count] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            count += 1;
+        }
+        match tcp.try_write_vectored(&slices[..count]) {
+            Ok(n) => {
+                done += n;
+                *written += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let ready = tcp.writable();
+                let ready = if timeout.is_zero() {
+                    ready.await
+                } else {
+                    match tokio::time::timeout(timeout, ready).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(WriteFail::Timeout),
+                    }
+                };
+                ready.map_err(|e| WriteFail::Io(e, *written))?;
+            }
+            Err(e) => return Err(WriteFail::Io(e, *written)),
+        }
+    }
+    Ok(())
 }
 
 /// The request head, then its body: a kept body in the same `writev`, a client's body as it

@@ -70,10 +70,26 @@ pub enum ConnectError {
 
 /// What idle connections are found by: the peer's address, and for TLS the settings and name
 /// they were opened with ([`tls::UpstreamTls::key`]; 0 for a plain connection).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerKey {
     pub addr: SocketAddr,
     pub tls: u64,
+}
+
+/// One word for an IPv4 peer (the derived hash, through `SocketAddr`'s, was an out-of-line
+/// call of ~70 instructions, twice per request: bench/PROFILE.md).
+impl std::hash::Hash for PeerKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self.addr {
+            SocketAddr::V4(a) => {
+                h.write_u64((u64::from(a.ip().to_bits()) << 16 | u64::from(a.port())) ^ self.tls)
+            }
+            SocketAddr::V6(a) => {
+                h.write_u128(a.ip().to_bits() ^ u128::from(self.tls));
+                h.write_u16(a.port());
+            }
+        }
+    }
 }
 
 impl PeerKey {
@@ -222,7 +238,9 @@ impl Pool {
         }
         let stream = match tls {
             None => stream::Stream::Plain(stream),
-            Some(tls) => (tls.tls.handshake(stream, tls.name, connect_timeout).await)
+            // Boxed: the handshake's state (rustls's) would otherwise make every checkout's
+            // future, plain ones too, that much larger to build and move.
+            Some(tls) => (Box::pin(tls.tls.handshake(stream, tls.name, connect_timeout)).await)
                 .map_err(ConnectError::Handshake)?,
         };
         Ok(Conn {

@@ -274,9 +274,9 @@ impl Tls {
     }
 }
 
-/// Writes all of `parts` (one `writev` when the socket takes it), bounded by `timeout` while
-/// blocked (zero: no bound). `written` counts the bytes that went out (for TLS, the request's
-/// bytes once their records are sent).
+/// Writes all of `parts` over TLS (a plain socket's writes are [`super::h1`]'s own `writev`s),
+/// bounded by `timeout` while blocked (zero: no bound). `written` counts the request's bytes
+/// once their records are sent.
 pub(super) async fn write_all(
     stream: &Stream,
     parts: &[&[u8]],
@@ -291,9 +291,7 @@ pub(super) async fn write_all(
         loop {
             if done == total {
                 ready!(stream.poll_flush(cx)).map_err(|e| (Some(e), *written))?;
-                if let Stream::Tls(_) = stream {
-                    *written += total;
-                }
+                *written += total;
                 return Poll::Ready(Ok(()));
             }
             let mut slices = [IoSlice::new(&[]); 4];
@@ -311,9 +309,6 @@ pub(super) async fn write_all(
             match stream.poll_write_parts(&slices[..count], cx) {
                 Poll::Ready(Ok(n)) => {
                     done += n;
-                    if let Stream::Plain(_) = stream {
-                        *written += n;
-                    }
                     deadline = None;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((Some(e), *written))),

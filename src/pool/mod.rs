@@ -63,9 +63,10 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("upstream timed out (110: Connection timed out)")]
     Timeout,
-    /// Connected, but the TLS handshake failed (`proxy_pass https://`).
+    /// Connected, but the TLS handshake failed (`proxy_pass https://`). Boxed: the error
+    /// stays as small as it is without TLS (it is in every checkout's result).
     #[error("{0}")]
-    Handshake(tls::HandshakeError),
+    Handshake(Box<tls::HandshakeError>),
 }
 
 /// What idle connections are found by: the peer's address, and for TLS the settings and name
@@ -241,7 +242,7 @@ impl Pool {
             // Boxed: the handshake's state (rustls's) would otherwise make every checkout's
             // future, plain ones too, that much larger to build and move.
             Some(tls) => (Box::pin(tls.tls.handshake(stream, tls.name, connect_timeout)).await)
-                .map_err(ConnectError::Handshake)?,
+                .map_err(|e| ConnectError::Handshake(Box::new(e)))?,
         };
         Ok(Conn {
             io: h1::Conn::new(stream, send_timeout),

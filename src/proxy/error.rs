@@ -53,7 +53,7 @@ pub enum ProxyError {
     Handshake {
         peer: SocketAddr,
         #[source]
-        source: crate::pool::tls::HandshakeError,
+        source: Box<crate::pool::tls::HandshakeError>,
     },
     /// The peer closed or broke the connection before a complete response head.
     #[error("{source} while reading response header from upstream")]
@@ -89,11 +89,12 @@ impl ProxyError {
                 source: ConnectError::Timeout,
                 ..
             }
-            | Self::Handshake {
-                source: crate::pool::tls::HandshakeError::Timeout,
-                ..
-            }
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Handshake { source, .. }
+                if matches!(**source, crate::pool::tls::HandshakeError::Timeout) =>
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResolver(_)
             | Self::NoLivePeer

@@ -394,9 +394,11 @@ impl Target<'_> {
                     conn
                 }
                 Err(e) => {
-                    let failure = match e {
-                        ConnectError::Timeout
-                        | ConnectError::Handshake(HandshakeError::Timeout) => Failure::Timeout,
+                    let failure = match &e {
+                        ConnectError::Timeout => Failure::Timeout,
+                        ConnectError::Handshake(h) if matches!(**h, HandshakeError::Timeout) => {
+                            Failure::Timeout
+                        }
                         _ => Failure::Error,
                     };
                     let error = match e {

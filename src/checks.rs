@@ -11,7 +11,8 @@
 //!
 //! A check request is `GET <uri>` with `Host`, `User-Agent` and `Connection: close`, on a
 //! connection of its own (not the pool's), with the location's `proxy_connect_timeout`,
-//! `proxy_send_timeout` and `proxy_read_timeout`.
+//! `proxy_send_timeout` and `proxy_read_timeout`; over TLS when the location's `proxy_pass` is
+//! `https://`, with its `proxy_ssl_*` (a failed handshake fails the check).
 
 use std::collections::HashMap;
 use std::future::poll_fn;

@@ -273,14 +273,14 @@ async fn a_client_certificate_is_presented_when_configured() {
 async fn pooled_tls_connections_carry_many_requests() {
     let ca = Ca::new("upstream CA");
     let (addr, seen) = tls_backend("k", &ca.leaf(&["k.test"], false), None).await;
-    let lb = imbang(&http(&format!(
+    let conf = http(&format!(
         "upstream k.test {{ server {addr}; keepalive 4; }}
          server {{ listen 127.0.0.1:0;
            location / {{ proxy_pass https://k.test; }}
            location /other-name/ {{ proxy_ssl_name o.test; proxy_pass https://k.test/; }}
          }}"
-    )))
-    .await;
+    ));
+    let lb = imbang(&conf).await;
     for _ in 0..10 {
         assert_eq!(lb.get("/").await, (200, "k sni=k.test cert=no ".into()));
     }
@@ -299,6 +299,11 @@ async fn pooled_tls_connections_carry_many_requests() {
             (Some("o.test".into()), false)
         ]
     );
+    // A reload that keeps the settings keeps the connections.
+    lb.reload(&conf).await;
+    assert_eq!(lb.get("/").await.0, 200);
+    assert_eq!(lb.get("/other-name/").await.0, 200);
+    assert_eq!(seen.connections().len(), 2, "{:?}", seen.connections());
 }
 
 #[tokio::test]

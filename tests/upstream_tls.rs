@@ -211,6 +211,30 @@ async fn verification_takes_the_trusted_ca_and_the_right_name_and_refuses_the_re
 }
 
 #[tokio::test]
+async fn a_revoked_certificate_fails_verification_with_proxy_ssl_crl() {
+    let ca = Ca::new("upstream CA");
+    let dir = TempDir::new("uptls-crl");
+    let trusted = write(&dir, "ca.pem", &ca.pem);
+    let good = ca.leaf(&["c.test"], false);
+    let revoked = ca.leaf(&["c.test"], false);
+    let crl = write(&dir, "ca.crl", &ca.crl(&[&revoked]));
+    let (good, _) = tls_backend("good", &good, None).await;
+    let (revoked, _) = tls_backend("revoked", &revoked, None).await;
+    let lb = imbang(&http(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_ssl_name c.test;
+           proxy_ssl_verify on; proxy_ssl_trusted_certificate {trusted}; proxy_ssl_crl {crl};
+           location /good/ {{ proxy_pass https://{good}/; }}
+           location /revoked/ {{ proxy_pass https://{revoked}/; }}
+           location /unchecked/ {{ proxy_ssl_verify off; proxy_pass https://{revoked}/; }}
+         }}"
+    )))
+    .await;
+    assert_eq!(lb.get("/good/").await.0, 200);
+    assert_eq!(lb.get("/revoked/").await.0, 502);
+    assert_eq!(lb.get("/unchecked/").await.0, 200);
+}
+
+#[tokio::test]
 async fn a_failed_handshake_is_an_upstream_error_and_the_next_peer_is_tried() {
     let ca = Ca::new("upstream CA");
     let stranger = Ca::new("another CA");

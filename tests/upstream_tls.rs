@@ -272,6 +272,28 @@ async fn a_failed_handshake_is_an_upstream_error_and_the_next_peer_is_tried() {
 }
 
 #[tokio::test]
+async fn a_handshake_that_never_finishes_times_out_with_proxy_connect_timeout() {
+    // A peer that accepts and then says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let lb = imbang(&http(&format!(
+        "server {{ listen 127.0.0.1:0;
+           location / {{ proxy_connect_timeout 200ms; proxy_pass https://{addr}; }}
+         }}"
+    )))
+    .await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(lb.get("/").await.0, 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_client_certificate_is_presented_when_configured() {
     let ca = Ca::new("upstream CA");
     let clients = Ca::new("client CA");

@@ -11,7 +11,8 @@
 //!
 //! A check request is `GET <uri>` with `Host`, `User-Agent` and `Connection: close`, on a
 //! connection of its own (not the pool's), with the location's `proxy_connect_timeout`,
-//! `proxy_send_timeout` and `proxy_read_timeout`.
+//! `proxy_send_timeout` and `proxy_read_timeout`; over TLS when the location's `proxy_pass` is
+//! `https://`, with its `proxy_ssl_*` (a failed handshake fails the check).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -187,8 +188,27 @@ struct Target {
 async fn probe_loop(spec: Arc<HealthCheck>, target: Target, id: u64) {
     let to = SocketAddr::new(target.addr.ip(), spec.port.unwrap_or(target.addr.port()));
     let mut jitter = Jitter::new(id);
+    // TLS to TLS peers, with the location's settings (compiled with the snapshot already, so
+    // this finds them compiled unless a file changed since).
+    let tls = spec.tls.as_ref().map(|(ssl, name)| {
+        (
+            crate::pool::tls::compile(ssl, &spec.location).map_err(|e| e.message),
+            crate::pool::tls::SslName::new(name),
+        )
+    });
     loop {
-        let outcome = probe(&spec, to).await;
+        let connector = match &tls {
+            None => Ok(None),
+            Some((Ok(tls), name)) => Ok(Some((&**tls, name))),
+            Some((Err(why), _)) => Err(why.clone()),
+        };
+        let outcome = match connector {
+            Ok(connector) => probe(&spec, to, connector).await,
+            Err(why) => Err(Failure::Io {
+                error: why,
+                doing: "SSL handshaking to upstream",
+            }),
+        };
         let about = About {
             spec: &spec,
             peer: target.addr,
@@ -249,7 +269,11 @@ enum Failure {
 }
 
 /// One check of the peer at `to`: the test that passed last, or why it failed.
-async fn probe(spec: &HealthCheck, to: SocketAddr) -> Result<Test, Failure> {
+async fn probe(
+    spec: &HealthCheck,
+    to: SocketAddr,
+    tls: Option<(&crate::pool::tls::UpstreamTls, &crate::pool::tls::SslName)>,
+) -> Result<Test, Failure> {
     let io = |error: String, doing| Failure::Io { error, doing };
     const CONNECTING: &str = "connecting to upstream";
     const READING_HEAD: &str = "reading response header from upstream";
@@ -265,6 +289,13 @@ async fn probe(spec: &HealthCheck, to: SocketAddr) -> Result<Test, Failure> {
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => crate::pool::stream::Stream::Plain(stream),
+        Some((tls, name)) => match tls.handshake(stream, name, spec.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(io(e.to_string(), "SSL handshaking to upstream")),
+        },
+    };
     let mut conn = h1::Conn::new(stream, spec.send_timeout);
     let head = h1::request_head(
         &Method::GET,

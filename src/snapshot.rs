@@ -15,6 +15,7 @@ use crate::config::model::{
     Stmt, Upstream,
 };
 use crate::config::{ConfigError, ConfigErrors, ErrorKind};
+use crate::pool::tls::{ConfiguredName, LocationTls, TargetName, TlsTarget};
 use crate::proxy::target::{ProxyVars, Targets};
 use crate::resolve::{Followed, Members};
 use crate::rewrite::Script;
@@ -135,6 +136,8 @@ pub struct Proxy {
     pub group: Arc<Group>,
     pub proxy_host: String,
     pub uri: PassUri,
+    /// `proxy_pass https://`: how its connections are opened.
+    pub tls: Option<TlsTarget>,
 }
 
 /// The request target a `proxy_pass` sends.
@@ -584,6 +587,62 @@ fn location_entry(loc: &Location, cx: &mut Cx<'_>) -> LocationEntry<Arc<Route>> 
     }
 }
 
+/// A location's `proxy_ssl_*` compiled (files read now), with its `proxy_ssl_name` when that
+/// has variables; `at`: the `proxy_pass`. One error per place.
+fn upstream_tls(
+    conf: &LocationConf,
+    at: &str,
+    errors: &mut ConfigErrors,
+    scope: &Scope,
+) -> Option<LocationTls> {
+    let spec = &conf.proxy.ssl;
+    let tls = match crate::pool::tls::compile(spec, at) {
+        Ok(tls) => tls,
+        Err(e) => {
+            let error = ConfigError::new(ErrorKind::Invalid(e.message), Some(e.location));
+            if !errors.0.contains(&error) {
+                errors.push(error);
+            }
+            return None;
+        }
+    };
+    let name = match &spec.name {
+        Some(name) if name.contains('$') => match Template::compile_in(name, scope) {
+            Ok(t) => Some(ConfiguredName::Template(t)),
+            Err(message) => {
+                errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+                return None;
+            }
+        },
+        Some(name) => Some(ConfiguredName::Fixed(name.clone())),
+        None => None,
+    };
+    Some(LocationTls { tls, name })
+}
+
+/// A literal `proxy_pass https://`'s connector: `proxy_ssl_name` (rendered per request when
+/// it has variables), else the `proxy_pass` host.
+fn proxy_tls(LocationTls { tls, name }: LocationTls, host: &str) -> TlsTarget {
+    match name {
+        Some(ConfiguredName::Template(template)) => TlsTarget {
+            tls,
+            name: TargetName::Template(template),
+        },
+        Some(ConfiguredName::Fixed(fixed)) => TlsTarget::fixed(tls, &fixed),
+        None => TlsTarget::fixed(tls, host),
+    }
+}
+
+/// Whether a `proxy_pass` URL with variables may render to `https://` (its text before the
+/// first variable could start one).
+fn may_be_https(url: &str) -> bool {
+    let literal = url[..url.find('$').unwrap_or(url.len())].to_ascii_lowercase();
+    literal.starts_with("https://") || "https://".starts_with(&literal)
+}
+
 fn compile_route(
     conf: &Arc<LocationConf>,
     prefix: Option<String>,
@@ -629,6 +688,11 @@ fn compile_route(
                     Some(uri) => PassUri::ReplacePrefix(uri.clone()),
                     None => PassUri::Unchanged,
                 },
+                tls: match pass.tls {
+                    true => upstream_tls(conf, &pass.location, errors, cx.scope)
+                        .map(|tls| proxy_tls(tls, &pass.proxy_host)),
+                    false => None,
+                },
             }),
             None => {
                 errors.push(ConfigError::new(
@@ -644,6 +708,11 @@ fn compile_route(
                 url,
                 cx.targets.clone(),
                 conf.resolver.clone(),
+                // Compiled when the URL may render to `https://`.
+                match may_be_https(&pass.url) {
+                    true => upstream_tls(conf, &pass.location, errors, cx.scope),
+                    false => None,
+                },
             )),
             Err(message) => {
                 errors.push(ConfigError::new(
@@ -689,7 +758,8 @@ fn compile_route(
         // With variables nginx's `default` has nothing to go by (an explicit one is an error).
         (Redirect::Default, RouteAction::Proxy(p)) => match (&p.uri, &prefix) {
             (PassUri::ReplacePrefix(uri), Some(prefix)) => {
-                vec![(format!("http://{}{uri}", p.proxy_host), prefix.clone())]
+                let scheme = if p.tls.is_some() { "https" } else { "http" };
+                vec![(format!("{scheme}://{}{uri}", p.proxy_host), prefix.clone())]
             }
             _ => Vec::new(),
         },

@@ -619,26 +619,6 @@ async fn the_old_ssl_on_form_serves_tls_with_nginx_s_deprecation_warning() {
 }
 
 #[tokio::test]
-async fn proxy_ssl_directives_warn_and_https_upstreams_are_refused_as_not_supported_yet() {
-    let dir = TempDir::new("tls-proxy-ssl");
-    let conf = "events {}\nhttp { access_log off;\nserver { listen 127.0.0.1:0;\nlocation / { proxy_ssl_verify on; proxy_pass http://127.0.0.1:9; } } }\n";
-    let (code, stderr) = test_config(&dir, conf).await;
-    let c = format!("{}/imbang.conf", dir.path().display());
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stderr.lines().next(),
-        Some(format!("imbang: [warn] the \"proxy_ssl_verify\" directive has no effect in imbang: it applies to proxy_pass https://, which imbang does not support yet in {c}:4:14").as_str())
-    );
-    let conf = conf.replace("http://127.0.0.1:9", "https://127.0.0.1:9");
-    let (code, stderr) = test_config(&dir, &conf).await;
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("imbang: [emerg] proxy_pass to https:// upstreams is not supported by imbang yet in {c}:4:")),
-        "{stderr}"
-    );
-}
-
-#[tokio::test]
 async fn a_reload_with_a_renewed_certificate_under_load_fails_no_request() {
     let ca = Ca::new("test CA");
     let dir = TempDir::new("tls-renew-load");

@@ -151,7 +151,6 @@ const STREAMED: &str = "responses are streamed, never written to temporary files
 const LINGERING: &str = "imbang closes a connection once the response is sent";
 const NO_CACHE: &str =
     "caching is not implemented yet (without proxy_cache, nginx ignores this as well)";
-const UPSTREAM_TLS: &str = "it applies to proxy_pass https://, which imbang does not support yet";
 
 /// Every directive imbang accepts. `include` is not here: the parser expands it.
 pub static DIRECTIVES: &[Spec] = &[
@@ -740,25 +739,37 @@ pub static DIRECTIVES: &[Spec] = &[
     d("proxy_socket_keepalive", HSL, Flag),
     no_effect("proxy_socket_rcvbuf", HSL, ONE, KERNEL),
     no_effect("proxy_socket_sndbuf", HSL, ONE, KERNEL),
-    no_effect("proxy_ssl_certificate", HSL, ONE, UPSTREAM_TLS),
+    // --- proxy_ssl (upstream TLS): read by config/lower/proxy_ssl.rs
+    d("proxy_ssl_certificate", HSL, ONE),
     no_effect(
         "proxy_ssl_certificate_cache",
         HSL,
         Range(1, 3),
-        UPSTREAM_TLS,
+        "client certificates are read once, when the configuration is loaded",
     ),
-    no_effect("proxy_ssl_certificate_key", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_ciphers", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_conf_command", HSL, Range(2, 2), UPSTREAM_TLS),
-    no_effect("proxy_ssl_crl", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_name", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_password_file", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_protocols", HSL, AtLeast(1), UPSTREAM_TLS),
-    no_effect("proxy_ssl_server_name", HSL, Flag, UPSTREAM_TLS),
-    no_effect("proxy_ssl_session_reuse", HSL, Flag, UPSTREAM_TLS),
-    no_effect("proxy_ssl_trusted_certificate", HSL, ONE, UPSTREAM_TLS),
-    no_effect("proxy_ssl_verify", HSL, Flag, UPSTREAM_TLS),
-    no_effect("proxy_ssl_verify_depth", HSL, ONE, UPSTREAM_TLS),
+    d("proxy_ssl_certificate_key", HSL, ONE),
+    d("proxy_ssl_ciphers", HSL, ONE),
+    no_effect(
+        "proxy_ssl_conf_command",
+        HSL,
+        Range(2, 2),
+        "rustls has no OpenSSL configuration commands",
+    ),
+    d("proxy_ssl_crl", HSL, ONE),
+    d("proxy_ssl_name", HSL, ONE),
+    no_effect(
+        "proxy_ssl_password_file",
+        HSL,
+        ONE,
+        "imbang reads unencrypted keys only",
+    ),
+    d("proxy_ssl_protocols", HSL, AtLeast(1)),
+    d("proxy_ssl_server_name", HSL, Flag),
+    d("proxy_ssl_session_reuse", HSL, Flag),
+    d("proxy_ssl_trusted_certificate", HSL, ONE),
+    d("proxy_ssl_verify", HSL, Flag),
+    d("proxy_ssl_verify_depth", HSL, ONE),
+    // --- end proxy_ssl
     not_yet(
         "proxy_store",
         HSL,

@@ -21,6 +21,7 @@ mod compat;
 mod expires;
 mod limit_except;
 mod proxy_cookie;
+mod proxy_ssl;
 mod realip;
 mod resolver;
 mod sub_filter;
@@ -156,6 +157,8 @@ struct Frame {
     sub_filter_last_modified: Option<bool>,
     chunked_transfer_encoding: Option<bool>,
     uninitialized_variable_warn: Option<bool>,
+    /// `proxy_ssl_*`, each inherited on its own.
+    proxy_ssl: proxy_ssl::ProxySslFrame,
 }
 
 impl Frame {
@@ -165,7 +168,10 @@ impl Frame {
         /// Every field: this level's value where set, the parent's otherwise.
         macro_rules! inherit {
             ($($field:ident),* $(,)?) => {
-                Frame { $($field: self.$field.clone().or_else(|| parent.$field.clone()),)* }
+                Frame {
+                    $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
+                    proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
+                }
             };
         }
         inherit!(
@@ -246,6 +252,7 @@ impl Frame {
                 redirect: self.redirect.clone().unwrap_or(Redirect::Default),
                 cookies: self.cookies(),
                 socket_keepalive: self.socket_keepalive.unwrap_or(false),
+                ssl: Arc::new(self.proxy_ssl.spec()),
             },
             default_type: self
                 .default_type
@@ -808,6 +815,11 @@ impl<'a> Lower<'a> {
             "root" => {
                 if self.once(seen, spec, d) {
                     f.root = self.root(d);
+                }
+            }
+            name if proxy_ssl::is_proxy_ssl(name) => {
+                if self.once(seen, spec, d) {
+                    self.proxy_ssl(d, &mut f.proxy_ssl);
                 }
             }
             _ if spec.effect != Effect::Acts => {}
@@ -1416,6 +1428,8 @@ impl<'a> Lower<'a> {
         let mut proxy = None;
         // Whether this location's `proxy_pass` (so far) has variables; `None`: none yet.
         let mut pass_has_vars = None;
+        // A `proxy_pass https://`: where, for `-t`'s warnings about its TLS.
+        let mut https_pass = None;
         let mut internal = false;
         let mut script = Vec::new();
         // `if` blocks and where they stand in `script`: lowered once the location's own
@@ -1451,6 +1465,9 @@ impl<'a> Lower<'a> {
                     if self.once(&mut seen, spec, c) {
                         pass_has_vars = Some(c.args[0].value.contains('$'));
                         proxy = self.proxy_pass(c, kind, ups);
+                        let url = c.args[0].value.as_bytes();
+                        https_pass = (url.len() >= 8 && url[..8].eq_ignore_ascii_case(b"https://"))
+                            .then_some(c.span);
                     }
                 }
                 "proxy_redirect"
@@ -1477,6 +1494,9 @@ impl<'a> Lower<'a> {
             }
         }
         let frame = own.inherit(parent_frame);
+        if let (Some(span), Some(_)) = (https_pass, &proxy) {
+            self.proxy_ssl_warnings(&frame.proxy_ssl.spec(), span);
+        }
         for c in checks {
             self.health_check(c, proxy.as_ref(), &frame);
         }
@@ -1580,11 +1600,10 @@ impl<'a> Lower<'a> {
         if url.contains('$') {
             return self.proxy_pass_vars(arg).map(Action::ProxyVars);
         }
-        let rest = if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
-            &url[7..]
+        let (rest, tls) = if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
+            (&url[7..], false)
         } else if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
-            self.invalid(HTTPS_NOT_YET.to_owned(), arg.span);
-            return None;
+            (&url[8..], true)
         } else {
             self.invalid(format!("invalid URL prefix in \"{url}\""), arg.span);
             return None;
@@ -1610,11 +1629,12 @@ impl<'a> Lower<'a> {
         let upstream = if ups.by_name.contains_key(authority) {
             authority.to_owned()
         } else {
-            self.implicit_upstream(authority, d, ups)?
+            self.implicit_upstream(authority, tls, d, ups)?
         };
         Some(Action::Proxy(ProxyPass {
             upstream,
             proxy_host: authority.to_owned(),
+            tls,
             uri,
             location: self.at(d.span),
         }))
@@ -1625,10 +1645,6 @@ impl<'a> Lower<'a> {
     fn proxy_pass_vars(&mut self, arg: &Arg) -> Option<ProxyPassVars> {
         let url = arg.value.as_str();
         let literal = url[..url.find('$').unwrap_or(url.len())].to_ascii_lowercase();
-        if literal.starts_with("https://") {
-            self.invalid(HTTPS_NOT_YET.to_owned(), arg.span);
-            return None;
-        }
         let http = literal.starts_with("http://")
             || "http://".starts_with(&literal)
             || "https://".starts_with(&literal);
@@ -1643,18 +1659,31 @@ impl<'a> Lower<'a> {
     }
 
     /// `proxy_pass http://host:port` with no `upstream host` block: a group of the addresses
-    /// the host resolves to, with nginx's default peer parameters.
+    /// the host resolves to, with nginx's default peer parameters. `https://host` without a
+    /// port is port 443's group, `host:443` (as nginx keys its implicit groups by host and
+    /// port).
     fn implicit_upstream(
         &mut self,
         authority: &str,
+        tls: bool,
         d: &Directive,
         ups: &mut Upstreams,
     ) -> Option<String> {
-        let name = authority.to_owned();
+        let has_port = match authority.strip_prefix('[') {
+            Some(v6) => v6
+                .split_once(']')
+                .is_some_and(|(_, after)| after.starts_with(':')),
+            None => authority.contains(':'),
+        };
+        let name = match (tls, has_port) {
+            (true, false) => format!("{authority}:443"),
+            _ => authority.to_owned(),
+        };
         if ups.by_name.contains_key(&name) {
             return Some(name);
         }
-        let addrs = match values::socket_addrs(authority, 80, false) {
+        let default_port = if tls { 443 } else { 80 };
+        let addrs = match values::socket_addrs(authority, default_port, false) {
             Ok(addrs) => addrs,
             Err(AddrError::InvalidPort) => {
                 self.invalid(
@@ -1671,7 +1700,7 @@ impl<'a> Lower<'a> {
         };
         ups.by_name.insert(name.clone(), ups.groups.len());
         ups.groups
-            .push(Upstream::implicit(authority, addrs, self.at(d.span)));
+            .push(Upstream::implicit(&name, addrs, self.at(d.span)));
         Some(name)
     }
 
@@ -1870,6 +1899,12 @@ impl<'a> Lower<'a> {
             matcher: None,
             host: host.clone(),
             http10: conf.proxy.http_version_1_0,
+            tls: pass.tls.then(|| {
+                let name = (conf.proxy.ssl.name.clone())
+                    .filter(|name| !name.contains('$'))
+                    .unwrap_or_else(|| pass.proxy_host.clone());
+                (conf.proxy.ssl.clone(), name)
+            }),
             connect_timeout: conf.proxy.connect_timeout,
             send_timeout: conf.proxy.send_timeout,
             read_timeout: conf.proxy.read_timeout,
@@ -2434,8 +2469,6 @@ const DEBUG_MASKS: &[&str] = &[
     "debug_mail",
     "debug_stream",
 ];
-
-const HTTPS_NOT_YET: &str = "proxy_pass to https:// upstreams is not supported by imbang yet";
 
 /// `bounded=`'s factor in thousandths: a decimal of at least 1 with up to 3 decimals
 /// (`1.25` → 1250), at most 100.

@@ -486,6 +486,8 @@ pub struct ProxyPass {
     pub upstream: String,
     /// The text after `http://` up to the URI: what `$proxy_host` is (the Host sent upstream).
     pub proxy_host: String,
+    /// `proxy_pass https://`: TLS to the peers (with the location's `proxy_ssl_*`).
+    pub tls: bool,
     /// The URI part, if `proxy_pass` has one (`http://app/` has `/`).
     pub uri: Option<String>,
     /// `path:line:col` of the `proxy_pass` directive.
@@ -531,6 +533,57 @@ pub struct ProxySettings {
     pub cookies: Option<Arc<CookieRewrite>>,
     /// `proxy_socket_keepalive`: SO_KEEPALIVE on new connections to peers.
     pub socket_keepalive: bool,
+    /// `proxy_ssl_*`: TLS to peers, for `proxy_pass https://`.
+    pub ssl: Arc<UpstreamSslSpec>,
+}
+
+// --- proxy_ssl (upstream TLS)
+
+/// A location's `proxy_ssl_*` settings (nginx's defaults, but `proxy_ssl_server_name`). Files
+/// are named with the `path:line:col` of their directive; they are read when the
+/// configuration is compiled ([`crate::pool::tls::compile`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSslSpec {
+    /// `proxy_ssl_server_name` (imbang: on; nginx: off).
+    pub server_name: bool,
+    /// Whether `proxy_ssl_server_name` was written (the `-t` warning is for the default).
+    pub server_name_set: bool,
+    /// `proxy_ssl_name` (may have variables); the `proxy_pass` host without a port otherwise.
+    pub name: Option<String>,
+    pub verify: bool,
+    /// Where `proxy_ssl_verify on` is written.
+    pub verify_at: Option<String>,
+    pub verify_depth: u32,
+    pub trusted_certificate: Option<(PathBuf, String)>,
+    pub crl: Option<(PathBuf, String)>,
+    pub certificate: Option<(PathBuf, String)>,
+    pub certificate_key: Option<(PathBuf, String)>,
+    pub tls12: bool,
+    pub tls13: bool,
+    /// `proxy_ssl_ciphers` mapped to rustls's names; `None`: its defaults.
+    pub ciphers: Option<Vec<String>>,
+    pub session_reuse: bool,
+}
+
+impl Default for UpstreamSslSpec {
+    fn default() -> Self {
+        Self {
+            server_name: true,
+            server_name_set: false,
+            name: None,
+            verify: false,
+            verify_at: None,
+            verify_depth: 1,
+            trusted_certificate: None,
+            crl: None,
+            certificate: None,
+            certificate_key: None,
+            tls12: true,
+            tls13: true,
+            ciphers: None,
+            session_reuse: true,
+        }
+    }
 }
 
 // --- expires (directives)
@@ -677,6 +730,7 @@ impl Default for ProxySettings {
             redirect: Redirect::Default,
             cookies: None,
             socket_keepalive: false,
+            ssl: Arc::default(),
         }
     }
 }
@@ -797,6 +851,9 @@ pub struct HealthCheck {
     pub host: String,
     /// The location's `proxy_http_version 1.0`.
     pub http10: bool,
+    /// `proxy_pass https://`: the location's `proxy_ssl_*`, and the name checks connect with
+    /// (`proxy_ssl_name` when it has no variables, the `proxy_pass` host otherwise).
+    pub tls: Option<(Arc<UpstreamSslSpec>, String)>,
     /// The location's `proxy_connect_timeout`, `proxy_send_timeout`, `proxy_read_timeout`.
     pub connect_timeout: Duration,
     pub send_timeout: Duration,
@@ -822,6 +879,7 @@ impl HealthCheck {
                 matcher,
                 &self.host,
                 self.http10,
+                &self.tls,
                 (self.connect_timeout, self.send_timeout, self.read_timeout),
             )
         )

@@ -295,7 +295,6 @@ fn proxy_pass_with_variables_refuses_a_scheme_that_cannot_work() {
     assert_eq!(
         got,
         [
-            "proxy_pass to https:// upstreams is not supported by imbang yet in /etc/imbang/t.conf:2:27",
             "invalid URL prefix in \"ftp://$host\" in /etc/imbang/t.conf:3:27",
             "invalid URL prefix in \"httpx$host\" in /etc/imbang/t.conf:4:27",
         ]

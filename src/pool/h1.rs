@@ -28,10 +28,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::HeaderValue;
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::UpstreamBody;
+use super::stream::{self, Stream};
 use crate::http1::{Decoded, Decoder, Framing, Named, RawFields, chunk_header, itoa};
 use crate::scratch::Scratch;
 
@@ -48,7 +48,7 @@ const MAX_FIELDS: usize = 128;
 /// An open connection to a peer, between requests or carrying one.
 #[derive(Debug)]
 pub struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// Bytes read from the peer and not used yet (empty between requests).
     buf: BytesMut,
     /// How much the next read asks for.
@@ -177,7 +177,7 @@ enum WriteFail {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, send_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: Stream, send_timeout: Duration) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
@@ -203,7 +203,7 @@ impl Conn {
             send_timeout,
             ..
         } = self;
-        let stream = TcpStream::from_std(stream.into_std().ok()?).ok()?;
+        let stream = stream.reregister()?;
         Some(Self {
             stream,
             buf,
@@ -225,10 +225,7 @@ impl Conn {
     /// Whether an idle connection still looks usable: the peer has neither closed it nor sent
     /// anything unasked. Costs no system call unless the socket became readable.
     pub(super) fn is_reusable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        matches!(self.stream.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.buf.is_empty() && self.stream.is_reusable()
     }
 
     /// Sends a request (its encoded `head`, then `body`) and reads the response head. The body
@@ -324,7 +321,7 @@ impl Conn {
                 let reset = match &error {
                     Some(e) => is_reset(e.kind()),
                     // A reset that came after the FIN is only visible as SO_ERROR.
-                    None => matches!(stream.take_error(), Ok(Some(e)) if is_reset(e.kind())),
+                    None => matches!(stream.tcp().take_error(), Ok(Some(e)) if is_reset(e.kind())),
                 } || write_error.as_ref().is_some_and(|e| is_reset(e.kind()));
                 Err(Failed::Broken(Broken {
                     error: error.or(write_error),
@@ -360,7 +357,7 @@ impl Conn {
 
     /// The socket and the bytes already read past a `101` head (the peer's first bytes in the
     /// new protocol).
-    pub fn into_upgraded(self) -> (Bytes, TcpStream) {
+    pub fn into_upgraded(self) -> (Bytes, Stream) {
         (self.buf.freeze(), self.stream)
     }
 }
@@ -457,11 +454,22 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Writes all of `parts` (one `writev` when the socket takes it), bounded by `timeout` while
 /// blocked. `written` counts the bytes that went out.
 async fn write_parts(
-    stream: &TcpStream,
+    stream: &Stream,
     parts: &[&[u8]],
     timeout: Duration,
     written: &mut usize,
 ) -> Result<(), WriteFail> {
+    let tcp = match stream {
+        Stream::Plain(tcp) => tcp,
+        Stream::Tls(_) => {
+            return (stream::write_all(stream, parts, timeout, written).await).map_err(
+                |(e, written)| match e {
+                    Some(e) => WriteFail::Io(e, written),
+                    None => WriteFail::Timeout,
+                },
+            );
+        }
+    };
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut done = 0;
     while done < total {
@@ -477,13 +485,13 @@ async fn write_parts(
             skip = 0;
             count += 1;
         }
-        match stream.try_write_vectored(&slices[..count]) {
+        match tcp.try_write_vectored(&slices[..count]) {
             Ok(n) => {
                 done += n;
                 *written += n;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let ready = stream.writable();
+                let ready = tcp.writable();
                 let ready = if timeout.is_zero() {
                     ready.await
                 } else {
@@ -503,7 +511,7 @@ async fn write_parts(
 /// The request head, then its body: a kept body in the same `writev`, a client's body as it
 /// arrives (chunked when its length is unknown, with its trailers).
 async fn write_request(
-    stream: &TcpStream,
+    stream: &Stream,
     head: &[u8],
     body: &mut UpstreamBody,
     framing: RequestFraming,
@@ -561,7 +569,7 @@ enum ReadFail {
 /// Reads until a complete final response head (1xx interim heads are passed over, except a
 /// `101` to a request that asked for an upgrade).
 async fn read_head(
-    stream: &TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     read_size: &mut usize,
     received: &mut u64,
@@ -581,40 +589,10 @@ async fn read_head(
                 Err(why) => return Err(ReadFail::Invalid(why)),
             }
         }
-        match poll_fn(|cx| poll_fill(stream, buf, read_size, cx)).await {
+        match poll_fn(|cx| stream.poll_fill(buf, read_size, MAX_READ, cx)).await {
             Ok(0) => return Err(ReadFail::Closed(None)),
             Ok(n) => *received += n as u64,
             Err(e) => return Err(ReadFail::Closed(Some(e))),
-        }
-    }
-}
-
-/// Reads what is available into `buf` (at least half of `read_size` free before the read).
-/// `Ready(Ok(0))` is the peer's FIN. A short read marks the socket drained, so no `EAGAIN`
-/// read is paid for (as the server side does).
-fn poll_fill(
-    stream: &TcpStream,
-    buf: &mut BytesMut,
-    read_size: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < *read_size / 2 {
-            buf.reserve(*read_size);
-        }
-        let room = buf.capacity() - buf.len();
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Ok(n) if n > 0 && n < room => {
-                crate::http1::drained(stream);
-                return Poll::Ready(Ok(n));
-            }
-            Ok(n) if n > 0 => {
-                *read_size = (*read_size * 2).min(MAX_READ);
-                return Poll::Ready(Ok(n));
-            }
-            r => return Poll::Ready(r),
         }
     }
 }
@@ -854,7 +832,7 @@ impl PeerBody {
                         read_size,
                         ..
                     } = conn;
-                    match ready!(poll_fill(stream, buf, read_size, cx)) {
+                    match ready!(stream.poll_fill(buf, read_size, MAX_READ, cx)) {
                         Ok(0) if self.until_close => {
                             self.decoder = Decoder::Done;
                             self.keep_alive = false;
@@ -890,7 +868,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         (
-            Conn::new(client.unwrap(), Duration::from_secs(5)),
+            Conn::new(Stream::Plain(client.unwrap()), Duration::from_secs(5)),
             accepted.unwrap().0,
         )
     }
@@ -1186,7 +1164,7 @@ mod tests {
         // The keep-alive race: the peer closed an idle connection; the request arrives after.
         let (mut conn, peer) = pair().await;
         drop(peer);
-        conn.stream.ready(Interest::READABLE).await.unwrap();
+        conn.stream.tcp().ready(Interest::READABLE).await.unwrap();
         assert!(!conn.is_reusable(), "the FIN is seen before reuse");
         let answer = exchange(&mut conn, post()).await;
         match answer {

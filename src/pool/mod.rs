@@ -9,6 +9,8 @@
 
 pub mod body;
 pub mod h1;
+pub mod stream;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::io;
@@ -61,6 +63,43 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("upstream timed out (110: Connection timed out)")]
     Timeout,
+    /// Connected, but the TLS handshake failed (`proxy_pass https://`). Boxed: the error
+    /// stays as small as it is without TLS (it is in every checkout's result).
+    #[error("{0}")]
+    Handshake(Box<tls::HandshakeError>),
+}
+
+/// What idle connections are found by: the peer's address, and for TLS the settings and name
+/// they were opened with ([`tls::UpstreamTls::key`]; 0 for a plain connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerKey {
+    pub addr: SocketAddr,
+    pub tls: u64,
+}
+
+/// One word for an IPv4 peer (the derived hash, through `SocketAddr`'s, was an out-of-line
+/// call of ~70 instructions, twice per request: bench/PROFILE.md).
+impl std::hash::Hash for PeerKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self.addr {
+            SocketAddr::V4(a) => {
+                h.write_u64((u64::from(a.ip().to_bits()) << 16 | u64::from(a.port())) ^ self.tls)
+            }
+            SocketAddr::V6(a) => {
+                h.write_u128(a.ip().to_bits() ^ u128::from(self.tls));
+                h.write_u16(a.port());
+            }
+        }
+    }
+}
+
+impl PeerKey {
+    pub fn new(addr: SocketAddr, tls: Option<tls::Connector<'_>>) -> Self {
+        Self {
+            addr,
+            tls: tls.map_or(0, |t| t.key),
+        }
+    }
 }
 
 struct Idle {
@@ -101,7 +140,7 @@ impl Parked {
 /// (closing the oldest when over the limit) cost the same with 1 or 64 of them.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<crate::FastMap<SocketAddr, Parked>>,
+    idle: Mutex<crate::FastMap<PeerKey, Parked>>,
     /// Whether the task that closes dead idle connections runs.
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -155,25 +194,31 @@ impl Pool {
         });
     }
 
-    /// Idle connections to `addr` now.
+    /// Idle connections to `addr` now (plain and TLS).
     pub fn idle(&self, addr: SocketAddr) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get(&addr).map_or(0, |parked| parked.conns.len())
+        (idle.iter())
+            .filter(|(key, _)| key.addr == addr)
+            .map(|(_, parked)| parked.conns.len())
+            .sum()
     }
 
     /// An idle connection to `addr` that is still open and not idle past its
     /// `keepalive_timeout` at `now` (the caller's recent clock read), or a new one (with
-    /// SO_KEEPALIVE when `socket_keepalive`: `proxy_socket_keepalive on`).
+    /// SO_KEEPALIVE when `socket_keepalive`: `proxy_socket_keepalive on`). With `tls`, one
+    /// opened with the same TLS settings and name, or a new one after its handshake (bounded
+    /// by `connect_timeout` too, as nginx bounds it).
     pub async fn checkout(
         &self,
         addr: SocketAddr,
+        tls: Option<tls::Connector<'_>>,
         now: Instant,
         connect_timeout: Duration,
         send_timeout: Duration,
         socket_keepalive: bool,
     ) -> Result<Conn, ConnectError> {
         let me = std::thread::current().id();
-        if let Some((io, age)) = self.take_idle(addr, now, me) {
+        if let Some((io, age)) = self.take_idle(PeerKey::new(addr, tls), now, me) {
             if let Some(io) = io.adopt(me) {
                 return Ok(Conn {
                     io,
@@ -192,6 +237,13 @@ impl Pool {
             // The kernel's keepalive timings, as nginx's `proxy_socket_keepalive on`.
             let _ = socket2::SockRef::from(&stream).set_keepalive(true);
         }
+        let stream = match tls {
+            None => stream::Stream::Plain(stream),
+            // Boxed: the handshake's state (rustls's) would otherwise make every checkout's
+            // future, plain ones too, that much larger to build and move.
+            Some(tls) => (Box::pin(tls.tls.handshake(stream, tls.name, connect_timeout)).await)
+                .map_err(|e| ConnectError::Handshake(Box::new(e)))?,
+        };
         Ok(Conn {
             io: h1::Conn::new(stream, send_timeout),
             reused: false,
@@ -207,7 +259,7 @@ impl Pool {
     /// `keepalive_timeout` or closed by the peer are dropped on the way.
     fn take_idle(
         &self,
-        addr: SocketAddr,
+        addr: PeerKey,
         now: Instant,
         me: std::thread::ThreadId,
     ) -> Option<(h1::Conn, Age)> {
@@ -237,7 +289,7 @@ impl Pool {
     /// [`OVER_LIMIT_GRACE`].
     pub fn checkin(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addr: PeerKey,
         mut io: h1::Conn,
         age: Age,
         max_idle: usize,
@@ -279,7 +331,7 @@ mod tests {
 
     /// `n` connections to one listener, its ends kept open (so they stay reusable), and the
     /// local port that tells each apart.
-    async fn connections(n: usize) -> (SocketAddr, Vec<TcpStream>, Vec<h1::Conn>, Vec<u16>) {
+    async fn connections(n: usize) -> (PeerKey, Vec<TcpStream>, Vec<h1::Conn>, Vec<u16>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mut peers, mut conns, mut ports) = (Vec::new(), Vec::new(), Vec::new());
@@ -287,16 +339,16 @@ mod tests {
             let stream = TcpStream::connect(addr).await.unwrap();
             ports.push(stream.local_addr().unwrap().port());
             peers.push(listener.accept().await.unwrap().0);
-            conns.push(h1::Conn::new(stream, Duration::ZERO));
+            conns.push(h1::Conn::new(stream::Stream::Plain(stream), Duration::ZERO));
         }
-        (addr, peers, conns, ports)
+        (PeerKey::new(addr, None), peers, conns, ports)
     }
 
     fn port(conn: &h1::Conn) -> u16 {
-        conn.stream.local_addr().unwrap().port()
+        conn.stream.tcp().local_addr().unwrap().port()
     }
 
-    fn idle_count(pool: &Pool, addr: SocketAddr) -> usize {
+    fn idle_count(pool: &Pool, addr: PeerKey) -> usize {
         pool.idle
             .lock()
             .unwrap()
@@ -369,11 +421,18 @@ mod tests {
             s.spawn(|| {
                 runtime().block_on(async {
                     let conn = pool
-                        .checkout(addr, Instant::now(), timeout, timeout, false)
+                        .checkout(addr, None, Instant::now(), timeout, timeout, false)
                         .await;
                     let conn = conn.unwrap();
                     let opened = port(&conn.io);
-                    pool.checkin(addr, conn.io, conn.age, 8, REUSE, Instant::now());
+                    pool.checkin(
+                        PeerKey::new(addr, None),
+                        conn.io,
+                        conn.age,
+                        8,
+                        REUSE,
+                        Instant::now(),
+                    );
                     (std::thread::current().id(), opened)
                 })
             })
@@ -383,13 +442,15 @@ mod tests {
         // Thread B takes it: now on B's event loop, it still carries bytes both ways.
         runtime().block_on(async {
             let conn = pool
-                .checkout(addr, Instant::now(), timeout, timeout, false)
+                .checkout(addr, None, Instant::now(), timeout, timeout, false)
                 .await;
             let mut conn = conn.unwrap();
             assert!(conn.reused && port(&conn.io) == opened, "the parked one");
             assert_ne!(conn.io.home, a);
             assert_eq!(conn.io.home, std::thread::current().id());
-            let stream = &mut conn.io.stream;
+            let stream::Stream::Plain(stream) = &mut conn.io.stream else {
+                unreachable!()
+            };
             stream.write_all(b"ping").await.unwrap();
             let mut got = [0; 4];
             let read = tokio::time::timeout(timeout, stream.read_exact(&mut got)).await;

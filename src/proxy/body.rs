@@ -153,7 +153,7 @@ impl Drop for ResponseBody {
 /// Where a connection goes back when its response was read to the end.
 pub struct Checkin {
     pub pool: Arc<Pool>,
-    pub addr: std::net::SocketAddr,
+    pub addr: crate::pool::PeerKey,
     pub age: crate::pool::Age,
     pub max_idle: usize,
     pub reuse: crate::pool::Reuse,

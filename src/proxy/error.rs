@@ -52,6 +52,13 @@ pub enum ProxyError {
         #[source]
         source: ConnectError,
     },
+    /// The last attempt connected, and its TLS handshake failed (`proxy_pass https://`).
+    #[error("{source} while SSL handshaking to upstream")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: Box<crate::pool::tls::HandshakeError>,
+    },
     /// The peer closed or broke the connection before a complete response head.
     #[error("{source} while reading response header from upstream")]
     Upstream {
@@ -87,11 +94,17 @@ impl ProxyError {
                 ..
             }
             | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Handshake { source, .. }
+                if matches!(**source, crate::pool::tls::HandshakeError::Timeout) =>
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResolver(_)
             | Self::Unresolved(..)
             | Self::NoLivePeer
             | Self::Connect { .. }
+            | Self::Handshake { .. }
             | Self::Upstream { .. }
             | Self::InvalidHeader(_) => StatusCode::BAD_GATEWAY,
         }

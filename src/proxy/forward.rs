@@ -18,7 +18,9 @@ use crate::http1::{Named, OnUpgrade, RequestBody, Upgraded};
 use crate::log;
 use crate::pool::body::{ClientBody, ClientFault, Fault};
 use crate::pool::h1::{Hide, RequestFraming, Shape, put_field, request_head};
-use crate::pool::{Answer, Conn, ConnectError, Failed, UpstreamBody};
+use crate::pool::stream::Stream;
+use crate::pool::tls::{Connector, HandshakeError, SslName, TargetName, TlsTarget};
+use crate::pool::{Answer, Conn, ConnectError, Failed, PeerKey, UpstreamBody};
 use crate::snapshot::{PassUri, Proxy, Route};
 use crate::upstream::{Affinity, PeerGuard, Tried};
 
@@ -151,6 +153,32 @@ pub async fn forward(
         client_ip: Some(ctx.remote().ip()),
         key: hash_key.as_deref(),
     };
+    // `proxy_pass https://`: the TLS settings and the name (rendered once when it has
+    // variables) its connections are opened and pooled with.
+    let mut rendered_name = None;
+    let tls = match &proxy.tls {
+        None => None,
+        Some(TlsTarget {
+            tls,
+            name: TargetName::Fixed { name, key },
+        }) => Some(Connector {
+            tls,
+            name,
+            key: *key,
+        }),
+        Some(TlsTarget {
+            tls,
+            name: TargetName::Template(template),
+        }) => {
+            let name = rendered_name.insert(SslName::new(&template.render(ctx)));
+            Some(Connector {
+                tls,
+                key: tls.key(name),
+                name,
+            })
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut attempts = 0;
     loop {
         // With `queue`, waits for a `max_conns` slot; without, fails at once.
@@ -161,7 +189,7 @@ pub async fn forward(
                     Error,
                     "*{} {unavailable} while connecting to upstream{}",
                     ctx.conn.id,
-                    ctx.log_context(Some(&format!("http://{}{uri}", members.name())))
+                    ctx.log_context(Some(&format!("{scheme}://{}{uri}", members.name())))
                 );
                 record.no_live_peer(members.name());
                 return Err(ProxyError::NoLivePeer);
@@ -178,6 +206,7 @@ pub async fn forward(
         let target = Target {
             shared,
             addr,
+            tls,
             picked: guard.started(),
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
@@ -216,7 +245,7 @@ pub async fn forward(
                         Warn,
                         "*{} upstream answered {status}, trying the next one{}",
                         ctx.conn.id,
-                        ctx.log_context(Some(&format!("http://{addr}{uri}")))
+                        ctx.log_context(Some(&format!("{scheme}://{addr}{uri}")))
                     );
                     continue;
                 }
@@ -239,7 +268,7 @@ pub async fn forward(
                     shared,
                     group,
                     settings.read_timeout,
-                    addr,
+                    PeerKey::new(addr, tls),
                 ));
             }
             Err(_) if fault.as_ref().and_then(|f| f.get()) == Some(Fault::TooLarge) => {
@@ -279,14 +308,14 @@ pub async fn forward(
                     "*{} {}{}",
                     ctx.conn.id,
                     failed.error,
-                    ctx.log_context(Some(&format!("http://{addr}{uri}")))
+                    ctx.log_context(Some(&format!("{scheme}://{addr}{uri}")))
                 );
                 if guard.failure(Instant::now()) {
                     log!(
                         Warn,
                         "*{} upstream server temporarily disabled while connecting to upstream{}",
                         ctx.conn.id,
-                        ctx.log_context(Some(&format!("http://{addr}{uri}")))
+                        ctx.log_context(Some(&format!("{scheme}://{addr}{uri}")))
                     );
                 }
                 let more = attempts < max_tries && deadline.is_none_or(|d| Instant::now() < d);
@@ -313,6 +342,8 @@ pub async fn forward(
 struct Target<'a> {
     shared: &'a Shared,
     addr: std::net::SocketAddr,
+    /// `proxy_pass https://`: how a new connection's TLS is made.
+    tls: Option<Connector<'a>>,
     /// When the peer was picked: the pool checks idle connections' age against it.
     picked: Instant,
     connect_timeout: Duration,
@@ -353,6 +384,7 @@ impl Target<'_> {
                 .pool
                 .checkout(
                     addr,
+                    self.tls,
                     self.picked,
                     self.connect_timeout,
                     self.send_timeout,
@@ -365,17 +397,26 @@ impl Target<'_> {
                     conn
                 }
                 Err(e) => {
-                    let failure = match e {
+                    let failure = match &e {
                         ConnectError::Timeout => Failure::Timeout,
+                        ConnectError::Handshake(h) if matches!(**h, HandshakeError::Timeout) => {
+                            Failure::Timeout
+                        }
                         _ => Failure::Error,
+                    };
+                    let error = match e {
+                        ConnectError::Handshake(source) => {
+                            ProxyError::Handshake { peer: addr, source }
+                        }
+                        e => ProxyError::Connect {
+                            peer: addr,
+                            source: e,
+                        },
                     };
                     return Err(AttemptFailed {
                         reached: Reached::Nothing,
                         failure,
-                        error: ProxyError::Connect {
-                            peer: addr,
-                            source: e,
-                        },
+                        error,
                         unsent: Some(body),
                     });
                 }
@@ -459,8 +500,11 @@ impl Target<'_> {
                     Info,
                     "*{} {broken} while reading response header from upstream ({why}), sending the request again on another connection{}",
                     self.ctx.conn.id,
-                    self.ctx
-                        .log_context(Some(&format!("http://{addr}{}", self.uri)))
+                    self.ctx.log_context(Some(&format!(
+                        "{}://{addr}{}",
+                        self.tls.map_or("http", |_| "https"),
+                        self.uri
+                    )))
                 );
                 body = resend();
                 continue;
@@ -504,8 +548,11 @@ fn switch_protocols(
     if let Some(protocol) = protocol {
         upgrade::set_upgrade_headers(&mut parts.headers, protocol);
     }
-    let (prefix, stream) = conn.io.into_upgraded();
-    upgrade::tunnel(client, Upgraded::new(prefix, stream), idle_timeout, conn_id);
+    let upstream = match conn.io.into_upgraded() {
+        (prefix, Stream::Plain(tcp)) => Upgraded::new(prefix, tcp),
+        (prefix, Stream::Tls(tls)) => Upgraded::other(prefix, tls),
+    };
+    upgrade::tunnel(client, upstream, idle_timeout, conn_id);
     let mut body = ResponseBody::empty();
     body.set_fields(fields);
     Ok(Response::from_parts(parts, body))
@@ -608,7 +655,7 @@ fn client_response(
     shared: &Shared,
     group: &crate::snapshot::Group,
     read_timeout: Duration,
-    addr: std::net::SocketAddr,
+    addr: PeerKey,
 ) -> Response<ResponseBody> {
     let checkin = Checkin {
         pool: shared.pool.clone(),

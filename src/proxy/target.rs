@@ -25,6 +25,7 @@ use http::Uri;
 use super::ProxyError;
 use crate::FastMap;
 use crate::config::model::{Resolver, Upstream};
+use crate::pool::tls::{ConfiguredName, LocationTls, TlsTarget};
 use crate::resolve::Dns;
 use crate::snapshot::{Group, PassUri, Proxy};
 use crate::upstream::PeerRegistry;
@@ -41,15 +42,23 @@ pub struct ProxyVars {
     /// The location's `resolver`, and its client once first used.
     resolver: Option<Resolver>,
     dns: OnceLock<Arc<Dns>>,
+    /// The location's `proxy_ssl_*` for a URL that renders to `https://`.
+    pub tls: Option<LocationTls>,
 }
 
 impl ProxyVars {
-    pub fn new(url: Template, targets: Arc<Targets>, resolver: Option<Resolver>) -> Self {
+    pub fn new(
+        url: Template,
+        targets: Arc<Targets>,
+        resolver: Option<Resolver>,
+        tls: Option<LocationTls>,
+    ) -> Self {
         Self {
             url,
             targets,
             resolver,
             dns: OnceLock::new(),
+            tls,
         }
     }
 
@@ -59,14 +68,33 @@ impl ProxyVars {
     pub async fn resolve(&self, vars: &(dyn Vars + Sync)) -> Result<Proxy, ProxyError> {
         let url = self.url.render(vars);
         let target = Target::parse(&url).map_err(ProxyError::ProxyUrl)?;
+        let default_port = if target.tls { 443 } else { 80 };
         let group = match target.ip {
-            Some(ip) => self
-                .targets
-                .address(SocketAddr::new(ip, target.port.unwrap_or(80))),
-            None => match self.targets.named(target.host, target.port) {
+            Some(ip) => {
+                (self.targets).address(SocketAddr::new(ip, target.port.unwrap_or(default_port)))
+            }
+            None => match (self.targets)
+                .named(target.host, target.port.or((target.tls).then_some(443)))
+            {
                 Some(group) => group,
-                None => self.lookup(target.host, target.port.unwrap_or(80)).await?,
+                None => {
+                    self.lookup(target.host, target.port.unwrap_or(default_port))
+                        .await?
+                }
             },
+        };
+        let tls = match (&self.tls, target.tls) {
+            (_, false) => None,
+            (None, true) => return Err(ProxyError::ProxyUrl(format!("no TLS for \"{url}\""))),
+            (Some(LocationTls { tls, name }), true) => {
+                let name = match name {
+                    Some(ConfiguredName::Template(template)) => template.render(vars),
+                    Some(ConfiguredName::Fixed(fixed)) => fixed.clone(),
+                    // nginx: the resolved host, without a port.
+                    None => target.host.to_owned(),
+                };
+                Some(TlsTarget::fixed(tls.clone(), &name))
+            }
         };
         let uri = match target.uri {
             Some(uri) => PassUri::Whole(request_target(&uri)?),
@@ -76,6 +104,7 @@ impl ProxyVars {
             group,
             proxy_host: target.host_header.to_owned(),
             uri,
+            tls,
         })
     }
 }
@@ -118,7 +147,7 @@ impl Targets {
                 continue;
             };
             let key = if up.implicit {
-                match Target::authority(&up.name) {
+                match Target::authority(&up.name, 80) {
                     // An address is always connected to directly, never looked up.
                     Ok(t) if t.ip.is_none() => {
                         (t.host.to_ascii_lowercase(), Some(t.port.unwrap_or(80)))
@@ -215,6 +244,8 @@ struct Target<'u> {
     host_header: &'u str,
     /// From the first `/` (or `?`, then with a `/` put before it) to the end.
     uri: Option<String>,
+    /// `https://`.
+    tls: bool,
 }
 
 impl<'u> Target<'u> {
@@ -222,18 +253,16 @@ impl<'u> Target<'u> {
     fn parse(url: &'u str) -> Result<Self, String> {
         let scheme = |s: &str| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s);
         if scheme("https://") {
-            return Err(format!(
-                "proxy_pass to https:// upstreams is not supported by imbang yet (\"{url}\")"
-            ));
+            return Self::authority(&url[8..], 443);
         }
         if !scheme("http://") {
             return Err(format!("invalid URL prefix in \"{url}\""));
         }
-        Self::authority(&url[7..])
+        Self::authority(&url[7..], 80)
     }
 
-    /// `authority[/uri]`, after the scheme.
-    fn authority(rest: &'u str) -> Result<Self, String> {
+    /// `authority[/uri]`, after the scheme (whose port is `default_port`).
+    fn authority(rest: &'u str, default_port: u16) -> Result<Self, String> {
         let err = |what: &str| Err(format!("{what} in upstream \"{rest}\""));
         if rest.len() >= 5 && rest[..5].eq_ignore_ascii_case("unix:") {
             return err("unix domain sockets are not supported by imbang");
@@ -292,7 +321,8 @@ impl<'u> Target<'u> {
             None => host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
         };
         let host_header = match port {
-            None | Some(80) => host,
+            None => host,
+            Some(port) if port == default_port => host,
             Some(_) => authority,
         };
         Ok(Self {
@@ -301,6 +331,7 @@ impl<'u> Target<'u> {
             port,
             host_header,
             uri,
+            tls: default_port == 443,
         })
     }
 }
@@ -367,6 +398,9 @@ mod tests {
         // A colon after the URI started is not a port.
         let t = target("http://app/a:b").unwrap();
         assert_eq!((t.host, t.port), ("app", None));
+        let t = target("https://App:443/x").unwrap();
+        assert_eq!((t.host_header, t.port, t.tls), ("App", Some(443), true));
+        assert_eq!(target("https://a:80").unwrap().host_header, "a:80");
         // Not dotted-quad: a name.
         assert_eq!(target("http://10.1:80").unwrap().ip, None);
     }
@@ -389,10 +423,6 @@ mod tests {
             (
                 "http://unix:/tmp/s",
                 "unix domain sockets are not supported by imbang in upstream \"unix:/tmp/s\"",
-            ),
-            (
-                "https://a",
-                "proxy_pass to https:// upstreams is not supported by imbang yet (\"https://a\")",
             ),
         ];
         for (url, want) in cases {

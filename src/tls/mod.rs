@@ -124,7 +124,7 @@ pub enum Refusal {
 /// exchange about 31 µs against 45, the server's share of a handshake; and rustls 0.23.48
 /// deprecated ring's provider for having no post-quantum group). aws-lc-sys builds with the C
 /// compiler alone here (no cmake, no clang).
-fn provider_all() -> &'static Arc<CryptoProvider> {
+pub(crate) fn provider_all() -> &'static Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
@@ -373,7 +373,7 @@ fn provider(spec: &SslSpec) -> Arc<CryptoProvider> {
 }
 
 /// Reads a certificate chain and its key. The error says which file (`true`: the key's).
-fn load_pair(
+pub(crate) fn load_pair(
     cert: &Path,
     key: &Path,
     provider: &CryptoProvider,
@@ -504,7 +504,7 @@ impl rustls::server::ProducesTickets for Lifetime {
 
 /// A file's bytes, or nginx's words for why it could not be read (`open() failed (2: No such
 /// file or directory)`).
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("open() failed ({})", crate::error_log::errno_text(&e)))
 }
 

@@ -76,6 +76,38 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A PEM CRL of this CA that revokes `revoked` (valid from 2020 to 2099).
+    pub fn crl(&self, revoked: &[&Pem]) -> String {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+            SerialNumber, date_time_ymd,
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|pem| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&pem.der).unwrap();
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.tbs_certificate.raw_serial()),
+                    revocation_time: date_time_ymd(2021, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params.signed_by(&issuer).unwrap().pem().unwrap()
+    }
+}
+
 /// A client that trusts `ca` only.
 pub fn client_config(ca: &Ca, alpn: &[&str]) -> ClientConfig {
     let mut roots = RootCertStore::empty();

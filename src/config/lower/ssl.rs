@@ -279,7 +279,7 @@ impl Lower<'_> {
 
     /// A file named in a directive: relative paths are taken from the main file's directory
     /// (nginx's conf prefix).
-    fn conf_path(&self, arg: &Arg) -> PathBuf {
+    pub(super) fn conf_path(&self, arg: &Arg) -> PathBuf {
         let path = PathBuf::from(&arg.value);
         // The ACME module's variables stay as they are: crate::tls serves its certificate.
         if path.is_absolute() || matches!(arg.value.as_str(), ACME_CERT | ACME_KEY) {
@@ -298,7 +298,7 @@ impl Lower<'_> {
         }
     }
 
-    fn ssl_protocols(&mut self, d: &Directive) -> Option<(bool, bool)> {
+    pub(super) fn ssl_protocols(&mut self, d: &Directive) -> Option<(bool, bool)> {
         let (mut tls12, mut tls13) = (false, false);
         for arg in &d.args {
             match arg.value.as_str() {
@@ -306,8 +306,8 @@ impl Lower<'_> {
                 "TLSv1.3" => tls13 = true,
                 "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => self.warn(
                     format!(
-                        "\"{}\" in \"ssl_protocols\" is never offered: imbang speaks TLSv1.2 and TLSv1.3 only",
-                        arg.value
+                        "\"{}\" in \"{}\" is never offered: imbang speaks TLSv1.2 and TLSv1.3 only",
+                        arg.value, d.name
                     ),
                     arg.span,
                 ),
@@ -319,8 +319,10 @@ impl Lower<'_> {
         }
         if !tls12 && !tls13 {
             self.invalid(
-                "no protocol imbang speaks is left in \"ssl_protocols\" (TLSv1.2 or TLSv1.3 is needed)"
-                    .to_owned(),
+                format!(
+                    "no protocol imbang speaks is left in \"{}\" (TLSv1.2 or TLSv1.3 is needed)",
+                    d.name
+                ),
                 d.span,
             );
             return None;
@@ -330,7 +332,7 @@ impl Lower<'_> {
 
     /// OpenSSL's cipher list: named suites are mapped to rustls's; keywords and exclusions
     /// (`HIGH`, `!aNULL`, ...) leave rustls's defaults, which are all strong. `None`: defaults.
-    fn ssl_ciphers(&mut self, d: &Directive, arg: &Arg) -> Option<Vec<String>> {
+    pub(super) fn ssl_ciphers(&mut self, d: &Directive, arg: &Arg) -> Option<Vec<String>> {
         let mut named = Vec::new();
         let mut unmapped = Vec::new();
         for item in arg.value.split([':', ',', ' ']).filter(|s| !s.is_empty()) {

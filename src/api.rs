@@ -141,18 +141,7 @@ fn peer(peer: &Peer, now: Instant) -> Value {
     let state = peer.state();
     let active = state.active_health();
     let verdicts = active.verdicts();
-    let held = |s| verdicts.iter().any(|v| v.state == s);
-    let shown = if peer.is_down() {
-        "down"
-    } else if held(CheckState::Unhealthy) {
-        "unhealthy"
-    } else if held(CheckState::Checking) {
-        "checking"
-    } else if !peer.passively_available(now) {
-        "unavail"
-    } else {
-        "up"
-    };
+    let shown = peer_state(peer, verdicts, now);
     let mut value = json!({
         "id": peer.index(),
         "server": peer.addr().to_string(),
@@ -182,6 +171,31 @@ fn peer(peer: &Peer, now: Instant) -> Value {
         value["health_checks"] = checks;
     }
     value
+}
+
+/// A peer's `state` (`up`, `down`, `unavail`, `unhealthy`, `checking`), given what its health
+/// checks say (`verdicts`).
+pub fn peer_state(
+    peer: &Peer,
+    verdicts: &[crate::upstream::health::active::Verdict],
+    now: Instant,
+) -> &'static str {
+    let held = |s| {
+        verdicts
+            .iter()
+            .any(|v: &crate::upstream::health::active::Verdict| v.state == s)
+    };
+    if peer.is_down() {
+        "down"
+    } else if held(CheckState::Unhealthy) {
+        "unhealthy"
+    } else if held(CheckState::Checking) {
+        "checking"
+    } else if !peer.passively_available(now) {
+        "unavail"
+    } else {
+        "up"
+    }
 }
 
 /// `responses`: counts by status class and their total.

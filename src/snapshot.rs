@@ -92,6 +92,10 @@ pub enum RouteAction {
     ProxyVars(ProxyVars),
     /// NGINX Plus's `api` (read-only): see [`crate::api`].
     Api,
+    /// `stub_status`: see [`crate::stub_status`].
+    StubStatus,
+    /// `prometheus all`: see [`crate::metrics`].
+    Prometheus,
 }
 
 /// `return code [text|URL]` with its variables found once.
@@ -588,6 +592,8 @@ fn compile_route(
             }
         },
         Some(Action::Api(_)) => RouteAction::Api,
+        Some(Action::StubStatus) => RouteAction::StubStatus,
+        Some(Action::Prometheus) => RouteAction::Prometheus,
         Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {
             Ok(url) => RouteAction::ProxyVars(ProxyVars {
                 url,

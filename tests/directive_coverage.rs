@@ -40,6 +40,7 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_sub_filter_module",
     "ngx_http_rewrite_module",
     "ngx_http_realip_module",
+    "ngx_http_stub_status_module",
 ];
 
 /// Modules other work is adding right now: not checked until it lands (the integrator empties

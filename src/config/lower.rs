@@ -18,6 +18,7 @@ use super::values::{self, AddrError};
 mod charset;
 mod compat;
 mod expires;
+mod observe;
 mod proxy_cookie;
 mod realip;
 pub use compat::only_value;
@@ -1095,6 +1096,8 @@ impl<'a> Lower<'a> {
         let mut script = Vec::new();
         let mut locations = Vec::new();
         let mut own_ssl = ssl::SslFrame::default();
+        // `stub_status` at server level: for the requests no location matches (nginx's).
+        let mut server_handler = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
@@ -1108,6 +1111,11 @@ impl<'a> Lower<'a> {
                 "server_name" => self.server_names(c, &mut names),
                 "location" => locations.push(c),
                 "if" => script.extend(self.if_block(c, None, ups)),
+                "stub_status" => {
+                    if self.once(&mut seen, spec, c) {
+                        self.handler(c, &mut server_handler);
+                    }
+                }
                 "error_log" => {
                     if let Some(log) = self.error_log(c) {
                         self.inner_error_logs.push(log);
@@ -1139,6 +1147,7 @@ impl<'a> Lower<'a> {
         self.check_charset(&frame);
         let mut conf = frame.conf(None);
         Arc::make_mut(&mut conf).script = script;
+        Arc::make_mut(&mut conf).action = server_handler.map(|(a, _)| a);
         let ssl = Arc::new(self.ssl_spec(&own_ssl, &self.ssl_http));
         if ssl.enable {
             // `ssl on`: the server's addresses are TLS, as if each `listen` said `ssl`.
@@ -1356,7 +1365,8 @@ impl<'a> Lower<'a> {
         let mut ifs = Vec::new();
         let mut children = Vec::new();
         let mut checks = Vec::new();
-        let mut api = None;
+        // The location's own handler (`api`, `stub_status`, `prometheus`) and its directive.
+        let mut api: Option<(Action, &str)> = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
                 continue;
@@ -1368,9 +1378,9 @@ impl<'a> Lower<'a> {
                 "location" => children.push(c),
                 "if" => ifs.push((script.len(), c)),
                 "health_check" => checks.push(c),
-                "api" => {
+                "api" | "stub_status" | "prometheus" => {
                     if self.once(&mut seen, spec, c) {
-                        api = self.api(c);
+                        self.handler(c, &mut api);
                     }
                 }
                 "internal" => internal = true,
@@ -1411,13 +1421,13 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
             .collect();
-        if let (Some(_), Some(_)) = (&api, &proxy) {
+        if let (Some((_, name)), Some(_)) = (&api, &proxy) {
             self.invalid(
-                "\"api\" cannot be used with \"proxy_pass\" in the same location".to_owned(),
+                format!("\"{name}\" cannot be used with \"proxy_pass\" in the same location"),
                 d.span,
             );
         }
-        let action = api.or(proxy);
+        let action = api.map(|(a, _)| a).or(proxy);
         let mut inserted = 0;
         for (at, c) in ifs {
             if let Some(stmt) = self.if_block(c, Some((&frame, action.as_ref())), ups) {

@@ -449,6 +449,10 @@ pub enum Action {
     ProxyVars(ProxyPassVars),
     /// `api [write=on|off]` (NGINX Plus's live API): JSON about the running imbang.
     Api(Api),
+    /// `stub_status` (ngx_http_stub_status_module): the connection and request figures.
+    StubStatus,
+    /// `prometheus all` (Angie's syntax): metrics in Prometheus's text format.
+    Prometheus,
 }
 
 /// `api [write=on|off]`.

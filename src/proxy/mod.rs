@@ -400,6 +400,7 @@ impl Vars for RequestCtx<'_> {
             Var::ConnectionRequests => {
                 append_display(out, self.conn.requests.load(Ordering::Relaxed))
             }
+            Var::Connections(which) => append_display(out, crate::stats::connections(*which)),
             Var::Hostname => out.push_str(hostname()),
             Var::RemoteUser => {}
             Var::Arg(name) => {
@@ -885,6 +886,8 @@ async fn dispatch<'a>(
         ),
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
         (None, RouteAction::Api) => (crate::api::respond(shared, ctx, route), false),
+        (None, RouteAction::StubStatus) => (crate::stub_status::respond(&ctx.parts.method), false),
+        (None, RouteAction::Prometheus) => (crate::metrics::respond(shared, ctx), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
             proxied(shared, ctx, route, proxy, body, client_upgrade, out).await

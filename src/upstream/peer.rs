@@ -49,6 +49,10 @@ pub struct PeerState {
     went_unavailable: AtomicU64,
     /// Response heads received from this peer, by status class (1xx … 5xx).
     responses: [AtomicU64; 5],
+    /// Bytes written to the peer (request heads and bodies of the attempts it answered) and
+    /// read from it (response heads and bodies), added once per attempt when its guard drops.
+    sent: AtomicU64,
+    received: AtomicU64,
     /// The sum of the start times of the timed attempts in flight (nanoseconds since
     /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
@@ -93,6 +97,14 @@ impl PeerState {
     /// Response heads received so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub fn responses(&self) -> [u64; 5] {
         self.responses.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// `(sent, received)`: bytes written to and read from the peer so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
     }
 
     /// Attempts that failed so far.
@@ -397,6 +409,10 @@ pub struct PeerGuard {
     started: Instant,
     /// `started` as added to the peer's `in_flight_since`.
     since: u64,
+    /// Bytes written to and read from the peer in this attempt, added to its totals on drop
+    /// (one update per attempt, not one per body frame).
+    sent: u64,
+    received: u64,
 }
 
 impl PeerGuard {
@@ -425,7 +441,16 @@ impl PeerGuard {
             timed: peer.timed,
             started: now,
             since,
+            sent: 0,
+            received: 0,
         }
+    }
+
+    /// `sent` bytes went to the peer, `received` came from it (the Plus API's `sent` and
+    /// `received`, the Prometheus metrics' bytes).
+    pub fn count_bytes(&mut self, sent: u64, received: u64) {
+        self.sent += sent;
+        self.received += received;
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -524,6 +549,12 @@ impl Drop for PeerGuard {
         // fence pairs with the one in `WaitQueue::join`, so either this sees the waiter or the
         // waiter's pick sees the slot.
         self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.sent != 0 {
+            self.state.sent.fetch_add(self.sent, Ordering::Relaxed);
+        }
+        if self.received != 0 {
+            (self.state.received).fetch_add(self.received, Ordering::Relaxed);
+        }
         if self.timed {
             (self.state.in_flight_since).fetch_sub(self.since, Ordering::SeqCst);
             (self.state.in_flight_timed).fetch_sub(1, Ordering::SeqCst);

@@ -1,0 +1,289 @@
+//! What the server counts about its client connections and requests: nginx's stub_status
+//! figures (`ngx_stat_accepted`, `_handled`, `_active`, `_requests`, `_reading`, `_writing`,
+//! `_waiting`), read by [`stub_status`](crate::stub_status), the `$connections_*`
+//! variables, the Prometheus metrics and the API's `/connections` and `/http/requests`.
+//!
+//! The figures are the process's, as nginx's live in shared memory for all its workers: they
+//! survive reloads, and every [`Server`](crate::server::Server) of a process (tests run several)
+//! adds to the same ones.
+//!
+//! Counting is on the request path (seven updates per keep-alive request), so it takes no lock
+//! and no read-modify-write: each thread counts in a shard of its own, which only it writes (a
+//! plain load and store of a relaxed atomic, as cheap as adding to a local), and a reader sums
+//! the shards. A gauge (`reading`, ...) may go up on one thread and down on another; only the
+//! sum means anything, and a sum read while others count may be a moment old, as nginx's.
+//!
+//! | figure | counted | nginx's |
+//! |---|---|---|
+//! | accepted | a connection accepted | `accepts` |
+//! | handled | a connection that got served (not dropped) | `handled` |
+//! | active | from the accept until the connection closes | `Active connections` |
+//! | requests | a request's first bytes arrived (HTTP/1), a stream opened (HTTP/2) | `requests` |
+//! | reading | from a request's first bytes until its head is read | `Reading` |
+//! | writing | from then until its response is written | `Writing` |
+//! | waiting | an open connection with no request (idle keep-alive, or no byte yet) | `Waiting` |
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Accepted,
+    Handled,
+    Active,
+    Requests,
+    Reading,
+    Writing,
+    Waiting,
+}
+
+const SLOTS: usize = 7;
+
+/// One thread's counts, on a cache line pair of its own (no false sharing with another
+/// thread's).
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard([AtomicU64; SLOTS]);
+
+/// Every thread's shard that ever counted. A shard outlives its thread (its counts stay in the
+/// sums); threads that count are the workers, made once, so this stays short.
+static SHARDS: Mutex<Vec<&'static Shard>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static MINE: &'static Shard = {
+        let shard: &'static Shard = Box::leak(Box::default());
+        SHARDS.lock().unwrap_or_else(PoisonError::into_inner).push(shard);
+        shard
+    };
+}
+
+/// Adds `n` (wrapping: a gauge's decrease is the addition of `-1`).
+#[inline]
+fn add(slot: Slot, n: u64) {
+    // `try_with`: a count made while the thread's locals are being destroyed is lost.
+    let _ = MINE.try_with(|shard| {
+        // Only this thread writes its shard: no read-modify-write needed.
+        let cell = &shard.0[slot as usize];
+        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+    });
+}
+
+#[inline]
+fn up(slot: Slot) {
+    add(slot, 1);
+}
+
+#[inline]
+fn down(slot: Slot) {
+    add(slot, u64::MAX);
+}
+
+/// A connection was accepted.
+pub fn accepted() {
+    up(Slot::Accepted);
+}
+
+/// An accepted connection is served: counted as handled and active until the guard drops.
+pub fn handled() -> Active {
+    up(Slot::Handled);
+    up(Slot::Active);
+    Active(())
+}
+
+/// An open client connection (nginx's `Active connections`), until dropped.
+#[must_use]
+#[derive(Debug)]
+pub struct Active(());
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        down(Slot::Active);
+    }
+}
+
+/// A connection waiting for a request (nginx's `Waiting`), until dropped.
+#[must_use]
+#[derive(Debug)]
+pub struct Waiting(());
+
+impl Waiting {
+    pub fn start() -> Self {
+        up(Slot::Waiting);
+        Self(())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        down(Slot::Waiting);
+    }
+}
+
+/// One request: counted, then reading its head, then writing its answer, until dropped.
+#[must_use]
+#[derive(Debug)]
+pub struct Request {
+    writing: bool,
+    counted: bool,
+}
+
+impl Request {
+    /// A request's first bytes arrived: counted, and reading its head.
+    pub fn reading() -> Self {
+        up(Slot::Requests);
+        up(Slot::Reading);
+        Self {
+            writing: false,
+            counted: true,
+        }
+    }
+
+    /// A request whose head came whole (an HTTP/2 stream, or over a connection whose head
+    /// reading is not seen): counted, and writing.
+    pub fn writing() -> Self {
+        up(Slot::Requests);
+        up(Slot::Writing);
+        Self {
+            writing: true,
+            counted: true,
+        }
+    }
+
+    /// Its head is read: now it is being answered.
+    pub fn head_read(&mut self) {
+        if !self.writing {
+            self.writing = true;
+            down(Slot::Reading);
+            up(Slot::Writing);
+        }
+    }
+
+    /// What looked like a request was not one (the HTTP/2 preface): not counted after all.
+    pub fn not_a_request(mut self) {
+        if std::mem::replace(&mut self.counted, false) {
+            down(Slot::Requests);
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        down(if self.writing {
+            Slot::Writing
+        } else {
+            Slot::Reading
+        });
+    }
+}
+
+/// The figures at one moment (nginx's stub_status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub accepted: u64,
+    pub handled: u64,
+    pub active: u64,
+    pub requests: u64,
+    pub reading: u64,
+    pub writing: u64,
+    pub waiting: u64,
+}
+
+/// Sums every thread's shard.
+pub fn figures() -> Figures {
+    let mut sum = [0u64; SLOTS];
+    for shard in SHARDS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for (total, cell) in sum.iter_mut().zip(&shard.0) {
+            *total = total.wrapping_add(cell.load(Relaxed));
+        }
+    }
+    // A gauge read while it moves on two threads may sum to a moment's -1: shown as 0.
+    let gauge = |slot: Slot| (sum[slot as usize] as i64).max(0) as u64;
+    Figures {
+        accepted: sum[Slot::Accepted as usize],
+        handled: sum[Slot::Handled as usize],
+        active: gauge(Slot::Active),
+        requests: sum[Slot::Requests as usize],
+        reading: gauge(Slot::Reading),
+        writing: gauge(Slot::Writing),
+        waiting: gauge(Slot::Waiting),
+    }
+}
+
+/// One of the four gauges, as `$connections_active` … `$connections_waiting` show it.
+pub fn connections(which: ConnectionsVar) -> u64 {
+    let f = figures();
+    match which {
+        ConnectionsVar::Active => f.active,
+        ConnectionsVar::Reading => f.reading,
+        ConnectionsVar::Writing => f.writing,
+        ConnectionsVar::Waiting => f.waiting,
+    }
+}
+
+/// Which `$connections_*` variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionsVar {
+    Active,
+    Reading,
+    Writing,
+    Waiting,
+}
+
+/// Reloads that failed (the configuration in force stayed), and whether the last one did.
+static RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
+static LAST_RELOAD_FAILED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A reload (SIGHUP, `-s reload`) ended: put in force, or not.
+pub fn reloaded(ok: bool) {
+    if !ok {
+        RELOAD_FAILURES.fetch_add(1, Relaxed);
+    }
+    LAST_RELOAD_FAILED.store(!ok, Relaxed);
+}
+
+/// `(failed reloads, whether the last reload failed)`.
+pub fn reload_failures() -> (u64, bool) {
+    (
+        RELOAD_FAILURES.load(Relaxed),
+        LAST_RELOAD_FAILED.load(Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process's figures move with every test of this binary that serves: each assertion
+    /// is on a difference this thread made, summed over all threads (this one's shard included).
+    #[test]
+    fn counts_move_as_a_request_goes_through_its_phases() {
+        // Another thread counting meanwhile could move the totals: run where only this test
+        // counts (the lib's other tests that serve run on threads of their own, so compare
+        // this thread's shard alone).
+        let mine = || MINE.with(|s| s.0.each_ref().map(|c| c.load(Relaxed)));
+        let before = mine();
+        let delta = |slot: Slot| mine()[slot as usize].wrapping_sub(before[slot as usize]) as i64;
+        accepted();
+        let active = handled();
+        let waiting = Waiting::start();
+        assert_eq!(delta(Slot::Waiting), 1);
+        drop(waiting);
+        let mut request = Request::reading();
+        assert_eq!((delta(Slot::Reading), delta(Slot::Writing)), (1, 0));
+        request.head_read();
+        request.head_read();
+        assert_eq!((delta(Slot::Reading), delta(Slot::Writing)), (0, 1));
+        drop(request);
+        Request::reading().not_a_request();
+        assert_eq!(delta(Slot::Requests), 1);
+        assert_eq!((delta(Slot::Active), delta(Slot::Accepted)), (1, 1));
+        drop(active);
+        assert_eq!(delta(Slot::Active), 0);
+        for slot in [Slot::Reading, Slot::Writing, Slot::Waiting] {
+            assert_eq!(delta(slot), 0);
+        }
+        // This thread's shard is among those summed.
+        assert!(figures().requests >= 1);
+    }
+}

@@ -7,6 +7,7 @@
 #   openssl    the compatibility corpus's TLS certificate (tests/compat.rs)
 #   curl       one HTTP/2-over-TLS check with a real client (tests/tls.rs)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
+#   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +19,7 @@ needs=(
   "curl /usr/bin/curl curl"
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
+  "promtool /usr/bin/promtool prometheus"
 )
 missing=()
 for entry in "${needs[@]}"; do

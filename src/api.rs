@@ -5,9 +5,14 @@
 //! | path (after the location's prefix) | answer |
 //! |---|---|
 //! | `/` | the API versions: `[1,...,9]` (every version gets the same shapes) |
-//! | `/9/` | the endpoints imbang has: `["nginx","http"]` |
+//! | `/9/` | the endpoints imbang has: `["nginx","processes","connections","slabs","http","workers"]` |
 //! | `/9/nginx` | version, build, address, generation (reloads), load_timestamp, timestamp, pid, ppid |
-//! | `/9/http/` | `["upstreams"]` |
+//! | `/9/processes` | `{"respawned":0}` (imbang's workers are threads: none is respawned) |
+//! | `/9/connections` | `accepted`, `dropped`, `active`, `idle` ([`crate::stats`]) |
+//! | `/9/slabs` | `{}`: no shared memory zones |
+//! | `/9/workers` | one entry, the process: `id`, `pid`, `connections`, `http.requests` |
+//! | `/9/http/` | `["requests","upstreams"]` |
+//! | `/9/http/requests` | `total`, `current` |
 //! | `/9/http/upstreams` | every group by name |
 //! | `/9/http/upstreams/NAME` | one group: `peers`, `keepalive`, `queue` |
 //! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
@@ -16,8 +21,8 @@
 //! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
 //! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
 //! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`), `responses` (`1xx` … `5xx`,
-//! `total`). Plus's per-code counts (`codes`), bytes and times (`sent`, `received`,
-//! `header_time`, `response_time`, `selected`, `downtime`) are not kept. Errors are Plus's JSON error object with its codes
+//! `total`), `sent`, `received` (bytes). Plus's per-code counts (`codes`) and times
+//! (`header_time`, `response_time`, `selected`, `downtime`) are not kept. Errors are Plus's JSON error object with its codes
 //! (`PathNotFound`, `UnknownVersion`, `UpstreamNotFound`, `ServerNotFound`, `MethodDisabled`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::proxy::{RequestCtx, ResponseBody, Shared};
 use crate::snapshot::{Group, Route};
+use crate::stats;
 use crate::upstream::Peer;
 use crate::upstream::health::active::CheckState;
 
@@ -72,9 +78,22 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
     }
     let snapshot = shared.live.snapshot();
     match rest {
-        [] => Ok(json!(["nginx", "http"])),
+        [] => Ok(json!([
+            "nginx",
+            "processes",
+            "connections",
+            "slabs",
+            "http",
+            "workers"
+        ])),
         ["nginx"] => Ok(nginx(shared, ctx)),
-        ["http"] => Ok(json!(["upstreams"])),
+        ["processes"] => Ok(json!({ "respawned": 0 })),
+        ["connections"] => Ok(connections(&stats::figures())),
+        // Plus's shared memory zones: imbang keeps its state in the process, in none.
+        ["slabs"] => Ok(json!({})),
+        ["workers"] => Ok(workers()),
+        ["http"] => Ok(json!(["requests", "upstreams"])),
+        ["http", "requests"] => Ok(requests(&stats::figures())),
         ["http", "upstreams"] => {
             let mut groups: Vec<_> = snapshot.groups().collect();
             groups.sort_by(|a, b| a.balancer.name().cmp(b.balancer.name()));
@@ -120,6 +139,34 @@ fn nginx(shared: &Shared, ctx: &RequestCtx<'_>) -> Value {
     })
 }
 
+/// `/N/connections`: Plus's `active` are the connections with a request (being read or
+/// answered), `idle` those waiting for one; stub_status's `Active connections` is their sum.
+fn connections(f: &stats::Figures) -> Value {
+    json!({
+        "accepted": f.accepted,
+        "dropped": f.accepted.saturating_sub(f.handled),
+        "active": f.active.saturating_sub(f.waiting),
+        "idle": f.waiting,
+    })
+}
+
+/// `/N/http/requests`: requests so far, and those being read or answered now.
+fn requests(f: &stats::Figures) -> Value {
+    json!({ "total": f.requests, "current": f.reading + f.writing })
+}
+
+/// `/N/workers`: Plus lists each worker process; imbang's workers are threads of one process,
+/// which counts for all of them, so the list has that process.
+fn workers() -> Value {
+    let f = stats::figures();
+    json!([{
+        "id": 0,
+        "pid": std::process::id(),
+        "connections": connections(&f),
+        "http": { "requests": requests(&f) },
+    }])
+}
+
 /// One upstream group.
 fn upstream(shared: &Shared, group: &Group) -> Value {
     let now = Instant::now();
@@ -154,6 +201,8 @@ fn peer(peer: &Peer, now: Instant) -> Value {
         "responses": responses(state.responses()),
         "fails": state.failed(),
         "unavail": state.went_unavailable(),
+        "sent": state.bytes().0,
+        "received": state.bytes().1,
     });
     if peer.max_conns() != 0 {
         value["max_conns"] = json!(peer.max_conns());

@@ -121,6 +121,20 @@ async fn upstreams_show_each_peer_with_its_state_load_failures_and_health_checks
         (&Value::from("up"), &Value::from(1))
     );
     assert_eq!(other[0]["responses"]["total"], 0, "refused: no response");
+    assert_eq!(
+        (&other[0]["sent"], &other[0]["received"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    // Two `GET /` heads out; two heads with `a` as their bodies back.
+    let (sent, received) = (
+        app[0]["sent"].as_u64().unwrap(),
+        app[0]["received"].as_u64().unwrap(),
+    );
+    assert!(sent > 2 * "GET / HTTP/1.0\r\n".len() as u64, "{sent}");
+    assert!(
+        received > 2 * "HTTP/1.1 200 OK\r\n".len() as u64,
+        "{received}"
+    );
     assert_eq!(other[1]["responses"]["2xx"], 1);
     // Pooled keep-alive connections to the group's peers.
     assert!(all["app"]["keepalive"].as_u64().unwrap() >= 1, "{all:#}");
@@ -157,11 +171,21 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
     );
     assert_eq!(
         get_json(&lb, "/api/9/").await,
-        (200, serde_json::json!(["nginx", "http"]))
+        (
+            200,
+            serde_json::json!([
+                "nginx",
+                "processes",
+                "connections",
+                "slabs",
+                "http",
+                "workers"
+            ])
+        )
     );
     assert_eq!(
         get_json(&lb, "/api/7/http").await,
-        (200, serde_json::json!(["upstreams"]))
+        (200, serde_json::json!(["requests", "upstreams"]))
     );
 
     let (status, nginx) = get_json(&lb, "/api/9/nginx").await;

@@ -185,3 +185,50 @@ fn stub_status_takes_nginx_s_contexts_and_arguments() {
         "{err}"
     );
 }
+
+/// NGINX Plus's API reads the same figures: `/connections`, `/http/requests`, `/workers`, and
+/// `/slabs` (empty: imbang has no shared memory zones).
+#[tokio::test]
+async fn the_api_shows_the_same_figures_in_the_plus_api_s_shapes() {
+    let dir = TempDir::new("api-connections");
+    let port = support::free_port();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; worker_processes 1; pid logs/imbang.pid; error_log logs/error.log;
+             events {{}} http {{ access_log off; server {{ listen 127.0.0.1:{port};
+                 location /api/ {{ api; }} location / {{ return 200; }} }} }}"
+        ),
+    );
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let _imbang = ImbangGuard::start(&format!("{}/", dir.path().display()));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    // A: one request, then idle. C: half a head. D: asks.
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(&mut a, "GET", "/", false).await.0, 200);
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let mut d = TcpStream::connect(addr).await.unwrap();
+    let mut json = async |path: &str| {
+        let (status, body) = exchange(&mut d, "GET", path, false).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let connections = json("/api/9/connections").await;
+    assert_eq!(
+        connections,
+        serde_json::json!({ "accepted": 4, "dropped": 0, "active": 2, "idle": 1 })
+    );
+    let requests = json("/api/9/http/requests").await;
+    assert_eq!(requests, serde_json::json!({ "total": 4, "current": 2 }));
+    let workers = json("/api/9/workers").await;
+    assert_eq!(workers[0]["http"]["requests"]["total"], 5);
+    assert_eq!(workers[0]["connections"]["accepted"], 4);
+    assert_eq!(json("/api/9/slabs").await, serde_json::json!({}));
+    assert_eq!(
+        json("/api/9/processes").await,
+        serde_json::json!({ "respawned": 0 })
+    );
+    drop((a, c));
+}

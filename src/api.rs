@@ -11,8 +11,9 @@
 //! | `/9/connections` | `accepted`, `dropped`, `active`, `idle` ([`crate::stats`]) |
 //! | `/9/slabs` | `{}`: no shared memory zones |
 //! | `/9/workers` | one entry, the process: `id`, `pid`, `connections`, `http.requests` |
-//! | `/9/http/` | `["requests","upstreams"]` |
+//! | `/9/http/` | `["requests","server_zones","location_zones","upstreams"]` |
 //! | `/9/http/requests` | `total`, `current` |
+//! | `/9/http/server_zones[/NAME]`, `/9/http/location_zones[/NAME]` | each `status_zone`: `processing`, `requests`, `responses`, `discarded` |
 //! | `/9/http/upstreams` | every group by name |
 //! | `/9/http/upstreams/NAME` | one group: `peers`, `keepalive`, `queue` |
 //! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::proxy::{RequestCtx, ResponseBody, Shared};
 use crate::snapshot::{Group, Route};
-use crate::stats;
+use crate::stats::{self, ZoneKind};
 use crate::upstream::Peer;
 use crate::upstream::health::active::CheckState;
 
@@ -92,8 +93,46 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
         // Plus's shared memory zones: imbang keeps its state in the process, in none.
         ["slabs"] => Ok(json!({})),
         ["workers"] => Ok(workers()),
-        ["http"] => Ok(json!(["requests", "upstreams"])),
+        ["http"] => Ok(json!([
+            "requests",
+            "server_zones",
+            "location_zones",
+            "upstreams"
+        ])),
         ["http", "requests"] => Ok(requests(&stats::figures())),
+        [
+            "http",
+            kind @ ("server_zones" | "location_zones"),
+            rest @ ..,
+        ] => {
+            let kind = match *kind {
+                "server_zones" => ZoneKind::Server,
+                _ => ZoneKind::Location,
+            };
+            let names = zone_names(&snapshot.config, kind);
+            match rest {
+                [] => Ok(Value::Object(
+                    (names.into_iter())
+                        .map(|n| {
+                            let value = zone(&stats::zone(kind, &n).figures());
+                            (n, value)
+                        })
+                        .collect(),
+                )),
+                [name] if names.iter().any(|n| n == name) => {
+                    Ok(zone(&stats::zone(kind, name).figures()))
+                }
+                [_] => Err((
+                    StatusCode::NOT_FOUND,
+                    "zone not found",
+                    match kind {
+                        ZoneKind::Server => "ServerZoneNotFound",
+                        ZoneKind::Location => "LocationZoneNotFound",
+                    },
+                )),
+                _ => Err(PATH_NOT_FOUND),
+            }
+        }
         ["http", "upstreams"] => {
             let mut groups: Vec<_> = snapshot.groups().collect();
             groups.sort_by(|a, b| a.balancer.name().cmp(b.balancer.name()));
@@ -153,6 +192,36 @@ fn connections(f: &stats::Figures) -> Value {
 /// `/N/http/requests`: requests so far, and those being read or answered now.
 fn requests(f: &stats::Figures) -> Value {
     json!({ "total": f.requests, "current": f.reading + f.writing })
+}
+
+/// The `status_zone` names of `kind` the configuration has, sorted.
+pub(crate) fn zone_names(config: &crate::Config, kind: ZoneKind) -> Vec<String> {
+    fn walk(locations: &[crate::config::model::Location], names: &mut Vec<String>) {
+        for l in locations {
+            names.extend(l.conf.status_zone.clone());
+            walk(&l.locations, names);
+        }
+    }
+    let mut names = Vec::new();
+    for server in config.http.iter().flat_map(|h| &h.servers) {
+        match kind {
+            ZoneKind::Server => names.extend(server.status_zone.clone()),
+            ZoneKind::Location => walk(&server.locations, &mut names),
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One server or location zone: `processing`, `requests`, `responses`, `discarded`.
+fn zone(f: &stats::ZoneFigures) -> Value {
+    json!({
+        "processing": f.processing,
+        "requests": f.requests,
+        "responses": responses(f.responses),
+        "discarded": f.discarded,
+    })
 }
 
 /// `/N/workers`: Plus lists each worker process; imbang's workers are threads of one process,

@@ -19,7 +19,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio::time::Instant;
 
 use crate::proxy::{RequestCtx, ResponseBody, Shared};
-use crate::stats;
+use crate::stats::{self, ZoneKind};
 
 /// `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -205,8 +205,64 @@ pub fn render(shared: &Shared) -> String {
         page.single(name, "gauge", help, value);
     }
 
-    // === upstream groups and their peers ===
+    // === status zones (`status_zone` on servers and locations) ===
     let snapshot = live.snapshot();
+    for (kind, prefix, what) in [
+        (ZoneKind::Server, "imbang_http_server_zone", "server"),
+        (ZoneKind::Location, "imbang_http_location_zone", "location"),
+    ] {
+        let zones: Vec<_> = crate::api::zone_names(&snapshot.config, kind)
+            .into_iter()
+            .map(|name| {
+                let figures = stats::zone(kind, &name).figures();
+                (name, figures)
+            })
+            .collect();
+        if zones.is_empty() {
+            continue;
+        }
+        type Field = fn(&stats::ZoneFigures) -> u64;
+        let families: [(&str, &str, String, Field); 3] = [
+            (
+                "requests_total",
+                "counter",
+                format!("Requests counted in the {what} zone (status_zone)."),
+                |f| f.requests,
+            ),
+            (
+                "discarded_total",
+                "counter",
+                format!("Requests of the {what} zone completed without a response."),
+                |f| f.discarded,
+            ),
+            (
+                "processing",
+                "gauge",
+                format!("Requests of the {what} zone being processed."),
+                |f| f.processing,
+            ),
+        ];
+        for (suffix, kind, help, field) in families {
+            let name = format!("{prefix}_{suffix}");
+            page.family(&name, kind, &help);
+            for (zone, f) in &zones {
+                page.sample(&name, &[("zone", zone)], field(f));
+            }
+        }
+        let name = format!("{prefix}_responses_total");
+        page.family(
+            &name,
+            "counter",
+            &format!("Responses of the {what} zone, by status class."),
+        );
+        for (zone, f) in &zones {
+            for (class, n) in CLASSES.iter().zip(f.responses) {
+                page.sample(&name, &[("zone", zone), ("code_class", class)], n);
+            }
+        }
+    }
+
+    // === upstream groups and their peers ===
     let mut groups: Vec<_> = snapshot.groups().collect();
     groups.sort_by(|a, b| a.balancer.name().cmp(b.balancer.name()));
     let now = Instant::now();

@@ -48,11 +48,15 @@ pub struct ServerRoute {
     pub fallback: Arc<Route>,
     /// Its TLS, when it listens on a `listen ... ssl` address (or names certificates).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// `status_zone`: the server zone its requests are counted in.
+    pub zone: Option<Arc<crate::stats::Zone>>,
 }
 
 /// One `location {}` compiled: what to do with a request that ends here.
 pub struct Route {
     pub conf: Arc<LocationConf>,
+    /// `status_zone`: the location zone its requests are counted in.
+    pub zone: Option<Arc<crate::stats::Zone>>,
     pub action: RouteAction,
     /// `proxy_set_header` with variables found once; an empty value removes the header. Each
     /// with its name as the config spells it (what is sent, as nginx sends it).
@@ -506,11 +510,14 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         Some(crate::config::model::ServerName::Exact(n)) => n.clone(),
         _ => String::new(),
     };
+    let zone = (server.status_zone.as_deref())
+        .map(|name| crate::stats::zone(crate::stats::ZoneKind::Server, name));
     Some(ServerRoute {
         name,
         locations,
         fallback,
         tls: None,
+        zone,
     })
 }
 
@@ -661,6 +668,8 @@ fn compile_route(
     });
     Route {
         conf: conf.clone(),
+        zone: (conf.status_zone.as_deref())
+            .map(|name| crate::stats::zone(crate::stats::ZoneKind::Location, name)),
         action,
         set_headers,
         sets_host,

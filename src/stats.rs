@@ -229,6 +229,102 @@ pub enum ConnectionsVar {
     Waiting,
 }
 
+// === status zones (NGINX Plus's `status_zone`) ===
+
+/// Whether a `status_zone` was set on a `server` (a server zone: every request of the server)
+/// or a `location` (a location zone: the requests whose processing ends in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ZoneKind {
+    Server,
+    Location,
+}
+
+/// One status zone's counters, shared by every configuration that names it (they survive
+/// reloads, as Plus's do in shared memory). Counted only for requests in a zone: atomics
+/// shared by the threads, as the peers' counters are.
+#[derive(Debug, Default)]
+pub struct Zone {
+    requests: AtomicU64,
+    /// Requests being processed (a wrapping gauge).
+    processing: AtomicU64,
+    responses: [AtomicU64; 5],
+    /// Requests completed without a response (the client went away, or `return 444`).
+    discarded: AtomicU64,
+}
+
+/// A zone's figures at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneFigures {
+    pub requests: u64,
+    pub processing: u64,
+    pub responses: [u64; 5],
+    pub discarded: u64,
+}
+
+impl Zone {
+    pub fn figures(&self) -> ZoneFigures {
+        ZoneFigures {
+            requests: self.requests.load(Relaxed),
+            processing: (self.processing.load(Relaxed) as i64).max(0) as u64,
+            responses: self.responses.each_ref().map(|n| n.load(Relaxed)),
+            discarded: self.discarded.load(Relaxed),
+        }
+    }
+}
+
+static ZONES: Mutex<std::collections::BTreeMap<(ZoneKind, String), std::sync::Arc<Zone>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// The zone `name` of `kind`, made the first time a configuration names it.
+pub fn zone(kind: ZoneKind, name: &str) -> std::sync::Arc<Zone> {
+    let mut zones = ZONES.lock().unwrap_or_else(PoisonError::into_inner);
+    zones.entry((kind, name.to_owned())).or_default().clone()
+}
+
+/// One request in its server's and location's zones, from the moment its location is known
+/// until dropped: counted as processing, then as a response of its status class (or as
+/// discarded when it got none).
+#[must_use]
+pub struct InZones<'a> {
+    zones: [Option<&'a Zone>; 2],
+    status: Option<u16>,
+}
+
+impl<'a> InZones<'a> {
+    pub fn enter(server: Option<&'a Zone>, location: Option<&'a Zone>) -> Self {
+        let zones = [server, location];
+        for zone in zones.iter().flatten() {
+            zone.requests.fetch_add(1, Relaxed);
+            zone.processing.fetch_add(1, Relaxed);
+        }
+        Self {
+            zones,
+            status: None,
+        }
+    }
+
+    /// The request is answered with `status`.
+    pub fn answered(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for InZones<'_> {
+    fn drop(&mut self) {
+        for zone in self.zones.iter().flatten() {
+            zone.processing.fetch_sub(1, Relaxed);
+            match self.status {
+                // nginx's `return 444`: the connection is closed without an answer.
+                Some(444) | None => zone.discarded.fetch_add(1, Relaxed),
+                Some(status) => {
+                    let class = usize::from(status / 100).clamp(1, 5) - 1;
+                    zone.responses[class].fetch_add(1, Relaxed)
+                }
+            };
+        }
+    }
+}
+
 /// Reloads that failed (the configuration in force stayed), and whether the last one did.
 static RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
 static LAST_RELOAD_FAILED: std::sync::atomic::AtomicBool =

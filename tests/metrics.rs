@@ -25,7 +25,8 @@ fn config(port: u16, good: SocketAddr, five: SocketAddr, dead: SocketAddr) -> St
              upstream dead {{ server {dead}; }}
              server {{
                  listen 127.0.0.1:{port};
-                 location /a {{ proxy_pass http://app; }}
+                 status_zone front;
+                 location /a {{ status_zone loc_a; proxy_pass http://app; }}
                  location /five {{ proxy_pass http://five; }}
                  location /dead {{ proxy_pass http://dead; }}
                  location = /metrics {{ prometheus all; }}
@@ -196,6 +197,26 @@ async fn the_metrics_say_what_happened_and_promtool_reads_them() {
         v(&format!(
             "imbang_upstream_peer_sent_bytes_total{{{dead_peer}}}"
         )),
+        0.0
+    );
+
+    // Status zones: the server's counts every request (the scrape too, still processing).
+    assert_eq!(
+        v("imbang_http_server_zone_requests_total{zone=\"front\"}"),
+        8.0
+    );
+    assert_eq!(v("imbang_http_server_zone_processing{zone=\"front\"}"), 1.0);
+    let zone_class = |zone: &str, c: &str| {
+        format!(
+            "imbang_http_{zone}_zone_responses_total{{zone=\"{}\",code_class=\"{c}\"}}",
+            if zone == "server" { "front" } else { "loc_a" }
+        )
+    };
+    assert_eq!(v(&zone_class("server", "5xx")), 3.0, "one 503, two 502");
+    assert_eq!(v(&zone_class("server", "4xx")), 1.0, "the refused POST");
+    assert_eq!(v(&zone_class("location", "2xx")), 3.0);
+    assert_eq!(
+        v("imbang_http_location_zone_discarded_total{zone=\"loc_a\"}"),
         0.0
     );
 

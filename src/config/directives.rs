@@ -416,6 +416,8 @@ pub static DIRECTIVES: &[Spec] = &[
     // nginx ignores stub_status's argument (the `stub_status on` of nginx before 1.7.5).
     d("stub_status", C::SERVER.or(C::LOCATION), Range(0, 1)),
     d("prometheus", C::LOCATION, ONE),
+    // NGINX Plus: the server or location zone a request is counted in (API, metrics).
+    d("status_zone", C::SERVER.or(C::LOCATION), ONE),
     not_yet(
         "prometheus_template",
         C::HTTP,

@@ -94,6 +94,8 @@ struct Lower<'a> {
 /// `None` means "not set at this level".
 #[derive(Clone, Debug, Default)]
 struct Frame {
+    /// `status_zone` of a location (`Some(None)`: `off`).
+    status_zone: Option<Option<String>>,
     connect_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
@@ -151,6 +153,7 @@ impl Frame {
             };
         }
         inherit!(
+            status_zone,
             connect_timeout,
             read_timeout,
             send_timeout,
@@ -198,6 +201,7 @@ impl Frame {
         let d = ProxySettings::default();
         Arc::new(LocationConf {
             action,
+            status_zone: self.status_zone.clone().flatten(),
             charset: self.charset(),
             expires: self.expires.flatten(),
             proxy: ProxySettings {
@@ -1098,6 +1102,7 @@ impl<'a> Lower<'a> {
         let mut own_ssl = ssl::SslFrame::default();
         // `stub_status` at server level: for the requests no location matches (nginx's).
         let mut server_handler = None;
+        let mut server_zone = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
@@ -1114,6 +1119,11 @@ impl<'a> Lower<'a> {
                 "stub_status" => {
                     if self.once(&mut seen, spec, c) {
                         self.handler(c, &mut server_handler);
+                    }
+                }
+                "status_zone" => {
+                    if self.once(&mut seen, spec, c) {
+                        server_zone = Some(c.args[0].value.clone());
                     }
                 }
                 "error_log" => {
@@ -1162,6 +1172,7 @@ impl<'a> Lower<'a> {
             conf,
             location: self.at(d.span),
             ssl,
+            status_zone: server_zone,
         })
     }
 
@@ -1381,6 +1392,12 @@ impl<'a> Lower<'a> {
                 "api" | "stub_status" | "prometheus" => {
                     if self.once(&mut seen, spec, c) {
                         self.handler(c, &mut api);
+                    }
+                }
+                "status_zone" => {
+                    if self.once(&mut seen, spec, c) {
+                        let name = &c.args[0].value;
+                        own.status_zone = Some((name != "off").then(|| name.clone()));
                     }
                 }
                 "internal" => internal = true,

@@ -202,6 +202,8 @@ pub struct Server {
     pub location: String,
     /// The `ssl_*` settings in force for this server (its own, else the http level's).
     pub ssl: Arc<SslSpec>,
+    /// `status_zone` of the server: the server zone all its requests are counted in.
+    pub status_zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +267,9 @@ pub struct Location {
 #[derive(Clone, Debug)]
 pub struct LocationConf {
     pub action: Option<Action>,
+    /// `status_zone` of the location (inherited by nested ones; `off` clears it): the
+    /// location zone its requests are counted in.
+    pub status_zone: Option<String>,
     /// `charset` (with `charset_types`, `source_charset`); `None` with `charset off`.
     pub charset: Option<Arc<Charset>>,
     /// `expires`; `None` with `expires off`.

@@ -767,6 +767,8 @@ async fn respond(
         ..base
     };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
+    // `status_zone`s: counted from here until the answer is made (or the request abandoned).
+    let mut zones = crate::stats::InZones::enter(server.zone.as_deref(), route.zone.as_deref());
     let captures = Captures::of(route);
     let located = RequestCtx {
         // A regex location's groups; any other keeps the server name's.
@@ -846,6 +848,7 @@ async fn respond(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    zones.answered(response.status().as_u16());
     response
 }
 

@@ -22,8 +22,8 @@
 //! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
 //! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
 //! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`), `responses` (`1xx` … `5xx`,
-//! `total`), `sent`, `received` (bytes). Plus's per-code counts (`codes`) and times
-//! (`header_time`, `response_time`, `selected`, `downtime`) are not kept. Errors are Plus's JSON error object with its codes
+//! `total`), `sent`, `received` (bytes), `header_time`, `response_time` (mean milliseconds,
+//! once answered). Plus's per-code counts (`codes`), `selected` and `downtime` are not kept. Errors are Plus's JSON error object with its codes
 //! (`PathNotFound`, `UnknownVersion`, `UpstreamNotFound`, `ServerNotFound`, `MethodDisabled`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -275,6 +275,14 @@ fn peer(peer: &Peer, now: Instant) -> Value {
     });
     if peer.max_conns() != 0 {
         value["max_conns"] = json!(peer.max_conns());
+    }
+    // Plus's averages, in milliseconds, once the peer answered.
+    let (header, response) = state.latency();
+    if let Some(ms) = header.mean_ms() {
+        value["header_time"] = json!(ms);
+    }
+    if let Some(ms) = response.mean_ms() {
+        value["response_time"] = json!(ms);
     }
     if !verdicts.is_empty() {
         let mut checks = json!({

@@ -101,6 +101,8 @@ struct PeerRow<'a> {
     received: u64,
     /// `(checks, failed, went unhealthy, last passed)` when a `health_check` probes it.
     checks: Option<(u64, u64, u64, Option<bool>)>,
+    /// Time to the response head, and to its last byte.
+    latency: [stats::HistogramFigures; 2],
 }
 
 /// The states a peer may be in (the API's), one series each.
@@ -280,7 +282,9 @@ pub fn render(shared: &Shared) -> String {
             let active = state.active_health();
             let verdicts = active.verdicts();
             let (sent, received) = state.bytes();
+            let (header, response) = state.latency();
             rows.push(PeerRow {
+                latency: [header, response],
                 upstream,
                 peer: peer.addr().to_string(),
                 state: crate::api::peer_state(peer, verdicts, now),
@@ -426,6 +430,27 @@ pub fn render(shared: &Shared) -> String {
             }
         }
     }
+    let histograms = [
+        (
+            "imbang_upstream_header_duration_seconds",
+            "Time from choosing a peer of the group to its response head, of the attempts answered.",
+        ),
+        (
+            "imbang_upstream_response_duration_seconds",
+            "Time from choosing a peer of the group to the last byte of its response.",
+        ),
+    ];
+    for (i, (name, help)) in histograms.into_iter().enumerate() {
+        page.family(name, "histogram", help);
+        for group in &groups {
+            let upstream = group.balancer.name();
+            let mut sum = stats::HistogramFigures::default();
+            for r in rows.iter().filter(|r| r.upstream == upstream) {
+                sum.add(&r.latency[i]);
+            }
+            histogram(&mut page, name, upstream, &sum);
+        }
+    }
     let name = "imbang_upstream_keepalive_connections";
     page.family(
         name,
@@ -459,6 +484,27 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     page.out
+}
+
+/// One histogram's samples: cumulative `_bucket`s up to `+Inf`, `_sum` (seconds), `_count`.
+fn histogram(page: &mut Page, name: &str, upstream: &str, h: &stats::HistogramFigures) {
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, n) in h.buckets.iter().enumerate() {
+        cumulative += n;
+        let le = match stats::BUCKETS_US.get(i) {
+            Some(&us) => (us as f64 / 1e6).to_string(),
+            None => "+Inf".to_owned(),
+        };
+        page.sample(&bucket, &[("upstream", upstream), ("le", &le)], cumulative);
+    }
+    let sum = h.sum_us as f64 / 1e6;
+    page.sample(&format!("{name}_sum"), &[("upstream", upstream)], sum);
+    page.sample(
+        &format!("{name}_count"),
+        &[("upstream", upstream)],
+        cumulative,
+    );
 }
 
 #[cfg(test)]

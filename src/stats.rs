@@ -325,6 +325,66 @@ impl Drop for InZones<'_> {
     }
 }
 
+// === latency histograms ===
+
+/// The upper bounds of [`Histogram`]'s buckets, in microseconds (Prometheus's default buckets:
+/// 5 ms to 10 s); a last bucket takes the longer ones.
+pub const BUCKETS_US: [u64; 11] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// Durations counted by bucket, and their sum: two relaxed adds per observation.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A [`Histogram`] read: counts per bucket (not cumulative) and the sum in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistogramFigures {
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn figures(&self) -> HistogramFigures {
+        HistogramFigures {
+            buckets: self.buckets.each_ref().map(|n| n.load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
+impl HistogramFigures {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds `other`'s counts (a group's histogram is its peers').
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// The mean in milliseconds (the Plus API's `header_time`, `response_time`); `None`
+    /// without observations.
+    pub fn mean_ms(&self) -> Option<u64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum_us / n / 1000)
+    }
+}
+
 /// Reloads that failed (the configuration in force stayed), and whether the last one did.
 static RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
 static LAST_RELOAD_FAILED: std::sync::atomic::AtomicBool =
@@ -352,6 +412,21 @@ mod tests {
 
     /// The process's figures move with every test of this binary that serves: each assertion
     /// is on a difference this thread made, summed over all threads (this one's shard included).
+    #[test]
+    fn a_duration_lands_in_the_first_bucket_whose_bound_holds_it() {
+        use std::time::Duration;
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(5_000)); // on the bound: `le="0.005"`
+        h.observe(Duration::from_millis(7));
+        h.observe(Duration::from_secs(11));
+        let f = h.figures();
+        assert_eq!(f.buckets[0], 1);
+        assert_eq!(f.buckets[1], 1);
+        assert_eq!(f.buckets[BUCKETS_US.len()], 1, "beyond the last bound");
+        assert_eq!((f.count(), f.sum_us), (3, 11_012_000));
+        assert_eq!(f.mean_ms(), Some(3670));
+    }
+
     #[test]
     fn counts_move_as_a_request_goes_through_its_phases() {
         // Another thread counting meanwhile could move the totals: run where only this test

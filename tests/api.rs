@@ -121,6 +121,15 @@ async fn upstreams_show_each_peer_with_its_state_load_failures_and_health_checks
         (&Value::from("up"), &Value::from(1))
     );
     assert_eq!(other[0]["responses"]["total"], 0, "refused: no response");
+    assert!(
+        other[0].get("header_time").is_none(),
+        "never answered: {other:#}"
+    );
+    assert!(app[0]["header_time"].as_u64().is_some(), "{app:#}");
+    assert!(
+        app[0]["response_time"].as_u64().unwrap() < 10_000,
+        "{app:#}"
+    );
     assert_eq!(
         (&other[0]["sent"], &other[0]["received"]),
         (&Value::from(0), &Value::from(0))
@@ -185,7 +194,10 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
     );
     assert_eq!(
         get_json(&lb, "/api/7/http").await,
-        (200, serde_json::json!(["requests", "upstreams"]))
+        (
+            200,
+            serde_json::json!(["requests", "server_zones", "location_zones", "upstreams"])
+        )
     );
 
     let (status, nginx) = get_json(&lb, "/api/9/nginx").await;

@@ -173,6 +173,22 @@ async fn the_metrics_say_what_happened_and_promtool_reads_them() {
     // Idle pooled connections to the group's peers (a number; what the pool kept).
     v("imbang_upstream_keepalive_connections{upstream=\"app\"}");
 
+    // Latency histograms per group: the three answers of `app` (a local peer: under 5 ms... or
+    // at least under 10 s), none of `dead`.
+    for name in ["header", "response"] {
+        let series = |suffix: &str, labels: &str| {
+            v(&format!(
+                "imbang_upstream_{name}_duration_seconds_{suffix}{{{labels}}}"
+            ))
+        };
+        assert_eq!(series("count", "upstream=\"app\""), 3.0);
+        assert_eq!(series("bucket", "upstream=\"app\",le=\"+Inf\""), 3.0);
+        assert_eq!(series("bucket", "upstream=\"app\",le=\"10\""), 3.0);
+        assert!(series("sum", "upstream=\"app\"") < 30.0);
+        assert_eq!(series("count", "upstream=\"dead\""), 0.0);
+        assert_eq!(series("count", "upstream=\"five\""), 1.0);
+    }
+
     let five_peer = format!("upstream=\"five\",peer=\"{}\"", five.addr);
     assert_eq!(
         v(&format!(

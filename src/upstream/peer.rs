@@ -53,6 +53,10 @@ pub struct PeerState {
     /// read from it (response heads and bodies), added once per attempt when its guard drops.
     sent: AtomicU64,
     received: AtomicU64,
+    /// Time from the pick to the response head, and to the response's last byte, of the
+    /// attempts it answered (the metrics' histograms, the API's `header_time`, `response_time`).
+    header_time: crate::stats::Histogram,
+    response_time: crate::stats::Histogram,
     /// The sum of the start times of the timed attempts in flight (nanoseconds since
     /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
@@ -105,6 +109,16 @@ impl PeerState {
             self.sent.load(Ordering::Relaxed),
             self.received.load(Ordering::Relaxed),
         )
+    }
+
+    /// `(to the response head, to its last byte)` of the attempts the peer answered.
+    pub fn latency(
+        &self,
+    ) -> (
+        crate::stats::HistogramFigures,
+        crate::stats::HistogramFigures,
+    ) {
+        (self.header_time.figures(), self.response_time.figures())
     }
 
     /// Attempts that failed so far.
@@ -259,8 +273,9 @@ pub struct Peer {
     down: bool,
     backup: bool,
     /// The group's balancer ranks peers by latency (`least_time`, `random two least_time=`):
-    /// attempts are timed and their start times summed. Other groups skip both (a clock read,
-    /// an `exp` and two atomic updates per request); a reload to `least_time` starts its
+    /// attempts' latency estimates are kept and their start times summed. Other groups skip
+    /// both (an `exp`, a lock and two atomic updates per request; they still read the clock at
+    /// the response head for the latency histograms); a reload to `least_time` starts its
     /// estimates from the group's average, as for a new peer.
     timed: bool,
     state: Arc<PeerState>,
@@ -480,7 +495,7 @@ impl PeerGuard {
         self.succeeded(Some(now));
     }
 
-    /// The clock is read (`now` is `None`) only for a timed attempt.
+    /// The clock is read when `now` is `None` (the header-time histogram needs it).
     fn succeeded(&mut self, now: Option<Instant>) {
         if std::mem::replace(&mut self.reported, true) {
             return;
@@ -496,10 +511,11 @@ impl PeerGuard {
                 health.on_success(self.fail_policy)
             }
         };
+        let now = now.unwrap_or_else(Instant::now);
+        (self.state.header_time).observe(now.saturating_duration_since(self.started));
         if !self.timed {
             return;
         }
-        let now = now.unwrap_or_else(Instant::now);
         let mut timing = self.state.timing();
         if recovered {
             // Times from before the outage say nothing now: start again from the average.
@@ -512,8 +528,12 @@ impl PeerGuard {
     /// The response body ended at `now` after a [`success`](Self::success): records the time to
     /// the last byte for `least_time last_byte`, and ends the attempt.
     pub fn body_done(self, now: Instant) {
-        if self.answered && self.timed {
-            let took = now.saturating_duration_since(self.started);
+        if !self.answered {
+            return;
+        }
+        let took = now.saturating_duration_since(self.started);
+        self.state.response_time.observe(took);
+        if self.timed {
             self.state.timing().last_byte.observe(took, now);
         }
     }

@@ -23,12 +23,79 @@ use crate::config::model::{AccessLogSpec, LogBuffer, LogEscape};
 use crate::proxy::{ConnInfo, RequestCtx};
 use crate::vars::{Escape, Scope, Template, Var};
 
-/// One open log file, shared by every format and location that writes to it.
+/// One open log file (or syslog target), shared by every format and location that writes to it.
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Sink,
     /// `None`: every line is written as its request ends.
     buffer: Option<Buffer>,
+}
+
+/// Where a log's lines go.
+enum Sink {
+    File(Mutex<File>),
+    /// `syslog:server=...`: each line one datagram, with nginx's RFC 3164 header.
+    Syslog(Syslog),
+}
+
+/// A syslog server's socket and the header of its messages.
+struct Syslog {
+    socket: std::net::UdpSocket,
+    /// `<PRI>`.
+    pri: String,
+    /// ` HOSTNAME TAG: ` or ` TAG: ` (after the time).
+    after_time: String,
+}
+
+impl Syslog {
+    fn open(spec: &crate::config::model::SyslogSpec) -> Result<Self, String> {
+        let bind: SocketAddr = match spec.server {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let failed = |e: std::io::Error| {
+            format!(
+                "connect() to syslog server {} failed ({})",
+                spec.server,
+                crate::error_log::errno_text(&e)
+            )
+        };
+        let socket = std::net::UdpSocket::bind(bind).map_err(failed)?;
+        socket.connect(spec.server).map_err(failed)?;
+        // A full socket buffer drops the line rather than stall the worker (nginx's too).
+        socket.set_nonblocking(true).map_err(failed)?;
+        let pri = format!(
+            "<{}>",
+            u16::from(spec.facility) * 8 + u16::from(spec.severity)
+        );
+        let after_time = match spec.hostname {
+            true => format!(" {} {}: ", crate::proxy::hostname(), spec.tag),
+            false => format!(" {}: ", spec.tag),
+        };
+        Ok(Self {
+            socket,
+            pri,
+            after_time,
+        })
+    }
+
+    /// Sends `line` (without its line end) as one message: `<PRI>Mmm dd hh:mm:ss HOST TAG: line`
+    /// with the local time, as nginx writes it.
+    fn send(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let time = chrono::Local::now().format("%b %e %H:%M:%S");
+        let mut message =
+            Vec::with_capacity(self.pri.len() + 16 + self.after_time.len() + line.len());
+        let _ = write!(message, "{}{time}{}", self.pri, self.after_time);
+        message.extend_from_slice(line);
+        if let Err(e) = self.socket.send(&message) {
+            crate::log!(
+                Alert,
+                "send() to syslog failed ({})",
+                crate::error_log::errno_text(&e)
+            );
+        }
+    }
 }
 
 /// The buffers of one file (`buffer=`, `flush=`, `gzip`).
@@ -77,8 +144,16 @@ impl LogFile {
         path: &PathBuf,
         buffer: Option<LogBuffer>,
         workers: usize,
+        syslog: Option<&crate::config::model::SyslogSpec>,
     ) -> Result<Arc<Self>, String> {
-        let file = Self::open_file(path)?;
+        if let Some(spec) = syslog {
+            return Ok(Arc::new(Self {
+                path: path.clone(),
+                file: Sink::Syslog(Syslog::open(spec)?),
+                buffer: None,
+            }));
+        }
+        let file = Sink::File(Mutex::new(Self::open_file(path)?));
         let buffer = buffer.map(|spec| Buffer {
             spec,
             slots: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
@@ -87,7 +162,7 @@ impl LogFile {
         let buffered = buffer.is_some();
         let log = Arc::new(Self {
             path: path.clone(),
-            file: Mutex::new(file),
+            file,
             buffer,
         });
         if buffered {
@@ -174,7 +249,11 @@ impl LogFile {
             compressed = gzip(bytes, level);
             bytes = &compressed;
         }
-        if let Err(e) = lock(&self.file).write_all(bytes) {
+        let file = match &self.file {
+            Sink::File(file) => file,
+            Sink::Syslog(syslog) => return syslog.send(bytes),
+        };
+        if let Err(e) = lock(file).write_all(bytes) {
             crate::log!(
                 Alert,
                 "write() to \"{}\" failed ({})",
@@ -191,8 +270,11 @@ impl LogFile {
     /// Writes what the buffers hold, then opens the file again (after logrotate moved it).
     pub fn reopen(&self) -> Result<(), String> {
         self.flush_all();
+        let Sink::File(file) = &self.file else {
+            return Ok(());
+        };
         let fresh = Self::open_file(&self.path)?;
-        *lock(&self.file) = fresh;
+        *lock(file) = fresh;
         Ok(())
     }
 }
@@ -331,11 +413,13 @@ pub fn compile(
         let file = cache
             .files
             .entry(spec.path.clone())
-            .or_insert_with(|| match LogFile::open(&spec.path, buffer, workers) {
-                Ok(f) => Some(f),
-                Err(message) => {
-                    errors.push((message, None));
-                    None
+            .or_insert_with(|| {
+                match LogFile::open(&spec.path, buffer, workers, spec.syslog.as_deref()) {
+                    Ok(f) => Some(f),
+                    Err(message) => {
+                        errors.push((message, None));
+                        None
+                    }
                 }
             })
             .clone();

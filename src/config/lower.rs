@@ -21,6 +21,7 @@ mod expires;
 mod observe;
 mod proxy_cookie;
 mod realip;
+mod syslog;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -562,6 +563,7 @@ impl<'a> Lower<'a> {
         // nginx's default: `access_log logs/access.log combined;` under the prefix.
         frame.access_log = Some(vec![AccessLogSpec {
             path: self.opts.prefix.join("logs/access.log"),
+            syslog: None,
             format: combined,
             condition: None,
         }]);
@@ -985,13 +987,10 @@ impl<'a> Lower<'a> {
 
     fn access_log(&mut self, d: &Directive) -> Option<AccessLogSpec> {
         let target = &d.args[0];
-        if target.value.starts_with("syslog:") {
-            self.invalid(
-                "access_log to syslog is not supported by imbang yet".to_owned(),
-                target.span,
-            );
-            return None;
-        }
+        let syslog = match target.value.strip_prefix("syslog:") {
+            Some(text) => Some(Arc::new(self.syslog(text, target.span)?)),
+            None => None,
+        };
         if target.value.contains('$') {
             // nginx opens such a path per request; taking it literally would write elsewhere.
             self.invalid(
@@ -1049,6 +1048,18 @@ impl<'a> Lower<'a> {
         }
         // nginx: `gzip` alone buffers 64k.
         let size = size.or(gzip.map(|_| 64 * 1024));
+        if syslog.is_some() {
+            if size.is_some() || flush.is_some() {
+                self.invalid("logs to syslog cannot be buffered".to_owned(), d.span);
+                return None;
+            }
+            return Some(AccessLogSpec {
+                path: PathBuf::from(&target.value),
+                syslog,
+                format,
+                condition,
+            });
+        }
         let path = self.path(&target.value);
         match (size, flush) {
             (None, Some((_, span))) => {
@@ -1085,6 +1096,7 @@ impl<'a> Lower<'a> {
         }
         Some(AccessLogSpec {
             path,
+            syslog: None,
             format,
             condition,
         })

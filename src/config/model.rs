@@ -401,10 +401,28 @@ pub struct SetVar {
 /// One `access_log path [format [buffer=size] [gzip[=level]] [flush=time] [if=condition]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogSpec {
+    /// The file; for syslog, the target as written (`syslog:server=...`), which only names it.
     pub path: PathBuf,
+    /// `syslog:...`: lines go to a syslog server instead of a file.
+    pub syslog: Option<Arc<SyslogSpec>>,
     pub format: Arc<LogFormat>,
     /// `if=condition`: the line is not written when the value is empty or `0`.
     pub condition: Option<LogCondition>,
+}
+
+/// `syslog:server=address[:port][,facility=f][,severity=s][,tag=t][,nohostname]` (nginx's
+/// ngx_syslog): RFC 3164 messages over UDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogSpec {
+    pub server: std::net::SocketAddr,
+    /// 0 (`kern`) … 23 (`local7`, the default).
+    pub facility: u8,
+    /// 0 (`emerg`) … 7 (`debug`); `info` by default.
+    pub severity: u8,
+    /// `nginx` by default (what rsyslog rules for nginx expect).
+    pub tag: String,
+    /// Without `nohostname`, the host's name follows the time.
+    pub hostname: bool,
 }
 
 /// The text of an `if=` parameter and its `path:line:col` (for variable errors).

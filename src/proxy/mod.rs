@@ -1319,7 +1319,7 @@ fn proxy_port(proxy_host: &str) -> &str {
 }
 
 /// `$hostname`, read once.
-fn hostname() -> &'static str {
+pub(crate) fn hostname() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         nix::unistd::gethostname()

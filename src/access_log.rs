@@ -35,67 +35,7 @@ pub struct LogFile {
 enum Sink {
     File(Mutex<File>),
     /// `syslog:server=...`: each line one datagram, with nginx's RFC 3164 header.
-    Syslog(Syslog),
-}
-
-/// A syslog server's socket and the header of its messages.
-struct Syslog {
-    socket: std::net::UdpSocket,
-    /// `<PRI>`.
-    pri: String,
-    /// ` HOSTNAME TAG: ` or ` TAG: ` (after the time).
-    after_time: String,
-}
-
-impl Syslog {
-    fn open(spec: &crate::config::model::SyslogSpec) -> Result<Self, String> {
-        let bind: SocketAddr = match spec.server {
-            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let failed = |e: std::io::Error| {
-            format!(
-                "connect() to syslog server {} failed ({})",
-                spec.server,
-                crate::error_log::errno_text(&e)
-            )
-        };
-        let socket = std::net::UdpSocket::bind(bind).map_err(failed)?;
-        socket.connect(spec.server).map_err(failed)?;
-        // A full socket buffer drops the line rather than stall the worker (nginx's too).
-        socket.set_nonblocking(true).map_err(failed)?;
-        let pri = format!(
-            "<{}>",
-            u16::from(spec.facility) * 8 + u16::from(spec.severity)
-        );
-        let after_time = match spec.hostname {
-            true => format!(" {} {}: ", crate::proxy::hostname(), spec.tag),
-            false => format!(" {}: ", spec.tag),
-        };
-        Ok(Self {
-            socket,
-            pri,
-            after_time,
-        })
-    }
-
-    /// Sends `line` (without its line end) as one message: `<PRI>Mmm dd hh:mm:ss HOST TAG: line`
-    /// with the local time, as nginx writes it.
-    fn send(&self, line: &[u8]) {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let time = chrono::Local::now().format("%b %e %H:%M:%S");
-        let mut message =
-            Vec::with_capacity(self.pri.len() + 16 + self.after_time.len() + line.len());
-        let _ = write!(message, "{}{time}{}", self.pri, self.after_time);
-        message.extend_from_slice(line);
-        if let Err(e) = self.socket.send(&message) {
-            crate::log!(
-                Alert,
-                "send() to syslog failed ({})",
-                crate::error_log::errno_text(&e)
-            );
-        }
-    }
+    Syslog(crate::syslog::Syslog),
 }
 
 /// The buffers of one file (`buffer=`, `flush=`, `gzip`).
@@ -149,7 +89,7 @@ impl LogFile {
         if let Some(spec) = syslog {
             return Ok(Arc::new(Self {
                 path: path.clone(),
-                file: Sink::Syslog(Syslog::open(spec)?),
+                file: Sink::Syslog(crate::syslog::Syslog::open(spec)?),
                 buffer: None,
             }));
         }
@@ -251,7 +191,16 @@ impl LogFile {
         }
         let file = match &self.file {
             Sink::File(file) => file,
-            Sink::Syslog(syslog) => return syslog.send(bytes),
+            Sink::Syslog(syslog) => {
+                if let Err(e) = syslog.send(bytes, None) {
+                    crate::log!(
+                        Alert,
+                        "send() to syslog failed ({})",
+                        crate::error_log::errno_text(&e)
+                    );
+                }
+                return;
+            }
         };
         if let Err(e) = lock(file).write_all(bytes) {
             crate::log!(

@@ -55,6 +55,7 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod stub_status;
+pub mod syslog;
 pub mod tls;
 pub mod upstream;
 pub mod vars;

@@ -135,3 +135,57 @@ fn syslog_targets_are_checked_as_nginx_checks_them() {
         Ok(())
     );
 }
+
+/// `error_log syslog:...`: each line at or above the log's level goes out as a datagram whose
+/// severity is the line's own level (nginx's `ngx_syslog_writer`), the line whole after the
+/// header.
+#[tokio::test]
+async fn error_log_lines_go_to_syslog_with_their_level_as_severity() {
+    let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let syslog = receiver.local_addr().unwrap().port();
+    let (port, dead) = (support::free_port(), support::free_port());
+    let dir = TempDir::new("syslog-error-log");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; pid logs/imbang.pid;
+             error_log syslog:server=127.0.0.1:{syslog},tag=err warn;
+             events {{}}
+             http {{ access_log off;
+                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://127.0.0.1:{dead}; }} }}
+             }}"
+        ),
+    );
+    let _imbang = support::ImbangGuard::start(&format!("{}/", dir.path().display()));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    support::wait_accepting(addr, Duration::from_secs(10)).await;
+    assert_eq!(support::request(addr, "GET", "/", "x", None).await.0, 502);
+    let mut buf = [0u8; 4096];
+    let message = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), receiver.recv(&mut buf))
+            .await
+            .expect("the error within 10 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!text.contains("[notice]"), "below the log's level: {text}");
+        if text.contains("connect() failed") {
+            break text;
+        }
+    };
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    // local7 (23) × 8 + error (3).
+    assert!(message.starts_with("<187>"), "{message}");
+    let body = message
+        .split_once(&format!(" {host} err: "))
+        .expect(&message)
+        .1;
+    assert!(
+        body.contains(" [error] ")
+            && body.contains(
+                "connect() failed (111: Connection refused) while connecting to upstream"
+            ),
+        "{body}"
+    );
+    assert!(!body.ends_with('\n'), "{body:?}");
+}

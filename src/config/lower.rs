@@ -498,7 +498,10 @@ impl<'a> Lower<'a> {
         let target = &d.args[0];
         let target = match target.value.as_str() {
             "stderr" => LogTarget::Stderr,
-            v if v.starts_with("syslog:") || v.starts_with("memory:") => {
+            v if v.starts_with("syslog:") => {
+                LogTarget::Syslog(Arc::new(self.syslog(&v["syslog:".len()..], target.span)?))
+            }
+            v if v.starts_with("memory:") => {
                 self.invalid(
                     format!(
                         "error_log \"{v}\" is not supported by imbang yet (use a file or stderr)"

@@ -87,6 +87,8 @@ pub struct ErrorLogSpec {
 pub enum LogTarget {
     Stderr,
     File(PathBuf),
+    /// `syslog:server=...`: each line to a syslog server, with its level as severity.
+    Syslog(Arc<SyslogSpec>),
 }
 
 /// nginx's error-log severities, most severe first.

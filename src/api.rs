@@ -19,6 +19,8 @@
 //! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
 //! | `/dashboard.html` | imbang's dashboard: a page that polls the above once a second |
 //!
+//! `?fields=a,b` keeps only those fields (of each member of a collection: upstreams, zones).
+//!
 //! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
 //! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
 //! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`), `responses` (`1xx` … `5xx`,
@@ -61,8 +63,43 @@ pub fn respond(shared: &Shared, ctx: &RequestCtx<'_>, route: &Route) -> Response
         return dashboard();
     }
     match answer(shared, ctx, &parts) {
-        Ok(value) => json_response(StatusCode::OK, &value),
+        Ok(mut value) => {
+            if let Some(fields) = fields_param(ctx.args()) {
+                let collection = matches!(
+                    parts.as_slice(),
+                    [_, "http", "upstreams" | "server_zones" | "location_zones"]
+                );
+                only_fields(&mut value, &fields, collection);
+            }
+            json_response(StatusCode::OK, &value)
+        }
         Err((status, text, code)) => error(status, text, code),
+    }
+}
+
+/// `fields=a,b` (Plus): the names of the fields to keep; `Some([])` for `fields=`.
+fn fields_param(query: Option<&str>) -> Option<Vec<&str>> {
+    let value = query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == "fields").then_some(v)
+    })?;
+    Some(value.split(',').filter(|f| !f.is_empty()).collect())
+}
+
+/// Keeps only `fields` of an object, or of each member of a collection (`upstreams`, zones:
+/// an empty list leaves their names only, as Plus).
+fn only_fields(value: &mut Value, fields: &[&str], collection: bool) {
+    let keep = |object: &mut Map<String, Value>| object.retain(|k, _| fields.contains(&k.as_str()));
+    match value {
+        Value::Object(members) if collection => {
+            for member in members.values_mut() {
+                if let Value::Object(object) = member {
+                    keep(object);
+                }
+            }
+        }
+        Value::Object(object) => keep(object),
+        _ => {}
     }
 }
 

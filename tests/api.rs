@@ -316,6 +316,18 @@ async fn status_zones_count_the_requests_of_their_servers_and_locations() {
         api("/api/9/http/location_zones/zone_b").await["requests"],
         1
     );
+    // `fields=`: of each zone (a collection), or of one object; empty leaves the names.
+    assert_eq!(
+        api("/api/9/http/server_zones?fields=requests,discarded").await,
+        serde_json::json!({ "front": { "requests": 6, "discarded": 1 } })
+    );
+    assert_eq!(
+        api("/api/9/http/location_zones?fields=").await,
+        serde_json::json!({ "zone_a": {}, "zone_b": {} })
+    );
+    let nginx = api("/api/9/nginx?fields=pid,version").await;
+    let keys: Vec<&String> = nginx.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["pid", "version"]);
     let (status, body) = lb.get_host("api", "/api/9/http/server_zones/nope").await;
     assert_eq!(status, 404);
     assert!(body.contains("\"ServerZoneNotFound\""), "{body}");

@@ -46,13 +46,19 @@ const SLOTS: usize = 7;
 struct Shard([AtomicU64; SLOTS]);
 
 /// Every thread's shard that ever counted. A shard outlives its thread (its counts stay in the
-/// sums); threads that count are the workers, made once, so this stays short.
-static SHARDS: Mutex<Vec<&'static Shard>> = Mutex::new(Vec::new());
+/// sums); threads that count are the workers, made once, so this stays short. Read without a
+/// lock (a `$connections_*` variable in every log line reads it per request).
+static SHARDS: std::sync::LazyLock<arc_swap::ArcSwap<Vec<&'static Shard>>> =
+    std::sync::LazyLock::new(Default::default);
 
 thread_local! {
     static MINE: &'static Shard = {
         let shard: &'static Shard = Box::leak(Box::default());
-        SHARDS.lock().unwrap_or_else(PoisonError::into_inner).push(shard);
+        SHARDS.rcu(|all| {
+            let mut all = Vec::clone(all);
+            all.push(shard);
+            all
+        });
         shard
     };
 }
@@ -191,7 +197,7 @@ pub struct Figures {
 /// Sums every thread's shard.
 pub fn figures() -> Figures {
     let mut sum = [0u64; SLOTS];
-    for shard in SHARDS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+    for shard in SHARDS.load().iter() {
         for (total, cell) in sum.iter_mut().zip(&shard.0) {
             *total = total.wrapping_add(cell.load(Relaxed));
         }

@@ -5,7 +5,8 @@
 //! | path (after the location's prefix) | answer |
 //! |---|---|
 //! | `/` | the API versions: `[1,...,9]` (every version gets the same shapes) |
-//! | `/9/` | the endpoints imbang has: `["nginx","processes","connections","slabs","http","workers"]` |
+//! | `/9/` | the endpoints imbang has: `["nginx","processes","connections","slabs","http","ssl","workers"]` |
+//! | `/9/ssl` | TLS handshakes on client connections: `handshakes`, `handshakes_failed`, `session_reuses` |
 //! | `/9/nginx` | version, build, address, generation (reloads), load_timestamp, timestamp, pid, ppid |
 //! | `/9/processes` | `{"respawned":0}` (imbang's workers are threads: none is respawned) |
 //! | `/9/connections` | `accepted`, `dropped`, `active`, `idle` ([`crate::stats`]) |
@@ -122,10 +123,19 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
             "connections",
             "slabs",
             "http",
+            "ssl",
             "workers"
         ])),
         ["nginx"] => Ok(nginx(shared, ctx)),
         ["processes"] => Ok(json!({ "respawned": 0 })),
+        ["ssl"] => {
+            let f = stats::figures();
+            Ok(json!({
+                "handshakes": f.handshakes,
+                "handshakes_failed": f.handshakes_failed,
+                "session_reuses": f.session_reuses,
+            }))
+        }
         ["connections"] => Ok(connections(&stats::figures())),
         // Plus's shared memory zones: imbang keeps its state in the process, in none.
         ["slabs"] => Ok(json!({})),

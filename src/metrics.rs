@@ -177,6 +177,21 @@ pub fn render(shared: &Shared) -> String {
             "Client requests (HTTP/1 requests and HTTP/2 streams).",
             f.requests,
         ),
+        (
+            "imbang_ssl_handshakes_total",
+            "TLS handshakes with clients that succeeded.",
+            f.handshakes,
+        ),
+        (
+            "imbang_ssl_handshakes_failed_total",
+            "TLS handshakes with clients that failed (refused, broken off, timed out).",
+            f.handshakes_failed,
+        ),
+        (
+            "imbang_ssl_session_reuses_total",
+            "TLS handshakes with clients that resumed a session.",
+            f.session_reuses,
+        ),
     ];
     for (name, help, value) in counters {
         page.single(name, "counter", help, value);

@@ -35,9 +35,12 @@ enum Slot {
     Reading,
     Writing,
     Waiting,
+    Handshakes,
+    HandshakesFailed,
+    SessionReuses,
 }
 
-const SLOTS: usize = 7;
+const SLOTS: usize = 10;
 
 /// One thread's counts, on a cache line pair of its own (no false sharing with another
 /// thread's).
@@ -182,9 +185,47 @@ impl Drop for Request {
     }
 }
 
-/// The figures at one moment (nginx's stub_status).
+/// A TLS handshake on a client connection (NGINX Plus's `/ssl`): counted as failed when
+/// dropped before [`done`](Self::done), unless [`abandon`](Self::abandon)ed (a stop).
+#[must_use]
+#[derive(Debug)]
+pub struct Handshake(bool);
+
+impl Handshake {
+    pub fn start() -> Self {
+        Self(false)
+    }
+
+    /// The handshake succeeded; `resumed`: a session was reused.
+    pub fn done(mut self, resumed: bool) {
+        self.0 = true;
+        up(Slot::Handshakes);
+        if resumed {
+            up(Slot::SessionReuses);
+        }
+    }
+
+    /// Cut short by a stop: neither a success nor a failure.
+    pub fn abandon(mut self) {
+        self.0 = true;
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if !self.0 {
+            up(Slot::HandshakesFailed);
+        }
+    }
+}
+
+/// The figures at one moment (nginx's stub_status, and Plus's `/ssl`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Figures {
+    /// TLS handshakes that succeeded, failed, and reused a session.
+    pub handshakes: u64,
+    pub handshakes_failed: u64,
+    pub session_reuses: u64,
     pub accepted: u64,
     pub handled: u64,
     pub active: u64,
@@ -205,6 +246,9 @@ pub fn figures() -> Figures {
     // A gauge read while it moves on two threads may sum to a moment's -1: shown as 0.
     let gauge = |slot: Slot| (sum[slot as usize] as i64).max(0) as u64;
     Figures {
+        handshakes: sum[Slot::Handshakes as usize],
+        handshakes_failed: sum[Slot::HandshakesFailed as usize],
+        session_reuses: sum[Slot::SessionReuses as usize],
         accepted: sum[Slot::Accepted as usize],
         handled: sum[Slot::Handled as usize],
         active: gauge(Slot::Active),

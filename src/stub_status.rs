@@ -57,6 +57,7 @@ mod tests {
             reading: 0,
             writing: 1,
             waiting: 1,
+            ..Figures::default()
         };
         assert_eq!(
             text(&f),

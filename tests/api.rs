@@ -188,6 +188,7 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
                 "connections",
                 "slabs",
                 "http",
+                "ssl",
                 "workers"
             ])
         )

@@ -232,3 +232,59 @@ async fn the_api_shows_the_same_figures_in_the_plus_api_s_shapes() {
     );
     drop((a, c));
 }
+
+/// NGINX Plus's `/ssl`: TLS handshakes with clients, failed ones and session reuses.
+#[tokio::test]
+async fn the_api_counts_tls_handshakes_failures_and_reuses() {
+    use support::tls::{Ca, client_config, connect, get};
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("api-ssl");
+    let leaf = ca.leaf(&["s.test"], false);
+    let cert = dir.write("s.crt", &leaf.cert);
+    let key = dir.write("s.key", &leaf.key);
+    let (port, tls_port) = (support::free_port(), support::free_port());
+    dir.write(
+        "imbang.conf",
+        &format!(
+            "daemon off; worker_processes 1; pid logs/imbang.pid; error_log logs/error.log;
+             events {{}} http {{ access_log off;
+                 server {{ listen 127.0.0.1:{port}; location /api/ {{ api; }} }}
+                 server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {};
+                     return 200 ok; }} }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let _imbang = ImbangGuard::start(&format!("{}/", dir.path().display()));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    wait_accepting(addr, Duration::from_secs(10)).await;
+    // A full handshake, then one resuming its session (one client config keeps the session).
+    let config = std::sync::Arc::new(client_config(&ca, &[]));
+    for _ in 0..2 {
+        let tls = connect(config.clone(), tls_addr, "s.test").await.unwrap();
+        assert_eq!(get(tls, "s.test", "/").await, (200, "ok".to_owned()));
+    }
+    // A record that starts as a handshake and is not one.
+    let mut bad = TcpStream::connect(tls_addr).await.unwrap();
+    bad.write_all(b"\x16\x03\x01\x00\x05hello").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = TcpStream::connect(addr).await.unwrap();
+        let (status, body) = exchange(&mut d, "GET", "/api/9/ssl", true).await;
+        assert_eq!(status, 200, "{body}");
+        let ssl: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if ssl["handshakes_failed"] == 1 {
+            assert_eq!(
+                ssl,
+                serde_json::json!({ "handshakes": 2, "handshakes_failed": 1, "session_reuses": 1 })
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ssl}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -266,6 +266,17 @@ pub fn render(shared: &Shared) -> String {
                 page.sample(&name, &[("zone", zone)], field(f));
             }
         }
+        let name = format!("{prefix}_request_duration_seconds");
+        page.family(
+            &name,
+            "histogram",
+            &format!(
+                "Time from a request's location found to its response head, in the {what} zone."
+            ),
+        );
+        for (zone, f) in &zones {
+            histogram(&mut page, &name, ("zone", zone), &f.time);
+        }
         let name = format!("{prefix}_responses_total");
         page.family(
             &name,
@@ -463,7 +474,7 @@ pub fn render(shared: &Shared) -> String {
             for r in rows.iter().filter(|r| r.upstream == upstream) {
                 sum.add(&r.latency[i]);
             }
-            histogram(&mut page, name, upstream, &sum);
+            histogram(&mut page, name, ("upstream", upstream), &sum);
         }
     }
     let name = "imbang_upstream_keepalive_connections";
@@ -502,7 +513,7 @@ pub fn render(shared: &Shared) -> String {
 }
 
 /// One histogram's samples: cumulative `_bucket`s up to `+Inf`, `_sum` (seconds), `_count`.
-fn histogram(page: &mut Page, name: &str, upstream: &str, h: &stats::HistogramFigures) {
+fn histogram(page: &mut Page, name: &str, label: (&str, &str), h: &stats::HistogramFigures) {
     let bucket = format!("{name}_bucket");
     let mut cumulative = 0;
     for (i, n) in h.buckets.iter().enumerate() {
@@ -511,15 +522,11 @@ fn histogram(page: &mut Page, name: &str, upstream: &str, h: &stats::HistogramFi
             Some(&us) => (us as f64 / 1e6).to_string(),
             None => "+Inf".to_owned(),
         };
-        page.sample(&bucket, &[("upstream", upstream), ("le", &le)], cumulative);
+        page.sample(&bucket, &[label, ("le", &le)], cumulative);
     }
     let sum = h.sum_us as f64 / 1e6;
-    page.sample(&format!("{name}_sum"), &[("upstream", upstream)], sum);
-    page.sample(
-        &format!("{name}_count"),
-        &[("upstream", upstream)],
-        cumulative,
-    );
+    page.sample(&format!("{name}_sum"), &[label], sum);
+    page.sample(&format!("{name}_count"), &[label], cumulative);
 }
 
 #[cfg(test)]

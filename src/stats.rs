@@ -300,6 +300,8 @@ pub struct Zone {
     responses: [AtomicU64; 5],
     /// Requests completed without a response (the client went away, or `return 444`).
     discarded: AtomicU64,
+    /// From the request's location found to its response head made (or its abandonment).
+    time: Histogram,
 }
 
 /// A zone's figures at one moment.
@@ -309,11 +311,13 @@ pub struct ZoneFigures {
     pub processing: u64,
     pub responses: [u64; 5],
     pub discarded: u64,
+    pub time: HistogramFigures,
 }
 
 impl Zone {
     pub fn figures(&self) -> ZoneFigures {
         ZoneFigures {
+            time: self.time.figures(),
             requests: self.requests.load(Relaxed),
             processing: (self.processing.load(Relaxed) as i64).max(0) as u64,
             responses: self.responses.each_ref().map(|n| n.load(Relaxed)),
@@ -338,6 +342,8 @@ pub fn zone(kind: ZoneKind, name: &str) -> std::sync::Arc<Zone> {
 pub struct InZones<'a> {
     zones: [Option<&'a Zone>; 2],
     status: Option<u16>,
+    /// When it entered (read only for a request in a zone).
+    entered: Option<tokio::time::Instant>,
 }
 
 impl<'a> InZones<'a> {
@@ -347,9 +353,11 @@ impl<'a> InZones<'a> {
             zone.requests.fetch_add(1, Relaxed);
             zone.processing.fetch_add(1, Relaxed);
         }
+        let entered = (server.is_some() || location.is_some()).then(tokio::time::Instant::now);
         Self {
             zones,
             status: None,
+            entered,
         }
     }
 
@@ -361,8 +369,10 @@ impl<'a> InZones<'a> {
 
 impl Drop for InZones<'_> {
     fn drop(&mut self) {
+        let took = self.entered.map(|t| t.elapsed()).unwrap_or_default();
         for zone in self.zones.iter().flatten() {
             zone.processing.fetch_sub(1, Relaxed);
+            zone.time.observe(took);
             match self.status {
                 // nginx's `return 444`: the connection is closed without an answer.
                 Some(444) | None => zone.discarded.fetch_add(1, Relaxed),

@@ -231,6 +231,16 @@ async fn the_metrics_say_what_happened_and_promtool_reads_them() {
     assert_eq!(v(&zone_class("server", "5xx")), 3.0, "one 503, two 502");
     assert_eq!(v(&zone_class("server", "4xx")), 1.0, "the refused POST");
     assert_eq!(v(&zone_class("location", "2xx")), 3.0);
+    // Their times: the seven requests done (not the scrape), and the three of `/a`.
+    let zone_time = |kind: &str, zone: &str| {
+        let name = format!("imbang_http_{kind}_zone_request_duration_seconds");
+        let count = v(&format!("{name}_count{{zone=\"{zone}\"}}"));
+        let all = v(&format!("{name}_bucket{{zone=\"{zone}\",le=\"+Inf\"}}"));
+        assert_eq!(count, all);
+        count
+    };
+    assert_eq!(zone_time("server", "front"), 7.0);
+    assert_eq!(zone_time("location", "loc_a"), 3.0);
     assert_eq!(
         v("imbang_http_location_zone_discarded_total{zone=\"loc_a\"}"),
         0.0

@@ -18,7 +18,9 @@
 //! [`process`] is the nginx-compatible command line around it all; [`privileges`] is how it
 //! stops being root before it serves (`user`). Beside the request path,
 //! [`checks`] probes peers for `health_check` (their verdicts feed the picks), and [`api`]
-//! answers NGINX Plus's API from the same state.
+//! answers NGINX Plus's API from the same state. [`stats`] counts connections, requests, TLS
+//! handshakes and `status_zone`s without a lock per request, for [`stub_status`], the
+//! Prometheus page ([`metrics`]) and the API; [`syslog`] sends log lines to a syslog server.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`

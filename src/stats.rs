@@ -1,7 +1,9 @@
 //! What the server counts about its client connections and requests: nginx's stub_status
 //! figures (`ngx_stat_accepted`, `_handled`, `_active`, `_requests`, `_reading`, `_writing`,
 //! `_waiting`), read by [`stub_status`](crate::stub_status), the `$connections_*`
-//! variables, the Prometheus metrics and the API's `/connections` and `/http/requests`.
+//! variables, the Prometheus metrics and the API's `/connections` and `/http/requests`; TLS
+//! handshakes (the API's `/ssl`); NGINX Plus's `status_zone`s ([`Zone`]); and the
+//! [`Histogram`] the peers and zones time their requests with.
 //!
 //! The figures are the process's, as nginx's live in shared memory for all its workers: they
 //! survive reloads, and every [`Server`](crate::server::Server) of a process (tests run several)

@@ -257,7 +257,11 @@ async fn the_metrics_say_what_happened_and_promtool_reads_them() {
     assert_eq!(v("imbang_config_reloads_total"), 0.0);
     assert_eq!(v("imbang_config_last_reload_successful"), 1.0);
     let loaded = v("imbang_config_last_reload_success_timestamp_seconds");
-    assert!(value(&page, "imbang_build_info{version=\"0.1.0\"}") == 1.0);
+    let build = format!(
+        "imbang_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&page, &build), 1.0);
 
     // A reload refused, then one put in force.
     reload(pid, dir.path(), "events {} http { nonsense; }").await;

@@ -9,6 +9,7 @@
 #   pebble     Let's Encrypt's test ACME server, the CA of the ACME tests (tests/acme.rs; they
 #              skip with a message when it is absent)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
+#   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +22,7 @@ needs=(
   "pebble /usr/bin/pebble pebble"
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
+  "promtool /usr/bin/promtool prometheus"
 )
 missing=()
 for entry in "${needs[@]}"; do

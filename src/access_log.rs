@@ -23,12 +23,19 @@ use crate::config::model::{AccessLogSpec, LogBuffer, LogEscape};
 use crate::proxy::{ConnInfo, RequestCtx};
 use crate::vars::{Escape, Scope, Template, Var};
 
-/// One open log file, shared by every format and location that writes to it.
+/// One open log file (or syslog target), shared by every format and location that writes to it.
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Sink,
     /// `None`: every line is written as its request ends.
     buffer: Option<Buffer>,
+}
+
+/// Where a log's lines go.
+enum Sink {
+    File(Mutex<File>),
+    /// `syslog:server=...`: each line one datagram, with nginx's RFC 3164 header.
+    Syslog(crate::syslog::Syslog),
 }
 
 /// The buffers of one file (`buffer=`, `flush=`, `gzip`).
@@ -77,8 +84,16 @@ impl LogFile {
         path: &PathBuf,
         buffer: Option<LogBuffer>,
         workers: usize,
+        syslog: Option<&crate::config::model::SyslogSpec>,
     ) -> Result<Arc<Self>, String> {
-        let file = Self::open_file(path)?;
+        if let Some(spec) = syslog {
+            return Ok(Arc::new(Self {
+                path: path.clone(),
+                file: Sink::Syslog(crate::syslog::Syslog::open(spec)?),
+                buffer: None,
+            }));
+        }
+        let file = Sink::File(Mutex::new(Self::open_file(path)?));
         let buffer = buffer.map(|spec| Buffer {
             spec,
             slots: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
@@ -87,7 +102,7 @@ impl LogFile {
         let buffered = buffer.is_some();
         let log = Arc::new(Self {
             path: path.clone(),
-            file: Mutex::new(file),
+            file,
             buffer,
         });
         if buffered {
@@ -174,7 +189,20 @@ impl LogFile {
             compressed = gzip(bytes, level);
             bytes = &compressed;
         }
-        if let Err(e) = lock(&self.file).write_all(bytes) {
+        let file = match &self.file {
+            Sink::File(file) => file,
+            Sink::Syslog(syslog) => {
+                if let Err(e) = syslog.send(bytes, None) {
+                    crate::log!(
+                        Alert,
+                        "send() to syslog failed ({})",
+                        crate::error_log::errno_text(&e)
+                    );
+                }
+                return;
+            }
+        };
+        if let Err(e) = lock(file).write_all(bytes) {
             crate::log!(
                 Alert,
                 "write() to \"{}\" failed ({})",
@@ -191,8 +219,11 @@ impl LogFile {
     /// Writes what the buffers hold, then opens the file again (after logrotate moved it).
     pub fn reopen(&self) -> Result<(), String> {
         self.flush_all();
+        let Sink::File(file) = &self.file else {
+            return Ok(());
+        };
         let fresh = Self::open_file(&self.path)?;
-        *lock(&self.file) = fresh;
+        *lock(file) = fresh;
         Ok(())
     }
 }
@@ -331,11 +362,13 @@ pub fn compile(
         let file = cache
             .files
             .entry(spec.path.clone())
-            .or_insert_with(|| match LogFile::open(&spec.path, buffer, workers) {
-                Ok(f) => Some(f),
-                Err(message) => {
-                    errors.push((message, None));
-                    None
+            .or_insert_with(|| {
+                match LogFile::open(&spec.path, buffer, workers, spec.syslog.as_deref()) {
+                    Ok(f) => Some(f),
+                    Err(message) => {
+                        errors.push((message, None));
+                        None
+                    }
                 }
             })
             .clone();

@@ -5,20 +5,29 @@
 //! | path (after the location's prefix) | answer |
 //! |---|---|
 //! | `/` | the API versions: `[1,...,9]` (every version gets the same shapes) |
-//! | `/9/` | the endpoints imbang has: `["nginx","http"]` |
+//! | `/9/` | the endpoints imbang has: `["nginx","processes","connections","slabs","http","ssl","workers"]`, and `"acme"` when the configuration has `acme_certificate` |
 //! | `/9/acme` | imbang's own: each ACME certificate (`acme_certificate`) by `issuer/stem`: `issuer`, `identifiers`, `key`, `state` (`pending`, `valid`, `expired`), `not_before`, `not_after`, `expires_in` and `renew_in` (seconds), `last_error`, `failures` (in a row) |
+//! | `/9/ssl` | TLS handshakes on client connections: `handshakes`, `handshakes_failed`, `session_reuses` |
 //! | `/9/nginx` | version, build, address, generation (reloads), load_timestamp, timestamp, pid, ppid |
-//! | `/9/http/` | `["upstreams"]` |
+//! | `/9/processes` | `{"respawned":0}` (imbang's workers are threads: none is respawned) |
+//! | `/9/connections` | `accepted`, `dropped`, `active`, `idle` ([`crate::stats`]) |
+//! | `/9/slabs` | `{}`: no shared memory zones |
+//! | `/9/workers` | one entry, the process: `id`, `pid`, `connections`, `http.requests` |
+//! | `/9/http/` | `["requests","server_zones","location_zones","upstreams"]` |
+//! | `/9/http/requests` | `total`, `current` |
+//! | `/9/http/server_zones[/NAME]`, `/9/http/location_zones[/NAME]` | each `status_zone`: `processing`, `requests`, `responses`, `discarded` |
 //! | `/9/http/upstreams` | every group by name |
 //! | `/9/http/upstreams/NAME` | one group: `peers`, `keepalive`, `queue` |
 //! | `/9/http/upstreams/NAME/servers[/ID]` | the configured servers (the Plus write API's GET) |
 //! | `/dashboard.html` | imbang's dashboard: a page that polls the above once a second |
 //!
+//! `?fields=a,b` keeps only those fields (of each member of a collection: upstreams, zones).
+//!
 //! A peer's fields: `id`, `server`, `name`, `backup`, `weight`, `state` (`up`, `down`,
 //! `unavail`, `unhealthy`, `checking`), `active`, `max_conns`, `requests`, `fails`, `unavail`,
 //! `health_checks` (`checks`, `fails`, `unhealthy`, `last_passed`), `responses` (`1xx` … `5xx`,
-//! `total`). Plus's per-code counts (`codes`), bytes and times (`sent`, `received`,
-//! `header_time`, `response_time`, `selected`, `downtime`) are not kept. Errors are Plus's JSON error object with its codes
+//! `total`), `sent`, `received` (bytes), `header_time`, `response_time` (mean milliseconds,
+//! once answered). Plus's per-code counts (`codes`), `selected` and `downtime` are not kept. Errors are Plus's JSON error object with its codes
 //! (`PathNotFound`, `UnknownVersion`, `UpstreamNotFound`, `ServerNotFound`, `MethodDisabled`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +39,7 @@ use tokio::time::Instant;
 
 use crate::proxy::{RequestCtx, ResponseBody, Shared};
 use crate::snapshot::{Group, Route};
+use crate::stats::{self, ZoneKind};
 use crate::upstream::Peer;
 use crate::upstream::health::active::CheckState;
 
@@ -55,8 +65,43 @@ pub fn respond(shared: &Shared, ctx: &RequestCtx<'_>, route: &Route) -> Response
         return dashboard();
     }
     match answer(shared, ctx, &parts) {
-        Ok(value) => json_response(StatusCode::OK, &value),
+        Ok(mut value) => {
+            if let Some(fields) = fields_param(ctx.args()) {
+                let collection = matches!(
+                    parts.as_slice(),
+                    [_, "http", "upstreams" | "server_zones" | "location_zones"]
+                );
+                only_fields(&mut value, &fields, collection);
+            }
+            json_response(StatusCode::OK, &value)
+        }
         Err((status, text, code)) => error(status, text, code),
+    }
+}
+
+/// `fields=a,b` (Plus): the names of the fields to keep; `Some([])` for `fields=`.
+fn fields_param(query: Option<&str>) -> Option<Vec<&str>> {
+    let value = query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == "fields").then_some(v)
+    })?;
+    Some(value.split(',').filter(|f| !f.is_empty()).collect())
+}
+
+/// Keeps only `fields` of an object, or of each member of a collection (`upstreams`, zones:
+/// an empty list leaves their names only, as Plus).
+fn only_fields(value: &mut Value, fields: &[&str], collection: bool) {
+    let keep = |object: &mut Map<String, Value>| object.retain(|k, _| fields.contains(&k.as_str()));
+    match value {
+        Value::Object(members) if collection => {
+            for member in members.values_mut() {
+                if let Value::Object(object) = member {
+                    keep(object);
+                }
+            }
+        }
+        Value::Object(object) => keep(object),
+        _ => {}
     }
 }
 
@@ -73,17 +118,80 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
     }
     let snapshot = shared.live.snapshot();
     match rest {
-        // `acme` (not in NGINX Plus): listed when the configuration has `acme_certificate`.
-        [] => match crate::acme::api(&snapshot.config)
-            .as_object()
-            .is_some_and(|m| !m.is_empty())
-        {
-            true => Ok(json!(["nginx", "http", "acme"])),
-            false => Ok(json!(["nginx", "http"])),
-        },
+        [] => {
+            let mut endpoints = vec![
+                "nginx",
+                "processes",
+                "connections",
+                "slabs",
+                "http",
+                "ssl",
+                "workers",
+            ];
+            // `acme` (not in NGINX Plus): listed when the configuration has `acme_certificate`.
+            if crate::acme::api(&snapshot.config)
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+            {
+                endpoints.push("acme");
+            }
+            Ok(json!(endpoints))
+        }
         ["acme"] => Ok(crate::acme::api(&snapshot.config)),
         ["nginx"] => Ok(nginx(shared, ctx)),
-        ["http"] => Ok(json!(["upstreams"])),
+        ["processes"] => Ok(json!({ "respawned": 0 })),
+        ["ssl"] => {
+            let f = stats::figures();
+            Ok(json!({
+                "handshakes": f.handshakes,
+                "handshakes_failed": f.handshakes_failed,
+                "session_reuses": f.session_reuses,
+            }))
+        }
+        ["connections"] => Ok(connections(&stats::figures())),
+        // Plus's shared memory zones: imbang keeps its state in the process, in none.
+        ["slabs"] => Ok(json!({})),
+        ["workers"] => Ok(workers()),
+        ["http"] => Ok(json!([
+            "requests",
+            "server_zones",
+            "location_zones",
+            "upstreams"
+        ])),
+        ["http", "requests"] => Ok(requests(&stats::figures())),
+        [
+            "http",
+            kind @ ("server_zones" | "location_zones"),
+            rest @ ..,
+        ] => {
+            let kind = match *kind {
+                "server_zones" => ZoneKind::Server,
+                _ => ZoneKind::Location,
+            };
+            let names = zone_names(&snapshot.config, kind);
+            match rest {
+                [] => Ok(Value::Object(
+                    (names.into_iter())
+                        .map(|n| {
+                            let value = zone(&stats::zone(kind, &n).figures());
+                            (n, value)
+                        })
+                        .collect(),
+                )),
+                [name] if names.iter().any(|n| n == name) => {
+                    Ok(zone(&stats::zone(kind, name).figures()))
+                }
+                [_] => Err((
+                    StatusCode::NOT_FOUND,
+                    "zone not found",
+                    match kind {
+                        ZoneKind::Server => "ServerZoneNotFound",
+                        ZoneKind::Location => "LocationZoneNotFound",
+                    },
+                )),
+                _ => Err(PATH_NOT_FOUND),
+            }
+        }
         ["http", "upstreams"] => {
             let mut groups: Vec<_> = snapshot.groups().collect();
             groups.sort_by(|a, b| a.balancer().name().cmp(b.balancer().name()));
@@ -130,6 +238,64 @@ fn nginx(shared: &Shared, ctx: &RequestCtx<'_>) -> Value {
     })
 }
 
+/// `/N/connections`: Plus's `active` are the connections with a request (being read or
+/// answered), `idle` those waiting for one; stub_status's `Active connections` is their sum.
+fn connections(f: &stats::Figures) -> Value {
+    json!({
+        "accepted": f.accepted,
+        "dropped": f.accepted.saturating_sub(f.handled),
+        "active": f.active.saturating_sub(f.waiting),
+        "idle": f.waiting,
+    })
+}
+
+/// `/N/http/requests`: requests so far, and those being read or answered now.
+fn requests(f: &stats::Figures) -> Value {
+    json!({ "total": f.requests, "current": f.reading + f.writing })
+}
+
+/// The `status_zone` names of `kind` the configuration has, sorted.
+pub(crate) fn zone_names(config: &crate::Config, kind: ZoneKind) -> Vec<String> {
+    fn walk(locations: &[crate::config::model::Location], names: &mut Vec<String>) {
+        for l in locations {
+            names.extend(l.conf.status_zone.clone());
+            walk(&l.locations, names);
+        }
+    }
+    let mut names = Vec::new();
+    for server in config.http.iter().flat_map(|h| &h.servers) {
+        match kind {
+            ZoneKind::Server => names.extend(server.status_zone.clone()),
+            ZoneKind::Location => walk(&server.locations, &mut names),
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One server or location zone: `processing`, `requests`, `responses`, `discarded`.
+fn zone(f: &stats::ZoneFigures) -> Value {
+    json!({
+        "processing": f.processing,
+        "requests": f.requests,
+        "responses": responses(f.responses),
+        "discarded": f.discarded,
+    })
+}
+
+/// `/N/workers`: Plus lists each worker process; imbang's workers are threads of one process,
+/// which counts for all of them, so the list has that process.
+fn workers() -> Value {
+    let f = stats::figures();
+    json!([{
+        "id": 0,
+        "pid": std::process::id(),
+        "connections": connections(&f),
+        "http": { "requests": requests(&f) },
+    }])
+}
+
 /// One upstream group.
 fn upstream(shared: &Shared, group: &Group) -> Value {
     let now = Instant::now();
@@ -151,18 +317,7 @@ fn peer(peer: &Peer, now: Instant) -> Value {
     let state = peer.state();
     let active = state.active_health();
     let verdicts = active.verdicts();
-    let held = |s| verdicts.iter().any(|v| v.state == s);
-    let shown = if peer.is_down() {
-        "down"
-    } else if held(CheckState::Unhealthy) {
-        "unhealthy"
-    } else if held(CheckState::Checking) {
-        "checking"
-    } else if !peer.passively_available(now) {
-        "unavail"
-    } else {
-        "up"
-    };
+    let shown = peer_state(peer, verdicts, now);
     let mut value = json!({
         "id": peer.index(),
         "server": peer.addr().to_string(),
@@ -175,9 +330,19 @@ fn peer(peer: &Peer, now: Instant) -> Value {
         "responses": responses(state.responses()),
         "fails": state.failed(),
         "unavail": state.went_unavailable(),
+        "sent": state.bytes().0,
+        "received": state.bytes().1,
     });
     if peer.max_conns() != 0 {
         value["max_conns"] = json!(peer.max_conns());
+    }
+    // Plus's averages, in milliseconds, once the peer answered.
+    let (header, response) = state.latency();
+    if let Some(ms) = header.mean_ms() {
+        value["header_time"] = json!(ms);
+    }
+    if let Some(ms) = response.mean_ms() {
+        value["response_time"] = json!(ms);
     }
     if !verdicts.is_empty() {
         let mut checks = json!({
@@ -192,6 +357,31 @@ fn peer(peer: &Peer, now: Instant) -> Value {
         value["health_checks"] = checks;
     }
     value
+}
+
+/// A peer's `state` (`up`, `down`, `unavail`, `unhealthy`, `checking`), given what its health
+/// checks say (`verdicts`).
+pub fn peer_state(
+    peer: &Peer,
+    verdicts: &[crate::upstream::health::active::Verdict],
+    now: Instant,
+) -> &'static str {
+    let held = |s| {
+        verdicts
+            .iter()
+            .any(|v: &crate::upstream::health::active::Verdict| v.state == s)
+    };
+    if peer.is_down() {
+        "down"
+    } else if held(CheckState::Unhealthy) {
+        "unhealthy"
+    } else if held(CheckState::Checking) {
+        "checking"
+    } else if !peer.passively_available(now) {
+        "unavail"
+    } else {
+        "up"
+    }
 }
 
 /// `responses`: counts by status class and their total.

@@ -29,7 +29,12 @@ struct Sink {
 #[derive(Debug)]
 enum Out {
     Stderr,
-    File { path: PathBuf, file: Mutex<File> },
+    File {
+        path: PathBuf,
+        file: Mutex<File>,
+    },
+    /// Each line one datagram, its level as the severity (nginx's `ngx_syslog_writer`).
+    Syslog(crate::syslog::Syslog),
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -57,6 +62,7 @@ impl ErrorLog {
                     file: Mutex::new(open_append(path).map_err(|e| open_failed(path, &e))?),
                     path: path.clone(),
                 },
+                LogTarget::Syslog(spec) => Out::Syslog(crate::syslog::Syslog::open(spec)?),
             };
             sinks.push(Sink {
                 level: spec.level,
@@ -90,7 +96,7 @@ impl ErrorLog {
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.sinks.iter().filter_map(|s| match &s.out {
             Out::File { path, .. } => Some(path.as_path()),
-            Out::Stderr => None,
+            Out::Stderr | Out::Syslog(_) => None,
         })
     }
 
@@ -114,6 +120,8 @@ impl ErrorLog {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .write_all(line.as_bytes()),
+                // The severity is the line's level (emerg 0 … debug 7).
+                Out::Syslog(syslog) => syslog.send(line.as_bytes(), Some(level as u8)),
             };
         }
     }

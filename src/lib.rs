@@ -21,7 +21,9 @@
 //! looks names up through `resolver` (groups whose `server ... resolve` peers follow DNS, and
 //! `proxy_pass` hosts in variables), [`api`] answers NGINX Plus's API from the same state, and
 //! [`acme`] obtains and renews the certificates of `acme_certificate` (nginx's ACME module) and
-//! answers the CA's challenges.
+//! answers the CA's challenges. [`stats`] counts connections, requests, TLS handshakes and
+//! `status_zone`s without a lock per request, for [`stub_status`], the Prometheus page
+//! ([`metrics`]) and the API; [`syslog`] sends log lines to a syslog server.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`
@@ -45,6 +47,7 @@ pub mod demo;
 pub mod error_log;
 pub mod http1;
 pub mod listen;
+pub mod metrics;
 pub mod pool;
 pub mod privileges;
 pub mod process;
@@ -57,6 +60,9 @@ pub mod route;
 pub mod scratch;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
+pub mod stub_status;
+pub mod syslog;
 pub mod tls;
 pub mod upstream;
 pub mod vars;

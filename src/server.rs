@@ -251,6 +251,7 @@ impl Server {
                 biased;
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
+                        crate::stats::accepted();
                         self.connection(stream, remote, (key, bound), &stop, &mut listening);
                     }
                     Err(e) => {
@@ -309,8 +310,12 @@ impl Server {
     /// Reads the configuration files again and puts them in force (SIGHUP, `-s reload`).
     pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
-        let config = config::load(source)?;
-        self.apply(config).await
+        let applied = match config::load(source) {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(e.into()),
+        };
+        crate::stats::reloaded(applied.is_ok());
+        applied
     }
 
     /// Puts `config` in force: compile, open logs, bind new addresses; only when all of that
@@ -471,12 +476,14 @@ struct ConnCount {
     zero: Notify,
 }
 
-struct Counted(Arc<ConnCount>);
+/// An open connection: in the server's count (for a graceful stop) and in the process's
+/// figures (stub_status's `handled` and `Active connections`).
+struct Counted(Arc<ConnCount>, #[allow(dead_code)] crate::stats::Active);
 
 impl ConnCount {
     fn enter(self: &Arc<Self>) -> Counted {
         self.n.fetch_add(1, Ordering::SeqCst);
-        Counted(self.clone())
+        Counted(self.clone(), crate::stats::handled())
     }
 
     async fn zero(&self) {

@@ -50,11 +50,15 @@ pub struct ServerRoute {
     pub fallback: Arc<Route>,
     /// Its TLS, when it listens on a `listen ... ssl` address (or names certificates).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// `status_zone`: the server zone its requests are counted in.
+    pub zone: Option<Arc<crate::stats::Zone>>,
 }
 
 /// One `location {}` compiled: what to do with a request that ends here.
 pub struct Route {
     pub conf: Arc<LocationConf>,
+    /// `status_zone`: the location zone its requests are counted in.
+    pub zone: Option<Arc<crate::stats::Zone>>,
     pub action: RouteAction,
     /// `proxy_set_header` with variables found once; an empty value removes the header. Each
     /// with its name as the config spells it (what is sent, as nginx sends it).
@@ -104,6 +108,10 @@ pub enum RouteAction {
     ProxyVars(ProxyVars),
     /// NGINX Plus's `api` (read-only): see [`crate::api`].
     Api,
+    /// `stub_status`: see [`crate::stub_status`].
+    StubStatus,
+    /// `prometheus all`: see [`crate::metrics`].
+    Prometheus,
 }
 
 /// `return code [text|URL]` with its variables found once.
@@ -556,11 +564,14 @@ fn compile_server(server: &Server, cx: &mut Cx<'_>) -> Option<ServerRoute> {
         Some(crate::config::model::ServerName::Exact(n)) => n.clone(),
         _ => String::new(),
     };
+    let zone = (server.status_zone.as_deref())
+        .map(|name| crate::stats::zone(crate::stats::ZoneKind::Server, name));
     Some(ServerRoute {
         name,
         locations,
         fallback,
         tls: None,
+        zone,
     })
 }
 
@@ -703,6 +714,8 @@ fn compile_route(
             }
         },
         Some(Action::Api(_)) => RouteAction::Api,
+        Some(Action::StubStatus) => RouteAction::StubStatus,
+        Some(Action::Prometheus) => RouteAction::Prometheus,
         Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {
             Ok(url) => RouteAction::ProxyVars(ProxyVars::new(
                 url,
@@ -800,6 +813,8 @@ fn compile_route(
     });
     Route {
         conf: conf.clone(),
+        zone: (conf.status_zone.as_deref())
+            .map(|name| crate::stats::zone(crate::stats::ZoneKind::Location, name)),
         action,
         set_headers,
         sets_host,

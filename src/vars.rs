@@ -36,6 +36,8 @@ pub enum Var {
     Pid,
     Connection,
     ConnectionRequests,
+    /// `$connections_active`, `_reading`, `_writing`, `_waiting` (ngx_http_stub_status_module).
+    Connections(crate::stats::ConnectionsVar),
     Hostname,
     RemoteUser,
     /// `$arg_name`: a query argument.
@@ -396,6 +398,10 @@ impl Var {
             "pid" => Self::Pid,
             "connection" => Self::Connection,
             "connection_requests" => Self::ConnectionRequests,
+            "connections_active" => Self::Connections(crate::stats::ConnectionsVar::Active),
+            "connections_reading" => Self::Connections(crate::stats::ConnectionsVar::Reading),
+            "connections_writing" => Self::Connections(crate::stats::ConnectionsVar::Writing),
+            "connections_waiting" => Self::Connections(crate::stats::ConnectionsVar::Waiting),
             "hostname" => Self::Hostname,
             "remote_user" => Self::RemoteUser,
             "status" => Self::Status,

@@ -121,6 +121,29 @@ async fn upstreams_show_each_peer_with_its_state_load_failures_and_health_checks
         (&Value::from("up"), &Value::from(1))
     );
     assert_eq!(other[0]["responses"]["total"], 0, "refused: no response");
+    assert!(
+        other[0].get("header_time").is_none(),
+        "never answered: {other:#}"
+    );
+    assert!(app[0]["header_time"].as_u64().is_some(), "{app:#}");
+    assert!(
+        app[0]["response_time"].as_u64().unwrap() < 10_000,
+        "{app:#}"
+    );
+    assert_eq!(
+        (&other[0]["sent"], &other[0]["received"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    // Two `GET /` heads out; two heads with `a` as their bodies back.
+    let (sent, received) = (
+        app[0]["sent"].as_u64().unwrap(),
+        app[0]["received"].as_u64().unwrap(),
+    );
+    assert!(sent > 2 * "GET / HTTP/1.0\r\n".len() as u64, "{sent}");
+    assert!(
+        received > 2 * "HTTP/1.1 200 OK\r\n".len() as u64,
+        "{received}"
+    );
     assert_eq!(other[1]["responses"]["2xx"], 1);
     // Pooled keep-alive connections to the group's peers.
     assert!(all["app"]["keepalive"].as_u64().unwrap() >= 1, "{all:#}");
@@ -157,11 +180,25 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
     );
     assert_eq!(
         get_json(&lb, "/api/9/").await,
-        (200, serde_json::json!(["nginx", "http"]))
+        (
+            200,
+            serde_json::json!([
+                "nginx",
+                "processes",
+                "connections",
+                "slabs",
+                "http",
+                "ssl",
+                "workers"
+            ])
+        )
     );
     assert_eq!(
         get_json(&lb, "/api/7/http").await,
-        (200, serde_json::json!(["upstreams"]))
+        (
+            200,
+            serde_json::json!(["requests", "server_zones", "location_zones", "upstreams"])
+        )
     );
 
     let (status, nginx) = get_json(&lb, "/api/9/nginx").await;
@@ -219,4 +256,80 @@ async fn versions_endpoints_nginx_and_errors_in_the_plus_apis_shapes() {
     let (status, text) = lb.get("/api/9/nginx").await;
     assert_eq!(status, 200);
     assert!(text.ends_with("}\n"), "{text:?}");
+}
+
+/// `status_zone` on servers and locations: `/http/server_zones` and `/http/location_zones`
+/// count each request in its server's zone and in the zone of the location it ends in (nested
+/// locations inherit it; `status_zone off` leaves it).
+#[tokio::test]
+async fn status_zones_count_the_requests_of_their_servers_and_locations() {
+    let ok = backend("ok").await;
+    let five = support::backend_with(
+        "five",
+        support::Behaviour::Status(503),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let conf = format!(
+        "daemon off; error_log stderr crit;
+         http {{
+           server {{ listen 127.0.0.1:0; status_zone front;
+             location /a {{ status_zone zone_a; proxy_pass http://{ok};
+               location /a/inner {{ proxy_pass http://{ok}; }}
+               location /a/off {{ status_zone off; return 200; }}
+             }}
+             location /b {{ status_zone zone_b; proxy_pass http://{five}; }}
+             location /c {{ return 444; }}
+           }}
+           server {{ listen 127.0.0.1:0; server_name api; location /api/ {{ api; }} }}
+         }}",
+        ok = ok.addr,
+        five = five.addr,
+    );
+    let lb = imbang(&conf).await;
+    for path in ["/a", "/a", "/a/inner", "/a/off", "/b"] {
+        let want = if path == "/b" { 503 } else { 200 };
+        assert_eq!(lb.get(path).await.0, want, "{path}");
+    }
+    let closed = support::try_request(lb.addr, "GET", "/c", "localhost", None).await;
+    assert!(closed.is_err(), "444 closes without an answer: {closed:?}");
+    let lb = &lb;
+    let api = |path: &'static str| async move {
+        let (status, body) = lb.get_host("api", path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let servers = api("/api/9/http/server_zones").await;
+    assert_eq!(
+        servers,
+        serde_json::json!({ "front": {
+            "processing": 0, "requests": 6, "discarded": 1,
+            "responses": { "1xx": 0, "2xx": 4, "3xx": 0, "4xx": 0, "5xx": 1, "total": 5 },
+        }})
+    );
+    let locations = api("/api/9/http/location_zones").await;
+    let names: Vec<&String> = locations.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["zone_a", "zone_b"]);
+    assert_eq!(locations["zone_a"]["requests"], 3, "/a twice and /a/inner");
+    assert_eq!(locations["zone_a"]["responses"]["2xx"], 3);
+    assert_eq!(locations["zone_b"]["responses"]["5xx"], 1);
+    assert_eq!(
+        api("/api/9/http/location_zones/zone_b").await["requests"],
+        1
+    );
+    // `fields=`: of each zone (a collection), or of one object; empty leaves the names.
+    assert_eq!(
+        api("/api/9/http/server_zones?fields=requests,discarded").await,
+        serde_json::json!({ "front": { "requests": 6, "discarded": 1 } })
+    );
+    assert_eq!(
+        api("/api/9/http/location_zones?fields=").await,
+        serde_json::json!({ "zone_a": {}, "zone_b": {} })
+    );
+    let nginx = api("/api/9/nginx?fields=pid,version").await;
+    let keys: Vec<&String> = nginx.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["pid", "version"]);
+    let (status, body) = lb.get_host("api", "/api/9/http/server_zones/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"ServerZoneNotFound\""), "{body}");
 }

@@ -42,6 +42,7 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_realip_module",
     // nginx's ACME module (its own repository; its lines are listed by tools/nginx-directives.py)
     "ngx_http_acme_module",
+    "ngx_http_stub_status_module",
 ];
 
 /// Modules other work is adding right now: not checked until it lands (the integrator empties

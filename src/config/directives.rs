@@ -412,6 +412,19 @@ pub static DIRECTIVES: &[Spec] = &[
     block("map", C::HTTP, Range(2, 2)),
     // --- NGINX Plus's API
     d("api", C::LOCATION, Range(0, 1)),
+    // --- observability (obs): stub_status (ngx_http_stub_status_module), Angie's prometheus
+    // nginx ignores stub_status's argument (the `stub_status on` of nginx before 1.7.5).
+    d("stub_status", C::SERVER.or(C::LOCATION), Range(0, 1)),
+    d("prometheus", C::LOCATION, ONE),
+    // NGINX Plus: the server or location zone a request is counted in (API, metrics).
+    d("status_zone", C::SERVER.or(C::LOCATION), ONE),
+    not_yet(
+        "prometheus_template",
+        C::HTTP,
+        ONE,
+        true,
+        "custom Prometheus templates: use the built-in \"prometheus all\"",
+    ),
     // --- active health checks (NGINX Plus)
     d("health_check", C::LOCATION, AtLeast(0)),
     block("match", C::HTTP, ONE),

@@ -20,11 +20,13 @@ mod charset;
 mod compat;
 mod expires;
 mod limit_except;
+mod observe;
 mod proxy_cookie;
 mod proxy_ssl;
 mod realip;
 mod resolver;
 mod sub_filter;
+mod syslog;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -104,6 +106,8 @@ struct Lower<'a> {
 /// `None` means "not set at this level".
 #[derive(Clone, Debug, Default)]
 struct Frame {
+    /// `status_zone` of a location (`Some(None)`: `off`).
+    status_zone: Option<Option<String>>,
     connect_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
@@ -175,6 +179,7 @@ impl Frame {
             };
         }
         inherit!(
+            status_zone,
             connect_timeout,
             read_timeout,
             send_timeout,
@@ -230,6 +235,7 @@ impl Frame {
         let d = ProxySettings::default();
         Arc::new(LocationConf {
             action,
+            status_zone: self.status_zone.clone().flatten(),
             charset: self.charset(),
             expires: self.expires.flatten(),
             sub_filter: self.sub_filter(),
@@ -531,7 +537,10 @@ impl<'a> Lower<'a> {
         let target = &d.args[0];
         let target = match target.value.as_str() {
             "stderr" => LogTarget::Stderr,
-            v if v.starts_with("syslog:") || v.starts_with("memory:") => {
+            v if v.starts_with("syslog:") => {
+                LogTarget::Syslog(Arc::new(self.syslog(&v["syslog:".len()..], target.span)?))
+            }
+            v if v.starts_with("memory:") => {
                 self.invalid(
                     format!(
                         "error_log \"{v}\" is not supported by imbang yet (use a file or stderr)"
@@ -596,6 +605,7 @@ impl<'a> Lower<'a> {
         // nginx's default: `access_log logs/access.log combined;` under the prefix.
         frame.access_log = Some(vec![AccessLogSpec {
             path: self.opts.prefix.join("logs/access.log"),
+            syslog: None,
             format: combined,
             condition: None,
         }]);
@@ -1050,13 +1060,10 @@ impl<'a> Lower<'a> {
 
     fn access_log(&mut self, d: &Directive) -> Option<AccessLogSpec> {
         let target = &d.args[0];
-        if target.value.starts_with("syslog:") {
-            self.invalid(
-                "access_log to syslog is not supported by imbang yet".to_owned(),
-                target.span,
-            );
-            return None;
-        }
+        let syslog = match target.value.strip_prefix("syslog:") {
+            Some(text) => Some(Arc::new(self.syslog(text, target.span)?)),
+            None => None,
+        };
         if target.value.contains('$') {
             // nginx opens such a path per request; taking it literally would write elsewhere.
             self.invalid(
@@ -1114,6 +1121,18 @@ impl<'a> Lower<'a> {
         }
         // nginx: `gzip` alone buffers 64k.
         let size = size.or(gzip.map(|_| 64 * 1024));
+        if syslog.is_some() {
+            if size.is_some() || flush.is_some() {
+                self.invalid("logs to syslog cannot be buffered".to_owned(), d.span);
+                return None;
+            }
+            return Some(AccessLogSpec {
+                path: PathBuf::from(&target.value),
+                syslog,
+                format,
+                condition,
+            });
+        }
         let path = self.path(&target.value);
         match (size, flush) {
             (None, Some((_, span))) => {
@@ -1150,6 +1169,7 @@ impl<'a> Lower<'a> {
         }
         Some(AccessLogSpec {
             path,
+            syslog: None,
             format,
             condition,
         })
@@ -1166,6 +1186,9 @@ impl<'a> Lower<'a> {
         let mut locations = Vec::new();
         let mut own_ssl = ssl::SslFrame::default();
         let mut acme = None;
+        // `stub_status` at server level: for the requests no location matches (nginx's).
+        let mut server_handler = None;
+        let mut server_zone = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::SERVER) else {
                 continue;
@@ -1184,6 +1207,16 @@ impl<'a> Lower<'a> {
                 }
                 "location" => locations.push(c),
                 "if" => script.extend(self.if_block(c, None, ups)),
+                "stub_status" => {
+                    if self.once(&mut seen, spec, c) {
+                        self.handler(c, &mut server_handler);
+                    }
+                }
+                "status_zone" => {
+                    if self.once(&mut seen, spec, c) {
+                        server_zone = Some(c.args[0].value.clone());
+                    }
+                }
                 "error_log" => {
                     if let Some(log) = self.error_log(c) {
                         self.inner_error_logs.push(log);
@@ -1215,6 +1248,7 @@ impl<'a> Lower<'a> {
         self.check_charset(&frame);
         let mut conf = frame.conf(None);
         Arc::make_mut(&mut conf).script = script;
+        Arc::make_mut(&mut conf).action = server_handler.map(|(a, _)| a);
         let mut ssl = self.ssl_spec(&own_ssl, &self.ssl_http);
         ssl.acme = acme.and_then(|a| self.acme_certificate(a, &names));
         let ssl = Arc::new(ssl);
@@ -1232,6 +1266,7 @@ impl<'a> Lower<'a> {
             conf,
             location: self.at(d.span),
             ssl,
+            status_zone: server_zone,
         })
     }
 
@@ -1437,7 +1472,8 @@ impl<'a> Lower<'a> {
         let mut ifs = Vec::new();
         let mut children = Vec::new();
         let mut checks = Vec::new();
-        let mut api = None;
+        // The location's own handler (`api`, `stub_status`, `prometheus`) and its directive.
+        let mut api: Option<(Action, &str)> = None;
         let mut limit_except = None;
         for c in d.block.as_deref().unwrap_or_default() {
             let Some(spec) = self.check(c, Contexts::LOCATION) else {
@@ -1455,9 +1491,15 @@ impl<'a> Lower<'a> {
                         limit_except = Some(c);
                     }
                 }
-                "api" => {
+                "api" | "stub_status" | "prometheus" => {
                     if self.once(&mut seen, spec, c) {
-                        api = self.api(c);
+                        self.handler(c, &mut api);
+                    }
+                }
+                "status_zone" => {
+                    if self.once(&mut seen, spec, c) {
+                        let name = &c.args[0].value;
+                        own.status_zone = Some((name != "off").then(|| name.clone()));
                     }
                 }
                 "internal" => internal = true,
@@ -1504,13 +1546,13 @@ impl<'a> Lower<'a> {
             .into_iter()
             .filter_map(|c| self.location(c, &frame, Some((kind, &pattern)), ups))
             .collect();
-        if let (Some(_), Some(_)) = (&api, &proxy) {
+        if let (Some((_, name)), Some(_)) = (&api, &proxy) {
             self.invalid(
-                "\"api\" cannot be used with \"proxy_pass\" in the same location".to_owned(),
+                format!("\"{name}\" cannot be used with \"proxy_pass\" in the same location"),
                 d.span,
             );
         }
-        let action = api.or(proxy);
+        let action = api.map(|(a, _)| a).or(proxy);
         let mut inserted = 0;
         for (at, c) in ifs {
             if let Some(stmt) = self.if_block(c, Some((&frame, action.as_ref())), ups) {

@@ -87,6 +87,8 @@ pub struct ErrorLogSpec {
 pub enum LogTarget {
     Stderr,
     File(PathBuf),
+    /// `syslog:server=...`: each line to a syslog server, with its level as severity.
+    Syslog(Arc<SyslogSpec>),
 }
 
 /// nginx's error-log severities, most severe first.
@@ -202,6 +204,8 @@ pub struct Server {
     pub location: String,
     /// The `ssl_*` settings in force for this server (its own, else the http level's).
     pub ssl: Arc<SslSpec>,
+    /// `status_zone` of the server: the server zone all its requests are counted in.
+    pub status_zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +269,9 @@ pub struct Location {
 #[derive(Clone, Debug)]
 pub struct LocationConf {
     pub action: Option<Action>,
+    /// `status_zone` of the location (inherited by nested ones; `off` clears it): the
+    /// location zone its requests are counted in.
+    pub status_zone: Option<String>,
     /// `charset` (with `charset_types`, `source_charset`); `None` with `charset off`.
     pub charset: Option<Arc<Charset>>,
     /// `expires`; `None` with `expires off`.
@@ -407,10 +414,28 @@ pub struct SetVar {
 /// One `access_log path [format [buffer=size] [gzip[=level]] [flush=time] [if=condition]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogSpec {
+    /// The file; for syslog, the target as written (`syslog:server=...`), which only names it.
     pub path: PathBuf,
+    /// `syslog:...`: lines go to a syslog server instead of a file.
+    pub syslog: Option<Arc<SyslogSpec>>,
     pub format: Arc<LogFormat>,
     /// `if=condition`: the line is not written when the value is empty or `0`.
     pub condition: Option<LogCondition>,
+}
+
+/// `syslog:server=address[:port][,facility=f][,severity=s][,tag=t][,nohostname]` (nginx's
+/// ngx_syslog): RFC 3164 messages over UDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogSpec {
+    pub server: std::net::SocketAddr,
+    /// 0 (`kern`) … 23 (`local7`, the default).
+    pub facility: u8,
+    /// 0 (`emerg`) … 7 (`debug`); `info` by default.
+    pub severity: u8,
+    /// `nginx` by default (what rsyslog rules for nginx expect).
+    pub tag: String,
+    /// Without `nohostname`, the host's name follows the time.
+    pub hostname: bool,
 }
 
 /// The text of an `if=` parameter and its `path:line:col` (for variable errors).
@@ -460,6 +485,10 @@ pub enum Action {
     ProxyVars(ProxyPassVars),
     /// `api [write=on|off]` (NGINX Plus's live API): JSON about the running imbang.
     Api(Api),
+    /// `stub_status` (ngx_http_stub_status_module): the connection and request figures.
+    StubStatus,
+    /// `prometheus all` (Angie's syntax): metrics in Prometheus's text format.
+    Prometheus,
 }
 
 /// `api [write=on|off]`.

@@ -98,6 +98,8 @@ pub async fn serve(
     // the timer gives the client `send_timeout` to take the last frames and close; one that
     // neither reads nor closes is then closed on (its socket may be too full for any frame).
     let mut going_away = false;
+    // Counted as waiting (stub_status) while no stream is open.
+    let mut waiting = None;
     poll_fn(|cx| {
         loop {
             match conn.poll_accept(cx) {
@@ -139,6 +141,11 @@ pub async fn serve(
                     timer.as_mut().reset(now() + idle);
                 }
             }
+            if streams.is_empty() {
+                waiting.get_or_insert_with(crate::stats::Waiting::start);
+            } else {
+                waiting = None;
+            }
             if streams.is_empty() && timer.as_mut().poll(cx).is_ready() {
                 if going_away {
                     return Poll::Ready(());
@@ -172,6 +179,7 @@ async fn stream(
     mut respond: SendResponse<Bytes>,
     send_timeout: Duration,
 ) -> bool {
+    let _counted = crate::stats::Request::writing();
     let (parts, recv) = request.into_parts();
     let body = RequestBody::h2(recv, &parts.headers);
     // Pinned where it is built rather than awaited as a value (a copy of kilobytes).

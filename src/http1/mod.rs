@@ -257,9 +257,11 @@ pub fn serve(
             if buf.is_empty() {
                 // Idle: hold no buffer while waiting.
                 crate::scratch::return_read_buffer(std::mem::take(&mut buf));
+                let waiting = crate::stats::Waiting::start();
                 if !wait_for_request(&stream, &mut buf, &conn, &mut watch).await {
                     return;
                 }
+                drop(waiting);
             }
             let exchange = pin_box!(conn.exchange(&listener, stream, buf));
             match bounded(exchange, &mut watch).await {
@@ -455,12 +457,15 @@ impl Conn {
         let info = self.info.clone();
         // Read off the clock only if the head did not come whole with the first bytes.
         let mut deadline = None;
+        // A request from its first bytes on (stub_status's `requests`, `Reading`, `Writing`).
+        let mut counted = crate::stats::Request::reading();
         let head = loop {
             // HTTP/2 with prior knowledge (h2c): the connection opens with the preface.
             if self.fresh {
                 let n = buf.len().min(h2::PREFACE.len());
                 if buf[..n] == h2::PREFACE[..n] {
                     if n == h2::PREFACE.len() {
+                        counted.not_a_request();
                         return Next::Http2(stream, buf);
                     }
                     let fill = poll_fn(|cx| body::poll_fill(&stream, &mut buf, cx));
@@ -531,6 +536,7 @@ impl Conn {
             }
         };
         self.fresh = false;
+        counted.head_read();
         let parse::Head {
             parts,
             framing,

@@ -298,6 +298,9 @@ impl Kind {
                 }
                 match s.body.poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(guard), Some(data)) = (&mut s.guard, frame.data_ref()) {
+                            guard.count_bytes(0, data.len() as u64);
+                        }
                         if let Some(timer) = s.timer.as_mut() {
                             timer.as_mut().reset(Instant::now() + s.read_timeout);
                         }

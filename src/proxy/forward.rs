@@ -226,6 +226,7 @@ pub async fn forward(
             Ok((mut answer, conn)) => {
                 let status = answer.head.status.as_u16();
                 guard.count_response(status);
+                guard.count_bytes(request_bytes, answer.head_len as u64);
                 record.answered(status, true);
                 record.sent(request_bytes);
                 record.head_received(answer.head_len);

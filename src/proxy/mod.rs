@@ -403,6 +403,7 @@ impl Vars for RequestCtx<'_> {
             Var::ConnectionRequests => {
                 append_display(out, self.conn.requests.load(Ordering::Relaxed))
             }
+            Var::Connections(which) => append_display(out, crate::stats::connections(*which)),
             Var::Hostname => out.push_str(hostname()),
             Var::RemoteUser => {}
             Var::Arg(name) => {
@@ -788,6 +789,8 @@ async fn respond(
     };
     let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
     base.state.uninitialized.set(&route.conf);
+    // `status_zone`s: counted from here until the answer is made (or the request abandoned).
+    let mut zones = crate::stats::InZones::enter(server.zone.as_deref(), route.zone.as_deref());
     let captures = Captures::of(route);
     let located = RequestCtx {
         // A regex location's groups; any other keeps the server name's.
@@ -873,6 +876,7 @@ async fn respond(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    zones.answered(response.status().as_u16());
     response
 }
 
@@ -913,6 +917,8 @@ async fn dispatch<'a>(
         ),
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
         (None, RouteAction::Api) => (crate::api::respond(shared, ctx, route), false),
+        (None, RouteAction::StubStatus) => (crate::stub_status::respond(&ctx.parts.method), false),
+        (None, RouteAction::Prometheus) => (crate::metrics::respond(shared, ctx), false),
         (None, RouteAction::Proxy(proxy)) => {
             ctx.proxy_host = &proxy.proxy_host;
             proxied(shared, ctx, route, proxy, body, client_upgrade, out).await
@@ -1341,7 +1347,7 @@ fn proxy_port(proxy_host: &str) -> &str {
 }
 
 /// `$hostname`, read once.
-fn hostname() -> &'static str {
+pub(crate) fn hostname() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         nix::unistd::gethostname()

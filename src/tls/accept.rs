@@ -134,10 +134,12 @@ pub async fn serve(
         Ok(_) => return,
         Err(_) => return timed_out(info.id),
     }
+    // Counted (Plus's `/ssl`): a failure unless it completes.
+    let handshake = crate::stats::Handshake::start();
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
     let start = tokio::select! {
         biased;
-        () = listener.stop.stopped() => return,
+        () = listener.stop.stopped() => return handshake.abandon(),
         hello = tokio::time::timeout_at(deadline, acceptor) => match hello {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
@@ -199,6 +201,7 @@ pub async fn serve(
     let (tcp, conn) = tls.get_ref();
     let _ = tcp.set_nodelay(true);
     let tls_info = TlsInfo::of(conn, server_tls);
+    handshake.done(tls_info.session_reused);
     let h2 = tls_info.alpn == "h2";
     info.tls = Some(Box::new(tls_info));
     let info = Arc::new(info);

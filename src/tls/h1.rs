@@ -64,6 +64,8 @@ where
                 None => None,
             };
             async move {
+                // hyper reads the head: counted from here, as being answered.
+                let _counted = crate::stats::Request::writing();
                 let (parts, body) = request.into_parts();
                 let body = RequestBody::hyper(body);
                 let handling =

@@ -49,6 +49,14 @@ pub struct PeerState {
     went_unavailable: AtomicU64,
     /// Response heads received from this peer, by status class (1xx … 5xx).
     responses: [AtomicU64; 5],
+    /// Bytes written to the peer (request heads and bodies of the attempts it answered) and
+    /// read from it (response heads and bodies), added once per attempt when its guard drops.
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Time from the pick to the response head, and to the response's last byte, of the
+    /// attempts it answered (the metrics' histograms, the API's `header_time`, `response_time`).
+    header_time: crate::stats::Histogram,
+    response_time: crate::stats::Histogram,
     /// The sum of the start times of the timed attempts in flight (nanoseconds since
     /// [`epoch`]), and how many they are, for their average age (`least_time ... inflight`).
     in_flight_since: AtomicU64,
@@ -93,6 +101,24 @@ impl PeerState {
     /// Response heads received so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub fn responses(&self) -> [u64; 5] {
         self.responses.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// `(sent, received)`: bytes written to and read from the peer so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// `(to the response head, to its last byte)` of the attempts the peer answered.
+    pub fn latency(
+        &self,
+    ) -> (
+        crate::stats::HistogramFigures,
+        crate::stats::HistogramFigures,
+    ) {
+        (self.header_time.figures(), self.response_time.figures())
     }
 
     /// Attempts that failed so far.
@@ -247,8 +273,9 @@ pub struct Peer {
     down: bool,
     backup: bool,
     /// The group's balancer ranks peers by latency (`least_time`, `random two least_time=`):
-    /// attempts are timed and their start times summed. Other groups skip both (a clock read,
-    /// an `exp` and two atomic updates per request); a reload to `least_time` starts its
+    /// attempts' latency estimates are kept and their start times summed. Other groups skip
+    /// both (an `exp`, a lock and two atomic updates per request; they still read the clock at
+    /// the response head for the latency histograms); a reload to `least_time` starts its
     /// estimates from the group's average, as for a new peer.
     timed: bool,
     state: Arc<PeerState>,
@@ -397,6 +424,10 @@ pub struct PeerGuard {
     started: Instant,
     /// `started` as added to the peer's `in_flight_since`.
     since: u64,
+    /// Bytes written to and read from the peer in this attempt, added to its totals on drop
+    /// (one update per attempt, not one per body frame).
+    sent: u64,
+    received: u64,
 }
 
 impl PeerGuard {
@@ -425,7 +456,16 @@ impl PeerGuard {
             timed: peer.timed,
             started: now,
             since,
+            sent: 0,
+            received: 0,
         }
+    }
+
+    /// `sent` bytes went to the peer, `received` came from it (the Plus API's `sent` and
+    /// `received`, the Prometheus metrics' bytes).
+    pub fn count_bytes(&mut self, sent: u64, received: u64) {
+        self.sent += sent;
+        self.received += received;
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -455,7 +495,7 @@ impl PeerGuard {
         self.succeeded(Some(now));
     }
 
-    /// The clock is read (`now` is `None`) only for a timed attempt.
+    /// The clock is read when `now` is `None` (the header-time histogram needs it).
     fn succeeded(&mut self, now: Option<Instant>) {
         if std::mem::replace(&mut self.reported, true) {
             return;
@@ -471,10 +511,11 @@ impl PeerGuard {
                 health.on_success(self.fail_policy)
             }
         };
+        let now = now.unwrap_or_else(Instant::now);
+        (self.state.header_time).observe(now.saturating_duration_since(self.started));
         if !self.timed {
             return;
         }
-        let now = now.unwrap_or_else(Instant::now);
         let mut timing = self.state.timing();
         if recovered {
             // Times from before the outage say nothing now: start again from the average.
@@ -487,8 +528,12 @@ impl PeerGuard {
     /// The response body ended at `now` after a [`success`](Self::success): records the time to
     /// the last byte for `least_time last_byte`, and ends the attempt.
     pub fn body_done(self, now: Instant) {
-        if self.answered && self.timed {
-            let took = now.saturating_duration_since(self.started);
+        if !self.answered {
+            return;
+        }
+        let took = now.saturating_duration_since(self.started);
+        self.state.response_time.observe(took);
+        if self.timed {
             self.state.timing().last_byte.observe(took, now);
         }
     }
@@ -524,6 +569,12 @@ impl Drop for PeerGuard {
         // fence pairs with the one in `WaitQueue::join`, so either this sees the waiter or the
         // waiter's pick sees the slot.
         self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.sent != 0 {
+            self.state.sent.fetch_add(self.sent, Ordering::Relaxed);
+        }
+        if self.received != 0 {
+            (self.state.received).fetch_add(self.received, Ordering::Relaxed);
+        }
         if self.timed {
             (self.state.in_flight_since).fetch_sub(self.since, Ordering::SeqCst);
             (self.state.in_flight_timed).fetch_sub(1, Ordering::SeqCst);

@@ -214,7 +214,10 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
     let (status, body) = support::request(plain_addr, "GET", "/api/9/", "x", None).await;
     assert_eq!(
         (status, body.trim_end()),
-        (200, r#"["nginx","http","acme"]"#)
+        (
+            200,
+            r#"["nginx","processes","connections","slabs","http","ssl","workers","acme"]"#
+        )
     );
     let (status, body) = support::request(plain_addr, "GET", "/api/9/acme", "x", None).await;
     assert_eq!(status, 200, "{body}");

@@ -10,12 +10,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const PAGE: &str = "<a href=\"/x\">Hello WORLD</a> <img src=\"/i.png\"> hello world";
 
@@ -275,46 +273,12 @@ async fn an_http10_client_gets_the_body_until_the_close() {
     );
 }
 
-/// A body that yields what the test sends it, as it is sent.
-struct Pieces(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for Pieces {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 /// The upstream sends the page in pieces that split the strings searched for, each only after
 /// the client received what could be decided before it: what is sure to match no string goes
 /// out at once, the bytes that may begin a match wait for the next piece.
 #[tokio::test]
 async fn matches_split_between_pieces_of_the_body_are_replaced() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let o = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let service = service_fn(move |_req: Request<Incoming>| {
-            let rx = slot.lock().unwrap().take().expect("one request");
-            async move {
-                let mut res = Response::new(Pieces(rx));
-                res.headers_mut()
-                    .insert("content-type", "text/html".parse().unwrap());
-                Ok::<_, Infallible>(res)
-            }
-        });
-        let _ = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-    });
+    let (o, tx) = support::piecewise_origin("text/html", 1).await;
     let lb = support::imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off;

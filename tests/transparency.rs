@@ -11,8 +11,6 @@ use http::HeaderMap;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use support::imbang;
@@ -292,43 +290,9 @@ async fn a_short_body_from_the_peer_is_never_a_complete_looking_response() {
     );
 }
 
-/// A body that yields what the test sends it, as it is sent (like Server-Sent Events).
-struct Events(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for Events {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 #[tokio::test]
 async fn each_event_reaches_the_client_before_the_next_is_sent() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let o = listener.local_addr().unwrap();
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(events_rx)));
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let service = service_fn(move |_req: Request<Incoming>| {
-            let rx = slot.lock().unwrap().take().expect("one request");
-            async move {
-                let mut res = Response::new(Events(rx));
-                res.headers_mut()
-                    .insert("content-type", "text/event-stream".parse().unwrap());
-                Ok::<_, Infallible>(res)
-            }
-        });
-        let _ = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-    });
+    let (o, events_tx) = support::piecewise_origin("text/event-stream", 4).await;
     let lb = imbang(&format!(
         "daemon off; error_log stderr crit; events {{}}
          http {{ access_log off; upstream o {{ server {o}; }}

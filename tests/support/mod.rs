@@ -981,3 +981,48 @@ pub async fn response_head(addr: SocketAddr, path: &str) -> String {
     let text = String::from_utf8_lossy(&raw);
     text.split("\r\n\r\n").next().unwrap().to_owned()
 }
+
+/// An origin that answers one request with `content_type` and a body of unknown length made of
+/// the pieces the test sends through the returned channel, each as it is sent (Server-Sent
+/// Events, a page that streams); the body ends when the sender is dropped.
+pub async fn piecewise_origin(
+    content_type: &'static str,
+    capacity: usize,
+) -> (SocketAddr, tokio::sync::mpsc::Sender<Bytes>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(capacity);
+    let slot = Arc::new(std::sync::Mutex::new(Some(rx)));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = service_fn(move |_req: Request<Incoming>| {
+            let rx = slot.lock().unwrap().take().expect("one request");
+            async move {
+                let mut res = Response::new(Pieces(rx));
+                res.headers_mut()
+                    .insert("content-type", content_type.parse().unwrap());
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    (addr, tx)
+}
+
+/// A body that yields what the test sends it, as it is sent.
+struct Pieces(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}

@@ -370,8 +370,18 @@ impl<'a> InZones<'a> {
 }
 
 impl Drop for InZones<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let took = self.entered.map(|t| t.elapsed()).unwrap_or_default();
+        // In no zone (no `status_zone` configured): nothing to count, no clock to read.
+        if let Some(entered) = self.entered {
+            self.leave(entered);
+        }
+    }
+}
+
+impl InZones<'_> {
+    fn leave(&mut self, entered: tokio::time::Instant) {
+        let took = entered.elapsed();
         for zone in self.zones.iter().flatten() {
             zone.processing.fetch_sub(1, Relaxed);
             zone.time.observe(took);

@@ -30,10 +30,17 @@ static TLS_ALPN01: LazyLock<Mutex<HashMap<String, Arc<CertifiedKey>>>> =
 /// The body that answers a plain-HTTP request for `path` with `Host: host`, when it is an
 /// HTTP-01 challenge being validated for that name. Runs before the server's rewrite phase
 /// and locations, so a `return 301 https://...` does not hide the answer.
+#[inline]
 pub fn http01(path: &str, host: &str) -> Option<String> {
     if PENDING.load(Ordering::Relaxed) == 0 {
         return None;
     }
+    pending_http01(path, host)
+}
+
+/// [`http01`] while some challenge is pending.
+#[cold]
+fn pending_http01(path: &str, host: &str) -> Option<String> {
     let token = path.strip_prefix(PREFIX)?;
     let table = HTTP01.lock().unwrap_or_else(|p| p.into_inner());
     let (name, answer) = table.get(token)?;

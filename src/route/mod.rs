@@ -104,6 +104,18 @@ pub enum RouteErrorKind {
     NoServers,
 }
 
+impl RouteErrorKind {
+    /// The virtual host entry an error of the server-name table is about.
+    pub fn entry(&self) -> Option<usize> {
+        match *self {
+            Self::DuplicateDefaultServer { entry }
+            | Self::InvalidServerName { entry, .. }
+            | Self::EmptyServerNameRegex { entry } => Some(entry),
+            _ => None,
+        }
+    }
+}
+
 /// The one-line reason inside a `regex::Error` (its `Display` spans several lines).
 fn regex_reason(error: &regex::Error) -> String {
     match error {

@@ -52,6 +52,24 @@ for f in files:
             n += 1
 PY
 
+# Dictionaries: the directive names imbang knows and the words of HTTP/1.1, so that mutations
+# make tokens the parsers act on.
+mkdir -p dicts
+{
+    grep -o 'd("[a-z0-9_]*"' "$root/src/config/directives.rs" | sed 's/^d(//'
+    for w in '{' '}' ';' '"' "'" '$' '~' '~*' '^~' '=' ' on' ' off' 'server' 'location' 'upstream' \
+        'http://' '127.0.0.1:' '[::1]:' 'default_server' '$1' '${host}' '(?<n>' ')' '\'; do
+        printf '"%s"\n' "$(printf '%s' "$w" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+    done
+} | sort -u > dicts/config.dict
+for w in 'HTTP/1.1' 'HTTP/1.0' '\r\n' '\r\n\r\n' 'Host: ' 'Content-Length: ' 'Transfer-Encoding: ' \
+    'chunked' 'Connection: ' 'close' 'keep-alive' 'upgrade' 'Upgrade: ' 'Expect: ' '100-continue' \
+    'Trailer: ' 'TE: trailers' 'GET ' 'POST ' 'HEAD ' 'CONNECT ' 'OPTIONS ' ' 101 ' ' 200 OK' ' 204 ' ' 304 ' \
+    '0\r\n\r\n' ';ext=' 'http://'; do
+    printf '"%s"\n' "$w"
+done > dicts/http.dict
+declare -A dict=([config]=config [http1_request]=http [http1_chunked]=http [upstream_response]=http)
+
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/logs"  # the default access and error logs
@@ -68,7 +86,7 @@ printf '%-18s %12s %8s %s\n' target executions crashes artifacts
 status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
-    before=$(find "artifacts/$t" -type f | wc -l)
+    before=$(find "artifacts/$t" -type f | sort)
     log=$scratch/$t.log
     seeds=()
     [ -d "seeds/$t" ] && seeds=("$here/seeds/$t")
@@ -76,12 +94,12 @@ for t in "${targets[@]}"; do
     (cd "$scratch" && nice -n 10 "${offline[@]}" "$bin_dir/$t" \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 -artifact_prefix="$here/artifacts/$t/" \
+        ${dict[$t]:+-dict="$here/dicts/${dict[$t]}.dict"} \
         "$here/corpus/$t" "${seeds[@]}") >"$log" 2>&1 || status=1
     execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
-    after=$(find "artifacts/$t" -type f | wc -l)
-    new=$((after - before))
-    printf '%-18s %12s %8s %s\n' "$t" "${execs:-?}" "$new" \
-        "$(find "artifacts/$t" -type f -newer "$log" -o -type f -cnewer "$scratch" | head -3 | tr '\n' ' ')"
+    found=$(comm -13 <(echo "$before") <(find "artifacts/$t" -type f | sort) | grep . || true)
+    new=$(printf '%s' "$found" | grep -c . || true)
+    printf '%-18s %12s %8s %s\n' "$t" "${execs:-?}" "$new" "$(echo "$found" | head -3 | tr '\n' ' ')"
     if [ "$new" -gt 0 ]; then
         grep -a -m1 -A12 -E "panicked|ERROR: libFuzzer|SUMMARY" "$log" >&2 || tail -20 "$log" >&2
     fi

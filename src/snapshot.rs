@@ -254,7 +254,7 @@ impl Snapshot {
                     }
                     Err(mut e) => {
                         if e.location.is_none()
-                            && let Some(entry) = e.kind.entry()
+                            && let Some(entry) = e.entry
                         {
                             let at = places.get(&addr).and_then(|p| p.get(entry));
                             e.location = at.map(|at| at.to_string());

@@ -23,6 +23,23 @@ fn a_server_name_the_table_refuses_is_reported_at_its_server() {
     );
 }
 
+/// config: a `server_name ~regex` that does not compile was reported without its place; it
+/// now names its server block (nginx names the `server_name` line).
+#[test]
+fn a_server_name_regex_that_does_not_compile_is_reported_at_its_server() {
+    imbang::fuzzing::config(
+        b"events {}\nhttp {\n server { listen 127.0.0.1:8083; server_name ~^www\\.(?<domain~.+)$; return 301 $scheme://$domain; }\n}\n",
+    );
+    let error = support::compile(
+        "events {} http { access_log off;\n  server { listen 127.0.0.1:8080;\n server_name ~^(?<a~.+)$; } }",
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        "pcre2_compile() failed: invalid capture group character in \"^(?<a~.+)$\" in /t/imbang.conf:2:3"
+    );
+}
+
 /// Every target's entry point runs its seeds without a panic (the seeds are the files
 /// `fuzz/run.sh` starts from), so a change that breaks a target's check fails here first.
 #[test]

@@ -55,8 +55,10 @@ use std::fmt;
 pub struct RouteError {
     pub kind: RouteErrorKind,
     /// `path:line:col` of the offending `location`; `None` for server-name problems, whose
-    /// entries carry no place (the kind then names the entry by index).
+    /// entries carry no place (`entry` then names the entry by index).
     pub location: Option<String>,
+    /// The virtual host entry a server-name problem is about, for its caller to place.
+    pub entry: Option<usize>,
 }
 
 impl RouteError {
@@ -64,6 +66,15 @@ impl RouteError {
         Self {
             kind,
             location: location.map(str::to_owned),
+            entry: None,
+        }
+    }
+
+    /// A problem of the server names of virtual host entry `entry`.
+    fn of_entry(kind: RouteErrorKind, entry: usize) -> Self {
+        Self {
+            entry: Some(entry),
+            ..Self::new(kind, None)
         }
     }
 }
@@ -102,18 +113,6 @@ pub enum RouteErrorKind {
     /// Not reachable from nginx configs: every listen address has a server.
     #[error("no server for this listen address")]
     NoServers,
-}
-
-impl RouteErrorKind {
-    /// The virtual host entry an error of the server-name table is about.
-    pub fn entry(&self) -> Option<usize> {
-        match *self {
-            Self::DuplicateDefaultServer { entry }
-            | Self::InvalidServerName { entry, .. }
-            | Self::EmptyServerNameRegex { entry } => Some(entry),
-            _ => None,
-        }
-    }
 }
 
 /// The one-line reason inside a `regex::Error` (its `Display` spans several lines).

@@ -9,8 +9,9 @@
 # Seeds: fuzz/seeds/<target>/ (committed), plus for `config` every .conf under tests/compat and
 # src/config/testdata and the inline configurations of the config tests. The corpus grows in
 # fuzz/corpus/<target>/ and a failing input lands in fuzz/artifacts/<target>/ (both ignored by
-# git); reproduce one with `fuzz/run.sh 0 <target>` after copying it to the seeds, or
-# `target/fuzz/x86_64-unknown-linux-gnu/release/<target> fuzz/artifacts/<target>/crash-...`.
+# git); reproduce one by running the target on it:
+# `target/fuzz/x86_64-unknown-linux-gnu/release/<target> fuzz/artifacts/<target>/crash-...`,
+# then make it a test in tests/fuzz_regressions.rs.
 #
 # The targets run niced, in a scratch directory, and without network where `unshare` allows it
 # (the config target's lowering resolves host names: offline, a name fails at once).
@@ -62,10 +63,10 @@ mkdir -p dicts
         printf '"%s"\n' "$(printf '%s' "$w" | sed 's/\\/\\\\/g; s/"/\\"/g')"
     done
 } | sort -u > dicts/config.dict
-for w in 'HTTP/1.1' 'HTTP/1.0' '\r\n' '\r\n\r\n' 'Host: ' 'Content-Length: ' 'Transfer-Encoding: ' \
+for w in 'HTTP/1.1' 'HTTP/1.0' '\x0D\x0A' '\x0D\x0A\x0D\x0A' 'Host: ' 'Content-Length: ' 'Transfer-Encoding: ' \
     'chunked' 'Connection: ' 'close' 'keep-alive' 'upgrade' 'Upgrade: ' 'Expect: ' '100-continue' \
     'Trailer: ' 'TE: trailers' 'GET ' 'POST ' 'HEAD ' 'CONNECT ' 'OPTIONS ' ' 101 ' ' 200 OK' ' 204 ' ' 304 ' \
-    '0\r\n\r\n' ';ext=' 'http://'; do
+    '0\x0D\x0A\x0D\x0A' ';ext=' 'http://'; do
     printf '"%s"\n' "$w"
 done > dicts/http.dict
 declare -A dict=([config]=config [http1_request]=http [http1_chunked]=http [upstream_response]=http)
@@ -100,6 +101,11 @@ for t in "${targets[@]}"; do
     found=$(comm -13 <(echo "$before") <(find "artifacts/$t" -type f | sort) | grep . || true)
     new=$(printf '%s' "$found" | grep -c . || true)
     printf '%-18s %12s %8s %s\n' "$t" "${execs:-?}" "$new" "$(echo "$found" | head -3 | tr '\n' ' ')"
+    if [ -z "$execs" ]; then
+        echo "$t did not run:" >&2
+        tail -3 "$log" >&2
+        status=1
+    fi
     if [ "$new" -gt 0 ]; then
         grep -a -m1 -A12 -E "panicked|ERROR: libFuzzer|SUMMARY" "$log" >&2 || tail -20 "$log" >&2
     fi

@@ -68,3 +68,51 @@ fn every_target_runs_its_seeds() {
         }
     }
 }
+
+/// config: `proxy_pass` whose URL has a multibyte character across the scheme's length
+/// (`http:/ѥ`) panicked while the configuration was read (`url[..7]` inside a character); it
+/// is now nginx's "invalid URL prefix".
+#[test]
+fn a_proxy_pass_url_with_a_multibyte_character_at_the_scheme_is_an_error() {
+    imbang::fuzzing::config(
+        "events {} http { server { listen 127.0.0.1:8087; location / { proxy_pass http:/ѥpp; } } }"
+            .as_bytes(),
+    );
+    let error = support::compile(
+        "events {} http { access_log off;\n  server { listen 127.0.0.1:8080;\n location / { proxy_pass http:/ѥpp; } } }",
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        "invalid URL prefix in \"http:/ѥpp\" in /t/imbang.conf:3:26"
+    );
+}
+
+/// The same slicing at run time, where the URL of `proxy_pass` with variables comes from the
+/// request: a header value with a byte that is not UTF-8 (`abcd\xff`) became `abcd\u{fffd}`,
+/// and `[..5]` fell inside that character: the connection's task panicked and the client got
+/// no answer. Now it is refused with the error nginx gives an unknown host: 502.
+#[tokio::test]
+async fn a_variable_proxy_pass_url_with_a_multibyte_character_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lb = support::imbang(
+        "daemon off; error_log stderr crit; events {}
+         http { access_log off;
+           server { listen 127.0.0.1:0; location / { proxy_pass http://$http_x_up; } } }",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Up: abcd\xff\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
+}

@@ -116,3 +116,19 @@ async fn a_variable_proxy_pass_url_with_a_multibyte_character_is_answered() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
 }
+
+/// regex: `(^Y|.\g0e.\g0e|)5` took gigabytes to compile in fancy-regex, which reads `\g0` as a
+/// call of the whole pattern and inlines every call (PCRE refuses `\g0`). A pattern with a
+/// `\g` escape is now refused as the linear engine refuses it, at once.
+#[test]
+fn a_regex_with_group_calls_is_refused_at_once() {
+    let started = tokio::time::Instant::now();
+    imbang::fuzzing::regex(b"(~h|pw|Dp|^Y|#ht(?i:H).m:y@\\g0e.m:y@\\g0e|)5\0/");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let error = support::compile(
+        "events {} http { access_log off;\n  server { listen 127.0.0.1:8080;\n location ~ (.\\g0.\\g0|)5 { } } }",
+    )
+    .unwrap_err();
+    assert!(error.starts_with("pcre2_compile() failed: "), "{error}");
+    assert!(error.ends_with(" in /t/imbang.conf:3:2"), "{error}");
+}

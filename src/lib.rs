@@ -45,6 +45,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error_log;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http1;
 pub mod listen;
 pub mod metrics;

@@ -286,6 +286,17 @@ impl Server {
         } else {
             bound
         };
+        let (listener, max) = listening.get(&self.snapshot(), &self.shared, stop, key);
+        // `worker_connections`, as nginx: a connection beyond it is closed as soon as it is
+        // accepted, with nginx's alert; the ones open are not touched.
+        if self.connections.n.load(Ordering::Relaxed) >= max {
+            log!(
+                Alert,
+                "{} worker_connections are not enough",
+                max / listening.workers()
+            );
+            return;
+        }
         // Counted before the task starts, so a stop that begins now waits for it.
         let counted = self.connections.enter();
         let info = ConnInfo {
@@ -297,7 +308,6 @@ impl Server {
             accepted: tokio::time::Instant::now(),
             tls: None,
         };
-        let listener = listening.get(&self.snapshot(), &self.shared, stop, key);
         if listener.tls {
             // The handshake first; the connection info is complete once it is done.
             tokio::spawn(crate::tls::accept::serve(stream, listener, info, counted));
@@ -418,9 +428,20 @@ pub fn open_error_log(
 }
 
 /// A listener's [`http1::Listener`] for the configuration in force, made once per snapshot
-/// rather than per connection. Each accept loop keeps its own.
+/// rather than per connection, with the most client connections the process keeps open under
+/// it. Each accept loop keeps its own.
 #[derive(Default)]
-struct ListenerCache(Option<(Weak<Snapshot>, Arc<http1::Listener>)>);
+struct ListenerCache(Option<(Weak<Snapshot>, Arc<http1::Listener>, Limit)>);
+
+/// `worker_connections` × `worker_processes`: nginx's limit is per worker process; imbang's
+/// workers share one process and one count of client connections, so the limit is the sum.
+/// Unlike nginx's, it counts client connections only (not the listening sockets, nor the
+/// connections to peers, which each client connection needs at most one of at a time).
+#[derive(Clone, Copy)]
+struct Limit {
+    max: usize,
+    workers: usize,
+}
 
 impl ListenerCache {
     fn get(
@@ -429,11 +450,11 @@ impl ListenerCache {
         shared: &Arc<Shared>,
         stop: &Arc<http1::Stop>,
         key: SocketAddr,
-    ) -> Arc<http1::Listener> {
-        if let Some((of, listener)) = &self.0 {
+    ) -> (Arc<http1::Listener>, usize) {
+        if let Some((of, listener, limit)) = &self.0 {
             // The `Weak` keeps the address from being reused by a later snapshot.
             if std::ptr::eq(of.as_ptr(), Arc::as_ptr(snapshot)) {
-                return listener.clone();
+                return (listener.clone(), limit.max);
             }
         }
         let listener = Arc::new(http1::Listener {
@@ -442,8 +463,19 @@ impl ListenerCache {
             stop: stop.clone(),
             tls: snapshot.tls.contains(&key),
         });
-        self.0 = Some((Arc::downgrade(snapshot), listener.clone()));
-        listener
+        let main = &snapshot.config.main;
+        let workers = main.worker_processes.count().max(1);
+        let limit = Limit {
+            max: main.worker_connections.saturating_mul(workers),
+            workers,
+        };
+        self.0 = Some((Arc::downgrade(snapshot), listener.clone(), limit));
+        (listener, limit.max)
+    }
+
+    /// The worker count the limit was made for.
+    fn workers(&self) -> usize {
+        self.0.as_ref().map_or(1, |(_, _, limit)| limit.workers)
     }
 }
 

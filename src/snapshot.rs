@@ -251,6 +251,8 @@ impl Snapshot {
             let targets = Arc::new(Targets::new(&http.upstreams, &groups));
             let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
                 HashMap::new();
+            // The `server` directive of each entry, for an error the table finds in it.
+            let mut places: HashMap<SocketAddr, Vec<&str>> = HashMap::new();
             let mut order = Vec::new();
             // An address is TLS (and offers HTTP/2) if any of its `listen`s says so, as nginx
             // merges the options of one address.
@@ -287,6 +289,10 @@ impl Snapshot {
                         default_server: listen.default_server,
                         value: route.clone(),
                     });
+                    places
+                        .entry(listen.addr)
+                        .or_default()
+                        .push(&server.location);
                 }
             }
             for addr in order {
@@ -297,7 +303,15 @@ impl Snapshot {
                         warnings.extend(table.warnings().iter().map(|w| w.message(&at)));
                         vhosts.insert(addr, table);
                     }
-                    Err(e) => errors.push(route_error(e)),
+                    Err(mut e) => {
+                        if e.location.is_none()
+                            && let Some(entry) = e.entry
+                        {
+                            let at = places.get(&addr).and_then(|p| p.get(entry));
+                            e.location = at.map(|at| at.to_string());
+                        }
+                        errors.push(route_error(e));
+                    }
                 }
             }
         }

@@ -1642,9 +1642,16 @@ impl<'a> Lower<'a> {
         if url.contains('$') {
             return self.proxy_pass_vars(arg).map(Action::ProxyVars);
         }
-        let (rest, tls) = if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
+        // `get`, not `[..7]`: a multibyte character may straddle the scheme's length.
+        let (rest, tls) = if url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        {
             (&url[7..], false)
-        } else if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+        } else if url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        {
             (&url[8..], true)
         } else {
             self.invalid(format!("invalid URL prefix in \"{url}\""), arg.span);

@@ -14,7 +14,7 @@
 mod body;
 mod fields;
 pub(crate) mod h2;
-mod parse;
+pub(crate) mod parse;
 mod write;
 
 use std::future::poll_fn;

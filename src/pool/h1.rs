@@ -622,7 +622,7 @@ impl Length {
 }
 
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Answer(Answer),
     /// A 1xx head was taken out of the buffer; read on.
     Interim,
@@ -633,7 +633,7 @@ enum Parsed {
 /// fields kept for the client point into them (no map is made of them: they are copied to the
 /// client's head as they came). With `all`, every field also goes into a map
 /// ([`Answer::upstream_headers`]).
-fn parse_response(
+pub(crate) fn parse_response(
     buf: &mut BytesMut,
     head_only: bool,
     upgrade: bool,

@@ -251,7 +251,13 @@ struct Target<'u> {
 impl<'u> Target<'u> {
     /// `Err`: nginx's error-log text for the URL.
     fn parse(url: &'u str) -> Result<Self, String> {
-        let scheme = |s: &str| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s);
+        // `get`, not `[..n]`: a multibyte character may straddle the scheme's length.
+        let scheme = |s: &str| {
+            url.len() > s.len()
+                && url
+                    .get(..s.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(s))
+        };
         if scheme("https://") {
             return Self::authority(&url[8..], 443);
         }
@@ -264,7 +270,10 @@ impl<'u> Target<'u> {
     /// `authority[/uri]`, after the scheme (whose port is `default_port`).
     fn authority(rest: &'u str, default_port: u16) -> Result<Self, String> {
         let err = |what: &str| Err(format!("{what} in upstream \"{rest}\""));
-        if rest.len() >= 5 && rest[..5].eq_ignore_ascii_case("unix:") {
+        if rest
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("unix:"))
+        {
             return err("unix domain sockets are not supported by imbang");
         }
         // An IPv6 address ends at `]`; its URI only at a `/`.

@@ -213,7 +213,7 @@ impl<T> VirtualHosts<T> {
             if server.default_server {
                 if default.is_some() {
                     let kind = RouteErrorKind::DuplicateDefaultServer { entry };
-                    return Err(RouteError::new(kind, None));
+                    return Err(RouteError::of_entry(kind, entry));
                 }
                 default = Some(entry);
             }
@@ -221,11 +221,11 @@ impl<T> VirtualHosts<T> {
                 if let ServerName::Regex(pattern) = name {
                     if pattern.is_empty() {
                         let kind = RouteErrorKind::EmptyServerNameRegex { entry };
-                        return Err(RouteError::new(kind, None));
+                        return Err(RouteError::of_entry(kind, entry));
                     }
                     let case_insensitive = pattern.bytes().any(|b| b.is_ascii_uppercase());
                     let regex = compile_regex(pattern, case_insensitive)
-                        .map_err(|kind| RouteError::new(kind, None))?;
+                        .map_err(|kind| RouteError::of_entry(kind, entry))?;
                     let groups = regex.captures_len() > 1;
                     search_single = groups;
                     let names = regex
@@ -350,7 +350,7 @@ impl NameIndex {
                 name: written.clone(),
                 entry,
             };
-            RouteError::new(kind, None)
+            RouteError::of_entry(kind, entry)
         };
         let claimed = match name {
             ServerName::Regex(_) => return Ok(()),

@@ -55,8 +55,10 @@ use std::fmt;
 pub struct RouteError {
     pub kind: RouteErrorKind,
     /// `path:line:col` of the offending `location`; `None` for server-name problems, whose
-    /// entries carry no place (the kind then names the entry by index).
+    /// entries carry no place (`entry` then names the entry by index).
     pub location: Option<String>,
+    /// The virtual host entry a server-name problem is about, for its caller to place.
+    pub entry: Option<usize>,
 }
 
 impl RouteError {
@@ -64,6 +66,15 @@ impl RouteError {
         Self {
             kind,
             location: location.map(str::to_owned),
+            entry: None,
+        }
+    }
+
+    /// A problem of the server names of virtual host entry `entry`.
+    fn of_entry(kind: RouteErrorKind, entry: usize) -> Self {
+        Self {
+            entry: Some(entry),
+            ..Self::new(kind, None)
         }
     }
 }

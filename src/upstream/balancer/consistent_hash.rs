@@ -91,7 +91,10 @@ struct Point {
 
 /// Splits a `server` address as nginx does for the ring: `(host, port)`.
 fn host_and_port(server: &str) -> (&str, &str) {
-    if server.len() >= 5 && server[..5].eq_ignore_ascii_case("unix:") {
+    if server
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("unix:"))
+    {
         return (&server[5..], "");
     }
     let digits = server.bytes().rev().take_while(u8::is_ascii_digit).count();

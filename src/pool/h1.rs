@@ -19,7 +19,7 @@
 //! cannot tell.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -473,18 +473,7 @@ async fn write_parts(
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut done = 0;
     while done < total {
-        let mut slices = [IoSlice::new(&[]); 4];
-        let mut count = 0;
-        let mut skip = done;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            slices[count] = IoSlice::new(&part[skip..]);
-            skip = 0;
-            count += 1;
-        }
+        let (slices, count) = stream::unwritten(parts, done);
         match tcp.try_write_vectored(&slices[..count]) {
             Ok(n) => {
                 done += n;

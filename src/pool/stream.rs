@@ -274,6 +274,25 @@ impl Tls {
     }
 }
 
+/// What of `parts` (at most four) is left after the first `done` bytes, as slices for one
+/// vectored write, and how many there are.
+#[inline]
+pub(super) fn unwritten<'a>(parts: &[&'a [u8]], done: usize) -> ([IoSlice<'a>; 4], usize) {
+    let mut slices = [IoSlice::new(&[]); 4];
+    let mut count = 0;
+    let mut skip = done;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        slices[count] = IoSlice::new(&part[skip..]);
+        skip = 0;
+        count += 1;
+    }
+    (slices, count)
+}
+
 /// Writes all of `parts` over TLS (a plain socket's writes are [`super::h1`]'s own `writev`s),
 /// bounded by `timeout` while blocked (zero: no bound). `written` counts the request's bytes
 /// once their records are sent.
@@ -294,18 +313,7 @@ pub(super) async fn write_all(
                 *written += total;
                 return Poll::Ready(Ok(()));
             }
-            let mut slices = [IoSlice::new(&[]); 4];
-            let mut count = 0;
-            let mut skip = done;
-            for part in parts {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[count] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                count += 1;
-            }
+            let (slices, count) = unwritten(parts, done);
             match stream.poll_write_parts(&slices[..count], cx) {
                 Poll::Ready(Ok(n)) => {
                     done += n;

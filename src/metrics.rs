@@ -290,6 +290,38 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
+    // === ACME certificates (`acme_certificate`), as the API's `/acme` shows them ===
+    let acme = crate::acme::api(&snapshot.config);
+    if let Some(certs) = acme.as_object().filter(|m| !m.is_empty()) {
+        let label = |name: &'_ str, cert: &'_ serde_json::Value| {
+            let issuer = cert["issuer"].as_str().unwrap_or_default().to_owned();
+            (name.to_owned(), issuer)
+        };
+        page.family(
+            "imbang_acme_certificate_expiry_seconds",
+            "gauge",
+            "Seconds until the certificate in force expires (negative: expired); none until one is issued.",
+        );
+        for (name, cert) in certs {
+            if let Some(left) = cert["expires_in"].as_i64() {
+                let (name, issuer) = label(name, cert);
+                let labels = [("certificate", name.as_str()), ("issuer", issuer.as_str())];
+                page.sample("imbang_acme_certificate_expiry_seconds", &labels, left);
+            }
+        }
+        page.family(
+            "imbang_acme_certificate_failures",
+            "gauge",
+            "Failed attempts in a row to obtain or renew the certificate (0 after a success).",
+        );
+        for (name, cert) in certs {
+            let (name, issuer) = label(name, cert);
+            let labels = [("certificate", name.as_str()), ("issuer", issuer.as_str())];
+            let failures = cert["failures"].as_u64().unwrap_or_default();
+            page.sample("imbang_acme_certificate_failures", &labels, failures);
+        }
+    }
+
     // === upstream groups and their peers ===
     let mut groups: Vec<_> = snapshot.groups().collect();
     groups.sort_by(|a, b| a.balancer().name().cmp(b.balancer().name()));

@@ -203,7 +203,7 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
         &dir,
         &format!(
             "{ISSUER}server {{ listen 127.0.0.1:{tls} ssl; server_name site.test; acme_certificate le; {CERT_LINES} return 200 ok; }}\n\
-             server {{ listen 127.0.0.1:{plain}; location / {{ return 301 https://$host$request_uri; }} location /api/ {{ api; }} }}"
+             server {{ listen 127.0.0.1:{plain}; location / {{ return 301 https://$host$request_uri; }} location /api/ {{ api; }} location = /metrics {{ prometheus all; }} }}"
         ),
     );
     let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
@@ -228,6 +228,23 @@ async fn an_unreachable_ca_is_logged_and_the_handshake_refused_until_a_certifica
     assert_eq!(cert["identifiers"], serde_json::json!(["site.test"]));
     assert_eq!(cert["not_after"], serde_json::Value::Null);
     assert!(cert["failures"].as_u64().unwrap() >= 1, "{api}");
+    // The metrics: the failures in a row, and no expiry while no certificate exists.
+    let (status, metrics) = support::request(plain_addr, "GET", "/metrics", "x", None).await;
+    assert_eq!(status, 200, "{metrics}");
+    let failures = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "imbang_acme_certificate_failures{{certificate=\"{name}\",issuer=\"le\"}} "
+            ))
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let n: u64 = failures.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1, "{metrics}");
+    assert!(
+        !metrics.contains("imbang_acme_certificate_expiry_seconds{"),
+        "{metrics}"
+    );
     assert!(
         cert["last_error"]
             .as_str()
@@ -442,7 +459,7 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_a
          acme_issuer pebble-alpn {{\n    uri {};\n    state_path state-alpn;\n    challenge tls-alpn-01;\n    account_key account.key;\n    contact ops@alpn.test;\n    accept_terms_of_service;\n    ssl_trusted_certificate {};\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name site.test www.site.test;\n    acme_certificate pebble;\n    {CERT_LINES}\n    return 200 \"site $ssl_server_name\\n\";\n}}\n\
          server {{\n    listen 127.0.0.1:{tls} ssl;\n    server_name alpn.test;\n    acme_certificate pebble-alpn key=ecdsa:384;\n    {CERT_LINES}\n    return 200 \"alpn $ssl_server_name\\n\";\n}}\n\
-         server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n    location /api/ {{ api; }}\n}}",
+         server {{\n    listen 127.0.0.1:{plain};\n    location / {{ return 301 https://$host$request_uri; }}\n    location /api/ {{ api; }}\n    location = /metrics {{ prometheus all; }}\n}}",
         pebble.directory, pebble.ca_file, pebble.directory, pebble.ca_file
     );
     // The TLS-ALPN-01 issuer's account key is the test's (PKCS#8 P-256, relative to the prefix).
@@ -476,6 +493,29 @@ async fn certificates_from_pebble_over_http_01_and_tls_alpn_01_are_served_kept_a
         assert!(cert["expires_in"].as_i64().unwrap() > 86_400 * 365, "{api}");
         assert!(cert["renew_in"].as_i64().unwrap() > 0, "{api}");
         assert_eq!(cert["last_error"], serde_json::Value::Null);
+    }
+    // The metrics: each certificate's time to expiry, as the API's, and no failure.
+    let (status, metrics) = support::request(plain_addr, "GET", "/metrics", "x", None).await;
+    assert_eq!(status, 200, "{metrics}");
+    for (name, cert) in api.as_object().unwrap() {
+        let issuer = cert["issuer"].as_str().unwrap();
+        let labels = format!("{{certificate=\"{name}\",issuer=\"{issuer}\"}} ");
+        let expiry = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("imbang_acme_certificate_expiry_seconds{labels}"))
+            })
+            .unwrap_or_else(|| panic!("{name}: {metrics}"));
+        let expiry: i64 = expiry.parse().unwrap();
+        let api_expiry = cert["expires_in"].as_i64().unwrap();
+        assert!(
+            (api_expiry - 5..=api_expiry).contains(&expiry),
+            "{expiry} vs {api_expiry}"
+        );
+        assert!(
+            metrics.contains(&format!("imbang_acme_certificate_failures{labels}0\n")),
+            "{metrics}"
+        );
     }
     let alpn_api = api
         .as_object()

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::config::model::AcmeIssuer;
 use crate::log;
-use crate::tls::unverified::Unverified;
+use crate::pool::tls::Unverified;
 
 use super::store;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
@@ -25,7 +25,6 @@ use tokio::net::TcpStream;
 
 use super::stream::{Stream, Tls};
 use crate::config::model::UpstreamSslSpec;
-use crate::tls::unverified::Unverified;
 
 /// A location's TLS to its peers, compiled.
 #[derive(Debug)]
@@ -350,6 +349,48 @@ fn provider(ciphers: Option<&[String]>) -> Arc<CryptoProvider> {
     );
     p.cipher_suites = suites;
     Arc::new(p)
+}
+
+/// A server certificate verifier that takes any certificate, for `proxy_ssl_verify off`
+/// (nginx's default) and an `acme_issuer`'s `ssl_verify off` (`crate::acme`): the
+/// handshake's signatures are still checked (the server holds the key of the certificate it
+/// shows).
+#[derive(Debug)]
+pub(crate) struct Unverified(pub(crate) WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
 }
 
 /// webpki's verification with nginx's `proxy_ssl_verify_depth`.

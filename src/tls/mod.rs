@@ -10,7 +10,6 @@
 pub mod accept;
 pub mod client_cert;
 mod h1;
-pub(crate) mod unverified;
 
 use std::fmt::Debug;
 use std::path::Path;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Group, Pid, User};
 use support::{
-    ImbangGuard, TempDir, assert_unprivileged, free_port, imbang_bin, read_pid_file, request,
-    wait_exited, wait_pid_file,
+    ImbangGuard, TempDir, assert_unprivileged, free_port, imbang_bin, request, wait_exited,
+    wait_pid_file,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -288,16 +288,7 @@ async fn as_the_unit_runs_it_start_reload_reopen_upgrade_and_stop_work() {
     .await;
 
     // USR2 (`systemctl kill -s USR2 imbang`): nginx's .oldbin dance in /run/imbang.
-    kill(Pid::from_raw(pid), Signal::SIGUSR2).unwrap();
-    support::eventually("the new binary's pid", WAIT, || {
-        read_pid_file(&pid_file).is_some_and(|p| p != pid)
-    })
-    .await;
-    let new = read_pid_file(&pid_file).unwrap();
-    guard.pid = Some(new);
-    let old = guard.child.as_mut().unwrap();
-    let status = support::wait_child(old, WAIT).await;
-    assert!(status.success(), "the old process: {status:?}");
+    let new = guard.upgrade(pid, WAIT).await;
     assert!(!run.join("imbang.pid.oldbin").exists());
     assert_unprivileged(new, ids, 2);
     for p in [https, more, port] {

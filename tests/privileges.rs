@@ -176,16 +176,7 @@ async fn as_root_with_user_it_serves_as_that_user_and_reload_reopen_and_upgrade_
     // can reload a new port below 1024.
     std::fs::write(logs.join("error.log"), "").unwrap();
     std::os::unix::fs::chown(logs.join("error.log"), Some(uid), None).unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGUSR2).unwrap();
-    support::eventually("the new binary's pid", WAIT, || {
-        read_pid_file(&pid_file).is_some_and(|p| p != pid)
-    })
-    .await;
-    let new = read_pid_file(&pid_file).unwrap();
-    guard.pid = Some(new);
-    let old = guard.child.as_mut().unwrap();
-    let status = support::wait_child(old, WAIT).await;
-    assert!(status.success(), "the old process: {status:?}");
+    let new = guard.upgrade(pid, WAIT).await;
     assert_unprivileged(new, (uid, gid), 2);
     for p in [port, low] {
         assert_eq!(request(addr(p), "GET", "/", "x", None).await.0, 200);

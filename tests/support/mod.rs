@@ -681,6 +681,25 @@ pub struct ImbangGuard {
 }
 
 impl ImbangGuard {
+    /// A binary upgrade (`USR2`) of the process the test started (`child`, pid `pid`): waits for
+    /// the new binary's pid in the pid file and for the old process to exit successfully, as
+    /// nginx's dance ends. The guard then stops the new one. Returns the new pid.
+    pub async fn upgrade(&mut self, pid: i32, timeout: Duration) -> i32 {
+        use nix::sys::signal::{Signal, kill};
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR2).unwrap();
+        let pid_file = self.pid_file.clone();
+        eventually("the new binary's pid", timeout, || {
+            read_pid_file(&pid_file).is_some_and(|p| p != pid)
+        })
+        .await;
+        let new = read_pid_file(&self.pid_file).unwrap();
+        self.pid = Some(new);
+        let old = self.child.as_mut().expect("a process the test started");
+        let status = wait_child(old, timeout).await;
+        assert!(status.success(), "the old process: {status:?}");
+        new
+    }
+
     pub fn new(pid_file: PathBuf) -> Self {
         Self {
             child: None,

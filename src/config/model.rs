@@ -324,6 +324,9 @@ pub struct LocationConf {
     /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
     /// memory before the first attempt, so it can be sent again to the next peer.
     pub client_body_buffer_size: u64,
+    /// `client_body_temp_path`: where a buffered body larger than `client_body_buffer_size`
+    /// is kept, in an unnamed file (the system's temporary directory unless set).
+    pub client_body_temp_path: Arc<PathBuf>,
     /// `allow` / `deny` rules in force here, in order (inherited only if this level has none,
     /// as nginx).
     pub access: Vec<AccessRule>,
@@ -556,6 +559,9 @@ pub struct ProxySettings {
     pub pass_request_headers: bool,
     /// `proxy_pass_request_body` (default on).
     pub pass_request_body: bool,
+    /// `proxy_request_buffering` (default on): the body is read whole before the first
+    /// attempt (memory, then a temporary file), so any attempt can send it again.
+    pub request_buffering: bool,
     /// `proxy_redirect`.
     pub redirect: Redirect,
     /// `proxy_cookie_domain`, `proxy_cookie_path`, `proxy_cookie_flags`; `None` when all are off.
@@ -756,6 +762,7 @@ impl Default for ProxySettings {
             pass_headers: Vec::new(),
             pass_request_headers: true,
             pass_request_body: true,
+            request_buffering: true,
             redirect: Redirect::Default,
             cookies: None,
             socket_keepalive: false,

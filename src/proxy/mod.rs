@@ -11,6 +11,7 @@ pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod spool;
 pub mod sub_filter;
 pub mod target;
 pub mod upgrade;

@@ -1247,6 +1247,7 @@ impl<'a> Lower<'a> {
                 reuseport: false,
                 ssl: false,
                 http2: false,
+                proxy_protocol: false,
                 location: self.at(d.span),
             });
         }
@@ -1302,14 +1303,15 @@ impl<'a> Lower<'a> {
         };
         let mut default_server = false;
         let mut reuseport = false;
-        let (mut ssl, mut http2) = (false, false);
+        let (mut ssl, mut http2, mut proxy_protocol) = (false, false, false);
         for p in &d.args[1..] {
             let name = p.value.split('=').next().unwrap_or_default();
             match name {
                 "default_server" | "default" => default_server = true,
                 "reuseport" => reuseport = true,
                 "ssl" => ssl = true,
-                "quic" | "proxy_protocol" => self.invalid(
+                "proxy_protocol" => proxy_protocol = true,
+                "quic" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
                         p.value
@@ -1345,6 +1347,7 @@ impl<'a> Lower<'a> {
                 reuseport,
                 ssl,
                 http2,
+                proxy_protocol,
                 location: self.at(d.span),
             });
         }

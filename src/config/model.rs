@@ -221,6 +221,9 @@ pub struct ListenSpec {
     pub ssl: bool,
     /// `listen ... http2` (nginx before 1.25.1): HTTP/2 offered by ALPN on this address.
     pub http2: bool,
+    /// `listen ... proxy_protocol`: connections begin with a PROXY protocol header
+    /// ([`crate::proxy_protocol`]); one such `listen` makes the whole address expect it.
+    pub proxy_protocol: bool,
     /// `path:line:col` of the `listen` directive (for bind errors).
     pub location: String,
 }
@@ -1140,7 +1143,8 @@ pub enum RealIpHeader {
     XRealIp,
     /// `X-Forwarded-For`: every such field, the last address first.
     XForwardedFor,
-    /// `proxy_protocol`: imbang has no PROXY protocol yet, so it never changes the address.
+    /// `proxy_protocol`: the source address of the connection's PROXY protocol header
+    /// (`listen ... proxy_protocol`), with its port.
     ProxyProtocol,
     /// Any other field, by its lower-case name.
     Other(String),

@@ -631,3 +631,138 @@ async fn only_the_main_request_is_logged_with_the_user_auth_request_set_gave() {
     })
     .await;
 }
+
+/// The `http` block's inside of an imbang test config, for the machine's nginx (its port in
+/// `{listen}`).
+fn nginx_http(conf: &str) -> String {
+    let inner = conf
+        .trim()
+        .strip_prefix("events {}")
+        .unwrap()
+        .trim()
+        .strip_prefix("http {")
+        .unwrap()
+        .strip_suffix('}')
+        .unwrap();
+    inner.replace("listen 127.0.0.1:0;", "listen 127.0.0.1:{listen};")
+}
+
+/// Status, `Location`, `WWW-Authenticate`, and the body of a 200.
+type Answer = (u16, Option<String>, Option<String>, Option<String>);
+
+/// What a client and the two servers behind saw, with the serving port taken out of
+/// absolute redirects (imbang's and nginx's differ).
+#[derive(Debug, PartialEq)]
+struct Observed {
+    answers: Vec<Answer>,
+    app: Vec<Vec<String>>,
+    auth: Vec<Vec<String>>,
+}
+
+async fn observe(addr: SocketAddr, requests: &[String], app: &Log, auth: &Log) -> Observed {
+    app.lock().unwrap().clear();
+    auth.lock().unwrap().clear();
+    let port = format!(":{}", addr.port());
+    let mut answers = Vec::new();
+    for r in requests {
+        let (status, head, body) = raw(addr, r).await;
+        let f = |name| field(&head, name).map(|v| v.replace(&port, ""));
+        let body = (status == 200).then_some(body);
+        answers.push((status, f("location"), f("www-authenticate"), body));
+        // Set-Cookie must not be there for an empty `$auth_cookie`, in both.
+        assert_eq!(field(&head, "set-cookie"), None);
+    }
+    let summary = |log: &Log, names: &[&str]| -> Vec<Vec<String>> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let mut v = vec![s.method.clone(), s.target.clone(), s.body.len().to_string()];
+                for n in names {
+                    let got: Vec<&str> = s
+                        .headers
+                        .get_all(*n)
+                        .iter()
+                        .map(|v| v.to_str().unwrap())
+                        .collect();
+                    v.push(format!("{n}: {}", got.join(" | ")));
+                }
+                v
+            })
+            .collect()
+    };
+    Observed {
+        answers,
+        app: summary(
+            app,
+            &[
+                "remote-user",
+                "remote-groups",
+                "remote-email",
+                "remote-name",
+                "x-user",
+                "x-email",
+                "x-access-token",
+                "content-length",
+            ],
+        ),
+        auth: summary(
+            auth,
+            &[
+                "host",
+                "x-original-method",
+                "x-original-url",
+                "x-forwarded-for",
+                "x-forwarded-uri",
+                "x-real-ip",
+                "content-length",
+                "content-type",
+                "cookie",
+            ],
+        ),
+    }
+}
+
+/// Authelia's and oauth2-proxy's documented configs, the same requests sent to imbang and to
+/// the machine's nginx 1.22: what the client gets (status, `Location`, `WWW-Authenticate`,
+/// the app's answer) and what the app and the auth service receive are the same.
+#[tokio::test]
+async fn the_documented_configs_answer_as_nginx_s_do() {
+    let (app, app_log) = app().await;
+    let (auth, auth_log) = auth_service().await;
+    let requests = [
+        get("/p?x=1", "app.example.com", ""),
+        get("/p?x=1", "app.example.com", "Cookie: authelia_session=good\r\n"),
+        get("/p", "app.example.com", "Cookie: _oauth2_proxy=good\r\n"),
+        "POST /f HTTP/1.1\r\nHost: app.example.com\r\nCookie: authelia_session=good; _oauth2_proxy=good\r\n\
+         Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            .to_owned(),
+        // (Without a body: an `error_page` to a URI passes none in imbang; nginx passes the
+        // refused request's body on to it.)
+        "DELETE /f HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n".to_owned(),
+        get("/internal/authelia/authz", "app.example.com", ""),
+        get("/oauth2/sign_in?rd=/p", "app.example.com", ""),
+    ];
+    for conf in [
+        authelia_conf(app, auth),
+        oauth2_proxy_conf(app, auth, "@oauth2_signin"),
+        oauth2_proxy_conf(app, auth, "/oauth2/sign_in"),
+    ] {
+        let lb = imbang(&conf).await;
+        let mine = observe(lb.addr, &requests, &app_log, &auth_log).await;
+        let dir = TempDir::new("auth-request-nginx");
+        let Some((_nginx, addr)) = support::start_nginx(&dir, &nginx_http(&conf)).await else {
+            return;
+        };
+        let nginx = observe(addr, &requests, &app_log, &auth_log).await;
+        assert_eq!(
+            mine.answers, nginx.answers,
+            "answers (imbang, nginx) with\n{conf}"
+        );
+        assert_eq!(mine.app, nginx.app, "the app's requests (imbang, nginx)");
+        assert_eq!(
+            mine.auth, nginx.auth,
+            "the auth service's requests (imbang, nginx)"
+        );
+    }
+}

@@ -893,7 +893,19 @@ async fn respond(
         let target = target.as_deref().unwrap_or(&page.target);
         // Boxed: an `error_page` holds a whole second request's state, which every request
         // would otherwise carry (and move) for the rare one that needs it.
+        // nginx keeps the fields the access phase added (a 401's `WWW-Authenticate`) in the
+        // answer the error page gives.
+        let challenges: Vec<HeaderValue> = match (status, from_peer) {
+            (401, false) => (response.headers().get_all(header::WWW_AUTHENTICATE))
+                .iter()
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         response = pin_box!(error_page(shared, &ctx, server, page, target, status, out)).await;
+        for c in challenges {
+            response.headers_mut().append(header::WWW_AUTHENTICATE, c);
+        }
     }
     if let Some(charset) = &route.conf.charset {
         charset::apply(&mut response, charset);
@@ -1142,12 +1154,8 @@ async fn error_page(
         out.path.clone_from(&path);
     }
     let mut inner = state.ctx(&located);
-    let mut response = match flow {
-        Flow::Next => {
-            dispatch(shared, &mut inner, server, route, None, None, None, out)
-                .await
-                .0
-        }
+    let (mut response, from_peer) = match flow {
+        Flow::Next => dispatch(shared, &mut inner, server, route, None, None, None, out).await,
         Flow::Return(answer) => {
             dispatch(
                 shared,
@@ -1160,11 +1168,13 @@ async fn error_page(
                 out,
             )
             .await
-            .0
         }
-        Flow::Redirect(code, location) => redirect(code, &location),
-        Flow::Status(code) => error::error_page(status_code(code)),
+        Flow::Redirect(code, location) => (redirect(code, &location), false),
+        Flow::Status(code) => (error::error_page(status_code(code)), false),
     };
+    if !from_peer {
+        absolute_location(&mut response, &inner);
+    }
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);
     }
@@ -1451,8 +1461,9 @@ fn absolute_location(response: &mut Response<ResponseBody>, ctx: &RequestCtx<'_>
         ctx.host
     };
     let port = ctx.conn.local.port();
-    let mut absolute = format!("http://{host}");
-    if port != 80 {
+    let https = ctx.is_https();
+    let mut absolute = format!("{}://{host}", if https { "https" } else { "http" });
+    if port != if https { 443 } else { 80 } {
         absolute.push_str(&format!(":{port}"));
     }
     absolute.push_str(&String::from_utf8_lossy(location.as_bytes()));

@@ -196,9 +196,11 @@ http {{
       proxy_set_header X-Real-IP $remote_addr;
       client_body_buffer_size 128k;
       proxy_next_upstream error timeout invalid_header http_500 http_502 http_503;
+      proxy_redirect  http://  $scheme://;
       proxy_http_version 1.1;
       proxy_cache_bypass $cookie_session;
       proxy_no_cache $cookie_session;
+      proxy_buffers 64 256k;
       send_timeout 5m;
       proxy_read_timeout 360;
       proxy_send_timeout 360;
@@ -249,9 +251,11 @@ http {{
       ## Basic Proxy Configuration
       proxy_pass_request_body off;
       proxy_next_upstream error timeout invalid_header http_500 http_502 http_503; # Timeout if the real server is dead
+      proxy_redirect http:// $scheme://;
       proxy_http_version 1.1;
       proxy_cache_bypass $cookie_session;
       proxy_no_cache $cookie_session;
+      proxy_buffers 4 32k;
       client_body_buffer_size 128k;
 
       ## Advanced Proxy Configuration
@@ -765,4 +769,45 @@ async fn the_documented_configs_answer_as_nginx_s_do() {
             "the auth service's requests (imbang, nginx)"
         );
     }
+}
+
+/// Authelia's legacy method: the portal's URL written in the config, with the URL asked for in
+/// `rd` (`set` instead of the third-party `set_escape_uri`, as Authelia's docs say).
+#[tokio::test]
+async fn authelia_s_legacy_method_redirects_to_the_written_portal() {
+    let (app, app_log) = app().await;
+    let (authelia, _) = auth_service().await;
+    let conf = authelia_conf(app, authelia).replace(
+        "error_page 401 =302 $redirection_url;",
+        "set $target_url $scheme://$http_host$request_uri;
+         error_page 401 =302 https://auth.example.com/?rd=$target_url;",
+    );
+    let lb = imbang(&conf).await;
+    let (status, head, _) = raw(lb.addr, &get("/x?a=b", "app.example.com", "")).await;
+    assert_eq!(status, 302);
+    assert_eq!(
+        field(&head, "location"),
+        Some("https://auth.example.com/?rd=http://app.example.com/x?a=b")
+    );
+    assert!(app_log.lock().unwrap().is_empty());
+}
+
+/// `auth_delay`: a 401 waits that long (a 2xx does not).
+#[tokio::test]
+async fn auth_delay_holds_back_a_401() {
+    let (app, _) = app().await;
+    let (auth, _) = auth_service().await;
+    let lb = imbang(&format!(
+        "events {{}} http {{ access_log off; error_log stderr crit;
+           server {{ listen 127.0.0.1:0; auth_delay 300ms;
+             location = /oauth2/auth {{ internal; proxy_pass http://{auth}; }}
+             location / {{ auth_request /oauth2/auth; proxy_pass http://{app}; }} }} }}"
+    ))
+    .await;
+    let start = std::time::Instant::now();
+    let (status, _, _) = raw(lb.addr, &get("/", "t", "")).await;
+    assert_eq!(status, 401);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(300));
+    let (status, _, _) = raw(lb.addr, &get("/", "t", "Cookie: _oauth2_proxy=good\r\n")).await;
+    assert_eq!(status, 200);
 }

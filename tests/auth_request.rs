@@ -804,7 +804,7 @@ async fn auth_delay_holds_back_a_401() {
              location / {{ auth_request /oauth2/auth; proxy_pass http://{app}; }} }} }}"
     ))
     .await;
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let (status, _, _) = raw(lb.addr, &get("/", "t", "")).await;
     assert_eq!(status, 401);
     assert!(start.elapsed() >= std::time::Duration::from_millis(300));

@@ -490,7 +490,8 @@ async fn oauth2_proxy_s_older_config_shows_the_sign_in_page_in_place() {
 async fn statuses_of_the_subrequest_as_nginx_reads_them() {
     let (app, app_log) = app().await;
     let (auth, _) = auth_service().await;
-    let lb = imbang(&format!(
+    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let conf = format!(
         "events {{}} http {{ access_log off; error_log stderr crit;
            server {{ listen 127.0.0.1:0;
              location /s/ {{ internal; proxy_pass http://{auth}/status/; }}
@@ -502,27 +503,41 @@ async fn statuses_of_the_subrequest_as_nginx_reads_them() {
              location /bearer {{ auth_request /oauth2/auth; proxy_pass http://{app};
                location /bearer/open {{ auth_request off; proxy_pass http://{app}; }} }}
              location /missing {{ auth_request /nowhere; proxy_pass http://{app}; }}
+             location /down {{ auth_request /dead; proxy_pass http://{app}; }}
+             location = /dead {{ internal; proxy_pass http://{dead}; }}
            }} }}"
-    ))
-    .await;
-    let addr = lb.addr;
-    let get = |path: &str| {
-        let request = get(path, "t", "");
-        async move { raw(addr, &request).await }
-    };
-    assert_eq!(get("/ok").await.0, 200);
-    assert_eq!(get("/forbidden").await.0, 403);
-    assert_eq!(get("/teapot").await.0, 500);
-    assert_eq!(get("/redirect").await.0, 500);
-    let (status, head, _) = get("/bearer").await;
-    assert_eq!(status, 401);
-    assert_eq!(
-        field(&head, "www-authenticate"),
-        Some("Bearer realm=\"oauth2\"")
     );
-    assert_eq!(get("/bearer/open").await.0, 200);
-    // No location for the subrequest: its 404 is a 500 for the request.
-    assert_eq!(get("/missing").await.0, 500);
+    // (path, status): a 404 from the subrequest (no location for it) and a 502 (the auth
+    // service down) are 500s for the request, as any status but 2xx, 401 and 403.
+    let want = [
+        ("/ok", 200),
+        ("/forbidden", 403),
+        ("/teapot", 500),
+        ("/redirect", 500),
+        ("/bearer", 401),
+        ("/bearer/open", 200),
+        ("/missing", 500),
+        ("/down", 500),
+    ];
+    let ask = |addr: SocketAddr| async move {
+        let mut got = Vec::new();
+        for (path, _) in want {
+            let (status, head, _) = raw(addr, &get(path, "t", "")).await;
+            got.push((
+                path,
+                status,
+                field(&head, "www-authenticate").map(str::to_owned),
+            ));
+        }
+        got
+    };
+    let lb = imbang(&conf).await;
+    let mine = ask(lb.addr).await;
+    for ((path, status, challenge), (_, want)) in mine.iter().zip(want) {
+        assert_eq!(*status, want, "{path}");
+        let bearer = (*path == "/bearer").then(|| "Bearer realm=\"oauth2\"".to_owned());
+        assert_eq!(*challenge, bearer, "{path}");
+    }
     let reached: Vec<String> = app_log
         .lock()
         .unwrap()
@@ -530,6 +545,12 @@ async fn statuses_of_the_subrequest_as_nginx_reads_them() {
         .map(|s| s.target.clone())
         .collect();
     assert_eq!(reached, ["/ok", "/bearer/open"]);
+
+    let dir = TempDir::new("auth-request-statuses");
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &nginx_http(&conf)).await else {
+        return;
+    };
+    assert_eq!(mine, ask(addr).await, "imbang, nginx");
 }
 
 /// The same Authelia setup over TLS with HTTP/2 and HTTP/1.1: the subrequest sees the

@@ -832,3 +832,40 @@ async fn auth_delay_holds_back_a_401() {
     let (status, _, _) = raw(lb.addr, &get("/", "t", "Cookie: _oauth2_proxy=good\r\n")).await;
     assert_eq!(status, 200);
 }
+
+/// The auth service's connections are kept alive across subrequests (`keepalive` in its
+/// `upstream`), as nginx keeps them when the answer has no body to read.
+#[tokio::test]
+async fn subrequests_reuse_kept_alive_connections_to_the_auth_service() {
+    let (app, _) = app().await;
+    let count = support::Connections::default();
+    let auth = support::serve_hyper_counted(
+        |_req: Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(204)
+                    .header("Remote-User", "alice")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        },
+        count.clone(),
+    )
+    .await;
+    let lb = imbang(&format!(
+        "events {{}} http {{ access_log off; error_log stderr crit;
+           upstream authz {{ server {auth}; keepalive 4; }}
+           server {{ listen 127.0.0.1:0;
+             location = /authz {{ internal; proxy_pass http://authz; proxy_http_version 1.1;
+               proxy_set_header Connection \"\"; }}
+             location / {{ auth_request /authz; auth_request_set $user $upstream_http_remote_user;
+               add_header X-User $user; proxy_pass http://{app}; }} }} }}"
+    ))
+    .await;
+    for _ in 0..5 {
+        let (status, head, _) = raw(lb.addr, &get("/", "t", "")).await;
+        assert_eq!(status, 200);
+        assert_eq!(field(&head, "x-user"), Some("alice"));
+    }
+    assert_eq!(count.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

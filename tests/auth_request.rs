@@ -869,3 +869,48 @@ async fn subrequests_reuse_kept_alive_connections_to_the_auth_service() {
     }
     assert_eq!(count.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// The auth location may answer itself (`if` and `return`), a common token check; its
+/// variables are the main request's (`$http_x_token`), except `$args` and `$arg_*`, which are
+/// the subrequest's (none here), as in nginx.
+#[tokio::test]
+async fn an_auth_location_that_answers_with_return() {
+    let (app, app_log) = app().await;
+    let conf = format!(
+        "events {{}} http {{ access_log off; error_log stderr crit;
+           server {{ listen 127.0.0.1:0;
+             location = /token {{ internal;
+               if ($http_x_token = \"s3\") {{ return 204; }}
+               if ($arg_key = \"k\") {{ return 200; }}
+               return 401; }}
+             location / {{ auth_request /token; proxy_pass http://{app}; }} }} }}"
+    );
+    let asks = [
+        ("/a", "", 401),
+        ("/b", "X-Token: s3\r\n", 200),
+        ("/c?key=k", "", 401),
+        ("/d?key=x", "X-Token: no\r\n", 401),
+    ];
+    let run = |addr: SocketAddr| async move {
+        let mut got = Vec::new();
+        for (path, extra, _) in asks {
+            got.push(raw(addr, &get(path, "t", extra)).await.0);
+        }
+        got
+    };
+    let lb = imbang(&conf).await;
+    let mine = run(lb.addr).await;
+    assert_eq!(mine, asks.map(|a| a.2));
+    let reached: Vec<String> = app_log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.target.clone())
+        .collect();
+    assert_eq!(reached, ["/b"]);
+    let dir = TempDir::new("auth-request-return");
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &nginx_http(&conf)).await else {
+        return;
+    };
+    assert_eq!(mine, run(addr).await, "imbang, nginx");
+}

@@ -914,3 +914,85 @@ async fn an_auth_location_that_answers_with_return() {
     };
     assert_eq!(mine, run(addr).await, "imbang, nginx");
 }
+
+/// `satisfy any` with `allow`/`deny`, `auth_basic` and `auth_request`: the first that allows
+/// lets the request in without asking the later ones (no subrequest for an allowed address or
+/// a good password); if none does, 401 with every challenge. Beside nginx.
+#[tokio::test]
+async fn satisfy_any_asks_the_checks_in_nginx_s_order() {
+    let (app, _) = app().await;
+    let (auth, auth_log) = auth_service().await;
+    let dir = TempDir::new("auth-request-any");
+    let file = dir.write("htpasswd", "carol:{PLAIN}pw\n");
+    let conf = format!(
+        "events {{}} http {{ access_log off; error_log stderr crit;
+           server {{ listen 127.0.0.1:0;
+             location = /oauth2/auth {{ internal; proxy_pass http://{auth}; }}
+             location / {{ satisfy any; allow 127.0.0.2; deny all;
+               auth_basic \"Staff\"; auth_basic_user_file {};
+               auth_request /oauth2/auth; proxy_pass http://{app}; }} }} }}",
+        file.display()
+    );
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let good = format!("Authorization: Basic {}\r\n", b64("carol:pw"));
+    let bad = format!("Authorization: Basic {}\r\n", b64("carol:no"));
+    let asks: Vec<(&str, String)> = vec![
+        ("127.0.0.2", String::new()),
+        ("127.0.0.1", good.clone()),
+        ("127.0.0.1", "Cookie: _oauth2_proxy=good\r\n".to_owned()),
+        ("127.0.0.1", bad.clone()),
+        ("127.0.0.1", String::new()),
+    ];
+    let run = |addr: SocketAddr| {
+        let asks = asks.clone();
+        let auth_log = auth_log.clone();
+        async move {
+            let mut got = Vec::new();
+            for (source, extra) in &asks {
+                auth_log.lock().unwrap().clear();
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(SocketAddr::new(source.parse().unwrap(), 0))
+                    .unwrap();
+                let mut s = socket.connect(addr).await.unwrap();
+                s.write_all(get("/x", "t", extra).as_bytes()).await.unwrap();
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).await.unwrap();
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                let head = text.split("\r\n\r\n").next().unwrap().to_owned();
+                let challenges: Vec<String> = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("www-authenticate"))
+                    .map(|(_, v)| v.trim().to_owned())
+                    .collect();
+                let asked = auth_log.lock().unwrap().len();
+                got.push((support::status(&head), challenges, asked));
+            }
+            got
+        }
+    };
+    let lb = imbang(&conf).await;
+    let mine = run(lb.addr).await;
+    let challenges = vec![
+        "Basic realm=\"Staff\"".to_owned(),
+        "Bearer realm=\"oauth2\"".to_owned(),
+    ];
+    assert_eq!(
+        mine,
+        [
+            (200, vec![], 0),
+            (200, vec![], 0),
+            (200, vec![], 1),
+            (401, challenges.clone(), 1),
+            (401, challenges, 1),
+        ]
+    );
+    let Some((_nginx, addr)) = support::start_nginx(&dir, &nginx_http(&conf)).await else {
+        return;
+    };
+    assert_eq!(mine, run(addr).await, "imbang, nginx");
+}

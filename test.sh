@@ -10,6 +10,7 @@
 #              skip with a message when it is absent)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 #   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
+#   htpasswd   bcrypt password files for auth_basic (tests/auth_basic.rs skips bcrypt without it)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +24,7 @@ needs=(
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
   "promtool /usr/bin/promtool prometheus"
+  "htpasswd /usr/bin/htpasswd apache2-utils"
 )
 missing=()
 for entry in "${needs[@]}"; do

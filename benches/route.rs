@@ -206,6 +206,7 @@ fn variables(c: &mut Criterion) {
         state: imbang::proxy::RequestState::none(),
         root: "/usr/share/nginx/html",
         rewritten: None,
+        subrequest: false,
     };
     let mut g = c.benchmark_group("proxy_set_header_render");
     for (name, text) in [

@@ -641,6 +641,7 @@ impl Pending {
             state: &self.state,
             root: &self.logs.conf.root,
             rewritten: self.rewritten.as_ref(),
+            subrequest: false,
         };
         let mut line = String::with_capacity(256);
         for log in &self.logs.access_log.logs {

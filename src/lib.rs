@@ -40,6 +40,7 @@ macro_rules! pin_box {
 pub mod access_log;
 pub mod acme;
 pub mod api;
+pub mod auth;
 pub mod checks;
 pub mod cli;
 pub mod config;

@@ -95,6 +95,10 @@ pub struct Route {
     pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
     /// `limit_except`: the route requests with a method it does not list take instead.
     pub limit_except: Option<Box<LimitExceptRoute>>,
+    /// `auth_request`, `auth_basic`, `satisfy` (see [`crate::auth`]); `None`: only `allow`/`deny`.
+    pub auth: Option<Box<crate::auth::Auth>>,
+    /// The `error_page` targets with variables, compiled (by index in `conf.error_pages`).
+    pub error_page_targets: Box<[Option<Template>]>,
 }
 
 /// A location's `limit_except` block compiled.
@@ -459,8 +463,19 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             }
         }
         declare(&loc.conf.script, scope, errors);
+        declare_auth(&loc.conf, scope);
         for l in &loc.locations {
             walk(l, scope, errors);
+        }
+    }
+    /// `auth_request_set` variables: set after the subrequest, never warned about unset (nginx
+    /// gives them a handler that finds nothing, not `set`'s warning).
+    fn declare_auth(conf: &LocationConf, scope: &mut Scope) {
+        let limited = conf.limit_except.as_ref().map(|le| &le.conf);
+        for conf in std::iter::once(conf).chain(limited.map(|c| &**c)) {
+            for (name, _) in conf.auth.iter().flat_map(|a| &a.request_set) {
+                scope.declare_group(name);
+            }
         }
     }
     fn declare(script: &[Stmt], scope: &mut Scope, errors: &mut ConfigErrors) {
@@ -495,6 +510,7 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
             }
         }
         declare(&server.conf.script, &mut scope, errors);
+        declare_auth(&server.conf, &mut scope);
         for l in &server.locations {
             walk(l, &mut scope, errors);
         }
@@ -832,6 +848,34 @@ fn compile_route(
             )),
         })
     });
+    let auth = conf.auth.as_ref().and_then(|spec| {
+        crate::auth::Auth::compile(spec, cx.scope)
+            .map_err(|message| {
+                cx.errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+            })
+            .ok()
+            .map(Box::new)
+    });
+    let error_page_targets = conf
+        .error_pages
+        .iter()
+        .map(|page| {
+            if !page.target.contains('$') {
+                return None;
+            }
+            Template::compile_in(&page.target, cx.scope)
+                .map_err(|message| {
+                    cx.errors.push(ConfigError::new(
+                        ErrorKind::Invalid(message),
+                        Some(at.to_owned()),
+                    ));
+                })
+                .ok()
+        })
+        .collect();
     Route {
         conf: conf.clone(),
         zone: (conf.status_zone.as_deref())
@@ -857,6 +901,8 @@ fn compile_route(
         }),
         sub_filter,
         limit_except,
+        auth,
+        error_page_targets,
     }
 }
 

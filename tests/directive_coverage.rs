@@ -35,6 +35,8 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_headers_filter_module",
     "ngx_http_map_module",
     "ngx_http_access_module",
+    "ngx_http_auth_basic_module",
+    "ngx_http_auth_request_module",
     "ngx_http_index_module",
     "ngx_http_charset_filter_module",
     "ngx_http_sub_filter_module",

@@ -76,5 +76,6 @@ pub fn ctx<'a>(
         state: imbang::proxy::RequestState::none(),
         root: "/usr/share/nginx/html",
         rewritten: None,
+        subrequest: false,
     }
 }

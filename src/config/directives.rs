@@ -525,12 +525,6 @@ pub static DIRECTIVES: &[Spec] = &[
         "imbang serves no byte ranges itself (nginx does not for uncached proxied responses either)",
     ),
     no_effect("alias", C::LOCATION, ONE, STATIC_FILES),
-    no_effect(
-        "auth_delay",
-        HSL,
-        ONE,
-        "imbang has no auth_basic or auth_request",
-    ),
     d("chunked_transfer_encoding", HSL, Flag),
     no_effect("client_body_in_file_only", HSL, ONE, BODY_FILE),
     no_effect("client_body_in_single_buffer", HSL, Flag, BODY_FILE),
@@ -569,6 +563,14 @@ pub static DIRECTIVES: &[Spec] = &[
         "a client connection is closed by keepalive_timeout and keepalive_requests only",
     ),
     d("keepalive_time", HSL, ONE),
+    // --- auth (auth helper): ngx_http_auth_request_module, ngx_http_auth_basic_module, and
+    // core's `satisfy` and `auth_delay` (src/config/lower/auth.rs, src/auth/).
+    d("auth_request", HSL, ONE),
+    d("auth_request_set", HSL, Range(2, 2)),
+    d("auth_basic", HSL, ONE),
+    d("auth_basic_user_file", HSL, ONE),
+    d("satisfy", HSL, ONE),
+    d("auth_delay", HSL, ONE),
     // limit_except: its block's allow/deny (and access_log) for the methods not listed.
     block("limit_except", C::LOCATION, AtLeast(1)),
     not_yet(
@@ -588,12 +590,17 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("lingering_close", HSL, ONE, LINGERING),
     no_effect("lingering_time", HSL, ONE, LINGERING),
     no_effect("lingering_timeout", HSL, ONE, LINGERING),
-    no_effect("log_subrequest", HSL, Flag, "imbang makes no subrequests"),
+    no_effect(
+        "log_subrequest",
+        HSL,
+        Flag,
+        "imbang writes no access-log line for auth_request's subrequests",
+    ),
     no_effect(
         "subrequest_output_buffer_size",
         HSL,
         ONE,
-        "imbang makes no subrequests",
+        "imbang keeps no subrequest's body (auth_request reads only the status and headers)",
     ),
     no_effect(
         "max_headers",
@@ -618,16 +625,10 @@ pub static DIRECTIVES: &[Spec] = &[
         HSL,
         ONE,
         false,
-        "imbang makes no subrequests",
+        "imbang makes no subrequest after a response",
     ),
     no_effect("postpone_output", HSL, ONE, "responses are streamed"),
     d("recursive_error_pages", HSL, Flag),
-    no_effect(
-        "satisfy",
-        HSL,
-        ONE,
-        "allow and deny are imbang's only access checks, where any and all agree",
-    ),
     no_effect("send_lowat", HSL, ONE, KERNEL),
     // headers
     not_yet(
@@ -897,7 +898,6 @@ pub static NOT_YET: &[&str] = &[
     "stream",
     "limit_req",
     "limit_conn",
-    "auth_basic",
     "geo",
     "split_clients",
 ];

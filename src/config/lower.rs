@@ -16,6 +16,7 @@ use super::source::{SourceMap, Span};
 use super::values::{self, AddrError};
 
 mod acme;
+mod auth;
 mod charset;
 mod compat;
 mod expires;
@@ -165,6 +166,8 @@ struct Frame {
     uninitialized_variable_warn: Option<bool>,
     /// `proxy_ssl_*`, each inherited on its own.
     proxy_ssl: proxy_ssl::ProxySslFrame,
+    /// `auth_request`, `auth_basic`, `satisfy`, each inherited on its own.
+    auth: auth::AuthFrame,
 }
 
 impl Frame {
@@ -177,6 +180,7 @@ impl Frame {
                 Frame {
                     $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
+                    auth: self.auth.inherit(&parent.auth),
                 }
             };
         }
@@ -294,6 +298,7 @@ impl Frame {
             realip: self.realip(),
             root: self.root.clone().unwrap_or_default(),
             resolver: self.resolver(),
+            auth: self.auth.spec(),
         })
     }
 }
@@ -835,6 +840,7 @@ impl<'a> Lower<'a> {
                     f.root = self.root(d);
                 }
             }
+            name if auth::is_auth(name) => self.auth_setting(d, spec, &mut f.auth, seen),
             name if proxy_ssl::is_proxy_ssl(name) => {
                 if self.once(seen, spec, d) {
                     self.proxy_ssl(d, &mut f.proxy_ssl);

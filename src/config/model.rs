@@ -340,6 +340,8 @@ pub struct LocationConf {
     pub root: String,
     /// `resolver` and `resolver_timeout` in force here: names in a `proxy_pass` with variables.
     pub resolver: Option<Resolver>,
+    /// `auth_request`, `auth_basic`, `satisfy`: `None` where neither check is in force.
+    pub auth: Option<Arc<AuthSpec>>,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.
@@ -1500,3 +1502,32 @@ pub const LIMIT_EXCEPT_METHODS: &[&str] = &[
     "UNLOCK",
     "PATCH",
 ];
+
+// --- auth (ngx_http_auth_request_module, ngx_http_auth_basic_module, core's `satisfy`)
+
+/// The access checks of a location besides `allow`/`deny`: `auth_request` (+
+/// `auth_request_set`), `auth_basic` (+ `auth_basic_user_file`), `satisfy` and `auth_delay`.
+/// Present only where `auth_request` or `auth_basic` is in force (neither `off`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSpec {
+    /// `satisfy any` (default `all`).
+    pub satisfy_any: bool,
+    /// `auth_request uri`: the subrequest's URI (`None`: `off` or unset).
+    pub request: Option<String>,
+    /// `auth_request_set $name value` lines in force, in order (value with variables).
+    pub request_set: Vec<(String, String)>,
+    /// `auth_basic realm` with `auth_basic_user_file`.
+    pub basic: Option<BasicSpec>,
+    /// `auth_delay`: how long a 401 waits before it goes out (0).
+    pub delay: Duration,
+}
+
+/// `auth_basic realm` (with variables; a realm that renders to `off` turns it off, as nginx)
+/// and `auth_basic_user_file` (with variables; relative to the configuration's directory).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BasicSpec {
+    pub realm: String,
+    pub user_file: String,
+    /// Where `auth_basic_user_file` was written (`file:line:col`), for errors about the file.
+    pub at: String,
+}

@@ -56,7 +56,12 @@ pub async fn forward(
     let protocol = client_upgrade.as_ref().map(|(p, _)| p.clone());
     let client = &ctx.parts.headers;
     let chunked = headers::has(client, &header::TRANSFER_ENCODING);
-    let method = &ctx.parts.method;
+    // An `auth_request` subrequest goes as a GET, as nginx sends it.
+    let method = if ctx.subrequest {
+        &Method::GET
+    } else {
+        &ctx.parts.method
+    };
     let limit = route.conf.client_max_body_size;
     let length = headers::has(client, &header::CONTENT_LENGTH)
         .then(|| client.get(header::CONTENT_LENGTH))
@@ -660,7 +665,11 @@ fn upstream_head(
     };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     request_head(
-        &ctx.parts.method,
+        if ctx.subrequest {
+            &Method::GET
+        } else {
+            &ctx.parts.method
+        },
         target,
         shape.http10,
         shape.framing,

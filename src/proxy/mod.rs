@@ -92,6 +92,9 @@ pub struct RequestCtx<'a> {
     pub root: &'a str,
     /// `$uri` (in `path`) and `$args` as a `rewrite` left them; `None`: the request's.
     pub rewritten: Option<&'a crate::rewrite::Rewritten>,
+    /// An `auth_request` subrequest: no access phase, and sent upstream as a GET without a
+    /// body (its `$request_method`, `$request_uri` stay the main request's, as nginx's).
+    pub subrequest: bool,
 }
 
 /// What one request finds out as it goes that its variables read: set at most once each, and
@@ -106,6 +109,8 @@ pub struct RequestState {
     pub body: OnceLock<Bytes>,
     /// `uninitialized_variable_warn`: in force, and the variables warned about.
     pub uninitialized: crate::rewrite::Uninitialized,
+    /// The values `auth_request_set` gave (after the subrequest): newer than any `set`.
+    auth_values: OnceLock<Vec<(Arc<str>, String)>>,
 }
 
 /// An empty state, for lines logged before a request was routed.
@@ -114,6 +119,19 @@ static NO_STATE: OnceLock<RequestState> = OnceLock::new();
 impl RequestState {
     pub fn none() -> &'static Self {
         NO_STATE.get_or_init(Self::default)
+    }
+
+    /// Keeps what `auth_request_set` gave (the first time only: an `error_page` target's own
+    /// `auth_request` does not change them again).
+    pub fn set_auth_values(&self, values: Vec<(Arc<str>, String)>) {
+        let _ = self.auth_values.set(values);
+    }
+
+    /// The value `auth_request_set` gave `name`, if it did.
+    fn auth_value(&self, name: &str) -> Option<&str> {
+        let values = self.auth_values.get()?;
+        let found = values.iter().rev().find(|(n, _)| &**n == name)?;
+        Some(&found.1)
     }
 
     /// `$request_id`: 128 random bits.
@@ -295,6 +313,11 @@ impl Vars for RequestCtx<'_> {
                     .and_then(|h| h.to_str().ok())
                 {
                     out.push_str(h);
+                } else if self.parts.version == http::Version::HTTP_2
+                    && let Some(authority) = uri.authority()
+                {
+                    // nginx's HTTP/2 module makes a `Host` field of `:authority`.
+                    out.push_str(authority.as_str());
                 }
             }
             Var::RemoteAddr | Var::BinaryRemoteAddr => append_display(out, self.remote().ip()),
@@ -410,7 +433,7 @@ impl Vars for RequestCtx<'_> {
             }
             Var::Connections(which) => append_display(out, crate::stats::connections(*which)),
             Var::Hostname => out.push_str(hostname()),
-            Var::RemoteUser => {}
+            Var::RemoteUser => crate::auth::basic::remote_user(&self.parts.headers, out),
             Var::Arg(name) => {
                 if let Some(v) = self.args().and_then(|q| query_arg(q, name)) {
                     out.push_str(v);
@@ -455,15 +478,17 @@ impl Vars for RequestCtx<'_> {
                     + 12;
                 append_display(out, line as u64 + head as u64 + 2 + body)
             }
-            Var::Set(name) => {
-                if let Some((_, v)) = self.sets.iter().rev().find(|(n, _)| n == name) {
-                    out.push_str(v);
+            Var::Set(name) | Var::Declared(name) => {
+                let value = self.state.auth_value(name).or_else(|| {
+                    let (_, v) = self.sets.iter().rev().find(|(n, _)| n == name)?;
+                    Some(v.as_str())
+                });
+                match (value, var) {
+                    (Some(v), _) => out.push_str(v),
+                    (None, Var::Declared(_)) => self.state.uninitialized.warn(name, self),
+                    (None, _) => {}
                 }
             }
-            Var::Declared(name) => match self.sets.iter().rev().find(|(n, _)| n == name) {
-                Some((_, v)) => out.push_str(v),
-                None => self.state.uninitialized.warn(name, self),
-            },
             Var::Capture(n) => {
                 if let Some(v) = self.captures.get(*n, self.path) {
                     out.push_str(v);
@@ -774,6 +799,7 @@ async fn respond(
         state,
         root: &server.fallback.conf.root,
         rewritten: None,
+        subrequest: false,
     };
     // nginx's server and location rewrite phases (`set`, `rewrite`, `if`, `return`), with the
     // location search between them and again after a `rewrite ... last`.
@@ -822,6 +848,7 @@ async fn respond(
             dispatch(
                 shared,
                 &mut ctx,
+                server,
                 route,
                 None,
                 Some(body),
@@ -831,7 +858,17 @@ async fn respond(
             .await
         }
         Flow::Return(answer) => {
-            dispatch(shared, &mut ctx, route, Some(answer), None, None, out).await
+            dispatch(
+                shared,
+                &mut ctx,
+                server,
+                route,
+                Some(answer),
+                None,
+                None,
+                out,
+            )
+            .await
         }
         Flow::Redirect(status, location) => (redirect(status, &location), false),
         Flow::Status(status) => (error::error_page(status_code(status)), false),
@@ -852,11 +889,28 @@ async fn respond(
         .conf
         .error_pages
         .iter()
-        .find(|p| p.codes.contains(&status));
-    if let Some(page) = page.filter(|_| !from_peer || route.conf.intercept_errors) {
+        .position(|p| p.codes.contains(&status));
+    if let Some(i) = page.filter(|_| !from_peer || route.conf.intercept_errors) {
+        let page = &route.conf.error_pages[i];
+        // A target with variables (`error_page 401 =302 $redirection_url`), rendered now.
+        let rendered = route.error_page_targets.get(i).and_then(Option::as_ref);
+        let target = rendered.map(|t| t.render(&ctx));
+        let target = target.as_deref().unwrap_or(&page.target);
         // Boxed: an `error_page` holds a whole second request's state, which every request
         // would otherwise carry (and move) for the rare one that needs it.
-        response = pin_box!(error_page(shared, &ctx, server, page, status, out)).await;
+        // nginx keeps the fields the access phase added (a 401's `WWW-Authenticate`) in the
+        // answer the error page gives.
+        let challenges: Vec<HeaderValue> = match (status, from_peer) {
+            (401, false) => (response.headers().get_all(header::WWW_AUTHENTICATE))
+                .iter()
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        response = pin_box!(error_page(shared, &ctx, server, page, target, status, out)).await;
+        for c in challenges {
+            response.headers_mut().append(header::WWW_AUTHENTICATE, c);
+        }
     }
     if let Some(charset) = &route.conf.charset {
         charset::apply(&mut response, charset);
@@ -887,23 +941,31 @@ async fn respond(
 
 /// Runs a location's action: `return`, 404, or forwarding. The flag is true when the response
 /// came from a peer (only those need `proxy_intercept_errors` for `error_page`).
+#[allow(clippy::too_many_arguments)]
 async fn dispatch<'a>(
     shared: &Shared,
     ctx: &mut RequestCtx<'a>,
+    server: &ServerRoute,
     route: &'a Route,
     answer: Option<&Answer>,
     body: Option<RequestBody>,
     client_upgrade: Option<(HeaderValue, OnUpgrade)>,
     out: &mut Outcome,
 ) -> (Response<ResponseBody>, bool) {
-    // nginx's access phase: after `return` (the rewrite phase), before anything else.
-    let answers = answer.is_some();
+    // nginx's access phase: after `return` (the rewrite phase), before anything else; a
+    // subrequest skips it.
+    let answers = answer.is_some() || ctx.subrequest;
     if !answers {
         // The realip module with the location's settings (nginx's preaccess phase), unless
         // the server level's already found the address.
         realip(route, ctx.conn, ctx.parts, ctx.state);
     }
-    if !route.conf.access.is_empty()
+    if let Some(auth) = route.auth.as_deref().filter(|_| !answers) {
+        // `auth_basic`, `auth_request`, `satisfy` (with `allow`/`deny`): see crate::auth.
+        if let Some(refused) = crate::auth::access(shared, ctx, server, route, auth).await {
+            return (refused, false);
+        }
+    } else if !route.conf.access.is_empty()
         && !answers
         && !access_allowed(&route.conf.access, ctx.remote().ip())
     {
@@ -982,14 +1044,17 @@ async fn proxied(
     }
 }
 
-/// nginx's `error_page`: an internal redirect to a URI or a named location (no request body; a
-/// URI target is fetched with GET unless the request was HEAD), or a 302 to an absolute URL. The
-/// target's own `error_page`s are not applied again (nginx's `recursive_error_pages off`).
+/// nginx's `error_page`: an internal redirect to a URI (`/...`) or a named location (`@...`)
+/// (no request body; a URI target is fetched with GET unless the request was HEAD), or else a
+/// redirect to `target` (302 unless `=301`, `=303`, `=307`, `=308` say otherwise). `target`
+/// is the page's, its variables rendered. The target's own `error_page`s are not applied again
+/// (nginx's `recursive_error_pages off`).
 async fn error_page(
     shared: &Shared,
     ctx: &RequestCtx<'_>,
     server: &ServerRoute,
     page: &ErrorPage,
+    target: &str,
     status: u16,
     out: &mut Outcome,
 ) -> Response<ResponseBody> {
@@ -998,22 +1063,22 @@ async fn error_page(
         ErrorPageStatus::Original => Some(status),
         ErrorPageStatus::Target => None,
     };
-    if page.target.starts_with("http://") || page.target.starts_with("https://") {
+    if !target.starts_with('/') && !target.starts_with('@') {
         let code = match page.status {
             ErrorPageStatus::Fixed(c) if matches!(c, 301 | 302 | 303 | 307 | 308) => c,
             _ => 302,
         };
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
         let mut response = error::error_page(status);
-        if let Ok(v) = HeaderValue::from_str(&page.target) {
+        if let Ok(v) = HeaderValue::from_str(target) {
             response.headers_mut().insert(header::LOCATION, v);
         }
         return response;
     }
     // A named location keeps the request's captures (nginx matches no regex on the way there)
     // and starts at its location's rewrite phase; a URI goes through both phases again.
-    let (named, method, uri, path) = match page.target.strip_prefix('@') {
-        Some(_) => match server.locations.named(&page.target) {
+    let (named, method, uri, path) = match target.strip_prefix('@') {
+        Some(_) => match server.locations.named(target) {
             Some(route) => (
                 Some(route),
                 ctx.parts.method.clone(),
@@ -1023,7 +1088,7 @@ async fn error_page(
             None => return error::error_page(status_code(status)),
         },
         None => {
-            let (target_path, _) = page.target.split_once('?').unwrap_or((&page.target, ""));
+            let (target_path, _) = target.split_once('?').unwrap_or((target, ""));
             let Ok(path) = normalize_path(target_path) else {
                 return error::error_page(status_code(status));
             };
@@ -1032,8 +1097,7 @@ async fn error_page(
             } else {
                 http::Method::GET
             };
-            let uri = page
-                .target
+            let uri = target
                 .parse()
                 .unwrap_or_else(|_| http::Uri::from_static("/"));
             (None, method, uri, path.into_owned())
@@ -1069,6 +1133,7 @@ async fn error_page(
         rewritten: if named.is_some() { ctx.rewritten } else { None },
         state: ctx.state,
         root: ctx.root,
+        subrequest: false,
     };
     let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
     let (route, flow) = match named {
@@ -1094,24 +1159,129 @@ async fn error_page(
         out.path.clone_from(&path);
     }
     let mut inner = state.ctx(&located);
-    let mut response = match flow {
-        Flow::Next => {
-            dispatch(shared, &mut inner, route, None, None, None, out)
-                .await
-                .0
-        }
+    let (mut response, from_peer) = match flow {
+        Flow::Next => dispatch(shared, &mut inner, server, route, None, None, None, out).await,
         Flow::Return(answer) => {
-            dispatch(shared, &mut inner, route, Some(answer), None, None, out)
-                .await
-                .0
+            dispatch(
+                shared,
+                &mut inner,
+                server,
+                route,
+                Some(answer),
+                None,
+                None,
+                out,
+            )
+            .await
         }
-        Flow::Redirect(code, location) => redirect(code, &location),
-        Flow::Status(code) => error::error_page(status_code(code)),
+        Flow::Redirect(code, location) => (redirect(code, &location), false),
+        Flow::Status(code) => (error::error_page(status_code(code)), false),
     };
+    if !from_peer {
+        absolute_location(&mut response, &inner);
+    }
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);
     }
     response
+}
+
+/// A subrequest, as nginx's `auth_request` makes it: `uri` routed in `server` from its
+/// rewrite phases on (an `internal` location may answer), with the main request's headers and
+/// variables (`set` values, `$remote_addr`, `$request_uri`, `$request_method`), no body, and
+/// no access phase; a peer gets it as a GET. Nothing is logged for it (nginx's
+/// `log_subrequest off`). `then` sees the answer with the subrequest's variables
+/// (`$upstream_http_*`, `$upstream_status`, `$uri`) before its body is dropped unread.
+pub(crate) async fn subrequest<T>(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    server: &ServerRoute,
+    uri: &str,
+    then: impl FnOnce(&RequestCtx<'_>, &Response<ResponseBody>) -> T,
+) -> T {
+    let start = Instant::now();
+    let (target, args) = uri.split_once('?').unwrap_or((uri, ""));
+    let path = match normalize_path(target) {
+        Ok(path) => path.into_owned(),
+        Err(_) => target.to_owned(),
+    };
+    let mut parts = ctx.parts.clone();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
+    state.rewritten = Some(crate::rewrite::Rewritten {
+        path: path.clone(),
+        args: args.to_owned(),
+        valid_location: true,
+    });
+    let base = RequestCtx {
+        parts: &parts,
+        proxy_host: "",
+        path: &path,
+        done: None,
+        sets: &[],
+        captures: Captures::NONE,
+        rewritten: None,
+        subrequest: true,
+        ..*ctx
+    };
+    let (route, flow) = crate::rewrite::phases(server, &base, &mut state);
+    let captures = Captures::of(route);
+    let located = RequestCtx {
+        captures: captures.or(base.captures),
+        root: &route.conf.root,
+        ..base
+    };
+    let mut sub = state.ctx(&located);
+    let mut out = Outcome::default();
+    out.record.enabled = true;
+    out.record.want_upstream_headers = true;
+    let response = match flow {
+        Flow::Next => {
+            dispatch(shared, &mut sub, server, route, None, None, None, &mut out)
+                .await
+                .0
+        }
+        Flow::Return(answer) => {
+            dispatch(
+                shared,
+                &mut sub,
+                server,
+                route,
+                Some(answer),
+                None,
+                None,
+                &mut out,
+            )
+            .await
+            .0
+        }
+        Flow::Redirect(code, location) => redirect(code, &location),
+        Flow::Status(code) => error::error_page(status_code(code)),
+    };
+    let done = Done {
+        status: response.status().as_u16(),
+        body_bytes: 0,
+        header_bytes: 0,
+        start,
+        end: Instant::now(),
+        response_headers: None,
+        upstream_headers: out.record.upstream_headers.take(),
+        tries: std::mem::take(&mut out.record.tries),
+        complete: false,
+        trailers: None,
+    };
+    let proxy_host = std::mem::take(&mut out.rendered_proxy_host);
+    let sub = RequestCtx {
+        done: Some(&done),
+        proxy_host: if proxy_host.is_empty() {
+            sub.proxy_host
+        } else {
+            &proxy_host
+        },
+        ..sub
+    };
+    then(&sub, &response)
 }
 
 /// Runs the realip module with `route`'s settings, unless an earlier phase found the address.
@@ -1301,8 +1471,9 @@ fn absolute_location(response: &mut Response<ResponseBody>, ctx: &RequestCtx<'_>
         ctx.host
     };
     let port = ctx.conn.local.port();
-    let mut absolute = format!("http://{host}");
-    if port != 80 {
+    let https = ctx.is_https();
+    let mut absolute = format!("{}://{host}", if https { "https" } else { "http" });
+    if port != if https { 443 } else { 80 } {
         absolute.push_str(&format!(":{port}"));
     }
     absolute.push_str(&String::from_utf8_lossy(location.as_bytes()));

@@ -2,9 +2,8 @@
 //! request whose method is not listed the block's configuration instead of the location's. That
 //! configuration inherits the location's settings and its `proxy_pass`, but not its rewrite
 //! statements (`set`, `rewrite`, `if`, `return`), which nginx runs only for the methods listed:
-//! imbang does the same. Inside the block imbang reads `allow`, `deny`, `access_log` and
-//! `proxy_pass` (without a URI part, as nginx); `auth_basic` (which imbang lacks) is refused as
-//! not supported yet.
+//! imbang does the same. Inside the block imbang reads `allow`, `deny`, `auth_basic`,
+//! `auth_basic_user_file`, `access_log` and `proxy_pass` (without a URI part, as nginx).
 
 use std::sync::Arc;
 
@@ -42,7 +41,7 @@ impl Lower<'_> {
         for c in d.block.as_deref().unwrap_or_default() {
             match c.name.as_str() {
                 "allow" | "deny" | "access_log" | "auth_basic" | "auth_basic_user_file" => {
-                    // Their arity, and auth_basic's "not supported yet", as in a location.
+                    // Their arity and values as in a location.
                     if let Some(spec) = self.check(c, Contexts::LOCATION) {
                         self.setting(c, spec, &mut own, &mut seen);
                     }
@@ -133,9 +132,11 @@ mod tests {
             "http { server { listen 80; location / { limit_except GET { proxy_pass http://a/b; } } } }\n",
         );
         assert!(got[0].contains("cannot have URI part"), "{got:?}");
-        let got = errors(
-            "http { server { listen 80; location / { limit_except GET { auth_basic x; } } } }\n",
+        assert_eq!(
+            errors(
+                "http { server { listen 80; location / { limit_except GET { auth_request /a; } } } }\n"
+            ),
+            ["\"auth_request\" directive is not allowed here in /etc/imbang/t.conf:1:60"]
         );
-        assert!(got[0].contains("\"auth_basic\" directive is not supported by imbang yet"));
     }
 }

@@ -19,6 +19,7 @@ mod acme;
 mod charset;
 mod compat;
 mod expires;
+mod gzip;
 mod limit_except;
 mod observe;
 mod proxy_cookie;
@@ -163,6 +164,8 @@ struct Frame {
     uninitialized_variable_warn: Option<bool>,
     /// `proxy_ssl_*`, each inherited on its own.
     proxy_ssl: proxy_ssl::ProxySslFrame,
+    /// `gzip` and its companions, each inherited on its own.
+    gzip: gzip::GzipFrame,
 }
 
 impl Frame {
@@ -175,6 +178,7 @@ impl Frame {
                 Frame {
                     $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
+                    gzip: self.gzip.inherit(&parent.gzip),
                 }
             };
         }
@@ -239,6 +243,7 @@ impl Frame {
             charset: self.charset(),
             expires: self.expires.flatten(),
             sub_filter: self.sub_filter(),
+            gzip: self.gzip.conf(),
             chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
             limit_except: None,
             uninitialized_variable_warn: self.uninitialized_variable_warn.unwrap_or(true),
@@ -832,6 +837,7 @@ impl<'a> Lower<'a> {
                     self.proxy_ssl(d, &mut f.proxy_ssl);
                 }
             }
+            name if gzip::is_gzip(name) => self.gzip(d, spec, &mut f.gzip, seen),
             _ if spec.effect != Effect::Acts => {}
             "types" => {} // MIME type tables: accepted, checked by the parser only.
             _ if !self.once(seen, spec, d) => {}

@@ -135,6 +135,9 @@ const HTTP: &str = "access_log off;
         location /level9/ { gzip_comp_level 9; proxy_pass http://{origin}; }
         location /ua/ { gzip_disable msie6 \"^curl/\"; proxy_pass http://{origin}; }
         location /h10/ { gzip_http_version 1.0; proxy_pass http://{origin}; }
+        location /sub/ { sub_filter user USER; sub_filter_once off;
+                         sub_filter_types application/json; proxy_pass http://{origin}; }
+        location /if/ { gzip off; if ($arg_z) { gzip on; } proxy_pass http://{origin}; }
         location = /text { default_type text/html; return 200 \"{text}\"; }
         location = /short { default_type text/html; return 200 \"short\"; }
     }";
@@ -259,6 +262,14 @@ async fn a_proxied_json_is_compressed_and_decompresses_to_the_origins_bytes() {
     // text/html is always among the types, whatever its case and parameters.
     let html = get(lb.addr, "GET", "/html", &[GZ]).await;
     assert!(html.gzipped());
+    // sub_filter first, then gzip (nginx's order): the rewritten body is what is compressed.
+    let sub = get(lb.addr, "GET", "/sub/doc", &[GZ]).await;
+    assert!(sub.gzipped());
+    let want = String::from_utf8(json()).unwrap().replace("user", "USER");
+    assert_eq!(gunzip(&sub.body), want.as_bytes());
+    // `gzip` inside a location's `if`.
+    assert!(get(lb.addr, "GET", "/if/doc?z=1", &[GZ]).await.gzipped());
+    assert!(!get(lb.addr, "GET", "/if/doc", &[GZ]).await.gzipped());
     // A `return` with text is compressed too (it is a response like any other).
     let text = get(lb.addr, "GET", "/text", &[GZ]).await;
     assert!(text.gzipped());
@@ -586,6 +597,9 @@ async fn the_same_requests_to_nginx_give_the_same_fields() {
         ("GET", "/any/doc", &[GZ, VIA]),
         ("GET", "/ua/doc", &[GZ, ("user-agent", "curl/8.0")]),
         ("GET", "/text", &[GZ]),
+        ("GET", "/sub/doc", &[GZ]),
+        ("GET", "/if/doc?z=1", &[GZ]),
+        ("GET", "/if/doc", &[GZ]),
         ("GET", "/short", &[GZ]),
     ];
     let mut differ = Vec::new();

@@ -12,12 +12,12 @@
 # (zlib-rs in imbang, the system's libz in nginx) from the N2 profiles.
 #
 #   bench/gzip.sh            (N1=100 N2=500 by default; needs valgrind, h2load, nginx)
-#   N1=50 N2=250 bench/gzip.sh
+#   N1=50 N2=250 LEVEL=2 bench/gzip.sh      (fewer responses; another gzip_comp_level)
 #
 # Ports 29401 (origin), 29480 (proxy); starts and stops (by pid) only its own processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N1=${N1:-100} N2=${N2:-500} BASE=29400
+N1=${N1:-100} N2=${N2:-500} LEVEL=${LEVEL:-1} BASE=29400
 for tool in valgrind callgrind_annotate h2load nginx python3; do
   command -v $tool >/dev/null || { echo "gzip.sh: $tool missing" >&2; exit 1; }
 done
@@ -51,7 +51,7 @@ daemon off; master_process off; worker_processes 1; pid $W/p.pid; error_log $W/l
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 100000000;
   proxy_buffer_size 16k; proxy_buffers 16 16k;
-  gzip $1; gzip_types application/json; gzip_comp_level 1;
+  gzip $1; gzip_types application/json; gzip_comp_level $LEVEL;
   upstream origin { server 127.0.0.1:$((BASE+1)); keepalive 16; }
   server { listen 127.0.0.1:$((BASE+80));
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -95,7 +95,7 @@ for mode in on off; do
     fi
   done
 done
-echo "user-space instructions per proxied 100 KiB JSON response (callgrind, $N1 vs $N2 responses, h2load --h1 -c 1)"
+echo "user-space instructions per proxied 100 KiB JSON response, gzip_comp_level $LEVEL (callgrind, $N1 vs $N2 responses, h2load --h1 -c 1)"
 for mode in on off; do
   r=$(awk -v a="${PER[imbang-$mode]}" -v b="${PER[nginx-$mode]}" 'BEGIN { printf "%.2fx", a / b }')
   printf '  gzip %-3s imbang %9d  nginx %9d  imbang/nginx %s\n' $mode "${PER[imbang-$mode]}" "${PER[nginx-$mode]}" "$r"

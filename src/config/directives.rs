@@ -138,6 +138,7 @@ const NONE: Arity = Range(0, 0);
 
 const STATIC_FILES: &str =
     "imbang does not serve files; a location without proxy_pass or return answers 404";
+const GZIP_TUNING: &str = "imbang sets zlib's window and memory itself (the window smaller for a small known length, as nginx)";
 const GZIP_BUFFERS: &str =
     "imbang hands compressed bytes on as zlib makes them, in buffers it sizes itself";
 const KERNEL: &str = "imbang chooses its own socket options";
@@ -271,6 +272,10 @@ pub static DIRECTIVES: &[Spec] = &[
     d("gzip_min_length", HSL, ONE),
     d("gzip_types", HSL, AtLeast(1)),
     d("gzip_disable", HSL, AtLeast(1)),
+    no_effect("gzip_window", HSL, ONE, GZIP_TUNING),
+    no_effect("gzip_hash", HSL, ONE, GZIP_TUNING),
+    no_effect("gzip_no_buffer", HSL, Flag, GZIP_BUFFERS),
+    no_effect("postpone_gzipping", HSL, ONE, GZIP_BUFFERS),
     d("keepalive_timeout", HSL, Range(1, 2)),
     d("keepalive_requests", HSL, ONE),
     d("client_body_buffer_size", HSL, ONE),

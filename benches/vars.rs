@@ -60,6 +60,7 @@ fn access_log(c: &mut Criterion) {
         tries: Vec::new(),
         complete: true,
         trailers: None,
+        gzip: None,
     };
     let ctx = RequestCtx {
         done: Some(&done),

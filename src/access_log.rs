@@ -510,6 +510,8 @@ pub struct Done {
     pub complete: bool,
     /// The trailer fields that went out with the body (the peer's, passed on as they came).
     pub trailers: Option<HeaderMap>,
+    /// `$gzip_ratio`'s counts (bytes in, bytes out) of a compressed body that was finished.
+    pub gzip: Option<(u64, u64)>,
 }
 
 impl Done {
@@ -587,6 +589,20 @@ impl Done {
                         t.header.or(t.connect).unwrap_or_default()
                     };
                     out.push_str(&secs(d));
+                }
+            }
+            Var::GzipRatio => {
+                if let Some((zin, zout)) = self.gzip.filter(|&(_, zout)| zout > 0) {
+                    // nginx's two decimals, rounded half up from the third.
+                    let (mut int, mut frac) = (zin / zout, zin * 100 / zout % 100);
+                    if zin * 1000 / zout % 10 > 4 {
+                        frac += 1;
+                        if frac > 99 {
+                            int += 1;
+                            frac = 0;
+                        }
+                    }
+                    let _ = write!(out, "{int}.{frac:02}");
                 }
             }
             Var::SentHttp(name) => append_header(self.response_headers.as_ref(), name, out),

@@ -48,6 +48,8 @@ pub enum Var {
     Status,
     BodyBytesSent,
     BytesSent,
+    /// `$gzip_ratio`: known once a compressed body was sent.
+    GzipRatio,
     RequestLength,
     RequestTime,
     TimeLocal,
@@ -408,6 +410,7 @@ impl Var {
             "status" => Self::Status,
             "body_bytes_sent" => Self::BodyBytesSent,
             "bytes_sent" => Self::BytesSent,
+            "gzip_ratio" => Self::GzipRatio,
             "request_length" => Self::RequestLength,
             "request_time" => Self::RequestTime,
             "time_local" => Self::TimeLocal,

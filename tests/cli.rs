@@ -238,7 +238,7 @@ async fn t_warns_about_directives_without_effect() {
         "imbang.conf",
         "events {}
 http {
-    gzip on;
+    gzip_buffers 16 8k;
     include sites/*.conf;
 }
 ",
@@ -246,8 +246,8 @@ http {
     dir.write("sites/site.conf", SITE);
     let c = s(&conf);
     let warn = format!(
-        "imbang: [warn] the \"gzip\" directive has no effect in imbang: imbang does not compress \
-         responses (upstream compression passes through) in {c}:3:5\n"
+        "imbang: [warn] the \"gzip_buffers\" directive has no effect in imbang: imbang hands \
+         compressed bytes on as zlib makes them, in buffers it sizes itself in {c}:3:5\n"
     );
 
     let out = run_imbang(dir.path(), &["-t", "-p", &p, "-c", c]).await;

@@ -40,6 +40,7 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_index_module",
     "ngx_http_charset_filter_module",
     "ngx_http_sub_filter_module",
+    "ngx_http_gzip_filter_module",
     "ngx_http_rewrite_module",
     "ngx_http_realip_module",
     // nginx's ACME module (its own repository; its lines are listed by tools/nginx-directives.py)
@@ -372,7 +373,7 @@ fn directives_page() -> String {
          - Inside `limit_except` imbang reads `allow`, `deny`, `access_log` and `proxy_pass`; \
          `auth_basic` there is refused (imbang has none).\n\
          - Example: an `nginx.conf` like those of nginx's packages and Docker images (temp paths of every \
-         module, `load_module`, `sendfile`, `tcp_nopush`, `types_hash_max_size`, `gzip`) passes \
+         module, `load_module`, `sendfile`, `tcp_nopush`, `types_hash_max_size`, `gzip_buffers`) passes \
          `imbang -t` with a warning for each directive that has no effect.\n",
     );
     let mut module = "";
@@ -412,7 +413,7 @@ fn directives_page() -> String {
     page.push_str(
         "\n## nginx modules imbang does not have\n\n\
          Their directives are unknown to imbang (a few are accepted without effect where \
-         nginx's stock configuration carries them, such as `fastcgi_temp_path`, `gzip` and \
+         nginx's stock configuration carries them, such as `fastcgi_temp_path` and \
          `ssl_protocols`; see `imbang -t`):\n\n",
     );
     page.push_str(

@@ -138,7 +138,9 @@ const NONE: Arity = Range(0, 0);
 
 const STATIC_FILES: &str =
     "imbang does not serve files; a location without proxy_pass or return answers 404";
-const NO_GZIP: &str = "imbang does not compress responses (upstream compression passes through)";
+const GZIP_TUNING: &str = "imbang sets zlib's window and memory itself (the window smaller for a small known length, as nginx)";
+const GZIP_BUFFERS: &str =
+    "imbang hands compressed bytes on as zlib makes them, in buffers it sizes itself";
 const KERNEL: &str = "imbang chooses its own socket options";
 const SCHEDULING: &str = "imbang leaves scheduling to the kernel";
 const EPOLL: &str = "imbang uses epoll through tokio";
@@ -261,15 +263,20 @@ pub static DIRECTIVES: &[Spec] = &[
     ),
     d("access_log", HSL, AtLeast(1)),
     d("log_format", C::HTTP, AtLeast(2)),
-    no_effect("gzip", HSL, Flag, NO_GZIP),
-    no_effect("gzip_vary", HSL, Flag, NO_GZIP),
-    no_effect("gzip_proxied", HSL, AtLeast(1), NO_GZIP),
-    no_effect("gzip_comp_level", HSL, ONE, NO_GZIP),
-    no_effect("gzip_buffers", HSL, Range(2, 2), NO_GZIP),
-    no_effect("gzip_http_version", HSL, ONE, NO_GZIP),
-    no_effect("gzip_min_length", HSL, ONE, NO_GZIP),
-    no_effect("gzip_types", HSL, AtLeast(1), NO_GZIP),
-    no_effect("gzip_disable", HSL, AtLeast(1), NO_GZIP),
+    // --- gzip (gzip): the gzip filter, read in lower/gzip.rs (src/proxy/gzip.rs)
+    d("gzip", HSL, Flag),
+    d("gzip_vary", HSL, Flag),
+    d("gzip_proxied", HSL, AtLeast(1)),
+    d("gzip_comp_level", HSL, ONE),
+    no_effect("gzip_buffers", HSL, Range(2, 2), GZIP_BUFFERS),
+    d("gzip_http_version", HSL, ONE),
+    d("gzip_min_length", HSL, ONE),
+    d("gzip_types", HSL, AtLeast(1)),
+    d("gzip_disable", HSL, AtLeast(1)),
+    no_effect("gzip_window", HSL, ONE, GZIP_TUNING),
+    no_effect("gzip_hash", HSL, ONE, GZIP_TUNING),
+    no_effect("gzip_no_buffer", HSL, Flag, GZIP_BUFFERS),
+    no_effect("postpone_gzipping", HSL, ONE, GZIP_BUFFERS),
     d("keepalive_timeout", HSL, Range(1, 2)),
     d("keepalive_requests", HSL, ONE),
     d("client_body_buffer_size", HSL, ONE),

@@ -20,6 +20,7 @@ mod auth;
 mod charset;
 mod compat;
 mod expires;
+mod gzip;
 mod limit_except;
 mod observe;
 mod proxy_cookie;
@@ -168,6 +169,8 @@ struct Frame {
     proxy_ssl: proxy_ssl::ProxySslFrame,
     /// `auth_request`, `auth_basic`, `satisfy`, each inherited on its own.
     auth: auth::AuthFrame,
+    /// `gzip` and its companions, each inherited on its own.
+    gzip: gzip::GzipFrame,
 }
 
 impl Frame {
@@ -181,6 +184,7 @@ impl Frame {
                     $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
                     auth: self.auth.inherit(&parent.auth),
+                    gzip: self.gzip.inherit(&parent.gzip),
                 }
             };
         }
@@ -247,6 +251,7 @@ impl Frame {
             charset: self.charset(),
             expires: self.expires.flatten(),
             sub_filter: self.sub_filter(),
+            gzip: self.gzip.conf(),
             chunked_transfer_encoding: self.chunked_transfer_encoding.unwrap_or(true),
             limit_except: None,
             uninitialized_variable_warn: self.uninitialized_variable_warn.unwrap_or(true),
@@ -846,6 +851,7 @@ impl<'a> Lower<'a> {
                     self.proxy_ssl(d, &mut f.proxy_ssl);
                 }
             }
+            name if gzip::is_gzip(name) => self.gzip(d, spec, &mut f.gzip, seen),
             _ if spec.effect != Effect::Acts => {}
             "types" => {} // MIME type tables: accepted, checked by the parser only.
             _ if !self.once(seen, spec, d) => {}

@@ -281,6 +281,8 @@ pub struct LocationConf {
     pub expires: Option<Expires>,
     /// `sub_filter` (with `sub_filter_once`, `_types`, `_last_modified`); `None` without one.
     pub sub_filter: Option<Arc<SubFilter>>,
+    /// `gzip` and its companions (src/proxy/gzip.rs).
+    pub gzip: Arc<Gzip>,
     /// `chunked_transfer_encoding` (on); off: a response of unknown length to an HTTP/1.1
     /// client is delimited by closing the connection.
     pub chunked_transfer_encoding: bool,
@@ -1464,6 +1466,75 @@ pub struct SubFilter {
     pub types: Vec<String>,
     /// `sub_filter_last_modified` (off).
     pub last_modified: bool,
+}
+
+// --- gzip (ngx_http_gzip_filter_module, and ngx_http_core_module's gzip_* directives)
+
+/// `gzip_proxied` values (a bit set; nginx's `NGX_HTTP_GZIP_PROXIED_*`).
+pub mod gzip_proxied {
+    pub const OFF: u16 = 1 << 0;
+    pub const EXPIRED: u16 = 1 << 1;
+    pub const NO_CACHE: u16 = 1 << 2;
+    pub const NO_STORE: u16 = 1 << 3;
+    pub const PRIVATE: u16 = 1 << 4;
+    pub const NO_LAST_MODIFIED: u16 = 1 << 5;
+    pub const NO_ETAG: u16 = 1 << 6;
+    pub const AUTH: u16 = 1 << 7;
+    pub const ANY: u16 = 1 << 8;
+    /// The names as nginx spells them, with their bits.
+    pub const NAMES: &[(&str, u16)] = &[
+        ("off", OFF),
+        ("expired", EXPIRED),
+        ("no-cache", NO_CACHE),
+        ("no-store", NO_STORE),
+        ("private", PRIVATE),
+        ("no_last_modified", NO_LAST_MODIFIED),
+        ("no_etag", NO_ETAG),
+        ("auth", AUTH),
+        ("any", ANY),
+    ];
+}
+
+/// The gzip settings in force in a location, with nginx's defaults for what no level set.
+/// The filter's (`gzip`, `gzip_types`, `gzip_comp_level`, `gzip_min_length`) and the core
+/// module's (`gzip_vary`, `gzip_proxied`, `gzip_disable`, `gzip_http_version`), which nginx's
+/// `gzip_static` reads as well.
+#[derive(Clone, Debug)]
+pub struct Gzip {
+    /// `gzip` (off).
+    pub enable: bool,
+    /// `gzip_types`, lower case, `text/html` first; empty with `*` (any type, even none).
+    pub types: Vec<String>,
+    /// `gzip_comp_level` (1).
+    pub comp_level: u32,
+    /// `gzip_min_length` in bytes (20), compared with a known `Content-Length`.
+    pub min_length: u64,
+    /// `gzip_vary` (off).
+    pub vary: bool,
+    /// `gzip_proxied` ([`gzip_proxied`] bits; off).
+    pub proxied: u16,
+    /// `gzip_disable` regular expressions (matched without regard to case).
+    pub disable: Vec<regex::Regex>,
+    /// `gzip_disable msie6`.
+    pub disable_msie6: bool,
+    /// `gzip_http_version` 1.0 (true) or 1.1 (false, the default).
+    pub http_1_0: bool,
+}
+
+impl Default for Gzip {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            types: vec!["text/html".to_owned()],
+            comp_level: 1,
+            min_length: 20,
+            vary: false,
+            proxied: gzip_proxied::OFF,
+            disable: Vec::new(),
+            disable_msie6: false,
+            http_1_0: false,
+        }
+    }
 }
 
 // --- limit_except (ngx_http_core_module)

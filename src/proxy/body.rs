@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::Pending;
 use crate::http1::RawFields;
 use crate::pool::{PeerBody, Pool};
+use crate::proxy::gzip::Filter as Gzip;
 use crate::proxy::sub_filter::Filter as SubFilter;
 use crate::upstream::PeerGuard;
 
@@ -29,6 +30,8 @@ pub struct ResponseBody {
     fields: Option<Box<RawFields>>,
     /// `sub_filter`: the body's bytes go through it on their way out.
     filter: Option<Box<SubFilter>>,
+    /// `gzip`: the body (after `sub_filter`) is compressed on its way out.
+    gzip: Option<Box<Gzip>>,
     /// `chunked_transfer_encoding off`: an unknown length is delimited by the close instead.
     no_chunked: bool,
 }
@@ -58,6 +61,7 @@ impl ResponseBody {
             log: None,
             fields: None,
             filter: None,
+            gzip: None,
             no_chunked: false,
         }
     }
@@ -76,6 +80,11 @@ impl ResponseBody {
     /// Sends the body through `filter` (`sub_filter`); its length is then unknown.
     pub fn set_filter(&mut self, filter: Box<SubFilter>) {
         self.filter = Some(filter);
+    }
+
+    /// Compresses the body with `gzip` (after any `sub_filter`); its length is then unknown.
+    pub fn set_gzip(&mut self, gzip: Box<Gzip>) {
+        self.gzip = Some(gzip);
     }
 
     /// The response's fields as spelled (the peer's as it sent them, then `add_header`'s),
@@ -144,7 +153,12 @@ impl Drop for ResponseBody {
             pending.done.complete = match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Upstream(s) => s.ended,
-            } && self.filter.as_ref().is_none_or(|f| f.done());
+            } && self.filter.as_ref().is_none_or(|f| f.done())
+                && self.gzip.as_ref().is_none_or(|g| g.done());
+            if let Some(gzip) = &self.gzip {
+                // `$gzip_ratio`: nginx's counts once the stream is finished.
+                pending.done.gzip = gzip.done().then(|| gzip.counts());
+            }
             pending.finish(self.sent);
         }
     }
@@ -227,9 +241,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let poll = match &mut this.filter {
-            None => this.kind.poll_frame(cx),
-            Some(filter) => filtered(&mut this.kind, filter, cx),
+        let poll = match &mut this.gzip {
+            None => source(&mut this.kind, &mut this.filter, cx),
+            Some(gzip) => gzipped(&mut this.kind, &mut this.filter, gzip, cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
@@ -243,6 +257,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(gzip) = &self.gzip {
+            return gzip.done();
+        }
         if let Some(filter) = &self.filter {
             return filter.done();
         }
@@ -253,12 +270,56 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.filter.is_some() {
+        if self.filter.is_some() || self.gzip.is_some() {
             return SizeHint::default();
         }
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(s) => s.body.size_hint(),
+        }
+    }
+}
+
+/// The next frame of the body before `gzip`: the source's, through `sub_filter` if any.
+fn source(
+    kind: &mut Kind,
+    filter: &mut Option<Box<SubFilter>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match filter {
+        None => kind.poll_frame(cx),
+        Some(filter) => filtered(kind, filter, cx),
+    }
+}
+
+/// The next frame of a compressed body: chunks are compressed as they come; when the source
+/// has nothing ready, what it gave so far is flushed out (nginx flushes each chunk of a
+/// non-buffered peer the same way), so a slow body reaches the client as it goes.
+fn gzipped(
+    kind: &mut Kind,
+    filter: &mut Option<Box<SubFilter>>,
+    gzip: &mut Gzip,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    loop {
+        if let Some(frame) = gzip.pop() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if gzip.done() {
+            return Poll::Ready(None);
+        }
+        match source(kind, filter, cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => gzip.push(&data),
+                Err(trailers) => gzip.end(Some(trailers)),
+            },
+            Poll::Ready(None) => gzip.end(None),
+            Poll::Pending => {
+                if !gzip.flush() {
+                    return Poll::Pending;
+                }
+            }
+            error => return error,
         }
     }
 }

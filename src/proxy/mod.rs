@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod error;
 pub mod expires;
 pub mod forward;
+pub mod gzip;
 pub mod headers;
 pub mod retry;
 pub mod spool;
@@ -614,6 +615,7 @@ fn log_when_sent(
         tries: std::mem::take(&mut out.record.tries),
         complete: false,
         trailers: None,
+        gzip: None,
     };
     response.body_mut().log_when_done(Box::new(Pending {
         logs: route,
@@ -673,6 +675,7 @@ impl Drop for Unanswered<'_> {
                 tries: std::mem::take(&mut out.record.tries),
                 complete: false,
                 trailers: None,
+                gzip: None,
             },
         }
         .finish(0);
@@ -925,6 +928,11 @@ async fn respond(
         response.body_mut().forbid_chunked();
     }
     headers::add_headers(&mut response, route, &ctx);
+    // nginx's gzip filter comes after its headers filter (`expires`, `add_header`) and the
+    // sub filter: it sees their fields and compresses what sub_filter made.
+    if route.conf.gzip.enable {
+        gzip::apply(&mut response, &route.conf.gzip, ctx.parts);
+    }
     headers::set_server(&mut response, route);
     if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests
         || conn.accepted.elapsed() > route.conf.keepalive_time
@@ -1270,6 +1278,7 @@ pub(crate) async fn subrequest<T>(
         tries: std::mem::take(&mut out.record.tries),
         complete: false,
         trailers: None,
+        gzip: None,
     };
     let proxy_host = std::mem::take(&mut out.rendered_proxy_host);
     let sub = RequestCtx {

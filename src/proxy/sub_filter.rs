@@ -209,12 +209,12 @@ pub fn apply(response: &mut http::Response<ResponseBody>, rules: &Rules, vars: &
 }
 
 /// nginx's `ngx_http_weak_etag` keeps an `ETag` that is weak or quoted (and drops any other).
-fn etag_kept(value: &[u8]) -> bool {
+pub(crate) fn etag_kept(value: &[u8]) -> bool {
     (value.len() > 2 && value.starts_with(b"W/")) || value.starts_with(b"\"")
 }
 
 /// nginx's `ngx_http_weak_etag`: `"x"` becomes `W/"x"` (`None`: the value stays as it is).
-fn weak_etag(value: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn weak_etag(value: &[u8]) -> Option<Vec<u8>> {
     if !value.starts_with(b"\"") {
         return None;
     }

@@ -10,6 +10,8 @@
 #              skip with a message when it is absent)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 #   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
+#   chromium   the dashboard rendered by a real browser, driven over the DevTools protocol
+#              (tests/dashboard_browser.rs; it skips with a message when it is absent)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +25,7 @@ needs=(
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
   "promtool /usr/bin/promtool prometheus"
+  "chromium /usr/bin/chromium chromium"
 )
 missing=()
 for entry in "${needs[@]}"; do

@@ -106,6 +106,13 @@ impl Browser {
 
     /// Sends a DevTools command (to the page once attached) and waits for its answer.
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
+    /// [`Browser::call`], with Chromium's error answer as `Err`.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -126,10 +133,10 @@ impl Browser {
             let Message::Text(text) = frame else { continue };
             let answer: Value = serde_json::from_str(&text).unwrap();
             if answer["id"] == id {
-                if let Some(error) = answer.get("error") {
-                    panic!("{method}: {error}");
-                }
-                return answer["result"].clone();
+                return match answer.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(answer["result"].clone()),
+                };
             }
         }
     }
@@ -143,14 +150,19 @@ impl Browser {
         .await;
     }
 
-    /// What the page shows now, as [`SHOWN`] reads it.
+    /// What the page shows now, as [`SHOWN`] reads it (Chromium's error while a navigation
+    /// replaces the page's context).
     async fn shown(&mut self) -> Value {
-        let result = self
-            .call(
+        let result = match self
+            .try_call(
                 "Runtime.evaluate",
                 json!({ "expression": SHOWN, "returnByValue": true }),
             )
-            .await;
+            .await
+        {
+            Ok(result) => result,
+            Err(error) => return json!({ "exception": error }),
+        };
         if let Some(e) = result.get("exceptionDetails") {
             panic!("reading the page failed: {e}");
         }
@@ -187,20 +199,21 @@ impl Drop for Browser {
 
 /// Read in the page: the text a user sees in the summary cards, each group's badge, each
 /// peer's row (its state cell and background colour), the charts' lines, the API error line
-/// and the widths a horizontal scroll would show.
-const SHOWN: &str = r##"JSON.stringify({
+/// and the widths a horizontal scroll would show. While the page is still loading (a read can
+/// land between Page.navigate and the first render), the exception is what it shows.
+const SHOWN: &str = r##"(() => { try { return JSON.stringify({
   cards: Object.fromEntries([...document.querySelectorAll("#summary .card")].map(c =>
-    [c.querySelector("span").textContent, c.querySelector("b").textContent])),
+    [c.querySelector("span")?.textContent, c.querySelector("b")?.textContent])),
   groups: Object.fromEntries([...document.querySelectorAll("section.group")].map(g =>
-    [g.id, g.querySelector(".badge").textContent])),
+    [g.id, g.querySelector(".badge")?.textContent])),
   peers: Object.fromEntries([...document.querySelectorAll("tr[data-peer]")].map(r =>
     [r.dataset.peer, {state: r.cells[1].textContent, background: getComputedStyle(r).backgroundColor}])),
   lines: [...document.querySelectorAll("#chart-rate polyline")].map(p => p.points.numberOfItems),
   charts: [...document.querySelectorAll(".chart svg")].map(s => s.getBoundingClientRect().width),
-  error: document.getElementById("error").textContent,
+  error: document.getElementById("error")?.textContent ?? null,
   scrollWidth: document.documentElement.scrollWidth,
   width: window.innerWidth,
-})"##;
+}); } catch (e) { return JSON.stringify({exception: String(e)}); } })()"##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_shows_peers_going_down_the_rate_moving_and_fits_a_phone() {

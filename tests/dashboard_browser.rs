@@ -365,11 +365,8 @@ async fn chromium_shows_peers_going_down_the_rate_moving_and_fits_a_phone() {
         (390, 844, true, "phone-390x844.png"),
     ] {
         browser.window(width, height, mobile).await;
-        // Wait for a redraw at this size: the charts take the window's width.
-        let shown = until(&mut browser, "a redraw", Duration::from_secs(5), |v| {
-            v["width"] == width && v["charts"][0].as_f64().is_some_and(|w| w > 0.0)
-        })
-        .await;
+        // Layout follows the new size at once (reading scrollWidth lays the page out).
+        let shown = browser.shown().await;
         let scroll = shown["scrollWidth"].as_u64().unwrap();
         assert!(
             scroll <= u64::from(width),

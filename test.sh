@@ -11,6 +11,8 @@
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 #   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
 #   htpasswd   bcrypt password files for auth_basic (tests/auth_basic.rs skips bcrypt without it)
+#   chromium   the dashboard rendered by a real browser, driven over the DevTools protocol
+#              (tests/dashboard_browser.rs; it skips with a message when it is absent)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +27,7 @@ needs=(
   "setpriv /usr/bin/setpriv util-linux"
   "promtool /usr/bin/promtool prometheus"
   "htpasswd /usr/bin/htpasswd apache2-utils"
+  "chromium /usr/bin/chromium chromium"
 )
 missing=()
 for entry in "${needs[@]}"; do

@@ -1,7 +1,7 @@
 //! The dashboard's script, run by Node.js against a live API: what it would put on the page
 //! (the summary, the zones, each group's health and its peers' rows) as peers answer, and when
 //! one goes down. Node stands in for a browser's JavaScript engine with `fetch`; the page's
-//! layout is not rendered here (a browser test with screenshots is still to come, issue 23).
+//! layout is not rendered here: tests/dashboard_browser.rs renders it in headless Chromium.
 //! Skipped with a message when `node` is missing (./test.sh installs it).
 mod support;
 
@@ -106,7 +106,7 @@ async fn the_dashboard_shows_the_groups_health_rates_and_zones() {
     let rows = html(&shown, "upstreams");
     assert!(
         rows.contains(&format!(
-            "<tr class=\"unhealthy\"><td class=\"l\">{}</td>",
+            "<tr class=\"unhealthy\" data-peer=\"{0}\"><td class=\"l\">{0}</td>",
             b.addr
         )),
         "{rows}"

@@ -165,7 +165,12 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
         b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
     )
     .await;
-    let lb = imbang(&conf(peer)).await;
+    // Streamed (`proxy_request_buffering off`): buffered, the body would be awaited first.
+    let lb = imbang(&conf(peer).replace(
+        "proxy_read_timeout 5s;",
+        "proxy_read_timeout 5s; proxy_request_buffering off;",
+    ))
+    .await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     // A chunked body that never ends: only the early answer can finish this exchange.
     s.write_all(

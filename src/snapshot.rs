@@ -92,6 +92,8 @@ pub struct Route {
     pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
     /// `limit_except`: the route requests with a method it does not list take instead.
     pub limit_except: Option<Box<LimitExceptRoute>>,
+    /// `limit_req`, `limit_conn`, `limit_rate`; `None` (nothing to do) without any.
+    pub limits: Option<Box<crate::limit::RouteLimits>>,
 }
 
 /// A location's `limit_except` block compiled.
@@ -249,6 +251,7 @@ impl Snapshot {
                 );
             }
             let targets = Arc::new(Targets::new(&http.upstreams, &groups));
+            let limit_zones = crate::limit::Zones::compile(&http.limit_zones, &scope, &mut errors);
             let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
                 HashMap::new();
             // The `server` directive of each entry, for an error the table finds in it.
@@ -274,6 +277,7 @@ impl Snapshot {
                     warnings: &mut warnings,
                     logs: &mut logs,
                     scope: &scope,
+                    limit_zones: &limit_zones,
                 };
                 let Some(mut route) = compile_server(server, &mut cx) else {
                     continue;
@@ -437,6 +441,8 @@ struct Cx<'a> {
     warnings: &'a mut Vec<String>,
     logs: &'a mut LogCache,
     scope: &'a Scope,
+    /// `limit_req_zone`s and `limit_conn_zone`s, by name.
+    limit_zones: &'a crate::limit::Zones,
 }
 
 /// Every `set` variable of the configuration; setting one of imbang's own variables is an error
@@ -459,9 +465,9 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     fn declare(script: &[Stmt], scope: &mut Scope, errors: &mut ConfigErrors) {
         crate::rewrite::declare_names(script, scope);
         for set in crate::rewrite::sets(script) {
-            // nginx lets `set $limit_rate` change the response's rate: accepted, no effect
-            // (imbang has no rate limits; docs/variables.md).
+            // nginx lets `set $limit_rate` change the response's rate (docs/limits.md).
             if set.name == "limit_rate" {
+                scope.declare(&set.name);
                 continue;
             }
             if crate::vars::Var::parse(&set.name).is_some() {
@@ -825,6 +831,10 @@ fn compile_route(
             )),
         })
     });
+    let limits = conf.limits.as_ref().and_then(|spec| {
+        crate::limit::RouteLimits::compile(spec, cx.limit_zones, cx.scope, cx.errors, at)
+            .map(Box::new)
+    });
     Route {
         conf: conf.clone(),
         zone: (conf.status_zone.as_deref())
@@ -850,6 +860,7 @@ fn compile_route(
         }),
         sub_filter,
         limit_except,
+        limits,
     }
 }
 

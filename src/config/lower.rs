@@ -20,6 +20,7 @@ mod charset;
 mod compat;
 mod expires;
 mod limit_except;
+mod limits;
 mod observe;
 mod proxy_cookie;
 mod proxy_ssl;
@@ -62,6 +63,7 @@ pub fn lower(
         ssl_http: ssl::SslFrame::default(),
         resolve_pending: Vec::new(),
         acme_issuers: HashMap::new(),
+        limit_zones: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -100,6 +102,8 @@ struct Lower<'a> {
     resolve_pending: Vec<resolver::Pending>,
     /// `acme_issuer` blocks by name (read before the servers, which name them).
     acme_issuers: HashMap<String, Arc<AcmeIssuer>>,
+    /// `limit_req_zone` and `limit_conn_zone` so far.
+    limit_zones: Vec<LimitZone>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -163,6 +167,8 @@ struct Frame {
     uninitialized_variable_warn: Option<bool>,
     /// `proxy_ssl_*`, each inherited on its own.
     proxy_ssl: proxy_ssl::ProxySslFrame,
+    /// `limit_req`, `limit_conn`, `limit_rate` and their companions.
+    limits: limits::LimitsFrame,
 }
 
 impl Frame {
@@ -175,6 +181,7 @@ impl Frame {
                 Frame {
                     $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
+                    limits: self.limits.inherit(&parent.limits),
                 }
             };
         }
@@ -286,6 +293,7 @@ impl Frame {
             realip: self.realip(),
             root: self.root.clone().unwrap_or_default(),
             resolver: self.resolver(),
+            limits: self.limits.spec(),
         })
     }
 }
@@ -649,6 +657,7 @@ impl<'a> Lower<'a> {
                     self.ssl_http = f;
                 }
                 "error_log" => error_log.extend(self.error_log(d)),
+                "limit_req_zone" | "limit_conn_zone" => self.limit_zone(d),
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
                         send_timeout = self.duration_arg(d, &d.args[0]).unwrap_or(send_timeout);
@@ -729,6 +738,7 @@ impl<'a> Lower<'a> {
             log_buffers: std::mem::take(&mut self.log_buffers),
             health_checks: std::mem::take(&mut self.health_checks),
             maps: std::mem::take(&mut self.maps),
+            limit_zones: std::mem::take(&mut self.limit_zones),
         }
     }
 
@@ -827,6 +837,7 @@ impl<'a> Lower<'a> {
                     f.root = self.root(d);
                 }
             }
+            name if limits::is_limit(name) => self.limit(d, spec, &mut f.limits, seen),
             name if proxy_ssl::is_proxy_ssl(name) => {
                 if self.once(seen, spec, d) {
                     self.proxy_ssl(d, &mut f.proxy_ssl);

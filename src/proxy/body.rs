@@ -31,6 +31,8 @@ pub struct ResponseBody {
     filter: Option<Box<SubFilter>>,
     /// `chunked_transfer_encoding off`: an unknown length is delimited by the close instead.
     no_chunked: bool,
+    /// `limit_conn`'s counts of the request and `limit_rate`'s pace, until the body is done.
+    held: Option<Box<crate::limit::Held>>,
 }
 
 enum Kind {
@@ -59,6 +61,7 @@ impl ResponseBody {
             fields: None,
             filter: None,
             no_chunked: false,
+            held: None,
         }
     }
 
@@ -110,6 +113,11 @@ impl ResponseBody {
             Kind::Upstream(s) => s.fields = fields,
             Kind::Full(_) => self.fields = Some(Box::new(fields)),
         }
+    }
+
+    /// Keeps `held` (limit_conn's counts, limit_rate's pace) until this body is done.
+    pub fn hold(&mut self, held: Box<crate::limit::Held>) {
+        self.held = Some(held);
     }
 
     /// Writes `pending`'s access-log lines when this body is done.
@@ -227,9 +235,19 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let poll = match &mut this.filter {
-            None => this.kind.poll_frame(cx),
-            Some(filter) => filtered(&mut this.kind, filter, cx),
+        let poll = match (
+            &mut this.filter,
+            this.held.as_mut().and_then(|h| h.pace.as_mut()),
+        ) {
+            (None, None) => this.kind.poll_frame(cx),
+            (Some(filter), None) => filtered(&mut this.kind, filter, cx),
+            (filter, Some(pace)) => {
+                let kind = &mut this.kind;
+                pace.poll(cx, |cx| match filter {
+                    None => kind.poll_frame(cx),
+                    Some(filter) => filtered(kind, filter, cx),
+                })
+            }
         };
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
@@ -243,6 +261,14 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self
+            .held
+            .as_ref()
+            .and_then(|h| h.pace.as_ref())
+            .is_some_and(|p| p.holds())
+        {
+            return false;
+        }
         if let Some(filter) = &self.filter {
             return filter.done();
         }

@@ -102,6 +102,12 @@ pub struct RequestState {
     pub body: OnceLock<Bytes>,
     /// `uninitialized_variable_warn`: in force, and the variables warned about.
     pub uninitialized: crate::rewrite::Uninitialized,
+    /// `$limit_req_status`, `$limit_conn_status` (set once a limit applied, as nginx's
+    /// `r->main->limit_*_status`: an internal redirect is not limited again).
+    pub limit_req: OnceLock<crate::limit::ReqStatus>,
+    pub limit_conn: OnceLock<crate::limit::ConnStatus>,
+    /// The `limit_rate` the response got (`$limit_rate`).
+    pub limit_rate: OnceLock<u64>,
 }
 
 /// An empty state, for lines logged before a request was routed.
@@ -326,7 +332,25 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(&String::from_utf8_lossy(body));
                 }
             }
-            Var::LimitRate => out.push('0'),
+            // nginx keeps `set $limit_rate 1k` as a number: 1024.
+            Var::LimitRate => {
+                let set = self.sets.iter().rev().find(|(n, _)| &**n == "limit_rate");
+                let rate = match set {
+                    Some((_, value)) => crate::config::values::size(value.trim()).unwrap_or(0),
+                    None => self.state.limit_rate.get().copied().unwrap_or(0),
+                };
+                append_display(out, rate);
+            }
+            Var::LimitReqStatus => {
+                if let Some(s) = self.state.limit_req.get() {
+                    out.push_str(s.as_str());
+                }
+            }
+            Var::LimitConnStatus => {
+                if let Some(s) = self.state.limit_conn.get() {
+                    out.push_str(s.as_str());
+                }
+            }
             Var::Pipe => out.push('.'),
             Var::NginxVersion => out.push_str(env!("CARGO_PKG_VERSION")),
             Var::ConnectionTime => {
@@ -664,6 +688,8 @@ struct Outcome {
     timeouts: ClientTimeouts,
     /// The host a `proxy_pass` with variables rendered to (its `$proxy_host`).
     rendered_proxy_host: String,
+    /// `limit_conn`'s counts of this request, kept until its response body is done.
+    conns: Vec<crate::limit::ConnGuard>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -865,6 +891,25 @@ async fn respond(
     if !route.conf.chunked_transfer_encoding {
         response.body_mut().forbid_chunked();
     }
+    let set_rate = match ctx.sets.is_empty() {
+        true => None,
+        false => (ctx.sets.iter().rev())
+            .find(|(name, _)| &**name == "limit_rate")
+            .map(|(_, value)| value.as_str()),
+    };
+    if route.limits.is_some() || set_rate.is_some() {
+        let conns = std::mem::take(&mut out.conns);
+        let held = match &route.limits {
+            Some(limits) => crate::limit::Held::new(limits, conns, &ctx, set_rate),
+            None => set_rate.and_then(crate::limit::Held::from_set),
+        };
+        if let Some(held) = held {
+            if let Some(pace) = &held.pace {
+                let _ = ctx.state.limit_rate.set(pace.rate());
+            }
+            response.body_mut().hold(held);
+        }
+    }
     headers::add_headers(&mut response, route, &ctx);
     headers::set_server(&mut response, route);
     if conn.requests.load(Ordering::Relaxed) >= route.conf.keepalive_requests
@@ -897,6 +942,12 @@ async fn dispatch<'a>(
         // The realip module with the location's settings (nginx's preaccess phase), unless
         // the server level's already found the address.
         realip(route, ctx.conn, ctx.parts, ctx.state);
+        // nginx's preaccess phase: limit_req, then limit_conn.
+        if let Some(limits) = &route.limits
+            && let Some(status) = preaccess(limits, ctx, out).await
+        {
+            return (error::error_page(status_code(status)), false);
+        }
     }
     if !route.conf.access.is_empty()
         && !answers
@@ -941,6 +992,36 @@ async fn dispatch<'a>(
             answered
         }
     }
+}
+
+/// nginx's preaccess phase for a location with limits: `limit_req` (which may make the request
+/// wait, on a timer) then `limit_conn`. The status to answer with when a limit refuses.
+async fn preaccess(
+    limits: &crate::limit::RouteLimits,
+    ctx: &RequestCtx<'_>,
+    out: &mut Outcome,
+) -> Option<u16> {
+    use crate::limit::Verdict;
+    let log = || (ctx.conn.id, ctx.log_context(None));
+    if ctx.state.limit_req.get().is_none()
+        && let Some((status, verdict)) = crate::limit::limit_req(limits, ctx, &log)
+    {
+        let _ = ctx.state.limit_req.set(status);
+        match verdict {
+            Verdict::Reject(code) => return Some(code),
+            Verdict::Pass { delay: Some(delay) } => tokio::time::sleep(delay).await,
+            Verdict::Pass { delay: None } => {}
+        }
+    }
+    if ctx.state.limit_conn.get().is_none()
+        && let Some((status, verdict)) = crate::limit::limit_conn(limits, ctx, &log, &mut out.conns)
+    {
+        let _ = ctx.state.limit_conn.set(status);
+        if let Verdict::Reject(code) = verdict {
+            return Some(code);
+        }
+    }
+    None
 }
 
 /// Forwards to `proxy`, whose host `ctx` already has as `$proxy_host`.

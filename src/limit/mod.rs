@@ -247,16 +247,11 @@ impl RouteLimits {
             rate_after,
         })
     }
-
-    /// Whether a request may pay attention: limits to check before the access phase.
-    pub fn checks(&self) -> bool {
-        !self.req.is_empty() || !self.conn.is_empty()
-    }
 }
 
 /// What the preaccess step decided.
 pub enum Verdict {
-    /// Go on (after waiting `delay`, when set); `held` counts the request for `limit_conn`.
+    /// Go on (after waiting `delay`, when set).
     Pass { delay: Option<Duration> },
     /// Answer with this status.
     Reject(u16),

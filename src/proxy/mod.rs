@@ -942,11 +942,17 @@ async fn dispatch<'a>(
         // The realip module with the location's settings (nginx's preaccess phase), unless
         // the server level's already found the address.
         realip(route, ctx.conn, ctx.parts, ctx.state);
-        // nginx's preaccess phase: limit_req, then limit_conn.
-        if let Some(limits) = &route.limits
-            && let Some(status) = preaccess(limits, ctx, out).await
-        {
-            return (error::error_page(status_code(status)), false);
+        // nginx's preaccess phase: limit_req (which may make the request wait, on a timer
+        // boxed so that requests that never wait do not carry it), then limit_conn.
+        if let Some(limits) = &route.limits {
+            match limit_req(limits, ctx) {
+                Err(status) => return (error::error_page(status_code(status)), false),
+                Ok(Some(delay)) => pin_box!(tokio::time::sleep(delay)).await,
+                Ok(None) => {}
+            }
+            if let Some(status) = limit_conn(limits, ctx, out) {
+                return (error::error_page(status_code(status)), false);
+            }
         }
     }
     if !route.conf.access.is_empty()
@@ -994,34 +1000,45 @@ async fn dispatch<'a>(
     }
 }
 
-/// nginx's preaccess phase for a location with limits: `limit_req` (which may make the request
-/// wait, on a timer) then `limit_conn`. The status to answer with when a limit refuses.
-async fn preaccess(
+/// nginx's `limit_req` for a location with limits: `Err(status)` to refuse the request, or how
+/// long it must wait first.
+fn limit_req(
+    limits: &crate::limit::RouteLimits,
+    ctx: &RequestCtx<'_>,
+) -> Result<Option<std::time::Duration>, u16> {
+    use crate::limit::Verdict;
+    if ctx.state.limit_req.get().is_some() {
+        return Ok(None);
+    }
+    let log = || (ctx.conn.id, ctx.log_context(None));
+    let Some((status, verdict)) = crate::limit::limit_req(limits, ctx, &log) else {
+        return Ok(None);
+    };
+    let _ = ctx.state.limit_req.set(status);
+    match verdict {
+        Verdict::Reject(code) => Err(code),
+        Verdict::Pass { delay } => Ok(delay),
+    }
+}
+
+/// nginx's `limit_conn` for a location with limits: the status to refuse the request with; the
+/// counts of a passed one go to `out` (kept until its response body is done).
+fn limit_conn(
     limits: &crate::limit::RouteLimits,
     ctx: &RequestCtx<'_>,
     out: &mut Outcome,
 ) -> Option<u16> {
     use crate::limit::Verdict;
+    if ctx.state.limit_conn.get().is_some() {
+        return None;
+    }
     let log = || (ctx.conn.id, ctx.log_context(None));
-    if ctx.state.limit_req.get().is_none()
-        && let Some((status, verdict)) = crate::limit::limit_req(limits, ctx, &log)
-    {
-        let _ = ctx.state.limit_req.set(status);
-        match verdict {
-            Verdict::Reject(code) => return Some(code),
-            Verdict::Pass { delay: Some(delay) } => tokio::time::sleep(delay).await,
-            Verdict::Pass { delay: None } => {}
-        }
+    let (status, verdict) = crate::limit::limit_conn(limits, ctx, &log, &mut out.conns)?;
+    let _ = ctx.state.limit_conn.set(status);
+    match verdict {
+        Verdict::Reject(code) => Some(code),
+        Verdict::Pass { .. } => None,
     }
-    if ctx.state.limit_conn.get().is_none()
-        && let Some((status, verdict)) = crate::limit::limit_conn(limits, ctx, &log, &mut out.conns)
-    {
-        let _ = ctx.state.limit_conn.set(status);
-        if let Verdict::Reject(code) = verdict {
-            return Some(code);
-        }
-    }
-    None
 }
 
 /// Forwards to `proxy`, whose host `ctx` already has as `$proxy_host`.

@@ -233,21 +233,28 @@ async fn limit_rate_paces_the_body_after_limit_rate_after() {
             "location /rate {{ limit_rate 100k; proxy_pass http://{o}; }}
              location /after {{ limit_rate 100k; limit_rate_after 200k; proxy_pass http://{o}; }}
              location /set {{ set $limit_rate 100k; proxy_pass http://{o}; }}
-             location /free {{ proxy_pass http://{o}; }}"
+             location /free {{ proxy_pass http://{o}; }}
+             location /if {{ if ($arg_slow) {{ limit_rate 100k; }} proxy_pass http://{o}; }}"
         ),
     ))
     .await;
-    let (rate, after, set, free) = tokio::join!(
+    let (rate, after, set, free, in_if, not_if) = tokio::join!(
         timed_body(lb.addr, "/rate"),
         timed_body(lb.addr, "/after"),
         timed_body(lb.addr, "/set"),
         timed_body(lb.addr, "/free"),
+        timed_body(lb.addr, "/if?slow=1"),
+        timed_body(lb.addr, "/if"),
     );
-    for (len, _) in [rate, after, set, free] {
+    for (len, _) in [rate, after, set, free, in_if, not_if] {
         assert_eq!(len, LEN);
     }
     // 300k at 100k/s with the first second's worth at once: about 2 s.
-    for (what, took) in [("limit_rate", rate.1), ("set $limit_rate", set.1)] {
+    for (what, took) in [
+        ("limit_rate", rate.1),
+        ("set $limit_rate", set.1),
+        ("limit_rate in if", in_if.1),
+    ] {
         assert!(
             took > Duration::from_millis(1700) && took < Duration::from_secs(5),
             "{what}: {took:?}"
@@ -263,6 +270,11 @@ async fn limit_rate_paces_the_body_after_limit_rate_after() {
         free.1 < Duration::from_millis(1500),
         "no limit: {:?}",
         free.1
+    );
+    assert!(
+        not_if.1 < Duration::from_millis(1500),
+        "if not taken: {:?}",
+        not_if.1
     );
 }
 

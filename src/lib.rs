@@ -49,6 +49,7 @@ pub mod error_log;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;
+pub mod limit;
 pub mod listen;
 pub mod metrics;
 pub mod pool;

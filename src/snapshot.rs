@@ -99,6 +99,8 @@ pub struct Route {
     pub auth: Option<Box<crate::auth::Auth>>,
     /// The `error_page` targets with variables, compiled (by index in `conf.error_pages`).
     pub error_page_targets: Box<[Option<Template>]>,
+    /// `limit_req`, `limit_conn`, `limit_rate`; `None` (nothing to do) without any.
+    pub limits: Option<Box<crate::limit::RouteLimits>>,
 }
 
 /// A location's `limit_except` block compiled.
@@ -256,6 +258,7 @@ impl Snapshot {
                 );
             }
             let targets = Arc::new(Targets::new(&http.upstreams, &groups));
+            let limit_zones = crate::limit::Zones::compile(&http.limit_zones, &scope, &mut errors);
             let mut by_addr: HashMap<SocketAddr, Vec<VirtualHost<Arc<ServerRoute>>>> =
                 HashMap::new();
             // The `server` directive of each entry, for an error the table finds in it.
@@ -284,6 +287,7 @@ impl Snapshot {
                     warnings: &mut warnings,
                     logs: &mut logs,
                     scope: &scope,
+                    limit_zones: &limit_zones,
                 };
                 let Some(mut route) = compile_server(server, &mut cx) else {
                     continue;
@@ -448,6 +452,8 @@ struct Cx<'a> {
     warnings: &'a mut Vec<String>,
     logs: &'a mut LogCache,
     scope: &'a Scope,
+    /// `limit_req_zone`s and `limit_conn_zone`s, by name.
+    limit_zones: &'a crate::limit::Zones,
 }
 
 /// Every `set` variable of the configuration; setting one of imbang's own variables is an error
@@ -481,9 +487,9 @@ fn declared_variables(config: &Config, errors: &mut ConfigErrors) -> Scope {
     fn declare(script: &[Stmt], scope: &mut Scope, errors: &mut ConfigErrors) {
         crate::rewrite::declare_names(script, scope);
         for set in crate::rewrite::sets(script) {
-            // nginx lets `set $limit_rate` change the response's rate: accepted, no effect
-            // (imbang has no rate limits; docs/variables.md).
+            // nginx lets `set $limit_rate` change the response's rate (docs/limits.md).
             if set.name == "limit_rate" {
+                scope.declare(&set.name);
                 continue;
             }
             if crate::vars::Var::parse(&set.name).is_some() {
@@ -876,6 +882,10 @@ fn compile_route(
                 .ok()
         })
         .collect();
+    let limits = conf.limits.as_ref().and_then(|spec| {
+        crate::limit::RouteLimits::compile(spec, cx.limit_zones, cx.scope, cx.errors, at)
+            .map(Box::new)
+    });
     Route {
         conf: conf.clone(),
         zone: (conf.status_zone.as_deref())
@@ -903,6 +913,7 @@ fn compile_route(
         limit_except,
         auth,
         error_page_targets,
+        limits,
     }
 }
 

@@ -85,8 +85,12 @@ pub enum Var {
     RequestBody,
     /// Always empty: imbang never writes request bodies to files.
     RequestBodyFile,
-    /// `0`: imbang has no rate limiting of responses.
+    /// The response's `limit_rate` in bytes a second (`set $limit_rate` changes it; 0: none).
     LimitRate,
+    /// `$limit_req_status`: what `limit_req` decided (empty where none applied).
+    LimitReqStatus,
+    /// `$limit_conn_status`: what `limit_conn` decided (empty where none applied).
+    LimitConnStatus,
     /// `p` for a pipelined request, `.` otherwise (imbang: always `.`).
     Pipe,
     /// The connection's age in seconds with milliseconds.
@@ -427,6 +431,8 @@ impl Var {
             "request_body" => Self::RequestBody,
             "request_body_file" => Self::RequestBodyFile,
             "limit_rate" => Self::LimitRate,
+            "limit_req_status" => Self::LimitReqStatus,
+            "limit_conn_status" => Self::LimitConnStatus,
             "pipe" => Self::Pipe,
             "connection_time" => Self::ConnectionTime,
             "nginx_version" => Self::NginxVersion,
@@ -706,13 +712,18 @@ impl Template {
     /// address bytes here.
     pub fn render_bytes(&self, vars: &dyn Vars) -> Vec<u8> {
         let mut out = Vec::new();
+        self.render_bytes_into(vars, &mut out);
+        out
+    }
+
+    /// [`Template::render_bytes`] appended to `out`.
+    pub fn render_bytes_into(&self, vars: &dyn Vars, out: &mut Vec<u8>) {
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.extend_from_slice(text.as_bytes()),
-                Part::Var(var) => vars.append_bytes(var, &mut out),
+                Part::Var(var) => vars.append_bytes(var, out),
             }
         }
-        out
     }
 }
 

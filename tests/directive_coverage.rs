@@ -43,6 +43,8 @@ const COVERED_MODULES: &[&str] = &[
     "ngx_http_gzip_filter_module",
     "ngx_http_rewrite_module",
     "ngx_http_realip_module",
+    "ngx_http_limit_req_module",
+    "ngx_http_limit_conn_module",
     // nginx's ACME module (its own repository; its lines are listed by tools/nginx-directives.py)
     "ngx_http_acme_module",
     "ngx_http_stub_status_module",
@@ -53,11 +55,18 @@ const COVERED_MODULES: &[&str] = &[
 const PENDING_MODULES: &[&str] = &[];
 
 /// Where imbang takes more arguments than nginx, on purpose: (directive, imbang's arity, why).
-const IMBANG_EXTENSIONS: &[(&str, Arity, &str)] = &[(
-    "hash",
-    Arity::Range(1, 3),
-    "`bounded=factor` after `consistent` (bounded loads)",
-)];
+const IMBANG_EXTENSIONS: &[(&str, Arity, &str)] = &[
+    (
+        "hash",
+        Arity::Range(1, 3),
+        "`bounded=factor` after `consistent` (bounded loads)",
+    ),
+    (
+        "limit_req_zone",
+        Arity::Range(3, 4),
+        "NGINX Plus's `sync` parameter (accepted with a warning: one instance has nothing to sync)",
+    ),
+];
 
 fn covered() -> impl Iterator<Item = NginxDirective> {
     nginx::newest()

@@ -100,8 +100,8 @@ async fn values_and_formats() {
             "HTTP/1.1",
             "text/plain",
             "3",
-            "", // $https: found and empty in nginx, so not `-`
-            "0",
+            "",     // $https: found and empty in nginx, so not `-`
+            "1024", // `set $limit_rate 1k`
             "abc123",
             "-",
             "k=v",

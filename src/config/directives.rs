@@ -580,20 +580,6 @@ pub static DIRECTIVES: &[Spec] = &[
     d("auth_delay", HSL, ONE),
     // limit_except: its block's allow/deny (and access_log) for the methods not listed.
     block("limit_except", C::LOCATION, AtLeast(1)),
-    not_yet(
-        "limit_rate",
-        HSL,
-        ONE,
-        false,
-        "responses are not rate-limited",
-    ),
-    not_yet(
-        "limit_rate_after",
-        HSL,
-        ONE,
-        false,
-        "responses are not rate-limited",
-    ),
     no_effect("lingering_close", HSL, ONE, LINGERING),
     no_effect("lingering_time", HSL, ONE, LINGERING),
     no_effect("lingering_timeout", HSL, ONE, LINGERING),
@@ -846,6 +832,20 @@ pub static DIRECTIVES: &[Spec] = &[
     block("if", C::SERVER.or(C::LOCATION), AtLeast(1)),
     d("rewrite_log", HSL, Flag),
     d("uninitialized_variable_warn", HSL, Flag),
+    // --- limits (limits helper): ngx_http_limit_req_module, ngx_http_limit_conn_module and
+    // the core module's limit_rate (src/config/lower/limits.rs, src/limit/).
+    d("limit_req_zone", C::HTTP, Range(3, 4)),
+    d("limit_req", HSL, Range(1, 3)),
+    d("limit_req_status", HSL, ONE),
+    d("limit_req_log_level", HSL, ONE),
+    d("limit_req_dry_run", HSL, Flag),
+    d("limit_conn_zone", C::HTTP, Range(2, 2)),
+    d("limit_conn", HSL, Range(2, 2)),
+    d("limit_conn_status", HSL, ONE),
+    d("limit_conn_log_level", HSL, ONE),
+    d("limit_conn_dry_run", HSL, Flag),
+    d("limit_rate", HSL, ONE),
+    d("limit_rate_after", HSL, ONE),
 ];
 
 /// The directives nginx allows inside `if`: (name, also in a server's `if`). nginx marks them
@@ -900,14 +900,7 @@ pub static UPSTREAM_KEEPALIVE_TIMEOUT: Spec = d("keepalive_timeout", C::UPSTREAM
 pub static UPSTREAM_SERVER: Spec = d("server", C::UPSTREAM, AtLeast(1));
 
 /// Directive names of nginx that imbang does not implement yet: a clearer error than "unknown".
-pub static NOT_YET: &[&str] = &[
-    "try_files",
-    "stream",
-    "limit_req",
-    "limit_conn",
-    "geo",
-    "split_clients",
-];
+pub static NOT_YET: &[&str] = &["try_files", "stream", "geo", "split_clients"];
 
 /// The entry for `name` used in context `ctx` (a few names mean different things by context).
 pub fn lookup(name: &str, ctx: Contexts) -> Option<&'static Spec> {

@@ -22,6 +22,7 @@ mod compat;
 mod expires;
 mod gzip;
 mod limit_except;
+mod limits;
 mod observe;
 mod proxy_cookie;
 mod proxy_ssl;
@@ -64,6 +65,7 @@ pub fn lower(
         ssl_http: ssl::SslFrame::default(),
         resolve_pending: Vec::new(),
         acme_issuers: HashMap::new(),
+        limit_zones: Vec::new(),
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -102,6 +104,8 @@ struct Lower<'a> {
     resolve_pending: Vec<resolver::Pending>,
     /// `acme_issuer` blocks by name (read before the servers, which name them).
     acme_issuers: HashMap<String, Arc<AcmeIssuer>>,
+    /// `limit_req_zone` and `limit_conn_zone` so far.
+    limit_zones: Vec<LimitZone>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -171,6 +175,8 @@ struct Frame {
     auth: auth::AuthFrame,
     /// `gzip` and its companions, each inherited on its own.
     gzip: gzip::GzipFrame,
+    /// `limit_req`, `limit_conn`, `limit_rate` and their companions.
+    limits: limits::LimitsFrame,
 }
 
 impl Frame {
@@ -185,6 +191,7 @@ impl Frame {
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
                     auth: self.auth.inherit(&parent.auth),
                     gzip: self.gzip.inherit(&parent.gzip),
+                    limits: self.limits.inherit(&parent.limits),
                 }
             };
         }
@@ -304,6 +311,7 @@ impl Frame {
             root: self.root.clone().unwrap_or_default(),
             resolver: self.resolver(),
             auth: self.auth.spec(),
+            limits: self.limits.spec(),
         })
     }
 }
@@ -667,6 +675,7 @@ impl<'a> Lower<'a> {
                     self.ssl_http = f;
                 }
                 "error_log" => error_log.extend(self.error_log(d)),
+                "limit_req_zone" | "limit_conn_zone" => self.limit_zone(d),
                 "send_timeout" => {
                     if self.once(&mut seen, spec, d) {
                         send_timeout = self.duration_arg(d, &d.args[0]).unwrap_or(send_timeout);
@@ -747,6 +756,7 @@ impl<'a> Lower<'a> {
             log_buffers: std::mem::take(&mut self.log_buffers),
             health_checks: std::mem::take(&mut self.health_checks),
             maps: std::mem::take(&mut self.maps),
+            limit_zones: std::mem::take(&mut self.limit_zones),
         }
     }
 
@@ -846,6 +856,7 @@ impl<'a> Lower<'a> {
                 }
             }
             name if auth::is_auth(name) => self.auth_setting(d, spec, &mut f.auth, seen),
+            name if limits::is_limit(name) => self.limit(d, spec, &mut f.limits, seen),
             name if proxy_ssl::is_proxy_ssl(name) => {
                 if self.once(seen, spec, d) {
                     self.proxy_ssl(d, &mut f.proxy_ssl);

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use super::source::SourceMap;
 
+mod limits;
+pub use limits::{LimitConn, LimitReq, LimitZone, LimitZoneKind, Limits};
+
 /// A whole configuration, as `-t` checks it and the runtime compiles it.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -160,6 +163,8 @@ pub struct Http {
     pub health_checks: Vec<HealthCheck>,
     /// `map` blocks, in file order.
     pub maps: Vec<MapSpec>,
+    /// `limit_req_zone` and `limit_conn_zone`, in file order.
+    pub limit_zones: Vec<LimitZone>,
 }
 
 /// `map source $name { key value; ... }`: `$name` is `source` (text with variables) looked up
@@ -344,6 +349,8 @@ pub struct LocationConf {
     pub resolver: Option<Resolver>,
     /// `auth_request`, `auth_basic`, `satisfy`: `None` where neither check is in force.
     pub auth: Option<Arc<AuthSpec>>,
+    /// `limit_req`, `limit_conn`, `limit_rate` and their companions; `None` without any.
+    pub limits: Option<std::sync::Arc<Limits>>,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.

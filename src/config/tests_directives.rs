@@ -95,7 +95,7 @@ fn directives_of_modules_imbang_lacks_name_the_module() {
 fn values_imbang_does_not_implement_are_refused() {
     let got = errors(
         "http { proxy_cache app; chunked_transfer_encoding off; expires 1h; merge_slashes off;\n\
-         proxy_cookie_path /app/ /; recursive_error_pages on; limit_rate 10k; }\n",
+         proxy_cookie_path /app/ /; recursive_error_pages on; }\n",
     );
     assert_eq!(
         got,
@@ -103,7 +103,6 @@ fn values_imbang_does_not_implement_are_refused() {
             "\"proxy_cache\" directive is not supported by imbang yet (caching is not implemented yet) in /etc/imbang/t.conf:1:8",
             "\"merge_slashes off\" is not supported by imbang yet (only \"merge_slashes on\": slashes in a URI are always merged for location matching) in /etc/imbang/t.conf:1:68",
             "\"recursive_error_pages on\" is not supported by imbang yet (only \"recursive_error_pages off\": the target of an error_page never applies error_page again) in /etc/imbang/t.conf:2:28",
-            "\"limit_rate\" directive is not supported by imbang yet (responses are not rate-limited) in /etc/imbang/t.conf:2:54",
         ]
     );
 }

@@ -34,6 +34,8 @@ pub struct ResponseBody {
     gzip: Option<Box<Gzip>>,
     /// `chunked_transfer_encoding off`: an unknown length is delimited by the close instead.
     no_chunked: bool,
+    /// `limit_conn`'s counts of the request and `limit_rate`'s pace, until the body is done.
+    held: Option<Box<crate::limit::Held>>,
 }
 
 enum Kind {
@@ -63,6 +65,7 @@ impl ResponseBody {
             filter: None,
             gzip: None,
             no_chunked: false,
+            held: None,
         }
     }
 
@@ -119,6 +122,11 @@ impl ResponseBody {
             Kind::Upstream(s) => s.fields = fields,
             Kind::Full(_) => self.fields = Some(Box::new(fields)),
         }
+    }
+
+    /// Keeps `held` (limit_conn's counts, limit_rate's pace) until this body is done.
+    pub fn hold(&mut self, held: Box<crate::limit::Held>) {
+        self.held = Some(held);
     }
 
     /// Writes `pending`'s access-log lines when this body is done.
@@ -241,9 +249,18 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let poll = match &mut this.gzip {
-            None => source(&mut this.kind, &mut this.filter, cx),
-            Some(gzip) => gzipped(&mut this.kind, &mut this.filter, gzip, cx),
+        let poll = match this.held.as_mut().and_then(|h| h.pace.as_mut()) {
+            None => match &mut this.gzip {
+                None => source(&mut this.kind, &mut this.filter, cx),
+                Some(gzip) => gzipped(&mut this.kind, &mut this.filter, gzip, cx),
+            },
+            Some(pace) => {
+                let (kind, filter, gzip) = (&mut this.kind, &mut this.filter, &mut this.gzip);
+                pace.poll(cx, |cx| match gzip {
+                    None => source(kind, filter, cx),
+                    Some(gzip) => gzipped(kind, filter, gzip, cx),
+                })
+            }
         };
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
@@ -257,6 +274,14 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self
+            .held
+            .as_ref()
+            .and_then(|h| h.pace.as_ref())
+            .is_some_and(|p| p.holds())
+        {
+            return false;
+        }
         if let Some(gzip) = &self.gzip {
             return gzip.done();
         }

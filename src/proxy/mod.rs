@@ -112,6 +112,12 @@ pub struct RequestState {
     pub uninitialized: crate::rewrite::Uninitialized,
     /// The values `auth_request_set` gave (after the subrequest): newer than any `set`.
     auth_values: OnceLock<Vec<(Arc<str>, String)>>,
+    /// `$limit_req_status`, `$limit_conn_status` (set once a limit applied, as nginx's
+    /// `r->main->limit_*_status`: an internal redirect is not limited again).
+    pub limit_req: OnceLock<crate::limit::ReqStatus>,
+    pub limit_conn: OnceLock<crate::limit::ConnStatus>,
+    /// The `limit_rate` the response got (`$limit_rate`).
+    pub limit_rate: OnceLock<u64>,
 }
 
 /// An empty state, for lines logged before a request was routed.
@@ -354,7 +360,25 @@ impl Vars for RequestCtx<'_> {
                     out.push_str(&String::from_utf8_lossy(body));
                 }
             }
-            Var::LimitRate => out.push('0'),
+            // nginx keeps `set $limit_rate 1k` as a number: 1024.
+            Var::LimitRate => {
+                let set = self.sets.iter().rev().find(|(n, _)| &**n == "limit_rate");
+                let rate = match set {
+                    Some((_, value)) => crate::config::values::size(value.trim()).unwrap_or(0),
+                    None => self.state.limit_rate.get().copied().unwrap_or(0),
+                };
+                append_display(out, rate);
+            }
+            Var::LimitReqStatus => {
+                if let Some(s) = self.state.limit_req.get() {
+                    out.push_str(s.as_str());
+                }
+            }
+            Var::LimitConnStatus => {
+                if let Some(s) = self.state.limit_conn.get() {
+                    out.push_str(s.as_str());
+                }
+            }
             Var::Pipe => out.push('.'),
             Var::NginxVersion => out.push_str(env!("CARGO_PKG_VERSION")),
             Var::ConnectionTime => {
@@ -697,6 +721,8 @@ struct Outcome {
     timeouts: ClientTimeouts,
     /// The host a `proxy_pass` with variables rendered to (its `$proxy_host`).
     rendered_proxy_host: String,
+    /// `limit_conn`'s counts of this request, kept until its response body is done.
+    conns: Vec<crate::limit::ConnGuard>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -927,6 +953,25 @@ async fn respond(
     if !route.conf.chunked_transfer_encoding {
         response.body_mut().forbid_chunked();
     }
+    let set_rate = match ctx.sets.is_empty() {
+        true => None,
+        false => (ctx.sets.iter().rev())
+            .find(|(name, _)| &**name == "limit_rate")
+            .map(|(_, value)| value.as_str()),
+    };
+    if route.limits.is_some() || set_rate.is_some() {
+        let conns = std::mem::take(&mut out.conns);
+        let held = match &route.limits {
+            Some(limits) => crate::limit::Held::new(limits, conns, &ctx, set_rate),
+            None => set_rate.and_then(crate::limit::Held::from_set),
+        };
+        if let Some(held) = held {
+            if let Some(pace) = &held.pace {
+                let _ = ctx.state.limit_rate.set(pace.rate());
+            }
+            response.body_mut().hold(held);
+        }
+    }
     headers::add_headers(&mut response, route, &ctx);
     // nginx's gzip filter comes after its headers filter (`expires`, `add_header`) and the
     // sub filter: it sees their fields and compresses what sub_filter made.
@@ -967,6 +1012,18 @@ async fn dispatch<'a>(
         // The realip module with the location's settings (nginx's preaccess phase), unless
         // the server level's already found the address.
         realip(route, ctx.conn, ctx.parts, ctx.state);
+        // nginx's preaccess phase: limit_req (which may make the request wait, on a timer
+        // boxed so that requests that never wait do not carry it), then limit_conn.
+        if let Some(limits) = &route.limits {
+            match limit_req(limits, ctx) {
+                Err(status) => return (error::error_page(status_code(status)), false),
+                Ok(Some(delay)) => pin_box!(tokio::time::sleep(delay)).await,
+                Ok(None) => {}
+            }
+            if let Some(status) = limit_conn(limits, ctx, out) {
+                return (error::error_page(status_code(status)), false);
+            }
+        }
     }
     if let Some(auth) = route.auth.as_deref().filter(|_| !answers) {
         // `auth_basic`, `auth_request`, `satisfy` (with `allow`/`deny`): see crate::auth.
@@ -1015,6 +1072,47 @@ async fn dispatch<'a>(
             out.rendered_proxy_host = proxy.proxy_host.clone();
             answered
         }
+    }
+}
+
+/// nginx's `limit_req` for a location with limits: `Err(status)` to refuse the request, or how
+/// long it must wait first.
+fn limit_req(
+    limits: &crate::limit::RouteLimits,
+    ctx: &RequestCtx<'_>,
+) -> Result<Option<std::time::Duration>, u16> {
+    use crate::limit::Verdict;
+    if ctx.state.limit_req.get().is_some() {
+        return Ok(None);
+    }
+    let log = || (ctx.conn.id, ctx.log_context(None));
+    let Some((status, verdict)) = crate::limit::limit_req(limits, ctx, &log) else {
+        return Ok(None);
+    };
+    let _ = ctx.state.limit_req.set(status);
+    match verdict {
+        Verdict::Reject(code) => Err(code),
+        Verdict::Pass { delay } => Ok(delay),
+    }
+}
+
+/// nginx's `limit_conn` for a location with limits: the status to refuse the request with; the
+/// counts of a passed one go to `out` (kept until its response body is done).
+fn limit_conn(
+    limits: &crate::limit::RouteLimits,
+    ctx: &RequestCtx<'_>,
+    out: &mut Outcome,
+) -> Option<u16> {
+    use crate::limit::Verdict;
+    if ctx.state.limit_conn.get().is_some() {
+        return None;
+    }
+    let log = || (ctx.conn.id, ctx.log_context(None));
+    let (status, verdict) = crate::limit::limit_conn(limits, ctx, &log, &mut out.conns)?;
+    let _ = ctx.state.limit_conn.set(status);
+    match verdict {
+        Verdict::Reject(code) => Some(code),
+        Verdict::Pass { .. } => None,
     }
 }
 

@@ -416,3 +416,47 @@ async fn the_state_file_keeps_the_servers_across_reload_and_restart() {
         assert!(err.contains("state"), "{err}");
     }
 }
+
+/// Health checks probe a server the API added, as they probe the configured ones.
+#[tokio::test]
+async fn health_checks_probe_servers_the_api_added() {
+    let a = backend("a").await;
+    let dead = support::free_port();
+    let lb = imbang(&format!(
+        "events {{}} http {{ access_log off;
+           upstream app {{ zone app 64k; server {}; }}
+           server {{ listen 127.0.0.1:0;
+             location / {{ proxy_pass http://app; health_check interval=1s fails=1; }}
+             location /api/ {{ api write=on; }}
+           }}
+         }}",
+        a.addr
+    ))
+    .await;
+    let (status, _) = api(
+        lb.addr,
+        "POST",
+        "/api/9/http/upstreams/app/servers",
+        Some(&json!({ "server": format!("127.0.0.1:{dead}") })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, group) = api(lb.addr, "GET", "/api/9/http/upstreams/app", None).await;
+        if group["peers"][1]["state"] == "unhealthy" {
+            assert!(
+                group["peers"][1]["health_checks"]["fails"].as_u64() >= Some(1),
+                "{group}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never checked: {group}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And traffic avoids it.
+    assert_eq!(names(lb.addr, 3).await, ["a", "a", "a"]);
+}

@@ -52,7 +52,11 @@ pub async fn write(
         _ => Bytes::new(),
     };
     match write_answer(shared, &method, &parts, &body) {
-        Ok((status, value)) => json_response(status, &value),
+        Ok((status, value)) => {
+            // Health checks probe the new membership (as after a DNS change).
+            shared.live.members_changed();
+            json_response(status, &value)
+        }
         Err(Refusal(status, text, code)) => error(status, &text, code),
     }
 }

@@ -460,3 +460,29 @@ async fn health_checks_probe_servers_the_api_added() {
     // And traffic avoids it.
     assert_eq!(names(lb.addr, 3).await, ["a", "a", "a"]);
 }
+
+/// `DELETE /api/N/http/upstreams/NAME`: Plus's reset of the group's counters (204), on any
+/// group, only with `write=on`.
+#[tokio::test]
+async fn delete_on_a_group_resets_its_counters() {
+    let a = backend("a").await;
+    let lb = imbang(&conf(&format!("upstream app {{ server {}; }}", a.addr))).await;
+    names(lb.addr, 3).await;
+    let (_, group) = api(lb.addr, "GET", "/api/9/http/upstreams/app", None).await;
+    assert_eq!(group["peers"][0]["requests"], 3, "{group}");
+    let (status, _) = api(lb.addr, "DELETE", "/ro/9/http/upstreams/app", None).await;
+    assert_eq!(status, 405);
+    let (status, body) = request(lb.addr, "DELETE", "/api/9/http/upstreams/app", "x", None).await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    let (_, group) = api(lb.addr, "GET", "/api/9/http/upstreams/app", None).await;
+    let peer = &group["peers"][0];
+    assert_eq!(
+        (
+            &peer["requests"],
+            &peer["responses"]["total"],
+            &peer["received"]
+        ),
+        (&json!(0), &json!(0), &json!(0)),
+        "{group}"
+    );
+}

@@ -14,6 +14,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// | `POST /N/http/upstreams/NAME/servers` | adds the server of the JSON body | 201, the server |
 /// | `PATCH /N/http/upstreams/NAME/servers/ID` | changes the fields the body has | 200, the server |
 /// | `DELETE /N/http/upstreams/NAME/servers/ID` | removes the server | 200, the servers left |
+/// | `DELETE /N/http/upstreams/NAME` | resets the peers' counters (any group) | 204 |
 ///
 /// The group must have a `zone` (else 400 `UpstreamStatic`); a change is in force for the next
 /// request on every worker, and written to the group's `state` file if it has one.
@@ -54,6 +55,11 @@ pub async fn write(
     match write_answer(shared, &method, &parts, &body) {
         Ok((status, value)) => {
             // Health checks probe the new membership (as after a DNS change).
+            if status == StatusCode::NO_CONTENT {
+                let mut response = Response::new(ResponseBody::full(Bytes::new()));
+                *response.status_mut() = status;
+                return response;
+            }
             shared.live.members_changed();
             json_response(status, &value)
         }
@@ -110,6 +116,13 @@ fn write_answer(
     let group = snapshot
         .group(name)
         .ok_or_else(|| not_found("upstream not found", "UpstreamNotFound"))?;
+    // Plus's statistics reset of a group (any group): 204, no body.
+    if method == Method::DELETE && rest.is_empty() {
+        for peer in group.balancer().peers() {
+            peer.state().reset_counters();
+        }
+        return Ok((StatusCode::NO_CONTENT, Value::Null));
+    }
     let followed = match group.followed() {
         Some(f) if f.writable() => f,
         _ if matches!(rest, ["servers", ..]) => {

@@ -103,6 +103,23 @@ impl PeerState {
         self.responses.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
+    /// The API's `DELETE /http/upstreams/NAME`: the counters start again from zero (requests,
+    /// fails, unavail, responses, bytes); the health and the load are left alone.
+    pub fn reset_counters(&self) {
+        for n in [
+            &self.requests,
+            &self.failed,
+            &self.went_unavailable,
+            &self.sent,
+            &self.received,
+        ]
+        .into_iter()
+        .chain(&self.responses)
+        {
+            n.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// `(sent, received)`: bytes written to and read from the peer so far.
     pub fn bytes(&self) -> (u64, u64) {
         (

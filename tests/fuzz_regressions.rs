@@ -46,11 +46,13 @@ fn a_server_name_regex_that_does_not_compile_is_reported_at_its_server() {
 fn every_target_runs_its_seeds() {
     let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 4] = [
+    let targets: [(&str, Target); 6] = [
         ("http1_request", imbang::fuzzing::request),
         ("http1_chunked", imbang::fuzzing::chunked),
         ("upstream_response", imbang::fuzzing::response),
         ("regex", imbang::fuzzing::regex),
+        ("proxy_protocol", imbang::fuzzing::proxy_protocol),
+        ("ssl_preread", imbang::fuzzing::ssl_preread),
     ];
     for (name, target) in targets {
         let mut n = 0;

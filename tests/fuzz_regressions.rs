@@ -134,3 +134,19 @@ fn a_regex_with_group_calls_is_refused_at_once() {
     assert!(error.starts_with("pcre2_compile() failed: "), "{error}");
     assert!(error.ends_with(" in /t/imbang.conf:3:2"), "{error}");
 }
+
+/// ssl_preread: the first 4 bytes of an SSLv2-compatible hello were "not TLS" (only the record
+/// header's first byte was looked at), though the fifth makes it a hello; as nginx, nothing is
+/// now decided on fewer than 5 bytes.
+#[test]
+fn ssl_preread_decides_nothing_on_fewer_than_five_bytes() {
+    use imbang::tls::preread::{Preread, parse};
+    let v2 = [0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15];
+    imbang::fuzzing::ssl_preread(&v2);
+    for n in 0..5 {
+        assert_eq!(parse(&v2[..n]), Preread::Incomplete, "{n} bytes");
+    }
+    assert!(matches!(parse(&v2), Preread::Parsed(h) if h.protocol == "TLSv1"));
+    imbang::fuzzing::ssl_preread(&[0x16]);
+    assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Preread::NotTls);
+}

@@ -43,6 +43,10 @@ use crate::stats::{self, ZoneKind};
 use crate::upstream::Peer;
 use crate::upstream::health::active::CheckState;
 
+mod write;
+use write::server_json;
+pub use write::write;
+
 /// The versions of the Plus API answered (all in today's shapes).
 const VERSIONS: std::ops::RangeInclusive<u64> = 1..=9;
 
@@ -50,6 +54,7 @@ const VERSIONS: std::ops::RangeInclusive<u64> = 1..=9;
 pub fn respond(shared: &Shared, ctx: &RequestCtx<'_>, route: &Route) -> Response<ResponseBody> {
     let method = &ctx.parts.method;
     if method != Method::GET && method != Method::HEAD {
+        // The writes go through [`write`]; a caller that sends them here has none.
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method disabled",
@@ -210,10 +215,30 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
             let peers = members.peers();
             match rest {
                 [] => Ok(upstream(shared, group)),
+                // A group the API changes: its servers by their ids (`server` lines and
+                // API-added ones), then the peers its `resolve` lines found (read-only).
+                ["servers", rest @ ..] if group.followed().is_some_and(|f| f.writable()) => {
+                    let servers = group.followed().map(|f| f.servers()).unwrap_or_default();
+                    let mut all: Vec<(usize, Value)> = (servers.iter())
+                        .map(|s| (s.id.unwrap_or(0) as usize, server_json(s)))
+                        .collect();
+                    let resolved = (peers.iter())
+                        .filter(|p| !servers.iter().any(|s| s.id == Some(p.id() as u32)))
+                        .map(|p| (p.id(), server(p)));
+                    all.extend(resolved);
+                    match rest {
+                        [] => Ok(Value::Array(all.into_iter().map(|(_, v)| v).collect())),
+                        [id] => (all.into_iter())
+                            .find(|(i, _)| id.parse() == Ok(*i))
+                            .map(|(_, v)| v)
+                            .ok_or((StatusCode::NOT_FOUND, "server not found", "ServerNotFound")),
+                        _ => Err(PATH_NOT_FOUND),
+                    }
+                }
                 ["servers"] => Ok(Value::Array(peers.iter().map(server).collect())),
                 ["servers", id] => {
                     let peer = (id.parse::<usize>().ok())
-                        .and_then(|id| peers.iter().find(|p| p.index() == id))
+                        .and_then(|id| peers.iter().find(|p| p.id() == id))
                         .ok_or((StatusCode::NOT_FOUND, "server not found", "ServerNotFound"))?;
                     Ok(server(peer))
                 }
@@ -319,7 +344,7 @@ fn peer(peer: &Peer, now: Instant) -> Value {
     let verdicts = active.verdicts();
     let shown = peer_state(peer, verdicts, now);
     let mut value = json!({
-        "id": peer.index(),
+        "id": peer.id(),
         "server": peer.addr().to_string(),
         "name": peer.server(),
         "backup": peer.is_backup(),
@@ -371,7 +396,9 @@ pub fn peer_state(
             .iter()
             .any(|v: &crate::upstream::health::active::Verdict| v.state == s)
     };
-    if peer.is_down() {
+    if peer.is_draining() {
+        "draining"
+    } else if peer.is_down() {
         "down"
     } else if held(CheckState::Unhealthy) {
         "unhealthy"
@@ -397,7 +424,7 @@ fn responses(by_class: [u64; 5]) -> Value {
 fn server(peer: &Peer) -> Value {
     let policy = peer.fail_policy();
     json!({
-        "id": peer.index(),
+        "id": peer.id(),
         "server": peer.server(),
         "weight": peer.weight(),
         "max_conns": peer.max_conns(),
@@ -405,7 +432,8 @@ fn server(peer: &Peer) -> Value {
         "fail_timeout": seconds(policy.fail_timeout),
         "slow_start": seconds(peer.slow_start()),
         "backup": peer.is_backup(),
-        "down": peer.is_down(),
+        "down": peer.is_down() && !peer.is_draining(),
+        "drain": peer.is_draining(),
     })
 }
 

@@ -263,18 +263,26 @@ pub fn proxy_protocol(data: &[u8]) {
     }
 }
 
-/// The ClientHello reader of `ssl_preread`: never a panic; a hello read in full reads the same
-/// with more bytes behind it (what follows the hello is not its business), and an incomplete
-/// one stays incomplete or is decided with more bytes, never turns into "not TLS".
+/// The ClientHello reader of `ssl_preread`: never a panic; a verdict once given (a hello
+/// read, not TLS, malformed) stays the same with more bytes behind it; and every prefix of a
+/// hello read is "incomplete" or that same hello (nothing is decided before the bytes that
+/// decide it arrived).
 pub fn ssl_preread(data: &[u8]) {
     use crate::tls::preread::{Preread, parse};
     let verdict = parse(data);
+    if verdict == Preread::Incomplete {
+        return;
+    }
     let mut more = data.to_vec();
     more.extend_from_slice(&[0x17, 3, 3, 0, 1, 0]);
-    let after = parse(&more);
-    match &verdict {
-        Preread::Parsed(_) | Preread::NotTls => assert_eq!(verdict, after),
-        Preread::Incomplete => assert_ne!(after, Preread::NotTls, "incomplete became not TLS"),
-        Preread::Malformed => {}
+    assert_eq!(verdict, parse(&more), "a verdict changed with more bytes");
+    if let Preread::Parsed(_) = verdict {
+        for cut in [data.len() / 2, data.len().saturating_sub(1), 5, 9] {
+            let early = parse(&data[..cut.min(data.len())]);
+            assert!(
+                early == Preread::Incomplete || early == verdict,
+                "a prefix of {cut} bytes: {early:?}"
+            );
+        }
     }
 }

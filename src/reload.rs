@@ -17,6 +17,9 @@ pub struct Live {
     /// `generation`, `load_timestamp`).
     reloads: AtomicU64,
     loaded: ArcSwap<SystemTime>,
+    /// Runs after a group's servers changed without a reload (the API's writes): the server
+    /// has its health checks probe the new membership.
+    members_changed: std::sync::Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 impl Live {
@@ -25,6 +28,27 @@ impl Live {
             current: ArcSwap::from_pointee(snapshot),
             reloads: AtomicU64::new(0),
             loaded: ArcSwap::from_pointee(SystemTime::now()),
+            members_changed: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Sets what runs after a group's servers changed at run time.
+    pub fn on_members_changed(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self
+            .members_changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
+    }
+
+    /// A group's servers changed at run time (an API write).
+    pub fn members_changed(&self) {
+        let f = self
+            .members_changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(f) = f {
+            f();
         }
     }
 

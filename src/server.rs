@@ -134,11 +134,14 @@ impl Server {
         let snapshot = self.snapshot();
         // Names of `server ... resolve` lines are looked up before the first request.
         let weak = Arc::downgrade(self);
-        self.following.on_change(Arc::new(move || {
+        let reconcile: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(server) = weak.upgrade() {
                 server.checks.reconcile(&server.snapshot());
             }
-        }));
+        });
+        self.following.on_change(reconcile.clone());
+        // The API's writes change a group's servers the same way.
+        self.shared.live.on_members_changed(reconcile);
         self.following.prepare(&snapshot).await;
         self.following.start(&snapshot);
         let mut listeners = self.listeners.lock().await;

@@ -115,8 +115,11 @@ pub enum RouteAction {
     Proxy(Proxy),
     /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
     ProxyVars(ProxyVars),
-    /// NGINX Plus's `api` (read-only): see [`crate::api`].
-    Api,
+    /// NGINX Plus's `api`; `write`: `api write=on` (POST/PATCH/DELETE on upstream servers).
+    /// See [`crate::api`].
+    Api {
+        write: bool,
+    },
     /// `stub_status`: see [`crate::stub_status`].
     StubStatus,
     /// `prometheus all`: see [`crate::metrics`].
@@ -182,9 +185,12 @@ pub struct Group {
 impl Group {
     /// The group of `up`, its peers' state taken from `registry`.
     pub fn new(up: &Upstream, registry: &PeerRegistry, hash_key: Option<Template>) -> Self {
-        let members = match up.resolve {
-            None => GroupMembers::Fixed(UpstreamGroup::new(up, registry)),
-            Some(_) => GroupMembers::Followed(Arc::new(Followed::new(up, registry))),
+        // A group whose peers change at run time (DNS, or the API on a `zone`) reads its
+        // membership from an `ArcSwap` per request; the others hold theirs directly.
+        let members = if up.resolve.is_none() && !up.zone {
+            GroupMembers::Fixed(UpstreamGroup::new(up, registry))
+        } else {
+            GroupMembers::Followed(Arc::new(Followed::new(up, registry)))
         };
         Self {
             members,
@@ -756,7 +762,7 @@ fn compile_route(
                 RouteAction::NotFound
             }
         },
-        Some(Action::Api(_)) => RouteAction::Api,
+        Some(Action::Api(api)) => RouteAction::Api { write: api.write },
         Some(Action::StubStatus) => RouteAction::StubStatus,
         Some(Action::Prometheus) => RouteAction::Prometheus,
         Some(Action::ProxyVars(pass)) => match Template::compile_in(&pass.url, cx.scope) {

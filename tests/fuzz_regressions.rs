@@ -46,11 +46,13 @@ fn a_server_name_regex_that_does_not_compile_is_reported_at_its_server() {
 fn every_target_runs_its_seeds() {
     let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 4] = [
+    let targets: [(&str, Target); 6] = [
         ("http1_request", imbang::fuzzing::request),
         ("http1_chunked", imbang::fuzzing::chunked),
         ("upstream_response", imbang::fuzzing::response),
         ("regex", imbang::fuzzing::regex),
+        ("proxy_protocol", imbang::fuzzing::proxy_protocol),
+        ("ssl_preread", imbang::fuzzing::ssl_preread),
     ];
     for (name, target) in targets {
         let mut n = 0;
@@ -131,4 +133,20 @@ fn a_regex_with_group_calls_is_refused_at_once() {
     .unwrap_err();
     assert!(error.starts_with("pcre2_compile() failed: "), "{error}");
     assert!(error.ends_with(" in /t/imbang.conf:3:2"), "{error}");
+}
+
+/// ssl_preread: the first 4 bytes of an SSLv2-compatible hello were "not TLS" (only the record
+/// header's first byte was looked at), though the fifth makes it a hello; as nginx, nothing is
+/// now decided on fewer than 5 bytes.
+#[test]
+fn ssl_preread_decides_nothing_on_fewer_than_five_bytes() {
+    use imbang::tls::preread::{Preread, parse};
+    let v2 = [0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15];
+    imbang::fuzzing::ssl_preread(&v2);
+    for n in 0..5 {
+        assert_eq!(parse(&v2[..n]), Preread::Incomplete, "{n} bytes");
+    }
+    assert!(matches!(parse(&v2), Preread::Parsed(h) if h.protocol == "TLSv1"));
+    imbang::fuzzing::ssl_preread(&[0x16]);
+    assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Preread::NotTls);
 }

@@ -438,12 +438,11 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- resolver: DNS for `proxy_pass` with variables and `server ... resolve` (resolver)
     d("resolver", HSL.or(C::UPSTREAM), AtLeast(1)),
     d("resolver_timeout", HSL.or(C::UPSTREAM), ONE),
-    no_effect(
-        "zone",
-        C::UPSTREAM,
-        Range(1, 2),
-        "imbang's peer state is always shared by all threads",
-    ),
+    // `zone`: imbang's peer state is always shared by all threads; the zone makes the group's
+    // servers changeable through the API (as in NGINX Plus).
+    d("zone", C::UPSTREAM, Range(1, 2)),
+    // --- api writes (pp): NGINX Plus's dynamic upstreams
+    d("state", C::UPSTREAM, ONE),
     // --- acme (acme): nginx's ngx_http_acme_module; read in lower/acme.rs, acted on by
     // crate::acme
     block("acme_issuer", C::HTTP, ONE),

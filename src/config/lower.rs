@@ -30,6 +30,7 @@ mod realip;
 mod resolver;
 mod sub_filter;
 mod syslog;
+mod upstream_state;
 pub use compat::only_value;
 mod rewrite;
 mod root;
@@ -1933,13 +1934,7 @@ impl<'a> Lower<'a> {
     fn api(&mut self, d: &Directive) -> Option<Action> {
         let write = match d.args.first().map(|a| a.value.as_str()) {
             None | Some("write=off") => false,
-            Some("write=on") => {
-                self.warn(
-                    "the \"write=on\" parameter of \"api\" has no effect in imbang yet: the API is read-only (writes get 405)".to_owned(),
-                    d.args[0].span,
-                );
-                true
-            }
+            Some("write=on") => true,
             Some(other) => {
                 self.invalid(format!("invalid parameter \"{other}\""), d.args[0].span);
                 return None;
@@ -2250,6 +2245,8 @@ impl<'a> Lower<'a> {
             implicit: false,
             location: self.at(d.span),
             resolve: None,
+            zone: false,
+            state: None,
         };
         let mut pending = resolver::Pending::new(ups.groups.len(), d.span);
         let mut seen = Seen::default();
@@ -2310,8 +2307,10 @@ impl<'a> Lower<'a> {
                     queue_at = Some(c.span);
                 }
                 "resolver" | "resolver_timeout" | "zone" => {
+                    up.zone |= c.name == "zone";
                     self.upstream_resolver_setting(c, &mut pending);
                 }
+                "state" => self.upstream_state(c, &mut up),
                 _ => {}
             }
         }
@@ -2321,9 +2320,10 @@ impl<'a> Lower<'a> {
             .unwrap_or_default()
             .iter()
             .any(|c| c.name == "server");
-        if !has_server {
+        if !has_server && up.state.is_none() {
             self.invalid("no servers are inside upstream".to_owned(), d.span);
         }
+        self.check_upstream_state(d, &up);
         ups.by_name.insert(name, ups.groups.len());
         ups.groups.push(up);
         self.resolve_pending.push(pending);

@@ -511,7 +511,7 @@ pub enum Action {
 /// `api [write=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Api {
-    /// `write=on`: accepted, but imbang's API is read-only (yet): writes get 405.
+    /// `write=on`: POST, PATCH and DELETE on upstream servers (NGINX Plus); else they get 405.
     pub write: bool,
 }
 
@@ -844,6 +844,11 @@ pub struct Upstream {
     pub location: String,
     /// `server name resolve` lines: peers that follow DNS (beside the fixed `peers`).
     pub resolve: Option<UpstreamResolve>,
+    /// `zone`: the group's servers may change at run time (NGINX Plus's API writes).
+    pub zone: bool,
+    /// `state FILE` (NGINX Plus): the servers come from the file (its `server` lines, read at
+    /// load) and every API change is written back to it.
+    pub state: Option<std::path::PathBuf>,
 }
 
 impl Upstream {
@@ -866,6 +871,8 @@ impl Upstream {
             implicit: true,
             location,
             resolve: None,
+            zone: false,
+            state: None,
         }
     }
 }
@@ -1116,6 +1123,11 @@ pub struct PeerSpec {
     /// `slow_start=time` (NGINX Plus): after the peer recovers, or is added by a reload, its
     /// weight climbs from about 0 to `weight` over this time. Zero = off.
     pub slow_start: Duration,
+    /// `drain` (NGINX Plus, set through the API): no new requests; shown as `draining`.
+    pub drain: bool,
+    /// The API's id of the server, in a group whose servers the API may change (`zone`);
+    /// `None` elsewhere (the id is then the peer's position).
+    pub id: Option<u32>,
 }
 
 impl PeerSpec {
@@ -1131,6 +1143,8 @@ impl PeerSpec {
             down: false,
             max_conns: 0,
             slow_start: Duration::ZERO,
+            drain: false,
+            id: None,
         }
     }
 }

@@ -918,7 +918,7 @@ fn match_block_mistakes_are_errors_at_their_place() {
 }
 
 #[test]
-fn api_is_a_locations_answer_and_read_only() {
+fn api_is_a_locations_answer_writable_with_write_on() {
     let c = ok("http { server { location /api { api; } location /w { api write=on; } } }");
     let locations = &c.http.as_ref().unwrap().servers[0].locations;
     assert!(matches!(
@@ -929,14 +929,7 @@ fn api_is_a_locations_answer_and_read_only() {
         &locations[1].conf.action,
         Some(Action::Api(Api { write: true }))
     ));
-    let warned = (c.warnings.iter()).find(|w| w.message.contains("write=on"));
-    assert_eq!(
-        warned.map(|w| (w.message.as_str(), w.location.as_str())),
-        Some((
-            "the \"write=on\" parameter of \"api\" has no effect in imbang yet: the API is read-only (writes get 405)",
-            "/etc/imbang/t.conf:1:58"
-        ))
-    );
+    assert!(!c.warnings.iter().any(|w| w.message.contains("write=on")));
     assert_eq!(
         errors("http { server { location /api { api write=maybe; } } }"),
         ["invalid parameter \"write=maybe\" in /etc/imbang/t.conf:1:37"]

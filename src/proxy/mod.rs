@@ -1048,7 +1048,17 @@ async fn dispatch<'a>(
             false,
         ),
         (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
-        (None, RouteAction::Api) => (crate::api::respond(shared, ctx, route), false),
+        (None, RouteAction::Api { write }) => {
+            let method = &ctx.parts.method;
+            if method == http::Method::GET || method == http::Method::HEAD {
+                (crate::api::respond(shared, ctx, route), false)
+            } else {
+                (
+                    crate::api::write(shared, ctx, route, *write, body).await,
+                    false,
+                )
+            }
+        }
         (None, RouteAction::StubStatus) => (crate::stub_status::respond(&ctx.parts.method), false),
         (None, RouteAction::Prometheus) => (crate::metrics::respond(shared, ctx), false),
         (None, RouteAction::Proxy(proxy)) => {

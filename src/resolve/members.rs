@@ -26,25 +26,159 @@ pub struct Found {
     pub srv: Option<(String, u16, bool)>,
 }
 
-/// The peers of one upstream group with `resolve` lines, as the last answers say.
+/// The peers of one upstream group that changes at run time: with `resolve` lines, as the
+/// last answers say, and with a `zone`, as the API's writes say (the same path: a change builds
+/// the next membership, whose peers keep their state by address through the registry).
 #[derive(Debug)]
 pub struct Followed {
-    /// The `upstream` block: its fixed peers and its `resolve` lines.
+    /// The `upstream` block: its `resolve` lines and settings (its `server` lines are in
+    /// `servers`).
     spec: Upstream,
     current: ArcSwap<UpstreamGroup>,
     /// Per `resolve` line: the peers of its last good answer (`None`: never resolved).
     found: Mutex<Vec<Option<Vec<Found>>>>,
+    /// The group's servers with their API ids: the `server` lines (or the `state` file's),
+    /// then what the API changed.
+    servers: Mutex<Servers>,
+    registry: PeerRegistry,
+}
+
+#[derive(Debug)]
+struct Servers {
+    list: Vec<PeerSpec>,
+    /// The id the next server added gets: ids are never reused while the group lives.
+    next_id: u32,
+}
+
+/// Why an API write was refused (the API turns it into Plus's error object).
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    ServerNotFound,
+    /// A server with the same address is there already (Plus's `EntryExists`).
+    Exists,
 }
 
 impl Followed {
     /// The group of `spec` with only its fixed peers, until its names are resolved.
     pub fn new(spec: &Upstream, registry: &PeerRegistry) -> Self {
         let names = spec.resolve.as_ref().map_or(0, |r| r.names.len());
-        Self {
-            current: ArcSwap::from_pointee(UpstreamGroup::new(spec, registry)),
-            spec: spec.clone(),
-            found: Mutex::new(vec![None; names]),
+        let mut list = spec.peers.clone();
+        for (id, p) in list.iter_mut().enumerate() {
+            p.id = Some(id as u32);
         }
+        let mut spec = spec.clone();
+        spec.peers = list.clone();
+        Self {
+            current: ArcSwap::from_pointee(UpstreamGroup::new(&spec, registry)),
+            spec: Upstream {
+                peers: Vec::new(),
+                ..spec
+            },
+            found: Mutex::new(vec![None; names]),
+            servers: Mutex::new(Servers {
+                next_id: list.len() as u32,
+                list,
+            }),
+            registry: registry.clone(),
+        }
+    }
+
+    /// The servers the API shows and changes (`server` lines and API-added ones), by id.
+    pub fn servers(&self) -> Vec<PeerSpec> {
+        self.servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .list
+            .clone()
+    }
+
+    /// Adds `server` (the API's POST): it gets the next id, and the membership in force
+    /// changes at once. The added server as stored.
+    pub fn add(&self, mut server: PeerSpec) -> Result<PeerSpec, WriteError> {
+        self.write(|servers| {
+            if servers.list.iter().any(|s| s.addr == server.addr) {
+                return Err(WriteError::Exists);
+            }
+            server.id = Some(servers.next_id);
+            servers.next_id += 1;
+            servers.list.push(server.clone());
+            Ok(server)
+        })
+    }
+
+    /// Changes server `id` with `change` (the API's PATCH); the server as changed.
+    pub fn modify(
+        &self,
+        id: u32,
+        change: impl FnOnce(&mut PeerSpec),
+    ) -> Result<PeerSpec, WriteError> {
+        self.write(|servers| {
+            let server = servers
+                .list
+                .iter_mut()
+                .find(|s| s.id == Some(id))
+                .ok_or(WriteError::ServerNotFound)?;
+            change(server);
+            Ok(server.clone())
+        })
+    }
+
+    /// Removes server `id` (the API's DELETE): requests that picked it finish on the
+    /// membership they started with. The servers left.
+    pub fn remove(&self, id: u32) -> Result<Vec<PeerSpec>, WriteError> {
+        self.write(|servers| {
+            let at = servers
+                .list
+                .iter()
+                .position(|s| s.id == Some(id))
+                .ok_or(WriteError::ServerNotFound)?;
+            servers.list.remove(at);
+            Ok(servers.list.clone())
+        })
+    }
+
+    /// Runs one change of the servers, puts the new membership in force, and writes the
+    /// `state` file. Under the locks, so that concurrent writes apply in order.
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&mut Servers) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
+        let found = self.found.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = change(&mut servers)?;
+        self.rebuild(&found, &servers);
+        // A file that cannot be written loses nothing in force now: the change stands, and
+        // the failure is logged (it would be lost at the next restart).
+        if let Some(path) = &self.spec.state
+            && let Err(e) = crate::upstream::state::save(path, &servers.list)
+        {
+            crate::log!(
+                Alert,
+                "cannot write the state file \"{}\" of upstream \"{}\" ({})",
+                path.display(),
+                self.spec.name,
+                crate::error_log::errno_text(&e)
+            );
+        }
+        Ok(done)
+    }
+
+    /// Puts in force the membership of `servers` plus the peers the `resolve` lines found.
+    fn rebuild(&self, found: &[Option<Vec<Found>>], servers: &Servers) {
+        let mut spec = self.spec.clone();
+        spec.peers = servers.list.clone();
+        let mut id = servers.next_id;
+        for (line, found) in self.names().iter().zip(found.iter()) {
+            for f in found.iter().flatten() {
+                let mut p = peer(line, f);
+                // Ids after the servers' (not stable: a name's peers come and go with DNS).
+                p.id = Some(id);
+                id += 1;
+                spec.peers.push(p);
+            }
+        }
+        self.current
+            .store(Arc::new(UpstreamGroup::new(&spec, &self.registry)));
     }
 
     pub fn name(&self) -> &str {
@@ -77,8 +211,8 @@ impl Followed {
     }
 
     /// Makes `found` the peers of line `i`; when that changes the membership, puts a new
-    /// group in force and returns true.
-    pub fn set(&self, i: usize, mut found: Vec<Found>, registry: &PeerRegistry) -> bool {
+    /// group in force and returns true. (`_registry` is the one the group was made with.)
+    pub fn set(&self, i: usize, mut found: Vec<Found>, _registry: &PeerRegistry) -> bool {
         found.sort();
         found.dedup();
         let mut all = self.found.lock().unwrap_or_else(PoisonError::into_inner);
@@ -86,16 +220,15 @@ impl Followed {
             return false;
         }
         all[i] = Some(found);
-        let mut spec = self.spec.clone();
-        for (line, found) in self.names().iter().zip(all.iter()) {
-            for f in found.iter().flatten() {
-                spec.peers.push(peer(line, f));
-            }
-        }
         // Under the lock, so two lines that change at once put their groups in force in order.
-        self.current
-            .store(Arc::new(UpstreamGroup::new(&spec, registry)));
+        let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        self.rebuild(&all, &servers);
         true
+    }
+
+    /// Whether the API may change the group's servers (`zone`, as NGINX Plus requires).
+    pub fn writable(&self) -> bool {
+        self.spec.zone
     }
 }
 

@@ -118,7 +118,8 @@ impl Following {
         let mut tasks = Vec::new();
         let mut lines = std::collections::HashSet::new();
         for group in snapshot.groups() {
-            let Some(followed) = group.followed() else {
+            // Groups that follow the API alone (a `zone`, no `resolve` line) have no names.
+            let Some(followed) = group.followed().filter(|f| !f.names().is_empty()) else {
                 continue;
             };
             let dns = dns_of(followed);

@@ -53,20 +53,23 @@ const CLIENT_HELLO: u8 = 1;
 
 /// Reads the ClientHello at the start of `buf` (every byte received so far).
 pub fn parse(buf: &[u8]) -> Preread {
+    // As nginx, nothing is decided on fewer than 5 bytes (a record header, or the start of an
+    // SSLv2-compatible hello).
+    if buf.len() < 5 {
+        return Preread::Incomplete;
+    }
     // An SSLv2-compatible ClientHello (nginx recognises it by its first bytes).
-    if buf.len() >= 5 && buf[0] & 0x80 != 0 && buf[2] == 1 && (buf[3] == 0 || buf[3] == 3) {
+    if buf[0] & 0x80 != 0 && buf[2] == 1 && (buf[3] == 0 || buf[3] == 3) {
         return Preread::Parsed(ClientHello {
             protocol: protocol_name(u16::from_be_bytes([buf[3], buf[4]])),
             ..ClientHello::default()
         });
     }
-    // The handshake messages, joined from the records so far.
+    // The handshake messages, joined from the records so far (only whole records are read,
+    // as nginx).
     let mut message = Vec::new();
     let mut rest = buf;
-    loop {
-        if rest.is_empty() {
-            break;
-        }
+    while rest.len() >= 5 {
         if rest[0] != HANDSHAKE {
             return if message.is_empty() {
                 Preread::NotTls
@@ -74,18 +77,18 @@ pub fn parse(buf: &[u8]) -> Preread {
                 Preread::Malformed
             };
         }
-        if rest.len() >= 2 && rest[1] != 3 {
-            return Preread::NotTls;
-        }
-        if rest.len() < 5 {
-            break;
+        if rest[1] != 3 {
+            return if message.is_empty() {
+                Preread::NotTls
+            } else {
+                Preread::Malformed
+            };
         }
         let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
         if len == 0 {
             return Preread::Malformed;
         }
         let Some(fragment) = rest.get(5..5 + len) else {
-            // Only whole records are read, as nginx.
             break;
         };
         message.extend_from_slice(fragment);
@@ -301,6 +304,8 @@ mod tests {
     #[test]
     fn not_tls_and_malformed() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Preread::NotTls);
+        // Fewer than 5 bytes decide nothing (nginx waits for a record header).
+        assert_eq!(parse(b"GET "), Preread::Incomplete);
         assert_eq!(parse(b"SSH-2.0-OpenSSH\r\n"), Preread::NotTls);
         assert_eq!(parse(&[0x16, 2, 0, 0, 1, 1]), Preread::NotTls);
         // A handshake record holding a ServerHello.

@@ -57,6 +57,7 @@ pub mod latency;
 pub mod peer;
 pub mod queue;
 mod registry;
+pub mod state;
 mod tried;
 
 use balancer::{Balancer, PickContext};

@@ -103,6 +103,23 @@ impl PeerState {
         self.responses.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
+    /// The API's `DELETE /http/upstreams/NAME`: the counters start again from zero (requests,
+    /// fails, unavail, responses, bytes); the health and the load are left alone.
+    pub fn reset_counters(&self) {
+        for n in [
+            &self.requests,
+            &self.failed,
+            &self.went_unavailable,
+            &self.sent,
+            &self.received,
+        ]
+        .into_iter()
+        .chain(&self.responses)
+        {
+            n.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// `(sent, received)`: bytes written to and read from the peer so far.
     pub fn bytes(&self) -> (u64, u64) {
         (
@@ -263,6 +280,8 @@ fn since_epoch(t: Instant) -> u64 {
 #[derive(Debug)]
 pub struct Peer {
     index: usize,
+    /// The API's id: the server's own in a group the API may change, else `index`.
+    id: usize,
     addr: SocketAddr,
     /// The `server` line's address as written (`app1.internal:3000`).
     server: Box<str>,
@@ -270,7 +289,9 @@ pub struct Peer {
     fail_policy: FailPolicy,
     max_conns: u32,
     slow_start: Duration,
+    /// `down`, or `drain` (which takes no new requests either).
     down: bool,
+    drain: bool,
     backup: bool,
     /// The group's balancer ranks peers by latency (`least_time`, `random two least_time=`):
     /// attempts' latency estimates are kept and their start times summed. Other groups skip
@@ -285,6 +306,7 @@ impl Peer {
     pub(crate) fn new(index: usize, spec: &PeerSpec, state: Arc<PeerState>) -> Self {
         Self {
             index,
+            id: spec.id.map_or(index, |id| id as usize),
             addr: spec.addr,
             server: spec.name.as_str().into(),
             weight: spec.weight,
@@ -294,7 +316,8 @@ impl Peer {
             },
             max_conns: spec.max_conns,
             slow_start: spec.slow_start,
-            down: spec.down,
+            down: spec.down || spec.drain,
+            drain: spec.drain,
             backup: spec.backup,
             timed: true,
             state,
@@ -313,6 +336,16 @@ impl Peer {
     /// [`Tried`](super::Tried) uses this numbering.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The id the API shows and addresses the peer by (`/servers/ID`).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// `drain` (set through the API): no new requests, shown as `draining`.
+    pub fn is_draining(&self) -> bool {
+        self.drain
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -13,8 +13,16 @@ use super::queue::WaitQueue;
 /// The registry holds only weak references: snapshots own the state. A peer that a reload
 /// removes keeps its state while an old snapshot still uses it; once the last such snapshot is
 /// dropped the state goes too, and a peer added later with that address starts fresh.
-#[derive(Debug, Default)]
+///
+/// A clone is the same registry (groups whose servers the API changes keep one, to build their
+/// next membership with).
+#[derive(Debug, Default, Clone)]
 pub struct PeerRegistry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
     /// Each upstream's `queue` line, alive while a peer state of the upstream is.
     queues: Mutex<HashMap<Box<str>, Weak<WaitQueue>>>,
@@ -47,7 +55,11 @@ impl PeerRegistry {
         upstream: &str,
         addrs: &[SocketAddr],
     ) -> Vec<(Arc<PeerState>, bool)> {
-        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut states = self
+            .inner
+            .states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         states.retain(|_, state| state.strong_count() > 0);
         let serving = states.keys().any(|key| &*key.upstream == upstream);
         let queue = self.queue(upstream);
@@ -75,7 +87,11 @@ impl PeerRegistry {
     /// The line where requests to `upstream` wait for a `max_conns` slot: the same one for
     /// every snapshot while any peer state of the upstream lives.
     pub(crate) fn queue(&self, upstream: &str) -> Arc<WaitQueue> {
-        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queues = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         queues.retain(|_, queue| queue.strong_count() > 0);
         if let Some(queue) = queues.get(upstream).and_then(Weak::upgrade) {
             return queue;
@@ -87,7 +103,11 @@ impl PeerRegistry {
 
     /// How many peer states are alive (used by at least one group).
     pub fn live_states(&self) -> usize {
-        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let states = self
+            .inner
+            .states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         states
             .values()
             .filter(|state| state.strong_count() > 0)

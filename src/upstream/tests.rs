@@ -43,6 +43,8 @@ fn upstream_with(name: &str, peers: Vec<PeerSpec>, method: BalanceMethod) -> Ups
         implicit: false,
         location: "test.conf:1:1".to_owned(),
         resolve: None,
+        zone: false,
+        state: None,
     }
 }
 

@@ -110,7 +110,11 @@ impl Server {
                 None => missing.push(addr),
             }
         }
-        bound.extend(listen::bind_all(&missing, &snapshot.reuseport)?);
+        bound.extend(listen::bind_all(
+            &missing,
+            &snapshot.reuseport,
+            &snapshot.backlog,
+        )?);
         Ok(bound)
     }
 
@@ -286,7 +290,8 @@ impl Server {
         } else {
             bound
         };
-        let (listener, max) = listening.get(&self.snapshot(), &self.shared, stop, key);
+        let snapshot = self.snapshot();
+        let (listener, max) = listening.get(&snapshot, &self.shared, stop, key);
         // `worker_connections`, as nginx: a connection beyond it is closed as soon as it is
         // accepted, with nginx's alert; the ones open are not touched.
         if self.connections.n.load(Ordering::Relaxed) >= max {
@@ -299,8 +304,18 @@ impl Server {
         }
         // Counted before the task starts, so a stop that begins now waits for it.
         let counted = self.connections.enter();
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(server) = snapshot.stream.server(key, local) {
+            let server = server.clone();
+            drop(snapshot);
+            tokio::spawn(crate::stream::session::serve(
+                stream, server, id, remote, local, counted,
+            ));
+            return;
+        }
+        drop(snapshot);
         let info = ConnInfo {
-            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            id,
             requests: AtomicU64::new(0),
             remote,
             local,
@@ -343,7 +358,8 @@ impl Server {
             .copied()
             .filter(|a| !listeners.contains_key(a))
             .collect();
-        let bound = listen::bind_all(&new, &snapshot.reuseport).map_err(ReloadError::Bind)?;
+        let bound = listen::bind_all(&new, &snapshot.reuseport, &snapshot.backlog)
+            .map_err(ReloadError::Bind)?;
         let gone: Vec<SocketAddr> = listeners
             .keys()
             .copied()
@@ -416,6 +432,12 @@ pub fn open_error_log(
     let mut specs = config.main.error_log.clone();
     if specs.is_empty() {
         specs.extend(default.cloned());
+    }
+    let stream_logs = config.stream.iter().flat_map(|s| &s.error_log);
+    for s in stream_logs {
+        if !specs.contains(s) {
+            specs.push(s.clone());
+        }
     }
     if let Some(http) = &config.http {
         for s in &http.error_log {

@@ -25,6 +25,7 @@ mod proxy_cookie;
 mod proxy_ssl;
 mod realip;
 mod resolver;
+mod stream;
 mod sub_filter;
 mod syslog;
 pub use compat::only_value;
@@ -62,6 +63,7 @@ pub fn lower(
         ssl_http: ssl::SslFrame::default(),
         resolve_pending: Vec::new(),
         acme_issuers: HashMap::new(),
+        stream: None,
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -71,6 +73,7 @@ pub fn lower(
     Ok(Config {
         main,
         http,
+        stream: lower.stream,
         warnings,
         sources,
     })
@@ -100,6 +103,8 @@ struct Lower<'a> {
     resolve_pending: Vec<resolver::Pending>,
     /// `acme_issuer` blocks by name (read before the servers, which name them).
     acme_issuers: HashMap<String, Arc<AcmeIssuer>>,
+    /// `stream { }`, once read.
+    stream: Option<Stream>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -527,6 +532,10 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "http" => http = Some(self.http(d.block.as_deref().unwrap_or_default())),
+                "stream" => {
+                    let stream = self.stream(d.block.as_deref().unwrap_or_default());
+                    self.stream = Some(stream);
+                }
                 _ => {}
             }
         }

@@ -14,6 +14,8 @@ use super::source::SourceMap;
 pub struct Config {
     pub main: Main,
     pub http: Option<Http>,
+    /// `stream { }`: TCP load balancing (see [`crate::stream`]).
+    pub stream: Option<Stream>,
     /// `[warn]` lines for `-t` and the error log: directives accepted without effect,
     /// and places where imbang deliberately differs from nginx.
     pub warnings: Vec<Warning>,
@@ -1489,3 +1491,74 @@ pub const LIMIT_EXCEPT_METHODS: &[&str] = &[
     "UNLOCK",
     "PATCH",
 ];
+
+// --- stream (stream): nginx's `stream { }`, read by config/lower/stream.rs
+
+/// `stream { }`: servers that proxy TCP connections, and their upstream groups.
+#[derive(Clone, Debug, Default)]
+pub struct Stream {
+    pub servers: Vec<StreamServer>,
+    /// `upstream` blocks of stream, and the implicit groups of `proxy_pass host:port`. Their
+    /// names are stream's own (an http `upstream` of the same name is another group).
+    pub upstreams: Vec<Upstream>,
+    /// `map` blocks of stream, in file order.
+    pub maps: Vec<MapSpec>,
+    /// stream-level and server-level `error_log` targets.
+    pub error_log: Vec<ErrorLogSpec>,
+    /// Access-log files written through a buffer, by path (as [`Http::log_buffers`]).
+    pub log_buffers: HashMap<PathBuf, LogBuffer>,
+}
+
+/// One `listen` of a stream `server`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamListen {
+    pub addr: SocketAddr,
+    pub reuseport: bool,
+    /// `backlog=`: the listen queue (nginx's default 511).
+    pub backlog: Option<i32>,
+    /// `path:line:col` of the `listen`.
+    pub location: String,
+}
+
+/// Where a stream `server` sends its connections.
+#[derive(Clone, Debug)]
+pub enum StreamAction {
+    /// `proxy_pass name;` naming a group (an `upstream` block or an implicit one).
+    Proxy(String),
+    /// `proxy_pass $var;`: the value names a group or is an `address:port`.
+    ProxyVars(String),
+    /// `return value;`: the value (with variables) is sent and the connection closed.
+    Return(String),
+}
+
+/// One stream `server { }`, with the settings it inherited from `stream`.
+#[derive(Clone, Debug)]
+pub struct StreamServer {
+    pub listens: Vec<StreamListen>,
+    /// `None`: no `proxy_pass` or `return` (nginx refuses such a server: "no handler").
+    pub action: Option<StreamAction>,
+    pub sets: Vec<SetVar>,
+    pub access: Vec<AccessRule>,
+    pub access_log: Vec<AccessLogSpec>,
+    pub connect_timeout: Duration,
+    /// `proxy_timeout`: the longest either direction may go without a byte (10m).
+    pub timeout: Duration,
+    /// `proxy_next_upstream on|off` (on): a failed connect moves to the next peer.
+    pub next_upstream: bool,
+    /// 0: no limit besides the group's peers.
+    pub next_upstream_tries: u32,
+    pub next_upstream_timeout: Option<Duration>,
+    pub buffer_size: usize,
+    pub half_close: bool,
+    /// Bytes per second; 0: no limit.
+    pub upload_rate: u64,
+    pub download_rate: u64,
+    pub tcp_nodelay: bool,
+    /// `proxy_bind address [transparent]` (`off`: none); the address may hold variables.
+    pub bind: Option<String>,
+    pub socket_keepalive: bool,
+    pub preread_buffer_size: usize,
+    pub preread_timeout: Duration,
+    /// `path:line:col` of the `server`.
+    pub location: String,
+}

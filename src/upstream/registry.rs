@@ -18,6 +18,9 @@ pub struct PeerRegistry {
     states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
     /// Each upstream's `queue` line, alive while a peer state of the upstream is.
     queues: Mutex<HashMap<Box<str>, Weak<WaitQueue>>>,
+    /// The peers of `stream { }`'s upstreams: keyed the same way, in a namespace of their own
+    /// (an http `upstream app` and a stream `upstream app` are different groups, as in nginx).
+    stream: std::sync::OnceLock<Box<PeerRegistry>>,
 }
 
 /// A peer's identity across reloads.
@@ -83,6 +86,11 @@ impl PeerRegistry {
         let queue = Arc::new(WaitQueue::new());
         queues.insert(upstream.into(), Arc::downgrade(&queue));
         queue
+    }
+
+    /// The registry of `stream { }`'s upstreams.
+    pub fn stream(&self) -> &PeerRegistry {
+        self.stream.get_or_init(Box::default)
     }
 
     /// How many peer states are alive (used by at least one group).

@@ -1,0 +1,494 @@
+//! nginx's `stream { }`: TCP connections balanced over real TCP backends on 127.0.0.1, through
+//! imbang in-process (and the real binary for a reload with a session open), bytes asserted.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{TempDir, eventually, free_port, imbang};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A TCP backend: on each connection it sends `name\n`, then echoes what it reads; at the
+/// client's end of stream it sends `<name> saw eof\n` and closes.
+struct Tcp {
+    addr: SocketAddr,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn tcp_backend(name: &str) -> Tcp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let name = name.clone();
+            tokio::spawn(async move {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = s.write_all(format!("{name} saw eof\n").as_bytes()).await;
+                            let _ = s.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    Tcp { addr, accepted }
+}
+
+/// A port nothing listens on (connects are refused).
+fn closed_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Reads one line (up to `\n`) within `T`.
+async fn line(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(T, async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) if b[0] == b'\n' => break,
+                Ok(_) => out.push(b[0]),
+            }
+        }
+    })
+    .await
+    .expect("a line in time");
+    String::from_utf8(out).unwrap()
+}
+
+/// Everything until the end of stream, within `T`.
+async fn rest(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("end of stream in time")
+        .ok();
+    out
+}
+
+/// The first line (the backend's name) of a new connection through `addr`.
+async fn first_line(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    line(&mut s).await
+}
+
+fn conf(stream: &str) -> String {
+    format!("events {{}}\nstream {{\n{stream}\n}}\n")
+}
+
+#[tokio::test]
+async fn round_robin_with_weights_and_bytes_both_ways() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {} weight=2; server {}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        a.addr, b.addr
+    )))
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(first_line(lb.addr).await);
+    }
+    // nginx's smooth weighted round robin: a b a, a b a.
+    assert_eq!(seen, ["a", "b", "a", "a", "b", "a"]);
+
+    // Raw bytes (every value of a byte) go through unchanged, both ways.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let (mut r, mut w) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w
+    });
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(T, r.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, payload);
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn proxy_pass_to_an_address_and_return() {
+    let a = tcp_backend("direct").await;
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    assert_eq!(first_line(lb.addr).await, "direct");
+
+    let lb = imbang(&conf(
+        "server { listen 127.0.0.1:0; return \"hello $remote_addr $protocol\\n\"; }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(rest(&mut s).await, b"hello 127.0.0.1 TCP\n");
+}
+
+#[tokio::test]
+async fn a_failed_connect_moves_to_the_next_peer_and_counts_against_it() {
+    let b = tcp_backend("b").await;
+    let dead = closed_port();
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {dead} max_fails=1 fail_timeout=30s; server {}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        b.addr
+    )))
+    .await;
+    // The dead peer is tried first, fails, and the session goes on to b.
+    assert_eq!(first_line(lb.addr).await, "b");
+    // It is out for fail_timeout: every later session goes straight to b.
+    for _ in 0..3 {
+        assert_eq!(first_line(lb.addr).await, "b");
+    }
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 4);
+
+    // proxy_next_upstream off: the failed connect ends the session (nothing reaches b).
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {dead}; server {}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; proxy_next_upstream off; }}",
+        b.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(rest(&mut s).await, b"");
+}
+
+#[tokio::test]
+async fn backup_and_down_peers() {
+    let (a, b, c) = (
+        tcp_backend("a").await,
+        tcp_backend("b").await,
+        tcp_backend("c").await,
+    );
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {} down; server {}; server {} backup; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        a.addr, b.addr, c.addr
+    )))
+    .await;
+    assert_eq!(first_line(lb.addr).await, "b");
+    assert_eq!(first_line(lb.addr).await, "b");
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 0);
+
+    // Only the backup is alive: it takes the sessions.
+    let dead = closed_port();
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {dead}; server {} backup; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        c.addr
+    )))
+    .await;
+    assert_eq!(first_line(lb.addr).await, "c");
+}
+
+#[tokio::test]
+async fn least_conn_counts_open_sessions() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ least_conn; server {}; server {}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        a.addr, b.addr
+    )))
+    .await;
+    // A session held open on the first peer: every new one goes to the other.
+    let mut held = TcpStream::connect(lb.addr).await.unwrap();
+    let first = line(&mut held).await;
+    let other = if first == "a" { "b" } else { "a" };
+    for _ in 0..3 {
+        assert_eq!(first_line(lb.addr).await, other);
+    }
+    held.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hash_and_max_conns() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ hash $remote_addr consistent; server {}; server {}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        a.addr, b.addr
+    )))
+    .await;
+    let first = first_line(lb.addr).await;
+    for _ in 0..5 {
+        assert_eq!(first_line(lb.addr).await, first);
+    }
+
+    // max_conns=1: while a holds its one session, the next goes to b.
+    let lb = imbang(&conf(&format!(
+        "upstream app {{ server {} max_conns=1; server {} max_conns=1; }}
+         server {{ listen 127.0.0.1:0; proxy_pass app; }}",
+        a.addr, b.addr
+    )))
+    .await;
+    let mut one = TcpStream::connect(lb.addr).await.unwrap();
+    let mut two = TcpStream::connect(lb.addr).await.unwrap();
+    let mut names = [line(&mut one).await, line(&mut two).await];
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    // Both at max_conns: the third session finds no live upstream and is closed.
+    let mut three = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(rest(&mut three).await, b"");
+}
+
+#[tokio::test]
+async fn proxy_pass_with_variables_map_and_set() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let p1 = free_port();
+    let p2 = free_port();
+    let lb = imbang(&conf(&format!(
+        "upstream pool_a {{ server {}; }}
+         map $server_port $pool {{ {p1} pool_a; default {}; }}
+         server {{ listen 127.0.0.1:{p1}; proxy_pass $pool; }}
+         server {{ listen 127.0.0.1:{p2}; set $to {}; proxy_pass $to; }}",
+        a.addr, b.addr, b.addr
+    )))
+    .await;
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(first_line(at(p1)).await, "a");
+    assert_eq!(first_line(at(p2)).await, "b");
+    drop(lb);
+}
+
+#[tokio::test]
+async fn allow_and_deny() {
+    let a = tcp_backend("a").await;
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; deny 127.0.0.1; allow all; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(rest(&mut s).await, b"");
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 0);
+
+    let lb = imbang(&conf(&format!(
+        "allow 127.0.0.0/8; deny all;
+         server {{ listen 127.0.0.1:0; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    assert_eq!(first_line(lb.addr).await, "a");
+}
+
+#[tokio::test]
+async fn access_log_with_stream_variables() {
+    let dir = TempDir::new("stream-log");
+    let log = dir.path().join("stream.log");
+    let a = tcp_backend("a").await;
+    let dead = closed_port();
+    let lb = imbang(&conf(&format!(
+        "log_format basic '$remote_addr $protocol $status $bytes_sent $bytes_received \"$upstream_addr\" $upstream_bytes_sent $upstream_bytes_received';
+         upstream app {{ server {dead}; server {}; }}
+         server {{ listen 127.0.0.1:0; access_log {} basic; proxy_pass app; }}",
+        a.addr,
+        log.display()
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    s.write_all(b"hello\n").await.unwrap();
+    assert_eq!(line(&mut s).await, "hello");
+    s.shutdown().await.unwrap();
+    let _ = rest(&mut s).await;
+    eventually("the log line", T, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    // To the client: "a\n" and the echo "hello\n" (8 bytes); from it: "hello\n" (6). The dead
+    // peer's try shows with 0 bytes.
+    assert_eq!(
+        text,
+        format!("127.0.0.1 TCP 200 8 6 \"{dead}, {}\" 0, 6 0, 8\n", a.addr)
+    );
+}
+
+#[tokio::test]
+async fn proxy_timeout_ends_an_idle_session() {
+    let a = tcp_backend("a").await;
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_timeout 300ms; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    let started = tokio::time::Instant::now();
+    // Nothing more comes: imbang ends the session after the timeout.
+    assert_eq!(rest(&mut s).await, b"");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn half_close_passes_the_fin_on_when_asked() {
+    let a = tcp_backend("a").await;
+    // proxy_half_close on: the client's FIN reaches the peer, whose answer still comes back.
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_half_close on; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    s.write_all(b"x\n").await.unwrap();
+    assert_eq!(line(&mut s).await, "x");
+    s.shutdown().await.unwrap();
+    assert_eq!(rest(&mut s).await, b"a saw eof\n");
+
+    // Off (nginx's default): the client's FIN ends the session; the answer is not waited for.
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    s.shutdown().await.unwrap();
+    assert_eq!(rest(&mut s).await, b"");
+}
+
+#[tokio::test]
+async fn download_rate_holds_the_peer_to_client_direction() {
+    // A peer that sends 60 KB at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(&[7u8; 60_000]).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_download_rate 40k; proxy_half_close on; proxy_pass {peer}; }}"
+    )))
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = rest(&mut s).await;
+    assert_eq!(got.len(), 60_000);
+    // 60 KB at 40 KB/s: about 1.5 s (the first 40 KB may go at once).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+}
+
+#[tokio::test]
+async fn reload_keeps_a_running_session_on_its_peer() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let port = free_port();
+    let text = |peer: SocketAddr| {
+        conf(&format!(
+            "upstream app {{ server {peer}; }}
+             server {{ listen 127.0.0.1:{port}; proxy_pass app; }}"
+        ))
+    };
+    let lb = imbang(&text(a.addr)).await;
+    let mut old = TcpStream::connect(lb.addr).await.unwrap();
+    assert_eq!(line(&mut old).await, "a");
+    lb.reload(&text(b.addr)).await;
+    // New sessions use the new configuration...
+    assert_eq!(first_line(lb.addr).await, "b");
+    // ...while the one that was open goes on with its peer.
+    old.write_all(b"still here\n").await.unwrap();
+    assert_eq!(line(&mut old).await, "still here");
+}
+
+#[tokio::test]
+async fn http_and_stream_side_by_side() {
+    let a = tcp_backend("a").await;
+    let web = support::backend("web").await;
+    let (p1, p2) = (free_port(), free_port());
+    let lb = imbang(&format!(
+        "events {{}}
+         http {{ access_log off; server {{ listen 127.0.0.1:{p1}; location / {{ proxy_pass http://{}; }} }} }}
+         stream {{ server {{ listen 127.0.0.1:{p2}; proxy_pass {}; }} }}",
+        web.addr, a.addr
+    ))
+    .await;
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = support::request(at(p1), "GET", "/", "x", None).await;
+    assert_eq!((status, body.starts_with("web")), (200, true), "{body}");
+    assert_eq!(first_line(at(p2)).await, "a");
+    drop(lb);
+}
+
+#[test]
+fn config_errors_say_where_and_what() {
+    let err = |text: &str| support::compile(&conf(text)).unwrap_err();
+    let e = err("upstream app { server 127.0.0.1:1; keepalive 2; }
+                 server { listen 1.2.3.4:5; proxy_pass app; }");
+    assert!(
+        e.contains("\"keepalive\" directive is not allowed here"),
+        "{e}"
+    );
+    assert!(e.contains("/t/imbang.conf:3:"), "{e}");
+    let e = err("upstream app { server 127.0.0.1; }
+                 server { listen 1.2.3.4:5; proxy_pass app; }");
+    assert!(e.contains("no port in upstream \"127.0.0.1\""), "{e}");
+    let e = err("server { listen 1.2.3.4:5; }");
+    assert!(e.contains("no handler for server"), "{e}");
+    let e = err("server { proxy_pass 127.0.0.1:1; }");
+    assert!(e.contains("no \"listen\" is defined"), "{e}");
+    let e = err("server { listen 1.2.3.4:5; proxy_pass 127.0.0.1:1; proxy_buffers 4 4k; }");
+    assert!(
+        e.contains("\"proxy_buffers\" directive is not allowed here"),
+        "{e}"
+    );
+    let e = err("server { listen 1.2.3.4:5; return \"$host\"; }");
+    assert!(e.contains("unknown \"host\" variable"), "{e}");
+    let e = err("server { listen 1.2.3.4:5 udp; proxy_pass 127.0.0.1:1; }");
+    assert!(e.contains("\"udp\" parameter"), "{e}");
+    let e = err("server { listen 1.2.3.4:5; proxy_pass 127.0.0.1:1; }
+                 server { listen 1.2.3.4:5; proxy_pass 127.0.0.1:1; }");
+    assert!(
+        e.contains("duplicate \"1.2.3.4:5\" address and port pair"),
+        "{e}"
+    );
+    let e = support::compile(
+        "events {}
+         http { server { listen 127.0.0.1:7; } }
+         stream { server { listen 127.0.0.1:7; proxy_pass 127.0.0.1:1; } }",
+    )
+    .unwrap_err();
+    assert!(e.contains("both an http and a stream listen"), "{e}");
+    // An http-only directive at the stream level, and stream's proxy_timeout in http.
+    let e = support::compile("events {} http { proxy_timeout 1s; }").unwrap_err();
+    assert!(
+        e.contains("\"proxy_timeout\" directive is not allowed here"),
+        "{e}"
+    );
+}

@@ -78,7 +78,7 @@ impl Session<'_> {
             self.status = 403;
             log!(
                 Error,
-                "*{} access forbidden by rule, client: {}, server: {}",
+                "*{} access forbidden by rule while initializing session, client: {}, server: {}",
                 self.id,
                 self.remote.ip(),
                 self.local
@@ -175,12 +175,22 @@ impl Session<'_> {
                     peer.success_at(Instant::now());
                     let (up, down) = self.relay(client, upstream).await;
                     peer.count_bytes(up, down);
+                    peer.body_done(Instant::now()); // `least_time last_byte`: the session's end
                     return;
                 }
                 Err(e) => {
-                    peer.failure(Instant::now());
+                    let out = peer.failure(Instant::now());
                     drop(peer);
                     self.connect_failed(addr, &e);
+                    if out {
+                        log!(
+                            Warn,
+                            "*{} upstream server temporarily disabled while connecting to upstream, client: {}, server: {}, upstream: \"{addr}\"",
+                            self.id,
+                            self.remote.ip(),
+                            self.local
+                        );
+                    }
                     let expired = deadline.is_some_and(|d| Instant::now() >= d);
                     if !spec.next_upstream || left == 0 || expired {
                         self.status = 502;
@@ -252,7 +262,12 @@ impl Session<'_> {
                 socket.bind(SocketAddr::new(ip, 0))?;
             }
         }
-        let stream = match tokio::time::timeout(spec.connect_timeout, socket.connect(addr)).await {
+        let connected = tokio::time::timeout(spec.connect_timeout, socket.connect(addr)).await;
+        // A failed try's session time is the time its connect took (nginx's `0.000`).
+        if let Some(t) = self.tries.last_mut() {
+            t.session = Some(started.elapsed());
+        }
+        let stream = match connected {
             Ok(r) => r?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         };
@@ -287,22 +302,23 @@ impl Session<'_> {
                 .map(|at| at.saturating_duration_since(connected) + t.connect.unwrap_or_default());
             t.session = Some(connected.elapsed() + t.connect.unwrap_or_default());
         }
-        if out.timed_out {
+        let why = match &out.error {
+            _ if out.timed_out => Some("connection timed out (110: Connection timed out)".into()),
+            Some(e) => Some(crate::error_log::errno_text(e)),
+            None => None,
+        };
+        if let Some(why) = why {
             log!(
                 Info,
-                "*{} connection timed out (110: Connection timed out) while proxying connection, client: {}, server: {}",
+                "*{} {why} while proxying connection, client: {}, server: {}, upstream: \"{}\", bytes from/to client:{}/{}, bytes from/to upstream:{}/{}",
                 self.id,
                 self.remote.ip(),
-                self.local
-            );
-        } else if let Some(e) = &out.error {
-            log!(
-                Info,
-                "*{} {} while proxying connection, client: {}, server: {}",
-                self.id,
-                crate::error_log::errno_text(e),
-                self.remote.ip(),
-                self.local
+                self.local,
+                self.tries.last().map_or(self.local, |t| t.addr),
+                out.up,
+                out.down,
+                out.down,
+                out.up
             );
         }
         (out.up, out.down)

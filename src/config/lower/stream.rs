@@ -64,6 +64,7 @@ impl StreamFrame {
 
 /// Directives of http's `upstream` that stream's has not.
 const HTTP_ONLY_IN_UPSTREAM: &[&str] = &[
+    "ip_hash",
     "keepalive",
     "keepalive_timeout",
     "keepalive_requests",
@@ -154,6 +155,28 @@ impl Lower<'_> {
             }
         }
         if ok {
+            // stream's `least_time connect|first_byte|last_byte`: imbang's "header" timing is a
+            // stream peer's time to connect, which also stands for `first_byte` (docs/stream.md).
+            let mut d = d.clone();
+            for c in d.block.iter_mut().flatten() {
+                if c.name != "least_time" {
+                    continue;
+                }
+                if let Some(mode) = c.args.first_mut() {
+                    match mode.value.as_str() {
+                        "connect" | "first_byte" => mode.value = "header".to_owned(),
+                        "last_byte" => {}
+                        _ => {
+                            self.invalid(
+                                format!("invalid parameter \"{}\"", mode.value),
+                                mode.span,
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+            let d = &d;
             self.upstream(d, ups);
             // Nothing of stream's is resolved at run time.
             self.resolve_pending.clear();

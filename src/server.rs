@@ -51,6 +51,11 @@ pub struct Server {
     checks: HealthChecks,
     /// Upstream groups that follow DNS (`server name resolve`), from `serve` on.
     following: Arc<Following>,
+    /// stream's `listen ... udp` sockets by configured address, with their stop switches and
+    /// bound addresses.
+    udp: Mutex<HashMap<SocketAddr, (Arc<http1::Stop>, SocketAddr)>>,
+    /// `$connection` of UDP sessions (numbered apart from TCP connections, from 2^62).
+    udp_ids: Arc<AtomicU64>,
 }
 
 struct Listening {
@@ -83,6 +88,8 @@ impl Server {
             workers: std::sync::Mutex::new(Vec::new()),
             checks: HealthChecks::new(),
             following: Following::new(registry),
+            udp: Mutex::new(HashMap::new()),
+            udp_ids: Arc::new(AtomicU64::new(1 << 62)),
         }))
     }
 
@@ -150,9 +157,70 @@ impl Server {
             let listening = self.accept_on(key, socket, snapshot.reuseport.contains(&key))?;
             listeners.insert(key, listening);
         }
+        drop(listeners);
+        let udp = self
+            .bind_udp(&snapshot)
+            .await
+            .map_err(std::io::Error::other)?;
+        self.serve_udp(udp).await;
         self.checks.reconcile(&snapshot);
         crate::acme::reconcile(&snapshot.config);
         Ok(())
+    }
+
+    /// Binds the `listen ... udp` addresses of `snapshot` not bound yet (all or none).
+    async fn bind_udp(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<(SocketAddr, std::net::UdpSocket)>, String> {
+        let udp = self.udp.lock().await;
+        snapshot
+            .stream
+            .udp_addresses()
+            .filter(|a| !udp.contains_key(a))
+            .map(|addr| {
+                crate::stream::udp::bind(addr)
+                    .map(|s| (addr, s))
+                    .map_err(|e| format!("{} (udp)", listen::bind_error(addr, &e)))
+            })
+            .collect()
+    }
+
+    /// Starts reading datagrams on `bound`; stops the UDP sockets the configuration in force
+    /// no longer has.
+    async fn serve_udp(&self, bound: Vec<(SocketAddr, std::net::UdpSocket)>) {
+        let snapshot = self.snapshot();
+        let mut udp = self.udp.lock().await;
+        for (key, socket) in bound {
+            let stop = Arc::new(http1::Stop::default());
+            let local = socket.local_addr().unwrap_or(key);
+            tokio::spawn(crate::stream::udp::serve(
+                self.shared.live.clone(),
+                key,
+                socket,
+                stop.clone(),
+                self.udp_ids.clone(),
+            ));
+            log!(Notice, "listening on {key} udp (bound to {local})");
+            udp.insert(key, (stop, local));
+        }
+        let configured: Vec<SocketAddr> = snapshot.stream.udp_addresses().collect();
+        udp.retain(|key, (stop, _)| {
+            let keep = configured.contains(key);
+            if !keep {
+                stop.stop();
+            }
+            keep
+        });
+    }
+
+    /// `(configured address, bound address)` of every `listen ... udp` socket.
+    pub async fn bound_udp(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut v: Vec<_> = (self.udp.lock().await.iter())
+            .map(|(k, (_, local))| (*k, *local))
+            .collect();
+        v.sort();
+        v
     }
 
     /// `(configured address, bound address)` of every listener: they differ for port 0.
@@ -360,6 +428,7 @@ impl Server {
             .collect();
         let bound = listen::bind_all(&new, &snapshot.reuseport, &snapshot.backlog)
             .map_err(ReloadError::Bind)?;
+        let udp = self.bind_udp(&snapshot).await.map_err(ReloadError::Bind)?;
         let gone: Vec<SocketAddr> = listeners
             .keys()
             .copied()
@@ -384,6 +453,8 @@ impl Server {
                 l.stop.stop();
             }
         }
+        drop(listeners);
+        self.serve_udp(udp).await;
         Ok(())
     }
 
@@ -392,6 +463,9 @@ impl Server {
     pub async fn shutdown(&self, graceful: bool, timeout: Option<Duration>) {
         for (_, l) in self.listeners.lock().await.drain() {
             l.stop.stop();
+        }
+        for (_, (stop, _)) in self.udp.lock().await.drain() {
+            stop.stop();
         }
         self.checks.stop();
         self.following.stop();

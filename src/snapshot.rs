@@ -328,7 +328,7 @@ impl Snapshot {
                     for l in server
                         .listens
                         .iter()
-                        .filter(|l| vhosts.contains_key(&l.addr))
+                        .filter(|l| !l.udp && vhosts.contains_key(&l.addr))
                     {
                         errors.push(ConfigError::new(
                             ErrorKind::Invalid(format!(
@@ -351,6 +351,7 @@ impl Snapshot {
         let backlog = (config.stream.iter())
             .flat_map(|s| &s.servers)
             .flat_map(|s| &s.listens)
+            .filter(|l| !l.udp)
             .filter_map(|l| Some((l.addr, l.backlog?)))
             .filter(|(addr, _)| bind.contains(addr))
             .collect();
@@ -448,6 +449,7 @@ fn reuseport_addresses(
     let stream_listens = (config.stream.iter())
         .flat_map(|h| &h.servers)
         .flat_map(|s| &s.listens)
+        .filter(|l| !l.udp)
         .map(|l| (l.addr, l.reuseport, &l.location));
     let mut reuseport = Vec::new();
     for (addr, _, location) in listens.chain(stream_listens).filter(|l| l.1) {

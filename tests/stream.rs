@@ -487,8 +487,8 @@ fn config_errors_say_where_and_what() {
     );
     let e = err("server { listen 1.2.3.4:5; return \"$host\"; }");
     assert!(e.contains("unknown \"host\" variable"), "{e}");
-    let e = err("server { listen 1.2.3.4:5 udp; proxy_pass 127.0.0.1:1; }");
-    assert!(e.contains("\"udp\" parameter"), "{e}");
+    let e = err("server { listen 1.2.3.4:5 ssl; proxy_pass 127.0.0.1:1; }");
+    assert!(e.contains("\"ssl\" parameter"), "{e}");
     let e = err("server { listen 1.2.3.4:5; proxy_pass 127.0.0.1:1; }
                  server { listen 1.2.3.4:5; proxy_pass 127.0.0.1:1; }");
     assert!(

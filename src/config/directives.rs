@@ -519,20 +519,8 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "imbang reads nothing before proxying (no ssl_preread yet)",
     ),
-    not_yet(
-        "proxy_requests",
-        SS,
-        ONE,
-        false,
-        "UDP in stream (listen ... udp) is not implemented yet",
-    ),
-    not_yet(
-        "proxy_responses",
-        SS,
-        ONE,
-        false,
-        "UDP in stream (listen ... udp) is not implemented yet",
-    ),
+    d("proxy_requests", SS, ONE),
+    d("proxy_responses", SS, ONE),
     no_effect(
         "variables_hash_max_size",
         C::STREAM,

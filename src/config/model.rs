@@ -1516,6 +1516,8 @@ pub struct StreamListen {
     pub reuseport: bool,
     /// `backlog=`: the listen queue (nginx's default 511).
     pub backlog: Option<i32>,
+    /// `udp`: datagrams, balanced per client session.
+    pub udp: bool,
     /// `path:line:col` of the `listen`.
     pub location: String,
 }
@@ -1559,6 +1561,12 @@ pub struct StreamServer {
     pub socket_keepalive: bool,
     pub preread_buffer_size: usize,
     pub preread_timeout: Duration,
+    /// `proxy_requests` (UDP): client datagrams after which a session takes no more (0: no
+    /// limit).
+    pub requests: u64,
+    /// `proxy_responses` (UDP): datagrams from the peer each client datagram expects
+    /// (`None`: no limit; the session ends by `proxy_timeout`).
+    pub responses: Option<u64>,
     /// `path:line:col` of the `server`.
     pub location: String,
 }

@@ -26,11 +26,14 @@ use crate::vars::{Scope, Template, Var};
 
 mod relay;
 pub mod session;
+pub mod udp;
 
 /// `stream { }` compiled for one snapshot.
 #[derive(Default)]
 pub struct Tables {
     servers: FastMap<SocketAddr, Arc<Server>>,
+    /// `listen ... udp` addresses (a port may be TCP and UDP at once, as DNS's).
+    udp_servers: FastMap<SocketAddr, Arc<Server>>,
     groups: Arc<FastMap<String, Arc<Group>>>,
     /// Every access-log file stream writes (for USR1).
     pub log_files: Vec<Arc<LogFile>>,
@@ -70,9 +73,19 @@ impl Tables {
         self.servers.get(&key)
     }
 
-    /// The configured listen addresses.
+    /// The configured TCP listen addresses.
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.servers.keys().copied()
+    }
+
+    /// The configured UDP listen addresses.
+    pub fn udp_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.udp_servers.keys().copied()
+    }
+
+    /// The server of the UDP socket bound for `key`.
+    pub fn udp_server(&self, key: SocketAddr) -> Option<&Arc<Server>> {
+        self.udp_servers.get(&key)
     }
 
     /// Stream's upstream groups, in no particular order.
@@ -112,6 +125,7 @@ pub fn compile(
     let groups = Arc::new(groups);
     let mut logs = LogCache::new(stream.log_buffers.clone(), workers);
     let mut servers = FastMap::default();
+    let mut udp_servers = FastMap::default();
     for spec in &stream.servers {
         let at = spec.location.as_str();
         let mut compile = |text: &str| match Template::compile_in(text, &scope) {
@@ -166,11 +180,15 @@ pub fn compile(
             groups: groups.clone(),
         });
         for l in &spec.listens {
-            servers.insert(l.addr, server.clone());
+            match l.udp {
+                false => servers.insert(l.addr, server.clone()),
+                true => udp_servers.insert(l.addr, server.clone()),
+            };
         }
     }
     Tables {
         servers,
+        udp_servers,
         groups,
         log_files: logs.into_files(),
     }

@@ -28,18 +28,92 @@ struct Try {
 }
 
 /// What a session's variables read.
-struct Session<'a> {
-    server: &'a Server,
-    id: u64,
-    remote: SocketAddr,
-    local: SocketAddr,
+pub(super) struct Session<'a> {
+    pub(super) server: &'a Server,
+    pub(super) id: u64,
+    pub(super) remote: SocketAddr,
+    pub(super) local: SocketAddr,
     start: Instant,
-    sets: Vec<(Arc<str>, String)>,
-    status: u16,
+    pub(super) sets: Vec<(Arc<str>, String)>,
+    pub(super) status: u16,
     /// To the client, from the client.
-    sent: u64,
-    received: u64,
+    pub(super) sent: u64,
+    pub(super) received: u64,
     tries: Vec<Try>,
+    /// A UDP session (`$protocol`).
+    udp: bool,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(server: &'a Server, id: u64, remote: SocketAddr, local: SocketAddr) -> Self {
+        Session {
+            server,
+            id,
+            remote,
+            local,
+            start: Instant::now(),
+            sets: Vec::new(),
+            status: 200,
+            sent: 0,
+            received: 0,
+            tries: Vec::new(),
+            udp: false,
+        }
+    }
+
+    /// A UDP session (`$protocol`).
+    pub(super) fn mark_udp(&mut self) {
+        self.udp = true;
+    }
+
+    /// A UDP session's try on `addr`, its bytes counted by the caller.
+    pub(super) fn udp_try(&mut self, addr: SocketAddr) {
+        self.udp = true;
+        self.tries.push(Try {
+            addr,
+            connect: Some(Duration::ZERO),
+            first_byte: None,
+            session: None,
+            sent: 0,
+            received: 0,
+        });
+    }
+
+    /// Ends the last try: its bytes and length.
+    pub(super) fn udp_done(&mut self, first_byte: Option<Instant>) {
+        let start = self.start;
+        let (sent, received) = (self.received, self.sent);
+        if let Some(t) = self.tries.last_mut() {
+            t.sent = sent;
+            t.received = received;
+            t.first_byte = first_byte.map(|at| at.saturating_duration_since(start));
+            t.session = Some(start.elapsed());
+        }
+    }
+
+    /// The `set` values, computed once the session is accepted.
+    pub(super) fn compute_sets(&mut self) {
+        for (name, value) in &self.server.sets {
+            let value = value.render(&*self);
+            self.sets.push((name.clone(), value));
+        }
+    }
+
+    /// Writes the access log's line.
+    pub(super) fn log(&self) {
+        if !self.server.logs.is_empty() {
+            self.server.logs.write(self);
+        }
+    }
+
+    pub(super) fn allowed(&self) -> bool {
+        let ip = self.remote.ip();
+        self.server
+            .access
+            .iter()
+            .find(|rule| rule.covers(ip))
+            .is_none_or(|rule| rule.allow)
+    }
 }
 
 /// Serves one accepted connection on `server`. `counted` is held until the session ends (a
@@ -52,22 +126,9 @@ pub async fn serve<C: Send + 'static>(
     local: SocketAddr,
     counted: C,
 ) {
-    let mut s = Session {
-        server: &server,
-        id,
-        remote,
-        local,
-        start: Instant::now(),
-        sets: Vec::new(),
-        status: 200,
-        sent: 0,
-        received: 0,
-        tries: Vec::new(),
-    };
+    let mut s = Session::new(&server, id, remote, local);
     s.run(client).await;
-    if !server.logs.is_empty() {
-        server.logs.write(&s);
-    }
+    s.log();
     drop(counted);
 }
 
@@ -85,10 +146,7 @@ impl Session<'_> {
             );
             return;
         }
-        for (name, value) in &server.sets {
-            let value = value.render(&*self);
-            self.sets.push((name.clone(), value));
-        }
+        self.compute_sets();
         if server.spec.tcp_nodelay {
             let _ = client.set_nodelay(true);
         }
@@ -125,15 +183,6 @@ impl Session<'_> {
                 }
             }
         }
-    }
-
-    fn allowed(&self) -> bool {
-        let ip = self.remote.ip();
-        self.server
-            .access
-            .iter()
-            .find(|rule| rule.covers(ip))
-            .is_none_or(|rule| rule.allow)
     }
 
     /// The pick-connect loop over a group, then the relay.
@@ -348,7 +397,7 @@ impl Vars for Session<'_> {
             Var::RemotePort => append_display(out, self.remote.port()),
             Var::ServerAddr => append_display(out, self.local.ip()),
             Var::ServerPort => append_display(out, self.local.port()),
-            Var::Protocol => out.push_str("TCP"),
+            Var::Protocol => out.push_str(if self.udp { "UDP" } else { "TCP" }),
             Var::Status => append_display(out, self.status),
             Var::BytesSent => append_display(out, self.sent),
             Var::BytesReceived => append_display(out, self.received),

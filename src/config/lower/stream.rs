@@ -32,6 +32,8 @@ struct StreamFrame {
     socket_keepalive: Option<bool>,
     preread_buffer_size: Option<usize>,
     preread_timeout: Option<Duration>,
+    requests: Option<u64>,
+    responses: Option<u64>,
 }
 
 impl StreamFrame {
@@ -58,6 +60,8 @@ impl StreamFrame {
             socket_keepalive,
             preread_buffer_size,
             preread_timeout,
+            requests,
+            responses,
         )
     }
 }
@@ -227,6 +231,8 @@ impl Lower<'_> {
             "proxy_half_close" => f.half_close = flag(),
             "tcp_nodelay" => f.tcp_nodelay = flag(),
             "proxy_socket_keepalive" => f.socket_keepalive = flag(),
+            "proxy_requests" => f.requests = self.number_arg(d, &args[0]),
+            "proxy_responses" => f.responses = self.number_arg(d, &args[0]),
             "proxy_next_upstream_tries" => {
                 f.next_upstream_tries = self.number_arg(d, &args[0]).map(|n| n as u32);
             }
@@ -347,6 +353,8 @@ impl Lower<'_> {
             socket_keepalive: f.socket_keepalive.unwrap_or(false),
             preread_buffer_size: f.preread_buffer_size.unwrap_or(16 * 1024),
             preread_timeout: f.preread_timeout.unwrap_or(Duration::from_secs(30)),
+            requests: f.requests.unwrap_or(0),
+            responses: f.responses,
             location: self.at(d.span),
         })
     }
@@ -425,6 +433,7 @@ impl Lower<'_> {
         };
         let mut reuseport = false;
         let mut backlog = None;
+        let mut udp = false;
         for p in &d.args[1..] {
             let (name, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
             match name {
@@ -433,7 +442,8 @@ impl Lower<'_> {
                     Ok(n) if n != 0 => backlog = Some(n),
                     _ => self.invalid(format!("invalid backlog \"{value}\""), p.span),
                 },
-                "udp" | "ssl" | "proxy_protocol" => self.invalid(
+                "udp" => udp = true,
+                "ssl" | "proxy_protocol" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" in stream is not supported by imbang yet",
                         p.value
@@ -453,6 +463,7 @@ impl Lower<'_> {
                 addr,
                 reuseport,
                 backlog,
+                udp,
                 location: self.at(d.span),
             });
         }
@@ -460,9 +471,9 @@ impl Lower<'_> {
 
     /// nginx: `duplicate "0.0.0.0:12345" address and port pair` among stream servers.
     fn check_stream_listens(&mut self, servers: &[StreamServer]) {
-        let mut seen: HashMap<std::net::SocketAddr, ()> = HashMap::new();
+        let mut seen: HashMap<(std::net::SocketAddr, bool), ()> = HashMap::new();
         for l in servers.iter().flat_map(|s| &s.listens) {
-            if seen.insert(l.addr, ()).is_some() {
+            if seen.insert((l.addr, l.udp), ()).is_some() {
                 self.errors.push(super::ConfigError::new(
                     ErrorKind::Invalid(format!("duplicate \"{}\" address and port pair", l.addr)),
                     Some(l.location.clone()),

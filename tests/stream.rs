@@ -557,3 +557,64 @@ async fn the_binary_reloads_and_upgrades_with_stream_listeners() {
     assert_ne!(new, pid);
     assert_eq!(first_line(lb).await, "b");
 }
+
+/// NGINX Plus's `/stream/upstreams`: stream's groups with the same counters as http's.
+#[tokio::test]
+async fn the_api_shows_stream_upstreams() {
+    let a = tcp_backend("a").await;
+    let dead = closed_port();
+    let (p1, p2) = (free_port(), free_port());
+    let lb = imbang(&format!(
+        "events {{}}
+         http {{ access_log off; server {{ listen 127.0.0.1:{p1}; location /api {{ api; }} }} }}
+         stream {{
+           upstream app {{ server {dead} max_fails=1 fail_timeout=60s; server {}; }}
+           server {{ listen 127.0.0.1:{p2}; proxy_pass app; }}
+         }}",
+        a.addr
+    ))
+    .await;
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(at(p2)).await.unwrap();
+        assert_eq!(line(&mut s).await, "a");
+        s.write_all(b"12345\n").await.unwrap();
+        assert_eq!(line(&mut s).await, "12345");
+        s.shutdown().await.unwrap();
+        let _ = rest(&mut s).await;
+    }
+    let get = |path: &'static str| async move {
+        let (status, body) = support::request(at(p1), "GET", path, "x", None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let endpoints = get("/api/9/").await;
+    assert!(endpoints.as_array().unwrap().contains(&"stream".into()));
+    assert_eq!(get("/api/9/stream").await, serde_json::json!(["upstreams"]));
+    // The sessions' counters are written when they end.
+    let mut all = get("/api/9/stream/upstreams").await;
+    let deadline = tokio::time::Instant::now() + T;
+    while all["app"]["peers"][1]["active"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        all = get("/api/9/stream/upstreams").await;
+    }
+    let peers = &all["app"]["peers"];
+    assert_eq!(peers[0]["server"], dead.to_string());
+    assert_eq!(peers[0]["state"], "unavail");
+    assert_eq!(peers[0]["fails"], 1);
+    assert_eq!(peers[0]["connections"], 1);
+    assert_eq!(peers[1]["state"], "up");
+    assert_eq!(peers[1]["connections"], 2);
+    assert_eq!(peers[1]["sent"], 12);
+    // "a\n" and the echo, per session (the FIN ends a session: nginx's proxy_half_close off).
+    assert_eq!(peers[1]["received"], 2 * (2 + 6));
+    assert!(peers[1].get("responses").is_none());
+    assert!(peers[1]["connect_time"].is_number(), "{}", peers[1]);
+    assert_eq!(all["app"]["zone"], "app");
+    assert_eq!(
+        get("/api/9/stream/upstreams/app/servers/1").await["server"],
+        a.addr.to_string()
+    );
+    drop(lb);
+}

@@ -88,6 +88,11 @@ impl Tables {
         self.udp_servers.get(&key)
     }
 
+    /// Stream's upstream group `name`.
+    pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.get(name)
+    }
+
     /// Stream's upstream groups, in no particular order.
     pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
         self.groups.values()

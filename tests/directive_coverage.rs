@@ -144,7 +144,9 @@ fn every_directive_of_covered_modules_is_in_imbang() {
 /// The union of the contexts of every imbang entry named `name`, stream's left out (the
 /// stream modules are not in nginx's table here; docs/stream.md lists their directives).
 fn imbang_contexts(name: &str) -> Contexts {
-    let stream = Contexts::STREAM.or(Contexts::STREAM_SERVER);
+    let stream = Contexts::STREAM
+        .or(Contexts::STREAM_SERVER)
+        .or(Contexts::STREAM_MATCH);
     let mut all = Contexts::from_bits(0);
     for bit in 0..16 {
         let ctx = Contexts::from_bits(1 << bit);

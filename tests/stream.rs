@@ -618,3 +618,48 @@ async fn the_api_shows_stream_upstreams() {
     );
     drop(lb);
 }
+
+/// NGINX Plus's stream `health_check` with a `match` that sends and expects: a peer whose
+/// answer does not match gets no sessions.
+#[tokio::test]
+async fn health_checks_take_a_failing_peer_out() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let lb = imbang(&conf(&format!(
+        "match hello {{ send \"ping\\n\"; expect ~ \"^a\\nping\"; }}
+         upstream app {{ server {}; server {}; }}
+         server {{
+           listen 127.0.0.1:0;
+           proxy_pass app;
+           health_check interval=100ms match=hello mandatory;
+           health_check_timeout 2s;
+         }}",
+        a.addr, b.addr
+    )))
+    .await;
+    assert_eq!(lb.server.health_checks(), (1, 2));
+    // `mandatory`: no peer takes sessions before its first check passed.
+    let deadline = tokio::time::Instant::now() + T;
+    while first_line(lb.addr).await != "a" {
+        assert!(tokio::time::Instant::now() < deadline, "a never passed");
+    }
+    for _ in 0..4 {
+        assert_eq!(first_line(lb.addr).await, "a");
+    }
+    // b was checked (its connections) but took no session.
+    assert!(b.accepted.load(Ordering::SeqCst) >= 1);
+
+    let e = support::compile(&conf(
+        "server { listen 1.2.3.4:5; return x; health_check; }",
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("\"health_check\" requires \"proxy_pass\""),
+        "{e}"
+    );
+    let e = support::compile(&conf(
+        "upstream app { server 127.0.0.1:1; }
+         server { listen 1.2.3.4:5; proxy_pass app; health_check match=nope; }",
+    ))
+    .unwrap_err();
+    assert!(e.contains("match \"nope\" is not defined"), "{e}");
+}

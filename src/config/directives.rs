@@ -22,6 +22,8 @@ impl Contexts {
     /// `server { }` inside `stream` (`NGX_STREAM_SRV_CONF`). A stream `upstream { }` is read in
     /// [`Contexts::UPSTREAM`], as http's is (stream lowering refuses what only http's allows).
     pub const STREAM_SERVER: Self = Self(1 << 9);
+    /// Inside a stream `match name { }` (NGINX Plus's `send`/`expect` for stream checks).
+    pub const STREAM_MATCH: Self = Self(1 << 10);
 
     pub const fn or(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -519,6 +521,11 @@ pub static DIRECTIVES: &[Spec] = &[
         ONE,
         "imbang reads nothing before proxying (no ssl_preread yet)",
     ),
+    d("health_check", C::STREAM_SERVER, AtLeast(0)),
+    d("health_check_timeout", SS, ONE),
+    block("match", C::STREAM, ONE),
+    d("send", C::STREAM_MATCH, ONE),
+    d("expect", C::STREAM_MATCH, Range(1, 2)),
     d("proxy_requests", SS, ONE),
     d("proxy_responses", SS, ONE),
     no_effect(

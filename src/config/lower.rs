@@ -1967,6 +1967,7 @@ impl<'a> Lower<'a> {
             send_timeout: conf.proxy.send_timeout,
             read_timeout: conf.proxy.read_timeout,
             location: self.at(d.span),
+            stream: None,
         };
         let mut ok = true;
         for p in &d.args {

@@ -891,6 +891,24 @@ pub struct HealthCheck {
     pub read_timeout: Duration,
     /// `path:line:col` of the `health_check` line.
     pub location: String,
+    /// A stream `health_check` (TCP): connect, then the stream `match`'s `send`/`expect`.
+    pub stream: Option<StreamCheck>,
+}
+
+/// What a stream health check sends and expects (a stream `match` block; none: the connect
+/// alone passes).
+#[derive(Clone, Debug, Default)]
+pub struct StreamCheck {
+    /// `send "text"`: written once connected (nginx's escapes `\x..`, `\r`, `\n` decoded).
+    pub send: Vec<u8>,
+    /// `expect "text"` (the answer starts with it) or `expect ~ "regex"`.
+    pub expect: Option<StreamExpect>,
+}
+
+#[derive(Clone, Debug)]
+pub enum StreamExpect {
+    Prefix(Vec<u8>),
+    Regex(regex::bytes::Regex),
 }
 
 impl HealthCheck {
@@ -912,6 +930,9 @@ impl HealthCheck {
                 self.http10,
                 &self.tls,
                 (self.connect_timeout, self.send_timeout, self.read_timeout),
+                self.stream
+                    .as_ref()
+                    .map(|s| (&s.send, format!("{:?}", s.expect))),
             )
         )
     }
@@ -1507,6 +1528,8 @@ pub struct Stream {
     pub error_log: Vec<ErrorLogSpec>,
     /// Access-log files written through a buffer, by path (as [`Http::log_buffers`]).
     pub log_buffers: HashMap<PathBuf, LogBuffer>,
+    /// Every stream `health_check`, in file order.
+    pub health_checks: Vec<HealthCheck>,
 }
 
 /// One `listen` of a stream `server`.

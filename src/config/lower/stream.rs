@@ -34,6 +34,7 @@ struct StreamFrame {
     preread_timeout: Option<Duration>,
     requests: Option<u64>,
     responses: Option<u64>,
+    health_check_timeout: Option<Duration>,
 }
 
 impl StreamFrame {
@@ -62,6 +63,7 @@ impl StreamFrame {
             preread_timeout,
             requests,
             responses,
+            health_check_timeout,
         )
     }
 }
@@ -100,10 +102,16 @@ impl Lower<'_> {
                 self.stream_upstream(d, &mut ups);
             }
         }
+        let mut matches = HashMap::new();
+        for d in ds.iter().filter(|d| d.name == "match") {
+            if self.check(d, Contexts::STREAM).is_some() {
+                self.stream_match(d, &mut matches);
+            }
+        }
         let mut servers = Vec::new();
         for d in ds
             .iter()
-            .filter(|d| !matches!(d.name.as_str(), "log_format" | "upstream"))
+            .filter(|d| !matches!(d.name.as_str(), "log_format" | "upstream" | "match"))
         {
             let Some(spec) = self.check(d, Contexts::STREAM) else {
                 continue;
@@ -120,7 +128,8 @@ impl Lower<'_> {
             }
         }
         for d in servers {
-            if let Some(server) = self.stream_server(d, &frame, &mut ups, &mut stream) {
+            let cx = (&frame, &matches);
+            if let Some(server) = self.stream_server(d, cx, &mut ups, &mut stream) {
                 stream.servers.push(server);
             }
         }
@@ -232,6 +241,7 @@ impl Lower<'_> {
             "tcp_nodelay" => f.tcp_nodelay = flag(),
             "proxy_socket_keepalive" => f.socket_keepalive = flag(),
             "proxy_requests" => f.requests = self.number_arg(d, &args[0]),
+            "health_check_timeout" => f.health_check_timeout = self.duration_arg(d, &args[0]),
             "proxy_responses" => f.responses = self.number_arg(d, &args[0]),
             "proxy_next_upstream_tries" => {
                 f.next_upstream_tries = self.number_arg(d, &args[0]).map(|n| n as u32);
@@ -291,10 +301,11 @@ impl Lower<'_> {
     fn stream_server(
         &mut self,
         d: &Directive,
-        parent: &StreamFrame,
+        (parent, matches): (&StreamFrame, &HashMap<String, StreamCheck>),
         ups: &mut Upstreams,
         stream: &mut Stream,
     ) -> Option<StreamServer> {
+        let mut checks = Vec::new();
         let mut own = StreamFrame::default();
         let mut seen = Seen::default();
         let mut listens = Vec::new();
@@ -306,6 +317,7 @@ impl Lower<'_> {
             };
             match c.name.as_str() {
                 "listen" => self.stream_listen(c, &mut listens),
+                "health_check" => checks.push(c),
                 "set" => sets.extend(self.set(c)),
                 "error_log" => stream.error_log.extend(self.error_log(c)),
                 "proxy_pass" | "return" => {
@@ -333,6 +345,22 @@ impl Lower<'_> {
             return None;
         }
         let f = own.inherit(parent);
+        for c in checks {
+            let group = match &action {
+                Some(StreamAction::Proxy(group)) => group.clone(),
+                _ => {
+                    self.invalid(
+                        "\"health_check\" requires \"proxy_pass\" to an upstream group in the same server".to_owned(),
+                        c.span,
+                    );
+                    continue;
+                }
+            };
+            let timeout = f.health_check_timeout.unwrap_or(Duration::from_secs(5));
+            if let Some(check) = self.stream_health_check(c, group, timeout, matches) {
+                stream.health_checks.push(check);
+            }
+        }
         Some(StreamServer {
             listens,
             action,
@@ -469,6 +497,127 @@ impl Lower<'_> {
         }
     }
 
+    /// `match name { send "..."; expect "..." | expect ~ "regex"; }` of stream.
+    fn stream_match(&mut self, d: &Directive, matches: &mut HashMap<String, StreamCheck>) {
+        let name = d.args[0].value.clone();
+        if matches.contains_key(&name) {
+            return self.invalid(format!("duplicate match \"{name}\""), d.span);
+        }
+        let mut check = StreamCheck::default();
+        let mut seen = Seen::default();
+        for c in d.block.as_deref().unwrap_or_default() {
+            let Some(spec) = self.check(c, Contexts::STREAM_MATCH) else {
+                continue;
+            };
+            if !self.once(&mut seen, spec, c) {
+                continue;
+            }
+            match (c.name.as_str(), c.args.len()) {
+                ("send", _) => check.send = unescape(&c.args[0].value),
+                ("expect", 1) => {
+                    check.expect = Some(StreamExpect::Prefix(unescape(&c.args[0].value)));
+                }
+                ("expect", _) if c.args[0].value == "~" => {
+                    check.expect = self
+                        .regex_arg(&c.args[1], regex::bytes::Regex::new)
+                        .map(StreamExpect::Regex);
+                }
+                _ => self.invalid_value(c, &c.args[0]),
+            }
+        }
+        matches.insert(name, check);
+    }
+
+    /// `health_check [interval=] [jitter=] [fails=] [passes=] [match=] [port=]
+    /// [mandatory [persistent]]` in a stream server that proxies to `group`.
+    fn stream_health_check(
+        &mut self,
+        d: &Directive,
+        group: String,
+        timeout: Duration,
+        matches: &HashMap<String, StreamCheck>,
+    ) -> Option<HealthCheck> {
+        let mut check = HealthCheck {
+            upstream: group,
+            uri: String::new(),
+            port: None,
+            interval: Duration::from_secs(5),
+            jitter: Duration::ZERO,
+            fails: 1,
+            passes: 1,
+            mandatory: false,
+            persistent: false,
+            matcher: None,
+            host: String::new(),
+            http10: false,
+            tls: None,
+            connect_timeout: timeout,
+            send_timeout: timeout,
+            read_timeout: timeout,
+            location: self.at(d.span),
+            stream: Some(StreamCheck::default()),
+        };
+        let mut ok = true;
+        for p in &d.args {
+            let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
+            let good = match (key, p.value.contains('=')) {
+                ("interval", true) => (values::duration(value).filter(|t| !t.is_zero()))
+                    .map(|t| check.interval = t)
+                    .is_some(),
+                ("jitter", true) => values::duration(value).map(|t| check.jitter = t).is_some(),
+                ("fails", true) => (values::number(value).filter(|&n| n > 0))
+                    .map(|n| check.fails = n.min(u64::from(u32::MAX)) as u32)
+                    .is_some(),
+                ("passes", true) => (values::number(value).filter(|&n| n > 0))
+                    .map(|n| check.passes = n.min(u64::from(u32::MAX)) as u32)
+                    .is_some(),
+                ("port", true) => (values::number(value).filter(|&n| (1..=65535).contains(&n)))
+                    .map(|n| check.port = Some(n as u16))
+                    .is_some(),
+                ("match", true) => match matches.get(value) {
+                    Some(m) => {
+                        check.stream = Some(m.clone());
+                        true
+                    }
+                    None => {
+                        self.invalid(format!("match \"{value}\" is not defined"), p.span);
+                        ok = false;
+                        continue;
+                    }
+                },
+                ("mandatory", false) => {
+                    check.mandatory = true;
+                    true
+                }
+                ("persistent", false) => {
+                    check.persistent = true;
+                    true
+                }
+                ("udp", false) => {
+                    self.invalid(
+                        "\"udp\" health checks are not supported by imbang yet".to_owned(),
+                        p.span,
+                    );
+                    ok = false;
+                    continue;
+                }
+                _ => false,
+            };
+            if !good {
+                self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
+                ok = false;
+            }
+        }
+        if check.persistent && !check.mandatory {
+            self.invalid(
+                "\"persistent\" requires \"mandatory\" in \"health_check\"".to_owned(),
+                d.span,
+            );
+            ok = false;
+        }
+        ok.then_some(check)
+    }
+
     /// nginx: `duplicate "0.0.0.0:12345" address and port pair` among stream servers.
     fn check_stream_listens(&mut self, servers: &[StreamServer]) {
         let mut seen: HashMap<(std::net::SocketAddr, bool), ()> = HashMap::new();
@@ -491,4 +640,26 @@ fn has_port(text: &str) -> bool {
             .is_some_and(|(_, after)| after.starts_with(':')),
         None => text.contains(':') || text.bytes().all(|b| b.is_ascii_digit()),
     }
+}
+
+/// A `send`/`expect` string with NGINX Plus's `\\xHH` escapes decoded (the parser already
+/// decoded `\\r`, `\\n`, `\\t` and quotes).
+fn unescape(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && bytes.get(i + 1) == Some(&b'x')
+            && let Some(hex) = text.get(i + 2..i + 4)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }

@@ -190,6 +190,7 @@ fn variables(c: &mut Criterion) {
         key: local,
         accepted: tokio::time::Instant::now(),
         tls: None,
+        proxy_protocol: None,
     };
     let ctx = RequestCtx {
         conn: &conn,

@@ -21,7 +21,7 @@ secs=${1:-60}
 shift || true
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-all=(config http1_request http1_chunked upstream_response regex)
+all=(config http1_request http1_chunked upstream_response regex proxy_protocol ssl_preread)
 targets=("${@:-${all[@]}}")
 target_dir=$root/target/fuzz
 bin_dir=$target_dir/x86_64-unknown-linux-gnu/release

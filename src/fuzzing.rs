@@ -218,3 +218,63 @@ pub fn regex(data: &[u8]) {
         let _ = re.capture_names();
     }
 }
+
+/// The PROXY protocol header parser (`listen ... proxy_protocol`): a header taken is never
+/// longer than the input nor than the limits, parses the same from its own bytes alone, and
+/// its TLVs can be looked up by any name; bytes still incomplete never exceed the limit; the
+/// header written back for the addresses it carried parses to the same addresses.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{self as pp, ParseError, TlvName};
+    match pp::parse(data) {
+        Ok((header, len)) => {
+            assert!(len <= data.len() && len <= pp::MAX_HEADER, "{len}");
+            assert_eq!(pp::parse(&data[..len]), Ok((header.clone(), len)));
+            for name in [
+                "alpn",
+                "unique_id",
+                "ssl",
+                "ssl_cn",
+                "ssl_verify",
+                "ssl_0x21",
+                "0xff",
+            ] {
+                let _ = header.tlv(TlvName::parse(name).expect("a known name"));
+            }
+            if let Some(addresses) = &header.addresses
+                && let (Some(client), Ok(server)) = (
+                    addresses.source_addr(),
+                    addresses.destination.parse::<std::net::IpAddr>(),
+                )
+            {
+                let server = std::net::SocketAddr::new(server, addresses.destination_port);
+                for bytes in [
+                    pp::encode_v1(Some((client, server))),
+                    pp::encode_v2(Some((client, server)), &[]),
+                ] {
+                    let (again, n) = pp::parse(&bytes).expect("a header imbang wrote");
+                    assert_eq!(n, bytes.len());
+                    let again = again.addresses.expect("addresses");
+                    assert_eq!(again.source_addr().map(|a| a.port()), Some(client.port()));
+                }
+            }
+        }
+        Err(ParseError::Incomplete) => assert!(data.len() < pp::MAX_HEADER, "{}", data.len()),
+        Err(ParseError::Broken(why)) => assert!(!why.to_string().is_empty()),
+    }
+}
+
+/// The ClientHello reader of `ssl_preread`: never a panic; a hello read in full reads the same
+/// with more bytes behind it (what follows the hello is not its business), and an incomplete
+/// one stays incomplete or is decided with more bytes, never turns into "not TLS".
+pub fn ssl_preread(data: &[u8]) {
+    use crate::tls::preread::{Preread, parse};
+    let verdict = parse(data);
+    let mut more = data.to_vec();
+    more.extend_from_slice(&[0x17, 3, 3, 0, 1, 0]);
+    let after = parse(&more);
+    match &verdict {
+        Preread::Parsed(_) | Preread::NotTls => assert_eq!(verdict, after),
+        Preread::Incomplete => assert_ne!(after, Preread::NotTls, "incomplete became not TLS"),
+        Preread::Malformed => {}
+    }
+}

@@ -55,6 +55,7 @@ pub mod pool;
 pub mod privileges;
 pub mod process;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod realip;
 pub mod reload;
 pub mod resolve;

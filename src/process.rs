@@ -239,6 +239,8 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
     if let Some(n) = rlimit_nofile {
         privileges::set_nofile(n);
     }
+    // `client_body_temp_path` directories, made now as nginx's master makes its paths.
+    let body_paths = crate::proxy::spool::temp_paths(&server.snapshot().config);
     if let Plan::DropTo(account) = &plan {
         // The pid file is written once every listener accepts, by then as the user: its inode
         // is made now, as root, in a directory the user may not write to (nginx's /run).
@@ -254,7 +256,7 @@ fn run(config: Config, source: Source, default_log: ErrorLogSpec) -> ExitCode {
         // The ACME state directories too (made now if needed, as nginx's master makes its
         // paths for its workers' user), with what earlier runs kept in them.
         let state = crate::acme::state_paths(&server.snapshot().config);
-        let paths = log_paths.iter().chain([&pid_file]).chain(&state);
+        let paths = (log_paths.iter().chain([&pid_file]).chain(&state)).chain(&body_paths);
         privileges::hand_over(paths.map(PathBuf::as_path), account);
         if let Err(e) = privileges::drop_to(account) {
             log!(Emerg, "{e}");

@@ -16,16 +16,23 @@ use http::HeaderMap;
 use crate::config::model::{RealIp, RealIpHeader};
 
 /// The client address `spec` finds for a connection from `peer` with `headers`, or `None`
-/// when the module leaves it as it is (untrusted peer, no field, no address in it).
-pub fn find(spec: &RealIp, peer: SocketAddr, headers: &HeaderMap) -> Option<SocketAddr> {
+/// when the module leaves it as it is (untrusted peer, no field, no address in it). `proxy`:
+/// the connection's PROXY protocol header, for `real_ip_header proxy_protocol`.
+pub fn find(
+    spec: &RealIp,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    proxy: Option<&crate::proxy_protocol::Header>,
+) -> Option<SocketAddr> {
     if !spec.trusts(peer.ip()) {
         return None;
     }
     match &spec.header {
         RealIpHeader::XRealIp => from_field(spec, peer, headers.get("x-real-ip")?.as_bytes()),
         RealIpHeader::Other(name) => from_field(spec, peer, headers.get(name.as_str())?.as_bytes()),
-        // No PROXY protocol header is ever read (docs/realip.md).
-        RealIpHeader::ProxyProtocol => None,
+        // nginx: the header's source address with its port; a v1 address that is no IP
+        // address (the protocol allows any hex text) changes nothing.
+        RealIpHeader::ProxyProtocol => proxy?.addresses.as_ref()?.source_addr(),
         RealIpHeader::XForwardedFor => {
             let fields: Vec<&[u8]> = headers
                 .get_all("x-forwarded-for")
@@ -160,9 +167,9 @@ mod tests {
     fn an_untrusted_peer_keeps_its_address() {
         let s = spec(&["10.0.0.0/8"], RealIpHeader::XRealIp, false);
         let h = headers(&[("x-real-ip", "1.2.3.4")]);
-        assert_eq!(find(&s, peer("192.168.0.1"), &h), None);
+        assert_eq!(find(&s, peer("192.168.0.1"), &h, None), None);
         assert_eq!(
-            find(&s, peer("10.1.1.1"), &h),
+            find(&s, peer("10.1.1.1"), &h, None),
             Some("1.2.3.4:0".parse().unwrap())
         );
     }
@@ -172,17 +179,26 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2,10.0.0.2 ")]);
         let once = spec(&["10.0.0.0/8"], RealIpHeader::XForwardedFor, false);
         assert_eq!(
-            find(&once, peer("10.0.0.1"), &h).unwrap().ip().to_string(),
+            find(&once, peer("10.0.0.1"), &h, None)
+                .unwrap()
+                .ip()
+                .to_string(),
             "10.0.0.2"
         );
         let rec = spec(&["10.0.0.0/8"], RealIpHeader::XForwardedFor, true);
         assert_eq!(
-            find(&rec, peer("10.0.0.1"), &h).unwrap().ip().to_string(),
+            find(&rec, peer("10.0.0.1"), &h, None)
+                .unwrap()
+                .ip()
+                .to_string(),
             "2.2.2.2"
         );
         let all = spec(&["0.0.0.0/0"], RealIpHeader::XForwardedFor, true);
         assert_eq!(
-            find(&all, peer("10.0.0.1"), &h).unwrap().ip().to_string(),
+            find(&all, peer("10.0.0.1"), &h, None)
+                .unwrap()
+                .ip()
+                .to_string(),
             "1.1.1.1"
         );
     }
@@ -195,12 +211,18 @@ mod tests {
         ]);
         let rec = spec(&["10.0.0.0/8"], RealIpHeader::XForwardedFor, true);
         assert_eq!(
-            find(&rec, peer("10.0.0.1"), &h).unwrap().ip().to_string(),
+            find(&rec, peer("10.0.0.1"), &h, None)
+                .unwrap()
+                .ip()
+                .to_string(),
             "1.1.1.1"
         );
         let once = spec(&["10.0.0.0/8"], RealIpHeader::XForwardedFor, false);
         assert_eq!(
-            find(&once, peer("10.0.0.1"), &h).unwrap().ip().to_string(),
+            find(&once, peer("10.0.0.1"), &h, None)
+                .unwrap()
+                .ip()
+                .to_string(),
             "10.0.0.3"
         );
     }
@@ -221,6 +243,6 @@ mod tests {
             false,
         );
         let h = headers(&[("CF-Connecting-IP", "garbage")]);
-        assert_eq!(find(&s, peer("127.0.0.1"), &h), None);
+        assert_eq!(find(&s, peer("127.0.0.1"), &h, None), None);
     }
 }

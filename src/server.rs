@@ -390,7 +390,14 @@ impl Server {
             key,
             accepted: tokio::time::Instant::now(),
             tls: None,
+            proxy_protocol: None,
         };
+        if listener.proxy_protocol {
+            // The header first, then TLS or HTTP as on any other address (a branch taken
+            // only on such addresses: the others pay one test per connection).
+            tokio::spawn(proxy_protocol_first(stream, listener, info, counted));
+            return;
+        }
         if listener.tls {
             // The handshake first; the connection info is complete once it is done.
             tokio::spawn(crate::tls::accept::serve(stream, listener, info, counted));
@@ -497,6 +504,44 @@ impl Server {
     }
 }
 
+/// A connection on a `listen ... proxy_protocol` address: its PROXY protocol header, read
+/// within `client_header_timeout` (nginx's bound in http: the wait for the request, which the
+/// header is the start of), then TLS or HTTP. A missing, broken or late header closes the
+/// connection, logged at nginx's level (`error` for a broken header, `info` otherwise).
+async fn proxy_protocol_first(
+    mut stream: TcpStream,
+    listener: Arc<http1::Listener>,
+    mut info: ConnInfo,
+    counted: Counted,
+) {
+    let timeout = listener.settings.header_timeout;
+    let read = tokio::select! {
+        biased;
+        () = listener.stop.stopped() => return,
+        read = crate::proxy_protocol::read_header_tcp(&mut stream, timeout) => read,
+    };
+    match read {
+        Ok(header) => info.proxy_protocol = Some(Box::new(header)),
+        Err(e) => {
+            crate::error_log::log(
+                e.level(),
+                format_args!(
+                    "*{} {e} while reading PROXY protocol, client: {}, server: {}",
+                    info.id,
+                    info.remote.ip(),
+                    info.local
+                ),
+            );
+            return;
+        }
+    }
+    if listener.tls {
+        crate::tls::accept::serve(stream, listener, info, counted).await;
+    } else {
+        http1::serve(stream, listener, Arc::new(info), counted).await;
+    }
+}
+
 /// The error log a configuration asks for: the main-level `error_log` (or the `-e` / default
 /// one), plus every http-level one.
 pub fn open_error_log(
@@ -558,6 +603,7 @@ impl ListenerCache {
             settings: client_settings(&snapshot.config),
             stop: stop.clone(),
             tls: snapshot.tls.contains(&key),
+            proxy_protocol: snapshot.proxy_protocol.contains(&key),
         });
         let main = &snapshot.config.main;
         let workers = main.worker_processes.count().max(1);

@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub reuseport: Vec<SocketAddr>,
     /// Configured listen addresses whose connections speak TLS (`listen ... ssl`).
     pub tls: Vec<SocketAddr>,
+    /// Configured listen addresses whose connections begin with a PROXY protocol header
+    /// (`listen ... proxy_protocol`).
+    pub proxy_protocol: Vec<SocketAddr>,
     /// `[warn]` lines found while compiling (beside the config's own warnings).
     pub warnings: Vec<String>,
     /// Every access-log file this configuration writes (for USR1).
@@ -225,7 +228,7 @@ impl Snapshot {
         let mut warnings = Vec::new();
         let mut groups = FastMap::default();
         let mut vhosts = FastMap::default();
-        let (mut tls, mut h2) = (Vec::new(), Vec::new());
+        let (mut tls, mut h2, mut proxy_protocol) = (Vec::new(), Vec::new(), Vec::new());
         let buffers = config.http.as_ref().map(|h| h.log_buffers.clone());
         let workers = config.main.worker_processes.count();
         let mut logs = LogCache::new(buffers.unwrap_or_default(), workers);
@@ -267,6 +270,9 @@ impl Snapshot {
                     }
                     if l.http2 && !h2.contains(&l.addr) {
                         h2.push(l.addr);
+                    }
+                    if l.proxy_protocol && !proxy_protocol.contains(&l.addr) {
+                        proxy_protocol.push(l.addr);
                     }
                 }
             }
@@ -364,6 +370,7 @@ impl Snapshot {
             bind,
             reuseport,
             tls,
+            proxy_protocol,
             warnings,
             log_files,
             stream,

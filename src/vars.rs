@@ -94,8 +94,9 @@ pub enum Var {
     /// The client address and port before the realip module changed them.
     RealipRemoteAddr,
     RealipRemotePort,
-    /// `$proxy_protocol_addr` and friends: always empty (no PROXY protocol yet).
-    ProxyProtocol,
+    /// `$proxy_protocol_addr` and friends: from the connection's PROXY protocol header (empty
+    /// without one).
+    ProxyProtocol(ProxyProtocolVar),
     /// Known once the response is sent.
     RequestCompletion,
     UpstreamResponseLength,
@@ -482,10 +483,10 @@ impl Var {
             "nginx_version" => Self::NginxVersion,
             "realip_remote_addr" => Self::RealipRemoteAddr,
             "realip_remote_port" => Self::RealipRemotePort,
-            "proxy_protocol_addr"
-            | "proxy_protocol_port"
-            | "proxy_protocol_server_addr"
-            | "proxy_protocol_server_port" => Self::ProxyProtocol,
+            "proxy_protocol_addr" => Self::ProxyProtocol(ProxyProtocolVar::Addr),
+            "proxy_protocol_port" => Self::ProxyProtocol(ProxyProtocolVar::Port),
+            "proxy_protocol_server_addr" => Self::ProxyProtocol(ProxyProtocolVar::ServerAddr),
+            "proxy_protocol_server_port" => Self::ProxyProtocol(ProxyProtocolVar::ServerPort),
             "request_completion" => Self::RequestCompletion,
             "upstream_response_length" => Self::UpstreamResponseLength,
             "upstream_bytes_received" => Self::UpstreamBytesReceived,
@@ -504,7 +505,12 @@ impl Var {
                         .filter(|s| !s.is_empty())
                         .map(|s| s.replace('_', "-").to_ascii_lowercase())
                 };
-                if let Some(h) = name.strip_prefix("http_") {
+                if let Some(t) = name.strip_prefix("proxy_protocol_tlv_") {
+                    // A name nginx does not know is empty (nginx logs it when read).
+                    Self::ProxyProtocol(ProxyProtocolVar::Tlv(
+                        crate::proxy_protocol::TlvName::parse(t),
+                    ))
+                } else if let Some(h) = name.strip_prefix("http_") {
                     Self::Header(header(h)?)
                 } else if let Some(h) = name.strip_prefix("sent_http_") {
                     Self::SentHttp(header(h)?)
@@ -531,6 +537,47 @@ impl Var {
                 }
             }
         })
+    }
+}
+
+/// The `$proxy_protocol_*` variables (nginx's core http variables over `c->proxy_protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocolVar {
+    Addr,
+    Port,
+    ServerAddr,
+    ServerPort,
+    /// `$proxy_protocol_tlv_NAME`; `None` for a name nginx does not know.
+    Tlv(Option<crate::proxy_protocol::TlvName>),
+}
+
+impl ProxyProtocolVar {
+    /// Appends the value for a connection that began with `header` (nothing without one).
+    pub fn append(self, header: Option<&crate::proxy_protocol::Header>, out: &mut String) {
+        let Some(header) = header else {
+            return;
+        };
+        let addresses = header.addresses.as_ref();
+        match self {
+            Self::Addr => out.extend(addresses.map(|a| &*a.source)),
+            Self::ServerAddr => out.extend(addresses.map(|a| &*a.destination)),
+            // Port 0 is empty, as nginx's.
+            Self::Port | Self::ServerPort => {
+                let port = addresses.map_or(0, |a| match self {
+                    Self::Port => a.source_port,
+                    _ => a.destination_port,
+                });
+                if port != 0 {
+                    let _ = write!(out, "{port}");
+                }
+            }
+            Self::Tlv(Some(name)) => {
+                if let Some(value) = header.tlv(name) {
+                    out.push_str(&String::from_utf8_lossy(&value));
+                }
+            }
+            Self::Tlv(None) => {}
+        }
     }
 }
 

@@ -183,8 +183,12 @@ async fn send(lb: &support::Lb, method: &str, len: usize) -> Result<(u16, String
 
 /// Below nginx's default `client_body_buffer_size` (8k): kept in memory, can be sent again.
 const KEPT: usize = 6000;
-/// Above it: streamed to the first peer, cannot be sent again.
+/// Above it: kept in a temporary file (`proxy_request_buffering on`, the default), or streamed
+/// to the first peer and not kept (`proxy_request_buffering off`).
 const STREAMED: usize = 50_000;
+
+/// Bodies go to the peer as they arrive, as with nginx's `proxy_request_buffering off`.
+const UNBUFFERED: &str = "proxy_request_buffering off;";
 
 async fn crashing() -> support::TestBackend {
     let any = "127.0.0.1:0".parse().unwrap();
@@ -231,10 +235,23 @@ async fn a_post_that_reached_a_peer_is_never_sent_again() {
 }
 
 #[tokio::test]
-async fn a_streamed_put_is_not_sent_again_either() {
+async fn a_put_larger_than_the_buffer_is_sent_again_from_its_file() {
+    // nginx's default: the body is read whole (beyond client_body_buffer_size into a
+    // temporary file) before the first peer, so the next peer gets all of it.
     let crash = crashing().await;
     let b = backend("b").await;
     let lb = imbang(&two(&crash, &b, "")).await;
+    let (status, body) = send(&lb, "PUT", STREAMED).await.unwrap();
+    assert_eq!((status, body), (200, format!("b PUT / body={STREAMED}")));
+    assert_eq!((crash.hits(), b.hits(), b.body_bytes()), (1, 1, STREAMED));
+}
+
+#[tokio::test]
+async fn an_unbuffered_put_is_not_sent_again() {
+    let crash = crashing().await;
+    let b = backend("b").await;
+    let servers = format!("server {}; server {};", crash.addr, b.addr);
+    let lb = imbang(&conf_with(&servers, UNBUFFERED)).await;
     assert_eq!(send(&lb, "PUT", STREAMED).await.unwrap().0, 502);
     assert_eq!((crash.hits(), b.hits()), (1, 0));
 }
@@ -333,10 +350,19 @@ async fn a_hung_peer_s_timeout_is_a_504_for_a_post_with_a_body_never_resent() {
 }
 
 #[tokio::test]
-async fn client_body_buffer_size_decides_which_bodies_can_be_sent_again() {
+async fn unbuffered_client_body_buffer_size_decides_which_bodies_can_be_sent_again() {
     for (setting, len, want) in [
-        ("client_body_buffer_size 1k;", KEPT, 502),
-        ("client_body_buffer_size 64k;", STREAMED, 200),
+        (
+            "proxy_request_buffering off; client_body_buffer_size 1k;",
+            KEPT,
+            502,
+        ),
+        (
+            "proxy_request_buffering off; client_body_buffer_size 64k;",
+            STREAMED,
+            200,
+        ),
+        ("client_body_buffer_size 1k;", KEPT, 200),
     ] {
         let crash = crashing().await;
         let b = backend("b").await;
@@ -408,9 +434,24 @@ async fn a_post_reset_unread_on_a_pooled_connection_goes_to_the_next_peer() {
 }
 
 #[tokio::test]
-async fn a_streamed_post_reset_unread_is_not_sent_again() {
-    // The body went out as it arrived and was not kept: there is nothing to send again.
+async fn a_large_post_reset_unread_goes_to_the_next_peer_from_its_file() {
     let (failing, b, lb) = failing_then_healthy(Behaviour::ResetUnread { after: 0 }).await;
+    let (status, body) = send(&lb, "POST", STREAMED).await.unwrap();
+    assert_eq!((status, body), (200, format!("b POST / body={STREAMED}")));
+    assert_eq!(
+        (failing.resets(), b.hits(), b.body_bytes()),
+        (1, 1, STREAMED)
+    );
+}
+
+#[tokio::test]
+async fn an_unbuffered_post_reset_unread_is_not_sent_again() {
+    // The body went out as it arrived and was not kept: there is nothing to send again.
+    let any = "127.0.0.1:0".parse().unwrap();
+    let failing = backend_with("failing", Behaviour::ResetUnread { after: 0 }, any).await;
+    let b = backend("b").await;
+    let servers = format!("server {}; server {};", failing.addr, b.addr);
+    let lb = imbang(&conf_with(&servers, UNBUFFERED)).await;
     assert_eq!(send(&lb, "POST", STREAMED).await.unwrap().0, 502);
     assert_eq!((failing.resets(), b.hits()), (1, 0));
 }

@@ -167,7 +167,8 @@ async fn trailers_pass_both_ways() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n\r\n3\r\nabc\r\n0\r\nx-digest: 99\r\n\r\n",
     )
     .await;
-    let lb = imbang(&proxy_conf(origin, "")).await;
+    // A streamed body keeps its chunks and trailers (a buffered one goes with its length).
+    let lb = imbang(&proxy_conf(origin, "proxy_request_buffering off;")).await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     s.write_all(
         b"POST / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n",
@@ -180,6 +181,27 @@ async fn trailers_pass_both_ways() {
     let received = seen.lock().unwrap().concat();
     assert!(received.contains("5\r\nhello\r\n0\r\n"), "{received}");
     assert!(received.contains("x-sum: 42\r\n\r\n"), "{received}");
+}
+
+#[tokio::test]
+async fn a_buffered_chunked_body_goes_with_its_length_and_without_trailers_as_in_nginx() {
+    let (origin, seen) = raw_origin("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let lb = imbang(&proxy_conf(origin, "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_until(&mut s, "\r\n\r\nok").await;
+    let received = seen.lock().unwrap().concat();
+    assert!(received.contains("Content-Length: 5\r\n"), "{received}");
+    assert!(received.ends_with("\r\n\r\nhello"), "{received}");
+    assert!(
+        !received.to_ascii_lowercase().contains("chunked"),
+        "{received}"
+    );
+    assert!(!received.contains("x-sum"), "{received}");
 }
 
 #[tokio::test]

@@ -51,6 +51,7 @@ pub fn conn() -> ConnInfo {
         key: local,
         accepted: tokio::time::Instant::now(),
         tls: None,
+        proxy_protocol: None,
     }
 }
 

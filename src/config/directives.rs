@@ -160,7 +160,8 @@ const TABLES: &str = "imbang sizes its tables itself";
 const MEMORY: &str = "imbang allocates per connection and request itself";
 const RELATIVE_LOCATION: &str =
     "imbang sends a Location it makes as written (relative, as with absolute_redirect off)";
-const BODY_STREAMED: &str = "request bodies are streamed to the peer, never written to files";
+const BODY_FILE: &str =
+    "a buffered request body goes to a file only beyond client_body_buffer_size, and unnamed";
 const STREAMED: &str = "responses are streamed, never written to temporary files";
 const LINGERING: &str = "imbang closes a connection once the response is sent";
 const NO_CACHE: &str =
@@ -385,12 +386,7 @@ pub static DIRECTIVES: &[Spec] = &[
         "responses are always streamed (proxy_buffering off)",
     ),
     no_effect("proxy_buffers", HSL, Range(2, 2), "responses are streamed"),
-    no_effect(
-        "proxy_request_buffering",
-        HSL,
-        Flag,
-        "request bodies are always streamed to the peer (proxy_request_buffering off)",
-    ),
+    d("proxy_request_buffering", HSL, Flag),
     no_effect(
         "proxy_ignore_client_abort",
         HSL,
@@ -620,9 +616,9 @@ pub static DIRECTIVES: &[Spec] = &[
         "imbang has no auth_basic or auth_request",
     ),
     d("chunked_transfer_encoding", HSL, Flag),
-    no_effect("client_body_in_file_only", HSL, ONE, BODY_STREAMED),
-    no_effect("client_body_in_single_buffer", HSL, Flag, BODY_STREAMED),
-    no_effect("client_body_temp_path", HSL, Range(1, 4), BODY_STREAMED),
+    no_effect("client_body_in_file_only", HSL, ONE, BODY_FILE),
+    no_effect("client_body_in_single_buffer", HSL, Flag, BODY_FILE),
+    d("client_body_temp_path", HSL, Range(1, 4)),
     no_effect("connection_pool_size", HS, ONE, MEMORY),
     no_effect("request_pool_size", HS, ONE, MEMORY),
     no_effect(

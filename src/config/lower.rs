@@ -137,6 +137,8 @@ struct Frame {
     keepalive_time: Option<Duration>,
     client_body_timeout: Option<Duration>,
     client_body_buffer_size: Option<u64>,
+    request_buffering: Option<bool>,
+    client_body_temp_path: Option<PathBuf>,
     /// `keepalive_timeout` and `send_timeout` (towards the client).
     client_keepalive_timeout: Option<Duration>,
     client_send_timeout: Option<Duration>,
@@ -209,6 +211,8 @@ impl Frame {
             keepalive_time,
             client_body_timeout,
             client_body_buffer_size,
+            request_buffering,
+            client_body_temp_path,
             client_keepalive_timeout,
             client_send_timeout,
             access,
@@ -260,6 +264,7 @@ impl Frame {
                 pass_headers: self.pass_headers.clone().unwrap_or_default(),
                 pass_request_headers: self.pass_request_headers.unwrap_or(true),
                 pass_request_body: self.pass_request_body.unwrap_or(true),
+                request_buffering: self.request_buffering.unwrap_or(true),
                 redirect: self.redirect.clone().unwrap_or(Redirect::Default),
                 cookies: self.cookies(),
                 socket_keepalive: self.socket_keepalive.unwrap_or(false),
@@ -283,6 +288,9 @@ impl Frame {
             client_body_timeout: self.client_body_timeout.unwrap_or(Duration::from_secs(60)),
             client_body_buffer_size: (self.client_body_buffer_size)
                 .unwrap_or(DEFAULT_CLIENT_BODY_BUFFER_SIZE),
+            client_body_temp_path: Arc::new(
+                (self.client_body_temp_path.clone()).unwrap_or_else(std::env::temp_dir),
+            ),
             keepalive_timeout: self
                 .client_keepalive_timeout
                 .unwrap_or(Duration::from_secs(75)),
@@ -902,6 +910,11 @@ impl<'a> Lower<'a> {
                 );
             }
             "proxy_pass_request_body" => f.pass_request_body = values::flag(&args[0].value),
+            "proxy_request_buffering" => f.request_buffering = values::flag(&args[0].value),
+            "client_body_temp_path" => {
+                // The level arguments name nginx's subdirectories; imbang's files have no name.
+                f.client_body_temp_path = Some(self.path(&args[0].value));
+            }
             "server_tokens" => match values::flag(&args[0].value) {
                 Some(on) => f.server_tokens = Some(on),
                 None => self.invalid(
@@ -1243,6 +1256,7 @@ impl<'a> Lower<'a> {
                 reuseport: false,
                 ssl: false,
                 http2: false,
+                proxy_protocol: false,
                 location: self.at(d.span),
             });
         }
@@ -1298,14 +1312,15 @@ impl<'a> Lower<'a> {
         };
         let mut default_server = false;
         let mut reuseport = false;
-        let (mut ssl, mut http2) = (false, false);
+        let (mut ssl, mut http2, mut proxy_protocol) = (false, false, false);
         for p in &d.args[1..] {
             let name = p.value.split('=').next().unwrap_or_default();
             match name {
                 "default_server" | "default" => default_server = true,
                 "reuseport" => reuseport = true,
                 "ssl" => ssl = true,
-                "quic" | "proxy_protocol" => self.invalid(
+                "proxy_protocol" => proxy_protocol = true,
+                "quic" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" is not supported by imbang yet",
                         p.value
@@ -1341,6 +1356,7 @@ impl<'a> Lower<'a> {
                 reuseport,
                 ssl,
                 http2,
+                proxy_protocol,
                 location: self.at(d.span),
             });
         }

@@ -223,6 +223,9 @@ pub struct ListenSpec {
     pub ssl: bool,
     /// `listen ... http2` (nginx before 1.25.1): HTTP/2 offered by ALPN on this address.
     pub http2: bool,
+    /// `listen ... proxy_protocol`: connections begin with a PROXY protocol header
+    /// ([`crate::proxy_protocol`]); one such `listen` makes the whole address expect it.
+    pub proxy_protocol: bool,
     /// `path:line:col` of the `listen` directive (for bind errors).
     pub location: String,
 }
@@ -326,6 +329,9 @@ pub struct LocationConf {
     /// `client_body_buffer_size` in bytes: a body of known length up to this is read into
     /// memory before the first attempt, so it can be sent again to the next peer.
     pub client_body_buffer_size: u64,
+    /// `client_body_temp_path`: where a buffered body larger than `client_body_buffer_size`
+    /// is kept, in an unnamed file (the system's temporary directory unless set).
+    pub client_body_temp_path: Arc<PathBuf>,
     /// `allow` / `deny` rules in force here, in order (inherited only if this level has none,
     /// as nginx).
     pub access: Vec<AccessRule>,
@@ -558,6 +564,9 @@ pub struct ProxySettings {
     pub pass_request_headers: bool,
     /// `proxy_pass_request_body` (default on).
     pub pass_request_body: bool,
+    /// `proxy_request_buffering` (default on): the body is read whole before the first
+    /// attempt (memory, then a temporary file), so any attempt can send it again.
+    pub request_buffering: bool,
     /// `proxy_redirect`.
     pub redirect: Redirect,
     /// `proxy_cookie_domain`, `proxy_cookie_path`, `proxy_cookie_flags`; `None` when all are off.
@@ -758,6 +767,7 @@ impl Default for ProxySettings {
             pass_headers: Vec::new(),
             pass_request_headers: true,
             pass_request_body: true,
+            request_buffering: true,
             redirect: Redirect::Default,
             cookies: None,
             socket_keepalive: false,
@@ -1156,7 +1166,8 @@ pub enum RealIpHeader {
     XRealIp,
     /// `X-Forwarded-For`: every such field, the last address first.
     XForwardedFor,
-    /// `proxy_protocol`: imbang has no PROXY protocol yet, so it never changes the address.
+    /// `proxy_protocol`: the source address of the connection's PROXY protocol header
+    /// (`listen ... proxy_protocol`), with its port.
     ProxyProtocol,
     /// Any other field, by its lower-case name.
     Other(String),

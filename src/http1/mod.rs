@@ -80,6 +80,9 @@ pub struct Listener {
     pub stop: Arc<Stop>,
     /// `listen ... ssl`: connections start with a TLS handshake ([`crate::tls::accept`]).
     pub tls: bool,
+    /// `listen ... proxy_protocol`: connections begin with a PROXY protocol header, read
+    /// before anything else (before the TLS handshake on a TLS address).
+    pub proxy_protocol: bool,
 }
 
 /// A listener's stop switch: thrown when the process stops or a reload removes the address.
@@ -848,6 +851,7 @@ mod tests {
             key: addr,
             accepted: tokio::time::Instant::now(),
             tls: None,
+            proxy_protocol: None,
         });
         let settings = Settings {
             limits: HeadLimits::default(),
@@ -861,6 +865,7 @@ mod tests {
             settings,
             stop: Arc::default(),
             tls: false,
+            proxy_protocol: false,
         });
         // The server's guard (a connection count) is one pointer, as this one.
         let serving = serve(stream, listener, info, Arc::new(()));

@@ -21,6 +21,68 @@ pub enum UpstreamBody {
     Full(Option<Bytes>),
     /// The client's body, streamed with backpressure.
     Client(ClientBody),
+    /// A body read whole into a temporary file (`proxy_request_buffering on`), read back.
+    File(FileBody),
+}
+
+/// A buffered request body read back from its temporary file, a chunk at a time, with
+/// positional reads (`pread`): each attempt has its own position, so a read an abandoned
+/// attempt left running on the blocking pool cannot move the next attempt's.
+#[derive(Debug)]
+pub struct FileBody {
+    file: Arc<std::fs::File>,
+    /// Where the next chunk starts.
+    pos: u64,
+    /// Bytes still to send.
+    left: u64,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
+}
+
+/// How much of a buffered body one frame carries.
+const FILE_CHUNK: u64 = 64 * 1024;
+
+impl FileBody {
+    pub fn new(file: Arc<std::fs::File>, len: u64) -> Self {
+        Self {
+            file,
+            pos: 0,
+            left: len,
+            reading: None,
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let reading = self.reading.get_or_insert_with(|| {
+            let (file, pos, want) = (self.file.clone(), self.pos, self.left.min(FILE_CHUNK));
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt as _;
+                let mut buf = vec![0; want as usize];
+                let n = file.read_at(&mut buf, pos)?;
+                buf.truncate(n);
+                Ok(buf)
+            })
+        });
+        let read = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        };
+        self.reading = None;
+        match read {
+            Err(e) => Poll::Ready(Some(Err(e))),
+            // The file is shorter than what was written to it.
+            Ok(buf) if buf.is_empty() => {
+                Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())))
+            }
+            Ok(buf) => {
+                self.pos += buf.len() as u64;
+                self.left -= buf.len() as u64;
+                Poll::Ready(Some(Ok(Bytes::from(buf))))
+            }
+        }
+    }
 }
 
 /// The client's body as it streams upstream. When it fails, `fault` says it was the client's
@@ -121,6 +183,9 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(None) => Poll::Ready(None),
             },
+            Self::File(f) => f
+                .poll_chunk(cx)
+                .map(|c| c.map(|r| r.map(Frame::data).map_err(|e| Box::new(e) as _))),
         }
     }
 
@@ -129,6 +194,7 @@ impl Body for UpstreamBody {
             Self::Empty => true,
             Self::Full(bytes) => bytes.is_none(),
             Self::Client(c) => c.body.is_end_stream(),
+            Self::File(f) => f.left == 0,
         }
     }
 
@@ -137,6 +203,7 @@ impl Body for UpstreamBody {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Client(c) => c.body.size_hint(),
+            Self::File(f) => SizeHint::with_exact(f.left),
         }
     }
 }

@@ -514,7 +514,7 @@ async fn write_request(
         UpstreamBody::Empty | UpstreamBody::Full(None) => {
             return write_parts(stream, &[head], timeout, &mut written).await;
         }
-        UpstreamBody::Client(_) => {}
+        UpstreamBody::Client(_) | UpstreamBody::File(_) => {}
     }
     write_parts(stream, &[head], timeout, &mut written).await?;
     let chunked = framing == RequestFraming::Chunked;

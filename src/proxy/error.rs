@@ -28,6 +28,10 @@ pub enum ProxyError {
     /// The request body is larger than `client_max_body_size`.
     #[error("client intended to send too large body")]
     BodyTooLarge,
+    /// The temporary file of a buffered request body (`client_body_temp_path`) could not be
+    /// created or written.
+    #[error("{0} while writing a client request body to a temporary file")]
+    BodyFile(std::io::Error),
     /// No `location` matched and the server has no `return`.
     #[error("no location matches")]
     NoRoute,
@@ -99,7 +103,7 @@ impl ProxyError {
             {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Self::ProxyUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ProxyUrl(_) | Self::BodyFile(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResolver(_)
             | Self::Unresolved(..)
             | Self::NoLivePeer
@@ -119,6 +123,7 @@ impl ProxyError {
                 | Self::UriTooLong
                 | Self::HeaderTooLarge
                 | Self::BodyTooLarge
+                | Self::BodyFile(_)
                 | Self::ClientCertificate(_)
         )
     }

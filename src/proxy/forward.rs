@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::body::{Checkin, ResponseBody, Streamed};
 use super::retry::{self, Failure, Reached, RequestFacts};
+use super::spool::{self, SpoolError, Spooled};
 use super::{ProxyError, RequestCtx, Shared, headers, upgrade};
 use crate::access_log::Record;
 use crate::http1::{Named, OnUpgrade, RequestBody, Upgraded};
@@ -74,34 +75,43 @@ pub async fn forward(
     let body = body.filter(|b| settings.pass_request_body && !b.is_end_stream());
     // What went wrong with a streamed body, if it is streamed.
     let mut fault = None;
-    // A body kept in memory can go to every attempt; a streamed one only to the first.
-    let mut kept = None;
+    // A kept body (read whole before the first attempt) can go to every attempt; a streamed
+    // one only to the first.
+    let mut kept: Option<Spooled> = None;
     let buffer_size = route.conf.client_body_buffer_size;
     let body_timeout = route.conf.client_body_timeout;
-    let body = match keep_body(body, buffer_size, body_timeout).await {
-        Ok(Ok(bytes)) => {
-            if !bytes.is_empty() {
-                // `$request_body`: nginx's value when the body is in memory.
-                let _ = ctx.state.body.set(bytes.clone());
+    let body = match body {
+        None => keep(ctx, kept.insert(Spooled::Memory(Bytes::new()))),
+        // `proxy_request_buffering on`: the whole body first, whatever its size or framing.
+        Some(body) if settings.request_buffering => {
+            let dir = &route.conf.client_body_temp_path;
+            match spool::read(body, buffer_size, limit, body_timeout, dir).await {
+                Ok(spooled) => keep(ctx, kept.insert(spooled)),
+                Err(e) => {
+                    log_spool_error(ctx, &e, limit, dir);
+                    return Err(e.into());
+                }
             }
-            kept_body(kept.insert(bytes))
         }
-        Ok(Err(body)) => UpstreamBody::Client(ClientBody {
-            body,
-            left: (limit > 0 && length.is_none()).then_some(limit),
-            fault: fault.insert(Arc::new(ClientFault::default())).clone(),
-            timeout: body_timeout,
-            timer: None,
-        }),
-        Err(e) => {
-            log!(
-                Info,
-                "*{} client sent invalid request body or timed out ({e}){}",
-                ctx.conn.id,
-                ctx.log_context(None)
-            );
-            return Err(e);
-        }
+        Some(body) => match keep_body(Some(body), buffer_size, body_timeout).await {
+            Ok(Ok(bytes)) => keep(ctx, kept.insert(Spooled::Memory(bytes))),
+            Ok(Err(body)) => UpstreamBody::Client(ClientBody {
+                body,
+                left: (limit > 0 && length.is_none()).then_some(limit),
+                fault: fault.insert(Arc::new(ClientFault::default())).clone(),
+                timeout: body_timeout,
+                timer: None,
+            }),
+            Err(e) => {
+                log!(
+                    Info,
+                    "*{} client sent invalid request body or timed out ({e}){}",
+                    ctx.conn.id,
+                    ctx.log_context(None)
+                );
+                return Err(e);
+            }
+        },
     };
     let facts = RequestFacts {
         idempotent: retry::is_idempotent(method),
@@ -119,6 +129,7 @@ pub async fn forward(
     let deadline = settings.next_upstream_timeout.map(|t| Instant::now() + t);
     let framing = match &body {
         UpstreamBody::Full(Some(bytes)) => RequestFraming::Length(bytes.len() as u64),
+        UpstreamBody::File(_) => RequestFraming::Length(kept.as_ref().map_or(0, Spooled::size)),
         UpstreamBody::Client(c) => match c.body.size_hint().exact() {
             Some(n) => RequestFraming::Length(n),
             None => RequestFraming::Chunked,
@@ -145,7 +156,7 @@ pub async fn forward(
         };
     let mut unsent = Some(body);
     // The kept body again: for the next peer, and for the keep-alive race.
-    let resend = kept.as_ref().map(|kept| move || kept_body(kept));
+    let resend = kept.as_ref().map(|kept| move || kept.body());
     let mut tried = Tried::new();
     // What ip_hash and hash choose by (the same for every attempt of this request).
     let hash_key = group.hash_key.as_ref().map(|key| key.render_bytes(ctx));
@@ -201,7 +212,7 @@ pub async fn forward(
         let body = match unsent.take() {
             Some(body) => body,
             // Only reached when the body is kept (checked before `continue`).
-            None => kept_body(kept.as_ref().expect("a kept body")),
+            None => kept.as_ref().expect("a kept body").body(),
         };
         let target = Target {
             shared,
@@ -584,12 +595,35 @@ async fn keep_body(
     }
 }
 
-/// A kept body, for one attempt.
-fn kept_body(kept: &Bytes) -> UpstreamBody {
-    if kept.is_empty() {
-        UpstreamBody::Empty
-    } else {
-        UpstreamBody::Full(Some(kept.clone()))
+/// The first attempt's body from a kept one; `$request_body` when it is in memory.
+fn keep(ctx: &RequestCtx<'_>, kept: &Spooled) -> UpstreamBody {
+    if let Some(bytes) = kept.in_memory().filter(|b| !b.is_empty()) {
+        // `$request_body`: nginx's value when the body is in memory.
+        let _ = ctx.state.body.set(bytes.clone());
+    }
+    kept.body()
+}
+
+/// The error log's line for a body that could not be read whole, in nginx's words.
+fn log_spool_error(ctx: &RequestCtx<'_>, e: &SpoolError, limit: u64, dir: &std::path::Path) {
+    let id = ctx.conn.id;
+    let at = ctx.log_context(None);
+    match e {
+        SpoolError::TooLarge => log!(
+            Error,
+            "*{id} client intended to send too large body: more than {limit} bytes{at}"
+        ),
+        SpoolError::Timeout => log!(
+            Info,
+            "*{id} client timed out (110: Connection timed out) while reading client request body{at}"
+        ),
+        SpoolError::Broken => log!(Info, "*{id} client sent invalid request body{at}"),
+        SpoolError::File(e) => log!(
+            Crit,
+            "*{id} cannot write the request body to a temporary file in \"{}\" ({}){at}",
+            dir.display(),
+            crate::error_log::errno_text(e)
+        ),
     }
 }
 

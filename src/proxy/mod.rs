@@ -11,6 +11,7 @@ pub mod expires;
 pub mod forward;
 pub mod headers;
 pub mod retry;
+pub mod spool;
 pub mod sub_filter;
 pub mod target;
 pub mod upgrade;
@@ -61,6 +62,9 @@ pub struct ConnInfo {
     pub accepted: Instant,
     /// What the TLS handshake agreed on, on a `listen ... ssl` address.
     pub tls: Option<Box<crate::tls::TlsInfo>>,
+    /// The PROXY protocol header the connection began with, on a `listen ... proxy_protocol`
+    /// address (`$proxy_protocol_*`, `real_ip_header proxy_protocol`).
+    pub proxy_protocol: Option<Box<crate::proxy_protocol::Header>>,
 }
 
 /// One request as the variables and the error log see it.
@@ -334,7 +338,8 @@ impl Vars for RequestCtx<'_> {
                 let _ = write!(out, "{}.{:03}", age.as_secs(), age.subsec_millis());
             }
             Var::ProxyPort => out.push_str(proxy_port(self.proxy_host)),
-            Var::RequestBodyFile | Var::ProxyProtocol | Var::UpstreamCacheStatus => {}
+            Var::ProxyProtocol(var) => var.append(self.conn.proxy_protocol.as_deref(), out),
+            Var::RequestBodyFile | Var::UpstreamCacheStatus => {}
             Var::Http2 => {
                 if self.parts.version == http::Version::HTTP_2 {
                     out.push_str(if self.is_https() { "h2" } else { "h2c" });
@@ -1115,7 +1120,12 @@ fn realip(route: &Route, conn: &ConnInfo, parts: &http::request::Parts, state: &
         return;
     };
     if state.realip.get().is_none() {
-        if let Some(addr) = crate::realip::find(spec, conn.remote, &parts.headers) {
+        if let Some(addr) = crate::realip::find(
+            spec,
+            conn.remote,
+            &parts.headers,
+            conn.proxy_protocol.as_deref(),
+        ) {
             let _ = state.realip.set(addr);
         }
     }

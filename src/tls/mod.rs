@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod client_cert;
 mod h1;
+pub mod preread;
 
 use std::fmt::Debug;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! small HTTP client. No mocks of the network, no sleeps as synchronisation.
 #![allow(dead_code)]
 
+pub mod abuse;
 pub mod dns;
 pub mod tls;
 

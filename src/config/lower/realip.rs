@@ -78,13 +78,7 @@ impl Lower<'_> {
         match arg.value.as_str() {
             "X-Real-IP" => RealIpHeader::XRealIp,
             "X-Forwarded-For" => RealIpHeader::XForwardedFor,
-            "proxy_protocol" => {
-                self.warn(
-                    "\"real_ip_header proxy_protocol\" has no effect in imbang yet: it reads no PROXY protocol header (listen's \"proxy_protocol\" parameter is not supported), so the client address stays the connection's".to_owned(),
-                    arg.span,
-                );
-                RealIpHeader::ProxyProtocol
-            }
+            "proxy_protocol" => RealIpHeader::ProxyProtocol,
             other => RealIpHeader::Other(other.to_ascii_lowercase()),
         }
     }

@@ -377,7 +377,11 @@ impl Server {
             let server = server.clone();
             drop(snapshot);
             tokio::spawn(crate::stream::session::serve(
-                stream, server, id, remote, local, counted,
+                stream,
+                server,
+                id,
+                (remote, local, key),
+                counted,
             ));
             return;
         }

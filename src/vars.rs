@@ -125,6 +125,10 @@ pub enum Var {
     Protocol,
     UpstreamFirstByteTime,
     UpstreamSessionTime,
+    /// `$ssl_preread_server_name`, `_alpn_protocols`, `_protocol` (ngx_stream_ssl_preread_module).
+    SslPrereadServerName,
+    SslPrereadAlpnProtocols,
+    SslPrereadProtocol,
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -389,6 +393,11 @@ impl Var {
             "protocol" => Self::Protocol,
             "upstream_first_byte_time" => Self::UpstreamFirstByteTime,
             "upstream_session_time" => Self::UpstreamSessionTime,
+            "ssl_preread_server_name" => Self::SslPrereadServerName,
+            "ssl_preread_alpn_protocols" => Self::SslPrereadAlpnProtocols,
+            "ssl_preread_protocol" => Self::SslPrereadProtocol,
+            "realip_remote_addr" | "realip_remote_port" => Self::parse(name)?,
+            _ if name.starts_with("proxy_protocol_tlv_") => Self::parse(name)?,
             "binary_remote_addr"
             | "bytes_sent"
             | "connection"

@@ -663,3 +663,121 @@ async fn health_checks_take_a_failing_peer_out() {
     .unwrap_err();
     assert!(e.contains("match \"nope\" is not defined"), "{e}");
 }
+
+/// `listen ... proxy_protocol`: the header's addresses in `$proxy_protocol_*`; a broken header
+/// closes the connection. `proxy_protocol on`: a v1 header goes to the peer first.
+#[tokio::test]
+async fn proxy_protocol_in_and_out() {
+    let lb = imbang(&conf(
+        "server { listen 127.0.0.1:0 proxy_protocol; proxy_protocol_timeout 2s;
+                  return \"$proxy_protocol_addr:$proxy_protocol_port>$proxy_protocol_server_addr:$proxy_protocol_server_port $remote_addr\\n\"; }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    // Split across two writes: the header is read whole all the same.
+    s.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 ")
+        .await
+        .unwrap();
+    s.write_all(b"4321 443\r\n").await.unwrap();
+    assert_eq!(
+        rest(&mut s).await,
+        b"192.0.2.7:4321>198.51.100.1:443 127.0.0.1\n"
+    );
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(rest(&mut s).await, b"");
+
+    // set_real_ip_from: a trusted client's header gives $remote_addr (and `allow`/`deny` see it).
+    let lb = imbang(&conf(
+        "server { listen 127.0.0.1:0 proxy_protocol; set_real_ip_from 127.0.0.0/8;
+                  deny 192.0.2.66; return \"$remote_addr:$remote_port $realip_remote_addr\n\"; }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 4321 443\r\n")
+        .await
+        .unwrap();
+    assert_eq!(rest(&mut s).await, b"192.0.2.7:4321 127.0.0.1\n");
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.66 198.51.100.1 4321 443\r\n")
+        .await
+        .unwrap();
+    assert_eq!(rest(&mut s).await, b"");
+
+    // Out: the peer (which echoes) reads the header before the client's bytes.
+    let a = tcp_backend("a").await;
+    let lb = imbang(&conf(&format!(
+        "server {{ listen 127.0.0.1:0; proxy_protocol on; proxy_pass {}; }}",
+        a.addr
+    )))
+    .await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let client = s.local_addr().unwrap();
+    assert_eq!(line(&mut s).await, "a");
+    assert_eq!(
+        line(&mut s).await,
+        format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r",
+            client.port(),
+            lb.addr.port()
+        )
+    );
+}
+
+/// The bytes of a real ClientHello (rustls's) for `name`, offering `alpn`.
+fn client_hello(name: &str, alpn: &[&str]) -> Vec<u8> {
+    let mut config = rustls::ClientConfig::builder_with_provider(support::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// `ssl_preread on`: TLS routed by the name in the ClientHello without terminating it, the
+/// ClientHello passed on to the peer untouched.
+#[tokio::test]
+async fn ssl_preread_routes_by_server_name() {
+    let (a, b) = (tcp_backend("a").await, tcp_backend("b").await);
+    let (p1, p2) = (free_port(), free_port());
+    let lb = imbang(&conf(&format!(
+        "map $ssl_preread_server_name $pool {{ one.test pool_a; default pool_b; }}
+         upstream pool_a {{ server {}; }}
+         upstream pool_b {{ server {}; }}
+         server {{ listen 127.0.0.1:{p1}; ssl_preread on; proxy_pass $pool; }}
+         server {{ listen 127.0.0.1:{p2}; ssl_preread on;
+                   return \"$ssl_preread_server_name $ssl_preread_alpn_protocols $ssl_preread_protocol\\n\"; }}",
+        a.addr, b.addr
+    )))
+    .await;
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    for (name, want) in [("one.test", "a"), ("two.test", "b")] {
+        let hello = client_hello(name, &["h2"]);
+        let mut s = TcpStream::connect(at(p1)).await.unwrap();
+        s.write_all(&hello).await.unwrap();
+        assert_eq!(line(&mut s).await, want);
+        // The peer (an echo) got the ClientHello as it was sent.
+        let mut echoed = vec![0u8; hello.len()];
+        tokio::time::timeout(T, s.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, hello);
+    }
+    let mut s = TcpStream::connect(at(p2)).await.unwrap();
+    s.write_all(&client_hello("one.test", &["h2", "http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(rest(&mut s).await, b"one.test h2,http/1.1 TLSv1.3\n");
+    // Not TLS: the variables are empty and the session goes on.
+    let mut s = TcpStream::connect(at(p1)).await.unwrap();
+    s.write_all(b"hello\n").await.unwrap();
+    assert_eq!(line(&mut s).await, "b");
+    assert_eq!(line(&mut s).await, "hello");
+    drop(lb);
+}

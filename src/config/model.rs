@@ -1552,6 +1552,8 @@ pub struct StreamListen {
     pub backlog: Option<i32>,
     /// `udp`: datagrams, balanced per client session.
     pub udp: bool,
+    /// `proxy_protocol`: connections begin with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
     /// `path:line:col` of the `listen`.
     pub location: String,
 }
@@ -1595,6 +1597,15 @@ pub struct StreamServer {
     pub socket_keepalive: bool,
     pub preread_buffer_size: usize,
     pub preread_timeout: Duration,
+    /// `proxy_protocol on`: a PROXY protocol v1 header is sent to the peer first.
+    pub send_proxy_protocol: bool,
+    /// `proxy_protocol_timeout` (30s): the longest a listen `proxy_protocol` header may take.
+    pub proxy_protocol_timeout: Duration,
+    /// `ssl_preread on`: the ClientHello is read before the peer is chosen.
+    pub ssl_preread: bool,
+    /// `set_real_ip_from` (ngx_stream_realip_module): clients whose PROXY protocol header's
+    /// source address replaces theirs.
+    pub realip_from: Vec<AccessRule>,
     /// `proxy_requests` (UDP): client datagrams after which a session takes no more (0: no
     /// limit).
     pub requests: u64,

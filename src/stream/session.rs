@@ -42,6 +42,14 @@ pub(super) struct Session<'a> {
     tries: Vec<Try>,
     /// A UDP session (`$protocol`).
     udp: bool,
+    /// The PROXY protocol header the connection began with (`listen ... proxy_protocol`).
+    proxy_header: Option<crate::proxy_protocol::Header>,
+    /// What `ssl_preread` found, and the bytes it read (sent to the peer first).
+    hello: Option<crate::tls::preread::ClientHello>,
+    preread: Vec<u8>,
+    /// The connection's own client address when `set_real_ip_from` replaced it
+    /// (`$realip_remote_addr`).
+    realip: Option<SocketAddr>,
 }
 
 impl<'a> Session<'a> {
@@ -58,6 +66,10 @@ impl<'a> Session<'a> {
             received: 0,
             tries: Vec::new(),
             udp: false,
+            proxy_header: None,
+            hello: None,
+            preread: Vec::new(),
+            realip: None,
         }
     }
 
@@ -122,19 +134,50 @@ pub async fn serve<C: Send + 'static>(
     client: TcpStream,
     server: Arc<Server>,
     id: u64,
-    remote: SocketAddr,
-    local: SocketAddr,
+    (remote, local, key): (SocketAddr, SocketAddr, SocketAddr),
     counted: C,
 ) {
     let mut s = Session::new(&server, id, remote, local);
-    s.run(client).await;
+    s.run(client, key).await;
     s.log();
     drop(counted);
 }
 
 impl Session<'_> {
-    async fn run(&mut self, mut client: TcpStream) {
+    async fn run(&mut self, mut client: TcpStream, key: SocketAddr) {
         let server = self.server;
+        let spec = &server.spec;
+        let proxy_protocol = (spec.listens.iter()).any(|l| l.addr == key && l.proxy_protocol);
+        if proxy_protocol {
+            match crate::proxy_protocol::read_header_tcp(&mut client, spec.proxy_protocol_timeout)
+                .await
+            {
+                Ok(header) => {
+                    // ngx_stream_realip_module: a trusted client's header gives the address.
+                    let trusted = spec.realip_from.iter().any(|r| r.covers(self.remote.ip()));
+                    if let Some(source) = header.addresses.as_ref().and_then(|a| a.source_addr())
+                        && trusted
+                    {
+                        self.realip = Some(self.remote);
+                        self.remote = source;
+                    }
+                    self.proxy_header = Some(header);
+                }
+                Err(e) => {
+                    crate::error_log::log(
+                        e.level(),
+                        format_args!(
+                            "*{} {e} while reading PROXY protocol, client: {}, server: {}",
+                            self.id,
+                            self.remote.ip(),
+                            self.local
+                        ),
+                    );
+                    self.status = 400;
+                    return;
+                }
+            }
+        }
         if !self.allowed() {
             self.status = 403;
             log!(
@@ -144,6 +187,9 @@ impl Session<'_> {
                 self.remote.ip(),
                 self.local
             );
+            return;
+        }
+        if spec.ssl_preread && !self.ssl_preread(&mut client).await {
             return;
         }
         self.compute_sets();
@@ -183,6 +229,65 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// `ssl_preread on`: reads up to `preread_buffer_size` within `preread_timeout` until the
+    /// ClientHello is whole (or the bytes are no TLS); the bytes go to the peer first. False
+    /// when the session ends here (the client closed or timed out, as nginx's preread phase).
+    async fn ssl_preread(&mut self, client: &mut TcpStream) -> bool {
+        use crate::tls::preread::{Preread, parse};
+        use tokio::io::AsyncReadExt;
+        let spec = &self.server.spec;
+        let deadline = Instant::now() + spec.preread_timeout;
+        let mut buf = vec![0u8; spec.preread_buffer_size.max(1)];
+        let mut len = 0;
+        loop {
+            match parse(&buf[..len]) {
+                Preread::Incomplete if len < buf.len() => {}
+                Preread::Parsed(hello) => {
+                    self.hello = Some(hello);
+                    break;
+                }
+                _ => break, // not TLS, malformed, or the buffer is full: variables stay empty
+            }
+            match tokio::time::timeout_at(deadline, client.read(&mut buf[len..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    self.received = len as u64;
+                    return false;
+                }
+                Ok(Ok(n)) => len += n,
+                Err(_) => {
+                    log!(
+                        Info,
+                        "*{} preread timed out, client: {}, server: {}",
+                        self.id,
+                        self.remote.ip(),
+                        self.local
+                    );
+                    self.received = len as u64;
+                    return false;
+                }
+            }
+        }
+        buf.truncate(len);
+        self.preread = buf;
+        true
+    }
+
+    /// What goes to a peer before the relay: `proxy_protocol on`'s header, then the bytes
+    /// `ssl_preread` read.
+    async fn before_relay(&self, upstream: &mut TcpStream) -> std::io::Result<u64> {
+        let mut sent = 0;
+        if self.server.spec.send_proxy_protocol {
+            let header = crate::proxy_protocol::encode_v1(Some((self.remote, self.local)));
+            upstream.write_all(&header).await?;
+            sent += header.len() as u64;
+        }
+        if !self.preread.is_empty() {
+            upstream.write_all(&self.preread).await?;
+            sent += self.preread.len() as u64;
+        }
+        Ok(sent)
     }
 
     /// The pick-connect loop over a group, then the relay.
@@ -340,8 +445,14 @@ impl Session<'_> {
             download_rate: spec.download_rate,
         };
         let connected = Instant::now();
-        let out = relay::relay(client.split(), upstream.split(), &limits).await;
-        self.received = out.up;
+        let early = match self.before_relay(&mut upstream).await {
+            Ok(n) => n,
+            Err(_) => return (0, 0),
+        };
+        let mut out = relay::relay(client.split(), upstream.split(), &limits).await;
+        let prebytes = self.preread.len() as u64;
+        out.up += early;
+        self.received = out.up - early + prebytes;
         self.sent = out.down;
         if let Some(t) = self.tries.last_mut() {
             t.sent = out.up;
@@ -429,6 +540,18 @@ impl Vars for Session<'_> {
                 }
             }
             Var::Map(map) => map.0.append(self, out),
+            Var::ProxyProtocol(var) => var.append(self.proxy_header.as_ref(), out),
+            Var::RealipRemoteAddr => append_display(out, self.realip.unwrap_or(self.remote).ip()),
+            Var::RealipRemotePort => append_display(out, self.realip.unwrap_or(self.remote).port()),
+            Var::SslPrereadServerName => {
+                out.extend(self.hello.as_ref().and_then(|h| h.server_name.as_deref()));
+            }
+            Var::SslPrereadAlpnProtocols => {
+                if let Some(hello) = &self.hello {
+                    out.push_str(&hello.alpn_protocols());
+                }
+            }
+            Var::SslPrereadProtocol => out.extend(self.hello.as_ref().map(|h| h.protocol)),
             _ => {}
         }
     }

@@ -35,6 +35,10 @@ struct StreamFrame {
     requests: Option<u64>,
     responses: Option<u64>,
     health_check_timeout: Option<Duration>,
+    send_proxy_protocol: Option<bool>,
+    proxy_protocol_timeout: Option<Duration>,
+    ssl_preread: Option<bool>,
+    realip_from: Option<Vec<AccessRule>>,
 }
 
 impl StreamFrame {
@@ -64,6 +68,10 @@ impl StreamFrame {
             requests,
             responses,
             health_check_timeout,
+            send_proxy_protocol,
+            proxy_protocol_timeout,
+            ssl_preread,
+            realip_from,
         )
     }
 }
@@ -211,6 +219,14 @@ impl Lower<'_> {
                 }
                 return;
             }
+            "set_real_ip_from" => {
+                let from = self.real_ip_from(d).into_iter().map(|net| AccessRule {
+                    allow: true,
+                    net: Some(net),
+                });
+                f.realip_from.get_or_insert_with(Vec::new).extend(from);
+                return;
+            }
             "access_log" => {
                 let logs = f.access_log.get_or_insert_with(Vec::new);
                 if args[0].value == "off" {
@@ -242,6 +258,9 @@ impl Lower<'_> {
             "proxy_socket_keepalive" => f.socket_keepalive = flag(),
             "proxy_requests" => f.requests = self.number_arg(d, &args[0]),
             "health_check_timeout" => f.health_check_timeout = self.duration_arg(d, &args[0]),
+            "proxy_protocol_timeout" => f.proxy_protocol_timeout = self.duration_arg(d, &args[0]),
+            "proxy_protocol" => f.send_proxy_protocol = flag(),
+            "ssl_preread" => f.ssl_preread = flag(),
             "proxy_responses" => f.responses = self.number_arg(d, &args[0]),
             "proxy_next_upstream_tries" => {
                 f.next_upstream_tries = self.number_arg(d, &args[0]).map(|n| n as u32);
@@ -381,6 +400,10 @@ impl Lower<'_> {
             socket_keepalive: f.socket_keepalive.unwrap_or(false),
             preread_buffer_size: f.preread_buffer_size.unwrap_or(16 * 1024),
             preread_timeout: f.preread_timeout.unwrap_or(Duration::from_secs(30)),
+            send_proxy_protocol: f.send_proxy_protocol.unwrap_or(false),
+            proxy_protocol_timeout: f.proxy_protocol_timeout.unwrap_or(Duration::from_secs(30)),
+            ssl_preread: f.ssl_preread.unwrap_or(false),
+            realip_from: f.realip_from.unwrap_or_default(),
             requests: f.requests.unwrap_or(0),
             responses: f.responses,
             location: self.at(d.span),
@@ -462,6 +485,7 @@ impl Lower<'_> {
         let mut reuseport = false;
         let mut backlog = None;
         let mut udp = false;
+        let mut proxy_protocol = false;
         for p in &d.args[1..] {
             let (name, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
             match name {
@@ -471,7 +495,8 @@ impl Lower<'_> {
                     _ => self.invalid(format!("invalid backlog \"{value}\""), p.span),
                 },
                 "udp" => udp = true,
-                "ssl" | "proxy_protocol" => self.invalid(
+                "proxy_protocol" => proxy_protocol = true,
+                "ssl" => self.invalid(
                     format!(
                         "the \"{}\" parameter of \"listen\" in stream is not supported by imbang yet",
                         p.value
@@ -492,6 +517,7 @@ impl Lower<'_> {
                 reuseport,
                 backlog,
                 udp,
+                proxy_protocol,
                 location: self.at(d.span),
             });
         }

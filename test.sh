@@ -10,6 +10,8 @@
 #              skip with a message when it is absent)
 #   systemd-analyze, setpriv   the systemd unit's score and credentials (tests/packaging.rs)
 #   promtool   Prometheus's linter on the metrics page (tests/metrics.rs; Debian's prometheus)
+#   redis      a real Redis client and server through stream { } (tests/stream.rs; skips with
+#              a message when absent)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +25,7 @@ needs=(
   "systemd-analyze /usr/bin/systemd-analyze systemd"
   "setpriv /usr/bin/setpriv util-linux"
   "promtool /usr/bin/promtool prometheus"
+  "redis-server /usr/bin/redis-server redis-server"
 )
 missing=()
 for entry in "${needs[@]}"; do

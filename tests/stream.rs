@@ -781,3 +781,51 @@ async fn ssl_preread_routes_by_server_name() {
     assert_eq!(line(&mut s).await, "hello");
     drop(lb);
 }
+
+/// A real Redis client and server (Debian's redis-server) through imbang's stream proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_through_imbang() {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("redis-server") || !have("redis-cli") {
+        eprintln!(
+            "skipped: redis-server or redis-cli is not installed (apt-get install redis-server)"
+        );
+        return;
+    }
+    let dir = TempDir::new("stream-redis");
+    let port = free_port();
+    let redis = support::ChildGuard(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let redis_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    support::wait_accepting(redis_addr, T).await;
+    let lb = imbang(&conf(&format!(
+        "upstream redis {{ server {redis_addr}; }}
+         server {{ listen 127.0.0.1:0; proxy_pass redis; }}"
+    )))
+    .await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &lb.addr.port().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["PING"]), "PONG\n");
+    assert_eq!(cli(&["SET", "through", "imbang"]), "OK\n");
+    assert_eq!(cli(&["GET", "through"]), "imbang\n");
+    drop(redis);
+}

@@ -13,6 +13,8 @@
 #   htpasswd   bcrypt password files for auth_basic (tests/auth_basic.rs skips bcrypt without it)
 #   chromium   the dashboard rendered by a real browser, driven over the DevTools protocol
 #              (tests/dashboard_browser.rs; it skips with a message when it is absent)
+#   redis      a real Redis client and server through stream { } (tests/stream.rs; skips with
+#              a message when absent)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,6 +30,7 @@ needs=(
   "promtool /usr/bin/promtool prometheus"
   "htpasswd /usr/bin/htpasswd apache2-utils"
   "chromium /usr/bin/chromium chromium"
+  "redis-server /usr/bin/redis-server redis-server"
 )
 missing=()
 for entry in "${needs[@]}"; do

@@ -659,18 +659,26 @@ impl Pending {
             rewritten: self.rewritten.as_ref(),
             subrequest: false,
         };
+        self.logs.access_log.write(&ctx);
+    }
+}
+
+impl AccessLogs {
+    /// Writes one line to each log, its variables read from `vars` (a request's, or a stream
+    /// session's).
+    pub fn write(&self, vars: &dyn crate::vars::Vars) {
         let mut line = String::with_capacity(256);
-        for log in &self.logs.access_log.logs {
+        for log in &self.logs {
             line.clear();
             if let Some(condition) = &log.condition {
                 // nginx's `if=`: an empty value or "0" skips the line.
-                condition.render_into(&ctx, &mut line);
+                condition.render_into(vars, &mut line);
                 if line.is_empty() || line == "0" {
                     continue;
                 }
                 line.clear();
             }
-            log.template.render_escaped(&ctx, log.escape, &mut line);
+            log.template.render_escaped(vars, log.escape, &mut line);
             line.push('\n');
             log.file.write_line(line.as_bytes());
         }

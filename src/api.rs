@@ -134,6 +134,9 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
                 "workers",
             ];
             // `acme` (not in NGINX Plus): listed when the configuration has `acme_certificate`.
+            if snapshot.config.stream.is_some() {
+                endpoints.push("stream");
+            }
             if crate::acme::api(&snapshot.config)
                 .as_object()
                 .is_some_and(|m| !m.is_empty())
@@ -245,8 +248,61 @@ fn answer(shared: &Shared, ctx: &RequestCtx<'_>, parts: &[&str]) -> Result<Value
                 _ => Err(PATH_NOT_FOUND),
             }
         }
+        // NGINX Plus's `/stream/`: imbang has its upstreams (no stream server zones yet).
+        ["stream"] if snapshot.config.stream.is_some() => Ok(json!(["upstreams"])),
+        ["stream", "upstreams"] => {
+            let mut groups: Vec<_> = snapshot.stream.groups().collect();
+            groups.sort_by(|a, b| a.balancer().name().cmp(b.balancer().name()));
+            let map: Map<String, Value> = (groups.into_iter())
+                .map(|g| (g.balancer().name().to_owned(), stream_upstream(g)))
+                .collect();
+            Ok(Value::Object(map))
+        }
+        ["stream", "upstreams", name, rest @ ..] => {
+            let group = snapshot.stream.group(name).ok_or((
+                StatusCode::NOT_FOUND,
+                "upstream not found",
+                "UpstreamNotFound",
+            ))?;
+            let members = group.balancer();
+            let peers = members.peers();
+            match rest {
+                [] => Ok(stream_upstream(group)),
+                ["servers"] => Ok(Value::Array(peers.iter().map(server).collect())),
+                ["servers", id] => {
+                    let peer = (id.parse::<usize>().ok())
+                        .and_then(|id| peers.iter().find(|p| p.index() == id))
+                        .ok_or((StatusCode::NOT_FOUND, "server not found", "ServerNotFound"))?;
+                    Ok(server(peer))
+                }
+                _ => Err(PATH_NOT_FOUND),
+            }
+        }
         _ => Err(PATH_NOT_FOUND),
     }
+}
+
+/// One stream upstream group, in NGINX Plus's shape: `connections` for `requests`,
+/// `connect_time` (ms, the mean time to connect) and `response_time` (ms, the mean session)
+/// for http's times, no `responses` or `keepalive`.
+fn stream_upstream(group: &Group) -> Value {
+    let now = Instant::now();
+    let balancer = &group.balancer();
+    let peers: Vec<Value> = (balancer.peers().iter())
+        .map(|p| {
+            let mut value = peer(p, now);
+            if let Some(object) = value.as_object_mut() {
+                let requests = object.remove("requests").unwrap_or(json!(0));
+                object.insert("connections".to_owned(), requests);
+                object.remove("responses");
+                if let Some(ms) = object.remove("header_time") {
+                    object.insert("connect_time".to_owned(), ms);
+                }
+            }
+            value
+        })
+        .collect();
+    json!({ "peers": peers, "zombies": 0, "zone": balancer.name() })
 }
 
 /// `/N/nginx`.

@@ -66,14 +66,20 @@ impl HealthChecks {
     /// spawned on it).
     pub fn reconcile(&self, snapshot: &Snapshot) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let checks = (snapshot.config.http.iter()).flat_map(|h| &h.health_checks);
+        let checks = (snapshot.config.http.iter())
+            .flat_map(|h| &h.health_checks)
+            .chain(snapshot.config.stream.iter().flat_map(|s| &s.health_checks));
         let mut wanted: HashMap<String, (Arc<HealthCheck>, Vec<Target>)> = HashMap::new();
         for check in checks {
             let identity = check.identity();
             if wanted.contains_key(&identity) {
                 continue; // the same check written twice: probed once
             }
-            let Some(group) = snapshot.group(&check.upstream) else {
+            let group = match check.stream {
+                None => snapshot.group(&check.upstream),
+                Some(_) => snapshot.stream.group(&check.upstream),
+            };
+            let Some(group) = group else {
                 continue;
             };
             let targets = (group.balancer().peers().iter())
@@ -202,9 +208,10 @@ async fn probe_loop(spec: Arc<HealthCheck>, target: Target, id: u64) {
             Some((Ok(tls), name)) => Ok(Some((&**tls, name))),
             Some((Err(why), _)) => Err(why.clone()),
         };
-        let outcome = match connector {
-            Ok(connector) => probe(&spec, to, connector).await,
-            Err(why) => Err(Failure::Io {
+        let outcome = match (connector, &spec.stream) {
+            (_, Some(stream)) => probe_stream(&spec, stream, to).await,
+            (Ok(connector), None) => probe(&spec, to, connector).await,
+            (Err(why), None) => Err(Failure::Io {
                 error: why,
                 doing: "SSL handshaking to upstream",
             }),
@@ -351,6 +358,63 @@ async fn probe(
     } else {
         Test::Status
     })
+}
+
+/// A stream check of the peer at `to`: connect within `health_check_timeout`, then the
+/// `match`'s `send`, then its `expect` tested against what arrives (up to 256 KiB, until it
+/// matches, the peer closes, or the time is up).
+async fn probe_stream(
+    spec: &HealthCheck,
+    check: &crate::config::model::StreamCheck,
+    to: SocketAddr,
+) -> Result<Test, Failure> {
+    use crate::config::model::StreamExpect;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |error: String, doing| Failure::Io { error, doing };
+    const CONNECTING: &str = "connecting to upstream";
+    const SENDING: &str = "sending to upstream";
+    const READING: &str = "reading from upstream";
+    let deadline = Instant::now() + spec.connect_timeout;
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
+        Err(_) => return Err(io(TIMED_OUT.to_owned(), CONNECTING)),
+        Ok(Err(e)) => {
+            return Err(io(
+                format!("connect() failed ({})", errno_text(&e)),
+                CONNECTING,
+            ));
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    if !check.send.is_empty() {
+        match tokio::time::timeout_at(deadline, stream.write_all(&check.send)).await {
+            Err(_) => return Err(io(TIMED_OUT.to_owned(), SENDING)),
+            Ok(Err(e)) => return Err(io(format!("send() failed ({})", errno_text(&e)), SENDING)),
+            Ok(Ok(())) => {}
+        }
+    }
+    let Some(expect) = &check.expect else {
+        return Ok(Test::Status);
+    };
+    let matches = |got: &[u8]| match expect {
+        StreamExpect::Prefix(p) => got.starts_with(p),
+        StreamExpect::Regex(re) => re.is_match(got),
+    };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if matches(&got) {
+            return Ok(Test::Body);
+        }
+        if got.len() >= BODY_LIMIT {
+            return Err(Failure::Test(Test::Body));
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(io(TIMED_OUT.to_owned(), READING)),
+            Ok(Err(e)) => return Err(io(format!("recv() failed ({})", errno_text(&e)), READING)),
+            Ok(Ok(0)) => return Err(Failure::Test(Test::Body)),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 const TIMED_OUT: &str = "upstream timed out (110: Connection timed out)";

@@ -23,7 +23,8 @@
 //! [`acme`] obtains and renews the certificates of `acme_certificate` (nginx's ACME module) and
 //! answers the CA's challenges. [`stats`] counts connections, requests, TLS handshakes and
 //! `status_zone`s without a lock per request, for [`stub_status`], the Prometheus page
-//! ([`metrics`]) and the API; [`syslog`] sends log lines to a syslog server.
+//! ([`metrics`]) and the API; [`syslog`] sends log lines to a syslog server. [`stream`] is
+//! nginx's `stream { }`: TCP connections balanced over the same upstream machinery.
 
 /// `Box::pin($future)`, with the future built in its allocation rather than moved there. A
 /// future's type is as large as its largest state (kilobytes for a request's), and `Box::pin`
@@ -66,6 +67,7 @@ pub mod scratch;
 pub mod server;
 pub mod snapshot;
 pub mod stats;
+pub mod stream;
 pub mod stub_status;
 pub mod syslog;
 pub mod tls;

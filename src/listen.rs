@@ -16,6 +16,15 @@ const BACKLOG: i32 = 511;
 /// per connection; set after `listen`, which resets it). `reuseport`: `SO_REUSEPORT` too, so
 /// that each worker can bind a socket of its own to the same address (`listen ... reuseport`).
 pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListener> {
+    bind_with_backlog(addr, reuseport, BACKLOG)
+}
+
+/// [`bind`] with a listen queue of `backlog` (`listen ... backlog=n`).
+pub fn bind_with_backlog(
+    addr: SocketAddr,
+    reuseport: bool,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuseport {
@@ -26,7 +35,7 @@ pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListen
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    socket.listen(backlog)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = socket.set_quickack(false);
     Ok(socket.into())
@@ -41,15 +50,20 @@ pub fn bind_error(addr: SocketAddr, e: &io::Error) -> String {
 }
 
 /// Binds every address, or none: on the first failure the ones already bound are closed.
-/// `reuseport`: the addresses bound with `SO_REUSEPORT`.
+/// `reuseport`: the addresses bound with `SO_REUSEPORT`; `backlog`: those with a listen queue
+/// other than nginx's default.
 pub fn bind_all(
     addrs: &[SocketAddr],
     reuseport: &[SocketAddr],
+    backlog: &[(SocketAddr, i32)],
 ) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, String> {
     addrs
         .iter()
         .map(|&addr| {
-            bind(addr, reuseport.contains(&addr))
+            let queue = (backlog.iter())
+                .find(|(a, _)| *a == addr)
+                .map_or(BACKLOG, |(_, n)| *n);
+            bind_with_backlog(addr, reuseport.contains(&addr), queue)
                 .map(|l| (addr, l))
                 .map_err(|e| bind_error(addr, &e))
         })

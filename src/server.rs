@@ -51,6 +51,11 @@ pub struct Server {
     checks: HealthChecks,
     /// Upstream groups that follow DNS (`server name resolve`), from `serve` on.
     following: Arc<Following>,
+    /// stream's `listen ... udp` sockets by configured address, with their stop switches and
+    /// bound addresses.
+    udp: Mutex<HashMap<SocketAddr, (Arc<http1::Stop>, SocketAddr)>>,
+    /// `$connection` of UDP sessions (numbered apart from TCP connections, from 2^62).
+    udp_ids: Arc<AtomicU64>,
 }
 
 struct Listening {
@@ -83,6 +88,8 @@ impl Server {
             workers: std::sync::Mutex::new(Vec::new()),
             checks: HealthChecks::new(),
             following: Following::new(registry),
+            udp: Mutex::new(HashMap::new()),
+            udp_ids: Arc::new(AtomicU64::new(1 << 62)),
         }))
     }
 
@@ -110,7 +117,11 @@ impl Server {
                 None => missing.push(addr),
             }
         }
-        bound.extend(listen::bind_all(&missing, &snapshot.reuseport)?);
+        bound.extend(listen::bind_all(
+            &missing,
+            &snapshot.reuseport,
+            &snapshot.backlog,
+        )?);
         Ok(bound)
     }
 
@@ -149,9 +160,70 @@ impl Server {
             let listening = self.accept_on(key, socket, snapshot.reuseport.contains(&key))?;
             listeners.insert(key, listening);
         }
+        drop(listeners);
+        let udp = self
+            .bind_udp(&snapshot)
+            .await
+            .map_err(std::io::Error::other)?;
+        self.serve_udp(udp).await;
         self.checks.reconcile(&snapshot);
         crate::acme::reconcile(&snapshot.config);
         Ok(())
+    }
+
+    /// Binds the `listen ... udp` addresses of `snapshot` not bound yet (all or none).
+    async fn bind_udp(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<(SocketAddr, std::net::UdpSocket)>, String> {
+        let udp = self.udp.lock().await;
+        snapshot
+            .stream
+            .udp_addresses()
+            .filter(|a| !udp.contains_key(a))
+            .map(|addr| {
+                crate::stream::udp::bind(addr)
+                    .map(|s| (addr, s))
+                    .map_err(|e| format!("{} (udp)", listen::bind_error(addr, &e)))
+            })
+            .collect()
+    }
+
+    /// Starts reading datagrams on `bound`; stops the UDP sockets the configuration in force
+    /// no longer has.
+    async fn serve_udp(&self, bound: Vec<(SocketAddr, std::net::UdpSocket)>) {
+        let snapshot = self.snapshot();
+        let mut udp = self.udp.lock().await;
+        for (key, socket) in bound {
+            let stop = Arc::new(http1::Stop::default());
+            let local = socket.local_addr().unwrap_or(key);
+            tokio::spawn(crate::stream::udp::serve(
+                self.shared.live.clone(),
+                key,
+                socket,
+                stop.clone(),
+                self.udp_ids.clone(),
+            ));
+            log!(Notice, "listening on {key} udp (bound to {local})");
+            udp.insert(key, (stop, local));
+        }
+        let configured: Vec<SocketAddr> = snapshot.stream.udp_addresses().collect();
+        udp.retain(|key, (stop, _)| {
+            let keep = configured.contains(key);
+            if !keep {
+                stop.stop();
+            }
+            keep
+        });
+    }
+
+    /// `(configured address, bound address)` of every `listen ... udp` socket.
+    pub async fn bound_udp(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut v: Vec<_> = (self.udp.lock().await.iter())
+            .map(|(k, (_, local))| (*k, *local))
+            .collect();
+        v.sort();
+        v
     }
 
     /// `(configured address, bound address)` of every listener: they differ for port 0.
@@ -289,7 +361,8 @@ impl Server {
         } else {
             bound
         };
-        let (listener, max) = listening.get(&self.snapshot(), &self.shared, stop, key);
+        let snapshot = self.snapshot();
+        let (listener, max) = listening.get(&snapshot, &self.shared, stop, key);
         // `worker_connections`, as nginx: a connection beyond it is closed as soon as it is
         // accepted, with nginx's alert; the ones open are not touched.
         if self.connections.n.load(Ordering::Relaxed) >= max {
@@ -302,8 +375,22 @@ impl Server {
         }
         // Counted before the task starts, so a stop that begins now waits for it.
         let counted = self.connections.enter();
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(server) = snapshot.stream.server(key, local) {
+            let server = server.clone();
+            drop(snapshot);
+            tokio::spawn(crate::stream::session::serve(
+                stream,
+                server,
+                id,
+                (remote, local, key),
+                counted,
+            ));
+            return;
+        }
+        drop(snapshot);
         let info = ConnInfo {
-            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            id,
             requests: AtomicU64::new(0),
             remote,
             local,
@@ -353,7 +440,9 @@ impl Server {
             .copied()
             .filter(|a| !listeners.contains_key(a))
             .collect();
-        let bound = listen::bind_all(&new, &snapshot.reuseport).map_err(ReloadError::Bind)?;
+        let bound = listen::bind_all(&new, &snapshot.reuseport, &snapshot.backlog)
+            .map_err(ReloadError::Bind)?;
+        let udp = self.bind_udp(&snapshot).await.map_err(ReloadError::Bind)?;
         let gone: Vec<SocketAddr> = listeners
             .keys()
             .copied()
@@ -378,6 +467,8 @@ impl Server {
                 l.stop.stop();
             }
         }
+        drop(listeners);
+        self.serve_udp(udp).await;
         Ok(())
     }
 
@@ -386,6 +477,9 @@ impl Server {
     pub async fn shutdown(&self, graceful: bool, timeout: Option<Duration>) {
         for (_, l) in self.listeners.lock().await.drain() {
             l.stop.stop();
+        }
+        for (_, (stop, _)) in self.udp.lock().await.drain() {
+            stop.stop();
         }
         self.checks.stop();
         self.following.stop();
@@ -464,6 +558,12 @@ pub fn open_error_log(
     let mut specs = config.main.error_log.clone();
     if specs.is_empty() {
         specs.extend(default.cloned());
+    }
+    let stream_logs = config.stream.iter().flat_map(|s| &s.error_log);
+    for s in stream_logs {
+        if !specs.contains(s) {
+            specs.push(s.clone());
+        }
     }
     if let Some(http) = &config.http {
         for s in &http.error_log {

@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// Every access-log file this configuration writes (for USR1).
     log_files: Vec<Arc<LogFile>>,
+    /// `stream { }` compiled: the servers of the stream addresses among `bind`.
+    pub stream: crate::stream::Tables,
+    /// `listen ... backlog=n` (stream): the listen queue of these bound addresses.
+    pub backlog: Vec<(SocketAddr, i32)>,
 }
 
 /// One `server {}` as routing sees it.
@@ -335,11 +339,44 @@ impl Snapshot {
                 }
             }
         }
+        let stream = match &config.stream {
+            Some(stream) => {
+                let tables =
+                    crate::stream::compile(stream, registry.stream(), workers, &mut errors);
+                // One socket serves one protocol (nginx fails to bind the second one).
+                for server in &stream.servers {
+                    for l in server
+                        .listens
+                        .iter()
+                        .filter(|l| !l.udp && vhosts.contains_key(&l.addr))
+                    {
+                        errors.push(ConfigError::new(
+                            ErrorKind::Invalid(format!(
+                                "{} is both an http and a stream listen address",
+                                l.addr
+                            )),
+                            Some(l.location.clone()),
+                        ));
+                    }
+                }
+                tables
+            }
+            None => crate::stream::Tables::default(),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
-        let bind = bind_addresses(vhosts.keys().copied());
+        let bind = bind_addresses(vhosts.keys().copied().chain(stream.addresses()));
         let reuseport = reuseport_addresses(&config, &bind, &mut warnings);
+        let backlog = (config.stream.iter())
+            .flat_map(|s| &s.servers)
+            .flat_map(|s| &s.listens)
+            .filter(|l| !l.udp)
+            .filter_map(|l| Some((l.addr, l.backlog?)))
+            .filter(|(addr, _)| bind.contains(addr))
+            .collect();
+        let mut log_files = logs.into_files();
+        log_files.extend(stream.log_files.iter().cloned());
         Ok(Self {
             config,
             vhosts,
@@ -349,7 +386,9 @@ impl Snapshot {
             tls,
             proxy_protocol,
             warnings,
-            log_files: logs.into_files(),
+            log_files,
+            stream,
+            backlog,
         })
     }
 
@@ -424,21 +463,25 @@ fn reuseport_addresses(
     bind: &[SocketAddr],
     warnings: &mut Vec<String>,
 ) -> Vec<SocketAddr> {
-    let listens = config
-        .http
-        .iter()
+    let listens = (config.http.iter())
         .flat_map(|h| &h.servers)
-        .flat_map(|s| &s.listens);
+        .flat_map(|s| &s.listens)
+        .map(|l| (l.addr, l.reuseport, &l.location));
+    let stream_listens = (config.stream.iter())
+        .flat_map(|h| &h.servers)
+        .flat_map(|s| &s.listens)
+        .filter(|l| !l.udp)
+        .map(|l| (l.addr, l.reuseport, &l.location));
     let mut reuseport = Vec::new();
-    for listen in listens.filter(|l| l.reuseport) {
-        if bind.contains(&listen.addr) {
-            reuseport.push(listen.addr);
+    for (addr, _, location) in listens.chain(stream_listens).filter(|l| l.1) {
+        if bind.contains(&addr) {
+            reuseport.push(addr);
         } else {
             warnings.push(format!(
                 "the \"reuseport\" parameter of \"listen {}\" has no effect: the wildcard listen on port {} serves the address (imbang does not bind it apart) in {}",
-                listen.addr,
-                listen.addr.port(),
-                listen.location
+                addr,
+                addr.port(),
+                location
             ));
         }
     }

@@ -121,6 +121,20 @@ pub enum Var {
     DocumentRoot,
     RealpathRoot,
     RequestFilename,
+    // --- stream's own (ngx_stream_core_module, ngx_stream_upstream_module): known only in a
+    // `stream { }` block's templates (see [`Scope::for_stream`]).
+    /// Bytes read from the client.
+    BytesReceived,
+    /// The session's length in seconds with milliseconds.
+    SessionTime,
+    /// `TCP` or `UDP`.
+    Protocol,
+    UpstreamFirstByteTime,
+    UpstreamSessionTime,
+    /// `$ssl_preread_server_name`, `_alpn_protocols`, `_protocol` (ngx_stream_ssl_preread_module).
+    SslPrereadServerName,
+    SslPrereadAlpnProtocols,
+    SslPrereadProtocol,
 }
 
 /// The variables a configuration declares with `set` (nginx's variables are global: a name set
@@ -133,6 +147,8 @@ pub struct Scope {
     /// unset, even where a `set` declares them too).
     groups: std::collections::HashSet<String>,
     maps: std::collections::HashMap<String, MapRef>,
+    /// A `stream { }` block's scope: stream's variables, not http's.
+    stream: bool,
 }
 
 /// A compiled `map` block: the source text, its keys, and the values (all with variables).
@@ -311,6 +327,14 @@ impl MapTable {
 }
 
 impl Scope {
+    /// An empty scope for the templates of `stream { }`.
+    pub fn for_stream() -> Self {
+        Self {
+            stream: true,
+            ..Self::default()
+        }
+    }
+
     /// Adds the variable of a compiled `map`.
     pub fn define_map(&mut self, table: MapTable) {
         self.maps
@@ -365,6 +389,45 @@ impl Var {
                 | Self::RemotePort
                 | Self::RealipRemotePort
         )
+    }
+
+    /// A variable of nginx's stream modules named `name`, or `None` if stream has no such one.
+    pub fn parse_stream(name: &str) -> Option<Self> {
+        Some(match name {
+            "bytes_received" => Self::BytesReceived,
+            "session_time" => Self::SessionTime,
+            "protocol" => Self::Protocol,
+            "upstream_first_byte_time" => Self::UpstreamFirstByteTime,
+            "upstream_session_time" => Self::UpstreamSessionTime,
+            "ssl_preread_server_name" => Self::SslPrereadServerName,
+            "ssl_preread_alpn_protocols" => Self::SslPrereadAlpnProtocols,
+            "ssl_preread_protocol" => Self::SslPrereadProtocol,
+            "realip_remote_addr" | "realip_remote_port" => Self::parse(name)?,
+            _ if name.starts_with("proxy_protocol_tlv_") => Self::parse(name)?,
+            "binary_remote_addr"
+            | "bytes_sent"
+            | "connection"
+            | "hostname"
+            | "msec"
+            | "nginx_version"
+            | "pid"
+            | "remote_addr"
+            | "remote_port"
+            | "server_addr"
+            | "server_port"
+            | "status"
+            | "time_iso8601"
+            | "time_local"
+            | "upstream_addr"
+            | "upstream_bytes_received"
+            | "upstream_bytes_sent"
+            | "upstream_connect_time"
+            | "proxy_protocol_addr"
+            | "proxy_protocol_port"
+            | "proxy_protocol_server_addr"
+            | "proxy_protocol_server_port" => Self::parse(name)?,
+            _ => return None,
+        })
     }
 
     /// The variable named `name` (without `$`), or `None` if imbang does not know it.
@@ -619,7 +682,11 @@ impl Template {
             if name.is_empty() {
                 return Err("invalid variable name \"\"".to_owned());
             }
-            let var = match Var::parse(name) {
+            let known = match scope.stream {
+                false => Var::parse(name),
+                true => Var::parse_stream(name),
+            };
+            let var = match known {
                 Some(var) => var,
                 None => match scope.maps.get(name) {
                     Some(map) => Var::Map(map.clone()),

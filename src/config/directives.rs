@@ -17,6 +17,13 @@ impl Contexts {
     pub const MATCH: Self = Self(1 << 6);
     /// Inside `acme_issuer name { }` (nginx's ACME module).
     pub const ACME_ISSUER: Self = Self(1 << 7);
+    /// The `stream { }` block's own level (nginx's `NGX_STREAM_MAIN_CONF`).
+    pub const STREAM: Self = Self(1 << 8);
+    /// `server { }` inside `stream` (`NGX_STREAM_SRV_CONF`). A stream `upstream { }` is read in
+    /// [`Contexts::UPSTREAM`], as http's is (stream lowering refuses what only http's allows).
+    pub const STREAM_SERVER: Self = Self(1 << 9);
+    /// Inside a stream `match name { }` (NGINX Plus's `send`/`expect` for stream checks).
+    pub const STREAM_MATCH: Self = Self(1 << 10);
 
     pub const fn or(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -27,6 +34,11 @@ impl Contexts {
         Self(bits)
     }
 
+    /// The bits of the set.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 != 0
     }
@@ -35,6 +47,8 @@ impl Contexts {
 const HSL: Contexts = Contexts::HTTP.or(Contexts::SERVER).or(Contexts::LOCATION);
 const HS: Contexts = Contexts::HTTP.or(Contexts::SERVER);
 const MAIN_HSL: Contexts = Contexts::MAIN.or(HSL);
+/// `stream` and its `server` blocks.
+const SS: Contexts = Contexts::STREAM.or(Contexts::STREAM_SERVER);
 
 /// How many arguments a directive takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,6 +484,70 @@ pub static DIRECTIVES: &[Spec] = &[
     d("ssl_verify", C::ACME_ISSUER, Flag),
     d("state_path", C::ACME_ISSUER, ONE),
     d("accept_terms_of_service", C::ACME_ISSUER, NONE),
+    // --- stream (stream): nginx's ngx_stream_* modules; read in config/lower/stream.rs, run by
+    // crate::stream. Names shared with http get entries of their own for the stream contexts.
+    block("stream", C::MAIN, NONE),
+    block("server", C::STREAM, NONE),
+    block("upstream", C::STREAM, ONE),
+    block("map", C::STREAM, Range(2, 2)),
+    d("log_format", C::STREAM, AtLeast(2)),
+    d("listen", C::STREAM_SERVER, AtLeast(1)),
+    d("proxy_pass", C::STREAM_SERVER, ONE),
+    d("return", C::STREAM_SERVER, ONE),
+    d("set", C::STREAM_SERVER, Range(2, 2)),
+    d("error_log", SS, AtLeast(1)),
+    d("access_log", SS, AtLeast(1)),
+    d("allow", SS, ONE),
+    d("deny", SS, ONE),
+    d("proxy_connect_timeout", SS, ONE),
+    d("proxy_timeout", SS, ONE),
+    d("proxy_next_upstream", SS, Flag),
+    d("proxy_next_upstream_tries", SS, ONE),
+    d("proxy_next_upstream_timeout", SS, ONE),
+    d("proxy_buffer_size", SS, ONE),
+    d("proxy_half_close", SS, Flag),
+    d("proxy_upload_rate", SS, ONE),
+    d("proxy_download_rate", SS, ONE),
+    d("proxy_bind", SS, Range(1, 2)),
+    d("proxy_socket_keepalive", SS, Flag),
+    d("tcp_nodelay", SS, Flag),
+    d("preread_buffer_size", SS, ONE),
+    d("preread_timeout", SS, ONE),
+    d("ssl_preread", SS, Flag),
+    d("proxy_protocol", SS, Flag),
+    d("proxy_protocol_timeout", SS, ONE),
+    d("set_real_ip_from", SS, ONE),
+    d("health_check", C::STREAM_SERVER, AtLeast(0)),
+    d("health_check_timeout", SS, ONE),
+    block("match", C::STREAM, ONE),
+    d("send", C::STREAM_MATCH, ONE),
+    d("expect", C::STREAM_MATCH, Range(1, 2)),
+    d("proxy_requests", SS, ONE),
+    d("proxy_responses", SS, ONE),
+    no_effect(
+        "variables_hash_max_size",
+        C::STREAM,
+        ONE,
+        "imbang sizes its tables itself",
+    ),
+    no_effect(
+        "variables_hash_bucket_size",
+        C::STREAM,
+        ONE,
+        "imbang sizes its tables itself",
+    ),
+    no_effect(
+        "map_hash_max_size",
+        C::STREAM,
+        ONE,
+        "imbang sizes its tables itself",
+    ),
+    no_effect(
+        "map_hash_bucket_size",
+        C::STREAM,
+        ONE,
+        "imbang sizes its tables itself",
+    ),
     // --- the rest of nginx's core, events, http core, proxy, upstream, log, headers, map,
     // index, charset and sub modules (directives): every directive of theirs is in this table
     // (tests/directive_coverage.rs checks it against nginx's own, src/config/nginx-directives.tsv).
@@ -899,7 +977,7 @@ pub static UPSTREAM_KEEPALIVE_TIMEOUT: Spec = d("keepalive_timeout", C::UPSTREAM
 pub static UPSTREAM_SERVER: Spec = d("server", C::UPSTREAM, AtLeast(1));
 
 /// Directive names of nginx that imbang does not implement yet: a clearer error than "unknown".
-pub static NOT_YET: &[&str] = &["try_files", "stream", "geo", "split_clients"];
+pub static NOT_YET: &[&str] = &["try_files", "geo", "split_clients"];
 
 /// The entry for `name` used in context `ctx` (a few names mean different things by context).
 pub fn lookup(name: &str, ctx: Contexts) -> Option<&'static Spec> {

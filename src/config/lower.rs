@@ -28,6 +28,7 @@ mod proxy_cookie;
 mod proxy_ssl;
 mod realip;
 mod resolver;
+mod stream;
 mod sub_filter;
 mod syslog;
 mod upstream_state;
@@ -67,6 +68,7 @@ pub fn lower(
         resolve_pending: Vec::new(),
         acme_issuers: HashMap::new(),
         limit_zones: Vec::new(),
+        stream: None,
     };
     let (main, http) = lower.main(directives);
     if !lower.errors.is_empty() {
@@ -76,6 +78,7 @@ pub fn lower(
     Ok(Config {
         main,
         http,
+        stream: lower.stream,
         warnings,
         sources,
     })
@@ -107,6 +110,8 @@ struct Lower<'a> {
     acme_issuers: HashMap<String, Arc<AcmeIssuer>>,
     /// `limit_req_zone` and `limit_conn_zone` so far.
     limit_zones: Vec<LimitZone>,
+    /// `stream { }`, once read.
+    stream: Option<Stream>,
 }
 
 /// Settings that nested levels inherit (http → server → location → nested location).
@@ -554,6 +559,10 @@ impl<'a> Lower<'a> {
                     }
                 }
                 "http" => http = Some(self.http(d.block.as_deref().unwrap_or_default())),
+                "stream" => {
+                    let stream = self.stream(d.block.as_deref().unwrap_or_default());
+                    self.stream = Some(stream);
+                }
                 _ => {}
             }
         }
@@ -1992,6 +2001,7 @@ impl<'a> Lower<'a> {
             send_timeout: conf.proxy.send_timeout,
             read_timeout: conf.proxy.read_timeout,
             location: self.at(d.span),
+            stream: None,
         };
         let mut ok = true;
         for p in &d.args {

@@ -17,6 +17,8 @@ pub use limits::{LimitConn, LimitReq, LimitZone, LimitZoneKind, Limits};
 pub struct Config {
     pub main: Main,
     pub http: Option<Http>,
+    /// `stream { }`: TCP load balancing (see [`crate::stream`]).
+    pub stream: Option<Stream>,
     /// `[warn]` lines for `-t` and the error log: directives accepted without effect,
     /// and places where imbang deliberately differs from nginx.
     pub warnings: Vec<Warning>,
@@ -917,6 +919,24 @@ pub struct HealthCheck {
     pub read_timeout: Duration,
     /// `path:line:col` of the `health_check` line.
     pub location: String,
+    /// A stream `health_check` (TCP): connect, then the stream `match`'s `send`/`expect`.
+    pub stream: Option<StreamCheck>,
+}
+
+/// What a stream health check sends and expects (a stream `match` block; none: the connect
+/// alone passes).
+#[derive(Clone, Debug, Default)]
+pub struct StreamCheck {
+    /// `send "text"`: written once connected (nginx's escapes `\x..`, `\r`, `\n` decoded).
+    pub send: Vec<u8>,
+    /// `expect "text"` (the answer starts with it) or `expect ~ "regex"`.
+    pub expect: Option<StreamExpect>,
+}
+
+#[derive(Clone, Debug)]
+pub enum StreamExpect {
+    Prefix(Vec<u8>),
+    Regex(regex::bytes::Regex),
 }
 
 impl HealthCheck {
@@ -938,6 +958,9 @@ impl HealthCheck {
                 self.http10,
                 &self.tls,
                 (self.connect_timeout, self.send_timeout, self.read_timeout),
+                self.stream
+                    .as_ref()
+                    .map(|s| (&s.send, format!("{:?}", s.expect))),
             )
         )
     }
@@ -1622,4 +1645,96 @@ pub struct BasicSpec {
     pub user_file: String,
     /// Where `auth_basic_user_file` was written (`file:line:col`), for errors about the file.
     pub at: String,
+}
+
+// --- stream (stream): nginx's `stream { }`, read by config/lower/stream.rs
+
+/// `stream { }`: servers that proxy TCP connections, and their upstream groups.
+#[derive(Clone, Debug, Default)]
+pub struct Stream {
+    pub servers: Vec<StreamServer>,
+    /// `upstream` blocks of stream, and the implicit groups of `proxy_pass host:port`. Their
+    /// names are stream's own (an http `upstream` of the same name is another group).
+    pub upstreams: Vec<Upstream>,
+    /// `map` blocks of stream, in file order.
+    pub maps: Vec<MapSpec>,
+    /// stream-level and server-level `error_log` targets.
+    pub error_log: Vec<ErrorLogSpec>,
+    /// Access-log files written through a buffer, by path (as [`Http::log_buffers`]).
+    pub log_buffers: HashMap<PathBuf, LogBuffer>,
+    /// Every stream `health_check`, in file order.
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// One `listen` of a stream `server`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamListen {
+    pub addr: SocketAddr,
+    pub reuseport: bool,
+    /// `backlog=`: the listen queue (nginx's default 511).
+    pub backlog: Option<i32>,
+    /// `udp`: datagrams, balanced per client session.
+    pub udp: bool,
+    /// `proxy_protocol`: connections begin with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+    /// `path:line:col` of the `listen`.
+    pub location: String,
+}
+
+/// Where a stream `server` sends its connections.
+#[derive(Clone, Debug)]
+pub enum StreamAction {
+    /// `proxy_pass name;` naming a group (an `upstream` block or an implicit one).
+    Proxy(String),
+    /// `proxy_pass $var;`: the value names a group or is an `address:port`.
+    ProxyVars(String),
+    /// `return value;`: the value (with variables) is sent and the connection closed.
+    Return(String),
+}
+
+/// One stream `server { }`, with the settings it inherited from `stream`.
+#[derive(Clone, Debug)]
+pub struct StreamServer {
+    pub listens: Vec<StreamListen>,
+    /// `None`: no `proxy_pass` or `return` (nginx refuses such a server: "no handler").
+    pub action: Option<StreamAction>,
+    pub sets: Vec<SetVar>,
+    pub access: Vec<AccessRule>,
+    pub access_log: Vec<AccessLogSpec>,
+    pub connect_timeout: Duration,
+    /// `proxy_timeout`: the longest either direction may go without a byte (10m).
+    pub timeout: Duration,
+    /// `proxy_next_upstream on|off` (on): a failed connect moves to the next peer.
+    pub next_upstream: bool,
+    /// 0: no limit besides the group's peers.
+    pub next_upstream_tries: u32,
+    pub next_upstream_timeout: Option<Duration>,
+    pub buffer_size: usize,
+    pub half_close: bool,
+    /// Bytes per second; 0: no limit.
+    pub upload_rate: u64,
+    pub download_rate: u64,
+    pub tcp_nodelay: bool,
+    /// `proxy_bind address [transparent]` (`off`: none); the address may hold variables.
+    pub bind: Option<String>,
+    pub socket_keepalive: bool,
+    pub preread_buffer_size: usize,
+    pub preread_timeout: Duration,
+    /// `proxy_protocol on`: a PROXY protocol v1 header is sent to the peer first.
+    pub send_proxy_protocol: bool,
+    /// `proxy_protocol_timeout` (30s): the longest a listen `proxy_protocol` header may take.
+    pub proxy_protocol_timeout: Duration,
+    /// `ssl_preread on`: the ClientHello is read before the peer is chosen.
+    pub ssl_preread: bool,
+    /// `set_real_ip_from` (ngx_stream_realip_module): clients whose PROXY protocol header's
+    /// source address replaces theirs.
+    pub realip_from: Vec<AccessRule>,
+    /// `proxy_requests` (UDP): client datagrams after which a session takes no more (0: no
+    /// limit).
+    pub requests: u64,
+    /// `proxy_responses` (UDP): datagrams from the peer each client datagram expects
+    /// (`None`: no limit; the session ends by `proxy_timeout`).
+    pub responses: Option<u64>,
+    /// `path:line:col` of the `server`.
+    pub location: String,
 }

@@ -208,6 +208,19 @@ pub fn configure_options() -> Vec<String> {
             without.push(format!("--without-{option}"));
         }
     }
+    // stream's modules are not in nginx's table here: claimed when imbang's table has them.
+    for (option, directive) in [
+        ("stream", "proxy_pass"),
+        ("stream_realip_module", "set_real_ip_from"),
+        ("stream_ssl_preread_module", "ssl_preread"),
+    ] {
+        let acts = directives::lookup(directive, Contexts::STREAM_SERVER).is_some_and(|s| {
+            s.contexts.contains(Contexts::STREAM_SERVER) && s.effect == Effect::Acts
+        });
+        if acts {
+            with.push(format!("--with-{option}"));
+        }
+    }
     with.append(&mut without);
     if directives::lookup("proxy_cache", Contexts::LOCATION)
         .is_none_or(|s| matches!(s.effect, Effect::NotYet(_)))

@@ -280,7 +280,7 @@ impl RequestCtx<'_> {
 
 /// `$time_local` (or, with `iso`, `$time_iso8601`): formatted once a second per thread, as nginx
 /// caches its time strings (formatting local time costs ~0.3 µs, a log line ~0.7).
-fn append_local_time(out: &mut String, iso: bool) {
+pub(crate) fn append_local_time(out: &mut String, iso: bool) {
     use chrono::TimeZone as _;
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String, String)> =

@@ -26,6 +26,9 @@ struct Inner {
     states: Mutex<HashMap<PeerKey, Weak<PeerState>>>,
     /// Each upstream's `queue` line, alive while a peer state of the upstream is.
     queues: Mutex<HashMap<Box<str>, Weak<WaitQueue>>>,
+    /// The peers of `stream { }`'s upstreams: keyed the same way, in a namespace of their own
+    /// (an http `upstream app` and a stream `upstream app` are different groups, as in nginx).
+    stream: std::sync::OnceLock<Box<PeerRegistry>>,
 }
 
 /// A peer's identity across reloads.
@@ -99,6 +102,11 @@ impl PeerRegistry {
         let queue = Arc::new(WaitQueue::new());
         queues.insert(upstream.into(), Arc::downgrade(&queue));
         queue
+    }
+
+    /// The registry of `stream { }`'s upstreams.
+    pub fn stream(&self) -> &PeerRegistry {
+        self.inner.stream.get_or_init(Box::default)
     }
 
     /// How many peer states are alive (used by at least one group).

@@ -92,6 +92,8 @@ pub struct Route {
     pub sub_filter: Option<Box<crate::proxy::sub_filter::Rules>>,
     /// `limit_except`: the route requests with a method it does not list take instead.
     pub limit_except: Option<Box<LimitExceptRoute>>,
+    /// How it serves files (a route whose action is [`RouteAction::NotFound`]).
+    pub files: Option<Box<crate::files::Files>>,
 }
 
 /// A location's `limit_except` block compiled.
@@ -101,7 +103,8 @@ pub struct LimitExceptRoute {
 }
 
 pub enum RouteAction {
-    /// No `proxy_pass` (or `api`): imbang serves no files, so 404.
+    /// No `proxy_pass` (or `api`...): files from disk ([`crate::files`]), as nginx's static
+    /// module answers then.
     NotFound,
     Proxy(Proxy),
     /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
@@ -825,7 +828,21 @@ fn compile_route(
             )),
         })
     });
+    let files = match &action {
+        RouteAction::NotFound => match crate::files::Files::compile(conf, cx.scope) {
+            Ok(files) => Some(Box::new(files)),
+            Err(message) => {
+                cx.errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
     Route {
+        files,
         conf: conf.clone(),
         zone: (conf.status_zone.as_deref())
             .map(|name| crate::stats::zone(crate::stats::ZoneKind::Location, name)),

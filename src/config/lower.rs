@@ -19,6 +19,7 @@ mod acme;
 mod charset;
 mod compat;
 mod expires;
+mod files;
 mod limit_except;
 mod observe;
 mod proxy_cookie;
@@ -163,6 +164,8 @@ struct Frame {
     uninitialized_variable_warn: Option<bool>,
     /// `proxy_ssl_*`, each inherited on its own.
     proxy_ssl: proxy_ssl::ProxySslFrame,
+    /// `alias`, `index`, `try_files`, `types`, ... (see lower/files.rs).
+    files: files::FilesFrame,
 }
 
 impl Frame {
@@ -175,6 +178,7 @@ impl Frame {
                 Frame {
                     $($field: self.$field.clone().or_else(|| parent.$field.clone()),)*
                     proxy_ssl: self.proxy_ssl.inherit(&parent.proxy_ssl),
+                    files: self.files.inherit(&parent.files, self.root.is_some()),
                 }
             };
         }
@@ -286,6 +290,7 @@ impl Frame {
             realip: self.realip(),
             root: self.root.clone().unwrap_or_default(),
             resolver: self.resolver(),
+            files: self.files.conf(),
         })
     }
 }
@@ -823,8 +828,19 @@ impl<'a> Lower<'a> {
                 }
             }
             "root" => {
-                if self.once(seen, spec, d) {
+                if f.files.has_alias() {
+                    self.invalid(
+                        "\"root\" directive is duplicate, \"alias\" directive was specified earlier"
+                            .to_owned(),
+                        d.span,
+                    );
+                } else if self.once(seen, spec, d) {
                     f.root = self.root(d);
+                }
+            }
+            name if files::is_files(name) => {
+                if matches!(name, "types" | "index") || self.once(seen, spec, d) {
+                    self.files_directive(d, f);
                 }
             }
             name if proxy_ssl::is_proxy_ssl(name) => {
@@ -833,7 +849,6 @@ impl<'a> Lower<'a> {
                 }
             }
             _ if spec.effect != Effect::Acts => {}
-            "types" => {} // MIME type tables: accepted, checked by the parser only.
             _ if !self.once(seen, spec, d) => {}
             "resolver" | "resolver_timeout" => self.resolver_setting(d, f),
             "proxy_connect_timeout" => f.connect_timeout = self.duration_arg(d, &args[0]),
@@ -1559,20 +1574,6 @@ impl<'a> Lower<'a> {
                 script.insert(at + inserted, stmt);
                 inserted += 1;
             }
-        }
-        // A `rewrite` sends the request on (or away): no warning for a location of rewrites.
-        let answers = script.iter().any(|s| match s {
-            Stmt::Return(_) | Stmt::Rewrite(_) => true,
-            Stmt::If(i) => i.conf.as_ref().is_some_and(|c| c.action.is_some()),
-            _ => false,
-        });
-        if action.is_none() && !answers && locations.is_empty() {
-            self.warn(
-                format!(
-                    "location \"{pattern}\" has neither \"proxy_pass\" nor \"return\": imbang does not serve files, so requests here get 404"
-                ),
-                d.span,
-            );
         }
         self.check_charset(&frame);
         let limited =

@@ -353,6 +353,32 @@ async fn large_files_stream_whole_and_in_ranges() {
         .await;
         assert_eq!(a.status, 206);
         assert!(a.body == big[100000..=900000], "{path}: the range");
+        let a = send(
+            lb.addr,
+            &format!("GET {path} HTTP/1.1\r\nRange: bytes=0-99999,-70000"),
+        )
+        .await;
+        assert_eq!(a.status, 206);
+        let boundary = a
+            .field("content-type")
+            .unwrap()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut want = Vec::new();
+        for (start, end) in [(0, 99999), (big.len() - 70000, big.len() - 1)] {
+            want.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{}\r\n\r\n",
+                    big.len()
+                )
+                .as_bytes(),
+            );
+            want.extend_from_slice(&big[start..=end]);
+        }
+        want.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        assert!(a.body == want, "{path}: multipart ranges");
     }
 }
 

@@ -62,6 +62,11 @@ impl FileBody {
         }
     }
 
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The bytes still to send.
     pub fn len(&self) -> u64 {
         self.left
@@ -121,10 +126,10 @@ impl FileBody {
         Some(chunk)
     }
 
-    /// For the `sendfile` writer: the next part, taken whole (`Bytes`), or the file and the
-    /// span to send, which [`FileBody::sent`] then advances.
-    pub fn front(&self) -> Option<(&File, &Part)> {
-        self.parts.front().map(|p| (&self.file, p))
+    /// For the `sendfile` writer: the next part (bytes, or a span of [`FileBody::file`]),
+    /// which [`FileBody::sent`] then advances.
+    pub fn front(&self) -> Option<&Part> {
+        self.parts.front()
     }
 
     /// `n` bytes of the front part went out.

@@ -147,6 +147,15 @@ async fn a_file_is_served_with_its_type_length_and_validators() {
 }
 
 #[tokio::test]
+async fn expires_applies_to_files() {
+    let dir = site();
+    let lb = imbang(&conf(&dir, "location / { expires 1h; }")).await;
+    let a = get(lb.addr, "/a.txt").await;
+    assert_eq!(a.field("cache-control"), Some("max-age=3600"));
+    assert!(a.field("expires").is_some());
+}
+
+#[tokio::test]
 async fn head_says_the_length_without_a_body() {
     let dir = site();
     let lb = imbang(&conf(&dir, "")).await;
@@ -728,4 +737,55 @@ async fn tricky_requests_answer_as_nginx_does() {
             );
         }
     }
+}
+
+/// Over HTTP/2 (h2c) a large file goes out in chunks within flow control (no `sendfile`
+/// there), a range and HEAD as over HTTP/1.
+#[tokio::test]
+async fn files_over_http2() {
+    use http_body_util::BodyExt as _;
+    let dir = site();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.path().join("www/big.bin"), &big).unwrap();
+    let lb = imbang(&conf(&dir, "sendfile on;")).await;
+    let stream = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = |method: &str, range: Option<&str>| {
+        let mut r = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://localhost:{}/big.bin", lb.addr.port()));
+        if let Some(range) = range {
+            r = r.header("range", range);
+        }
+        r.body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let res = sender.send_request(request("GET", None)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-length"], "300000");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body[..] == big[..]);
+    let res = sender
+        .send_request(request("GET", Some("bytes=-10")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 206);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body[..] == big[big.len() - 10..]);
+    let res = sender.send_request(request("HEAD", None)).await.unwrap();
+    assert_eq!(res.headers()["content-length"], "300000");
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }

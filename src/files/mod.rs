@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
+use crate::FastMap;
 use crate::config::model::{DisableSymlinks, FilesConf, GzipStatic, LocationConf};
 use crate::log;
 use crate::proxy::error::error_page;
@@ -42,12 +43,19 @@ pub struct Files {
     alias: Option<Template>,
     index: Vec<Template>,
     try_files: Vec<Template>,
+    /// `types` as ready field values (a clone is a reference count), and `default_type`.
+    types: FastMap<String, HeaderValue>,
+    default_type: HeaderValue,
 }
 
 impl Files {
     pub fn compile(conf: &LocationConf, scope: &Scope) -> Result<Self, String> {
         let files = &conf.files;
         let compile = |t: &String| Template::compile_in(t, scope);
+        let value = |t: &str| {
+            HeaderValue::from_maybe_shared(Bytes::copy_from_slice(t.as_bytes()))
+                .map_err(|_| format!("invalid MIME type \"{t}\""))
+        };
         Ok(Self {
             root: compile(&conf.root)?,
             alias: files.alias.as_ref().map(compile).transpose()?,
@@ -57,6 +65,12 @@ impl Files {
                 .iter()
                 .map(compile)
                 .collect::<Result<_, _>>()?,
+            types: files
+                .types
+                .iter()
+                .map(|(ext, t)| Ok((ext.clone(), value(t)?)))
+                .collect::<Result<_, String>>()?,
+            default_type: value(&conf.default_type)?,
         })
     }
 }
@@ -100,14 +114,14 @@ pub fn serve(ctx: &RequestCtx<'_>, route: &Route, files: &Files) -> Served {
             }
         }
     }
-    let (uri, path) = match found {
-        Some((uri, path)) => (uri, path),
-        None => (ctx.path.to_owned(), map_path(ctx, route, files, ctx.path)),
+    let (uri, path) = match &found {
+        Some((uri, path)) => (uri.as_str(), path.clone()),
+        None => (ctx.path, map_path(ctx, route, files, ctx.path)),
     };
     if uri.ends_with('/') {
-        return index(ctx, route, files, &uri, &path);
+        return index(ctx, route, files, uri, &path);
     }
-    file(ctx, conf, &route.conf.default_type, &uri, &path)
+    file(ctx, conf, files, uri, &path)
 }
 
 /// The file name for `uri`: the root and `uri`, or the alias and what follows the location's
@@ -139,6 +153,7 @@ fn try_files(
     tries: &[Template],
 ) -> Option<(String, String)> {
     let conf = &route.conf.files;
+    let root = symlinks_root(ctx, conf, files);
     for t in tries {
         let name = t.render(ctx);
         let dir = name.ends_with('/');
@@ -146,7 +161,7 @@ fn try_files(
         let path = map_path(ctx, route, files, &name);
         let test = path.trim_end_matches('/');
         let test = if test.is_empty() { "/" } else { test };
-        match stat(test, conf, &files_root(ctx, files)) {
+        match stat(test, conf, &root) {
             Ok(meta) if meta.is_dir() == dir => return Some((name, path)),
             _ => continue,
         }
@@ -154,11 +169,23 @@ fn try_files(
     None
 }
 
-/// The root as rendered for this request (for `disable_symlinks from=$document_root`).
-fn files_root(ctx: &RequestCtx<'_>, files: &Files) -> String {
-    match &files.alias {
-        Some(alias) => alias.render(ctx),
-        None => files.root.render(ctx),
+/// The root as rendered for this request, where `disable_symlinks ... from=$document_root`
+/// needs it (empty otherwise).
+fn symlinks_root(ctx: &RequestCtx<'_>, conf: &FilesConf, files: &Files) -> String {
+    match (&conf.disable_symlinks, &files.alias) {
+        (
+            DisableSymlinks::On {
+                from_root: true, ..
+            },
+            Some(alias),
+        ) => alias.render(ctx),
+        (
+            DisableSymlinks::On {
+                from_root: true, ..
+            },
+            None,
+        ) => files.root.render(ctx),
+        _ => String::new(),
     }
 }
 
@@ -166,7 +193,7 @@ fn files_root(ctx: &RequestCtx<'_>, files: &Files) -> String {
 /// a directory listing (`autoindex`), 403 for a directory, 404 when there is none.
 fn index(ctx: &RequestCtx<'_>, route: &Route, files: &Files, uri: &str, dir: &str) -> Served {
     let conf = &route.conf.files;
-    let root = files_root(ctx, files);
+    let root = symlinks_root(ctx, conf, files);
     for t in &files.index {
         let name = t.render(ctx);
         if name.starts_with('/') {
@@ -212,13 +239,7 @@ fn index(ctx: &RequestCtx<'_>, route: &Route, files: &Files, uri: &str, dir: &st
 }
 
 /// The static module: the file at `path`, a 301 to `uri/` for a directory.
-fn file(
-    ctx: &RequestCtx<'_>,
-    conf: &FilesConf,
-    default_type: &str,
-    uri: &str,
-    path: &str,
-) -> Served {
+fn file(ctx: &RequestCtx<'_>, conf: &FilesConf, files: &Files, uri: &str, path: &str) -> Served {
     let root = match &conf.disable_symlinks {
         DisableSymlinks::On {
             from_root: true, ..
@@ -268,14 +289,14 @@ fn file(
     if ctx.parts.method == Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
-    respond(ctx, conf, default_type, uri, file, &meta, gzipped).into()
+    respond(ctx, conf, files, uri, file, &meta, gzipped).into()
 }
 
 /// A 200 for `file` (or 206, 304, 412, 416 as the request's conditions and ranges say).
 fn respond(
     ctx: &RequestCtx<'_>,
     conf: &FilesConf,
-    default_type: &str,
+    files: &Files,
     uri: &str,
     file: File,
     meta: &Metadata,
@@ -283,35 +304,32 @@ fn respond(
 ) -> Response<ResponseBody> {
     let size = meta.len();
     let mtime = meta.mtime();
-    let etag = conf
-        .etag
-        .then(|| format!("\"{:x}-{:x}\"", mtime.max(0), size));
-    let content_type = content_type(uri, conf, default_type);
+    let (last_modified, etag) = validators(mtime, size, conf.etag);
+    let content_type = content_type(uri, files);
     let validators = conditional::Validators {
         mtime,
-        etag: etag.as_deref(),
+        etag: etag.as_ref().and_then(|e| e.to_str().ok()),
     };
     if let Some(code) = conditional::check(&ctx.parts.headers, &validators, conf) {
-        let mut response = match code {
-            StatusCode::NOT_MODIFIED => {
-                let mut r = Response::new(ResponseBody::empty());
-                *r.status_mut() = code;
-                r
-            }
-            _ => error_page(code),
-        };
-        if code == StatusCode::NOT_MODIFIED {
-            set_validators(response.headers_mut(), mtime, etag.as_deref());
+        if code != StatusCode::NOT_MODIFIED {
+            return error_page(code);
         }
-        return response;
+        let mut r = Response::new(ResponseBody::empty());
+        *r.status_mut() = code;
+        r.headers_mut().insert(header::LAST_MODIFIED, last_modified);
+        if let Some(etag) = etag {
+            r.headers_mut().insert(header::ETAG, etag);
+        }
+        return r;
     }
     let head = ctx.parts.method == Method::HEAD;
     let mut response = Response::new(ResponseBody::empty());
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        headers.insert(header::CONTENT_TYPE, v);
+    headers.insert(header::CONTENT_TYPE, content_type.clone());
+    headers.insert(header::LAST_MODIFIED, last_modified);
+    if let Some(etag) = etag.clone() {
+        headers.insert(header::ETAG, etag);
     }
-    set_validators(headers, mtime, etag.as_deref());
     if gzipped {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -324,12 +342,37 @@ fn respond(
             max.unwrap_or(u32::MAX),
         )),
     };
-    let body = match ranges {
-        None => FileBody::whole(file, size),
+    let whole = match ranges {
+        None => true,
         Some(range::Wanted::Whole) => {
             headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            FileBody::whole(file, size)
+            true
         }
+        _ => false,
+    };
+    if whole && (head || size <= CHUNK) {
+        // The usual small file: one read, no parts to keep.
+        if head {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            return response;
+        }
+        match read_at(&file, 0, size as usize) {
+            Ok(bytes) => *response.body_mut() = ResponseBody::full(bytes),
+            Err(e) => {
+                log!(
+                    Crit,
+                    "*{} read() failed ({}){}",
+                    ctx.conn.id,
+                    errno_text(&e),
+                    ctx.log_context(None)
+                );
+                return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+        return response;
+    }
+    let body = match ranges {
+        None | Some(range::Wanted::Whole) => FileBody::whole(file, size),
         Some(range::Wanted::Unsatisfiable) => {
             let mut r = error_page(StatusCode::RANGE_NOT_SATISFIABLE);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -339,6 +382,7 @@ fn respond(
         }
         Some(range::Wanted::Ranges(ranges)) => {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let content_type = content_type.to_str().unwrap_or("application/octet-stream");
             range::body(response.headers_mut(), file, size, &ranges, content_type)
         }
     };
@@ -369,29 +413,48 @@ fn respond(
     response
 }
 
-fn set_validators(headers: &mut http::HeaderMap, mtime: i64, etag: Option<&str>) {
-    let at = UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-        headers.insert(header::LAST_MODIFIED, v);
+/// `Last-Modified` and `ETag` (with `etag on`) of a file, made once per thread for the last
+/// file's time and size: the next request for the same file pays for neither.
+fn validators(mtime: i64, size: u64, etag: bool) -> (HeaderValue, Option<HeaderValue>) {
+    type Last = Option<(i64, u64, HeaderValue, HeaderValue)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
     }
-    if let Some(Ok(v)) = etag.map(HeaderValue::from_str) {
-        headers.insert(header::ETAG, v);
-    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let (date, tag) = match &*last {
+            Some((m, s, date, tag)) if *m == mtime && *s == size => (date.clone(), tag.clone()),
+            _ => {
+                let at = UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+                let date = Bytes::from(httpdate::fmt_http_date(at));
+                let tag = Bytes::from(format!("\"{:x}-{:x}\"", mtime.max(0), size));
+                let (Ok(date), Ok(tag)) = (
+                    HeaderValue::from_maybe_shared(date),
+                    HeaderValue::from_maybe_shared(tag),
+                ) else {
+                    return (HeaderValue::from_static(""), None);
+                };
+                *last = Some((mtime, size, date.clone(), tag.clone()));
+                (date, tag)
+            }
+        };
+        (date, etag.then_some(tag))
+    })
 }
 
 /// The type `types` gives the extension of `uri`'s last segment (lowercase), else
 /// `default_type`.
-fn content_type<'c>(uri: &str, conf: &'c FilesConf, default_type: &'c str) -> &'c str {
+fn content_type<'f>(uri: &str, files: &'f Files) -> &'f HeaderValue {
     let last = uri.rsplit('/').next().unwrap_or("");
     let Some((_, ext)) = last.rsplit_once('.') else {
-        return default_type;
+        return &files.default_type;
     };
     let found = if ext.bytes().any(|b| b.is_ascii_uppercase()) {
-        conf.types.get(&ext.to_ascii_lowercase())
+        files.types.get(&ext.to_ascii_lowercase())
     } else {
-        conf.types.get(ext)
+        files.types.get(ext)
     };
-    found.map_or(default_type, |t| t.as_str())
+    found.unwrap_or(&files.default_type)
 }
 
 /// Whether the request says it takes gzip (`Accept-Encoding: gzip` without `q=0`), over

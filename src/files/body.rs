@@ -7,7 +7,7 @@ use std::io;
 
 use bytes::Bytes;
 
-use super::{CHUNK, read_at};
+use super::{CHUNK, read_from};
 
 /// One piece of a file body: bytes imbang made (a multipart range's part headers) or a span
 /// of the file.
@@ -21,6 +21,8 @@ pub enum Part {
 #[derive(Debug)]
 pub struct FileBody {
     file: File,
+    /// The file's read position (a read of the next span needs no seek).
+    pos: u64,
     parts: VecDeque<Part>,
     left: u64,
     /// `sendfile on`: the plain HTTP/1 writer may send the file's spans with `sendfile(2)`.
@@ -56,6 +58,7 @@ impl FileBody {
             .sum();
         Self {
             file,
+            pos: 0,
             parts,
             left,
             sendfile: false,
@@ -107,7 +110,7 @@ impl FileBody {
             Part::Bytes(b) => Ok(b),
             Part::File { offset, len } => {
                 let n = len.min(CHUNK).min(max as u64);
-                let read = read_at(&self.file, offset, n as usize);
+                let read = read_from(&self.file, &mut self.pos, offset, n as usize);
                 if read.is_ok() && n < len {
                     self.parts.push_front(Part::File {
                         offset: offset + n,

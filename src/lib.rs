@@ -47,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error_log;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;

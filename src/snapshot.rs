@@ -105,6 +105,8 @@ pub struct Route {
     pub error_page_targets: Box<[Option<Template>]>,
     /// `limit_req`, `limit_conn`, `limit_rate`; `None` (nothing to do) without any.
     pub limits: Option<Box<crate::limit::RouteLimits>>,
+    /// How it serves files (a route whose action is [`RouteAction::NotFound`]).
+    pub files: Option<Box<crate::files::Files>>,
 }
 
 /// A location's `limit_except` block compiled.
@@ -114,7 +116,8 @@ pub struct LimitExceptRoute {
 }
 
 pub enum RouteAction {
-    /// No `proxy_pass` (or `api`): imbang serves no files, so 404.
+    /// No `proxy_pass` (or `api`...): files from disk ([`crate::files`]), as nginx's static
+    /// module answers then.
     NotFound,
     Proxy(Proxy),
     /// `proxy_pass` with variables: resolved into a [`Proxy`] per request.
@@ -935,7 +938,21 @@ fn compile_route(
         crate::limit::RouteLimits::compile(spec, cx.limit_zones, cx.scope, cx.errors, at)
             .map(Box::new)
     });
+    let files = match &action {
+        RouteAction::NotFound => match crate::files::Files::compile(conf, cx.scope) {
+            Ok(files) => Some(Box::new(files)),
+            Err(message) => {
+                cx.errors.push(ConfigError::new(
+                    ErrorKind::Invalid(message),
+                    Some(at.to_owned()),
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
     Route {
+        files,
         conf: conf.clone(),
         zone: (conf.status_zone.as_deref())
             .map(|name| crate::stats::zone(crate::stats::ZoneKind::Location, name)),

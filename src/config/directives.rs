@@ -150,11 +150,11 @@ use Contexts as C;
 const ONE: Arity = Range(1, 1);
 const NONE: Arity = Range(0, 0);
 
-const STATIC_FILES: &str =
-    "imbang does not serve files; a location without proxy_pass or return answers 404";
 const GZIP_TUNING: &str = "imbang sets zlib's window and memory itself (the window smaller for a small known length, as nginx)";
 const GZIP_BUFFERS: &str =
     "imbang hands compressed bytes on as zlib makes them, in buffers it sizes itself";
+const OPEN_FILES: &str = "imbang opens a file per request (measured: see docs/static.md)";
+const FILE_IO: &str = "imbang reads files with plain reads (or sendfile), without AIO or O_DIRECT";
 const KERNEL: &str = "imbang chooses its own socket options";
 const SCHEDULING: &str = "imbang leaves scheduling to the kernel";
 const EPOLL: &str = "imbang uses epoll through tokio";
@@ -228,15 +228,7 @@ pub static DIRECTIVES: &[Spec] = &[
     // --- http
     block("server", C::HTTP, NONE),
     block("upstream", C::HTTP, ONE),
-    Spec {
-        name: "types",
-        contexts: HSL,
-        arity: NONE,
-        block: true,
-        effect: Effect::NoEffect(STATIC_FILES),
-    },
     d("default_type", HSL, ONE),
-    no_effect("sendfile", HSL, Flag, STATIC_FILES),
     no_effect("tcp_nopush", HSL, Flag, KERNEL),
     no_effect("tcp_nodelay", HSL, Flag, "imbang always sets TCP_NODELAY"),
     no_effect(
@@ -305,10 +297,38 @@ pub static DIRECTIVES: &[Spec] = &[
         Flag,
         "not implemented yet",
     ),
-    no_effect("root", HSL, ONE, STATIC_FILES),
-    no_effect("index", HSL, AtLeast(1), STATIC_FILES),
-    no_effect("autoindex", HSL, Flag, STATIC_FILES),
     d("charset", HSL, ONE),
+    // --- files (static): nginx's static, index, try_files, autoindex and gzip_static modules
+    // and the core's file directives; read in lower/files.rs (root: lower/root.rs), acted on
+    // by crate::files.
+    d("root", HSL, ONE),
+    d("alias", C::LOCATION, ONE),
+    d("index", HSL, AtLeast(1)),
+    d("try_files", C::SERVER.or(C::LOCATION), AtLeast(2)),
+    block("types", HSL, NONE),
+    d("etag", HSL, Flag),
+    d("if_modified_since", HSL, ONE),
+    d("max_ranges", HSL, ONE),
+    d("disable_symlinks", HSL, Range(1, 2)),
+    d("log_not_found", HSL, Flag),
+    d("autoindex", HSL, Flag),
+    d("autoindex_format", HSL, ONE),
+    d("autoindex_exact_size", HSL, Flag),
+    d("autoindex_localtime", HSL, Flag),
+    d("gzip_static", HSL, ONE),
+    d("sendfile", HSL, Flag),
+    no_effect("sendfile_max_chunk", HSL, ONE, FILE_IO),
+    no_effect("aio", HSL, ONE, FILE_IO),
+    no_effect("aio_write", HSL, Flag, FILE_IO),
+    no_effect("directio", HSL, ONE, FILE_IO),
+    no_effect("directio_alignment", HSL, ONE, FILE_IO),
+    no_effect("read_ahead", HSL, ONE, FILE_IO),
+    no_effect("output_buffers", HSL, Range(2, 2), FILE_IO),
+    no_effect("open_file_cache", HSL, Range(1, 2), OPEN_FILES),
+    no_effect("open_file_cache_errors", HSL, Flag, OPEN_FILES),
+    no_effect("open_file_cache_events", HSL, Flag, OPEN_FILES),
+    no_effect("open_file_cache_min_uses", HSL, ONE, OPEN_FILES),
+    no_effect("open_file_cache_valid", HSL, ONE, OPEN_FILES),
     // --- ssl: nginx's ngx_http_ssl_module and `http2`; read in lower/ssl.rs
     d("http2", HS, Flag),
     d("ssl", HS, Flag),
@@ -582,33 +602,6 @@ pub static DIRECTIVES: &[Spec] = &[
     no_effect("absolute_redirect", HSL, Flag, RELATIVE_LOCATION),
     no_effect("port_in_redirect", HSL, Flag, RELATIVE_LOCATION),
     no_effect("server_name_in_redirect", HSL, Flag, RELATIVE_LOCATION),
-    no_effect("aio", HSL, ONE, STATIC_FILES),
-    no_effect("aio_write", HSL, Flag, STATIC_FILES),
-    no_effect("directio", HSL, ONE, STATIC_FILES),
-    no_effect("directio_alignment", HSL, ONE, STATIC_FILES),
-    no_effect("read_ahead", HSL, ONE, STATIC_FILES),
-    no_effect("sendfile_max_chunk", HSL, ONE, STATIC_FILES),
-    no_effect("disable_symlinks", HSL, Range(1, 2), STATIC_FILES),
-    no_effect("log_not_found", HSL, Flag, STATIC_FILES),
-    no_effect("etag", HSL, Flag, STATIC_FILES),
-    no_effect("open_file_cache", HSL, Range(1, 2), STATIC_FILES),
-    no_effect("open_file_cache_errors", HSL, Flag, STATIC_FILES),
-    no_effect("open_file_cache_events", HSL, Flag, STATIC_FILES),
-    no_effect("open_file_cache_min_uses", HSL, ONE, STATIC_FILES),
-    no_effect("open_file_cache_valid", HSL, ONE, STATIC_FILES),
-    no_effect(
-        "if_modified_since",
-        HSL,
-        ONE,
-        "imbang answers no conditional requests itself (nginx does not for uncached proxied responses either)",
-    ),
-    no_effect(
-        "max_ranges",
-        HSL,
-        ONE,
-        "imbang serves no byte ranges itself (nginx does not for uncached proxied responses either)",
-    ),
-    no_effect("alias", C::LOCATION, ONE, STATIC_FILES),
     d("chunked_transfer_encoding", HSL, Flag),
     no_effect("client_body_in_file_only", HSL, ONE, BODY_FILE),
     no_effect("client_body_in_single_buffer", HSL, Flag, BODY_FILE),
@@ -977,7 +970,7 @@ pub static UPSTREAM_KEEPALIVE_TIMEOUT: Spec = d("keepalive_timeout", C::UPSTREAM
 pub static UPSTREAM_SERVER: Spec = d("server", C::UPSTREAM, AtLeast(1));
 
 /// Directive names of nginx that imbang does not implement yet: a clearer error than "unknown".
-pub static NOT_YET: &[&str] = &["try_files", "geo", "split_clients"];
+pub static NOT_YET: &[&str] = &["geo", "split_clients"];
 
 /// The entry for `name` used in context `ctx` (a few names mean different things by context).
 pub fn lookup(name: &str, ctx: Contexts) -> Option<&'static Spec> {

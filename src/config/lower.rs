@@ -21,6 +21,7 @@ mod charset;
 mod compat;
 mod expires;
 mod gzip;
+mod files;
 mod limit_except;
 mod limits;
 mod observe;
@@ -183,6 +184,8 @@ struct Frame {
     gzip: gzip::GzipFrame,
     /// `limit_req`, `limit_conn`, `limit_rate` and their companions.
     limits: limits::LimitsFrame,
+    /// `alias`, `index`, `try_files`, `types`, ... (see lower/files.rs).
+    files: files::FilesFrame,
 }
 
 impl Frame {
@@ -198,6 +201,7 @@ impl Frame {
                     auth: self.auth.inherit(&parent.auth),
                     gzip: self.gzip.inherit(&parent.gzip),
                     limits: self.limits.inherit(&parent.limits),
+                    files: self.files.inherit(&parent.files, self.root.is_some()),
                 }
             };
         }
@@ -318,6 +322,7 @@ impl Frame {
             resolver: self.resolver(),
             auth: self.auth.spec(),
             limits: self.limits.spec(),
+            files: self.files.conf(),
         })
     }
 }
@@ -861,12 +866,23 @@ impl<'a> Lower<'a> {
                 }
             }
             "root" => {
-                if self.once(seen, spec, d) {
+                if f.files.has_alias() {
+                    self.invalid(
+                        "\"root\" directive is duplicate, \"alias\" directive was specified earlier"
+                            .to_owned(),
+                        d.span,
+                    );
+                } else if self.once(seen, spec, d) {
                     f.root = self.root(d);
                 }
             }
             name if auth::is_auth(name) => self.auth_setting(d, spec, &mut f.auth, seen),
             name if limits::is_limit(name) => self.limit(d, spec, &mut f.limits, seen),
+            name if files::is_files(name) => {
+                if matches!(name, "types" | "index") || self.once(seen, spec, d) {
+                    self.files_directive(d, f);
+                }
+            }
             name if proxy_ssl::is_proxy_ssl(name) => {
                 if self.once(seen, spec, d) {
                     self.proxy_ssl(d, &mut f.proxy_ssl);
@@ -874,7 +890,6 @@ impl<'a> Lower<'a> {
             }
             name if gzip::is_gzip(name) => self.gzip(d, spec, &mut f.gzip, seen),
             _ if spec.effect != Effect::Acts => {}
-            "types" => {} // MIME type tables: accepted, checked by the parser only.
             _ if !self.once(seen, spec, d) => {}
             "resolver" | "resolver_timeout" => self.resolver_setting(d, f),
             "proxy_connect_timeout" => f.connect_timeout = self.duration_arg(d, &args[0]),
@@ -1608,20 +1623,6 @@ impl<'a> Lower<'a> {
                 script.insert(at + inserted, stmt);
                 inserted += 1;
             }
-        }
-        // A `rewrite` sends the request on (or away): no warning for a location of rewrites.
-        let answers = script.iter().any(|s| match s {
-            Stmt::Return(_) | Stmt::Rewrite(_) => true,
-            Stmt::If(i) => i.conf.as_ref().is_some_and(|c| c.action.is_some()),
-            _ => false,
-        });
-        if action.is_none() && !answers && locations.is_empty() {
-            self.warn(
-                format!(
-                    "location \"{pattern}\" has neither \"proxy_pass\" nor \"return\": imbang does not serve files, so requests here get 404"
-                ),
-                d.span,
-            );
         }
         self.check_charset(&frame);
         let limited =

@@ -353,6 +353,9 @@ pub struct LocationConf {
     pub auth: Option<Arc<AuthSpec>>,
     /// `limit_req`, `limit_conn`, `limit_rate` and their companions; `None` without any.
     pub limits: Option<std::sync::Arc<Limits>>,
+    /// How a location without a handler of its own serves files (`alias`, `index`,
+    /// `try_files`, `types`, `etag`, ...): see [`crate::files`].
+    pub files: Arc<FilesConf>,
 }
 
 /// `allow address|CIDR|all` or `deny ...`.
@@ -1737,4 +1740,99 @@ pub struct StreamServer {
     pub responses: Option<u64>,
     /// `path:line:col` of the `server`.
     pub location: String,
+}
+
+/// The static, index, try_files, autoindex and gzip_static modules' settings of one level
+/// (read in `lower/files.rs`, acted on by [`crate::files`]). `root` is [`LocationConf::root`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesConf {
+    /// `alias path` of this location (or the one it is nested in): replaces the location's
+    /// prefix in `$uri`; in a regex location, the whole file name.
+    pub alias: Option<String>,
+    /// `index` files, in order (`index.html`).
+    pub index: Vec<String>,
+    /// `try_files file ... uri|=code` of this level (not inherited, as nginx); empty: none.
+    pub try_files: Vec<String>,
+    /// `types`: lowercase extension → MIME type (nginx's three defaults without any `types`).
+    pub types: Arc<HashMap<String, String>>,
+    /// `etag on|off` (on).
+    pub etag: bool,
+    pub if_modified_since: IfModifiedSince,
+    pub disable_symlinks: DisableSymlinks,
+    /// `autoindex on` with its settings; `None`: off.
+    pub autoindex: Option<AutoIndex>,
+    pub gzip_static: GzipStatic,
+    /// `max_ranges n`; `None`: no limit.
+    pub max_ranges: Option<u32>,
+    /// `log_not_found on|off` (on).
+    pub log_not_found: bool,
+    /// `sendfile on|off` (off, as nginx): zero-copy file bodies on plain HTTP/1 connections.
+    pub sendfile: bool,
+}
+
+impl Default for FilesConf {
+    fn default() -> Self {
+        Self {
+            alias: None,
+            index: vec!["index.html".to_owned()],
+            try_files: Vec::new(),
+            types: Arc::new(default_types()),
+            etag: true,
+            if_modified_since: IfModifiedSince::Exact,
+            disable_symlinks: DisableSymlinks::Off,
+            autoindex: None,
+            gzip_static: GzipStatic::Off,
+            max_ranges: None,
+            log_not_found: true,
+            sendfile: false,
+        }
+    }
+}
+
+/// nginx's types without a `types` block: `text/html html; image/gif gif; image/jpeg jpg;`.
+pub fn default_types() -> HashMap<String, String> {
+    [
+        ("html", "text/html"),
+        ("gif", "image/gif"),
+        ("jpg", "image/jpeg"),
+    ]
+    .into_iter()
+    .map(|(e, t)| (e.to_owned(), t.to_owned()))
+    .collect()
+}
+
+/// `if_modified_since off|exact|before` (exact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfModifiedSince {
+    Off,
+    Exact,
+    Before,
+}
+
+/// `disable_symlinks off|on|if_not_owner [from=part]` (off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisableSymlinks {
+    Off,
+    /// `on` (`owner: false`) or `if_not_owner` (`owner: true`); `from`: the leading part of
+    /// the file name whose components are not checked (`from=$document_root`: the root).
+    On {
+        owner: bool,
+        from_root: bool,
+    },
+}
+
+/// `autoindex on` with `autoindex_format`, `autoindex_exact_size`, `autoindex_localtime`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoIndex {
+    pub json: bool,
+    pub exact_size: bool,
+    pub localtime: bool,
+}
+
+/// `gzip_static off|on|always` (off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GzipStatic {
+    Off,
+    On,
+    Always,
 }

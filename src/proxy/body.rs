@@ -41,6 +41,8 @@ pub struct ResponseBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Box<Streamed>),
+    /// A file from disk ([`crate::files`]), read as it goes out.
+    File(Box<crate::files::FileBody>),
 }
 
 impl ResponseBody {
@@ -50,6 +52,25 @@ impl ResponseBody {
 
     pub fn empty() -> Self {
         Self::from_kind(Kind::Full(None))
+    }
+
+    /// A file's body (or its ranges), read in chunks as the client takes them.
+    pub fn file(f: crate::files::FileBody) -> Self {
+        Self::from_kind(Kind::File(Box::new(f)))
+    }
+
+    /// The file body, for a writer that sends it with `sendfile` (unless a filter must see
+    /// its bytes).
+    pub fn file_mut(&mut self) -> Option<&mut crate::files::FileBody> {
+        match (&mut self.kind, &self.filter) {
+            (Kind::File(f), None) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// `sendfile` wrote `n` bytes of the file body (`$body_bytes_sent` counts them).
+    pub fn count_sent(&mut self, n: u64) {
+        self.sent += n;
     }
 
     pub fn streamed(s: Streamed) -> Self {
@@ -95,7 +116,7 @@ impl ResponseBody {
     pub fn fields(&self) -> Option<&RawFields> {
         match &self.kind {
             Kind::Upstream(s) => Some(&s.fields),
-            Kind::Full(_) => self.fields.as_deref(),
+            Kind::Full(_) | Kind::File(_) => self.fields.as_deref(),
         }
     }
 
@@ -103,7 +124,7 @@ impl ResponseBody {
     pub fn fields_mut(&mut self) -> &mut RawFields {
         match &mut self.kind {
             Kind::Upstream(s) => &mut s.fields,
-            Kind::Full(_) => self.fields.get_or_insert_with(Box::default),
+            Kind::Full(_) | Kind::File(_) => self.fields.get_or_insert_with(Box::default),
         }
     }
 
@@ -112,7 +133,7 @@ impl ResponseBody {
     pub fn drop_fields(&mut self) {
         match &mut self.kind {
             Kind::Upstream(s) => s.fields = RawFields::default(),
-            Kind::Full(_) => self.fields = None,
+            Kind::Full(_) | Kind::File(_) => self.fields = None,
         }
     }
 
@@ -120,7 +141,7 @@ impl ResponseBody {
     pub fn set_fields(&mut self, fields: RawFields) {
         match &mut self.kind {
             Kind::Upstream(s) => s.fields = fields,
-            Kind::Full(_) => self.fields = Some(Box::new(fields)),
+            Kind::Full(_) | Kind::File(_) => self.fields = Some(Box::new(fields)),
         }
     }
 
@@ -161,6 +182,7 @@ impl Drop for ResponseBody {
             pending.done.complete = match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Upstream(s) => s.ended,
+                Kind::File(f) => f.is_empty(),
             } && self.filter.as_ref().is_none_or(|f| f.done())
                 && self.gzip.as_ref().is_none_or(|g| g.done());
             if let Some(gzip) = &self.gzip {
@@ -291,6 +313,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(s) => s.body.is_end_stream(),
+            Kind::File(f) => f.is_empty(),
         }
     }
 
@@ -301,6 +324,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(s) => s.body.size_hint(),
+            Kind::File(f) => SizeHint::with_exact(f.len()),
         }
     }
 }
@@ -378,6 +402,10 @@ impl Kind {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::File(f) => Poll::Ready(
+                f.next_chunk(usize::MAX)
+                    .map(|chunk| chunk.map(Frame::data).map_err(|e| Box::new(e) as BoxError)),
+            ),
             Self::Upstream(s) => {
                 if s.checkin.is_none() && s.guard.is_none() {
                     return Poll::Ready(None);

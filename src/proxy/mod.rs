@@ -723,6 +723,8 @@ struct Outcome {
     rendered_proxy_host: String,
     /// `limit_conn`'s counts of this request, kept until its response body is done.
     conns: Vec<crate::limit::ConnGuard>,
+    /// Internal redirects so far (`index`, `try_files`).
+    redirects: u8,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -874,10 +876,7 @@ async fn respond(
     }
     let (mut response, from_peer) = match flow {
         Flow::Next => {
-            dispatch(
-                shared,
-                &mut ctx,
-                server,
+            dispatch(shared, &mut ctx, server,
                 route,
                 None,
                 Some(body),
@@ -992,8 +991,8 @@ async fn respond(
     response
 }
 
-/// Runs a location's action: `return`, 404, or forwarding. The flag is true when the response
-/// came from a peer (only those need `proxy_intercept_errors` for `error_page`).
+/// Runs a location's action: `return`, files, or forwarding. The flag is true when the
+/// response came from a peer (only those need `proxy_intercept_errors` for `error_page`).
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<'a>(
     shared: &Shared,
@@ -1047,7 +1046,17 @@ async fn dispatch<'a>(
             answer_response(answer, ctx, &route.conf.default_type),
             false,
         ),
-        (None, RouteAction::NotFound) => (error_response(&ProxyError::NoRoute), false),
+        (None, RouteAction::NotFound) => {
+            let Some(files) = &route.files else {
+                return (error_response(&ProxyError::NoRoute), false);
+            };
+            match crate::files::serve(ctx, route, files) {
+                crate::files::Served::Response(response) => (response, false),
+                crate::files::Served::Redirect(target) => {
+                    internal_redirect(shared, ctx, server, target, body, client_upgrade, out).await
+                }
+            }
+        }
         (None, RouteAction::Api { write }) => {
             let method = &ctx.parts.method;
             if method == http::Method::GET || method == http::Method::HEAD {
@@ -1399,6 +1408,144 @@ pub(crate) async fn subrequest<T>(
         ..sub
     };
     then(&sub, &response)
+}
+
+/// nginx's limit on internal redirects of one request (`NGX_HTTP_MAX_URI_CHANGES`).
+const MAX_REDIRECTS: u8 = 10;
+
+/// An internal redirect from the content phase (`index`, `try_files`): the request goes on,
+/// with its method, body and captures, to the location `target` names (a URI, with `?args` of
+/// its own or the request's, or `@name`).
+/// Boxed: a redirect runs a whole second request's dispatch (and dispatch may come back here).
+fn internal_redirect<'a>(
+    shared: &'a Shared,
+    ctx: &'a RequestCtx<'_>,
+    server: &'a ServerRoute,
+    target: String,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &'a mut Outcome,
+) -> std::pin::Pin<Box<dyn Future<Output = (Response<ResponseBody>, bool)> + Send + 'a>> {
+    Box::pin(internal_redirect_inner(
+        shared,
+        ctx,
+        server,
+        target,
+        body,
+        client_upgrade,
+        out,
+    ))
+}
+
+async fn internal_redirect_inner(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    server: &ServerRoute,
+    target: String,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
+    out.redirects += 1;
+    if out.redirects > MAX_REDIRECTS {
+        log!(
+            Error,
+            "*{} rewrite or internal redirection cycle while internally redirecting to \"{target}\"{}",
+            ctx.conn.id,
+            ctx.log_context(None)
+        );
+        return (error::error_page(StatusCode::INTERNAL_SERVER_ERROR), false);
+    }
+    let named = match target.strip_prefix('@') {
+        Some(_) => match server.locations.named(&target) {
+            Some(route) => Some(route),
+            None => {
+                log!(
+                    Error,
+                    "*{} could not find named location \"{target}\"{}",
+                    ctx.conn.id,
+                    ctx.log_context(None)
+                );
+                return (error::error_page(StatusCode::INTERNAL_SERVER_ERROR), false);
+            }
+        },
+        None => None,
+    };
+    let (path, args) = match named {
+        Some(_) => (ctx.path.to_owned(), ctx.args().map(str::to_owned)),
+        None => match target.split_once('?') {
+            Some((path, args)) => (path.to_owned(), Some(args.to_owned())),
+            None => (target.clone(), ctx.args().map(str::to_owned)),
+        },
+    };
+    let mut uri = crate::files::escape_uri(&path);
+    if let Some(args) = args.as_deref().filter(|a| !a.is_empty()) {
+        uri.push('?');
+        uri.push_str(args);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = ctx.parts.method.clone();
+    parts.uri = match named {
+        Some(_) => ctx.parts.uri.clone(),
+        None => uri.parse().unwrap_or_else(|_| http::Uri::from_static("/")),
+    };
+    parts.version = ctx.parts.version;
+    parts.headers = ctx.parts.headers.clone();
+    let base = RequestCtx {
+        parts: &parts,
+        proxy_host: "",
+        path: &path,
+        done: None,
+        sets: &[],
+        rewritten: None,
+        ..*ctx
+    };
+    let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
+    let (route, flow) = match named {
+        Some(route) => crate::rewrite::locations(server, Some(route), &base, &mut state),
+        None => crate::rewrite::phases(server, &base, &mut state),
+    };
+    let captures = Captures::of(route);
+    let located = RequestCtx {
+        captures: if named.is_none() && route.regex.is_some() {
+            &captures
+        } else {
+            base.captures
+        },
+        root: &route.conf.root,
+        ..base
+    };
+    if route.access_log.is_empty() {
+        out.log_route = None;
+    } else {
+        out.log(route, ctx.host, ctx.server_name);
+        out.path.clone_from(&path);
+    }
+    let mut inner = state.ctx(&located);
+    match flow {
+        Flow::Next => {
+            dispatch(shared, &mut inner, server,
+                route,
+                None,
+                body,
+                client_upgrade,
+                out,
+            )
+            .await
+        }
+        Flow::Return(answer) => {
+            dispatch(shared, &mut inner, server,
+                route,
+                Some(answer),
+                None,
+                None,
+                out,
+            )
+            .await
+        }
+        Flow::Redirect(code, location) => (redirect(code, &location), false),
+        Flow::Status(code) => (error::error_page(status_code(code)), false),
+    }
 }
 
 /// Runs the realip module with `route`'s settings, unless an earlier phase found the address.

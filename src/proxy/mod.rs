@@ -876,7 +876,10 @@ async fn respond(
     }
     let (mut response, from_peer) = match flow {
         Flow::Next => {
-            dispatch(shared, &mut ctx, server,
+            dispatch(
+                shared,
+                &mut ctx,
+                server,
                 route,
                 None,
                 Some(body),
@@ -1260,51 +1263,8 @@ async fn error_page(
         root: ctx.root,
         subrequest: false,
     };
-    let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
-    let (route, flow) = match named {
-        Some(route) => crate::rewrite::locations(server, Some(route), &base, &mut state),
-        None => crate::rewrite::phases(server, &base, &mut state),
-    };
-    let captures = Captures::of(route);
-    let located = RequestCtx {
-        captures: if named.is_none() && route.regex.is_some() {
-            &captures
-        } else {
-            base.captures
-        },
-        root: &route.conf.root,
-        ..base
-    };
     out.record.internal_redirect();
-    // nginx logs the redirected request: the target location's `access_log`, its `$uri`.
-    if route.access_log.is_empty() {
-        out.log_route = None;
-    } else {
-        out.log(route, ctx.host, ctx.server_name);
-        out.path.clone_from(&path);
-    }
-    let mut inner = state.ctx(&located);
-    let (mut response, from_peer) = match flow {
-        Flow::Next => dispatch(shared, &mut inner, server, route, None, None, None, out).await,
-        Flow::Return(answer) => {
-            dispatch(
-                shared,
-                &mut inner,
-                server,
-                route,
-                Some(answer),
-                None,
-                None,
-                out,
-            )
-            .await
-        }
-        Flow::Redirect(code, location) => (redirect(code, &location), false),
-        Flow::Status(code) => (error::error_page(status_code(code)), false),
-    };
-    if !from_peer {
-        absolute_location(&mut response, &inner);
-    }
+    let (mut response, _) = redispatch(shared, ctx, server, base, named, None, None, out).await;
     if let Some(code) = fixed {
         *response.status_mut() = status_code(code);
     }
@@ -1500,6 +1460,25 @@ async fn internal_redirect_inner(
         rewritten: None,
         ..*ctx
     };
+    redispatch(shared, ctx, server, base, named, body, client_upgrade, out).await
+}
+
+/// The second routing of an internal redirect (`error_page`, `index`, `try_files`): `base`,
+/// the request with its new URI, goes from `named`'s rewrite phase or through both phases
+/// again, is logged as its target location's (nginx's `access_log` and `$uri` of the target),
+/// and is dispatched, with the body when it still has one. A `Location` made on the way is
+/// made absolute.
+#[allow(clippy::too_many_arguments)]
+async fn redispatch(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    server: &ServerRoute,
+    base: RequestCtx<'_>,
+    named: Option<&Arc<Route>>,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
     let mut state = crate::rewrite::State::internal_redirect(ctx.sets.to_vec());
     let (route, flow) = match named {
         Some(route) => crate::rewrite::locations(server, Some(route), &base, &mut state),
@@ -1519,12 +1498,16 @@ async fn internal_redirect_inner(
         out.log_route = None;
     } else {
         out.log(route, ctx.host, ctx.server_name);
-        out.path.clone_from(&path);
+        out.path.clear();
+        out.path.push_str(base.path);
     }
     let mut inner = state.ctx(&located);
-    match flow {
+    let (mut response, from_peer) = match flow {
         Flow::Next => {
-            dispatch(shared, &mut inner, server,
+            dispatch(
+                shared,
+                &mut inner,
+                server,
                 route,
                 None,
                 body,
@@ -1534,7 +1517,10 @@ async fn internal_redirect_inner(
             .await
         }
         Flow::Return(answer) => {
-            dispatch(shared, &mut inner, server,
+            dispatch(
+                shared,
+                &mut inner,
+                server,
                 route,
                 Some(answer),
                 None,
@@ -1545,7 +1531,11 @@ async fn internal_redirect_inner(
         }
         Flow::Redirect(code, location) => (redirect(code, &location), false),
         Flow::Status(code) => (error::error_page(status_code(code)), false),
+    };
+    if !from_peer {
+        absolute_location(&mut response, &inner);
     }
+    (response, from_peer)
 }
 
 /// Runs the realip module with `route`'s settings, unless an earlier phase found the address.

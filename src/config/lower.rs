@@ -2007,82 +2007,70 @@ impl<'a> Lower<'a> {
         let mut ok = true;
         for p in &d.args {
             let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
-            let good = match (key, p.value.contains('=')) {
-                ("interval", true) => (values::duration(value).filter(|t| !t.is_zero()))
-                    .map(|t| check.interval = t)
-                    .is_some(),
-                ("jitter", true) => values::duration(value).map(|t| check.jitter = t).is_some(),
-                ("fails", true) => (values::number(value).filter(|&n| n > 0))
-                    .map(|n| check.fails = n.min(u64::from(u32::MAX)) as u32)
-                    .is_some(),
-                ("passes", true) => (values::number(value).filter(|&n| n > 0))
-                    .map(|n| check.passes = n.min(u64::from(u32::MAX)) as u32)
-                    .is_some(),
-                ("uri", true) => {
-                    let good =
-                        value.starts_with('/') && value.bytes().all(|b| b.is_ascii_graphic());
-                    if good {
-                        check.uri = value.to_owned();
+            let has_value = p.value.contains('=');
+            let good = match check_parameter(&mut check, key, has_value, value) {
+                Some(good) => good,
+                None => match (key, has_value) {
+                    ("uri", true) => {
+                        let good =
+                            value.starts_with('/') && value.bytes().all(|b| b.is_ascii_graphic());
+                        if good {
+                            check.uri = value.to_owned();
+                        }
+                        good
                     }
-                    good
-                }
-                ("port", true) => (values::number(value).filter(|&n| (1..=65535).contains(&n)))
-                    .map(|n| check.port = Some(n as u16))
-                    .is_some(),
-                ("match", true) => match self.matches.get(value) {
-                    Some(m) => {
-                        check.matcher = Some(m.clone());
-                        true
-                    }
-                    None => {
-                        self.invalid(format!("match \"{value}\" is not defined"), p.span);
+                    ("match", true) => match self.matches.get(value) {
+                        Some(m) => {
+                            check.matcher = Some(m.clone());
+                            true
+                        }
+                        None => {
+                            self.invalid(format!("match \"{value}\" is not defined"), p.span);
+                            ok = false;
+                            continue;
+                        }
+                    },
+                    ("type", true) => {
+                        self.invalid(
+                            format!(
+                                "\"{}\": only HTTP health checks are supported by imbang yet",
+                                p.value
+                            ),
+                            p.span,
+                        );
                         ok = false;
                         continue;
                     }
-                },
-                ("mandatory", false) => {
-                    check.mandatory = true;
-                    true
-                }
-                ("persistent", false) => {
-                    check.persistent = true;
-                    true
-                }
-                ("type", true) => {
-                    self.invalid(
-                        format!(
-                            "\"{}\": only HTTP health checks are supported by imbang yet",
-                            p.value
-                        ),
-                        p.span,
-                    );
-                    ok = false;
-                    continue;
-                }
-                ("keepalive_time", true) if values::duration(value).is_some() => {
-                    self.warn(
+                    ("keepalive_time", true) if values::duration(value).is_some() => {
+                        self.warn(
                         "the \"keepalive_time\" parameter of \"health_check\" has no effect in imbang: each check opens a connection of its own".to_owned(),
                         p.span,
                     );
-                    true
-                }
-                _ => false,
+                        true
+                    }
+                    _ => false,
+                },
             };
             if !good {
                 self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
                 ok = false;
             }
         }
+        if ok && self.persistent_has_mandatory(&check, d) {
+            self.health_checks.push(check);
+        }
+    }
+
+    /// nginx Plus's rule: `persistent` only with `mandatory`.
+    pub(super) fn persistent_has_mandatory(&mut self, check: &HealthCheck, d: &Directive) -> bool {
         if check.persistent && !check.mandatory {
             self.invalid(
                 "\"persistent\" requires \"mandatory\" in \"health_check\"".to_owned(),
                 d.span,
             );
-            ok = false;
+            return false;
         }
-        if ok {
-            self.health_checks.push(check);
-        }
+        true
     }
 
     /// `match name { status ...; header ...; body ...; }`.
@@ -2581,4 +2569,37 @@ fn load_factor(text: &str) -> Option<u32> {
     let fraction: u32 = format!("{fraction:0<3}").parse().ok()?;
     let factor = whole.checked_mul(1000)? + fraction;
     (1000..=100_000).contains(&factor).then_some(factor)
+}
+
+/// The `health_check` parameters http and stream share (`interval=`, `jitter=`, `fails=`,
+/// `passes=`, `port=`, `mandatory`, `persistent`), set on `check`: whether `value` was good,
+/// or `None` for a parameter of neither's common set.
+pub(super) fn check_parameter(
+    check: &mut HealthCheck,
+    key: &str,
+    has_value: bool,
+    value: &str,
+) -> Option<bool> {
+    let count =
+        |v: &str| (values::number(v).filter(|&n| n > 0)).map(|n| n.min(u64::from(u32::MAX)) as u32);
+    Some(match (key, has_value) {
+        ("interval", true) => (values::duration(value).filter(|t| !t.is_zero()))
+            .map(|t| check.interval = t)
+            .is_some(),
+        ("jitter", true) => values::duration(value).map(|t| check.jitter = t).is_some(),
+        ("fails", true) => count(value).map(|n| check.fails = n).is_some(),
+        ("passes", true) => count(value).map(|n| check.passes = n).is_some(),
+        ("port", true) => (values::number(value).filter(|&n| (1..=65535).contains(&n)))
+            .map(|n| check.port = Some(n as u16))
+            .is_some(),
+        ("mandatory", false) => {
+            check.mandatory = true;
+            true
+        }
+        ("persistent", false) => {
+            check.persistent = true;
+            true
+        }
+        _ => return None,
+    })
 }

@@ -586,62 +586,38 @@ impl Lower<'_> {
         let mut ok = true;
         for p in &d.args {
             let (key, value) = p.value.split_once('=').unwrap_or((p.value.as_str(), ""));
-            let good = match (key, p.value.contains('=')) {
-                ("interval", true) => (values::duration(value).filter(|t| !t.is_zero()))
-                    .map(|t| check.interval = t)
-                    .is_some(),
-                ("jitter", true) => values::duration(value).map(|t| check.jitter = t).is_some(),
-                ("fails", true) => (values::number(value).filter(|&n| n > 0))
-                    .map(|n| check.fails = n.min(u64::from(u32::MAX)) as u32)
-                    .is_some(),
-                ("passes", true) => (values::number(value).filter(|&n| n > 0))
-                    .map(|n| check.passes = n.min(u64::from(u32::MAX)) as u32)
-                    .is_some(),
-                ("port", true) => (values::number(value).filter(|&n| (1..=65535).contains(&n)))
-                    .map(|n| check.port = Some(n as u16))
-                    .is_some(),
-                ("match", true) => match matches.get(value) {
-                    Some(m) => {
-                        check.stream = Some(m.clone());
-                        true
-                    }
-                    None => {
-                        self.invalid(format!("match \"{value}\" is not defined"), p.span);
+            let has_value = p.value.contains('=');
+            let good = match super::check_parameter(&mut check, key, has_value, value) {
+                Some(good) => good,
+                None => match (key, has_value) {
+                    ("match", true) => match matches.get(value) {
+                        Some(m) => {
+                            check.stream = Some(m.clone());
+                            true
+                        }
+                        None => {
+                            self.invalid(format!("match \"{value}\" is not defined"), p.span);
+                            ok = false;
+                            continue;
+                        }
+                    },
+                    ("udp", false) => {
+                        self.invalid(
+                            "\"udp\" health checks are not supported by imbang yet".to_owned(),
+                            p.span,
+                        );
                         ok = false;
                         continue;
                     }
+                    _ => false,
                 },
-                ("mandatory", false) => {
-                    check.mandatory = true;
-                    true
-                }
-                ("persistent", false) => {
-                    check.persistent = true;
-                    true
-                }
-                ("udp", false) => {
-                    self.invalid(
-                        "\"udp\" health checks are not supported by imbang yet".to_owned(),
-                        p.span,
-                    );
-                    ok = false;
-                    continue;
-                }
-                _ => false,
             };
             if !good {
                 self.invalid(format!("invalid parameter \"{}\"", p.value), p.span);
                 ok = false;
             }
         }
-        if check.persistent && !check.mandatory {
-            self.invalid(
-                "\"persistent\" requires \"mandatory\" in \"health_check\"".to_owned(),
-                d.span,
-            );
-            ok = false;
-        }
-        ok.then_some(check)
+        (ok && self.persistent_has_mandatory(&check, d)).then_some(check)
     }
 
     /// nginx: `duplicate "0.0.0.0:12345" address and port pair` among stream servers.

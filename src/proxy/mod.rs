@@ -874,36 +874,17 @@ async fn respond(
         }
         out.rewritten = state.rewritten.clone();
     }
-    let (mut response, from_peer) = match flow {
-        Flow::Next => {
-            dispatch(
-                shared,
-                &mut ctx,
-                server,
-                route,
-                None,
-                Some(body),
-                client_upgrade,
-                out,
-            )
-            .await
-        }
-        Flow::Return(answer) => {
-            dispatch(
-                shared,
-                &mut ctx,
-                server,
-                route,
-                Some(answer),
-                None,
-                None,
-                out,
-            )
-            .await
-        }
-        Flow::Redirect(status, location) => (redirect(status, &location), false),
-        Flow::Status(status) => (error::error_page(status_code(status)), false),
-    };
+    let (mut response, from_peer) = run(
+        shared,
+        &mut ctx,
+        server,
+        route,
+        flow,
+        Some(body),
+        client_upgrade,
+        out,
+    )
+    .await;
     if !from_peer {
         absolute_location(&mut response, &ctx);
     }
@@ -1099,6 +1080,29 @@ async fn dispatch<'a>(
 
 /// nginx's `limit_req` for a location with limits: `Err(status)` to refuse the request, or how
 /// long it must wait first.
+/// Ends the rewrite phases' `flow` for `route`: its action (the body and upgrade go to it), the
+/// `return`'s answer, a redirect, or a status. The flag is [`dispatch`]'s.
+#[allow(clippy::too_many_arguments)]
+async fn run<'a>(
+    shared: &Shared,
+    ctx: &mut RequestCtx<'a>,
+    server: &ServerRoute,
+    route: &'a Route,
+    flow: Flow<'_>,
+    body: Option<RequestBody>,
+    client_upgrade: Option<(HeaderValue, OnUpgrade)>,
+    out: &mut Outcome,
+) -> (Response<ResponseBody>, bool) {
+    match flow {
+        Flow::Next => dispatch(shared, ctx, server, route, None, body, client_upgrade, out).await,
+        Flow::Return(answer) => {
+            dispatch(shared, ctx, server, route, Some(answer), None, None, out).await
+        }
+        Flow::Redirect(code, location) => (redirect(code, &location), false),
+        Flow::Status(code) => (error::error_page(status_code(code)), false),
+    }
+}
+
 fn limit_req(
     limits: &crate::limit::RouteLimits,
     ctx: &RequestCtx<'_>,
@@ -1321,29 +1325,7 @@ pub(crate) async fn subrequest<T>(
     let mut out = Outcome::default();
     out.record.enabled = true;
     out.record.want_upstream_headers = true;
-    let response = match flow {
-        Flow::Next => {
-            dispatch(shared, &mut sub, server, route, None, None, None, &mut out)
-                .await
-                .0
-        }
-        Flow::Return(answer) => {
-            dispatch(
-                shared,
-                &mut sub,
-                server,
-                route,
-                Some(answer),
-                None,
-                None,
-                &mut out,
-            )
-            .await
-            .0
-        }
-        Flow::Redirect(code, location) => redirect(code, &location),
-        Flow::Status(code) => error::error_page(status_code(code)),
-    };
+    let (response, _) = run(shared, &mut sub, server, route, flow, None, None, &mut out).await;
     let done = Done {
         status: response.status().as_u16(),
         body_bytes: 0,
@@ -1502,36 +1484,17 @@ async fn redispatch(
         out.path.push_str(base.path);
     }
     let mut inner = state.ctx(&located);
-    let (mut response, from_peer) = match flow {
-        Flow::Next => {
-            dispatch(
-                shared,
-                &mut inner,
-                server,
-                route,
-                None,
-                body,
-                client_upgrade,
-                out,
-            )
-            .await
-        }
-        Flow::Return(answer) => {
-            dispatch(
-                shared,
-                &mut inner,
-                server,
-                route,
-                Some(answer),
-                None,
-                None,
-                out,
-            )
-            .await
-        }
-        Flow::Redirect(code, location) => (redirect(code, &location), false),
-        Flow::Status(code) => (error::error_page(status_code(code)), false),
-    };
+    let (mut response, from_peer) = run(
+        shared,
+        &mut inner,
+        server,
+        route,
+        flow,
+        body,
+        client_upgrade,
+        out,
+    )
+    .await;
     if !from_peer {
         absolute_location(&mut response, &inner);
     }

@@ -1332,20 +1332,25 @@ impl<'a> Lower<'a> {
         })
     }
 
+    /// nginx's words for a `listen` address that cannot be used (http's and stream's).
+    pub(super) fn listen_addr_error(&mut self, e: AddrError, addr_arg: &Arg) {
+        let what = match e {
+            AddrError::InvalidPort => "invalid port in",
+            AddrError::HostNotFound => "host not found in",
+            AddrError::Unix => "unix domain sockets are not supported by imbang yet:",
+        };
+        self.invalid(
+            format!("{what} \"{}\" of the \"listen\" directive", addr_arg.value),
+            addr_arg.span,
+        );
+    }
+
     fn listen(&mut self, d: &Directive, listens: &mut Vec<ListenSpec>) {
         let addr_arg = &d.args[0];
         let addrs = match values::socket_addrs(&addr_arg.value, 80, true) {
             Ok(addrs) => addrs,
             Err(e) => {
-                let what = match e {
-                    AddrError::InvalidPort => "invalid port in",
-                    AddrError::HostNotFound => "host not found in",
-                    AddrError::Unix => "unix domain sockets are not supported by imbang yet:",
-                };
-                self.invalid(
-                    format!("{what} \"{}\" of the \"listen\" directive", addr_arg.value),
-                    addr_arg.span,
-                );
+                self.listen_addr_error(e, addr_arg);
                 return;
             }
         };

@@ -470,15 +470,7 @@ impl Lower<'_> {
                 return;
             }
             Err(e) => {
-                let what = match e {
-                    AddrError::InvalidPort => "invalid port in",
-                    AddrError::HostNotFound => "host not found in",
-                    AddrError::Unix => "unix domain sockets are not supported by imbang yet:",
-                };
-                self.invalid(
-                    format!("{what} \"{}\" of the \"listen\" directive", addr_arg.value),
-                    addr_arg.span,
-                );
+                self.listen_addr_error(e, addr_arg);
                 return;
             }
         };

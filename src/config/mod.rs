@@ -79,6 +79,6 @@ pub fn parse_str(name: &str, text: &str, options: &LoadOptions) -> Result<Config
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_directives;

@@ -6,21 +6,24 @@ use std::time::Duration;
 use super::model::*;
 use super::*;
 
-fn opts() -> LoadOptions {
+/// The options lowering tests load their configs with (also the `lower` modules' tests).
+pub(crate) fn opts() -> LoadOptions {
     LoadOptions {
         prefix: PathBuf::from("/prefix/"),
         default_listen_port: 8000,
     }
 }
 
-fn ok(text: &str) -> Config {
+/// `text` loaded; panics with the errors if it does not load.
+pub(crate) fn ok(text: &str) -> Config {
     match parse_str("/etc/imbang/t.conf", text, &opts()) {
         Ok(c) => c,
         Err(e) => panic!("unexpected errors:\n{e}"),
     }
 }
 
-fn errors(text: &str) -> Vec<String> {
+/// The errors of loading `text`, as `file:line:col` messages; panics if it loads.
+pub(crate) fn errors(text: &str) -> Vec<String> {
     match parse_str("/etc/imbang/t.conf", text, &opts()) {
         Ok(_) => panic!("expected errors"),
         Err(e) => e.iter().map(|e| e.to_string()).collect(),

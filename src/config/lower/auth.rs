@@ -140,21 +140,8 @@ impl Lower<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{LoadOptions, parse_str};
-
-    fn opts() -> LoadOptions {
-        LoadOptions {
-            prefix: "/prefix/".into(),
-            default_listen_port: 8000,
-        }
-    }
-
-    fn errors(text: &str) -> Vec<String> {
-        match parse_str("/etc/imbang/t.conf", text, &opts()) {
-            Ok(_) => panic!("expected errors"),
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::config::parse_str;
+    use crate::config::tests::{errors, opts};
 
     #[test]
     fn each_directive_is_inherited_on_its_own() {

@@ -65,24 +65,10 @@ impl Lower<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{LoadOptions, parse_str};
-
-    fn opts() -> LoadOptions {
-        LoadOptions {
-            prefix: "/prefix/".into(),
-            default_listen_port: 8000,
-        }
-    }
-
-    fn load_str(
-        text: &str,
-        opts: &LoadOptions,
-    ) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-        parse_str("/etc/imbang/t.conf", text, opts)
-    }
+    use crate::config::tests::{errors, ok};
 
     fn location_conf(text: &str) -> Option<std::sync::Arc<crate::config::model::SubFilter>> {
-        let config = load_str(text, &opts()).expect("config loads");
+        let config = ok(text);
         let server = &config.http.as_ref().unwrap().servers[0];
         server.locations[0].conf.sub_filter.clone()
     }
@@ -109,12 +95,8 @@ mod tests {
 
     #[test]
     fn an_empty_search_string_is_refused_as_nginx_does() {
-        let err = load_str(
-            "http { server { listen 80; location / { sub_filter '' b; } } }\n",
-            &opts(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            errors("http { server { listen 80; location / { sub_filter '' b; } } }\n").join("\n");
         assert!(err.contains("empty search pattern"), "{err}");
     }
 }
